@@ -1,0 +1,281 @@
+"""The one upstream connection: an aiohttp WebSocket to Finnhub's trade stream.
+
+`FinnhubFeed.run()` connects, keeps the upstream's subscriptions equal to the set of
+symbols somebody wants, parses trade frames once and hands valid trades to its
+listener (the hub). When the socket drops it reconnects forever with jittered
+exponential backoff, and resubscribes every wanted symbol in one burst.
+
+Subscriptions are reconciled, not replayed: `want()`/`release()` only edit the wanted
+set, and one coroutine per connection sends the difference between "wanted" and
+"sent on this socket". Whatever order clients come and go in, the upstream ends up
+carrying exactly the wanted symbols.
+
+This module must never let the API key out: it travels only as the `token` query
+parameter of the handshake, and every URL or exception text that is logged goes
+through `redact()` first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import re
+from collections.abc import Callable
+from contextlib import suppress
+from typing import Any, Protocol
+
+import aiohttp
+import orjson
+
+from hub import Trade
+from protocol import UpstreamState
+
+logger = logging.getLogger(__name__)
+
+# How long after a subscribe an unattributed upstream error (Finnhub's "Subscribing to
+# too many symbols" names no symbol) is blamed on that subscribe.
+BLAME_WINDOW_SECONDS = 5.0
+_TOKEN_IN_TEXT = re.compile(r"(token=)[^&\s'\"]+", re.IGNORECASE)
+
+
+class FeedListener(Protocol):
+    """Where the feed delivers: the hub."""
+
+    async def publish(self, trades: list[Trade]) -> None: ...
+
+    def upstream_state_changed(self, state: UpstreamState) -> None: ...
+
+    def upstream_refused(self, symbol: str | None, message: str) -> None: ...
+
+
+class Backoff:
+    """Exponential backoff with full jitter: uniform(0, min(cap, initial * 2**n))."""
+
+    def __init__(
+        self, initial: float, cap: float, rng: Callable[[], float] = random.random
+    ) -> None:
+        self.initial = initial
+        self.cap = cap
+        self._rng = rng
+        self._attempt = 0
+
+    def next_delay(self) -> float:
+        ceiling = min(self.cap, self.initial * 2.0**self._attempt)
+        if ceiling < self.cap:
+            self._attempt += 1
+        return ceiling * self._rng()
+
+    def reset(self) -> None:
+        self._attempt = 0
+
+
+def redact(text: str, secret: str) -> str:
+    """Text with the secret and any `token=` query value masked."""
+    if secret:
+        text = text.replace(secret, "***")
+    return _TOKEN_IN_TEXT.sub(r"\1***", text)
+
+
+def parse_trades(data: Any) -> tuple[list[Trade], int]:
+    """Valid trades from a trade frame's `data`, and how many entries were malformed."""
+    if not isinstance(data, list):
+        return [], 1
+    trades: list[Trade] = []
+    malformed = 0
+    for item in data:
+        try:
+            symbol, price, volume, timestamp = item["s"], item["p"], item["v"], item["t"]
+        except (TypeError, KeyError):
+            malformed += 1
+            continue
+        if (
+            isinstance(symbol, str)
+            and _is_number(price)
+            and _is_number(volume)
+            and isinstance(timestamp, int)
+            and not isinstance(timestamp, bool)
+        ):
+            trades.append(Trade(symbol, price, volume, timestamp))
+        else:
+            malformed += 1
+    return trades, malformed
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class FinnhubFeed:
+    """Owns the upstream socket; `want`/`release` are its only inputs from the hub."""
+
+    def __init__(
+        self,
+        url: str,
+        api_key: str,
+        *,
+        backoff: Backoff,
+        reset_backoff_after: float = 10.0,
+    ) -> None:
+        self.state: UpstreamState = "connecting"
+        self.messages_received = 0
+        self.trades_received = 0
+        self.malformed_messages = 0
+        self.reconnects = 0
+        self._url = url
+        self._api_key = api_key
+        self._backoff = backoff
+        self._reset_backoff_after = reset_backoff_after
+        self._wanted: set[str] = set()
+        self._sent: set[str] = set()  # subscribed on the current socket
+        self._wanted_changed = asyncio.Event()
+        self._last_subscribe: tuple[str, float] | None = None
+
+    # -- inputs from the hub ---------------------------------------------------------------
+
+    def want(self, symbol: str) -> None:
+        self._wanted.add(symbol)
+        self._wanted_changed.set()
+
+    def release(self, symbol: str) -> None:
+        self._wanted.discard(symbol)
+        self._wanted_changed.set()
+
+    @property
+    def subscribed(self) -> frozenset[str]:
+        """What the current upstream socket carries (empty while disconnected)."""
+        return frozenset(self._sent)
+
+    # -- the connection loop ---------------------------------------------------------------
+
+    async def run(self, listener: FeedListener) -> None:
+        """Stay connected until cancelled."""
+        loop = asyncio.get_running_loop()
+        timeout = aiohttp.ClientTimeout(total=None, connect=15, sock_connect=10)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while True:
+                connected_at: float | None = None
+                try:
+                    async with session.ws_connect(
+                        self._url, params={"token": self._api_key}, autoping=True
+                    ) as ws:
+                        connected_at = loop.time()
+                        logger.info("upstream connected url=%s", self._url)
+                        self._set_state(listener, "connected")
+                        await self._stream(ws, listener)
+                        logger.warning("upstream closed the socket code=%s", ws.close_code)
+                except aiohttp.WSServerHandshakeError as exc:
+                    logger.warning("upstream refused the handshake status=%s", exc.status)
+                except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                    logger.warning(
+                        "upstream connection failed error=%s detail=%s",
+                        type(exc).__name__,
+                        redact(str(exc), self._api_key),
+                    )
+                self._sent.clear()
+                self._set_state(listener, "reconnecting")
+                if (
+                    connected_at is not None
+                    and loop.time() - connected_at >= self._reset_backoff_after
+                ):
+                    self._backoff.reset()
+                delay = self._backoff.next_delay()
+                self.reconnects += 1
+                logger.info("upstream reconnecting in %.2fs", delay)
+                await asyncio.sleep(delay)
+
+    def _set_state(self, listener: FeedListener, state: UpstreamState) -> None:
+        if state != self.state:
+            self.state = state
+            listener.upstream_state_changed(state)
+
+    async def _stream(self, ws: aiohttp.ClientWebSocketResponse, listener: FeedListener) -> None:
+        self._sent.clear()
+        self._wanted_changed.set()  # resubscribe everything wanted, in one burst
+        syncer = asyncio.create_task(self._sync_subscriptions(ws), name="finnhub-subscriptions")
+        try:
+            async for message in ws:
+                if message.type is aiohttp.WSMsgType.TEXT:
+                    await self._handle_text(message.data, listener)
+                elif message.type is aiohttp.WSMsgType.ERROR:
+                    logger.warning(
+                        "upstream socket error=%s",
+                        redact(repr(ws.exception()), self._api_key),
+                    )
+                    break
+                else:
+                    self.malformed_messages += 1
+                    logger.warning(
+                        "upstream sent an unexpected %s frame; skipped", message.type.name
+                    )
+        finally:
+            syncer.cancel()
+            with suppress(asyncio.CancelledError):
+                await syncer
+
+    async def _sync_subscriptions(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                await self._wanted_changed.wait()
+                self._wanted_changed.clear()
+                for symbol in sorted(self._wanted - self._sent):
+                    self._sent.add(symbol)
+                    self._last_subscribe = (symbol, loop.time())
+                    await ws.send_str(
+                        orjson.dumps({"type": "subscribe", "symbol": symbol}).decode()
+                    )
+                for symbol in sorted(self._sent - self._wanted):
+                    self._sent.discard(symbol)
+                    await ws.send_str(
+                        orjson.dumps({"type": "unsubscribe", "symbol": symbol}).decode()
+                    )
+        except (aiohttp.ClientError, ConnectionError):
+            pass  # the socket is closing; the reader sees it and the loop reconnects
+
+    async def _handle_text(self, data: str, listener: FeedListener) -> None:
+        self.messages_received += 1
+        try:
+            message = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            self._skip("not JSON")
+            return
+        kind = message.get("type") if isinstance(message, dict) else None
+        if kind == "trade":
+            trades, malformed = parse_trades(message.get("data"))
+            if malformed:
+                self._skip(f"{malformed} malformed trade(s)")
+            if trades:
+                self.trades_received += len(trades)
+                await listener.publish(trades)
+        elif kind == "ping":
+            pass
+        elif kind == "error":
+            text = str(message.get("msg", ""))[:200]
+            symbol = self._blame(text)
+            logger.warning("upstream error msg=%r symbol=%s", text, symbol)
+            if symbol is not None:
+                self._sent.discard(symbol)  # Finnhub did not take it: nothing to unsubscribe
+            listener.upstream_refused(symbol, text)
+        else:
+            self._skip(f"unknown type {str(kind)[:40]!r}")
+
+    def _skip(self, why: str) -> None:
+        self.malformed_messages += 1
+        logger.warning("upstream message skipped reason=%s total=%d", why, self.malformed_messages)
+
+    def _blame(self, text: str) -> str | None:
+        """The symbol an upstream error is about: named in it, or the latest subscribe."""
+        padded = f" {text} "
+        named = [symbol for symbol in self._sent if f" {symbol} " in padded]
+        if named:
+            return max(named, key=len)
+        if self._last_subscribe is not None:
+            symbol, at = self._last_subscribe
+            if (
+                asyncio.get_running_loop().time() - at <= BLAME_WINDOW_SECONDS
+                and symbol in self._sent
+            ):
+                return symbol
+        return None

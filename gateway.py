@@ -1,0 +1,303 @@
+"""The Starlette application: HTTP endpoints, the `/ws` route, and the lifespan that
+owns the upstream feed and the broadcaster.
+
+Data flows one way: Finnhub -> `finnhub_feed` -> `Hub` queue -> broadcaster -> each
+client's outbox -> its socket. This module only wires those parts together and
+translates client frames into hub calls; it must never send to a client's socket
+itself (the client's writer does) and never expose the Finnhub key.
+
+Run it with `python gateway.py [--demo]` or `uvicorn gateway:app`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+import protocol
+import simulator
+from finnhub_feed import Backoff, FinnhubFeed
+from hub import ClientConnection, Hub
+from settings import ConfigError, Settings, load_settings
+
+logger = logging.getLogger("gateway")
+
+DEMO_TOKEN = "demo"
+DOCS_PAGE = Path(__file__).with_name("static") / "docs.html"
+
+
+class StarletteClientSocket:
+    """Adapts a Starlette WebSocket to the hub's `ClientSocket`."""
+
+    def __init__(self, websocket: WebSocket) -> None:
+        self._websocket = websocket
+
+    async def send_text(self, frame: str) -> None:
+        try:
+            await self._websocket.send_text(frame)
+        except (WebSocketDisconnect, RuntimeError) as exc:
+            raise ConnectionError("client socket closed") from exc
+
+    async def close(self, code: int, reason: str) -> None:
+        try:
+            await self._websocket.close(code, reason)
+        except (WebSocketDisconnect, RuntimeError) as exc:
+            raise ConnectionError("client socket closed") from exc
+
+    def abort(self) -> None:
+        # ASGI has no "abort": a client that never reads keeps a graceful close (and
+        # its buffered bytes) pending forever. uvicorn's receive callable is a method
+        # of its connection protocol, which owns the transport; drop it from there.
+        protocol_object = getattr(self._websocket._receive, "__self__", None)
+        transport = getattr(protocol_object, "transport", None)
+        if isinstance(transport, asyncio.Transport):
+            transport.abort()
+
+
+@dataclass
+class Running:
+    """What exists while the app is up: created and torn down by the lifespan."""
+
+    hub: Hub
+    feed: FinnhubFeed
+    started_at: float
+
+
+class Gateway:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._running: Running | None = None
+
+    @property
+    def running(self) -> Running:
+        if self._running is None:
+            raise RuntimeError("the gateway is not running (lifespan not started)")
+        return self._running
+
+    @asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        settings = self.settings
+        configure_logging(settings.log_level)
+        try:
+            settings.require_upstream()
+        except ConfigError as exc:
+            logger.error("%s", exc)
+            raise
+        async with AsyncExitStack() as stack:
+            url, key = settings.finnhub_ws_url, settings.finnhub_api_key
+            if settings.demo and not key:
+                market = simulator.MarketSimulator(rate=settings.demo_trade_rate)
+                url = await stack.enter_async_context(simulator.serve(market))
+                key = DEMO_TOKEN
+                logger.warning("DEMO MODE: prices are SIMULATED by simulator.py at %s", url)
+            feed = FinnhubFeed(
+                url,
+                key,
+                backoff=Backoff(settings.reconnect_initial_delay, settings.reconnect_max_delay),
+                reset_backoff_after=settings.reconnect_reset_after,
+            )
+            hub = Hub(
+                feed,
+                outbox_size=settings.client_outbox_size,
+                slow_consumer_timeout=settings.slow_consumer_timeout,
+            )
+            self._running = Running(hub, feed, time.monotonic())
+            tasks = [
+                asyncio.create_task(_logged(feed.run(hub)), name="finnhub-feed"),
+                asyncio.create_task(_logged(hub.broadcast_forever()), name="broadcaster"),
+            ]
+            try:
+                yield
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                self._running = None
+
+    # -- HTTP ------------------------------------------------------------------------
+
+    async def root(self, request: Request) -> JSONResponse:
+        return JSONResponse(
+            {
+                "status": "ok",
+                "service": "stock-price-gateway",
+                "websocket": "/ws",
+                "health": "/health",
+                "docs": "/docs",
+            }
+        )
+
+    async def health(self, request: Request) -> JSONResponse:
+        running = self.running
+        hub, feed = running.hub, running.feed
+        return JSONResponse(
+            {
+                "status": "ok",
+                "upstream": feed.state,
+                "demo": self.settings.demo,
+                "clients": hub.client_count,
+                "symbols": hub.symbols(),
+                "upstream_messages_received": feed.messages_received,
+                "upstream_trades_received": feed.trades_received,
+                "upstream_messages_malformed": feed.malformed_messages,
+                "price_updates_sent": hub.stats.price_updates_sent,
+                "conflated_updates": hub.stats.conflated_updates,
+                "slow_consumer_disconnects": hub.stats.slow_consumer_disconnects,
+                "reconnects": feed.reconnects,
+                "uptime_seconds": round(time.monotonic() - running.started_at, 3),
+            }
+        )
+
+    async def docs(self, request: Request) -> HTMLResponse:
+        return HTMLResponse(DOCS_PAGE.read_text(encoding="utf-8"))
+
+    # -- WebSocket ---------------------------------------------------------------------
+
+    async def serve_websocket(self, websocket: WebSocket) -> None:
+        hub = self.running.hub
+        await websocket.accept()
+        async with hub.connect(StarletteClientSocket(websocket)) as client:
+            while True:
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                text = message.get("text")
+                if text is None:
+                    client.send(
+                        protocol.error_message(
+                            "invalid_message", "binary frames are not supported; send JSON text"
+                        )
+                    )
+                else:
+                    self._handle_request(hub, client, text)
+
+    def _handle_request(self, hub: Hub, client: ClientConnection, text: str) -> None:
+        try:
+            request = protocol.parse_client_message(text)
+        except protocol.ProtocolError as exc:
+            client.send(protocol.error_message(exc.code, exc.message))
+            return
+        if request.action == "ping":
+            client.send(protocol.PONG)
+            return
+        symbols, rejected = protocol.split_symbols(request.symbols)
+        if rejected:
+            client.send(protocol.invalid_symbols_error(rejected))
+        if not symbols:
+            return
+        if request.action == "subscribe":
+            hub.subscribe(client, symbols)
+        else:
+            hub.unsubscribe(client, symbols)
+
+
+async def _logged(work: Awaitable[None]) -> None:
+    """Run a background coroutine; an unexpected crash is logged, not lost."""
+    try:
+        await work
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        logger.exception("background task crashed")
+        raise
+
+
+def configure_logging(level: str) -> None:
+    """One line per event; configured once, unless the host (uvicorn, pytest) already has."""
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("gateway").setLevel(level)
+    for name in ("hub", "finnhub_feed", "simulator"):
+        logging.getLogger(name).setLevel(level)
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    gateway = Gateway(settings if settings is not None else load_settings())
+    app = Starlette(
+        routes=[
+            Route("/", gateway.root),
+            Route("/health", gateway.health),
+            Route("/docs", gateway.docs),
+            WebSocketRoute("/ws", gateway.serve_websocket),
+        ],
+        middleware=[
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(gateway.settings.frontend_urls),
+                allow_methods=["GET"],
+                allow_headers=["*"],
+            )
+        ],
+        lifespan=gateway.lifespan,
+    )
+    app.state.gateway = gateway  # for operators' introspection and in-process tests
+    return app
+
+
+def uvicorn_options() -> dict[str, object]:
+    """Server options we run with; see README "Deploy" for why each is chosen."""
+    return {
+        "ws": "websockets-sansio",
+        # Browsers always offer permessage-deflate; for ~100-byte JSON frames it roughly
+        # doubles the CPU per message for little saving (see BENCHMARKS.md).
+        "ws_per_message_deflate": False,
+        "proxy_headers": True,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Real-time stock price WebSocket gateway")
+    parser.add_argument("--demo", action="store_true", help="use the built-in market simulator")
+    parser.add_argument("--host", help="bind address (default: HOST or 0.0.0.0)")
+    parser.add_argument("--port", type=int, help="port (default: PORT or 8000)")
+    args = parser.parse_args(argv)
+    settings = load_settings()
+    overrides: dict[str, Any] = {}
+    if args.demo:
+        overrides["demo"] = True
+    if args.host:
+        overrides["host"] = args.host
+    if args.port:
+        overrides["port"] = args.port
+    if overrides:
+        settings = load_settings(**overrides)
+    configure_logging(settings.log_level)
+    try:
+        settings.require_upstream()
+    except ConfigError as exc:
+        logger.error("%s", exc)
+        return 2
+    logger.info("gateway starting on ws://%s:%d/ws", settings.host, settings.port)
+    with suppress(KeyboardInterrupt):
+        uvicorn.run(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level.lower(),
+            **uvicorn_options(),  # type: ignore[arg-type]
+        )
+    return 0
+
+
+app = create_app()
+
+if __name__ == "__main__":
+    sys.exit(main())

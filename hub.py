@@ -1,0 +1,313 @@
+"""Fan-out: who is subscribed to what, and getting each trade to each subscriber.
+
+The `Hub` holds the symbol -> clients map and a queue of upstream trade batches that
+one broadcaster coroutine drains. Each price update is encoded once and handed to
+every subscriber's bounded outbox without awaiting anything; each client's own writer
+task drains its outbox to its socket. So a slow or dead client can only ever fall
+behind itself: when its outbox is full its pending updates are conflated to the latest
+per symbol, and if it stays behind too long it is closed with 1013.
+
+The hub also keeps the upstream reference counts: the first client wanting a symbol
+asks the upstream for it, the last one leaving releases it. All of this happens in
+synchronous code on the event loop, so no interleaving can make the counts wrong.
+
+This module must never await a client's socket from the broadcaster, and never talk
+to the upstream except through `UpstreamInterest`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
+
+import protocol
+from protocol import UpstreamState
+
+logger = logging.getLogger(__name__)
+
+SLOW_CONSUMER_CLOSE = 1013  # "try again later": the standard code for an overloaded peer
+CLOSE_GRACE_SECONDS = 1.0
+
+
+class Trade(NamedTuple):
+    symbol: str
+    price: float
+    volume: float
+    timestamp: int  # Unix milliseconds, as Finnhub sends it
+
+
+class UpstreamInterest(Protocol):
+    """The only way the hub reaches upstream: which symbols somebody wants."""
+
+    def want(self, symbol: str) -> None: ...
+
+    def release(self, symbol: str) -> None: ...
+
+
+class ClientSocket(Protocol):
+    """What the hub needs from a client's WebSocket; send and close raise ConnectionError."""
+
+    async def send_text(self, frame: str) -> None: ...
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+@dataclass
+class FanoutStats:
+    price_updates_sent: int = 0
+    conflated_updates: int = 0
+    slow_consumer_disconnects: int = 0
+
+
+class ClientConnection:
+    """One client: its symbols, and a bounded outbox drained by its own writer task.
+
+    Frames wait in a FIFO of at most `outbox_size`. Once it is full, price updates go to
+    `_latest` instead (one per symbol, newest wins): the writer sends the FIFO first,
+    then those, so updates for one symbol are never reordered and memory stays bounded
+    by the number of symbols. Control frames (confirmations, errors, status) always
+    take the FIFO: they are rare and caused by the client itself.
+    """
+
+    def __init__(
+        self,
+        socket: ClientSocket,
+        stats: FanoutStats,
+        *,
+        outbox_size: int,
+        slow_consumer_timeout: float,
+    ) -> None:
+        self.id = str(uuid.uuid4())
+        self.symbols: set[str] = set()
+        self.evicted = False
+        self._socket = socket
+        self._stats = stats
+        self._outbox_size = outbox_size
+        self._slow_consumer_timeout = slow_consumer_timeout
+        self._frames: deque[str] = deque()
+        self._latest: dict[str, str] = {}
+        self._wakeup = asyncio.Event()
+        self._lag_timer: asyncio.TimerHandle | None = None
+        self._writer: asyncio.Task[None] | None = None
+
+    def send(self, frame: str) -> None:
+        """Queue a control frame; never blocks."""
+        self._frames.append(frame)
+        self._wakeup.set()
+
+    def offer_update(self, symbol: str, frame: str) -> None:
+        """Queue a price update, conflating it if the client is behind; never blocks."""
+        if not self._latest and len(self._frames) < self._outbox_size:
+            self._frames.append(frame)
+        else:
+            if symbol in self._latest:
+                self._stats.conflated_updates += 1
+            self._latest[symbol] = frame
+            if self._lag_timer is None and not self.evicted:
+                self._lag_timer = asyncio.get_running_loop().call_later(
+                    self._slow_consumer_timeout, self._evict
+                )
+        self._wakeup.set()
+
+    def forget_pending(self, symbol: str) -> None:
+        """Drop a conflated update for a symbol the client just left."""
+        self._latest.pop(symbol, None)
+
+    def start(self) -> None:
+        self._writer = asyncio.create_task(self._deliver_forever(), name=f"client-writer-{self.id}")
+
+    async def stop(self) -> None:
+        if self._lag_timer is not None:
+            self._lag_timer.cancel()
+        if self._writer is not None:
+            self._writer.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._writer
+
+    async def _deliver_forever(self) -> None:
+        try:
+            while True:
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                await self._drain()
+        except ConnectionError:
+            pass  # the client is gone; its reader sees the disconnect and cleans up
+        finally:
+            if self.evicted:
+                await self._close_slow_consumer()
+
+    async def _drain(self) -> None:
+        while self._frames or self._latest:
+            while self._frames:
+                await self._socket.send_text(self._frames.popleft())
+            if self._latest:
+                latest, self._latest = self._latest, {}
+                for frame in latest.values():
+                    await self._socket.send_text(frame)
+        if self._lag_timer is not None:
+            self._lag_timer.cancel()
+            self._lag_timer = None
+
+    def _evict(self) -> None:
+        logger.warning("closing slow consumer client_id=%s", self.id)
+        self.evicted = True
+        self._lag_timer = None
+        self._stats.slow_consumer_disconnects += 1
+        self._frames.clear()
+        self._latest.clear()
+        if self._writer is not None:
+            self._writer.cancel()
+
+    async def _close_slow_consumer(self) -> None:
+        # A client this far behind may not read our close frame for a long time (or
+        # ever), and its unread bytes hold memory: give the close a moment, then abort.
+        try:
+            async with asyncio.timeout(CLOSE_GRACE_SECONDS):
+                await self._socket.close(SLOW_CONSUMER_CLOSE, "slow consumer")
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            self._socket.abort()
+
+
+class Hub:
+    """Symbol -> subscribers, upstream reference counts, and the broadcaster."""
+
+    def __init__(
+        self,
+        upstream: UpstreamInterest,
+        *,
+        outbox_size: int = 256,
+        slow_consumer_timeout: float = 10.0,
+        queue_size: int = 1024,
+    ) -> None:
+        self.stats = FanoutStats()
+        self.upstream_state: UpstreamState = "connecting"
+        self._upstream = upstream
+        self._outbox_size = outbox_size
+        self._slow_consumer_timeout = slow_consumer_timeout
+        self._clients: set[ClientConnection] = set()
+        self._subscribers: dict[str, set[ClientConnection]] = {}
+        self._latest_update: dict[str, str] = {}
+        # Bounded so a stalled broadcaster pushes back on the upstream reader instead
+        # of buffering without limit.
+        self._trades: asyncio.Queue[list[Trade]] = asyncio.Queue(maxsize=queue_size)
+
+    # -- what the HTTP side reads ------------------------------------------------------
+
+    @property
+    def client_count(self) -> int:
+        return len(self._clients)
+
+    def symbols(self) -> list[str]:
+        """Every symbol with at least one subscriber: what the upstream should carry."""
+        return sorted(self._subscribers)
+
+    def subscribers_of(self, symbol: str) -> frozenset[ClientConnection]:
+        return frozenset(self._subscribers.get(symbol, ()))
+
+    # -- clients -------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def connect(self, socket: ClientSocket) -> AsyncIterator[ClientConnection]:
+        """Register a client for the length of the block; leaving releases everything."""
+        client = ClientConnection(
+            socket,
+            self.stats,
+            outbox_size=self._outbox_size,
+            slow_consumer_timeout=self._slow_consumer_timeout,
+        )
+        client.send(protocol.connection_message(client.id))
+        client.send(protocol.status_message(self.upstream_state))
+        self._clients.add(client)
+        client.start()
+        try:
+            yield client
+        finally:
+            self._clients.discard(client)
+            self._leave(client, list(client.symbols))
+            await client.stop()
+
+    def subscribe(self, client: ClientConnection, symbols: list[str]) -> None:
+        """Add symbols (already validated) to a client, confirm, then send snapshots."""
+        added = [symbol for symbol in symbols if symbol not in client.symbols]
+        for symbol in added:
+            client.symbols.add(symbol)
+            subscribers = self._subscribers.get(symbol)
+            if subscribers is None:
+                subscribers = self._subscribers[symbol] = set()
+                self._upstream.want(symbol)
+            subscribers.add(client)
+        client.send(protocol.subscription_message("subscribed", symbols))
+        for symbol in added:
+            snapshot = self._latest_update.get(symbol)
+            if snapshot is not None:
+                client.offer_update(symbol, snapshot)
+
+    def unsubscribe(self, client: ClientConnection, symbols: list[str]) -> None:
+        self._leave(client, symbols)
+        client.send(protocol.subscription_message("unsubscribed", symbols))
+
+    def _leave(self, client: ClientConnection, symbols: Iterable[str]) -> None:
+        for symbol in symbols:
+            if symbol not in client.symbols:
+                continue
+            client.symbols.discard(symbol)
+            client.forget_pending(symbol)
+            subscribers = self._subscribers[symbol]
+            subscribers.discard(client)
+            if not subscribers:
+                del self._subscribers[symbol]
+                # A snapshot of a symbol nobody follows would only go stale.
+                self._latest_update.pop(symbol, None)
+                self._upstream.release(symbol)
+
+    # -- upstream side (called by the feed) ----------------------------------------------
+
+    async def publish(self, trades: list[Trade]) -> None:
+        await self._trades.put(trades)
+
+    def upstream_state_changed(self, state: UpstreamState) -> None:
+        self.upstream_state = state
+        frame = protocol.status_message(state)
+        for client in self._clients:
+            client.send(frame)
+
+    def upstream_refused(self, symbol: str | None, message: str) -> None:
+        """Finnhub refused something: tell whoever asked, and stop pretending we have it."""
+        if symbol is None or symbol not in self._subscribers:
+            frame = protocol.error_message("upstream_error", message)
+            for client in self._clients:
+                client.send(frame)
+            return
+        refused = [symbol]
+        error = protocol.error_message("upstream_error", message, refused)
+        for client in list(self._subscribers[symbol]):
+            client.send(error)
+            self.unsubscribe(client, refused)
+
+    # -- the broadcaster -----------------------------------------------------------------
+
+    async def broadcast_forever(self) -> None:
+        while True:
+            trades = await self._trades.get()
+            self.fan_out(trades)
+
+    def fan_out(self, trades: list[Trade]) -> None:
+        for trade in trades:
+            subscribers = self._subscribers.get(trade.symbol)
+            if not subscribers:
+                continue  # in flight while the last subscriber left
+            frame = protocol.price_update_message(*trade)
+            self._latest_update[trade.symbol] = frame
+            for client in subscribers:
+                client.offer_update(trade.symbol, frame)
+            self.stats.price_updates_sent += len(subscribers)

@@ -1,0 +1,149 @@
+"""The client protocol on `/ws`: what browsers may send, and the frames we send back.
+
+This is the seed's contract (`connection`, `subscription`, `price_update`) plus the
+additions documented in README.md (`status`, `pong`, `error`). Message shapes live
+here and nowhere else, so a change to the contract is a change to this file. Pure
+functions only: no I/O, no state, never anything from the upstream's credentials.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+import orjson
+
+# Finnhub's symbol forms: stocks (AAPL, BRK.B), indices (^GSPC), crypto
+# (BINANCE:BTCUSDT), forex (OANDA:EUR_USD, and brokers with a space, "IC MARKETS:1").
+# Letters are upper-cased first; nothing that could be markup, quotes or control
+# characters gets through, and the length is capped so a symbol stays a symbol.
+SYMBOL_PATTERN = re.compile(r"[A-Z0-9^][A-Z0-9.:_/^ -]{0,39}")
+SYMBOL_RULE = (
+    "1-40 characters: A-Z, 0-9 and . : _ / ^ - or space, starting with a letter, a digit or ^"
+)
+
+UpstreamState = Literal["connecting", "connected", "reconnecting"]
+
+
+class ProtocolError(Exception):
+    """A client message we refuse; `code` is the stable error code sent to the client."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+Action = Literal["subscribe", "unsubscribe", "ping"]
+_ACTIONS: dict[str, Action] = {
+    "subscribe": "subscribe",
+    "unsubscribe": "unsubscribe",
+    "ping": "ping",
+}
+
+
+@dataclass(frozen=True)
+class ClientRequest:
+    action: Action
+    symbols: tuple[str, ...] = ()
+
+
+def normalize_symbol(raw: str) -> str | None:
+    """The canonical form of a symbol, or None if it is not a symbol."""
+    symbol = raw.strip().upper()
+    return symbol if SYMBOL_PATTERN.fullmatch(symbol) else None
+
+
+def parse_client_message(text: str) -> ClientRequest:
+    """Decode one text frame from a client, or raise ProtocolError saying why not."""
+    try:
+        message = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise ProtocolError("invalid_json", "message is not valid JSON") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("invalid_message", "message must be a JSON object")
+    action = message.get("action")
+    if not isinstance(action, str):
+        raise ProtocolError("invalid_message", 'message must have a string "action"')
+    kind = _ACTIONS.get(action)
+    if kind is None:
+        raise ProtocolError(
+            "unknown_action",
+            f"unknown action {_quoted(action)}; expected subscribe, unsubscribe or ping",
+        )
+    if kind == "ping":
+        return ClientRequest("ping")
+    symbols = message.get("symbols")
+    if (
+        not isinstance(symbols, list)
+        or not symbols
+        or not all(isinstance(symbol, str) for symbol in symbols)
+    ):
+        raise ProtocolError("invalid_message", '"symbols" must be a non-empty list of strings')
+    return ClientRequest(kind, tuple(symbols))
+
+
+def split_symbols(raw_symbols: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """Normalize a request's symbols: (valid ones, deduplicated in order; rejected raw ones)."""
+    valid: dict[str, None] = {}
+    rejected: list[str] = []
+    for raw in raw_symbols:
+        symbol = normalize_symbol(raw)
+        if symbol is None:
+            rejected.append(raw)
+        else:
+            valid[symbol] = None
+    return list(valid), rejected
+
+
+def _quoted(value: str, limit: int = 40) -> str:
+    # Echo client input only as escaped JSON, shortened: never raw markup or control bytes.
+    shown = value if len(value) <= limit else value[:limit] + "..."
+    return orjson.dumps(shown).decode()
+
+
+def _encode(message: object) -> str:
+    return orjson.dumps(message).decode()
+
+
+def connection_message(client_id: str) -> str:
+    return _encode({"type": "connection", "status": "connected", "client_id": client_id})
+
+
+def subscription_message(status: Literal["subscribed", "unsubscribed"], symbols: list[str]) -> str:
+    return _encode({"type": "subscription", "status": status, "symbols": symbols})
+
+
+def status_message(upstream: UpstreamState) -> str:
+    return _encode({"type": "status", "upstream": upstream})
+
+
+def price_update_message(symbol: str, price: float, volume: float, timestamp: int) -> str:
+    return _encode(
+        {
+            "type": "price_update",
+            "symbol": symbol,
+            "data": {"price": price, "volume": volume, "timestamp": timestamp},
+        }
+    )
+
+
+def error_message(code: str, message: str, symbols: list[str] | None = None) -> str:
+    body: dict[str, object] = {"type": "error", "code": code, "message": message}
+    if symbols is not None:
+        body["symbols"] = symbols
+    return _encode(body)
+
+
+def invalid_symbols_error(rejected: list[str]) -> str:
+    names = ", ".join(_quoted(raw) for raw in rejected[:10])
+    more = f" and {len(rejected) - 10} more" if len(rejected) > 10 else ""
+    return error_message(
+        "invalid_symbol",
+        f"invalid symbol(s): {names}{more}; a symbol is {SYMBOL_RULE}",
+        [raw[:40] for raw in rejected[:10]],
+    )
+
+
+PONG = _encode({"type": "pong"})

@@ -1,0 +1,73 @@
+"""The gateway's configuration, read once and typed.
+
+Values come from the process environment first, then from a `.env` file in the
+working directory (python-decouple's order). Everything else in the project takes a
+`Settings` object instead of reading the environment itself, so tests can build one
+directly. This module must never log or format the API key.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from decouple import Config, Csv, RepositoryEmpty, RepositoryEnv
+
+DEFAULT_FINNHUB_WS_URL = "wss://ws.finnhub.io"
+
+
+class ConfigError(Exception):
+    """The configuration cannot run a gateway; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    finnhub_api_key: str = field(default="", repr=False)
+    finnhub_ws_url: str = DEFAULT_FINNHUB_WS_URL
+    host: str = "0.0.0.0"
+    port: int = 8000
+    frontend_urls: tuple[str, ...] = ("http://localhost:3000",)
+    log_level: str = "INFO"
+    demo: bool = False
+    # How fast the simulator trades in demo mode, in trades per second over all symbols.
+    demo_trade_rate: float = 20.0
+    # Upstream reconnect backoff: full jitter, doubling from the initial delay to the cap.
+    reconnect_initial_delay: float = 0.5
+    reconnect_max_delay: float = 30.0
+    # A connection that stayed up this long resets the backoff to its initial delay.
+    reconnect_reset_after: float = 10.0
+    # Per-client outbox: frames waiting for a slow client before updates are conflated.
+    client_outbox_size: int = 256
+    # A client that stays behind (conflating) this long is closed with 1013.
+    slow_consumer_timeout: float = 10.0
+
+    def require_upstream(self) -> None:
+        """Fail fast when neither a key nor demo mode is configured."""
+        if not self.demo and not self.finnhub_api_key:
+            raise ConfigError(
+                "FINNHUB_API_KEY not found: set it in the environment or in .env, "
+                "or run with DEMO=true (python gateway.py --demo) for simulated prices"
+            )
+
+
+def load_settings(env_file: str = ".env", **overrides: Any) -> Settings:
+    """Read the settings from the environment, then `env_file` if it exists."""
+    repository = RepositoryEnv(env_file) if os.path.isfile(env_file) else RepositoryEmpty()
+    config = Config(repository)
+    settings = Settings(
+        finnhub_api_key=config("FINNHUB_API_KEY", default="").strip(),
+        finnhub_ws_url=config("FINNHUB_WS_URL", default=DEFAULT_FINNHUB_WS_URL),
+        host=config("HOST", default="0.0.0.0"),
+        port=config("PORT", default=8000, cast=int),
+        frontend_urls=tuple(config("FRONTEND_URL", default="http://localhost:3000", cast=Csv())),
+        log_level=config("LOG_LEVEL", default="INFO").upper(),
+        demo=config("DEMO", default=False, cast=bool),
+        demo_trade_rate=config("DEMO_TRADE_RATE", default=20.0, cast=float),
+        reconnect_initial_delay=config("RECONNECT_INITIAL_DELAY", default=0.5, cast=float),
+        reconnect_max_delay=config("RECONNECT_MAX_DELAY", default=30.0, cast=float),
+        reconnect_reset_after=config("RECONNECT_RESET_AFTER", default=10.0, cast=float),
+        client_outbox_size=config("CLIENT_OUTBOX_SIZE", default=256, cast=int),
+        slow_consumer_timeout=config("SLOW_CONSUMER_TIMEOUT", default=10.0, cast=float),
+    )
+    return replace(settings, **overrides)

@@ -1,0 +1,261 @@
+"""A Finnhub-compatible market simulator: the upstream for demo mode, tests and benchmarks.
+
+It speaks Finnhub's real WebSocket wire protocol over a real socket (aiohttp.web):
+the handshake needs a `token` query parameter (401 without it, or with the wrong one
+when a token is configured), clients send `{"type":"subscribe","symbol":...}` and
+`unsubscribe`, and receive `{"type":"trade","data":[...]}` batches for their
+subscribed symbols only (a random walk with plausible prices, volumes and millisecond
+timestamps), `{"type":"ping"}` now and then, and `{"type":"error","msg":...}` past the
+symbol cap, as Finnhub's free plan does.
+
+Tests drive it too: it records every message received, and can send any frame or drop
+every connection on command.
+
+Run standalone: `python simulator.py --port 8765 --rate 50`.
+This module must never log the token it is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import random
+import time
+import zlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+
+import orjson
+from aiohttp import WSMsgType, web
+
+logger = logging.getLogger(__name__)
+
+# Rough real-world prices so the demo looks like a market; other symbols get a
+# stable pseudo-random price derived from their name.
+REFERENCE_PRICES = {
+    "AAPL": 190.0,
+    "MSFT": 420.0,
+    "NVDA": 120.0,
+    "AMZN": 185.0,
+    "GOOGL": 170.0,
+    "META": 500.0,
+    "TSLA": 240.0,
+    "BRK.B": 410.0,
+    "BINANCE:BTCUSDT": 65000.0,
+    "BINANCE:ETHUSDT": 3200.0,
+    "OANDA:EUR_USD": 1.08,
+}
+TICK_SECONDS = 0.05
+MAX_TRADES_PER_SYMBOL_PER_FRAME = 4
+
+
+def reference_price(symbol: str) -> float:
+    if symbol in REFERENCE_PRICES:
+        return REFERENCE_PRICES[symbol]
+    return 10.0 + zlib.crc32(symbol.encode()) % 49000 / 100.0
+
+
+@dataclass
+class UpstreamConnection:
+    """One gateway connected to the simulator."""
+
+    ws: web.WebSocketResponse
+    symbols: list[str] = field(default_factory=list)  # in subscription order
+
+
+class MarketSimulator:
+    """The simulated Finnhub: an aiohttp application plus controls for tests."""
+
+    def __init__(
+        self,
+        *,
+        rate: float = 20.0,
+        ping_interval: float = 60.0,
+        token: str | None = None,
+        max_symbols: int = 50,
+        seed: int | None = None,
+    ) -> None:
+        self.rate = rate  # trades per second over all subscribed symbols, per connection
+        self.ping_interval = ping_interval
+        self.token = token
+        self.max_symbols = max_symbols
+        self.received: list[dict[str, object]] = []
+        self.connections: list[UpstreamConnection] = []
+        self.connection_count = 0
+        self.trades_sent = 0
+        self.changed = asyncio.Condition()
+        self._random = random.Random(seed)
+        self._prices: dict[str, float] = {}
+        self.app = web.Application()
+        self.app.router.add_get("/", self._handle)
+
+    # -- controls for tests and benchmarks ---------------------------------------------------
+
+    async def wait_for(self, predicate: object, timeout: float = 5.0) -> None:
+        """Wait until `predicate()` is true; it is re-checked whenever the simulator changes."""
+        assert callable(predicate)
+        async with asyncio.timeout(timeout):
+            async with self.changed:
+                await self.changed.wait_for(predicate)
+
+    def subscribed_symbols(self) -> set[str]:
+        return {symbol for connection in self.connections for symbol in connection.symbols}
+
+    def received_of(self, kind: str, symbol: str | None = None) -> list[dict[str, object]]:
+        return [
+            message
+            for message in self.received
+            if message.get("type") == kind and (symbol is None or message.get("symbol") == symbol)
+        ]
+
+    async def send_raw(self, frame: str | bytes) -> None:
+        """Send one frame, as-is, to every connected gateway."""
+        for connection in list(self.connections):
+            with suppress(ConnectionError):
+                if isinstance(frame, bytes):
+                    await connection.ws.send_bytes(frame)
+                else:
+                    await connection.ws.send_str(frame)
+
+    async def send_trades(self, trades: list[dict[str, object]]) -> None:
+        await self.send_raw(orjson.dumps({"type": "trade", "data": trades}).decode())
+
+    async def drop_connections(self) -> None:
+        """Close every gateway's socket, as Finnhub does when it restarts a server."""
+        for connection in list(self.connections):
+            await connection.ws.close(code=1001, message=b"server restart")
+
+    # -- the protocol ---------------------------------------------------------------------
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        token = request.query.get("token", "")
+        if not token or (self.token is not None and token != self.token):
+            # Finnhub answers a bad or missing key with a plain 401 before the upgrade.
+            return web.json_response({"error": "Invalid API key."}, status=401)
+        ws = web.WebSocketResponse(autoping=True)
+        await ws.prepare(request)
+        connection = UpstreamConnection(ws)
+        self.connections.append(connection)
+        self.connection_count += 1
+        await self._notify()
+        emitter = asyncio.create_task(self._emit_forever(connection))
+        try:
+            async for message in ws:
+                if message.type is WSMsgType.TEXT:
+                    await self._handle_text(connection, message.data)
+        finally:
+            emitter.cancel()
+            with suppress(asyncio.CancelledError):
+                await emitter
+            self.connections.remove(connection)
+            await self._notify()
+        return ws
+
+    async def _handle_text(self, connection: UpstreamConnection, data: str) -> None:
+        try:
+            message = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            await connection.ws.send_str('{"type":"error","msg":"Invalid JSON"}')
+            return
+        if not isinstance(message, dict):
+            return
+        self.received.append(message)
+        kind, symbol = message.get("type"), message.get("symbol")
+        if isinstance(symbol, str):
+            if kind == "subscribe" and symbol not in connection.symbols:
+                if len(connection.symbols) >= self.max_symbols:
+                    await connection.ws.send_str(
+                        '{"type":"error","msg":"Subscribing to too many symbols"}'
+                    )
+                else:
+                    connection.symbols.append(symbol)
+            elif kind == "unsubscribe" and symbol in connection.symbols:
+                connection.symbols.remove(symbol)
+        await self._notify()
+
+    async def _notify(self) -> None:
+        async with self.changed:
+            self.changed.notify_all()
+
+    async def _emit_forever(self, connection: UpstreamConnection) -> None:
+        next_ping = time.monotonic() + self.ping_interval
+        owed = 0.0  # fractional trades carried between ticks, so low rates still trade
+        while not connection.ws.closed:
+            await asyncio.sleep(TICK_SECONDS)
+            if time.monotonic() >= next_ping:
+                next_ping += self.ping_interval
+                await connection.ws.send_str('{"type":"ping"}')
+            owed += self.rate * TICK_SECONDS
+            count = int(owed)
+            if count and connection.symbols:
+                owed -= count
+                await connection.ws.send_str(self._trade_frame(connection.symbols, count))
+            elif not connection.symbols:
+                owed = 0.0
+
+    def _trade_frame(self, symbols: list[str], count: int) -> str:
+        now_ms = int(time.time() * 1000)
+        count = min(count, len(symbols) * MAX_TRADES_PER_SYMBOL_PER_FRAME)
+        data = [self._next_trade(self._random.choice(symbols), now_ms) for _ in range(count)]
+        self.trades_sent += len(data)
+        return orjson.dumps({"type": "trade", "data": data}).decode()
+
+    def _next_trade(self, symbol: str, now_ms: int) -> dict[str, object]:
+        price = self._prices.get(symbol) or reference_price(symbol)
+        price = max(0.01, price * (1 + self._random.gauss(0, 0.0005)))
+        self._prices[symbol] = price
+        decimals = 5 if price < 10 else 2
+        volume: float
+        if ":" in symbol:  # crypto and forex trade fractional sizes
+            volume = round(self._random.expovariate(20), 6)
+        else:
+            volume = self._random.choice((1, 5, 10, 25, 50, 100, 100, 200, 500))
+        trade: dict[str, object] = {
+            "s": symbol,
+            "p": round(price, decimals),
+            "t": now_ms,
+            "v": volume,
+        }
+        if ":" not in symbol:
+            trade["c"] = self._random.choice((["1"], ["1", "12"], []))
+        return trade
+
+
+@asynccontextmanager
+async def serve(
+    simulator: MarketSimulator, host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[str]:
+    """Serve the simulator for the length of the block; yields its ws:// URL."""
+    runner = web.AppRunner(simulator.app, access_log=None)  # access logs would print tokens
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        bound_port = runner.addresses[0][1]
+        yield f"ws://{host}:{bound_port}/"
+    finally:
+        await runner.cleanup()
+
+
+async def _main(host: str, port: int, rate: float, ping_interval: float) -> None:
+    simulator = MarketSimulator(rate=rate, ping_interval=ping_interval)
+    async with serve(simulator, host, port) as url:
+        logger.info("simulated Finnhub listening on %s (rate %.0f trades/s)", url, rate)
+        await asyncio.Event().wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="A Finnhub-compatible market simulator")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--rate", type=float, default=20.0, help="trades per second per connection")
+    parser.add_argument("--ping-interval", type=float, default=60.0)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    with suppress(KeyboardInterrupt):
+        asyncio.run(_main(args.host, args.port, args.rate, args.ping_interval))
+
+
+if __name__ == "__main__":
+    main()

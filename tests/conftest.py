@@ -1,0 +1,173 @@
+"""Real parts for the tests: the simulator as Finnhub, the gateway under uvicorn, and
+real WebSocket clients, all on 127.0.0.1 with ports picked by the kernel."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+import uvicorn
+
+from gateway import Gateway, create_app, uvicorn_options
+from settings import Settings
+from simulator import MarketSimulator, serve
+
+TEST_KEY = "fh-test-key-8c1d7e"
+RECEIVE_TIMEOUT = 5.0
+
+
+@dataclass
+class Market:
+    simulator: MarketSimulator
+    url: str
+
+
+@pytest.fixture
+async def market() -> AsyncIterator[Market]:
+    """A scripted Finnhub: no automatic trades; tests send them."""
+    simulator = MarketSimulator(rate=0, token=TEST_KEY)
+    async with serve(simulator) as url:
+        yield Market(simulator, url)
+
+
+def settings_for(market: Market, **overrides: Any) -> Settings:
+    base = Settings(
+        finnhub_api_key=TEST_KEY,
+        finnhub_ws_url=market.url,
+        host="127.0.0.1",
+        port=0,
+        log_level="DEBUG",
+        reconnect_initial_delay=0.02,
+        reconnect_max_delay=0.2,
+    )
+    return replace(base, **overrides)
+
+
+class Client:
+    """A WebSocket client of the gateway that reads JSON messages."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+
+    async def send(self, message: object) -> None:
+        await self.ws.send_str(orjson.dumps(message).decode())
+
+    async def receive(self, timeout: float = RECEIVE_TIMEOUT) -> dict[str, Any]:
+        message = await self.ws.receive(timeout=timeout)
+        assert message.type is aiohttp.WSMsgType.TEXT, f"expected a text frame, got {message}"
+        decoded = orjson.loads(message.data)
+        assert isinstance(decoded, dict)
+        return decoded
+
+    async def expect(
+        self, kind: str, *, skip: tuple[str, ...] = ("status",), timeout: float = RECEIVE_TIMEOUT
+    ) -> dict[str, Any]:
+        """The next message of `kind`; only the types in `skip` may come before it."""
+        async with asyncio.timeout(timeout):
+            while True:
+                message = await self.receive()
+                if message["type"] == kind:
+                    return message
+                assert message["type"] in skip, f"expected {kind}, got {message}"
+
+    async def subscribe(self, *symbols: str) -> dict[str, Any]:
+        await self.send({"action": "subscribe", "symbols": list(symbols)})
+        return await self.expect("subscription")
+
+    async def unsubscribe(self, *symbols: str) -> dict[str, Any]:
+        await self.send({"action": "unsubscribe", "symbols": list(symbols)})
+        return await self.expect("subscription")
+
+    async def wait_upstream_connected(self) -> None:
+        while (await self.expect("status"))["upstream"] != "connected":
+            pass
+
+
+@dataclass
+class GatewayUnderTest:
+    base_url: str
+    ws_url: str
+    gateway: Gateway
+    session: aiohttp.ClientSession
+
+    async def connect(self, **kwargs: Any) -> Client:
+        ws = await self.session.ws_connect(self.ws_url, **kwargs)
+        client = Client(ws)
+        assert (await client.receive())["type"] == "connection"
+        return client
+
+    async def get_json(self, path: str) -> Any:
+        async with self.session.get(self.base_url + path) as response:
+            assert response.status == 200
+            return await response.json()
+
+    async def health(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self.get_json("/health")
+        return result
+
+
+@asynccontextmanager
+async def run_gateway(settings: Settings) -> AsyncIterator[GatewayUnderTest]:
+    """The real app under a real uvicorn server on a free loopback port."""
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        lifespan="on",
+        log_config=None,
+        log_level="debug",
+        **uvicorn_options(),  # type: ignore[arg-type]
+    )
+    server = uvicorn.Server(config)
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    serving = asyncio.create_task(server.serve(sockets=[listener]))
+    try:
+        async with asyncio.timeout(10):
+            while not server.started:
+                assert not serving.done(), "the gateway failed to start"
+                await asyncio.sleep(0.01)
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            yield GatewayUnderTest(
+                f"http://127.0.0.1:{port}",
+                f"ws://127.0.0.1:{port}/ws",
+                app.state.gateway,
+                session,
+            )
+    finally:
+        server.should_exit = True
+        await serving
+        listener.close()
+
+
+@pytest.fixture
+async def gateway(market: Market) -> AsyncIterator[GatewayUnderTest]:
+    """The gateway on the scripted market, with its upstream connected."""
+    async with run_gateway(settings_for(market)) as running:
+        probe = await running.connect()
+        await probe.wait_upstream_connected()
+        await probe.ws.close()
+        yield running
+
+
+async def poll_until(
+    check: Callable[[], Awaitable[bool]], timeout: float = RECEIVE_TIMEOUT
+) -> None:
+    """Wait for server state seen only from outside (e.g. /health), which has no event."""
+    async with asyncio.timeout(timeout):
+        while not await check():  # noqa: ASYNC110 - an HTTP endpoint has no event
+            await asyncio.sleep(0.02)
+
+
+def trade(
+    symbol: str, price: float, *, volume: float = 100, timestamp: int = 1_700_000_000_000
+) -> dict[str, Any]:
+    return {"s": symbol, "p": price, "t": timestamp, "v": volume, "c": ["1"]}
