@@ -1,0 +1,91 @@
+"""A client that never reads must not delay others, grow memory, or stay forever."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import socket
+import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from tests.conftest import Market, poll_until, run_gateway, settings_for, trade
+
+
+@asynccontextmanager
+async def never_reading_client(
+    host: str, port: int, subscribe: str
+) -> AsyncIterator[socket.socket]:
+    """A raw WebSocket client with a tiny receive buffer that subscribes, then never reads."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.sock_connect(sock, (host, port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        request = (
+            f"GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        await loop.sock_sendall(sock, request.encode())
+        response = b""
+        while b"\r\n\r\n" not in response:
+            response += await loop.sock_recv(sock, 1)
+        assert response.startswith(b"HTTP/1.1 101")
+        payload = subscribe.encode()
+        mask = os.urandom(4)
+        masked = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+        await loop.sock_sendall(sock, struct.pack("!BB", 0x81, 0x80 | len(payload)) + mask + masked)
+        yield sock
+    finally:
+        sock.close()
+
+
+async def test_a_client_that_never_reads_is_conflated_then_closed_while_others_stream(
+    market: Market,
+) -> None:
+    settings = settings_for(market, client_outbox_size=64, slow_consumer_timeout=0.5)
+    async with run_gateway(settings) as gateway:
+        reader = await gateway.connect()
+        await reader.wait_upstream_connected()
+        await reader.subscribe("AAPL", "MSFT")
+        port = int(gateway.base_url.rsplit(":", 1)[1])
+        subscribe = '{"action":"subscribe","symbols":["AAPL","MSFT"]}'
+        async with never_reading_client("127.0.0.1", port, subscribe):
+            hub = gateway.gateway.running.hub
+
+            async def stuck_client_subscribed() -> None:
+                while len(hub.subscribers_of("AAPL")) < 2:  # noqa: ASYNC110 - no event for this
+                    await asyncio.sleep(0.01)
+
+            await asyncio.wait_for(stuck_client_subscribed(), 5)
+            price = 100.0
+            # Lockstep: each batch must reach the reading client before the next is sent,
+            # so a broadcaster waiting on the stuck client would time this test out.
+            for _batch in range(3000):
+                batch: list[dict[str, Any]] = []
+                for _ in range(50):
+                    price += 0.01
+                    batch.append(trade("AAPL" if len(batch) % 2 else "MSFT", round(price, 2)))
+                await market.simulator.send_trades(batch)
+                for expected in batch:
+                    update = await reader.expect("price_update", timeout=2)
+                    assert update["data"]["price"] == expected["p"]
+                if hub.stats.slow_consumer_disconnects:
+                    break
+            assert hub.stats.slow_consumer_disconnects == 1
+            assert hub.stats.conflated_updates > 0
+
+            async def evicted_client_gone() -> bool:
+                return bool((await gateway.health())["clients"] == 1)
+
+            # Closing gives the stuck client a short grace, then aborts its socket.
+            await poll_until(evicted_client_gone)
+            assert (await gateway.health())["slow_consumer_disconnects"] == 1
+            assert len(hub.subscribers_of("AAPL")) == 1
+        # The reading client was never disturbed.
+        await market.simulator.send_trades([trade("AAPL", 1.0)])
+        assert (await reader.expect("price_update"))["data"]["price"] == 1.0

@@ -1,0 +1,121 @@
+"""Pure logic: symbol rules, client message parsing, trade parsing, backoff, redaction."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from finnhub_feed import Backoff, parse_trades, redact
+from hub import Trade
+from protocol import ProtocolError, normalize_symbol, parse_client_message, split_symbols
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("AAPL", "AAPL"),
+        (" brk.b ", "BRK.B"),
+        ("binance:btcusdt", "BINANCE:BTCUSDT"),
+        ("OANDA:EUR_USD", "OANDA:EUR_USD"),
+        ("IC MARKETS:1", "IC MARKETS:1"),
+        ("^gspc", "^GSPC"),
+        ("", None),
+        ("   ", None),
+        ("<script>", None),
+        ("AAPL\n", "AAPL"),  # trimmed like any surrounding whitespace
+        ("AA\nPL", None),
+        ("A\u0000", None),
+        ('A"B', None),
+        ("A&B", None),
+        (":AAPL", None),
+        ("X" * 40, "X" * 40),
+        ("X" * 41, None),
+        ("ÄPFEL", None),
+    ],
+)
+def test_symbol_pattern(raw: str, expected: str | None) -> None:
+    assert normalize_symbol(raw) == expected
+
+
+def test_split_symbols_dedupes_in_order_and_keeps_rejects_raw() -> None:
+    assert split_symbols(("msft", "<b>", "MSFT", "aapl")) == (["MSFT", "AAPL"], ["<b>"])
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        ("{", "invalid_json"),
+        ("", "invalid_json"),
+        ("null", "invalid_message"),
+        ('"subscribe"', "invalid_message"),
+        ('{"action": 1}', "invalid_message"),
+        ('{"action": "sell"}', "unknown_action"),
+        ('{"action": "subscribe", "symbols": [null]}', "invalid_message"),
+        ('{"action": "unsubscribe", "symbols": {}}', "invalid_message"),
+    ],
+)
+def test_parse_client_message_errors(text: str, code: str) -> None:
+    with pytest.raises(ProtocolError) as raised:
+        parse_client_message(text)
+    assert raised.value.code == code
+
+
+def test_parse_client_message_accepts_the_seed_shapes() -> None:
+    request = parse_client_message('{"action":"subscribe","symbols":["AAPL","NVDA"]}')
+    assert request.action == "subscribe" and request.symbols == ("AAPL", "NVDA")
+    assert parse_client_message('{"action":"ping"}').action == "ping"
+
+
+def test_unknown_action_is_echoed_escaped_and_short() -> None:
+    with pytest.raises(ProtocolError) as raised:
+        parse_client_message('{"action": "<img src=x onerror=alert(1)>' + "x" * 100 + '"}')
+    assert len(raised.value.message) < 120
+
+
+def test_parse_trades_keeps_valid_and_counts_malformed() -> None:
+    data = [
+        {"s": "AAPL", "p": 150.25, "t": 1700000000000, "v": 100, "c": ["1"]},
+        {"s": "BINANCE:BTCUSDT", "p": 65000, "t": 1700000000001, "v": 0.011467, "c": None},
+        {"s": "MSFT", "p": 1.0, "t": 1700000000002, "v": 0},
+        {"s": "BAD", "p": "150", "t": 1, "v": 1},
+        {"s": "BAD", "p": True, "t": 1, "v": 1},
+        {"s": "BAD", "p": math.nan, "t": 1, "v": 1},
+        {"s": "BAD", "p": 1.0, "t": 1.5, "v": 1},
+        {"p": 1.0, "t": 1, "v": 1},
+        ["not", "a", "dict"],
+        None,
+    ]
+    trades, malformed = parse_trades(data)
+    assert trades == [
+        Trade("AAPL", 150.25, 100, 1700000000000),
+        Trade("BINANCE:BTCUSDT", 65000, 0.011467, 1700000000001),
+        Trade("MSFT", 1.0, 0, 1700000000002),
+    ]
+    assert malformed == 7
+    assert parse_trades({"s": "AAPL"}) == ([], 1)
+
+
+def test_backoff_doubles_to_the_cap_and_resets() -> None:
+    backoff = Backoff(0.5, 30.0, rng=lambda: 1.0)
+    delays = [backoff.next_delay() for _ in range(10)]
+    assert delays == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0, 30.0]
+    backoff.reset()
+    assert backoff.next_delay() == 0.5
+
+
+def test_backoff_has_full_jitter() -> None:
+    backoff = Backoff(1.0, 8.0)
+    for _ in range(5):
+        backoff.next_delay()
+    samples = [backoff.next_delay() for _ in range(200)]
+    assert all(0.0 <= sample <= 8.0 for sample in samples)
+    assert min(samples) < 2.0 and max(samples) > 6.0
+
+
+def test_redact_masks_the_key_and_any_token_parameter() -> None:
+    text = "401, message='Invalid response status', url='wss://ws.finnhub.io/?token=sekrit123&x=1'"
+    redacted = redact(text, "sekrit123")
+    assert "sekrit123" not in redacted
+    assert "token=***" in redacted
+    assert redact("token=other-value", "") == "token=***"
