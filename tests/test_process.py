@@ -72,17 +72,19 @@ async def test_missing_key_fails_under_uvicorn_too(tmp_path: Path) -> None:
 
 
 @asynccontextmanager
-async def demo_gateway(tmp_path: Path, port: int) -> AsyncIterator[asyncio.subprocess.Process]:
+async def demo_gateway(
+    tmp_path: Path, port: int, *command: str
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """Start the gateway in demo mode; `python gateway.py --demo` unless a command is given."""
+    command = command or (sys.executable, str(PROJECT / "gateway.py"), "--demo")
     process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(PROJECT / "gateway.py"),
-        "--demo",
+        *command,
         "--host",
         "127.0.0.1",
         "--port",
         str(port),
         cwd=tmp_path,
-        env=clean_env(DEMO_TRADE_RATE="200"),
+        env=clean_env(DEMO="true", DEMO_TRADE_RATE="200"),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
@@ -141,3 +143,16 @@ async def test_demo_mode_end_to_end(tmp_path: Path) -> None:
         assert "Application shutdown complete" in rest
         for complaint in ("Task was destroyed", "Unclosed", "Traceback"):
             assert complaint not in rest, rest
+
+
+async def test_uvicorn_command_line_serves_the_app(tmp_path: Path) -> None:
+    port = free_port()
+    uvicorn_command = (sys.executable, "-m", "uvicorn", "--app-dir", str(PROJECT), "gateway:app")
+    async with demo_gateway(tmp_path, port, *uvicorn_command) as process:
+        await read_until(process, "Uvicorn running on")
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{port}/health") as response,
+        ):
+            health = await response.json()
+        assert health["status"] == "ok" and health["demo"] is True
