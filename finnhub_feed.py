@@ -131,6 +131,7 @@ class FinnhubFeed:
         self._sent: set[str] = set()  # subscribed on the current socket
         self._wanted_changed = asyncio.Event()
         self._last_subscribe: tuple[str, float] | None = None
+        self.blame_window = BLAME_WINDOW_SECONDS
 
     # -- inputs from the hub ---------------------------------------------------------------
 
@@ -274,7 +275,7 @@ class FinnhubFeed:
         if self._last_subscribe is not None:
             symbol, at = self._last_subscribe
             if (
-                asyncio.get_running_loop().time() - at <= BLAME_WINDOW_SECONDS
+                asyncio.get_running_loop().time() - at <= self.blame_window
                 and symbol in self._sent
             ):
                 return symbol

@@ -319,6 +319,23 @@ async def test_symbol_cap_error_is_blamed_on_the_subscribe_that_caused_it(market
         assert (await first.expect("price_update"))["symbol"] == "AAPL"
 
 
+async def test_unattributable_upstream_error_reaches_every_client(
+    market: Market, gateway: GatewayUnderTest
+) -> None:
+    gateway.gateway.running.feed.blame_window = 0  # no recent subscribe to blame
+    first, second = await gateway.connect(), await gateway.connect()
+    await first.subscribe("AAPL")
+    await market.simulator.wait_for(lambda: "AAPL" in market.simulator.subscribed_symbols())
+    await market.simulator.send_raw('{"type":"error","msg":"Internal server error"}')
+    for client in (first, second):
+        assert await client.expect("error") == {
+            "type": "error",
+            "code": "upstream_error",
+            "message": "Internal server error",
+        }
+    assert (await gateway.health())["symbols"] == ["AAPL"]
+
+
 async def test_http_endpoints(gateway: GatewayUnderTest) -> None:
     root = await gateway.get_json("/")
     assert root["status"] == "ok"
