@@ -274,9 +274,6 @@ class FinnhubFeed:
             return max(named, key=len)
         if self._last_subscribe is not None:
             symbol, at = self._last_subscribe
-            if (
-                asyncio.get_running_loop().time() - at <= self.blame_window
-                and symbol in self._sent
-            ):
+            if asyncio.get_running_loop().time() - at <= self.blame_window and symbol in self._sent:
                 return symbol
         return None

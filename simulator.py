@@ -11,6 +11,10 @@ symbol cap, as Finnhub's free plan does.
 Tests drive it too: it records every message received, and can send any frame or drop
 every connection on command.
 
+In benchmark mode (`sequenced=True`) symbols trade round-robin and each trade's
+volume is its per-symbol sequence number, so load clients can count what they missed;
+`GET /stats` reports what was sent per second and `POST /rate?value=N` changes the rate.
+
 Run standalone: `python simulator.py --port 8765 --rate 50`.
 This module must never log the token it is given.
 """
@@ -76,6 +80,8 @@ class MarketSimulator:
         token: str | None = None,
         max_symbols: int = 50,
         seed: int | None = None,
+        tick: float = TICK_SECONDS,
+        sequenced: bool = False,
     ) -> None:
         self.rate = rate  # trades per second over all subscribed symbols, per connection
         self.ping_interval = ping_interval
@@ -86,10 +92,17 @@ class MarketSimulator:
         self.connection_count = 0
         self.trades_sent = 0
         self.changed = asyncio.Condition()
+        self.tick = tick
+        self.sequenced = sequenced
+        self.sequences: dict[str, int] = {}  # sequenced mode: last sequence sent per symbol
+        self.sent_per_second: dict[int, dict[str, int]] = {}  # sequenced mode
+        self._next_symbol = 0
         self._random = random.Random(seed)
         self._prices: dict[str, float] = {}
         self.app = web.Application()
         self.app.router.add_get("/", self._handle)
+        self.app.router.add_get("/stats", self._stats)
+        self.app.router.add_post("/rate", self._set_rate)
 
     # -- controls for tests and benchmarks ---------------------------------------------------
 
@@ -183,11 +196,11 @@ class MarketSimulator:
         next_ping = time.monotonic() + self.ping_interval
         owed = 0.0  # fractional trades carried between ticks, so low rates still trade
         while not connection.ws.closed:
-            await asyncio.sleep(TICK_SECONDS)
+            await asyncio.sleep(self.tick)
             if time.monotonic() >= next_ping:
                 next_ping += self.ping_interval
                 await connection.ws.send_str('{"type":"ping"}')
-            owed += self.rate * TICK_SECONDS
+            owed += self.rate * self.tick
             count = int(owed)
             if count and connection.symbols:
                 owed -= count
@@ -196,11 +209,44 @@ class MarketSimulator:
                 owed = 0.0
 
     def _trade_frame(self, symbols: list[str], count: int) -> str:
-        now_ms = int(time.time() * 1000)
-        count = min(count, len(symbols) * MAX_TRADES_PER_SYMBOL_PER_FRAME)
-        data = [self._next_trade(self._random.choice(symbols), now_ms) for _ in range(count)]
+        now_ms = int(time.time() * 1000)  # the send time: benchmarks measure latency from it
+        if self.sequenced:
+            data = [self._sequenced_trade(symbols, now_ms) for _ in range(count)]
+        else:
+            count = min(count, len(symbols) * MAX_TRADES_PER_SYMBOL_PER_FRAME)
+            data = [self._next_trade(self._random.choice(symbols), now_ms) for _ in range(count)]
         self.trades_sent += len(data)
         return orjson.dumps({"type": "trade", "data": data}).decode()
+
+    def _sequenced_trade(self, symbols: list[str], now_ms: int) -> dict[str, object]:
+        symbol = symbols[self._next_symbol % len(symbols)]
+        self._next_symbol += 1
+        sequence = self.sequences[symbol] = self.sequences.get(symbol, 0) + 1
+        second = self.sent_per_second.setdefault(now_ms // 1000, {})
+        second[symbol] = second.get(symbol, 0) + 1
+        trade = self._next_trade(symbol, now_ms)
+        trade["v"] = sequence
+        return trade
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "trades_sent": self.trades_sent,
+                "rate": self.rate,
+                "connections": len(self.connections),
+                "subscribed": sorted(self.subscribed_symbols()),
+                "sequences": self.sequences,
+                "sent_per_second": {str(k): v for k, v in self.sent_per_second.items()},
+            },
+            dumps=lambda value: orjson.dumps(value).decode(),
+        )
+
+    async def _set_rate(self, request: web.Request) -> web.Response:
+        try:
+            self.rate = float(request.query["value"])
+        except (KeyError, ValueError):
+            return web.json_response({"error": "POST /rate?value=<trades per second>"}, status=400)
+        return web.json_response({"rate": self.rate})
 
     def _next_trade(self, symbol: str, now_ms: int) -> dict[str, object]:
         price = self._prices.get(symbol) or reference_price(symbol)
@@ -238,8 +284,15 @@ async def serve(
         await runner.cleanup()
 
 
-async def _main(host: str, port: int, rate: float, ping_interval: float) -> None:
-    simulator = MarketSimulator(rate=rate, ping_interval=ping_interval)
+async def _main(args: argparse.Namespace) -> None:
+    simulator = MarketSimulator(
+        rate=args.rate,
+        ping_interval=args.ping_interval,
+        tick=args.tick,
+        sequenced=args.sequenced,
+        max_symbols=args.max_symbols,
+    )
+    host, port, rate = args.host, args.port, args.rate
     async with serve(simulator, host, port) as url:
         logger.info("simulated Finnhub listening on %s (rate %.0f trades/s)", url, rate)
         await asyncio.Event().wait()
@@ -251,10 +304,15 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--rate", type=float, default=20.0, help="trades per second per connection")
     parser.add_argument("--ping-interval", type=float, default=60.0)
+    parser.add_argument("--max-symbols", type=int, default=50, help="per connection, as Finnhub")
+    parser.add_argument("--tick", type=float, default=TICK_SECONDS, help="seconds between frames")
+    parser.add_argument(
+        "--sequenced", action="store_true", help="benchmark mode: volume = per-symbol sequence"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     with suppress(KeyboardInterrupt):
-        asyncio.run(_main(args.host, args.port, args.rate, args.ping_interval))
+        asyncio.run(_main(args))
 
 
 if __name__ == "__main__":

@@ -3,45 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
-import socket
-import struct
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
+from bench.stuck import open_never_reading_client
 from tests.conftest import Market, poll_until, run_gateway, settings_for, trade
-
-
-@asynccontextmanager
-async def never_reading_client(
-    host: str, port: int, subscribe: str
-) -> AsyncIterator[socket.socket]:
-    """A raw WebSocket client with a tiny receive buffer that subscribes, then never reads."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    loop = asyncio.get_running_loop()
-    try:
-        await loop.sock_connect(sock, (host, port))
-        key = base64.b64encode(os.urandom(16)).decode()
-        request = (
-            f"GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
-        await loop.sock_sendall(sock, request.encode())
-        response = b""
-        while b"\r\n\r\n" not in response:
-            response += await loop.sock_recv(sock, 1)
-        assert response.startswith(b"HTTP/1.1 101")
-        payload = subscribe.encode()
-        mask = os.urandom(4)
-        masked = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
-        await loop.sock_sendall(sock, struct.pack("!BB", 0x81, 0x80 | len(payload)) + mask + masked)
-        yield sock
-    finally:
-        sock.close()
 
 
 async def test_a_client_that_never_reads_is_conflated_then_closed_while_others_stream(
@@ -54,7 +19,8 @@ async def test_a_client_that_never_reads_is_conflated_then_closed_while_others_s
         await reader.subscribe("AAPL", "MSFT")
         port = int(gateway.base_url.rsplit(":", 1)[1])
         subscribe = '{"action":"subscribe","symbols":["AAPL","MSFT"]}'
-        async with never_reading_client("127.0.0.1", port, subscribe):
+        stuck = await open_never_reading_client("127.0.0.1", port, subscribe)
+        with stuck:
             hub = gateway.gateway.running.hub
 
             async def stuck_client_subscribed() -> None:
