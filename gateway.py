@@ -63,12 +63,65 @@ class StarletteClientSocket:
 
     def abort(self) -> None:
         # ASGI has no "abort": a client that never reads keeps a graceful close (and
-        # its buffered bytes) pending forever. uvicorn's receive callable is a method
-        # of its connection protocol, which owns the transport; drop it from there.
-        protocol_object = getattr(self._websocket._receive, "__self__", None)
-        transport = getattr(protocol_object, "transport", None)
+        # its buffered bytes) pending forever, so drop the connection from below.
+        transport = getattr(_server_protocol(self._websocket), "transport", None)
         if isinstance(transport, asyncio.Transport):
             transport.abort()
+
+
+class UvicornFrameWriter:
+    """The fast path: pre-built frames written straight to uvicorn's transport.
+
+    ASGI sends one message per awaited call through three layers; fan-out to thousands
+    of clients spends most of its time there (see BENCHMARKS.md). Server frames are
+    unmasked, so one encoded frame can be written as-is to every subscriber. This is
+    only safe on uvicorn's websockets-sansio protocol with no extension negotiated
+    (permessage-deflate would need compressed frames), and it never writes after a
+    close frame went out or the transport started closing. Anywhere else `attach`
+    returns None and the client uses plain ASGI sends.
+    """
+
+    def __init__(self, server: Any, transport: asyncio.Transport, writable: asyncio.Event) -> None:
+        self._server = server
+        self._transport = transport
+        self._writable = writable
+
+    @classmethod
+    def attach(cls, websocket: WebSocket) -> UvicornFrameWriter | None:
+        server = _server_protocol(websocket)
+        if type(server).__module__ != "uvicorn.protocols.websockets.websockets_sansio_impl":
+            return None
+        transport = getattr(server, "transport", None)
+        writable = getattr(server, "writable", None)
+        extensions = getattr(getattr(server, "conn", None), "extensions", None)
+        if (
+            isinstance(transport, asyncio.Transport)
+            and isinstance(writable, asyncio.Event)
+            and extensions == []
+            and isinstance(getattr(server, "close_sent", None), bool)
+        ):
+            return cls(server, transport, writable)
+        return None
+
+    def ready(self) -> bool:
+        return (
+            self._writable.is_set()
+            and not self._server.close_sent
+            and not self._transport.is_closing()
+        )
+
+    def write(self, data: bytes) -> None:
+        self._transport.write(data)
+
+    async def wait_ready(self) -> None:
+        await self._writable.wait()
+        if self._server.close_sent or self._transport.is_closing():
+            raise ConnectionError("client socket closed")
+
+
+def _server_protocol(websocket: WebSocket) -> object | None:
+    # uvicorn's receive callable is a bound method of its per-connection protocol.
+    return getattr(websocket._receive, "__self__", None)
 
 
 @dataclass
@@ -153,6 +206,7 @@ class Gateway:
                 "upstream": feed.state,
                 "demo": self.settings.demo,
                 "clients": hub.client_count,
+                "clients_fast_path": hub.fast_path_count,
                 "symbols": hub.symbols(),
                 "upstream_messages_received": feed.messages_received,
                 "upstream_trades_received": feed.trades_received,
@@ -173,7 +227,8 @@ class Gateway:
     async def serve_websocket(self, websocket: WebSocket) -> None:
         hub = self.running.hub
         await websocket.accept()
-        async with hub.connect(StarletteClientSocket(websocket)) as client:
+        direct = UvicornFrameWriter.attach(websocket) if self.settings.direct_writes else None
+        async with hub.connect(StarletteClientSocket(websocket), direct) as client:
             while True:
                 message = await websocket.receive()
                 if message["type"] == "websocket.disconnect":

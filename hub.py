@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 import protocol
-from protocol import UpstreamState
+from protocol import Frame, UpstreamState
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,21 @@ class ClientSocket(Protocol):
     def abort(self) -> None: ...
 
 
+class FrameWriter(Protocol):
+    """A client's socket as a byte stream we may write whole WebSocket frames to.
+
+    The fast path: writing a pre-built frame costs one buffered, non-blocking write,
+    with no task switch. `ready()` is false while the socket's send buffer is full or
+    the connection is closing; `wait_ready()` raises ConnectionError once it is gone.
+    """
+
+    def ready(self) -> bool: ...
+
+    def write(self, data: bytes) -> None: ...
+
+    async def wait_ready(self) -> None: ...
+
+
 @dataclass
 class FanoutStats:
     price_updates_sent: int = 0
@@ -70,11 +85,13 @@ class FanoutStats:
 class ClientConnection:
     """One client: its symbols, and a bounded outbox drained by its own writer task.
 
-    Frames wait in a FIFO of at most `outbox_size`. Once it is full, price updates go to
-    `_latest` instead (one per symbol, newest wins): the writer sends the FIFO first,
-    then those, so updates for one symbol are never reordered and memory stays bounded
-    by the number of symbols. Control frames (confirmations, errors, status) always
-    take the FIFO: they are rare and caused by the client itself.
+    While the client keeps up and nothing is queued, a frame is written straight to its
+    socket (`FrameWriter`) from the broadcaster: no task switch, no await. Otherwise
+    frames wait in a FIFO of at most `outbox_size`; once that is full, price updates go
+    to `_latest` instead (one per symbol, newest wins). The writer task sends the FIFO
+    first, then those, so updates for one symbol are never reordered and memory stays
+    bounded by the number of symbols. Control frames (confirmations, errors, status)
+    always take the FIFO: they are rare and caused by the client itself.
     """
 
     def __init__(
@@ -82,6 +99,7 @@ class ClientConnection:
         socket: ClientSocket,
         stats: FanoutStats,
         *,
+        direct: FrameWriter | None = None,
         outbox_size: int,
         slow_consumer_timeout: float,
     ) -> None:
@@ -89,23 +107,38 @@ class ClientConnection:
         self.symbols: set[str] = set()
         self.evicted = False
         self._socket = socket
+        self._direct = direct
         self._stats = stats
         self._outbox_size = outbox_size
         self._slow_consumer_timeout = slow_consumer_timeout
-        self._frames: deque[str] = deque()
-        self._latest: dict[str, str] = {}
+        self._frames: deque[Frame] = deque()
+        self._latest: dict[str, Frame] = {}
         self._wakeup = asyncio.Event()
         self._lag_timer: asyncio.TimerHandle | None = None
         self._writer: asyncio.Task[None] | None = None
 
-    def send(self, frame: str) -> None:
-        """Queue a control frame; never blocks."""
+    @property
+    def fast_path(self) -> bool:
+        return self._direct is not None
+
+    def send(self, frame: Frame) -> None:
+        """Send or queue a control frame; never blocks."""
+        direct = self._direct
+        if direct is not None and not self._frames and not self._latest and direct.ready():
+            direct.write(frame.wire)
+            return
         self._frames.append(frame)
         self._wakeup.set()
 
-    def offer_update(self, symbol: str, frame: str) -> None:
-        """Queue a price update, conflating it if the client is behind; never blocks."""
-        if not self._latest and len(self._frames) < self._outbox_size:
+    def offer_update(self, symbol: str, frame: Frame) -> None:
+        """Send or queue a price update, conflating it if the client is behind; never blocks."""
+        direct = self._direct
+        if not self._frames and not self._latest:
+            if direct is not None and direct.ready():
+                direct.write(frame.wire)
+                return
+            self._frames.append(frame)
+        elif not self._latest and len(self._frames) < self._outbox_size:
             self._frames.append(frame)
         else:
             if symbol in self._latest:
@@ -133,28 +166,43 @@ class ClientConnection:
                 await self._writer
 
     async def _deliver_forever(self) -> None:
+        drain = self._drain_asgi if self._direct is None else self._drain_direct
         try:
             while True:
                 await self._wakeup.wait()
                 self._wakeup.clear()
-                await self._drain()
+                await drain()
+                if self._lag_timer is not None:
+                    self._lag_timer.cancel()
+                    self._lag_timer = None
         except ConnectionError:
             pass  # the client is gone; its reader sees the disconnect and cleans up
         finally:
             if self.evicted:
                 await self._close_slow_consumer()
 
-    async def _drain(self) -> None:
+    def _take_pending(self) -> list[Frame]:
+        """Everything queued, in the order it must be sent: the FIFO, then conflated."""
+        frames = list(self._frames)
+        self._frames.clear()
+        if self._latest:
+            frames.extend(self._latest.values())
+            self._latest = {}
+        return frames
+
+    async def _drain_direct(self) -> None:
+        direct = self._direct
+        assert direct is not None
         while self._frames or self._latest:
-            while self._frames:
-                await self._socket.send_text(self._frames.popleft())
-            if self._latest:
-                latest, self._latest = self._latest, {}
-                for frame in latest.values():
-                    await self._socket.send_text(frame)
-        if self._lag_timer is not None:
-            self._lag_timer.cancel()
-            self._lag_timer = None
+            await direct.wait_ready()
+            # One write for the whole backlog: a lagging client costs one syscall per
+            # wake-up, not one per message.
+            direct.write(b"".join(frame.wire for frame in self._take_pending()))
+
+    async def _drain_asgi(self) -> None:
+        while self._frames or self._latest:
+            for frame in self._take_pending():
+                await self._socket.send_text(frame.text)
 
     def _evict(self) -> None:
         logger.warning("closing slow consumer client_id=%s", self.id)
@@ -196,7 +244,7 @@ class Hub:
         self._slow_consumer_timeout = slow_consumer_timeout
         self._clients: set[ClientConnection] = set()
         self._subscribers: dict[str, set[ClientConnection]] = {}
-        self._latest_update: dict[str, str] = {}
+        self._latest_update: dict[str, Frame] = {}
         # Bounded so a stalled broadcaster pushes back on the upstream reader instead
         # of buffering without limit.
         self._trades: asyncio.Queue[list[Trade]] = asyncio.Queue(maxsize=queue_size)
@@ -206,6 +254,11 @@ class Hub:
     @property
     def client_count(self) -> int:
         return len(self._clients)
+
+    @property
+    def fast_path_count(self) -> int:
+        """Clients whose frames are written straight to their socket."""
+        return sum(1 for client in self._clients if client.fast_path)
 
     def symbols(self) -> list[str]:
         """Every symbol with at least one subscriber: what the upstream should carry."""
@@ -217,11 +270,14 @@ class Hub:
     # -- clients -------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def connect(self, socket: ClientSocket) -> AsyncIterator[ClientConnection]:
+    async def connect(
+        self, socket: ClientSocket, direct: FrameWriter | None = None
+    ) -> AsyncIterator[ClientConnection]:
         """Register a client for the length of the block; leaving releases everything."""
         client = ClientConnection(
             socket,
             self.stats,
+            direct=direct,
             outbox_size=self._outbox_size,
             slow_consumer_timeout=self._slow_consumer_timeout,
         )

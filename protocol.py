@@ -103,23 +103,62 @@ def _quoted(value: str, limit: int = 40) -> str:
     return orjson.dumps(shown).decode()
 
 
-def _encode(message: object) -> str:
-    return orjson.dumps(message).decode()
+class Frame:
+    """One server-to-client message, encoded once and shared by every recipient.
+
+    `wire` is the complete WebSocket text frame (server frames are unmasked, so the
+    bytes are the same for every client); `text` is the str an ASGI send needs.
+    Both are built on first use and cached.
+    """
+
+    __slots__ = ("_text", "_wire", "payload")
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+        self._wire: bytes | None = None
+        self._text: str | None = None
+
+    @property
+    def wire(self) -> bytes:
+        if self._wire is None:
+            self._wire = websocket_text_header(len(self.payload)) + self.payload
+        return self._wire
+
+    @property
+    def text(self) -> str:
+        if self._text is None:
+            self._text = self.payload.decode()
+        return self._text
 
 
-def connection_message(client_id: str) -> str:
+def websocket_text_header(length: int) -> bytes:
+    """RFC 6455 section 5.2: FIN + text opcode, no mask, then the payload length."""
+    if length < 126:
+        return bytes((0x81, length))
+    if length < 1 << 16:
+        return bytes((0x81, 126)) + length.to_bytes(2, "big")
+    return bytes((0x81, 127)) + length.to_bytes(8, "big")
+
+
+def _encode(message: object) -> Frame:
+    return Frame(orjson.dumps(message))
+
+
+def connection_message(client_id: str) -> Frame:
     return _encode({"type": "connection", "status": "connected", "client_id": client_id})
 
 
-def subscription_message(status: Literal["subscribed", "unsubscribed"], symbols: list[str]) -> str:
+def subscription_message(
+    status: Literal["subscribed", "unsubscribed"], symbols: list[str]
+) -> Frame:
     return _encode({"type": "subscription", "status": status, "symbols": symbols})
 
 
-def status_message(upstream: UpstreamState) -> str:
+def status_message(upstream: UpstreamState) -> Frame:
     return _encode({"type": "status", "upstream": upstream})
 
 
-def price_update_message(symbol: str, price: float, volume: float, timestamp: int) -> str:
+def price_update_message(symbol: str, price: float, volume: float, timestamp: int) -> Frame:
     return _encode(
         {
             "type": "price_update",
@@ -129,14 +168,14 @@ def price_update_message(symbol: str, price: float, volume: float, timestamp: in
     )
 
 
-def error_message(code: str, message: str, symbols: list[str] | None = None) -> str:
+def error_message(code: str, message: str, symbols: list[str] | None = None) -> Frame:
     body: dict[str, object] = {"type": "error", "code": code, "message": message}
     if symbols is not None:
         body["symbols"] = symbols
     return _encode(body)
 
 
-def invalid_symbols_error(rejected: list[str]) -> str:
+def invalid_symbols_error(rejected: list[str]) -> Frame:
     names = ", ".join(_quoted(raw) for raw in rejected[:10])
     more = f" and {len(rejected) - 10} more" if len(rejected) > 10 else ""
     return error_message(

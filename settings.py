@@ -41,6 +41,8 @@ class Settings:
     client_outbox_size: int = 256
     # A client that stays behind (conflating) this long is closed with 1013.
     slow_consumer_timeout: float = 10.0
+    # Write pre-built frames straight to uvicorn's transport where that is safe.
+    direct_writes: bool = True
 
     def require_upstream(self) -> None:
         """Fail fast when neither a key nor demo mode is configured."""
@@ -69,5 +71,6 @@ def load_settings(env_file: str = ".env", **overrides: Any) -> Settings:
         reconnect_reset_after=config("RECONNECT_RESET_AFTER", default=10.0, cast=float),
         client_outbox_size=config("CLIENT_OUTBOX_SIZE", default=256, cast=int),
         slow_consumer_timeout=config("SLOW_CONSUMER_TIMEOUT", default=10.0, cast=float),
+        direct_writes=config("DIRECT_WRITES", default=True, cast=bool),
     )
     return replace(settings, **overrides)

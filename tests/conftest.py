@@ -114,16 +114,11 @@ class GatewayUnderTest:
 
 
 @asynccontextmanager
-async def run_gateway(settings: Settings) -> AsyncIterator[GatewayUnderTest]:
+async def run_gateway(settings: Settings, **server_options: Any) -> AsyncIterator[GatewayUnderTest]:
     """The real app under a real uvicorn server on a free loopback port."""
     app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        lifespan="on",
-        log_config=None,
-        log_level="debug",
-        **uvicorn_options(),  # type: ignore[arg-type]
-    )
+    options = {**uvicorn_options(), **server_options}
+    config = uvicorn.Config(app, lifespan="on", log_config=None, log_level="debug", **options)
     server = uvicorn.Server(config)
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
@@ -148,10 +143,14 @@ async def run_gateway(settings: Settings) -> AsyncIterator[GatewayUnderTest]:
         listener.close()
 
 
-@pytest.fixture
-async def gateway(market: Market) -> AsyncIterator[GatewayUnderTest]:
-    """The gateway on the scripted market, with its upstream connected."""
-    async with run_gateway(settings_for(market)) as running:
+@pytest.fixture(params=["fast_path", "asgi_sends"])
+async def gateway(
+    market: Market, request: pytest.FixtureRequest
+) -> AsyncIterator[GatewayUnderTest]:
+    """The gateway on the scripted market, with its upstream connected; every test runs
+    once with frames written straight to the transport and once through ASGI sends."""
+    settings = settings_for(market, direct_writes=request.param == "fast_path")
+    async with run_gateway(settings) as running:
         probe = await running.connect()
         await probe.wait_upstream_connected()
         await probe.ws.close()

@@ -410,3 +410,18 @@ async def test_client_closing_mid_stream_does_not_disturb_others(
         await market.simulator.send_trades([trade("AAPL", price)])
         assert (await staying.expect("price_update"))["data"]["price"] == price
     assert staying.ws.closed is False
+
+
+async def test_fast_path_is_used_where_safe_and_deflate_falls_back(market: Market) -> None:
+    async with run_gateway(settings_for(market), ws_per_message_deflate=True) as gateway:
+        plain = await gateway.connect()
+        compressed = await gateway.connect(compress=15)  # negotiates permessage-deflate
+        health = await gateway.health()
+        assert health["clients"] == 2 and health["clients_fast_path"] == 1
+        for client in (plain, compressed):
+            await client.wait_upstream_connected()
+            await client.subscribe("AAPL")
+        await market.simulator.wait_for(lambda: "AAPL" in market.simulator.subscribed_symbols())
+        await market.simulator.send_trades([trade("AAPL", 150.25)])
+        for client in (plain, compressed):
+            assert await client.expect("price_update") == price_update("AAPL", 150.25)
