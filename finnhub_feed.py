@@ -22,8 +22,8 @@ import logging
 import math
 import random
 import re
-from collections.abc import Callable
-from contextlib import suppress
+from collections import deque
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 
 import aiohttp
@@ -34,9 +34,11 @@ from protocol import UpstreamState
 
 logger = logging.getLogger(__name__)
 
-# How long after a subscribe an unattributed upstream error (Finnhub's "Subscribing to
-# too many symbols" names no symbol) is blamed on that subscribe.
+# Finnhub's "Subscribing to too many symbols" names no symbol: it refuses the latest
+# subscribes. Such an error is blamed on the newest not-yet-blamed subscribe sent within
+# this many seconds; any other error that names no symbol we carry is not attributed.
 BLAME_WINDOW_SECONDS = 5.0
+TOO_MANY_SYMBOLS = "too many symbols"
 _TOKEN_IN_TEXT = re.compile(r"(token=)[^&\s'\"]+", re.IGNORECASE)
 
 
@@ -117,6 +119,7 @@ class FinnhubFeed:
         *,
         backoff: Backoff,
         reset_backoff_after: float = 10.0,
+        idle_timeout: float = 90.0,
     ) -> None:
         self.state: UpstreamState = "connecting"
         self.messages_received = 0
@@ -127,10 +130,13 @@ class FinnhubFeed:
         self._api_key = api_key
         self._backoff = backoff
         self._reset_backoff_after = reset_backoff_after
+        # Finnhub pings about once a minute even when no trades flow: silence longer
+        # than this means a dead (half-open) connection.
+        self._idle_timeout = idle_timeout
         self._wanted: set[str] = set()
         self._sent: set[str] = set()  # subscribed on the current socket
         self._wanted_changed = asyncio.Event()
-        self._last_subscribe: tuple[str, float] | None = None
+        self._recent_subscribes: deque[tuple[str, float]] = deque()
         self.blame_window = BLAME_WINDOW_SECONDS
 
     # -- inputs from the hub ---------------------------------------------------------------
@@ -159,10 +165,13 @@ class FinnhubFeed:
                 connected_at: float | None = None
                 try:
                     async with session.ws_connect(
-                        self._url, params={"token": self._api_key}, autoping=True
+                        self._url,
+                        params={"token": self._api_key},
+                        autoping=True,
+                        timeout=aiohttp.ClientWSTimeout(ws_receive=self._idle_timeout, ws_close=5),
                     ) as ws:
                         connected_at = loop.time()
-                        logger.info("upstream connected url=%s", self._url)
+                        logger.info("upstream connected url=%s", redact(self._url, self._api_key))
                         self._set_state(listener, "connected")
                         await self._stream(ws, listener)
                         logger.warning("upstream closed the socket code=%s", ws.close_code)
@@ -194,9 +203,10 @@ class FinnhubFeed:
     async def _stream(self, ws: aiohttp.ClientWebSocketResponse, listener: FeedListener) -> None:
         self._sent.clear()
         self._wanted_changed.set()  # resubscribe everything wanted, in one burst
+        self._recent_subscribes.clear()
         syncer = asyncio.create_task(self._sync_subscriptions(ws), name="finnhub-subscriptions")
         try:
-            async for message in ws:
+            async for message in self._messages(ws):
                 if message.type is aiohttp.WSMsgType.TEXT:
                     await self._handle_text(message.data, listener)
                 elif message.type is aiohttp.WSMsgType.ERROR:
@@ -212,8 +222,17 @@ class FinnhubFeed:
                     )
         finally:
             syncer.cancel()
-            with suppress(asyncio.CancelledError):
-                await syncer
+            await asyncio.wait([syncer])
+
+    async def _messages(
+        self, ws: aiohttp.ClientWebSocketResponse
+    ) -> AsyncIterator[aiohttp.WSMessage]:
+        """The socket's messages until it closes or stays silent past the idle timeout."""
+        try:
+            async for message in ws:
+                yield message
+        except TimeoutError:
+            logger.warning("upstream silent for %.0fs; reconnecting", self._idle_timeout)
 
     async def _sync_subscriptions(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         loop = asyncio.get_running_loop()
@@ -223,7 +242,10 @@ class FinnhubFeed:
                 self._wanted_changed.clear()
                 for symbol in sorted(self._wanted - self._sent):
                     self._sent.add(symbol)
-                    self._last_subscribe = (symbol, loop.time())
+                    now = loop.time()
+                    self._recent_subscribes.append((symbol, now))
+                    while self._recent_subscribes[0][1] < now - self.blame_window:
+                        self._recent_subscribes.popleft()
                     await ws.send_str(
                         orjson.dumps({"type": "subscribe", "symbol": symbol}).decode()
                     )
@@ -267,13 +289,14 @@ class FinnhubFeed:
         logger.warning("upstream message skipped reason=%s total=%d", why, self.malformed_messages)
 
     def _blame(self, text: str) -> str | None:
-        """The symbol an upstream error is about: named in it, or the latest subscribe."""
+        """The symbol an upstream error is about, if it can be told; None otherwise."""
         padded = f" {text} "
         named = [symbol for symbol in self._sent if f" {symbol} " in padded]
         if named:
             return max(named, key=len)
-        if self._last_subscribe is not None:
-            symbol, at = self._last_subscribe
-            if asyncio.get_running_loop().time() - at <= self.blame_window and symbol in self._sent:
-                return symbol
+        if TOO_MANY_SYMBOLS not in text.lower():
+            return None
+        horizon = asyncio.get_running_loop().time() - self.blame_window
+        if self._recent_subscribes and self._recent_subscribes[-1][1] >= horizon:
+            return self._recent_subscribes.pop()[0]
         return None

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Awaitable
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
 from starlette.applications import Starlette
@@ -64,8 +64,8 @@ class StarletteClientSocket:
     def abort(self) -> None:
         # ASGI has no "abort": a client that never reads keeps a graceful close (and
         # its buffered bytes) pending forever, so drop the connection from below.
-        transport = getattr(_server_protocol(self._websocket), "transport", None)
-        if isinstance(transport, asyncio.Transport):
+        transport = _transport_of(_server_protocol(self._websocket))
+        if transport is not None:
             transport.abort()
 
 
@@ -91,11 +91,11 @@ class UvicornFrameWriter:
         server = _server_protocol(websocket)
         if type(server).__module__ != "uvicorn.protocols.websockets.websockets_sansio_impl":
             return None
-        transport = getattr(server, "transport", None)
+        transport = _transport_of(server)
         writable = getattr(server, "writable", None)
         extensions = getattr(getattr(server, "conn", None), "extensions", None)
         if (
-            isinstance(transport, asyncio.Transport)
+            transport is not None
             and isinstance(writable, asyncio.Event)
             and extensions == []
             and isinstance(getattr(server, "close_sent", None), bool)
@@ -113,6 +113,10 @@ class UvicornFrameWriter:
     def write(self, data: bytes) -> None:
         self._transport.write(data)
 
+    def stalled(self) -> bool:
+        """The peer is not reading: the send buffer is above its high-water mark."""
+        return not self._writable.is_set()
+
     async def wait_ready(self) -> None:
         await self._writable.wait()
         if self._server.close_sent or self._transport.is_closing():
@@ -122,6 +126,14 @@ class UvicornFrameWriter:
 def _server_protocol(websocket: WebSocket) -> object | None:
     # uvicorn's receive callable is a bound method of its per-connection protocol.
     return getattr(websocket._receive, "__self__", None)
+
+
+def _transport_of(server: object | None) -> asyncio.Transport | None:
+    """The server protocol's transport: asyncio's or uvloop's (which is no subclass)."""
+    transport = getattr(server, "transport", None)
+    if all(callable(getattr(transport, name, None)) for name in ("write", "abort", "is_closing")):
+        return cast(asyncio.Transport, transport)
+    return None
 
 
 @dataclass
@@ -165,6 +177,7 @@ class Gateway:
                 key,
                 backoff=Backoff(settings.reconnect_initial_delay, settings.reconnect_max_delay),
                 reset_backoff_after=settings.reconnect_reset_after,
+                idle_timeout=settings.upstream_idle_timeout,
             )
             hub = Hub(
                 feed,
@@ -227,21 +240,28 @@ class Gateway:
     async def serve_websocket(self, websocket: WebSocket) -> None:
         hub = self.running.hub
         await websocket.accept()
+        socket = StarletteClientSocket(websocket)
         direct = UvicornFrameWriter.attach(websocket) if self.settings.direct_writes else None
-        async with hub.connect(StarletteClientSocket(websocket), direct) as client:
-            while True:
-                message = await websocket.receive()
-                if message["type"] == "websocket.disconnect":
-                    return
-                text = message.get("text")
-                if text is None:
-                    client.send(
-                        protocol.error_message(
-                            "invalid_message", "binary frames are not supported; send JSON text"
+        try:
+            async with hub.connect(socket, direct) as client:
+                while True:
+                    message = await websocket.receive()
+                    if message["type"] == "websocket.disconnect":
+                        return
+                    text = message.get("text")
+                    if text is None:
+                        client.send(
+                            protocol.error_message(
+                                "invalid_message", "binary frames are not supported; send JSON text"
+                            )
                         )
-                    )
-                else:
-                    self._handle_request(hub, client, text)
+                    else:
+                        self._handle_request(hub, client, text)
+        finally:
+            if direct is not None and direct.stalled():
+                # The connection is over but its unread output would keep it (and the
+                # server's graceful shutdown) waiting forever.
+                socket.abort()
 
     def _handle_request(self, hub: Hub, client: ClientConnection, text: str) -> None:
         try:

@@ -22,7 +22,7 @@ import logging
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -122,10 +122,19 @@ class ClientConnection:
         return self._direct is not None
 
     def send(self, frame: Frame) -> None:
-        """Send or queue a control frame; never blocks."""
+        """Send or queue a control frame; never blocks.
+
+        Control frames cannot be conflated, so a client that keeps asking while it
+        does not read would queue them without end: past twice the outbox size it is
+        closed as a slow consumer at once.
+        """
         direct = self._direct
         if direct is not None and not self._frames and not self._latest and direct.ready():
             direct.write(frame.wire)
+            return
+        if len(self._frames) >= 2 * self._outbox_size:
+            if not self.evicted:
+                self._evict()
             return
         self._frames.append(frame)
         self._wakeup.set()
@@ -162,8 +171,7 @@ class ClientConnection:
             self._lag_timer.cancel()
         if self._writer is not None:
             self._writer.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._writer
+            await asyncio.wait([self._writer])
 
     async def _deliver_forever(self) -> None:
         drain = self._drain_asgi if self._direct is None else self._drain_direct
@@ -216,10 +224,12 @@ class ClientConnection:
 
     async def _close_slow_consumer(self) -> None:
         # A client this far behind may not read our close frame for a long time (or
-        # ever), and its unread bytes hold memory: give the close a moment, then abort.
+        # ever), and its unread bytes hold memory. One that is still reading gets the
+        # 1013 close within the grace period; one that is not gets a reset after it.
         try:
             async with asyncio.timeout(CLOSE_GRACE_SECONDS):
                 await self._socket.close(SLOW_CONSUMER_CLOSE, "slow consumer")
+                await asyncio.sleep(CLOSE_GRACE_SECONDS)  # cancelled once it disconnects
         except (TimeoutError, ConnectionError):
             pass
         finally:
@@ -339,11 +349,13 @@ class Hub:
 
     def upstream_refused(self, symbol: str | None, message: str) -> None:
         """Finnhub refused something: tell whoever asked, and stop pretending we have it."""
-        if symbol is None or symbol not in self._subscribers:
+        if symbol is None:
             frame = protocol.error_message("upstream_error", message)
             for client in self._clients:
                 client.send(frame)
             return
+        if symbol not in self._subscribers:
+            return  # refused, but everyone who asked has already left
         refused = [symbol]
         error = protocol.error_message("upstream_error", message, refused)
         for client in list(self._subscribers[symbol]):
@@ -356,6 +368,9 @@ class Hub:
         while True:
             trades = await self._trades.get()
             self.fan_out(trades)
+            # get() does not yield while a backlog is queued; writers and socket I/O
+            # must run between batches or clients fall behind for no fault of theirs.
+            await asyncio.sleep(0)
 
     def fan_out(self, trades: list[Trade]) -> None:
         for trade in trades:

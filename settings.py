@@ -37,6 +37,8 @@ class Settings:
     reconnect_max_delay: float = 30.0
     # A connection that stayed up this long resets the backoff to its initial delay.
     reconnect_reset_after: float = 10.0
+    # No message at all from the upstream (trades or its pings) for this long: reconnect.
+    upstream_idle_timeout: float = 90.0
     # Per-client outbox: frames waiting for a slow client before updates are conflated.
     client_outbox_size: int = 256
     # A client that stays behind (conflating) this long is closed with 1013.
@@ -69,6 +71,7 @@ def load_settings(env_file: str = ".env", **overrides: Any) -> Settings:
         reconnect_initial_delay=config("RECONNECT_INITIAL_DELAY", default=0.5, cast=float),
         reconnect_max_delay=config("RECONNECT_MAX_DELAY", default=30.0, cast=float),
         reconnect_reset_after=config("RECONNECT_RESET_AFTER", default=10.0, cast=float),
+        upstream_idle_timeout=config("UPSTREAM_IDLE_TIMEOUT", default=90.0, cast=float),
         client_outbox_size=config("CLIENT_OUTBOX_SIZE", default=256, cast=int),
         slow_consumer_timeout=config("SLOW_CONSUMER_TIMEOUT", default=10.0, cast=float),
         direct_writes=config("DIRECT_WRITES", default=True, cast=bool),

@@ -91,6 +91,7 @@ class MarketSimulator:
         self.connections: list[UpstreamConnection] = []
         self.connection_count = 0
         self.trades_sent = 0
+        self.pings_sent = 0
         self.changed = asyncio.Condition()
         self.tick = tick
         self.sequenced = sequenced
@@ -200,6 +201,8 @@ class MarketSimulator:
             if time.monotonic() >= next_ping:
                 next_ping += self.ping_interval
                 await connection.ws.send_str('{"type":"ping"}')
+                self.pings_sent += 1
+                await self._notify()
             owed += self.rate * self.tick
             count = int(owed)
             if count and connection.symbols:

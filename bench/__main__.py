@@ -41,7 +41,7 @@ PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 @dataclass
 class Config:
     clients: int = 1000
-    rates: tuple[float, ...] = (50, 100, 150, 200, 250, 300, 400)
+    rates: tuple[float, ...] = (50, 100, 150, 200, 250, 300, 400, 500)
     warmup: float = 2.0
     measure: float = 5.0
     drain: float = 3.0
@@ -350,18 +350,24 @@ async def collect(
 # -- scenarios ----------------------------------------------------------------------------
 
 
-async def throughput(config: Config) -> list[dict[str, Any]]:
+async def throughput(
+    config: Config, name: str = "throughput", gateway_env: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
     universe = [f"T{index:02d}" for index in range(20)]
     windows: list[Window] = []
     async with (
-        stack(config, {}) as running,
+        stack(config, gateway_env or {}) as running,
         load(running, universe, clients=config.clients) as clients,
     ):
         await running.wait_upstream_carries(universe)
         for rate in config.rates:
             await running.set_rate(rate)
             await asyncio.sleep(config.warmup)
-            window = await measure(running, f"throughput @ {rate:g} trades/s", rate, config.measure)
+            load_cpu = cpu_seconds(clients.child.pid)
+            window = await measure(running, f"{name} @ {rate:g} trades/s", rate, config.measure)
+            window.extra["load_cpu_share"] = round(
+                (cpu_seconds(clients.child.pid) - load_cpu) / (window.end - window.start), 3
+            )
             windows.append(window)
             if window.cpu_seconds / (window.end - window.start) > 0.97:
                 break  # the gateway's core is saturated: higher rates only queue up
@@ -474,7 +480,7 @@ def machine() -> dict[str, Any]:
 def table(rows: list[dict[str, Any]]) -> str:
     header = (
         f"{'scenario':<40} {'trades/s':>9} {'deliv/s':>9} {'p50':>5} {'p99':>5} {'max':>7} "
-        f"{'lost':>6} {'cpu':>5} {'cpu s/M':>8} {'RSS MiB':>8}"
+        f"{'lost':>6} {'cpu':>5} {'cpu s/M':>8} {'RSS MiB':>8} {'load cpu':>8}"
     )
     lines = [header, "-" * len(header)]
     for row in rows:
@@ -484,7 +490,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{row['upstream_trades_per_s']:>9} {row['deliveries_per_s']:>9} "
             f"{latency['p50']:>5} {latency['p99']:>5} {latency['max']:>7} {row['lost']:>6} "
             f"{row['gateway_cpu_share']:>5} {row['gateway_cpu_s_per_million'] or '-':>8} "
-            f"{row['gateway_rss_mib']:>8}"
+            f"{row['gateway_rss_mib']:>8} {row.get('load_cpu_share', '-'):>8}"
         )
     return "\n".join(lines)
 
@@ -500,6 +506,11 @@ async def run(config: Config, scenarios: list[str]) -> dict[str, Any]:
         results["throughput"] = {"steps": rows, "best": best}
         if best is not None:
             best_rate = best["rate_target"]
+    if "asgi" in scenarios:
+        # The same load through plain ASGI sends (DIRECT_WRITES=false), for a
+        # side-by-side ratio from one run on the same machine.
+        rows = await throughput(config, "asgi sends", {"DIRECT_WRITES": "false"})
+        results["asgi"] = {"steps": rows, "best": best_sustained(rows)}
     if "connections" in scenarios:
         results["connections"] = await connections(config)
     if "slow" in scenarios:
@@ -513,15 +524,16 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="a small smoke run (seconds)")
     parser.add_argument(
-        "--scenario", action="append", choices=["throughput", "connections", "slow"]
+        "--scenario", action="append", choices=["throughput", "asgi", "connections", "slow"]
     )
     parser.add_argument("--out", default="bench-results/latest.json")
     args = parser.parse_args()
     config = QUICK if args.quick else Config()
-    scenarios = args.scenario or ["throughput", "connections", "slow"]
+    scenarios = args.scenario or ["throughput", "asgi", "connections", "slow"]
     results = asyncio.run(run(config, scenarios))
     rows = [
         *results.get("throughput", {}).get("steps", []),
+        *results.get("asgi", {}).get("steps", []),
         *results.get("connections", []),
         *results.get("slow", []),
     ]
@@ -531,6 +543,13 @@ def main() -> None:
         sys.stdout.write(
             "\nbest sustained (p99 <= 100 ms, nothing lost): "
             f"{best['deliveries_per_s']} deliveries/s at p99 {best['latency_ms']['p99']} ms\n"
+        )
+    asgi_best = results.get("asgi", {}).get("best")
+    if best and asgi_best:
+        ratio = best["deliveries_per_s"] / asgi_best["deliveries_per_s"]
+        sys.stdout.write(
+            f"asgi sends best sustained: {asgi_best['deliveries_per_s']} deliveries/s "
+            f"(fast path / asgi = {ratio:.2f}x)\n"
         )
     for row in results.get("connections", []):
         sys.stdout.write(

@@ -322,7 +322,6 @@ async def test_symbol_cap_error_is_blamed_on_the_subscribe_that_caused_it(market
 async def test_unattributable_upstream_error_reaches_every_client(
     market: Market, gateway: GatewayUnderTest
 ) -> None:
-    gateway.gateway.running.feed.blame_window = 0  # no recent subscribe to blame
     first, second = await gateway.connect(), await gateway.connect()
     await first.subscribe("AAPL")
     await market.simulator.wait_for(lambda: "AAPL" in market.simulator.subscribed_symbols())
@@ -333,6 +332,40 @@ async def test_unattributable_upstream_error_reaches_every_client(
             "code": "upstream_error",
             "message": "Internal server error",
         }
+    assert (await gateway.health())["symbols"] == ["AAPL"]
+
+
+async def test_symbol_cap_errors_for_a_burst_blame_the_refused_subscribes(market: Market) -> None:
+    market.simulator.max_symbols = 2
+    async with run_gateway(settings_for(market)) as gateway:
+        client = await gateway.connect()
+        await client.wait_upstream_connected()
+        await client.subscribe("AAA", "BBB", "CCC", "DDD")
+        refused = {
+            tuple((await client.expect("error", skip=("status", "subscription")))["symbols"])
+        }
+        refused.add(
+            tuple((await client.expect("error", skip=("status", "subscription")))["symbols"])
+        )
+        assert refused == {("CCC",), ("DDD",)}
+        assert (await gateway.health())["symbols"] == ["AAA", "BBB"]
+        assert market.simulator.subscribed_symbols() == {"AAA", "BBB"}
+        assert market.simulator.received_of("unsubscribe") == []
+
+
+async def test_error_about_a_symbol_nobody_holds_does_not_touch_others(
+    market: Market, gateway: GatewayUnderTest
+) -> None:
+    leaver, holder = await gateway.connect(), await gateway.connect()
+    await leaver.subscribe("FOO")
+    await leaver.unsubscribe("FOO")
+    await holder.subscribe("AAPL")
+    await market.simulator.wait_for(lambda: market.simulator.subscribed_symbols() == {"AAPL"})
+    await market.simulator.send_raw('{"type":"error","msg":"Invalid symbol FOO"}')
+    error = await holder.expect("error")
+    assert "symbols" not in error  # not attributed: nobody holds FOO now
+    await market.simulator.send_trades([trade("AAPL", 2.0)])
+    assert (await holder.expect("price_update"))["symbol"] == "AAPL"
     assert (await gateway.health())["symbols"] == ["AAPL"]
 
 
