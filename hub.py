@@ -145,6 +145,8 @@ class ClientConnection:
         if not self._frames and not self._latest:
             if direct is not None and direct.ready():
                 direct.write(frame.wire)
+                if self._lag_timer is not None:  # it took everything: caught up
+                    self._stop_lag_timer()
                 return
             self._frames.append(frame)
         elif not self._latest and len(self._frames) < self._outbox_size:
@@ -167,8 +169,7 @@ class ClientConnection:
         self._writer = asyncio.create_task(self._deliver_forever(), name=f"client-writer-{self.id}")
 
     async def stop(self) -> None:
-        if self._lag_timer is not None:
-            self._lag_timer.cancel()
+        self._stop_lag_timer()
         if self._writer is not None:
             self._writer.cancel()
             await asyncio.wait([self._writer])
@@ -180,9 +181,10 @@ class ClientConnection:
                 await self._wakeup.wait()
                 self._wakeup.clear()
                 await drain()
-                if self._lag_timer is not None:
-                    self._lag_timer.cancel()
-                    self._lag_timer = None
+                # Caught up only if the socket also took the backlog without filling up;
+                # a client whose buffer drains a little now and then is still behind.
+                if self._lag_timer is not None and (self._direct is None or self._direct.ready()):
+                    self._stop_lag_timer()
         except ConnectionError:
             pass  # the client is gone; its reader sees the disconnect and cleans up
         finally:
@@ -211,6 +213,11 @@ class ClientConnection:
         while self._frames or self._latest:
             for frame in self._take_pending():
                 await self._socket.send_text(frame.text)
+
+    def _stop_lag_timer(self) -> None:
+        if self._lag_timer is not None:
+            self._lag_timer.cancel()
+            self._lag_timer = None
 
     def _evict(self) -> None:
         logger.warning("closing slow consumer client_id=%s", self.id)

@@ -10,9 +10,12 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
+
+from bench.stuck import open_never_reading_client
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -71,11 +74,47 @@ async def test_missing_key_fails_under_uvicorn_too(tmp_path: Path) -> None:
     assert "FINNHUB_API_KEY not found" in output
 
 
+class GatewayProcess:
+    """A gateway subprocess whose output is read continuously (a full pipe would stall it)."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.lines: list[str] = []
+        self._changed = asyncio.Condition()
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    async def collect_output(self) -> None:
+        assert self.process.stdout is not None
+        async for line in self.process.stdout:
+            async with self._changed:
+                self.lines.append(line.decode())
+                self._changed.notify_all()
+        async with self._changed:
+            self.lines.append("<exited>")
+            self._changed.notify_all()
+
+    async def wait_for_output(self, needle: str, timeout: float = 20) -> None:
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: needle in self.output or "<exited>" in self.lines)
+        assert needle in self.output, "the gateway exited early:\n" + self.output
+
+    async def terminate(self) -> int:
+        """SIGTERM, then the exit status once the process and its output have ended."""
+        self.process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(15):
+            await self.wait_for_output("<exited>")
+            return await self.process.wait()
+
+
 @asynccontextmanager
 async def demo_gateway(
-    tmp_path: Path, port: int, *command: str
-) -> AsyncIterator[asyncio.subprocess.Process]:
-    """Start the gateway in demo mode; `python gateway.py --demo` unless a command is given."""
+    tmp_path: Path, port: int, *command: str, **env: str
+) -> AsyncIterator[GatewayProcess]:
+    """Start the gateway in demo mode; `python gateway.py --demo` unless a command is given.
+    Yields once it accepts connections."""
     command = command or (sys.executable, str(PROJECT / "gateway.py"), "--demo")
     process = await asyncio.create_subprocess_exec(
         *command,
@@ -84,37 +123,28 @@ async def demo_gateway(
         "--port",
         str(port),
         cwd=tmp_path,
-        env=clean_env(DEMO="true", DEMO_TRADE_RATE="200"),
+        env=clean_env(**{"DEMO": "true", "DEMO_TRADE_RATE": "200", **env}),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
+    gateway = GatewayProcess(process)
+    collector = asyncio.create_task(gateway.collect_output())
     try:
-        yield process
+        await gateway.wait_for_output("Uvicorn running on")
+        yield gateway
     finally:
         if process.returncode is None:
             process.send_signal(signal.SIGTERM)
         async with asyncio.timeout(15):
             await process.wait()
-
-
-async def read_until(process: asyncio.subprocess.Process, needle: str) -> str:
-    """The process's output up to the first line containing `needle`."""
-    assert process.stdout is not None
-    seen: list[str] = []
-    async with asyncio.timeout(20):
-        while True:
-            line = (await process.stdout.readline()).decode()
-            assert line, "the gateway exited early:\n" + "".join(seen)
-            seen.append(line)
-            if needle in line:
-                return "".join(seen)
+        collector.cancel()
+        await asyncio.wait([collector])
 
 
 async def test_demo_mode_end_to_end(tmp_path: Path) -> None:
     port = free_port()
-    async with demo_gateway(tmp_path, port) as process:
-        startup = await read_until(process, "Uvicorn running on")
-        assert "SIMULATED" in startup
+    async with demo_gateway(tmp_path, port) as gateway:
+        assert "SIMULATED" in gateway.output
         async with aiohttp.ClientSession() as session:
             async with session.get(f"http://127.0.0.1:{port}/health") as response:
                 health = await response.json()
@@ -134,25 +164,74 @@ async def test_demo_mode_end_to_end(tmp_path: Path) -> None:
                             assert 1 < message["data"]["price"] < 10_000
                             prices.append(message["data"]["price"])
                 assert len(set(prices)) > 1, "a random walk moves"
-        process.send_signal(signal.SIGTERM)
-        assert process.stdout is not None
-        async with asyncio.timeout(15):
-            rest = (await process.stdout.read()).decode()
-            # uvicorn re-raises the signal it handled once shutdown is done.
-            assert await process.wait() in (0, -signal.SIGTERM)
-        assert "Application shutdown complete" in rest
+        # uvicorn re-raises the signal it handled once shutdown is done.
+        assert await gateway.terminate() in (0, -signal.SIGTERM)
+        assert "Application shutdown complete" in gateway.output
         for complaint in ("Task was destroyed", "Unclosed", "Traceback"):
-            assert complaint not in rest, rest
+            assert complaint not in gateway.output, gateway.output
 
 
 async def test_uvicorn_command_line_serves_the_app(tmp_path: Path) -> None:
     port = free_port()
     uvicorn_command = (sys.executable, "-m", "uvicorn", "--app-dir", str(PROJECT), "gateway:app")
-    async with demo_gateway(tmp_path, port, *uvicorn_command) as process:
-        await read_until(process, "Uvicorn running on")
+    async with demo_gateway(tmp_path, port, *uvicorn_command):
         async with (
             aiohttp.ClientSession() as session,
             session.get(f"http://127.0.0.1:{port}/health") as response,
         ):
             health = await response.json()
         assert health["status"] == "ok" and health["demo"] is True
+
+
+DEPLOYED = (
+    sys.executable, "-m", "uvicorn", "--app-dir", str(PROJECT), "gateway:app",
+    "--ws", "websockets-sansio", "--ws-per-message-deflate", "false",
+)  # fmt: skip
+FIFTY_SYMBOLS = [f"S{index:02d}" for index in range(50)]
+
+
+async def health_of(session: aiohttp.ClientSession, port: int) -> dict[str, Any]:
+    async with session.get(f"http://127.0.0.1:{port}/health") as response:
+        result: dict[str, Any] = await response.json()
+        return result
+
+
+async def test_deployed_command_on_uvloop_uses_the_fast_path_and_evicts(tmp_path: Path) -> None:
+    """uvicorn's own loop (uvloop with uvicorn[standard]) has transports of its own kind."""
+    port = free_port()
+    env = {"DEMO_TRADE_RATE": "5000", "SLOW_CONSUMER_TIMEOUT": "0.5", "CLIENT_OUTBOX_SIZE": "16"}
+    async with demo_gateway(tmp_path, port, *DEPLOYED, **env):
+        subscribe = orjson.dumps({"action": "subscribe", "symbols": FIFTY_SYMBOLS}).decode()
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(f"ws://127.0.0.1:{port}/ws") as reader,
+        ):
+            await reader.send_str(subscribe)
+            stuck = await open_never_reading_client("127.0.0.1", port, subscribe)
+            with stuck:
+                health = await health_of(session, port)
+                assert health["clients"] == 2 and health["clients_fast_path"] == 2
+                received = 0
+                async with asyncio.timeout(30):
+                    while (await health_of(session, port))["slow_consumer_disconnects"] == 0:
+                        for _ in range(200):  # keep reading: this client is healthy
+                            message = await reader.receive_json()
+                            received += message["type"] == "price_update"
+                    while (await health_of(session, port))["clients"] != 1:
+                        await reader.receive_json()
+                assert received > 0 and not reader.closed
+
+
+async def test_sigterm_with_a_stalled_client_still_shuts_down(tmp_path: Path) -> None:
+    port = free_port()
+    env = {"DEMO_TRADE_RATE": "5000", "SLOW_CONSUMER_TIMEOUT": "600", "CLIENT_OUTBOX_SIZE": "16"}
+    async with demo_gateway(tmp_path, port, *DEPLOYED, **env) as gateway:
+        subscribe = orjson.dumps({"action": "subscribe", "symbols": FIFTY_SYMBOLS}).decode()
+        async with aiohttp.ClientSession() as session:
+            stuck = await open_never_reading_client("127.0.0.1", port, subscribe)
+            with stuck:
+                async with asyncio.timeout(30):  # until its outbox overflows: it is stalled
+                    while (await health_of(session, port))["conflated_updates"] == 0:  # noqa: ASYNC110
+                        await asyncio.sleep(0.1)
+                assert await gateway.terminate() in (0, -signal.SIGTERM)
+        assert "Application shutdown complete" in gateway.output

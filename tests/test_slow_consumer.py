@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from bench.stuck import open_never_reading_client
+import orjson
+
+from bench.stuck import masked_text_frame, open_never_reading_client
 from tests.conftest import Market, poll_until, run_gateway, settings_for, trade
 
 
@@ -55,3 +57,37 @@ async def test_a_client_that_never_reads_is_conflated_then_closed_while_others_s
         # The reading client was never disturbed.
         await market.simulator.send_trades([trade("AAPL", 1.0)])
         assert (await reader.expect("price_update"))["data"]["price"] == 1.0
+
+
+async def test_a_client_that_floods_requests_but_never_reads_is_closed(market: Market) -> None:
+    settings = settings_for(market, client_outbox_size=16, slow_consumer_timeout=30)
+    async with run_gateway(settings) as gateway:
+        bystander = await gateway.connect()
+        await bystander.wait_upstream_connected()
+        await bystander.subscribe("AAPL")
+        port = int(gateway.base_url.rsplit(":", 1)[1])
+        # Every request is answered with an error frame the client never reads.
+        # Ten rejected symbols make each error frame close to a kilobyte.
+        bad = orjson.dumps(
+            {"action": "subscribe", "symbols": [f"<{n}{'x' * 40}>" for n in range(10)]}
+        )
+        flooder = await open_never_reading_client("127.0.0.1", port, bad.decode())
+        with flooder:
+            frame = masked_text_frame(bad.decode())
+            loop = asyncio.get_running_loop()
+            hub = gateway.gateway.running.hub
+            for _ in range(50_000):
+                if hub.stats.slow_consumer_disconnects:
+                    break
+                try:
+                    await loop.sock_sendall(flooder, frame)
+                except ConnectionError:
+                    break
+            assert hub.stats.slow_consumer_disconnects == 1
+
+            async def flooder_gone() -> bool:
+                return bool((await gateway.health())["clients"] == 1)
+
+            await poll_until(flooder_gone)
+        await market.simulator.send_trades([trade("AAPL", 4.0)])
+        assert (await bystander.expect("price_update"))["data"]["price"] == 4.0
