@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable
@@ -128,6 +129,14 @@ def _server_protocol(websocket: WebSocket) -> object | None:
     return getattr(websocket._receive, "__self__", None)
 
 
+def _limit_send_buffer(websocket: WebSocket, size: int) -> None:
+    """Cap the kernel's send buffer for one client, so a stalled one holds little memory."""
+    transport = _transport_of(_server_protocol(websocket))
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+
+
 def _transport_of(server: object | None) -> asyncio.Transport | None:
     """The server protocol's transport: asyncio's or uvloop's (which is no subclass)."""
     transport = getattr(server, "transport", None)
@@ -240,10 +249,12 @@ class Gateway:
     async def serve_websocket(self, websocket: WebSocket) -> None:
         hub = self.running.hub
         await websocket.accept()
-        socket = StarletteClientSocket(websocket)
+        if self.settings.client_send_buffer:
+            _limit_send_buffer(websocket, self.settings.client_send_buffer)
+        client_socket = StarletteClientSocket(websocket)
         direct = UvicornFrameWriter.attach(websocket) if self.settings.direct_writes else None
         try:
-            async with hub.connect(socket, direct) as client:
+            async with hub.connect(client_socket, direct) as client:
                 while True:
                     message = await websocket.receive()
                     if message["type"] == "websocket.disconnect":
@@ -261,7 +272,7 @@ class Gateway:
             if direct is not None and direct.stalled():
                 # The connection is over but its unread output would keep it (and the
                 # server's graceful shutdown) waiting forever.
-                socket.abort()
+                client_socket.abort()
 
     def _handle_request(self, hub: Hub, client: ClientConnection, text: str) -> None:
         try:

@@ -113,9 +113,13 @@ class ClientConnection:
         self._slow_consumer_timeout = slow_consumer_timeout
         self._frames: deque[Frame] = deque()
         self._latest: dict[str, Frame] = {}
-        self._wakeup = asyncio.Event()
         self._lag_timer: asyncio.TimerHandle | None = None
+        # The writer task (and its wake-up event) exist only once something had to
+        # wait: a client that always keeps up never costs a task.
+        self._wakeup: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
+        self._writer_started = False
+        self._stopped = False
 
     @property
     def fast_path(self) -> bool:
@@ -137,7 +141,7 @@ class ClientConnection:
                 self._evict()
             return
         self._frames.append(frame)
-        self._wakeup.set()
+        self._wake_writer()
 
     def offer_update(self, symbol: str, frame: Frame) -> None:
         """Send or queue a price update, conflating it if the client is behind; never blocks."""
@@ -159,27 +163,34 @@ class ClientConnection:
                 self._lag_timer = asyncio.get_running_loop().call_later(
                     self._slow_consumer_timeout, self._evict
                 )
-        self._wakeup.set()
+        self._wake_writer()
 
     def forget_pending(self, symbol: str) -> None:
         """Drop a conflated update for a symbol the client just left."""
         self._latest.pop(symbol, None)
 
-    def start(self) -> None:
-        self._writer = asyncio.create_task(self._deliver_forever(), name=f"client-writer-{self.id}")
+    def _wake_writer(self) -> None:
+        if self._wakeup is None:
+            if self._stopped:
+                return
+            self._wakeup = asyncio.Event()
+            self._writer = asyncio.create_task(self._deliver_forever(self._wakeup))
+        self._wakeup.set()
 
     async def stop(self) -> None:
+        self._stopped = True
         self._stop_lag_timer()
         if self._writer is not None:
             self._writer.cancel()
             await asyncio.wait([self._writer])
 
-    async def _deliver_forever(self) -> None:
+    async def _deliver_forever(self, wakeup: asyncio.Event) -> None:
         drain = self._drain_asgi if self._direct is None else self._drain_direct
+        self._writer_started = True
         try:
-            while True:
-                await self._wakeup.wait()
-                self._wakeup.clear()
+            while not self.evicted:
+                await wakeup.wait()
+                wakeup.clear()
                 await drain()
                 # Caught up only if the socket also took the backlog without filling up;
                 # a client whose buffer drains a little now and then is still behind.
@@ -226,8 +237,12 @@ class ClientConnection:
         self._stats.slow_consumer_disconnects += 1
         self._frames.clear()
         self._latest.clear()
-        if self._writer is not None:
-            self._writer.cancel()
+        if self._writer_started:
+            assert self._writer is not None
+            self._writer.cancel()  # it may be blocked on the socket; its finally closes
+        elif self._wakeup is not None:
+            # Cancelling a task before its first step would skip its body, close included.
+            self._wakeup.set()
 
     async def _close_slow_consumer(self) -> None:
         # A client this far behind may not read our close frame for a long time (or
@@ -301,7 +316,6 @@ class Hub:
         client.send(protocol.connection_message(client.id))
         client.send(protocol.status_message(self.upstream_state))
         self._clients.add(client)
-        client.start()
         try:
             yield client
         finally:

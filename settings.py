@@ -43,6 +43,9 @@ class Settings:
     client_outbox_size: int = 256
     # A client that stays behind (conflating) this long is closed with 1013.
     slow_consumer_timeout: float = 10.0
+    # Kernel send buffer per client socket in bytes (0: the kernel's autotuning, which
+    # lets each stalled client pin up to several MB of kernel memory).
+    client_send_buffer: int = 0
     # Write pre-built frames straight to uvicorn's transport where that is safe.
     direct_writes: bool = True
 
@@ -74,6 +77,7 @@ def load_settings(env_file: str = ".env", **overrides: Any) -> Settings:
         upstream_idle_timeout=config("UPSTREAM_IDLE_TIMEOUT", default=90.0, cast=float),
         client_outbox_size=config("CLIENT_OUTBOX_SIZE", default=256, cast=int),
         slow_consumer_timeout=config("SLOW_CONSUMER_TIMEOUT", default=10.0, cast=float),
+        client_send_buffer=config("CLIENT_SEND_BUFFER", default=0, cast=int),
         direct_writes=config("DIRECT_WRITES", default=True, cast=bool),
     )
     return replace(settings, **overrides)

@@ -47,8 +47,11 @@ class Config:
     drain: float = 3.0
     connection_clients: int = 10_000
     connection_rate: float = 100.0
-    slow_measure: float = 15.0
-    slow_consumer_timeout: float = 10.0
+    slow_measure: float = 30.0
+    slow_consumer_timeout: float = 5.0
+    # The never-reading clients must fill their buffers within the run: a small kernel
+    # send buffer per client (a production setting too) instead of Linux's autotuned MBs.
+    client_send_buffer: int = 16384
     gateway_flags: tuple[str, ...] = (
         "--ws",
         "websockets-sansio",
@@ -256,13 +259,20 @@ class Window:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-async def measure(running: Stack, label: str, rate: float, seconds: float) -> Window:
+async def measure(
+    running: Stack, label: str, rate: float, seconds: float, load_pids: tuple[int, ...] = ()
+) -> Window:
     """Measure whole seconds of the simulator's clock, starting at the next second."""
     await asyncio.sleep(math.ceil(time.time()) - time.time())
+    load_before = sum(cpu_seconds(pid) for pid in load_pids)
     cpu_before, start = cpu_seconds(running.gateway_pid), time.time()
     await asyncio.sleep(math.ceil(seconds))
     cpu_after, end = cpu_seconds(running.gateway_pid), time.time()
-    return Window(label, rate, start, end, cpu_after - cpu_before, rss_kib(running.gateway_pid))
+    window = Window(label, rate, start, end, cpu_after - cpu_before, rss_kib(running.gateway_pid))
+    if load_pids:
+        load_cpu = sum(cpu_seconds(pid) for pid in load_pids) - load_before
+        window.extra["load_cpu_share"] = round(load_cpu / (end - start), 3)
+    return window
 
 
 def percentile(histogram: list[int], fraction: float) -> int:
@@ -363,11 +373,8 @@ async def throughput(
         for rate in config.rates:
             await running.set_rate(rate)
             await asyncio.sleep(config.warmup)
-            load_cpu = cpu_seconds(clients.child.pid)
-            window = await measure(running, f"{name} @ {rate:g} trades/s", rate, config.measure)
-            window.extra["load_cpu_share"] = round(
-                (cpu_seconds(clients.child.pid) - load_cpu) / (window.end - window.start), 3
-            )
+            label = f"{name} @ {rate:g} trades/s"
+            window = await measure(running, label, rate, config.measure, (clients.child.pid,))
             windows.append(window)
             if window.cpu_seconds / (window.end - window.start) > 0.97:
                 break  # the gateway's core is saturated: higher rates only queue up
@@ -411,7 +418,10 @@ async def connections(config: Config) -> list[dict[str, Any]]:
 async def slow_consumers(config: Config, rate: float) -> list[dict[str, Any]]:
     universe = [f"T{index:02d}" for index in range(20)]
     stuck_count = max(config.clients // 10, 1)
-    gateway_env = {"SLOW_CONSUMER_TIMEOUT": str(config.slow_consumer_timeout)}
+    gateway_env = {
+        "SLOW_CONSUMER_TIMEOUT": str(config.slow_consumer_timeout),
+        "CLIENT_SEND_BUFFER": str(config.client_send_buffer),
+    }
     async with (
         stack(config, gateway_env) as running,
         load(running, universe, clients=config.clients) as healthy,

@@ -96,6 +96,7 @@ class GatewayUnderTest:
     ws_url: str
     gateway: Gateway
     session: aiohttp.ClientSession
+    server: uvicorn.Server
 
     async def connect(self, **kwargs: Any) -> Client:
         ws = await self.session.ws_connect(self.ws_url, **kwargs)
@@ -136,6 +137,7 @@ async def run_gateway(settings: Settings, **server_options: Any) -> AsyncIterato
                 f"ws://127.0.0.1:{port}/ws",
                 app.state.gateway,
                 session,
+                server,
             )
     finally:
         server.should_exit = True

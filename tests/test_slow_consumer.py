@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 import orjson
@@ -91,3 +92,18 @@ async def test_a_client_that_floods_requests_but_never_reads_is_closed(market: M
             await poll_until(flooder_gone)
         await market.simulator.send_trades([trade("AAPL", 4.0)])
         assert (await bystander.expect("price_update"))["data"]["price"] == 4.0
+
+
+async def test_client_send_buffer_caps_each_client_socket(market: Market) -> None:
+    async with run_gateway(settings_for(market, client_send_buffer=16384)) as gateway:
+        await gateway.connect()
+        connections = list(gateway.server.server_state.connections)
+        sizes = [
+            connection.transport.get_extra_info("socket").getsockopt(
+                socket.SOL_SOCKET, socket.SO_SNDBUF
+            )
+            for connection in connections
+            if connection.transport.get_extra_info("socket") is not None
+        ]
+        # Linux reports twice the value set (it counts its bookkeeping overhead).
+        assert sizes and all(size <= 2 * 16384 for size in sizes)
