@@ -319,6 +319,18 @@ def summarize(
         for second in seconds
         for symbol, count in sent.get(second, {}).items()
     )
+    timeline = []
+    for second in seconds:
+        merged = [0] * (HISTOGRAM_MS + 1)
+        count, worst_in_second = 0, 0.0
+        for _load, report in loads:
+            stats = report["seconds"].get(second)
+            if stats is not None:
+                count += stats["count"]
+                worst_in_second = max(worst_in_second, stats["max_ms"])
+                for bucket, n in stats["histogram"].items():
+                    merged[int(bucket)] += n
+        timeline.append([count, percentile(merged, 0.99), round(worst_in_second, 1)])
     deliveries_per_second = received / span if span else 0.0
     clients = sum(len(load_process.clients) for load_process, _ in loads)
     wall = window.end - window.start
@@ -343,6 +355,7 @@ def summarize(
         ),
         "gateway_rss_mib": round(window.rss_kib / 1024, 1),
         "clients": clients,
+        "per_second_deliveries_p99_max": timeline,
         **window.extra,
     }
 
@@ -420,7 +433,11 @@ async def slow_consumers(config: Config, rate: float) -> list[dict[str, Any]]:
     stuck_count = max(config.clients // 10, 1)
     gateway_env = {
         "SLOW_CONSUMER_TIMEOUT": str(config.slow_consumer_timeout),
-        "CLIENT_SEND_BUFFER": str(config.client_send_buffer),
+        **(
+            {"CLIENT_SEND_BUFFER": str(config.client_send_buffer)}
+            if config.client_send_buffer
+            else {}
+        ),
     }
     async with (
         stack(config, gateway_env) as running,
@@ -450,6 +467,7 @@ async def slow_consumers(config: Config, rate: float) -> list[dict[str, Any]]:
             health = await running.health()
             with_stuck.extra = {
                 "stuck_clients": stuck_count,
+                "rss_mib_per_second": [round(sample / 1024, 1) for sample in rss_samples],
                 "rss_mib_start_peak_end": [
                     round(rss_samples[0] / 1024, 1),
                     round(max(rss_samples) / 1024, 1),

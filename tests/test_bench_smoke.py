@@ -1,0 +1,32 @@
+"""The benchmark command keeps working: a quick run end to end (figures not judged)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import orjson
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+async def test_quick_benchmark_runs_every_scenario(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench", "--quick", "--out", str(out),
+        cwd=PROJECT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    async with asyncio.timeout(180):
+        output, _ = await process.communicate()
+    assert process.returncode == 0, output.decode()[-3000:]
+    results = orjson.loads(out.read_bytes())
+    steps = results["throughput"]["steps"]
+    assert steps and all(step["deliveries_per_s"] > 0 for step in steps)
+    assert all(step["reordered"] == 0 for step in steps)
+    assert results["asgi"]["steps"]
+    assert results["connections"][0]["connected_clients"] == 200
+    assert [row["clients"] for row in results["slow"]] == [20, 20]
+    assert b"deliv/s" in output
