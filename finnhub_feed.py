@@ -176,7 +176,14 @@ class FinnhubFeed:
                         await self._stream(ws, listener)
                         logger.warning("upstream closed the socket code=%s", ws.close_code)
                 except aiohttp.WSServerHandshakeError as exc:
-                    logger.warning("upstream refused the handshake status=%s", exc.status)
+                    refused_key = exc.status in (401, 403)
+                    logger.warning(
+                        "upstream refused the handshake status=%s%s",
+                        exc.status,
+                        " (the API key was rejected: check FINNHUB_API_KEY)" if refused_key else "",
+                    )
+                    if refused_key:
+                        self._set_state(listener, "unauthorized")
                 except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                     logger.warning(
                         "upstream connection failed error=%s detail=%s",
@@ -184,7 +191,8 @@ class FinnhubFeed:
                         redact(str(exc), self._api_key),
                     )
                 self._sent.clear()
-                self._set_state(listener, "reconnecting")
+                if self.state != "unauthorized":
+                    self._set_state(listener, "reconnecting")
                 if (
                     connected_at is not None
                     and loop.time() - connected_at >= self._reset_backoff_after

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hmac
 import logging
 import socket
 import sys
@@ -28,13 +29,13 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 import protocol
 import simulator
-from finnhub_feed import Backoff, FinnhubFeed
+from finnhub_feed import Backoff, FinnhubFeed, redact
 from hub import ClientConnection, Hub
 from settings import ConfigError, Settings, load_settings
 
@@ -145,6 +146,52 @@ def _transport_of(server: object | None) -> asyncio.Transport | None:
     return None
 
 
+class TokenBucket:
+    """Per-client message budget: `rate` per second, bursts of up to `burst`."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self._rate = rate
+        self._capacity = float(burst)
+        self._tokens = float(burst)
+        self._updated: float | None = None
+        self._limited_since: float | None = None
+
+    def allow(self, now: float) -> bool:
+        if self._updated is not None:
+            self._tokens = min(self._capacity, self._tokens + (now - self._updated) * self._rate)
+        self._updated = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            self._limited_since = None
+            return True
+        if self._limited_since is None:
+            self._limited_since = now
+        return False
+
+    def limited_for(self, now: float) -> float:
+        """How long every message has been refused (0 if the last one was allowed)."""
+        return 0.0 if self._limited_since is None else now - self._limited_since
+
+
+async def _refuse(websocket: WebSocket, status: int, reason: str) -> None:
+    """Refuse a handshake with an HTTP status and a plain-text reason where the server
+    supports denial responses; otherwise a close before accept (uvicorn answers 403)."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(PlainTextResponse(reason, status_code=status))
+    else:
+        await websocket.close(1008, reason)
+
+
+class RedactTokens(logging.Filter):
+    """uvicorn logs request paths with their query string: `/ws?token=...`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "token=" in message:
+            record.msg, record.args = redact(message, ""), ()
+        return True
+
+
 @dataclass
 class Running:
     """What exists while the app is up: created and torn down by the lifespan."""
@@ -192,6 +239,8 @@ class Gateway:
                 feed,
                 outbox_size=settings.client_outbox_size,
                 slow_consumer_timeout=settings.slow_consumer_timeout,
+                max_symbols_per_client=settings.max_symbols_per_client,
+                max_upstream_symbols=settings.max_upstream_symbols,
             )
             self._running = Running(hub, feed, time.monotonic())
             tasks = [
@@ -247,32 +296,84 @@ class Gateway:
     # -- WebSocket ---------------------------------------------------------------------
 
     async def serve_websocket(self, websocket: WebSocket) -> None:
-        hub = self.running.hub
+        settings, hub = self.settings, self.running.hub
+        refusal = self._handshake_refusal(websocket)
+        if refusal is not None:
+            status, reason = refusal
+            origin = websocket.headers.get("origin", "")[:100]
+            logger.warning(
+                "websocket refused status=%d reason=%r origin=%r", status, reason, origin
+            )
+            await _refuse(websocket, status, reason)
+            return
         await websocket.accept()
-        if self.settings.client_send_buffer:
-            _limit_send_buffer(websocket, self.settings.client_send_buffer)
+        if hub.client_count >= settings.max_clients:
+            await websocket.close(1013, "server full, try again later")
+            return
+        if settings.client_send_buffer:
+            _limit_send_buffer(websocket, settings.client_send_buffer)
         client_socket = StarletteClientSocket(websocket)
-        direct = UvicornFrameWriter.attach(websocket) if self.settings.direct_writes else None
+        direct = UvicornFrameWriter.attach(websocket) if settings.direct_writes else None
         try:
             async with hub.connect(client_socket, direct) as client:
-                while True:
-                    message = await websocket.receive()
-                    if message["type"] == "websocket.disconnect":
-                        return
-                    text = message.get("text")
-                    if text is None:
-                        client.send(
-                            protocol.error_message(
-                                "invalid_message", "binary frames are not supported; send JSON text"
-                            )
-                        )
-                    else:
-                        self._handle_request(hub, client, text)
+                await self._serve_requests(websocket, hub, client)
         finally:
             if direct is not None and direct.stalled():
                 # The connection is over but its unread output would keep it (and the
                 # server's graceful shutdown) waiting forever.
                 client_socket.abort()
+
+    def _handshake_refusal(self, websocket: WebSocket) -> tuple[int, str] | None:
+        """Why this handshake must be refused, or None. CORS does not cover WebSockets:
+        a browser sends any page's Origin, so /ws checks it itself."""
+        settings = self.settings
+        origin = websocket.headers.get("origin")
+        if origin is None:
+            if settings.require_origin:
+                return 403, "an Origin header is required"
+        elif not settings.any_origin and origin not in settings.frontend_urls:
+            return 403, "origin not allowed"
+        if settings.gateway_token:
+            presented = websocket.query_params.get("token", "")
+            if not hmac.compare_digest(presented.encode(), settings.gateway_token.encode()):
+                return 401, "missing or wrong token"
+        return None
+
+    async def _serve_requests(
+        self, websocket: WebSocket, hub: Hub, client: ClientConnection
+    ) -> None:
+        settings = self.settings
+        loop = asyncio.get_running_loop()
+        budget = TokenBucket(settings.client_message_rate, settings.client_message_burst)
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            text, data = message.get("text"), message.get("bytes")
+            size = len(text) if text is not None else len(data or b"")
+            if size > settings.max_message_size:
+                await websocket.close(1009, f"message over {settings.max_message_size} bytes")
+                return
+            now = loop.time()
+            if not budget.allow(now):
+                if budget.limited_for(now) > settings.rate_limit_close_after:
+                    await websocket.close(1008, "rate limit exceeded")
+                    return
+                client.send(
+                    protocol.error_message(
+                        "rate_limited",
+                        f"over {settings.client_message_rate:g} messages per second; "
+                        "message ignored",
+                    )
+                )
+            elif text is None:
+                client.send(
+                    protocol.error_message(
+                        "invalid_message", "binary frames are not supported; send JSON text"
+                    )
+                )
+            else:
+                self._handle_request(hub, client, text)
 
     def _handle_request(self, hub: Hub, client: ClientConnection, text: str) -> None:
         try:
@@ -311,6 +412,10 @@ def configure_logging(level: str) -> None:
     if not root.handlers:
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("gateway").setLevel(level)
+    for name in ("uvicorn.error", "uvicorn.access"):
+        server_logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactTokens) for f in server_logger.filters):
+            server_logger.addFilter(RedactTokens())
     for name in ("hub", "finnhub_feed", "simulator"):
         logging.getLogger(name).setLevel(level)
 
@@ -338,14 +443,20 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return app
 
 
-def uvicorn_options() -> dict[str, object]:
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """Server options we run with; see README "Deploy" for why each is chosen."""
     return {
         "ws": "websockets-sansio",
         # Browsers always offer permessage-deflate; for ~100-byte JSON frames it roughly
-        # doubles the CPU per message for little saving (see BENCHMARKS.md).
+        # doubles the CPU per message and turns off the fast path (see BENCHMARKS.md).
         "ws_per_message_deflate": False,
+        # Oversized frames are refused by the protocol layer with 1009, before buffering.
+        "ws_max_size": settings.max_message_size,
+        # Server pings: a client that does not answer in time (half-open TCP) is dropped.
+        "ws_ping_interval": settings.heartbeat_interval or None,
+        "ws_ping_timeout": settings.heartbeat_timeout or None,
         "proxy_headers": True,
+        "timeout_graceful_shutdown": 10,
     }
 
 
@@ -378,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level.lower(),
-            **uvicorn_options(),  # type: ignore[arg-type]
+            **uvicorn_options(settings),
         )
     return 0
 

@@ -268,12 +268,18 @@ class Hub:
         outbox_size: int = 256,
         slow_consumer_timeout: float = 10.0,
         queue_size: int = 1024,
+        max_symbols_per_client: int = 50,
+        max_upstream_symbols: int = 50,
     ) -> None:
         self.stats = FanoutStats()
         self.upstream_state: UpstreamState = "connecting"
         self._upstream = upstream
         self._outbox_size = outbox_size
         self._slow_consumer_timeout = slow_consumer_timeout
+        self._max_symbols_per_client = max_symbols_per_client
+        # Finnhub's free plan carries about 50 symbols per connection; refusing the
+        # 51st here is clearer than Finnhub's unattributed "too many symbols".
+        self._max_upstream_symbols = max_upstream_symbols
         self._clients: set[ClientConnection] = set()
         self._subscribers: dict[str, set[ClientConnection]] = {}
         self._latest_update: dict[str, Frame] = {}
@@ -324,20 +330,62 @@ class Hub:
             await client.stop()
 
     def subscribe(self, client: ClientConnection, symbols: list[str]) -> None:
-        """Add symbols (already validated) to a client, confirm, then send snapshots."""
-        added = [symbol for symbol in symbols if symbol not in client.symbols]
-        for symbol in added:
-            client.symbols.add(symbol)
+        """Add symbols (already validated) to a client within the limits, say what was
+        refused and why, confirm what it now holds of them, then send snapshots."""
+        added: list[str] = []
+        over_client_limit: list[str] = []
+        over_upstream_limit: list[str] = []
+        for symbol in symbols:
+            if symbol in client.symbols:
+                continue
+            if len(client.symbols) >= self._max_symbols_per_client:
+                over_client_limit.append(symbol)
+                continue
             subscribers = self._subscribers.get(symbol)
             if subscribers is None:
+                if len(self._subscribers) >= self._max_upstream_symbols:
+                    over_upstream_limit.append(symbol)
+                    continue
                 subscribers = self._subscribers[symbol] = set()
                 self._upstream.want(symbol)
             subscribers.add(client)
-        client.send(protocol.subscription_message("subscribed", symbols))
+            client.symbols.add(symbol)
+            added.append(symbol)
+        if over_client_limit:
+            client.send(
+                protocol.error_message(
+                    "too_many_symbols",
+                    f"a client may hold at most {self._max_symbols_per_client} symbols; "
+                    f"refused: {', '.join(over_client_limit)}",
+                    over_client_limit,
+                )
+            )
+        if over_upstream_limit:
+            client.send(
+                protocol.error_message(
+                    "symbol_limit",
+                    f"the gateway carries at most {self._max_upstream_symbols} distinct symbols "
+                    f"upstream; refused: {', '.join(over_upstream_limit)}",
+                    over_upstream_limit,
+                )
+            )
+        held = [symbol for symbol in symbols if symbol in client.symbols]
+        if held:
+            client.send(protocol.subscription_message("subscribed", held))
         for symbol in added:
             snapshot = self._latest_update.get(symbol)
             if snapshot is not None:
                 client.offer_update(symbol, snapshot)
+
+    def check_consistency(self) -> None:
+        """Raise AssertionError unless the maps agree with every client's own symbols
+        (for tests and debugging; O(clients x symbols))."""
+        expected: dict[str, set[ClientConnection]] = {}
+        for client in self._clients:
+            for symbol in client.symbols:
+                expected.setdefault(symbol, set()).add(client)
+        if expected != self._subscribers:
+            raise AssertionError("hub subscriber map disagrees with its clients' symbols")
 
     def unsubscribe(self, client: ClientConnection, symbols: list[str]) -> None:
         self._leave(client, symbols)

@@ -23,7 +23,8 @@ SYMBOL_RULE = (
     "1-40 characters: A-Z, 0-9 and . : _ / ^ - or space, starting with a letter, a digit or ^"
 )
 
-UpstreamState = Literal["connecting", "connected", "reconnecting"]
+# "unauthorized": Finnhub refused the key (HTTP 401/403); retried with backoff.
+UpstreamState = Literal["connecting", "connected", "reconnecting", "unauthorized"]
 
 
 class ProtocolError(Exception):

@@ -48,6 +48,22 @@ class Settings:
     client_send_buffer: int = 0
     # Write pre-built frames straight to uvicorn's transport where that is safe.
     direct_writes: bool = True
+    # -- who may connect, and how much they may ask (README "Security and limits") --
+    require_origin: bool = False
+    gateway_token: str = field(default="", repr=False)
+    max_clients: int = 10_000
+    max_message_size: int = 4096
+    max_symbols_per_client: int = 50
+    max_upstream_symbols: int = 50
+    client_message_rate: float = 10.0  # messages per second, sustained
+    client_message_burst: int = 20
+    rate_limit_close_after: float = 5.0  # seconds of continuous excess before 1008
+    heartbeat_interval: float = 20.0  # server pings; 0 disables
+    heartbeat_timeout: float = 20.0
+
+    @property
+    def any_origin(self) -> bool:
+        return "*" in self.frontend_urls
 
     def require_upstream(self) -> None:
         """Fail fast when neither a key nor demo mode is configured."""
@@ -79,5 +95,16 @@ def load_settings(env_file: str = ".env", **overrides: Any) -> Settings:
         slow_consumer_timeout=config("SLOW_CONSUMER_TIMEOUT", default=10.0, cast=float),
         client_send_buffer=config("CLIENT_SEND_BUFFER", default=0, cast=int),
         direct_writes=config("DIRECT_WRITES", default=True, cast=bool),
+        require_origin=config("REQUIRE_ORIGIN", default=False, cast=bool),
+        gateway_token=config("GATEWAY_TOKEN", default=""),
+        max_clients=config("MAX_CLIENTS", default=10_000, cast=int),
+        max_message_size=config("MAX_MESSAGE_SIZE", default=4096, cast=int),
+        max_symbols_per_client=config("MAX_SYMBOLS_PER_CLIENT", default=50, cast=int),
+        max_upstream_symbols=config("MAX_UPSTREAM_SYMBOLS", default=50, cast=int),
+        client_message_rate=config("CLIENT_MESSAGE_RATE", default=10.0, cast=float),
+        client_message_burst=config("CLIENT_MESSAGE_BURST", default=20, cast=int),
+        rate_limit_close_after=config("RATE_LIMIT_CLOSE_AFTER", default=5.0, cast=float),
+        heartbeat_interval=config("HEARTBEAT_INTERVAL", default=20.0, cast=float),
+        heartbeat_timeout=config("HEARTBEAT_TIMEOUT", default=20.0, cast=float),
     )
     return replace(settings, **overrides)

@@ -180,6 +180,9 @@ async def stack(config: Config, gateway_env: dict[str, str]) -> AsyncIterator[St
                     "FINNHUB_API_KEY": "bench",
                     "DEMO": "false",
                     "LOG_LEVEL": "WARNING",
+                    # The scenarios need more than the free-plan and per-host defaults.
+                    "MAX_UPSTREAM_SYMBOLS": "100000",
+                    "MAX_CLIENTS": "100000",
                     **gateway_env,
                 },
             )

@@ -118,7 +118,7 @@ class GatewayUnderTest:
 async def run_gateway(settings: Settings, **server_options: Any) -> AsyncIterator[GatewayUnderTest]:
     """The real app under a real uvicorn server on a free loopback port."""
     app = create_app(settings)
-    options = {**uvicorn_options(), **server_options}
+    options = {**uvicorn_options(settings), **server_options}
     config = uvicorn.Config(app, lifespan="on", log_config=None, log_level="debug", **options)
     server = uvicorn.Server(config)
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
