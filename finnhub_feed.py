@@ -150,6 +150,11 @@ class FinnhubFeed:
         self._wanted_changed.set()
 
     @property
+    def wanted(self) -> frozenset[str]:
+        """What the upstream should carry: every symbol some client holds."""
+        return frozenset(self._wanted)
+
+    @property
     def subscribed(self) -> frozenset[str]:
         """What the current upstream socket carries (empty while disconnected)."""
         return frozenset(self._sent)

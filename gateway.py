@@ -161,15 +161,18 @@ class TokenBucket:
             self._tokens = min(self._capacity, self._tokens + (now - self._updated) * self._rate)
         self._updated = now
         if self._tokens >= 1:
+            # A client is over its budget until its bucket has refilled halfway: one
+            # message slipping through between refusals does not make it well-behaved.
+            if self._tokens >= self._capacity / 2:
+                self._limited_since = None
             self._tokens -= 1
-            self._limited_since = None
             return True
         if self._limited_since is None:
             self._limited_since = now
         return False
 
     def limited_for(self, now: float) -> float:
-        """How long every message has been refused (0 if the last one was allowed)."""
+        """How long the client has been over its budget (0 when it is within it)."""
         return 0.0 if self._limited_since is None else now - self._limited_since
 
 

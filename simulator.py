@@ -100,10 +100,20 @@ class MarketSimulator:
         self._next_symbol = 0
         self._random = random.Random(seed)
         self._prices: dict[str, float] = {}
-        self.app = web.Application()
-        self.app.router.add_get("/", self._handle)
-        self.app.router.add_get("/stats", self._stats)
-        self.app.router.add_post("/rate", self._set_rate)
+
+    def make_app(self) -> web.Application:
+        """A fresh aiohttp application over this simulator's state (one per serve)."""
+        app = web.Application()
+        app.router.add_get("/", self._handle)
+        app.router.add_get("/stats", self._stats)
+        app.router.add_post("/rate", self._set_rate)
+
+        async def close_sockets(app: web.Application) -> None:
+            # Without this, shutting down waits for every gateway to hang up first.
+            await self.drop_connections()
+
+        app.on_shutdown.append(close_sockets)
+        return app
 
     # -- controls for tests and benchmarks ---------------------------------------------------
 
@@ -277,7 +287,8 @@ async def serve(
     simulator: MarketSimulator, host: str = "127.0.0.1", port: int = 0
 ) -> AsyncIterator[str]:
     """Serve the simulator for the length of the block; yields its ws:// URL."""
-    runner = web.AppRunner(simulator.app, access_log=None)  # access logs would print tokens
+    # No access log: it would print every gateway's token.
+    runner = web.AppRunner(simulator.make_app(), access_log=None, shutdown_timeout=1)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()

@@ -33,8 +33,8 @@ async def test_concurrent_churn_leaves_no_upstream_interest(
     market: Market, gateway: GatewayUnderTest
 ) -> None:
     rng = random.Random(20261125)
-    for _round in range(3):
-        await asyncio.gather(*(churn(gateway, rng) for _ in range(100)))
+    for _round in range(10):  # 2,000 clients, 200 at a time
+        await asyncio.gather(*(churn(gateway, rng) for _ in range(200)))
 
     async def all_released() -> bool:
         health = await gateway.health()
@@ -42,9 +42,11 @@ async def test_concurrent_churn_leaves_no_upstream_interest(
 
     await poll_until(all_released, timeout=15)
     await market.simulator.wait_for(lambda: market.simulator.subscribed_symbols() == set())
-    subscribes = len(market.simulator.received_of("subscribe"))
-    unsubscribes = len(market.simulator.received_of("unsubscribe"))
-    assert subscribes == unsubscribes > 0
+    # A matching unsubscribe for every subscribe, symbol by symbol.
+    for symbol in SYMBOLS:
+        subscribes = len(market.simulator.received_of("subscribe", symbol))
+        unsubscribes = len(market.simulator.received_of("unsubscribe", symbol))
+        assert subscribes == unsubscribes > 0, symbol
 
 
 async def test_upstream_carries_exactly_what_live_clients_want(

@@ -1,0 +1,194 @@
+"""What the gateway refuses, each against the real server: origins, tokens, sizes,
+symbol caps, request rates, connection counts, and clients that stopped answering."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import aiohttp
+import pytest
+
+from bench.stuck import open_never_reading_client
+from tests.conftest import (
+    Client,
+    GatewayUnderTest,
+    Market,
+    poll_until,
+    run_gateway,
+    settings_for,
+    trade,
+)
+
+
+async def handshake_status(gateway: GatewayUnderTest, path: str = "/ws", **kwargs: Any) -> int:
+    """The HTTP status of a WebSocket handshake: 101 when it was accepted."""
+    url = gateway.ws_url.replace("/ws", path)
+    try:
+        ws = await gateway.session.ws_connect(url, **kwargs)
+    except aiohttp.WSServerHandshakeError as refused:
+        return refused.status
+    await ws.close()
+    return 101
+
+
+async def test_origin_check(market: Market) -> None:
+    settings = settings_for(market, frontend_urls=("https://app.example",))
+    async with run_gateway(settings) as gateway:
+        assert await handshake_status(gateway, origin="https://app.example") == 101
+        assert await handshake_status(gateway, origin="https://evil.example") == 403
+        assert await handshake_status(gateway, origin="null") == 403
+        assert await handshake_status(gateway) == 101  # no Origin: not a browser
+    async with run_gateway(settings_for(market, require_origin=True)) as strict:
+        assert await handshake_status(strict) == 403
+        assert await handshake_status(strict, origin="http://localhost:3000") == 101
+    async with run_gateway(settings_for(market, frontend_urls=("*",))) as anyone:
+        assert await handshake_status(anyone, origin="https://whatever.example") == 101
+
+
+async def test_client_token(market: Market, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    secret = "gw-token-3f9a1c"
+    async with run_gateway(settings_for(market, gateway_token=secret)) as gateway:
+        assert await handshake_status(gateway) == 401
+        assert await handshake_status(gateway, "/ws?token=wrong") == 401
+        assert await handshake_status(gateway, f"/ws?token={secret}") == 101
+        health = await gateway.health()
+    assert "token=***" in caplog.text  # the server's own access lines, redacted
+    assert secret not in caplog.text
+    assert secret not in repr(health)
+
+
+async def test_oversized_frame_closes_with_1009(market: Market, gateway: GatewayUnderTest) -> None:
+    bystander = await gateway.connect()
+    await bystander.subscribe("AAPL")
+    offender = await gateway.connect()
+    await offender.ws.send_str('{"action":"ping","pad":"' + "x" * 5000 + '"}')
+    async with asyncio.timeout(5):
+        while (closing := await offender.ws.receive()).type is aiohttp.WSMsgType.TEXT:
+            assert '"pong"' not in closing.data  # the oversized message was not served
+    assert closing.type is aiohttp.WSMsgType.CLOSE and closing.data == 1009
+    await market.simulator.wait_for(lambda: "AAPL" in market.simulator.subscribed_symbols())
+    await market.simulator.send_trades([trade("AAPL", 5.0)])
+    assert (await bystander.expect("price_update"))["data"]["price"] == 5.0
+
+
+async def test_symbols_per_client_cap(market: Market) -> None:
+    async with run_gateway(settings_for(market, max_symbols_per_client=3)) as gateway:
+        client = await gateway.connect()
+        await client.wait_upstream_connected()
+        await client.send({"action": "subscribe", "symbols": ["A", "B", "C", "D", "E"]})
+        error = await client.receive()
+        assert error["code"] == "too_many_symbols" and error["symbols"] == ["D", "E"]
+        assert (await client.receive())["symbols"] == ["A", "B", "C"]
+        await client.unsubscribe("A")
+        assert (await client.subscribe("D"))["symbols"] == ["D"]
+
+
+async def test_distinct_upstream_symbol_cap(market: Market) -> None:
+    async with run_gateway(settings_for(market, max_upstream_symbols=2)) as gateway:
+        first, second = await gateway.connect(), await gateway.connect()
+        await first.wait_upstream_connected()
+        await first.subscribe("AAPL", "MSFT")
+        await second.send({"action": "subscribe", "symbols": ["MSFT", "NVDA"]})
+        error = await second.expect("error")
+        assert error["code"] == "symbol_limit" and error["symbols"] == ["NVDA"]
+        assert "NVDA" in error["message"]
+        assert (await second.expect("subscription"))["symbols"] == ["MSFT"]  # shared: fine
+        assert (await gateway.health())["symbols"] == ["AAPL", "MSFT"]
+        await first.unsubscribe("AAPL")
+        assert (await second.subscribe("NVDA"))["symbols"] == ["NVDA"]
+
+
+async def test_rate_limit_then_1008(market: Market) -> None:
+    settings = settings_for(
+        market, client_message_rate=5, client_message_burst=5, rate_limit_close_after=0.5
+    )
+    async with run_gateway(settings) as gateway:
+        client = await gateway.connect()
+        await client.wait_upstream_connected()
+        for _ in range(10):
+            await client.send({"action": "ping"})
+        replies = [(await client.receive())["type"] for _ in range(10)]
+        assert replies.count("pong") >= 5 and "error" in replies
+        assert replies[:5] == ["pong"] * 5
+        # Keep exceeding it: closed with 1008 after the grace.
+        async with asyncio.timeout(5):
+            while True:
+                await client.send({"action": "ping"})
+                message = await client.ws.receive()
+                if message.type is aiohttp.WSMsgType.CLOSE:
+                    assert message.data == 1008
+                    break
+                assert message.type is aiohttp.WSMsgType.TEXT
+
+
+async def test_max_clients_closes_the_extra_one_with_1013(market: Market) -> None:
+    async with run_gateway(settings_for(market, max_clients=2)) as gateway:
+        first, second = await gateway.connect(), await gateway.connect()
+        extra = await gateway.session.ws_connect(gateway.ws_url)
+        closing = await extra.receive(timeout=5)
+        assert closing.type is aiohttp.WSMsgType.CLOSE and closing.data == 1013
+        await first.ws.close()
+        replacement: Client = await gateway.connect()
+        await replacement.send({"action": "ping"})
+        assert await replacement.expect("pong") == {"type": "pong"}
+        assert not second.ws.closed
+
+
+async def test_heartbeat_drops_a_client_that_stopped_answering(market: Market) -> None:
+    settings = settings_for(market, heartbeat_interval=0.2, heartbeat_timeout=0.2)
+    async with run_gateway(settings) as gateway:
+        port = int(gateway.base_url.rsplit(":", 1)[1])
+        # A raw client that never reads cannot answer pings: it looks half-open.
+        silent = await open_never_reading_client(
+            "127.0.0.1", port, '{"action":"subscribe","symbols":["AAPL"]}'
+        )
+        with silent:
+            await market.simulator.wait_for(lambda: "AAPL" in market.simulator.subscribed_symbols())
+
+            async def dropped() -> bool:
+                health = await gateway.health()
+                return bool(health["clients"] == 0 and health["symbols"] == [])
+
+            await poll_until(dropped)
+            await market.simulator.wait_for(
+                lambda: bool(market.simulator.received_of("unsubscribe"))
+            )
+
+
+async def test_rejected_key_shows_unauthorized(market: Market) -> None:
+    async with run_gateway(settings_for(market, finnhub_api_key="revoked-key")) as gateway:
+        client = await gateway.connect()
+        while (await client.expect("status"))["upstream"] != "unauthorized":
+            pass
+
+        async def retried() -> bool:
+            health = await gateway.health()
+            return bool(health["upstream"] == "unauthorized" and health["reconnects"] >= 3)
+
+        await poll_until(retried)
+        assert market.simulator.connection_count == 0
+
+
+async def test_shutdown_closes_clients_with_1012(market: Market) -> None:
+    async with run_gateway(settings_for(market)) as gateway:
+        client = await gateway.connect()
+        await client.wait_upstream_connected()
+        gateway.server.should_exit = True
+        closing = await client.ws.receive(timeout=10)
+        assert closing.type is aiohttp.WSMsgType.CLOSE and closing.data == 1012
+
+
+async def test_oversized_frame_is_refused_by_the_app_under_any_server_limit(
+    market: Market,
+) -> None:
+    # `uvicorn gateway:app` without --ws-max-size accepts 16 MiB frames: the app checks too.
+    async with run_gateway(settings_for(market), ws_max_size=16 * 1024 * 1024) as gateway:
+        offender = await gateway.connect()
+        await offender.ws.send_str('{"action":"ping","pad":"' + "x" * 5000 + '"}')
+        async with asyncio.timeout(5):
+            while (closing := await offender.ws.receive()).type is aiohttp.WSMsgType.TEXT:
+                assert '"pong"' not in closing.data
+        assert closing.type is aiohttp.WSMsgType.CLOSE and closing.data == 1009
