@@ -13,7 +13,8 @@ every connection on command.
 
 In benchmark mode (`sequenced=True`) symbols trade round-robin and each trade's
 volume is its per-symbol sequence number, so load clients can count what they missed;
-`GET /stats` reports what was sent per second and `POST /rate?value=N` changes the rate.
+`GET /stats` reports what was sent per second, `POST /rate?value=N` changes the rate and
+`POST /drop` closes every gateway's socket (a Finnhub restart).
 
 Run standalone: `python simulator.py --port 8765 --rate 50`.
 This module must never log the token it is given.
@@ -107,6 +108,7 @@ class MarketSimulator:
         app.router.add_get("/", self._handle)
         app.router.add_get("/stats", self._stats)
         app.router.add_post("/rate", self._set_rate)
+        app.router.add_post("/drop", self._drop)
 
         async def close_sockets(app: web.Application) -> None:
             # Without this, shutting down waits for every gateway to hang up first.
@@ -253,6 +255,11 @@ class MarketSimulator:
             },
             dumps=lambda value: orjson.dumps(value).decode(),
         )
+
+    async def _drop(self, request: web.Request) -> web.Response:
+        dropped = len(self.connections)
+        await self.drop_connections()
+        return web.json_response({"dropped": dropped})
 
     async def _set_rate(self, request: web.Request) -> web.Response:
         try:

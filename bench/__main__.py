@@ -4,6 +4,8 @@ Scenarios (each bounded in time, stopping by itself):
   throughput    1,000 clients on the same 20 symbols, upstream rate ramped step by step
   connections   10,000 clients, 5 symbols each out of 200, a modest rate
   slow          throughput's clients at half the best rate, then plus 10% that never read
+  soak          (only when asked) churning clients plus upstream drops for --soak-seconds,
+                RSS sampled throughout: memory must come back to where it started
 
 Processes: the simulator and the load clients are pinned to the last core, the
 gateway (`uvicorn gateway:app`, as deployed) to the first, where there are two.
@@ -14,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import math
 import os
 import platform
+import random
 import resource
 import socket
 import sys
@@ -48,6 +52,7 @@ class Config:
     connection_clients: int = 10_000
     connection_rate: float = 100.0
     slow_measure: float = 30.0
+    soak_seconds: float = 600.0
     slow_consumer_timeout: float = 5.0
     # The never-reading clients must fill their buffers within the run: a small kernel
     # send buffer per client (a production setting too) instead of Linux's autotuned MBs.
@@ -69,6 +74,7 @@ QUICK = Config(
     connection_clients=200,
     connection_rate=20,
     slow_measure=3.0,
+    soak_seconds=5.0,
     slow_consumer_timeout=1.0,
 )
 
@@ -486,6 +492,79 @@ async def slow_consumers(config: Config, rate: float) -> list[dict[str, Any]]:
     return rows
 
 
+async def churning_client(ws_url: str, session: aiohttp.ClientSession, rng: random.Random) -> str:
+    """One short-lived client: subscribe, read a while, then leave one of three ways."""
+    universe = [f"K{index:02d}" for index in range(100)]
+    async with session.ws_connect(ws_url) as ws:
+        symbols = rng.sample(universe, rng.randint(1, 5))
+        await ws.send_bytes(orjson.dumps({"action": "subscribe", "symbols": symbols}))
+        deadline = time.monotonic() + rng.uniform(0.1, 2.0)
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                await ws.receive(timeout=left)
+            except TimeoutError:
+                break
+        ending = rng.choice(("close", "close", "abort", "unsubscribe"))
+        if ending == "abort":
+            transport = ws._response.connection.transport if ws._response.connection else None
+            if transport is not None:
+                transport.abort()
+        elif ending == "unsubscribe":
+            await ws.send_bytes(orjson.dumps({"action": "unsubscribe", "symbols": symbols}))
+        return ending
+
+
+async def soak(config: Config) -> dict[str, Any]:
+    """Churn plus upstream drops for a bounded time; RSS at start, throughout, at end."""
+    rng = random.Random(1125)
+    async with stack(config, {}) as running:
+        ws_url = running.gateway_url.replace("http://", "ws://") + "/ws"
+        await running.set_rate(50)
+        connector = aiohttp.TCPConnector(limit=0)
+        endings: dict[str, int] = {}
+        samples: list[tuple[float, float]] = []
+        started = time.monotonic()
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def worker() -> None:
+                while time.monotonic() - started < config.soak_seconds:
+                    try:
+                        ending = await churning_client(ws_url, session, rng)
+                    except (aiohttp.ClientError, OSError) as failure:
+                        ending = f"failed: {type(failure).__name__}"
+                    endings[ending] = endings.get(ending, 0) + 1
+
+            async def drops_and_samples() -> None:
+                next_drop = started + 30
+                while (elapsed := time.monotonic() - started) < config.soak_seconds:
+                    samples.append((round(elapsed), rss_kib(running.gateway_pid) / 1024))
+                    if time.monotonic() >= next_drop:
+                        async with session.post(running.simulator_url + "/drop"):
+                            pass
+                        next_drop += 30
+                    await asyncio.sleep(min(5.0, config.soak_seconds / 10))
+
+            baseline = rss_kib(running.gateway_pid) / 1024
+            await asyncio.gather(drops_and_samples(), *(worker() for _ in range(50)))
+        await running.set_rate(0)
+        await asyncio.sleep(3)  # let the gateway notice every disconnect
+        health = await running.health()
+        end = rss_kib(running.gateway_pid) / 1024
+    warm = samples[min(len(samples) - 1, 6)][1] if samples else baseline
+    return {
+        "seconds": config.soak_seconds,
+        "clients_served": sum(endings.values()),
+        "endings": endings,
+        "upstream_reconnects": health["reconnects"],
+        "clients_at_end": health["clients"],
+        "symbols_at_end": health["symbols"],
+        "rss_mib_idle_start": round(baseline, 1),
+        "rss_mib_after_warmup": round(warm, 1),
+        "rss_mib_end": round(end, 1),
+        "rss_mib_samples": [[t, round(m, 1)] for t, m in samples],
+    }
+
+
 # -- reporting ----------------------------------------------------------------------------
 
 
@@ -546,6 +625,8 @@ async def run(config: Config, scenarios: list[str]) -> dict[str, Any]:
         results["connections"] = await connections(config)
     if "slow" in scenarios:
         results["slow"] = await slow_consumers(config, max(best_rate / 2, 1))
+    if "soak" in scenarios:
+        results["soak"] = await soak(config)
     return results
 
 
@@ -555,11 +636,16 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="a small smoke run (seconds)")
     parser.add_argument(
-        "--scenario", action="append", choices=["throughput", "asgi", "connections", "slow"]
+        "--scenario",
+        action="append",
+        choices=["throughput", "asgi", "connections", "slow", "soak"],
     )
+    parser.add_argument("--soak-seconds", type=float, help="soak duration (default 600)")
     parser.add_argument("--out", default="bench-results/latest.json")
     args = parser.parse_args()
     config = QUICK if args.quick else Config()
+    if args.soak_seconds:
+        config = dataclasses.replace(config, soak_seconds=args.soak_seconds)
     scenarios = args.scenario or ["throughput", "asgi", "connections", "slow"]
     results = asyncio.run(run(config, scenarios))
     rows = [
@@ -593,6 +679,16 @@ def main() -> None:
             f"slow consumers: healthy p99 {slow['p99_vs_reference']}x the reference; gateway RSS "
             f"start/peak/end {slow['rss_mib_start_peak_end']} MiB; "
             f"{slow['slow_consumer_disconnects']} closed as slow\n"
+        )
+    if "soak" in results:
+        soak_result = results["soak"]
+        sys.stdout.write(
+            f"soak: {soak_result['clients_served']} clients over {soak_result['seconds']:g} s, "
+            f"{soak_result['upstream_reconnects']} upstream reconnects; RSS MiB idle "
+            f"{soak_result['rss_mib_idle_start']}, after warm-up "
+            f"{soak_result['rss_mib_after_warmup']}, end {soak_result['rss_mib_end']}; "
+            f"{soak_result['clients_at_end']} clients and {len(soak_result['symbols_at_end'])} "
+            "symbols left\n"
         )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
