@@ -22,6 +22,7 @@ import logging
 import math
 import random
 import re
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
@@ -45,7 +46,7 @@ _TOKEN_IN_TEXT = re.compile(r"(token=)[^&\s'\"]+", re.IGNORECASE)
 class FeedListener(Protocol):
     """Where the feed delivers: the hub."""
 
-    async def publish(self, trades: list[Trade]) -> None: ...
+    async def publish(self, trades: list[Trade], received_at: float) -> None: ...
 
     def upstream_state_changed(self, state: UpstreamState) -> None: ...
 
@@ -271,6 +272,7 @@ class FinnhubFeed:
             pass  # the socket is closing; the reader sees it and the loop reconnects
 
     async def _handle_text(self, data: str, listener: FeedListener) -> None:
+        received_at = time.perf_counter()
         self.messages_received += 1
         try:
             message = orjson.loads(data)
@@ -284,7 +286,7 @@ class FinnhubFeed:
                 self._skip(f"{malformed} malformed trade(s)")
             if trades:
                 self.trades_received += len(trades)
-                await listener.publish(trades)
+                await listener.publish(trades, received_at)
         elif kind == "ping":
             pass
         elif kind == "error":

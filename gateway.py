@@ -25,14 +25,16 @@ from pathlib import Path
 from typing import Any, cast
 
 import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+import metrics
 import protocol
 import simulator
 from finnhub_feed import Backoff, FinnhubFeed, redact
@@ -208,6 +210,9 @@ class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._running: Running | None = None
+        self.metrics_registry, self._handoff_seconds = metrics.create_registry(
+            lambda: self._running
+        )
 
     @property
     def running(self) -> Running:
@@ -244,6 +249,7 @@ class Gateway:
                 slow_consumer_timeout=settings.slow_consumer_timeout,
                 max_symbols_per_client=settings.max_symbols_per_client,
                 max_upstream_symbols=settings.max_upstream_symbols,
+                handoff_observer=self._handoff_seconds,
             )
             self._running = Running(hub, feed, time.monotonic())
             tasks = [
@@ -292,6 +298,9 @@ class Gateway:
                 "uptime_seconds": round(time.monotonic() - running.started_at, 3),
             }
         )
+
+    async def metrics(self, request: Request) -> Response:
+        return Response(generate_latest(self.metrics_registry), media_type=CONTENT_TYPE_LATEST)
 
     async def docs(self, request: Request) -> HTMLResponse:
         return HTMLResponse(DOCS_PAGE.read_text(encoding="utf-8"))
@@ -429,6 +438,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         routes=[
             Route("/", gateway.root),
             Route("/health", gateway.health),
+            Route("/metrics", gateway.metrics),
             Route("/docs", gateway.docs),
             WebSocketRoute("/ws", gateway.serve_websocket),
         ],

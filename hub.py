@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
@@ -40,6 +41,12 @@ class Trade(NamedTuple):
     price: float
     volume: float
     timestamp: int  # Unix milliseconds, as Finnhub sends it
+
+
+class Observer(Protocol):
+    """Where timings go (a prometheus_client Histogram, in the app)."""
+
+    def observe(self, amount: float) -> None: ...
 
 
 class UpstreamInterest(Protocol):
@@ -270,6 +277,7 @@ class Hub:
         queue_size: int = 1024,
         max_symbols_per_client: int = 50,
         max_upstream_symbols: int = 50,
+        handoff_observer: Observer | None = None,
     ) -> None:
         self.stats = FanoutStats()
         self.upstream_state: UpstreamState = "connecting"
@@ -285,7 +293,8 @@ class Hub:
         self._latest_update: dict[str, Frame] = {}
         # Bounded so a stalled broadcaster pushes back on the upstream reader instead
         # of buffering without limit.
-        self._trades: asyncio.Queue[list[Trade]] = asyncio.Queue(maxsize=queue_size)
+        self._trades: asyncio.Queue[tuple[list[Trade], float]] = asyncio.Queue(maxsize=queue_size)
+        self._handoff_observer = handoff_observer
 
     # -- what the HTTP side reads ------------------------------------------------------
 
@@ -407,8 +416,9 @@ class Hub:
 
     # -- upstream side (called by the feed) ----------------------------------------------
 
-    async def publish(self, trades: list[Trade]) -> None:
-        await self._trades.put(trades)
+    async def publish(self, trades: list[Trade], received_at: float) -> None:
+        """Queue an upstream message's trades; `received_at` is its perf_counter() arrival."""
+        await self._trades.put((trades, received_at))
 
     def upstream_state_changed(self, state: UpstreamState) -> None:
         self.upstream_state = state
@@ -435,8 +445,11 @@ class Hub:
 
     async def broadcast_forever(self) -> None:
         while True:
-            trades = await self._trades.get()
+            trades, received_at = await self._trades.get()
             self.fan_out(trades)
+            if self._handoff_observer is not None:
+                # Upstream arrival to the last hand-off, one observation per message.
+                self._handoff_observer.observe(time.perf_counter() - received_at)
             # get() does not yield while a backlog is queued; writers and socket I/O
             # must run between batches or clients fall behind for no fault of theirs.
             await asyncio.sleep(0)

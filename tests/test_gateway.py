@@ -458,3 +458,35 @@ async def test_fast_path_is_used_where_safe_and_deflate_falls_back(market: Marke
         await market.simulator.send_trades([trade("AAPL", 150.25)])
         for client in (plain, compressed):
             assert await client.expect("price_update") == price_update("AAPL", 150.25)
+
+
+async def test_metrics_scrape(market: Market, gateway: GatewayUnderTest) -> None:
+    client = await gateway.connect()
+    await client.subscribe("AAPL")
+    await market.simulator.wait_for(lambda: "AAPL" in market.simulator.subscribed_symbols())
+    await market.simulator.send_trades([trade("AAPL", 8.0), trade("AAPL", 8.5)])
+    await client.expect("price_update")
+    await client.expect("price_update")
+    async with gateway.session.get(gateway.base_url + "/metrics") as response:
+        assert response.status == 200
+        assert response.content_type == "text/plain"
+        text = await response.text()
+    samples = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert samples["gateway_clients"] == 1
+    assert samples["gateway_upstream_symbols"] == 1
+    assert samples['gateway_upstream_state{state="connected"}'] == 1
+    assert samples['gateway_upstream_state{state="reconnecting"}'] == 0
+    assert samples["gateway_upstream_trades_total"] == 2
+    assert samples["gateway_price_updates_sent_total"] == 2
+    assert samples["gateway_handoff_seconds_count"] == 1
+    for name in (
+        "gateway_conflated_updates_total",
+        "gateway_slow_consumer_disconnects_total",
+        "gateway_upstream_reconnects_total",
+        "gateway_upstream_messages_total",
+    ):
+        assert name in samples, name
