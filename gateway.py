@@ -21,7 +21,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, cast
 
 import uvicorn
@@ -34,6 +33,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+import docs
 import metrics
 import protocol
 import simulator
@@ -44,7 +44,6 @@ from settings import ConfigError, Settings, load_settings
 logger = logging.getLogger("gateway")
 
 DEMO_TOKEN = "demo"
-DOCS_PAGE = Path(__file__).with_name("static") / "docs.html"
 
 
 class StarletteClientSocket:
@@ -213,6 +212,7 @@ class Gateway:
         self.metrics_registry, self._handoff_seconds = metrics.create_registry(
             lambda: self._running
         )
+        self._docs_page = docs.render_docs(docs.load_asyncapi())
 
     @property
     def running(self) -> Running:
@@ -303,7 +303,10 @@ class Gateway:
         return Response(generate_latest(self.metrics_registry), media_type=CONTENT_TYPE_LATEST)
 
     async def docs(self, request: Request) -> HTMLResponse:
-        return HTMLResponse(DOCS_PAGE.read_text(encoding="utf-8"))
+        return HTMLResponse(self._docs_page)
+
+    async def asyncapi(self, request: Request) -> Response:
+        return Response(docs.ASYNCAPI.read_bytes(), media_type="application/yaml")
 
     # -- WebSocket ---------------------------------------------------------------------
 
@@ -440,6 +443,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/health", gateway.health),
             Route("/metrics", gateway.metrics),
             Route("/docs", gateway.docs),
+            Route("/asyncapi.yaml", gateway.asyncapi),
             WebSocketRoute("/ws", gateway.serve_websocket),
         ],
         middleware=[

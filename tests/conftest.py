@@ -18,6 +18,7 @@ import uvicorn
 from gateway import Gateway, create_app, uvicorn_options
 from settings import Settings
 from simulator import MarketSimulator, serve
+from tests.contract import assert_server_message
 
 TEST_KEY = "fh-test-key-8c1d7e"
 RECEIVE_TIMEOUT = 5.0
@@ -64,6 +65,7 @@ class Client:
         assert message.type is aiohttp.WSMsgType.TEXT, f"expected a text frame, got {message}"
         decoded = orjson.loads(message.data)
         assert isinstance(decoded, dict)
+        assert_server_message(decoded)  # every message any test sees honours the contract
         return decoded
 
     async def expect(
