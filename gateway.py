@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hmac
+import json
 import logging
 import socket
 import sys
@@ -21,6 +22,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import uvicorn
@@ -29,8 +31,15 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+)
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 import docs
@@ -44,6 +53,7 @@ from settings import ConfigError, Settings, load_settings
 logger = logging.getLogger("gateway")
 
 DEMO_TOKEN = "demo"
+STATIC = Path(__file__).with_name("static")
 
 
 class StarletteClientSocket:
@@ -177,6 +187,11 @@ class TokenBucket:
         return 0.0 if self._limited_since is None else now - self._limited_since
 
 
+def _own_origins(websocket: WebSocket) -> tuple[str, ...]:
+    host = websocket.headers.get("host", "")
+    return (f"http://{host}", f"https://{host}") if host else ()
+
+
 async def _refuse(websocket: WebSocket, status: int, reason: str) -> None:
     """Refuse a handshake with an HTTP status and a plain-text reason where the server
     supports denial responses; otherwise a close before accept (uvicorn answers 403)."""
@@ -223,7 +238,7 @@ class Gateway:
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         settings = self.settings
-        configure_logging(settings.log_level)
+        configure_logging(settings.log_level, settings.log_format)
         try:
             settings.require_upstream()
         except ConfigError as exc:
@@ -274,6 +289,7 @@ class Gateway:
                 "websocket": "/ws",
                 "health": "/health",
                 "docs": "/docs",
+                "demo": "/demo",
             }
         )
 
@@ -301,6 +317,9 @@ class Gateway:
 
     async def metrics(self, request: Request) -> Response:
         return Response(generate_latest(self.metrics_registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def demo(self, request: Request) -> FileResponse:
+        return FileResponse(STATIC / "demo.html")
 
     async def docs(self, request: Request) -> HTMLResponse:
         return HTMLResponse(self._docs_page)
@@ -346,7 +365,11 @@ class Gateway:
         if origin is None:
             if settings.require_origin:
                 return 403, "an Origin header is required"
-        elif not settings.any_origin and origin not in settings.frontend_urls:
+        elif not (
+            settings.any_origin
+            or origin in settings.frontend_urls
+            or origin in _own_origins(websocket)  # the /demo page, served from here
+        ):
             return 403, "origin not allowed"
         if settings.gateway_token:
             presented = websocket.query_params.get("token", "")
@@ -421,17 +444,40 @@ async def _logged(work: Awaitable[None]) -> None:
         raise
 
 
-def configure_logging(level: str) -> None:
-    """One line per event; configured once, unless the host (uvicorn, pytest) already has."""
+class JsonLogFormatter(logging.Formatter):
+    """LOG_FORMAT=json: one JSON object per line, for log shippers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging(level: str, log_format: str = "text") -> None:
+    """One line per event, `key=value` text or JSON; configured once, unless the host
+    (uvicorn's own log config, pytest) already has handlers."""
     root = logging.getLogger()
     if not root.handlers:
-        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("gateway").setLevel(level)
+        handler = logging.StreamHandler()
+        if log_format == "json":
+            handler.setFormatter(JsonLogFormatter())
+        else:
+            handler.setFormatter(
+                logging.Formatter("%(asctime)s level=%(levelname)s logger=%(name)s %(message)s")
+            )
+        root.addHandler(handler)
+        root.setLevel(level)
     for name in ("uvicorn.error", "uvicorn.access"):
         server_logger = logging.getLogger(name)
         if not any(isinstance(f, RedactTokens) for f in server_logger.filters):
             server_logger.addFilter(RedactTokens())
-    for name in ("hub", "finnhub_feed", "simulator"):
+    for name in ("gateway", "hub", "finnhub_feed", "simulator"):
         logging.getLogger(name).setLevel(level)
 
 
@@ -442,6 +488,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/", gateway.root),
             Route("/health", gateway.health),
             Route("/metrics", gateway.metrics),
+            Route("/demo", gateway.demo),
+            Mount("/static", StaticFiles(directory=STATIC), name="static"),
             Route("/docs", gateway.docs),
             Route("/asyncapi.yaml", gateway.asyncapi),
             WebSocketRoute("/ws", gateway.serve_websocket),
@@ -493,22 +541,38 @@ def main(argv: list[str] | None = None) -> int:
         overrides["port"] = args.port
     if overrides:
         settings = load_settings(**overrides)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     try:
         settings.require_upstream()
     except ConfigError as exc:
         logger.error("%s", exc)
         return 2
-    logger.info("gateway starting on ws://%s:%d/ws", settings.host, settings.port)
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        log_config=None,  # uvicorn's records go through our handler and format
+        **uvicorn_options(settings),
+    )
     with suppress(KeyboardInterrupt):
-        uvicorn.run(
-            create_app(settings),
-            host=settings.host,
-            port=settings.port,
-            log_level=settings.log_level.lower(),
-            **uvicorn_options(settings),
-        )
+        AnnouncingServer(config).run()
     return 0
+
+
+class AnnouncingServer(uvicorn.Server):
+    """uvicorn, ending its start-up output with where to look."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            host = self.config.host
+            shown = "localhost" if host in ("0.0.0.0", "::", "127.0.0.1") else host
+            base = f"http://{shown}:{self.config.port}"
+            logger.info(
+                "streaming on ws://%s:%d/ws; API docs %s/docs", shown, self.config.port, base
+            )
+            logger.info("open %s/demo to watch prices live", base)
 
 
 app = create_app()

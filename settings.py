@@ -29,6 +29,7 @@ class Settings:
     port: int = 8000
     frontend_urls: tuple[str, ...] = ("http://localhost:3000",)
     log_level: str = "INFO"
+    log_format: str = "text"  # "text" (key=value) or "json"
     demo: bool = False
     # How fast the simulator trades in demo mode, in trades per second over all symbols.
     demo_trade_rate: float = 20.0
@@ -85,6 +86,7 @@ def load_settings(env_file: str = ".env", **overrides: Any) -> Settings:
         port=config("PORT", default=8000, cast=int),
         frontend_urls=tuple(config("FRONTEND_URL", default="http://localhost:3000", cast=Csv())),
         log_level=config("LOG_LEVEL", default="INFO").upper(),
+        log_format=config("LOG_FORMAT", default="text").lower(),
         demo=config("DEMO", default=False, cast=bool),
         demo_trade_rate=config("DEMO_TRADE_RATE", default=20.0, cast=float),
         reconnect_initial_delay=config("RECONNECT_INITIAL_DELAY", default=0.5, cast=float),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -235,3 +236,32 @@ async def test_sigterm_with_a_stalled_client_still_shuts_down(tmp_path: Path) ->
                         await asyncio.sleep(0.1)
                 assert await gateway.terminate() in (0, -signal.SIGTERM)
         assert "Application shutdown complete" in gateway.output
+
+
+def dockerfile_instruction(name: str) -> str:
+    lines = (PROJECT / "Dockerfile").read_text().replace("\\\n", " ").splitlines()
+    matches = [line.split(None, 1)[1] for line in lines if line.split(None, 1)[:1] == [name]]
+    assert len(matches) == 1, name
+    return matches[0]
+
+
+async def test_container_start_command_serves_health(tmp_path: Path) -> None:
+    """No Docker engine here: run the image's CMD as-is, on loopback and a free port."""
+    command = json.loads(dockerfile_instruction("CMD"))
+    assert command[:2] == ["uvicorn", "gateway:app"]
+    assert dockerfile_instruction("USER") != "root"
+    assert "/health" in dockerfile_instruction("HEALTHCHECK")
+    port = free_port()
+    command[command.index("--host") + 1] = "127.0.0.1"
+    command[command.index("--port") + 1] = str(port)
+    runnable = (sys.executable, "-m", *command, "--app-dir", str(PROJECT))
+    async with (
+        demo_gateway(tmp_path, port, *runnable) as gateway,
+        aiohttp.ClientSession() as session,
+    ):
+        health = await health_of(session, port)
+        assert health["status"] == "ok" and health["demo"] is True
+        async with session.ws_connect(f"ws://127.0.0.1:{port}/ws") as ws:
+            assert (await ws.receive_json(timeout=5))["type"] == "connection"
+            assert (await health_of(session, port))["clients_fast_path"] == 1
+    assert "Traceback" not in gateway.output

@@ -40,6 +40,8 @@ async def test_origin_check(market: Market) -> None:
         assert await handshake_status(gateway, origin="https://evil.example") == 403
         assert await handshake_status(gateway, origin="null") == 403
         assert await handshake_status(gateway) == 101  # no Origin: not a browser
+        own = gateway.base_url  # the /demo page, served by the gateway itself
+        assert await handshake_status(gateway, origin=own) == 101
     async with run_gateway(settings_for(market, require_origin=True)) as strict:
         assert await handshake_status(strict) == 403
         assert await handshake_status(strict, origin="http://localhost:3000") == 101

@@ -1,0 +1,101 @@
+// The /demo page: a StockClient plus cards with last price, change since the first
+// price seen, volume, time, an up/down flash and a sparkline per symbol.
+import { StockClient } from "/static/stock-client.js";
+
+const SPARK_POINTS = 60;
+const cards = new Map(); // symbol -> { element, first, prices }
+const grid = document.getElementById("cards");
+const wsUrl = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws${location.search}`;
+
+const client = new StockClient(wsUrl, {
+  onPrice: (symbol, data) => update(symbol, data),
+  onStatus: ({ connection, upstream }) => {
+    pill("connection", connection, connection === "open");
+    pill("upstream", upstream ?? "unknown", upstream === "connected");
+  },
+  onError: (error) => {
+    document.getElementById("message").textContent = error.message;
+    (error.symbols || []).forEach((symbol) => removeCard(symbol));
+  },
+});
+window.stockClient = client; // for the curious, and for the browser test
+
+document.getElementById("add").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const input = document.getElementById("symbol");
+  const symbols = input.value.split(",").map((s) => s.trim().toUpperCase()).filter(Boolean);
+  symbols.forEach(addCard);
+  client.subscribe(symbols);
+  input.value = "";
+  document.getElementById("message").textContent = "";
+});
+
+function pill(id, text, good) {
+  const element = document.getElementById(id);
+  element.textContent = text;
+  element.className = `pill ${good ? "ok" : "bad"}`;
+}
+
+function addCard(symbol) {
+  if (cards.has(symbol)) return;
+  grid.querySelector(".empty")?.remove();
+  const element = document.createElement("article");
+  element.className = "card";
+  element.dataset.symbol = symbol;
+  element.innerHTML = `
+    <button class="remove" title="remove">&times;</button>
+    <div class="symbol"></div>
+    <div class="price">&mdash;</div>
+    <div class="change meta"></div>
+    <div class="meta volume"></div>
+    <svg viewBox="0 0 100 40" preserveAspectRatio="none"><polyline fill="none" stroke="#2563eb" stroke-width="1.5"/></svg>`;
+  element.querySelector(".symbol").textContent = symbol; // text, never markup
+  element.querySelector(".remove").addEventListener("click", () => {
+    client.unsubscribe([symbol]);
+    removeCard(symbol);
+  });
+  grid.append(element);
+  cards.set(symbol, { element, first: null, prices: [] });
+}
+
+function removeCard(symbol) {
+  cards.get(symbol)?.element.remove();
+  cards.delete(symbol);
+}
+
+function update(symbol, data) {
+  const card = cards.get(symbol);
+  if (!card) return;
+  const previous = card.prices.at(-1);
+  card.first ??= data.price;
+  card.prices.push(data.price);
+  if (card.prices.length > SPARK_POINTS) card.prices.shift();
+  const { element } = card;
+  const digits = data.price < 10 ? 5 : 2;
+  element.querySelector(".price").textContent = data.price.toFixed(digits);
+  const change = data.price - card.first;
+  const percent = (change / card.first) * 100;
+  const changeElement = element.querySelector(".change");
+  changeElement.textContent = `${change >= 0 ? "+" : ""}${change.toFixed(digits)} (${percent.toFixed(2)}%) since first seen`;
+  changeElement.className = `change meta ${change > 0 ? "up" : change < 0 ? "down" : ""}`;
+  element.querySelector(".volume").textContent =
+    `vol ${data.volume} · ${new Date(data.timestamp).toLocaleTimeString()}`;
+  if (previous !== undefined && previous !== data.price) {
+    element.classList.remove("flash-up", "flash-down");
+    void element.offsetWidth; // restart the transition
+    element.classList.add(data.price > previous ? "flash-up" : "flash-down");
+    setTimeout(() => element.classList.remove("flash-up", "flash-down"), 150);
+  }
+  drawSparkline(element.querySelector("polyline"), card.prices);
+}
+
+function drawSparkline(line, prices) {
+  const low = Math.min(...prices);
+  const high = Math.max(...prices);
+  const span = high - low || 1;
+  const step = 100 / Math.max(prices.length - 1, 1);
+  line.setAttribute(
+    "points",
+    prices.map((p, i) => `${(i * step).toFixed(1)},${(38 - ((p - low) / span) * 36).toFixed(1)}`).join(" "),
+  );
+}
