@@ -96,7 +96,9 @@ def parse_trades(data: Any) -> tuple[list[Trade], int]:
         if (
             isinstance(symbol, str)
             and _is_number(price)
+            and price > 0
             and _is_number(volume)
+            and volume >= 0
             and isinstance(timestamp, int)
             and not isinstance(timestamp, bool)
         ):
@@ -290,14 +292,16 @@ class FinnhubFeed:
         elif kind == "ping":
             pass
         elif kind == "error":
-            text = str(message.get("msg", ""))[:200]
+            # Finnhub's own words reach clients: never let the key ride along.
+            text = redact(str(message.get("msg", ""))[:200], self._api_key).strip()
+            text = text or "the upstream reported an error"
             symbol = self._blame(text)
             logger.warning("upstream error msg=%r symbol=%s", text, symbol)
             if symbol is not None:
                 self._sent.discard(symbol)  # Finnhub did not take it: nothing to unsubscribe
             listener.upstream_refused(symbol, text)
         else:
-            self._skip(f"unknown type {str(kind)[:40]!r}")
+            self._skip(f"unknown type {redact(str(kind)[:40], self._api_key)!r}")
 
     def _skip(self, why: str) -> None:
         self.malformed_messages += 1

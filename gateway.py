@@ -16,6 +16,7 @@ import asyncio
 import hmac
 import json
 import logging
+import re
 import socket
 import sys
 import time
@@ -46,7 +47,8 @@ import docs
 import metrics
 import protocol
 import simulator
-from finnhub_feed import Backoff, FinnhubFeed, redact
+from cluster import Cluster
+from finnhub_feed import Backoff, FinnhubFeed
 from hub import ClientConnection, Hub
 from settings import ConfigError, Settings, load_settings
 
@@ -187,11 +189,6 @@ class TokenBucket:
         return 0.0 if self._limited_since is None else now - self._limited_since
 
 
-def _own_origins(websocket: WebSocket) -> tuple[str, ...]:
-    host = websocket.headers.get("host", "")
-    return (f"http://{host}", f"https://{host}") if host else ()
-
-
 async def _refuse(websocket: WebSocket, status: int, reason: str) -> None:
     """Refuse a handshake with an HTTP status and a plain-text reason where the server
     supports denial responses; otherwise a close before accept (uvicorn answers 403)."""
@@ -201,13 +198,17 @@ async def _refuse(websocket: WebSocket, status: int, reason: str) -> None:
         await websocket.close(1008, reason)
 
 
+_QUERY_STRING = re.compile(r"(\s/[^\s?\"]*)\?[^\s\"]*")
+
+
 class RedactTokens(logging.Filter):
-    """uvicorn logs request paths with their query string: `/ws?token=...`."""
+    """uvicorn logs request paths with their query string (`/ws?token=...`, or any
+    percent-encoded spelling of it): drop every query string from its lines."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if "token=" in message:
-            record.msg, record.args = redact(message, ""), ()
+        if "?" in message:
+            record.msg, record.args = _QUERY_STRING.sub(r"\1?***", message), ()
         return True
 
 
@@ -218,6 +219,7 @@ class Running:
     hub: Hub
     feed: FinnhubFeed
     started_at: float
+    cluster: Cluster | None = None
 
 
 class Gateway:
@@ -258,19 +260,34 @@ class Gateway:
                 reset_backoff_after=settings.reconnect_reset_after,
                 idle_timeout=settings.upstream_idle_timeout,
             )
+            cluster = (
+                Cluster(
+                    settings.redis_url,
+                    feed,
+                    prefix=settings.redis_prefix,
+                    lease_seconds=settings.leader_lease_seconds,
+                )
+                if settings.redis_url
+                else None
+            )
             hub = Hub(
-                feed,
+                feed if cluster is None else cluster.interest,
                 outbox_size=settings.client_outbox_size,
                 slow_consumer_timeout=settings.slow_consumer_timeout,
                 max_symbols_per_client=settings.max_symbols_per_client,
                 max_upstream_symbols=settings.max_upstream_symbols,
                 handoff_observer=self._handoff_seconds,
             )
-            self._running = Running(hub, feed, time.monotonic())
-            tasks = [
-                asyncio.create_task(_logged(feed.run(hub)), name="finnhub-feed"),
-                asyncio.create_task(_logged(hub.broadcast_forever()), name="broadcaster"),
-            ]
+            self._running = Running(hub, feed, time.monotonic(), cluster)
+            if cluster is None:
+                tasks = [
+                    asyncio.create_task(_logged(feed.run(hub)), name="finnhub-feed"),
+                    asyncio.create_task(_logged(hub.broadcast_forever()), name="broadcaster"),
+                ]
+            else:
+                # The feed runs only while this process holds the lease; trades reach the
+                # hub through Redis, already encoded.
+                tasks = [asyncio.create_task(_logged(cluster.run(hub)), name="cluster")]
             try:
                 yield
             finally:
@@ -299,7 +316,7 @@ class Gateway:
         return JSONResponse(
             {
                 "status": "ok",
-                "upstream": feed.state,
+                "upstream": hub.upstream_state,
                 "demo": self.settings.demo,
                 "clients": hub.client_count,
                 "clients_fast_path": hub.fast_path_count,
@@ -312,8 +329,22 @@ class Gateway:
                 "slow_consumer_disconnects": hub.stats.slow_consumer_disconnects,
                 "reconnects": feed.reconnects,
                 "uptime_seconds": round(time.monotonic() - running.started_at, 3),
+                **self._cluster_health(running.cluster),
             }
         )
+
+    @staticmethod
+    def _cluster_health(cluster: Cluster | None) -> dict[str, object]:
+        if cluster is None:
+            return {}
+        return {
+            "cluster": "degraded" if cluster.degraded else "ok",
+            "role": cluster.role,
+            "node": cluster.node,
+            "lease_holder": cluster.lease_holder,
+            "cluster_nodes": cluster.nodes,
+            "cluster_symbols": len(cluster.cluster_symbols),
+        }
 
     async def metrics(self, request: Request) -> Response:
         return Response(generate_latest(self.metrics_registry), media_type=CONTENT_TYPE_LATEST)
@@ -359,17 +390,14 @@ class Gateway:
 
     def _handshake_refusal(self, websocket: WebSocket) -> tuple[int, str] | None:
         """Why this handshake must be refused, or None. CORS does not cover WebSockets:
-        a browser sends any page's Origin, so /ws checks it itself."""
+        a browser sends any page's Origin, so /ws checks it itself, against configured
+        values only (never the request's own Host header, which a rebinding page sets)."""
         settings = self.settings
         origin = websocket.headers.get("origin")
         if origin is None:
             if settings.require_origin:
                 return 403, "an Origin header is required"
-        elif not (
-            settings.any_origin
-            or origin in settings.frontend_urls
-            or origin in _own_origins(websocket)  # the /demo page, served from here
-        ):
+        elif not (settings.any_origin or origin in settings.allowed_origins):
             return 403, "origin not allowed"
         if settings.gateway_token:
             presented = websocket.query_params.get("token", "")

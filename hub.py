@@ -144,8 +144,7 @@ class ClientConnection:
             direct.write(frame.wire)
             return
         if len(self._frames) >= 2 * self._outbox_size:
-            if not self.evicted:
-                self._evict()
+            self._evict()
             return
         self._frames.append(frame)
         self._wake_writer()
@@ -238,9 +237,11 @@ class ClientConnection:
             self._lag_timer = None
 
     def _evict(self) -> None:
+        if self.evicted:
+            return
         logger.warning("closing slow consumer client_id=%s", self.id)
         self.evicted = True
-        self._lag_timer = None
+        self._stop_lag_timer()
         self._stats.slow_consumer_disconnects += 1
         self._frames.clear()
         self._latest.clear()
@@ -456,11 +457,22 @@ class Hub:
 
     def fan_out(self, trades: list[Trade]) -> None:
         for trade in trades:
-            subscribers = self._subscribers.get(trade.symbol)
-            if not subscribers:
-                continue  # in flight while the last subscriber left
-            frame = protocol.price_update_message(*trade)
-            self._latest_update[trade.symbol] = frame
-            for client in subscribers:
-                client.offer_update(trade.symbol, frame)
-            self.stats.price_updates_sent += len(subscribers)
+            if trade.symbol in self._subscribers:  # else in flight while the last one left
+                self.fan_out_frame(trade.symbol, protocol.price_update_message(*trade))
+
+    def fan_out_frame(self, symbol: str, frame: Frame) -> None:
+        """Hand one encoded price update to every subscriber (also the entry point for
+        updates another process encoded, in cluster mode)."""
+        subscribers = self._subscribers.get(symbol)
+        if not subscribers:
+            return
+        self._latest_update[symbol] = frame
+        for client in subscribers:
+            client.offer_update(symbol, frame)
+        self.stats.price_updates_sent += len(subscribers)
+
+    def seed_snapshot(self, symbol: str, frame: Frame) -> None:
+        """A last price learned from elsewhere (cluster mode): offered to the symbol's
+        subscribers unless a live update already arrived."""
+        if symbol in self._subscribers and symbol not in self._latest_update:
+            self.fan_out_frame(symbol, frame)

@@ -59,12 +59,25 @@ class Settings:
     client_message_rate: float = 10.0  # messages per second, sustained
     client_message_burst: int = 20
     rate_limit_close_after: float = 5.0  # seconds of continuous excess before 1008
+    # -- scale-out (README "Scale-out"); unset: one process, no Redis --
+    redis_url: str = field(default="", repr=False)
+    redis_prefix: str = "stockgw"
+    leader_lease_seconds: float = 5.0
     heartbeat_interval: float = 20.0  # server pings; 0 disables
     heartbeat_timeout: float = 20.0
 
     @property
     def any_origin(self) -> bool:
         return "*" in self.frontend_urls
+
+    @property
+    def allowed_origins(self) -> tuple[str, ...]:
+        """FRONTEND_URL's origins, plus in demo mode the gateway's own local address, so
+        its /demo page works out of the box."""
+        if not self.demo:
+            return self.frontend_urls
+        local = (f"http://localhost:{self.port}", f"http://127.0.0.1:{self.port}")
+        return self.frontend_urls + local
 
     def require_upstream(self) -> None:
         """Fail fast when neither a key nor demo mode is configured."""
@@ -98,7 +111,7 @@ def load_settings(env_file: str = ".env", **overrides: Any) -> Settings:
         client_send_buffer=config("CLIENT_SEND_BUFFER", default=0, cast=int),
         direct_writes=config("DIRECT_WRITES", default=True, cast=bool),
         require_origin=config("REQUIRE_ORIGIN", default=False, cast=bool),
-        gateway_token=config("GATEWAY_TOKEN", default=""),
+        gateway_token=config("GATEWAY_TOKEN", default="").strip(),
         max_clients=config("MAX_CLIENTS", default=10_000, cast=int),
         max_message_size=config("MAX_MESSAGE_SIZE", default=4096, cast=int),
         max_symbols_per_client=config("MAX_SYMBOLS_PER_CLIENT", default=50, cast=int),
@@ -106,6 +119,9 @@ def load_settings(env_file: str = ".env", **overrides: Any) -> Settings:
         client_message_rate=config("CLIENT_MESSAGE_RATE", default=10.0, cast=float),
         client_message_burst=config("CLIENT_MESSAGE_BURST", default=20, cast=int),
         rate_limit_close_after=config("RATE_LIMIT_CLOSE_AFTER", default=5.0, cast=float),
+        redis_url=config("REDIS_URL", default=""),
+        redis_prefix=config("REDIS_PREFIX", default="stockgw"),
+        leader_lease_seconds=config("LEADER_LEASE_SECONDS", default=5.0, cast=float),
         heartbeat_interval=config("HEARTBEAT_INTERVAL", default=20.0, cast=float),
         heartbeat_timeout=config("HEARTBEAT_TIMEOUT", default=20.0, cast=float),
     )

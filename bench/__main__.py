@@ -4,6 +4,7 @@ Scenarios (each bounded in time, stopping by itself):
   throughput    1,000 clients on the same 20 symbols, upstream rate ramped step by step
   connections   10,000 clients, 5 symbols each out of 200, a modest rate
   slow          throughput's clients at half the best rate, then plus 10% that never read
+  cluster       (only when asked) one process vs cluster mode with 1 and 2 processes
   soak          (only when asked) churning clients plus upstream drops for --soak-seconds,
                 RSS sampled throughout: memory must come back to where it started
 
@@ -22,6 +23,7 @@ import os
 import platform
 import random
 import resource
+import shutil
 import socket
 import sys
 import time
@@ -53,6 +55,7 @@ class Config:
     connection_rate: float = 100.0
     slow_measure: float = 30.0
     soak_seconds: float = 600.0
+    cluster_rates: tuple[float, ...] = (50, 100, 150)
     slow_consumer_timeout: float = 5.0
     # The never-reading clients must fill their buffers within the run: a small kernel
     # send buffer per client (a production setting too) instead of Linux's autotuned MBs.
@@ -75,6 +78,7 @@ QUICK = Config(
     connection_rate=20,
     slow_measure=3.0,
     soak_seconds=5.0,
+    cluster_rates=(20,),
     slow_consumer_timeout=1.0,
 )
 
@@ -94,13 +98,40 @@ def pin(pid: int, cpus: set[int]) -> None:
         os.sched_setaffinity(pid, cpus)
 
 
+def process_tree(pid: int) -> list[int]:
+    """A process and all its descendants (uvicorn --workers runs the app in children)."""
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in children:
+            found.extend(process_tree(int(child)))
+    return found
+
+
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+    """utime + stime of a process and its descendants."""
+    total = 0.0
+    for member in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return total
 
 
 def rss_kib(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_KIB
+    """Resident memory of a process and its descendants."""
+    total = 0
+    for member in process_tree(pid):
+        try:
+            total += int(Path(f"/proc/{member}/statm").read_text().split()[1]) * PAGE_KIB
+        except OSError:
+            continue
+    return total
 
 
 @asynccontextmanager
@@ -161,9 +192,16 @@ class Stack:
 
 
 @asynccontextmanager
-async def stack(config: Config, gateway_env: dict[str, str]) -> AsyncIterator[Stack]:
+async def stack(
+    config: Config,
+    gateway_env: dict[str, str],
+    *,
+    workers: int = 1,
+    gateway_cpus: set[int] | None = None,
+) -> AsyncIterator[Stack]:
     cpus = os.cpu_count() or 1
-    gateway_cpus, load_cpus = {0}, {cpus - 1}
+    load_cpus = {cpus - 1}
+    gateway_cpus = gateway_cpus or {0}
     simulator_port, gateway_port = free_port(), free_port()
     async with AsyncExitStack() as processes:
         await processes.enter_async_context(
@@ -180,6 +218,7 @@ async def stack(config: Config, gateway_env: dict[str, str]) -> AsyncIterator[St
                 sys.executable, "-m", "uvicorn", "gateway:app",
                 "--host", "127.0.0.1", "--port", str(gateway_port),
                 "--log-level", "warning", "--no-access-log", *config.gateway_flags,
+                *(["--workers", str(workers)] if workers > 1 else []),
                 cpus=gateway_cpus,
                 env={
                     "FINNHUB_WS_URL": f"ws://127.0.0.1:{simulator_port}/",
@@ -204,7 +243,11 @@ async def stack(config: Config, gateway_env: dict[str, str]) -> AsyncIterator[St
         async with asyncio.timeout(30):
             while True:
                 try:
-                    if (await running.health())["upstream"] == "connected":
+                    health = await running.health()
+                    if (
+                        health["upstream"] == "connected"
+                        and health.get("cluster_nodes", 1) >= workers
+                    ):
                         break
                 except aiohttp.ClientError:
                     pass
@@ -492,6 +535,47 @@ async def slow_consumers(config: Config, rate: float) -> list[dict[str, Any]]:
     return rows
 
 
+async def cluster(config: Config) -> list[dict[str, Any]]:
+    """Single process vs cluster mode with 1 and 2 processes, same load, one run."""
+    redis_server = shutil.which("redis-server")
+    if redis_server is None:
+        raise RuntimeError("the cluster scenario needs redis-server (apt-get install redis-server)")
+    universe = [f"T{index:02d}" for index in range(20)]
+    redis_port = free_port()
+    cpus = os.cpu_count() or 1
+    variants = [
+        ("single process", {}, 1, {0}),
+        ("cluster, 1 process", {"REDIS_URL": f"redis://127.0.0.1:{redis_port}/0"}, 1, {0}),
+        (
+            "cluster, 2 processes",
+            {"REDIS_URL": f"redis://127.0.0.1:{redis_port}/0"},
+            2,
+            set(range(cpus)),
+        ),
+    ]
+    rows: list[dict[str, Any]] = []
+    async with process(
+        redis_server, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+        "--appendonly", "no", cpus={cpus - 1},
+    ):  # fmt: skip
+        await asyncio.sleep(0.5)
+        for name, env, workers, gateway_cpus in variants:
+            windows: list[Window] = []
+            async with (
+                stack(config, env, workers=workers, gateway_cpus=gateway_cpus) as running,
+                load(running, universe, clients=config.clients) as clients,
+            ):
+                await running.wait_upstream_carries(universe)
+                for rate in config.cluster_rates:
+                    await running.set_rate(rate)
+                    await asyncio.sleep(config.warmup)
+                    label = f"{name} @ {rate:g} trades/s"
+                    pids = (clients.child.pid,)
+                    windows.append(await measure(running, label, rate, config.measure, pids))
+                rows.extend(await collect(running, windows, [clients], config.drain))
+    return rows
+
+
 async def churning_client(ws_url: str, session: aiohttp.ClientSession, rng: random.Random) -> str:
     """One short-lived client: subscribe, read a while, then leave one of three ways."""
     universe = [f"K{index:02d}" for index in range(100)]
@@ -627,6 +711,8 @@ async def run(config: Config, scenarios: list[str]) -> dict[str, Any]:
         results["slow"] = await slow_consumers(config, max(best_rate / 2, 1))
     if "soak" in scenarios:
         results["soak"] = await soak(config)
+    if "cluster" in scenarios:
+        results["cluster"] = await cluster(config)
     return results
 
 
@@ -638,7 +724,7 @@ def main() -> None:
     parser.add_argument(
         "--scenario",
         action="append",
-        choices=["throughput", "asgi", "connections", "slow", "soak"],
+        choices=["throughput", "asgi", "connections", "slow", "soak", "cluster"],
     )
     parser.add_argument("--soak-seconds", type=float, help="soak duration (default 600)")
     parser.add_argument("--out", default="bench-results/latest.json")
@@ -653,6 +739,7 @@ def main() -> None:
         *results.get("asgi", {}).get("steps", []),
         *results.get("connections", []),
         *results.get("slow", []),
+        *results.get("cluster", []),
     ]
     sys.stdout.write(table(rows) + "\n")
     best = results.get("throughput", {}).get("best")

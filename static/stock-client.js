@@ -33,6 +33,7 @@ export class StockClient {
     this.pingTimer = null;
     this.reconnectTimer = null;
     this.lastPongAt = 0;
+    this.openedAt = 0;
     this.connect();
   }
 
@@ -64,7 +65,7 @@ export class StockClient {
     const socket = new WebSocket(this.url);
     this.socket = socket;
     socket.onopen = () => {
-      this.attempt = 0;
+      this.openedAt = Date.now();
       this.lastPongAt = Date.now();
       this.setStatus("open");
       if (this.symbols.size) this.send({ action: "subscribe", symbols: [...this.symbols] });
@@ -72,16 +73,34 @@ export class StockClient {
       this.pingTimer = setInterval(() => this.ping(), this.options.pingInterval);
     };
     socket.onmessage = (event) => this.receive(event.data);
-    socket.onclose = () => {
+    socket.onclose = (event) => {
       clearInterval(this.pingTimer);
-      if (this.socket === socket) this.scheduleReconnect();
+      if (this.socket !== socket) return; // already abandoned
+      // Only a connection that stayed up resets the backoff: a server that accepts and
+      // closes at once (full: 1013, or rate limit: 1008) must not be hammered.
+      if (this.openedAt && Date.now() - this.openedAt > 5000) this.attempt = 0;
+      if (event.code === 1013 || event.code === 1008) this.attempt = Math.max(this.attempt, 4);
+      this.openedAt = 0;
+      this.scheduleReconnect();
     };
+  }
+
+  /** Give up on the current socket now (a half-open one may never finish closing). */
+  abandon() {
+    const socket = this.socket;
+    this.socket = null;
+    if (socket) {
+      socket.onopen = socket.onmessage = socket.onclose = null;
+      socket.close();
+    }
+    clearInterval(this.pingTimer);
+    this.scheduleReconnect();
   }
 
   ping() {
     // No pong for two intervals: the connection is dead even if the browser has not noticed.
     if (Date.now() - this.lastPongAt > 2 * this.options.pingInterval) {
-      this.socket.close();
+      this.abandon();
       return;
     }
     this.send({ action: "ping" });
@@ -89,6 +108,7 @@ export class StockClient {
 
   scheduleReconnect() {
     if (this.closed) return;
+    this.upstream = null; // unknown until the next connection says
     this.setStatus("reconnecting");
     const ceiling = Math.min(this.options.maxBackoff, 500 * 2 ** this.attempt);
     this.attempt += 1;

@@ -117,15 +117,22 @@ class GatewayUnderTest:
 
 
 @asynccontextmanager
-async def run_gateway(settings: Settings, **server_options: Any) -> AsyncIterator[GatewayUnderTest]:
-    """The real app under a real uvicorn server on a free loopback port."""
+async def run_gateway(
+    settings: Settings, *, allow_own_origin: bool = False, port: int = 0, **server_options: Any
+) -> AsyncIterator[GatewayUnderTest]:
+    """The real app under a real uvicorn server on a loopback port (free unless given;
+    with `allow_own_origin` it is added to the allowed origins, for pages it serves)."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restarts on one port
+    listener.bind(("127.0.0.1", port))
+    port = listener.getsockname()[1]
+    if allow_own_origin:
+        own = f"http://127.0.0.1:{port}"
+        settings = replace(settings, frontend_urls=(*settings.frontend_urls, own))
     app = create_app(settings)
     options = {**uvicorn_options(settings), **server_options}
     config = uvicorn.Config(app, lifespan="on", log_config=None, log_level="debug", **options)
     server = uvicorn.Server(config)
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
     serving = asyncio.create_task(server.serve(sockets=[listener]))
     try:
         async with asyncio.timeout(10):

@@ -1,15 +1,17 @@
 """The /demo page in a real headless Chromium: add a symbol, watch it tick, survive an
-upstream restart. Saves a screenshot to test-artifacts/demo.png."""
+upstream restart and a gateway restart. Saves a screenshot to test-artifacts/demo.png."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from simulator import MarketSimulator, serve
 from tests.conftest import TEST_KEY, Market, run_gateway, settings_for
+from tests.test_process import free_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -31,46 +33,52 @@ if CHROMIUM is None:
         "SKIPPED LOUDLY: no Chromium on this machine (.ci/run installs Debian's chromium)",
         allow_module_level=True,
     )
+expect = playwright_api.expect
 
 
-async def test_demo_page_streams_and_survives_an_upstream_restart() -> None:
+async def price_keeps_changing(page: Any, symbol: str) -> None:
+    price = page.locator(f'article[data-symbol="{symbol}"] .price')
+    await expect(price).not_to_have_text("—", timeout=10_000)
+    seen = await price.text_content()
+    await expect(price).not_to_have_text(seen or "", timeout=10_000)
+
+
+async def test_demo_page_streams_and_survives_upstream_and_gateway_restarts() -> None:
     simulator = MarketSimulator(rate=40, token=TEST_KEY)
-    async with (
-        serve(simulator) as url,
-        run_gateway(settings_for(Market(simulator, url))) as gateway,
-        playwright_api.async_playwright() as playwright,
-    ):
+    port = free_port()
+    async with serve(simulator) as url, playwright_api.async_playwright() as playwright:
+        settings = settings_for(Market(simulator, url))
         browser = await playwright.chromium.launch(
             executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True
         )
         try:
             page = await browser.new_page()
-            await page.goto(gateway.base_url + "/demo")
-            expect = playwright_api.expect
-            await expect(page.locator("#connection")).to_have_text("open", timeout=10_000)
-            await expect(page.locator("#upstream")).to_have_text("connected", timeout=10_000)
+            async with run_gateway(settings, allow_own_origin=True, port=port) as gateway:
+                await page.goto(gateway.base_url + "/demo")
+                await expect(page.locator("#connection")).to_have_text("open", timeout=10_000)
+                await expect(page.locator("#upstream")).to_have_text("connected", timeout=10_000)
 
-            await page.fill("#symbol", "aapl")
-            await page.click("button[type=submit]")
-            price = page.locator('article[data-symbol="AAPL"] .price')
-            await expect(price).not_to_have_text("—", timeout=10_000)
-            first = await price.text_content()
-            await expect(price).not_to_have_text(first or "", timeout=10_000)  # it ticks
-            assert "since first seen" in (
-                await page.locator('article[data-symbol="AAPL"] .change').text_content() or ""
-            )
+                await page.fill("#symbol", "aapl")
+                await page.click("button[type=submit]")
+                await price_keeps_changing(page, "AAPL")
+                change = page.locator('article[data-symbol="AAPL"] .change')
+                assert "since first seen" in (await change.text_content() or "")
 
-            # Finnhub restarts: the page keeps its connection and prices resume.
-            connections = simulator.connection_count
-            await simulator.drop_connections()
-            await simulator.wait_for(lambda: simulator.connection_count > connections)
-            await simulator.wait_for(lambda: "AAPL" in simulator.subscribed_symbols())
-            await expect(page.locator("#upstream")).to_have_text("connected", timeout=10_000)
-            after_restart = await price.text_content()
-            await expect(price).not_to_have_text(after_restart or "", timeout=10_000)
-            await expect(page.locator("#connection")).to_have_text("open")
+                # Finnhub restarts: the page keeps its connection and prices resume.
+                connections = simulator.connection_count
+                await simulator.drop_connections()
+                await simulator.wait_for(lambda: simulator.connection_count > connections)
+                await simulator.wait_for(lambda: "AAPL" in simulator.subscribed_symbols())
+                await expect(page.locator("#upstream")).to_have_text("connected")
+                await price_keeps_changing(page, "AAPL")
 
-            ARTIFACTS.mkdir(exist_ok=True)
-            await page.screenshot(path=str(ARTIFACTS / "demo.png"), full_page=True)
+            # The gateway itself restarts: the page reconnects and resubscribes by itself.
+            await expect(page.locator("#connection")).not_to_have_text("open", timeout=10_000)
+            async with run_gateway(settings, allow_own_origin=True, port=port):
+                await expect(page.locator("#connection")).to_have_text("open", timeout=15_000)
+                await simulator.wait_for(lambda: "AAPL" in simulator.subscribed_symbols())
+                await price_keeps_changing(page, "AAPL")
+                ARTIFACTS.mkdir(exist_ok=True)
+                await page.screenshot(path=str(ARTIFACTS / "demo.png"), full_page=True)
         finally:
             await browser.close()

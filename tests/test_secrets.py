@@ -27,6 +27,12 @@ async def test_key_never_appears_in_logs_health_or_client_messages(
         await market.simulator.send_raw('{"type":"error","msg":"Invalid symbol AAPL"}')
         seen.append(await client.expect("error"))
         seen.append(await client.expect("subscription"))
+        # Finnhub's own error text quoting the key must not carry it on.
+        await market.simulator.send_raw(
+            '{"type":"error","msg":"Invalid API key: ' + TEST_KEY + '"}'
+        )
+        seen.append(await client.expect("error"))
+        await market.simulator.send_raw('{"type":"' + TEST_KEY + '"}')
         await market.simulator.send_raw("garbage that is not json")
         await market.simulator.drop_connections()
         seen.append(await client.expect("status", skip=()))

@@ -9,8 +9,10 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yarl
 
 from bench.stuck import open_never_reading_client
+from settings import Settings
 from tests.conftest import (
     Client,
     GatewayUnderTest,
@@ -22,9 +24,13 @@ from tests.conftest import (
 )
 
 
-async def handshake_status(gateway: GatewayUnderTest, path: str = "/ws", **kwargs: Any) -> int:
+async def handshake_status(
+    gateway: GatewayUnderTest, path: str = "/ws", *, encoded: bool = False, **kwargs: Any
+) -> int:
     """The HTTP status of a WebSocket handshake: 101 when it was accepted."""
-    url = gateway.ws_url.replace("/ws", path)
+    url: Any = gateway.ws_url.replace("/ws", path)
+    if encoded:
+        url = yarl.URL(url, encoded=True)
     try:
         ws = await gateway.session.ws_connect(url, **kwargs)
     except aiohttp.WSServerHandshakeError as refused:
@@ -40,8 +46,10 @@ async def test_origin_check(market: Market) -> None:
         assert await handshake_status(gateway, origin="https://evil.example") == 403
         assert await handshake_status(gateway, origin="null") == 403
         assert await handshake_status(gateway) == 101  # no Origin: not a browser
-        own = gateway.base_url  # the /demo page, served by the gateway itself
-        assert await handshake_status(gateway, origin=own) == 101
+        # Never trusted from the request itself: a DNS-rebinding page sets Host too.
+        spoofed = {"Host": "evil.example"}
+        assert await handshake_status(gateway, origin="http://evil.example", headers=spoofed) == 403
+        assert await handshake_status(gateway, origin=gateway.base_url) == 403
     async with run_gateway(settings_for(market, require_origin=True)) as strict:
         assert await handshake_status(strict) == 403
         assert await handshake_status(strict, origin="http://localhost:3000") == 101
@@ -56,8 +64,10 @@ async def test_client_token(market: Market, caplog: pytest.LogCaptureFixture) ->
         assert await handshake_status(gateway) == 401
         assert await handshake_status(gateway, "/ws?token=wrong") == 401
         assert await handshake_status(gateway, f"/ws?token={secret}") == 101
+        # The same parameter, percent-encoded: accepted, and still never logged.
+        assert await handshake_status(gateway, f"/ws?tok%65n={secret}", encoded=True) == 101
         health = await gateway.health()
-    assert "token=***" in caplog.text  # the server's own access lines, redacted
+    assert "/ws?***" in caplog.text  # the server's own access lines, query redacted
     assert secret not in caplog.text
     assert secret not in repr(health)
 
@@ -194,3 +204,9 @@ async def test_oversized_frame_is_refused_by_the_app_under_any_server_limit(
             while (closing := await offender.ws.receive()).type is aiohttp.WSMsgType.TEXT:
                 assert '"pong"' not in closing.data
         assert closing.type is aiohttp.WSMsgType.CLOSE and closing.data == 1009
+
+
+def test_demo_mode_allows_its_own_page() -> None:
+    demo = Settings(demo=True, port=8000)
+    assert "http://localhost:8000" in demo.allowed_origins
+    assert "http://localhost:8000" not in Settings(port=8000).allowed_origins

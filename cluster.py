@@ -1,0 +1,345 @@
+"""Scale-out over Redis: any number of gateway processes, exactly one Finnhub socket.
+
+With `REDIS_URL` set, every process runs a `Cluster` instead of feeding its hub
+directly:
+
+- **Interest.** The process's hub reports the symbols its clients want (it is the
+  hub's `UpstreamInterest`); they are kept in the set `{prefix}:interest:{node}`, which
+  expires unless refreshed, so a crashed process's symbols are released by themselves.
+- **Leadership.** A lease, `SET {prefix}:leader {node} NX PX lease`, renewed every
+  third of the lease and released on a clean exit. The holder runs the `FinnhubFeed`
+  and keeps its subscriptions equal to the union of every process's interest.
+- **Trades.** The leader encodes each `price_update` once and publishes it on
+  `{prefix}:trades:{symbol}` (and keeps it in `{prefix}:last:{symbol}` for snapshots);
+  upstream state and refusals go out on `{prefix}:status` and `{prefix}:refused`.
+  Every process, the leader included, subscribes only to its own clients' symbols and
+  fans out through its own hub.
+
+When Redis is unreachable, clients stay connected, `/health` says `"cluster":
+"degraded"`, and every loop retries until Redis returns; a leader that cannot renew its
+lease stops its feed before the lease can pass to anybody else.
+
+This module must never publish or store the API key, and never talks to clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+import orjson
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+import protocol
+from finnhub_feed import FinnhubFeed
+from hub import Hub, Trade
+from protocol import UpstreamState
+
+logger = logging.getLogger(__name__)
+
+UPSTREAM_STATES: frozenset[str] = frozenset(UpstreamState.__args__)  # type: ignore[attr-defined]
+RETRY_SECONDS = 0.5
+ALIVE = b""  # marker member of every interest set; never a symbol
+VIEW_SECONDS = 0.5  # how often the cluster-wide view (holder, union) is refreshed
+
+# Renew or release the lease only if this node still holds it.
+RENEW_LEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+"""
+RELEASE_LEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('del', KEYS[1])
+end
+return 0
+"""
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
+
+
+def _reraise_cancellation(error: BaseException) -> None:
+    """A Redis client torn down by our own cancellation can surface it as a connection
+    error or a timeout; never let a retry loop swallow the cancellation."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from error
+
+
+class ClusterInterest:
+    """The hub's `UpstreamInterest` in cluster mode: this process's symbols."""
+
+    def __init__(self) -> None:
+        self.symbols: set[str] = set()
+        self.changed = asyncio.Event()
+
+    def want(self, symbol: str) -> None:
+        self.symbols.add(symbol)
+        self.changed.set()
+
+    def release(self, symbol: str) -> None:
+        self.symbols.discard(symbol)
+        self.changed.set()
+
+
+class Cluster:
+    def __init__(
+        self,
+        redis_url: str,
+        feed: FinnhubFeed,
+        *,
+        prefix: str = "stockgw",
+        lease_seconds: float = 5.0,
+    ) -> None:
+        self.node = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.interest = ClusterInterest()
+        self.role = "follower"
+        self.lease_holder: str | None = None
+        self.cluster_symbols: set[str] = set()
+        self.nodes = 0
+        self.degraded = False
+        self._redis = redis.from_url(
+            redis_url, socket_timeout=2, socket_connect_timeout=2, decode_responses=False
+        )
+        self._feed = feed
+        self._prefix = prefix
+        self._lease_ms = int(lease_seconds * 1000)
+        self._hub: Hub | None = None
+
+    # -- keys --------------------------------------------------------------------------------
+
+    def _key(self, *parts: str) -> str:
+        return ":".join((self._prefix, *parts))
+
+    @property
+    def _interest_key(self) -> str:
+        return self._key("interest", self.node)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self, hub: Hub) -> None:
+        """Run every cluster duty until cancelled; then leave the cluster cleanly."""
+        self._hub = hub
+        try:
+            async with asyncio.TaskGroup() as duties:
+                duties.create_task(self._retrying("interest", self._publish_interest))
+                duties.create_task(self._retrying("relay", self._relay))
+                duties.create_task(self._retrying("view", self._watch_cluster))
+                duties.create_task(self._retrying("leadership", self._lead_when_possible))
+        finally:
+            await self._leave()
+
+    async def _leave(self) -> None:
+        try:
+            async with asyncio.timeout(2):
+                try:
+                    await self._redis.eval(RELEASE_LEASE, 1, self._key("leader"), self.node)
+                    await self._redis.delete(self._interest_key)
+                    await self._redis.publish(self._key("interest-changed"), self.node)
+                finally:
+                    await self._redis.aclose()
+        except (RedisError, OSError, TimeoutError) as exc:
+            logger.warning("cluster could not leave cleanly error=%s", type(exc).__name__)
+
+    async def _retrying(self, name: str, duty: Callable[[], Awaitable[None]]) -> None:
+        """Run a duty forever, through Redis outages, marking the cluster degraded."""
+        while True:
+            try:
+                await duty()
+            except (RedisError, OSError, TimeoutError) as exc:
+                _reraise_cancellation(exc)
+                if not self.degraded:
+                    logger.warning("cluster degraded duty=%s error=%s", name, type(exc).__name__)
+                self.degraded = True
+            except Exception as exc:  # a duty must outlive any surprise
+                _reraise_cancellation(exc)
+                logger.exception("cluster duty crashed duty=%s; restarting it", name)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is None or task.cancelling():
+                    raise  # we are being stopped
+                # Nobody asked to cancel this task: a client library leaked a cancellation
+                # while its connection was torn down. Keep the duty alive.
+                logger.warning("cluster duty interrupted duty=%s; restarting it", name)
+            await asyncio.sleep(RETRY_SECONDS)
+
+    # -- this process's interest -------------------------------------------------------------
+
+    async def _publish_interest(self) -> None:
+        """Keep `{prefix}:interest:{node}` equal to this process's symbols, and alive."""
+        refresh = self._lease_ms / 3000
+        while True:
+            symbols = sorted(self.interest.symbols)
+            self.interest.changed.clear()
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.delete(self._interest_key)
+                pipe.sadd(self._interest_key, ALIVE)  # the key exists even with no symbols
+                if symbols:
+                    pipe.sadd(self._interest_key, *[symbol.encode() for symbol in symbols])
+                pipe.pexpire(self._interest_key, self._lease_ms)
+                pipe.publish(self._key("interest-changed"), self.node)
+                await pipe.execute()
+            try:
+                async with asyncio.timeout(refresh):
+                    await self.interest.changed.wait()
+            except TimeoutError as timeout:
+                _reraise_cancellation(timeout)
+
+    async def _watch_cluster(self) -> None:
+        """The cluster-wide view: who leads, how many nodes, the union of interest."""
+        while True:
+            holder = await self._redis.get(self._key("leader"))
+            self.lease_holder = _text(holder) if holder else None
+            keys = [key async for key in self._redis.scan_iter(self._key("interest", "*"))]
+            members = await self._redis.sunion(keys) if keys else set()
+            self.nodes = len(keys)
+            self.cluster_symbols = {_text(member) for member in members if member != ALIVE}
+            self.degraded = False
+            if self.role == "leader":
+                self._sync_feed(self.cluster_symbols)
+            await asyncio.sleep(VIEW_SECONDS)
+
+    def _sync_feed(self, union: set[str]) -> None:
+        for symbol in union - self._feed.wanted:
+            self._feed.want(symbol)
+        for symbol in self._feed.wanted - union:
+            self._feed.release(symbol)
+
+    # -- the trades relay (every process) ------------------------------------------------------
+
+    async def _relay(self) -> None:
+        """Subscribe to this process's symbols and hand what arrives to the local hub."""
+        hub = self._hub
+        assert hub is not None
+        pubsub = self._redis.pubsub()
+        try:
+            await pubsub.subscribe(self._key("status"), self._key("refused"))
+            state = await self._redis.get(self._key("upstream"))
+            if state and _text(state) in UPSTREAM_STATES:
+                hub.upstream_state_changed(cast(UpstreamState, _text(state)))
+            subscribed: set[str] = set()
+            prefix = self._key("trades", "")
+            while True:
+                wanted = set(self.interest.symbols)
+                if wanted != subscribed:
+                    added, removed = wanted - subscribed, subscribed - wanted
+                    if added:
+                        await pubsub.subscribe(*[prefix + symbol for symbol in added])
+                        await self._seed_snapshots(hub, added)
+                    if removed:
+                        await pubsub.unsubscribe(*[prefix + symbol for symbol in removed])
+                    subscribed = wanted
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.05)
+                if message is not None:
+                    self._deliver(hub, _text(message["channel"]), message["data"], prefix)
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _seed_snapshots(self, hub: Hub, symbols: set[str]) -> None:
+        ordered = sorted(symbols)
+        payloads = await self._redis.mget([self._key("last", symbol) for symbol in ordered])
+        for symbol, payload in zip(ordered, payloads, strict=True):
+            if payload:
+                hub.seed_snapshot(symbol, protocol.Frame(_bytes(payload)))
+
+    def _deliver(self, hub: Hub, channel: str, data: bytes, trades_prefix: str) -> None:
+        if channel.startswith(trades_prefix):
+            hub.fan_out_frame(channel[len(trades_prefix) :], protocol.Frame(data))
+        elif channel == self._key("status"):
+            state = data.decode()
+            if state in UPSTREAM_STATES:
+                hub.upstream_state_changed(cast(UpstreamState, state))
+        elif channel == self._key("refused"):
+            refusal: dict[str, Any] = orjson.loads(data)
+            hub.upstream_refused(refusal.get("symbol"), str(refusal.get("message", "")))
+
+    # -- leadership --------------------------------------------------------------------------
+
+    async def _lead_when_possible(self) -> None:
+        while True:
+            won = await self._redis.set(self._key("leader"), self.node, nx=True, px=self._lease_ms)
+            if won:
+                logger.warning("cluster leadership taken node=%s", self.node)
+                await self._lead()
+                logger.warning("cluster leadership lost node=%s", self.node)
+            await asyncio.sleep(self._lease_ms / 3000)
+
+    async def _lead(self) -> None:
+        """Run the feed for as long as the lease can be renewed."""
+        self.role = "leader"
+        self._sync_feed(self.cluster_symbols)
+        publisher = UpstreamPublisher(self._redis, self._key)
+        feed = asyncio.create_task(self._feed.run(publisher), name="cluster-feed")
+        events = asyncio.create_task(publisher.forward_events(), name="cluster-events")
+        try:
+            while await self._renew_lease():
+                pass
+        finally:
+            # Stop the feed before anyone else can hold the lease.
+            self.role = "follower"
+            feed.cancel()
+            events.cancel()
+            await asyncio.wait([feed, events])
+
+    async def _renew_lease(self) -> bool:
+        """Wait a third of the lease, then extend it; False once it cannot be proven ours."""
+        await asyncio.sleep(self._lease_ms / 3000)
+        try:
+            renewed = await self._redis.eval(
+                RENEW_LEASE, 1, self._key("leader"), self.node, str(self._lease_ms)
+            )
+        except (RedisError, OSError, TimeoutError) as exc:
+            _reraise_cancellation(exc)
+            return False
+        return bool(renewed)
+
+
+class UpstreamPublisher:
+    """The leader feed's listener: everything it learns goes out through Redis."""
+
+    def __init__(self, client: redis.Redis, key: Callable[..., str]) -> None:
+        self._redis = client
+        self._key = key
+        self._events: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+
+    async def publish(self, trades: list[Trade], received_at: float) -> None:
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for trade in trades:
+                    payload = protocol.price_update_message(*trade).payload  # encoded once
+                    pipe.publish(self._key("trades", trade.symbol), payload)
+                    pipe.set(self._key("last", trade.symbol), payload, ex=86_400)
+                await pipe.execute()
+        except (RedisError, OSError, TimeoutError) as exc:
+            _reraise_cancellation(exc)
+            logger.warning("cluster dropped %d trades error=%s", len(trades), type(exc).__name__)
+
+    def upstream_state_changed(self, state: UpstreamState) -> None:
+        self._events.put_nowait(("status", state.encode()))
+
+    def upstream_refused(self, symbol: str | None, message: str) -> None:
+        self._events.put_nowait(("refused", orjson.dumps({"symbol": symbol, "message": message})))
+
+    async def forward_events(self) -> None:
+        while True:
+            channel, payload = await self._events.get()
+            try:
+                if channel == "status":
+                    await self._redis.set(self._key("upstream"), payload)
+                await self._redis.publish(self._key(channel), payload)
+            except (RedisError, OSError, TimeoutError) as exc:
+                _reraise_cancellation(exc)
+                logger.warning("cluster dropped a %s event error=%s", channel, type(exc).__name__)

@@ -1,0 +1,351 @@
+"""Scale-out on a real Redis: several real gateway processes, one simulated Finnhub."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import redis.asyncio as redis
+
+from simulator import MarketSimulator, serve
+from tests.conftest import TEST_KEY, Client, trade
+from tests.test_process import PROJECT, GatewayProcess, clean_env, free_port
+
+REDIS_SERVER = shutil.which("redis-server")
+if REDIS_SERVER is None:
+    pytest.skip(
+        "SKIPPED LOUDLY: no redis-server on this machine (.ci/run installs Debian's)",
+        allow_module_level=True,
+    )
+LEASE_SECONDS = 1.5
+
+
+class RedisServer:
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        assert REDIS_SERVER is not None
+        self.process = await asyncio.create_subprocess_exec(
+            REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "no",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        client = redis.from_url(self.url)
+        try:
+            async with asyncio.timeout(10):
+                while True:
+                    try:
+                        await client.ping()
+                        return
+                    except (redis.ConnectionError, OSError):
+                        await asyncio.sleep(0.05)
+        finally:
+            await client.aclose()
+
+    async def stop(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.terminate()
+            await self.process.wait()
+
+
+@pytest.fixture
+async def redis_server() -> AsyncIterator[RedisServer]:
+    server = RedisServer(free_port())
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+async def market() -> AsyncIterator[tuple[MarketSimulator, str]]:
+    simulator = MarketSimulator(rate=0, token=TEST_KEY)
+    async with serve(simulator) as url:
+        yield simulator, url
+
+
+@asynccontextmanager
+async def gateway_process(
+    tmp_path: Path, upstream: str, redis_url: str, prefix: str, *extra: str
+) -> AsyncIterator[tuple[GatewayProcess, int]]:
+    port = free_port()
+    env = clean_env(
+        FINNHUB_WS_URL=upstream,
+        FINNHUB_API_KEY=TEST_KEY,
+        REDIS_URL=redis_url,
+        REDIS_PREFIX=prefix,
+        LEADER_LEASE_SECONDS=str(LEASE_SECONDS),
+        LOG_LEVEL="INFO",
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "uvicorn", "--app-dir", str(PROJECT), "gateway:app",
+        "--host", "127.0.0.1", "--port", str(port), "--ws", "websockets-sansio", *extra,
+        cwd=tmp_path, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    gateway = GatewayProcess(process)
+    collector = asyncio.create_task(gateway.collect_output())
+    try:
+        await gateway.wait_for_output("Uvicorn running on")
+        yield gateway, port
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(15):
+            await process.wait()
+        collector.cancel()
+        await asyncio.wait([collector])
+
+
+async def health(session: aiohttp.ClientSession, port: int) -> dict[str, Any]:
+    async with session.get(f"http://127.0.0.1:{port}/health") as response:
+        result: dict[str, Any] = await response.json()
+        return result
+
+
+async def until(check: Any, timeout: float = 15) -> Any:
+    """Poll another process's state (there is no event to await across processes)."""
+    async with asyncio.timeout(timeout):
+        while not (result := await check()):  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+        return result
+
+
+async def connect(session: aiohttp.ClientSession, port: int) -> Client:
+    client = Client(await session.ws_connect(f"ws://127.0.0.1:{port}/ws"))
+    assert (await client.receive())["type"] == "connection"
+    return client
+
+
+async def warm_up(simulator: MarketSimulator, clients: list[Client], symbol: str) -> None:
+    """Send a marker trade until every client has one: every relay is subscribed."""
+    waiting = list(clients)
+    async with asyncio.timeout(15):
+        while waiting:
+            await simulator.send_trades([trade(symbol, 1.0)])
+            still = []
+            for client in waiting:
+                try:
+                    async with asyncio.timeout(0.3):
+                        await client.expect("price_update", skip=("status", "subscription"))
+                except TimeoutError:
+                    still.append(client)
+            waiting = still
+
+
+async def expect_prices(client: Client, symbol: str, prices: list[float]) -> None:
+    """The next updates for `symbol` after any warm-up markers are exactly `prices`."""
+    received: list[float] = []
+    while len(received) < len(prices):
+        update = await client.expect("price_update", skip=("status", "subscription"))
+        if update["symbol"] == symbol and update["data"]["price"] != 1.0:
+            received.append(update["data"]["price"])
+    assert received == prices
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"test-{uuid.uuid4().hex[:8]}"
+
+
+async def test_three_processes_share_one_upstream_socket(
+    tmp_path: Path, redis_server: RedisServer, market: tuple[MarketSimulator, str], prefix: str
+) -> None:
+    simulator, upstream = market
+    async with AsyncExitStack() as stack:
+        ports = [
+            (await stack.enter_async_context(
+                gateway_process(tmp_path, upstream, redis_server.url, prefix)
+            ))[1]
+            for _ in range(3)
+        ]  # fmt: skip
+        session = await stack.enter_async_context(aiohttp.ClientSession())
+        clients = [await connect(session, port) for port in ports]
+        for client in clients:
+            await client.subscribe("AAPL")
+        await simulator.wait_for(lambda: "AAPL" in simulator.subscribed_symbols(), timeout=15)
+        await warm_up(simulator, clients, "AAPL")
+        await simulator.send_trades([trade("AAPL", 10.0), trade("AAPL", 10.5)])
+        await simulator.send_trades([trade("AAPL", 11.0)])
+        for client in clients:
+            await expect_prices(client, "AAPL", [10.0, 10.5, 11.0])
+        assert len(simulator.connections) == 1 and simulator.connection_count == 1
+        assert len(simulator.received_of("subscribe", "AAPL")) == 1
+        roles = sorted([(await health(session, port))["role"] for port in ports])
+        assert roles == ["follower", "follower", "leader"]
+        views = [await health(session, port) for port in ports]
+        assert {view["lease_holder"] for view in views} == {
+            view["node"] for view in views if view["role"] == "leader"
+        }
+
+        async def everyone_sees_one_symbol() -> bool:
+            views = [await health(session, port) for port in ports]
+            return all(view["cluster_symbols"] == 1 and view["cluster"] == "ok" for view in views)
+
+        await until(everyone_sees_one_symbol)  # each view refreshes twice a second
+
+
+async def test_follower_interest_reaches_upstream_and_is_released(
+    tmp_path: Path, redis_server: RedisServer, market: tuple[MarketSimulator, str], prefix: str
+) -> None:
+    simulator, upstream = market
+    async with (
+        gateway_process(tmp_path, upstream, redis_server.url, prefix) as (_, first),
+        gateway_process(tmp_path, upstream, redis_server.url, prefix) as (_, second),
+        aiohttp.ClientSession() as session,
+    ):
+        await until(lambda: _has_leader(session, [first, second]))
+        follower = await _follower(session, [first, second])
+        client = await connect(session, follower)
+        await client.subscribe("MSFT")
+        await simulator.wait_for(lambda: "MSFT" in simulator.subscribed_symbols(), timeout=15)
+        await client.ws.close()
+        await simulator.wait_for(lambda: bool(simulator.received_of("unsubscribe", "MSFT")), 15)
+        assert simulator.subscribed_symbols() == set()
+
+
+async def _has_leader(session: aiohttp.ClientSession, ports: list[int]) -> bool:
+    return any([(await health(session, port))["role"] == "leader" for port in ports])
+
+
+async def _follower(session: aiohttp.ClientSession, ports: list[int]) -> int:
+    for port in ports:
+        if (await health(session, port))["role"] == "follower":
+            return port
+    raise AssertionError("no follower")
+
+
+async def test_sigkill_of_the_leader_fails_over(
+    tmp_path: Path, redis_server: RedisServer, market: tuple[MarketSimulator, str], prefix: str
+) -> None:
+    simulator, upstream = market
+    async with AsyncExitStack() as stack:
+        processes = [
+            await stack.enter_async_context(
+                gateway_process(tmp_path, upstream, redis_server.url, prefix)
+            )
+            for _ in range(3)
+        ]
+        session = await stack.enter_async_context(aiohttp.ClientSession())
+        ports = [port for _, port in processes]
+        await until(lambda: _has_leader(session, ports))
+        roles = [(await health(session, port))["role"] for port in ports]
+        leader = processes[roles.index("leader")]
+        survivors = [port for _, port in processes if port != leader[1]]
+        on_leader = await connect(session, leader[1])
+        await on_leader.subscribe("TSLA")
+        survivor_clients = [await connect(session, port) for port in survivors]
+        await survivor_clients[0].subscribe("AAPL", "NVDA")
+        await survivor_clients[1].subscribe("AAPL")
+        await simulator.wait_for(
+            lambda: simulator.subscribed_symbols() == {"AAPL", "NVDA", "TSLA"}, timeout=15
+        )
+        connections_before = simulator.connection_count
+
+        leader[0].process.send_signal(signal.SIGKILL)
+        started = asyncio.get_running_loop().time()
+        await simulator.wait_for(
+            lambda: simulator.connection_count > connections_before, timeout=15
+        )
+        took_over = asyncio.get_running_loop().time() - started
+        assert took_over < LEASE_SECONDS + 2.0, f"failover took {took_over:.1f}s"
+        # The union of the survivors: the killed process's TSLA is released.
+        await simulator.wait_for(
+            lambda: simulator.subscribed_symbols() == {"AAPL", "NVDA"}, timeout=15
+        )
+        await warm_up(simulator, survivor_clients, "AAPL")
+        await simulator.send_trades([trade("AAPL", 20.0)])
+        for client in survivor_clients:
+            await expect_prices(client, "AAPL", [20.0])
+            assert not client.ws.closed
+        assert len(simulator.connections) == 1
+
+
+async def test_redis_restart_mid_stream(
+    tmp_path: Path, redis_server: RedisServer, market: tuple[MarketSimulator, str], prefix: str
+) -> None:
+    simulator, upstream = market
+    async with (
+        gateway_process(tmp_path, upstream, redis_server.url, prefix) as (one, first),
+        gateway_process(tmp_path, upstream, redis_server.url, prefix) as (two, second),
+        aiohttp.ClientSession() as session,
+    ):
+        clients = [await connect(session, first), await connect(session, second)]
+        for client in clients:
+            await client.subscribe("AAPL")
+        await simulator.wait_for(lambda: "AAPL" in simulator.subscribed_symbols(), timeout=15)
+        await warm_up(simulator, clients, "AAPL")
+
+        await redis_server.stop()
+
+        async def degraded() -> bool:
+            views = [await health(session, port) for port in (first, second)]
+            return all(view["cluster"] == "degraded" for view in views)
+
+        await until(degraded)
+        assert all(not client.ws.closed for client in clients)
+        await redis_server.start()
+
+        last: list[dict[str, Any]] = []
+
+        async def recovered() -> bool:
+            last[:] = [await health(session, port) for port in (first, second)]
+            return all(view["cluster"] == "ok" for view in last) and sorted(
+                view["role"] for view in last
+            ) == ["follower", "leader"]
+
+        try:
+            await until(recovered, timeout=20)
+        except TimeoutError:
+            states = [(v["cluster"], v["role"], v["lease_holder"], v["node"]) for v in last]
+            logs = "\n".join(
+                line for line in (one.output + two.output).splitlines() if "cluster" in line
+            )
+            raise AssertionError(f"no recovery after Redis came back: {states}\n{logs}") from None
+        await simulator.wait_for(lambda: simulator.subscribed_symbols() == {"AAPL"}, timeout=15)
+        await warm_up(simulator, clients, "AAPL")
+        await simulator.send_trades([trade("AAPL", 30.0)])
+        for client in clients:
+            await expect_prices(client, "AAPL", [30.0])
+        assert len(simulator.connections) == 1
+
+
+async def test_uvicorn_workers_behave_as_one_gateway(
+    tmp_path: Path, redis_server: RedisServer, market: tuple[MarketSimulator, str], prefix: str
+) -> None:
+    simulator, upstream = market
+    async with (
+        gateway_process(tmp_path, upstream, redis_server.url, prefix, "--workers", "2") as (
+            gateway,
+            port,
+        ),
+        aiohttp.ClientSession() as session,
+    ):
+
+        async def both_workers_started() -> bool:
+            return gateway.output.count("Application startup complete") == 2
+
+        await until(both_workers_started)
+        clients = [await connect(session, port) for _ in range(8)]
+        for client in clients:
+            await client.subscribe("AAPL")
+        await simulator.wait_for(lambda: "AAPL" in simulator.subscribed_symbols(), timeout=15)
+        await warm_up(simulator, clients, "AAPL")
+        await simulator.send_trades([trade("AAPL", 40.0)])
+        for client in clients:
+            await expect_prices(client, "AAPL", [40.0])
+        assert simulator.connection_count == 1 and len(simulator.connections) == 1
+        assert (await health(session, port))["cluster_nodes"] == 2  # both workers joined
