@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from cluster import Cluster
 from finnhub_feed import FinnhubFeed
 from hub import Hub
 
@@ -23,6 +24,7 @@ UPSTREAM_STATES = ("connecting", "connected", "reconnecting", "unauthorized")
 class Running(Protocol):
     hub: Hub
     feed: FinnhubFeed
+    cluster: Cluster | None
 
 
 class GatewayCollector(Collector):
@@ -65,6 +67,19 @@ class GatewayCollector(Collector):
         ]
         for name, documentation, value in counters:
             yield CounterMetricFamily(name, documentation, value)
+        cluster = running.cluster
+        if cluster is not None:
+            gauges: list[tuple[str, str, float]] = [
+                ("gateway_cluster_leader", "1 if this process holds the Finnhub socket",
+                 1.0 if cluster.role == "leader" else 0.0),
+                ("gateway_cluster_degraded", "1 while Redis is unreachable",
+                 1.0 if cluster.degraded else 0.0),
+                ("gateway_cluster_nodes", "Gateway processes in the cluster", cluster.nodes),
+                ("gateway_cluster_symbols", "Symbols wanted cluster-wide",
+                 len(cluster.cluster_symbols)),
+            ]  # fmt: skip
+            for name, documentation, reading in gauges:
+                yield GaugeMetricFamily(name, documentation, reading)
 
 
 def create_registry(running: Callable[[], Running | None]) -> tuple[CollectorRegistry, Histogram]:

@@ -196,6 +196,19 @@ async def test_three_processes_share_one_upstream_socket(
             return all(view["cluster_symbols"] == 1 and view["cluster"] == "ok" for view in views)
 
         await until(everyone_sees_one_symbol)  # each view refreshes twice a second
+        leaders = 0.0
+        for port in ports:
+            async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+                text = await response.text()
+            samples = dict(
+                line.rsplit(" ", 1)
+                for line in text.splitlines()
+                if line.startswith("gateway_cluster")
+            )
+            assert float(samples["gateway_cluster_nodes"]) == 3
+            assert float(samples["gateway_cluster_degraded"]) == 0
+            leaders += float(samples["gateway_cluster_leader"])
+        assert leaders == 1
 
 
 async def test_follower_interest_reaches_upstream_and_is_released(
