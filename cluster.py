@@ -71,6 +71,14 @@ def _bytes(value: bytes | str) -> bytes:
     return value if isinstance(value, bytes) else value.encode()
 
 
+def _stop_if_cancelled() -> None:
+    """redis-py can swallow a cancellation whole (PubSub.get_message returns None): every
+    duty loop checks once per turn whether this task was asked to stop."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def _reraise_cancellation(error: BaseException) -> None:
     """A Redis client torn down by our own cancellation can surface it as a connection
     error or a timeout; never let a retry loop swallow the cancellation."""
@@ -182,6 +190,7 @@ class Cluster:
         """Keep `{prefix}:interest:{node}` equal to this process's symbols, and alive."""
         refresh = self._lease_ms / 3000
         while True:
+            _stop_if_cancelled()
             symbols = sorted(self.interest.symbols)
             self.interest.changed.clear()
             async with self._redis.pipeline(transaction=True) as pipe:
@@ -201,6 +210,7 @@ class Cluster:
     async def _watch_cluster(self) -> None:
         """The cluster-wide view: who leads, how many nodes, the union of interest."""
         while True:
+            _stop_if_cancelled()
             holder = await self._redis.get(self._key("leader"))
             self.lease_holder = _text(holder) if holder else None
             keys = [key async for key in self._redis.scan_iter(self._key("interest", "*"))]
@@ -233,6 +243,7 @@ class Cluster:
             subscribed: set[str] = set()
             prefix = self._key("trades", "")
             while True:
+                _stop_if_cancelled()
                 wanted = set(self.interest.symbols)
                 if wanted != subscribed:
                     added, removed = wanted - subscribed, subscribed - wanted
@@ -270,6 +281,7 @@ class Cluster:
 
     async def _lead_when_possible(self) -> None:
         while True:
+            _stop_if_cancelled()
             won = await self._redis.set(self._key("leader"), self.node, nx=True, px=self._lease_ms)
             if won:
                 logger.warning("cluster leadership taken node=%s", self.node)
@@ -286,13 +298,15 @@ class Cluster:
         events = asyncio.create_task(publisher.forward_events(), name="cluster-events")
         try:
             while await self._renew_lease():
-                pass
+                _stop_if_cancelled()
         finally:
             # Stop the feed before anyone else can hold the lease.
             self.role = "follower"
             feed.cancel()
             events.cancel()
-            await asyncio.wait([feed, events])
+            _, stuck = await asyncio.wait([feed, events], timeout=5)
+            if stuck:
+                logger.error("cluster feed did not stop within 5 s tasks=%d", len(stuck))
 
     async def _renew_lease(self) -> bool:
         """Wait a third of the lease, then extend it; False once it cannot be proven ours."""

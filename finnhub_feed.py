@@ -193,6 +193,11 @@ class FinnhubFeed:
                     if refused_key:
                         self._set_state(listener, "unauthorized")
                 except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        # Our own cancellation, surfaced by the client as a connection
+                        # error: stop, do not reconnect.
+                        raise asyncio.CancelledError from exc
                     logger.warning(
                         "upstream connection failed error=%s detail=%s",
                         type(exc).__name__,

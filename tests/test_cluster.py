@@ -104,10 +104,16 @@ async def gateway_process(
     finally:
         if process.returncode is None:
             process.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(15):
+        try:
+            async with asyncio.timeout(15):
+                await process.wait()
+        except TimeoutError:
+            process.kill()
             await process.wait()
-        collector.cancel()
-        await asyncio.wait([collector])
+            raise AssertionError("no exit on SIGTERM:\n" + gateway.output[-3000:]) from None
+        finally:
+            collector.cancel()
+            await asyncio.wait([collector])
 
 
 async def health(session: aiohttp.ClientSession, port: int) -> dict[str, Any]:
@@ -184,6 +190,17 @@ async def test_three_processes_share_one_upstream_socket(
             await expect_prices(client, "AAPL", [10.0, 10.5, 11.0])
         assert len(simulator.connections) == 1 and simulator.connection_count == 1
         assert len(simulator.received_of("subscribe", "AAPL")) == 1
+        # A first subscriber on a process that never had the symbol gets the last price
+        # at once: from Redis, since no other trade is sent.
+        early = await connect(session, ports[0])
+        await early.subscribe("MSFT")
+        await simulator.wait_for(lambda: "MSFT" in simulator.subscribed_symbols(), timeout=15)
+        await warm_up(simulator, [early], "MSFT")
+        await simulator.send_trades([trade("MSFT", 12.0)])
+        await expect_prices(early, "MSFT", [12.0])
+        late = await connect(session, ports[1])
+        await late.subscribe("MSFT")
+        assert (await late.expect("price_update"))["data"]["price"] == 12.0
         roles = sorted([(await health(session, port))["role"] for port in ports])
         assert roles == ["follower", "follower", "leader"]
         views = [await health(session, port) for port in ports]
@@ -191,11 +208,11 @@ async def test_three_processes_share_one_upstream_socket(
             view["node"] for view in views if view["role"] == "leader"
         }
 
-        async def everyone_sees_one_symbol() -> bool:
+        async def everyone_sees_two_symbols() -> bool:
             views = [await health(session, port) for port in ports]
-            return all(view["cluster_symbols"] == 1 and view["cluster"] == "ok" for view in views)
+            return all(view["cluster_symbols"] == 2 and view["cluster"] == "ok" for view in views)
 
-        await until(everyone_sees_one_symbol)  # each view refreshes twice a second
+        await until(everyone_sees_two_symbols)  # each view refreshes twice a second
         leaders = 0.0
         for port in ports:
             async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
