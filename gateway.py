@@ -159,6 +159,11 @@ def _transport_of(server: object | None) -> asyncio.Transport | None:
     return None
 
 
+def _size_in_bytes(text: str) -> int:
+    """UTF-8 length, encoding only when the character count leaves it in doubt."""
+    return len(text) if text.isascii() else len(text.encode())
+
+
 class TokenBucket:
     """Per-client message budget: `rate` per second, bursts of up to `burst`."""
 
@@ -416,7 +421,7 @@ class Gateway:
             if message["type"] == "websocket.disconnect":
                 return
             text, data = message.get("text"), message.get("bytes")
-            size = len(text) if text is not None else len(data or b"")
+            size = _size_in_bytes(text) if text is not None else len(data or b"")
             if size > settings.max_message_size:
                 await websocket.close(1009, f"message over {settings.max_message_size} bytes")
                 return

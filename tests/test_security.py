@@ -210,3 +210,14 @@ def test_demo_mode_allows_its_own_page() -> None:
     demo = Settings(demo=True, port=8000)
     assert "http://localhost:8000" in demo.allowed_origins
     assert "http://localhost:8000" not in Settings(port=8000).allowed_origins
+
+
+async def test_frame_size_counts_bytes_not_characters(market: Market) -> None:
+    async with run_gateway(settings_for(market), ws_max_size=16 * 1024 * 1024) as gateway:
+        offender = await gateway.connect()
+        # 2,000 characters, 6,000 bytes in UTF-8: over the 4 KiB limit.
+        await offender.ws.send_str('{"action":"ping","pad":"' + "€" * 2000 + '"}')
+        async with asyncio.timeout(5):
+            while (closing := await offender.ws.receive()).type is aiohttp.WSMsgType.TEXT:
+                assert '"pong"' not in closing.data
+        assert closing.type is aiohttp.WSMsgType.CLOSE and closing.data == 1009
