@@ -18,7 +18,7 @@ import redis.asyncio as redis
 
 from simulator import MarketSimulator, serve
 from tests.conftest import TEST_KEY, Client, trade
-from tests.test_process import PROJECT, GatewayProcess, clean_env, free_port
+from tests.test_process import PROJECT, GatewayProcess, free_port, gateway_subprocess
 
 REDIS_SERVER = shutil.which("redis-server")
 if REDIS_SERVER is None:
@@ -81,39 +81,22 @@ async def market() -> AsyncIterator[tuple[MarketSimulator, str]]:
 async def gateway_process(
     tmp_path: Path, upstream: str, redis_url: str, prefix: str, *extra: str
 ) -> AsyncIterator[tuple[GatewayProcess, int]]:
+    """One cluster-mode gateway process (uvicorn as deployed) on a free port."""
     port = free_port()
-    env = clean_env(
-        FINNHUB_WS_URL=upstream,
-        FINNHUB_API_KEY=TEST_KEY,
-        REDIS_URL=redis_url,
-        REDIS_PREFIX=prefix,
-        LEADER_LEASE_SECONDS=str(LEASE_SECONDS),
-        LOG_LEVEL="INFO",
-    )
-    process = await asyncio.create_subprocess_exec(
+    command = (
         sys.executable, "-m", "uvicorn", "--app-dir", str(PROJECT), "gateway:app",
-        "--host", "127.0.0.1", "--port", str(port), "--ws", "websockets-sansio", *extra,
-        cwd=tmp_path, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        "--ws", "websockets-sansio", *extra,
     )  # fmt: skip
-    gateway = GatewayProcess(process)
-    collector = asyncio.create_task(gateway.collect_output())
-    try:
-        await gateway.wait_for_output("Uvicorn running on")
+    env = {
+        "FINNHUB_WS_URL": upstream,
+        "FINNHUB_API_KEY": TEST_KEY,
+        "REDIS_URL": redis_url,
+        "REDIS_PREFIX": prefix,
+        "LEADER_LEASE_SECONDS": str(LEASE_SECONDS),
+        "LOG_LEVEL": "INFO",
+    }
+    async with gateway_subprocess(tmp_path, port, command, env) as gateway:
         yield gateway, port
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            async with asyncio.timeout(15):
-                await process.wait()
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-            raise AssertionError("no exit on SIGTERM:\n" + gateway.output[-3000:]) from None
-        finally:
-            collector.cancel()
-            await asyncio.wait([collector])
 
 
 async def health(session: aiohttp.ClientSession, port: int) -> dict[str, Any]:

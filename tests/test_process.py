@@ -9,7 +9,7 @@ import signal
 import socket
 import sys
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -111,23 +111,16 @@ class GatewayProcess:
 
 
 @asynccontextmanager
-async def demo_gateway(
-    tmp_path: Path, port: int, *command: str, **env: str
+async def gateway_subprocess(
+    tmp_path: Path, port: int, command: tuple[str, ...], env: dict[str, str]
 ) -> AsyncIterator[GatewayProcess]:
-    """Start the gateway in demo mode; `python gateway.py --demo` unless a command is given.
-    Yields once it accepts connections."""
-    command = command or (sys.executable, str(PROJECT / "gateway.py"), "--demo")
+    """Run a gateway command on 127.0.0.1:`port`; yields once it accepts connections,
+    and on the way out insists that SIGTERM ends it (showing its output if not)."""
     process = await asyncio.create_subprocess_exec(
-        *command,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        cwd=tmp_path,
-        env=clean_env(**{"DEMO": "true", "DEMO_TRADE_RATE": "200", **env}),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
+        *command, "--host", "127.0.0.1", "--port", str(port),
+        cwd=tmp_path, env=clean_env(**env),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
     gateway = GatewayProcess(process)
     collector = asyncio.create_task(gateway.collect_output())
     try:
@@ -136,10 +129,26 @@ async def demo_gateway(
     finally:
         if process.returncode is None:
             process.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(15):
+        try:
+            async with asyncio.timeout(15):
+                await process.wait()
+        except TimeoutError:
+            process.kill()
             await process.wait()
-        collector.cancel()
-        await asyncio.wait([collector])
+            raise AssertionError("no exit on SIGTERM:\n" + gateway.output[-3000:]) from None
+        finally:
+            collector.cancel()
+            await asyncio.wait([collector])
+
+
+def demo_gateway(
+    tmp_path: Path, port: int, *command: str, **env: str
+) -> AbstractAsyncContextManager[GatewayProcess]:
+    """The gateway in demo mode; `python gateway.py --demo` unless a command is given."""
+    command = command or (sys.executable, str(PROJECT / "gateway.py"), "--demo")
+    return gateway_subprocess(
+        tmp_path, port, command, {"DEMO": "true", "DEMO_TRADE_RATE": "200", **env}
+    )
 
 
 async def test_demo_mode_end_to_end(tmp_path: Path) -> None:
