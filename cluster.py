@@ -37,13 +37,13 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 import protocol
+from cancellation import raise_if_cancelling
 from finnhub_feed import FinnhubFeed
 from hub import Hub, Trade
-from protocol import UpstreamState
+from protocol import UPSTREAM_STATES, UpstreamState
 
 logger = logging.getLogger(__name__)
 
-UPSTREAM_STATES: frozenset[str] = frozenset(UpstreamState.__args__)  # type: ignore[attr-defined]
 RETRY_SECONDS = 0.5
 ALIVE = b""  # marker member of every interest set; never a symbol
 VIEW_SECONDS = 0.5  # how often the cluster-wide view (holder, union) is refreshed
@@ -69,22 +69,6 @@ def _text(value: bytes | str) -> str:
 
 def _bytes(value: bytes | str) -> bytes:
     return value if isinstance(value, bytes) else value.encode()
-
-
-def _stop_if_cancelled() -> None:
-    """redis-py can swallow a cancellation whole (PubSub.get_message returns None): every
-    duty loop checks once per turn whether this task was asked to stop."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
-
-
-def _reraise_cancellation(error: BaseException) -> None:
-    """A Redis client torn down by our own cancellation can surface it as a connection
-    error or a timeout; never let a retry loop swallow the cancellation."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError from error
 
 
 class ClusterInterest:
@@ -168,12 +152,12 @@ class Cluster:
             try:
                 await duty()
             except (RedisError, OSError, TimeoutError) as exc:
-                _reraise_cancellation(exc)
+                raise_if_cancelling(exc)
                 if not self.degraded:
                     logger.warning("cluster degraded duty=%s error=%s", name, type(exc).__name__)
                 self.degraded = True
             except Exception as exc:  # a duty must outlive any surprise
-                _reraise_cancellation(exc)
+                raise_if_cancelling(exc)
                 logger.exception("cluster duty crashed duty=%s; restarting it", name)
             except asyncio.CancelledError:
                 task = asyncio.current_task()
@@ -190,7 +174,7 @@ class Cluster:
         """Keep `{prefix}:interest:{node}` equal to this process's symbols, and alive."""
         refresh = self._lease_ms / 3000
         while True:
-            _stop_if_cancelled()
+            raise_if_cancelling()
             symbols = sorted(self.interest.symbols)
             self.interest.changed.clear()
             async with self._redis.pipeline(transaction=True) as pipe:
@@ -205,12 +189,12 @@ class Cluster:
                 async with asyncio.timeout(refresh):
                     await self.interest.changed.wait()
             except TimeoutError as timeout:
-                _reraise_cancellation(timeout)
+                raise_if_cancelling(timeout)
 
     async def _watch_cluster(self) -> None:
         """The cluster-wide view: who leads, how many nodes, the union of interest."""
         while True:
-            _stop_if_cancelled()
+            raise_if_cancelling()
             holder = await self._redis.get(self._key("leader"))
             self.lease_holder = _text(holder) if holder else None
             keys = [key async for key in self._redis.scan_iter(self._key("interest", "*"))]
@@ -243,7 +227,7 @@ class Cluster:
             subscribed: set[str] = set()
             prefix = self._key("trades", "")
             while True:
-                _stop_if_cancelled()
+                raise_if_cancelling()
                 wanted = set(self.interest.symbols)
                 if wanted != subscribed:
                     added, removed = wanted - subscribed, subscribed - wanted
@@ -272,7 +256,7 @@ class Cluster:
         elif channel == self._key("status"):
             state = data.decode()
             if state in UPSTREAM_STATES:
-                hub.upstream_state_changed(cast(UpstreamState, state))
+                hub.upstream_state_changed(state)
         elif channel == self._key("refused"):
             refusal: dict[str, Any] = orjson.loads(data)
             hub.upstream_refused(refusal.get("symbol"), str(refusal.get("message", "")))
@@ -281,7 +265,7 @@ class Cluster:
 
     async def _lead_when_possible(self) -> None:
         while True:
-            _stop_if_cancelled()
+            raise_if_cancelling()
             won = await self._redis.set(self._key("leader"), self.node, nx=True, px=self._lease_ms)
             if won:
                 logger.warning("cluster leadership taken node=%s", self.node)
@@ -298,7 +282,7 @@ class Cluster:
         events = asyncio.create_task(publisher.forward_events(), name="cluster-events")
         try:
             while await self._renew_lease():
-                _stop_if_cancelled()
+                raise_if_cancelling()
         finally:
             # Stop the feed before anyone else can hold the lease.
             self.role = "follower"
@@ -316,7 +300,7 @@ class Cluster:
                 RENEW_LEASE, 1, self._key("leader"), self.node, str(self._lease_ms)
             )
         except (RedisError, OSError, TimeoutError) as exc:
-            _reraise_cancellation(exc)
+            raise_if_cancelling(exc)
             return False
         return bool(renewed)
 
@@ -338,7 +322,7 @@ class UpstreamPublisher:
                     pipe.set(self._key("last", trade.symbol), payload, ex=86_400)
                 await pipe.execute()
         except (RedisError, OSError, TimeoutError) as exc:
-            _reraise_cancellation(exc)
+            raise_if_cancelling(exc)
             logger.warning("cluster dropped %d trades error=%s", len(trades), type(exc).__name__)
 
     def upstream_state_changed(self, state: UpstreamState) -> None:
@@ -355,5 +339,5 @@ class UpstreamPublisher:
                     await self._redis.set(self._key("upstream"), payload)
                 await self._redis.publish(self._key(channel), payload)
             except (RedisError, OSError, TimeoutError) as exc:
-                _reraise_cancellation(exc)
+                raise_if_cancelling(exc)
                 logger.warning("cluster dropped a %s event error=%s", channel, type(exc).__name__)

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import aiohttp
 import orjson
 
+from cancellation import raise_if_cancelling
 from hub import Trade
 from protocol import UpstreamState
 
@@ -157,11 +158,6 @@ class FinnhubFeed:
         """What the upstream should carry: every symbol some client holds."""
         return frozenset(self._wanted)
 
-    @property
-    def subscribed(self) -> frozenset[str]:
-        """What the current upstream socket carries (empty while disconnected)."""
-        return frozenset(self._sent)
-
     # -- the connection loop ---------------------------------------------------------------
 
     async def run(self, listener: FeedListener) -> None:
@@ -193,11 +189,7 @@ class FinnhubFeed:
                     if refused_key:
                         self._set_state(listener, "unauthorized")
                 except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                    task = asyncio.current_task()
-                    if task is not None and task.cancelling():
-                        # Our own cancellation, surfaced by the client as a connection
-                        # error: stop, do not reconnect.
-                        raise asyncio.CancelledError from exc
+                    raise_if_cancelling(exc)  # our own stop, seen as a connection error
                     logger.warning(
                         "upstream connection failed error=%s detail=%s",
                         type(exc).__name__,

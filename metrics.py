@@ -17,8 +17,7 @@ from prometheus_client.registry import Collector
 from cluster import Cluster
 from finnhub_feed import FinnhubFeed
 from hub import Hub
-
-UPSTREAM_STATES = ("connecting", "connected", "reconnecting", "unauthorized")
+from protocol import UPSTREAM_STATES
 
 
 class Running(Protocol):
@@ -48,8 +47,8 @@ class GatewayCollector(Collector):
         state = GaugeMetricFamily(
             "gateway_upstream_state", "1 for the upstream's current state", labels=["state"]
         )
-        for name in UPSTREAM_STATES:
-            state.add_metric([name], 1.0 if feed.state == name else 0.0)
+        for state_name in UPSTREAM_STATES:
+            state.add_metric([state_name], 1.0 if feed.state == state_name else 0.0)
         yield state
         stats = hub.stats
         counters = [

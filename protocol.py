@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import orjson
 
@@ -25,6 +25,7 @@ SYMBOL_RULE = (
 
 # "unauthorized": Finnhub refused the key (HTTP 401/403); retried with backoff.
 UpstreamState = Literal["connecting", "connected", "reconnecting", "unauthorized"]
+UPSTREAM_STATES: tuple[UpstreamState, ...] = get_args(UpstreamState)
 
 
 class ProtocolError(Exception):

@@ -425,24 +425,40 @@ async def collect(
 # -- scenarios ----------------------------------------------------------------------------
 
 
+async def ramp(
+    running: Stack,
+    clients: Load,
+    name: str,
+    rates: tuple[float, ...],
+    config: Config,
+    *,
+    saturation: float | None = None,
+) -> list[Window]:
+    """One measured window per upstream rate, after a warm-up at that rate; stops early
+    once the gateway's CPU share passes `saturation`."""
+    windows: list[Window] = []
+    for rate in rates:
+        await running.set_rate(rate)
+        await asyncio.sleep(config.warmup)
+        label = f"{name} @ {rate:g} trades/s"
+        window = await measure(running, label, rate, config.measure, (clients.child.pid,))
+        windows.append(window)
+        if saturation is not None and window.cpu_seconds / (window.end - window.start) > saturation:
+            break
+    return windows
+
+
 async def throughput(
     config: Config, name: str = "throughput", gateway_env: dict[str, str] | None = None
 ) -> list[dict[str, Any]]:
     universe = [f"T{index:02d}" for index in range(20)]
-    windows: list[Window] = []
     async with (
         stack(config, gateway_env or {}) as running,
         load(running, universe, clients=config.clients) as clients,
     ):
         await running.wait_upstream_carries(universe)
-        for rate in config.rates:
-            await running.set_rate(rate)
-            await asyncio.sleep(config.warmup)
-            label = f"{name} @ {rate:g} trades/s"
-            window = await measure(running, label, rate, config.measure, (clients.child.pid,))
-            windows.append(window)
-            if window.cpu_seconds / (window.end - window.start) > 0.97:
-                break  # the gateway's core is saturated: higher rates only queue up
+        # Stop once the gateway's core is saturated: higher rates only queue up.
+        windows = await ramp(running, clients, name, config.rates, config, saturation=0.97)
         return await collect(running, windows, [clients], config.drain)
 
 
@@ -560,18 +576,12 @@ async def cluster(config: Config) -> list[dict[str, Any]]:
     ):  # fmt: skip
         await asyncio.sleep(0.5)
         for name, env, workers, gateway_cpus in variants:
-            windows: list[Window] = []
             async with (
                 stack(config, env, workers=workers, gateway_cpus=gateway_cpus) as running,
                 load(running, universe, clients=config.clients) as clients,
             ):
                 await running.wait_upstream_carries(universe)
-                for rate in config.cluster_rates:
-                    await running.set_rate(rate)
-                    await asyncio.sleep(config.warmup)
-                    label = f"{name} @ {rate:g} trades/s"
-                    pids = (clients.child.pid,)
-                    windows.append(await measure(running, label, rate, config.measure, pids))
+                windows = await ramp(running, clients, name, config.cluster_rates, config)
                 rows.extend(await collect(running, windows, [clients], config.drain))
     return rows
 

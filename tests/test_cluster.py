@@ -17,7 +17,7 @@ import pytest
 import redis.asyncio as redis
 
 from simulator import MarketSimulator, serve
-from tests.conftest import TEST_KEY, Client, trade
+from tests.conftest import TEST_KEY, Client, poll_until, trade
 from tests.test_process import PROJECT, GatewayProcess, free_port, gateway_subprocess
 
 REDIS_SERVER = shutil.which("redis-server")
@@ -105,14 +105,6 @@ async def health(session: aiohttp.ClientSession, port: int) -> dict[str, Any]:
         return result
 
 
-async def until(check: Any, timeout: float = 15) -> Any:
-    """Poll another process's state (there is no event to await across processes)."""
-    async with asyncio.timeout(timeout):
-        while not (result := await check()):  # noqa: ASYNC110
-            await asyncio.sleep(0.1)
-        return result
-
-
 async def connect(session: aiohttp.ClientSession, port: int) -> Client:
     client = Client(await session.ws_connect(f"ws://127.0.0.1:{port}/ws"))
     assert (await client.receive())["type"] == "connection"
@@ -195,7 +187,9 @@ async def test_three_processes_share_one_upstream_socket(
             views = [await health(session, port) for port in ports]
             return all(view["cluster_symbols"] == 2 and view["cluster"] == "ok" for view in views)
 
-        await until(everyone_sees_two_symbols)  # each view refreshes twice a second
+        await poll_until(
+            everyone_sees_two_symbols, timeout=15
+        )  # each view refreshes twice a second
         leaders = 0.0
         for port in ports:
             async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
@@ -220,7 +214,7 @@ async def test_follower_interest_reaches_upstream_and_is_released(
         gateway_process(tmp_path, upstream, redis_server.url, prefix) as (_, second),
         aiohttp.ClientSession() as session,
     ):
-        await until(lambda: _has_leader(session, [first, second]))
+        await poll_until(lambda: _has_leader(session, [first, second]), timeout=15)
         follower = await _follower(session, [first, second])
         client = await connect(session, follower)
         await client.subscribe("MSFT")
@@ -254,7 +248,7 @@ async def test_sigkill_of_the_leader_fails_over(
         ]
         session = await stack.enter_async_context(aiohttp.ClientSession())
         ports = [port for _, port in processes]
-        await until(lambda: _has_leader(session, ports))
+        await poll_until(lambda: _has_leader(session, ports), timeout=15)
         roles = [(await health(session, port))["role"] for port in ports]
         leader = processes[roles.index("leader")]
         survivors = [port for _, port in processes if port != leader[1]]
@@ -308,7 +302,7 @@ async def test_redis_restart_mid_stream(
             views = [await health(session, port) for port in (first, second)]
             return all(view["cluster"] == "degraded" for view in views)
 
-        await until(degraded)
+        await poll_until(degraded, timeout=15)
         assert all(not client.ws.closed for client in clients)
         await redis_server.start()
 
@@ -321,7 +315,7 @@ async def test_redis_restart_mid_stream(
             ) == ["follower", "leader"]
 
         try:
-            await until(recovered, timeout=20)
+            await poll_until(recovered, timeout=20)
         except TimeoutError:
             states = [(v["cluster"], v["role"], v["lease_holder"], v["node"]) for v in last]
             logs = "\n".join(
@@ -351,7 +345,7 @@ async def test_uvicorn_workers_behave_as_one_gateway(
         async def both_workers_started() -> bool:
             return gateway.output.count("Application startup complete") == 2
 
-        await until(both_workers_started)
+        await poll_until(both_workers_started, timeout=15)
         clients = [await connect(session, port) for _ in range(8)]
         for client in clients:
             await client.subscribe("AAPL")

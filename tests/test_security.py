@@ -39,6 +39,16 @@ async def handshake_status(
     return 101
 
 
+async def close_code_unanswered(client: Client) -> int:
+    """The close code the server ends with; the oversized ping must get no pong first."""
+    async with asyncio.timeout(5):
+        while (closing := await client.ws.receive()).type is aiohttp.WSMsgType.TEXT:
+            assert '"pong"' not in closing.data  # the oversized message was not served
+    assert closing.type is aiohttp.WSMsgType.CLOSE
+    code: int = closing.data
+    return code
+
+
 async def test_origin_check(market: Market) -> None:
     settings = settings_for(market, frontend_urls=("https://app.example",))
     async with run_gateway(settings) as gateway:
@@ -77,10 +87,7 @@ async def test_oversized_frame_closes_with_1009(market: Market, gateway: Gateway
     await bystander.subscribe("AAPL")
     offender = await gateway.connect()
     await offender.ws.send_str('{"action":"ping","pad":"' + "x" * 5000 + '"}')
-    async with asyncio.timeout(5):
-        while (closing := await offender.ws.receive()).type is aiohttp.WSMsgType.TEXT:
-            assert '"pong"' not in closing.data  # the oversized message was not served
-    assert closing.type is aiohttp.WSMsgType.CLOSE and closing.data == 1009
+    assert await close_code_unanswered(offender) == 1009
     await market.simulator.wait_for(lambda: "AAPL" in market.simulator.subscribed_symbols())
     await market.simulator.send_trades([trade("AAPL", 5.0)])
     assert (await bystander.expect("price_update"))["data"]["price"] == 5.0
@@ -200,10 +207,7 @@ async def test_oversized_frame_is_refused_by_the_app_under_any_server_limit(
     async with run_gateway(settings_for(market), ws_max_size=16 * 1024 * 1024) as gateway:
         offender = await gateway.connect()
         await offender.ws.send_str('{"action":"ping","pad":"' + "x" * 5000 + '"}')
-        async with asyncio.timeout(5):
-            while (closing := await offender.ws.receive()).type is aiohttp.WSMsgType.TEXT:
-                assert '"pong"' not in closing.data
-        assert closing.type is aiohttp.WSMsgType.CLOSE and closing.data == 1009
+        assert await close_code_unanswered(offender) == 1009
 
 
 def test_demo_mode_allows_its_own_page() -> None:
@@ -217,7 +221,4 @@ async def test_frame_size_counts_bytes_not_characters(market: Market) -> None:
         offender = await gateway.connect()
         # 2,000 characters, 6,000 bytes in UTF-8: over the 4 KiB limit.
         await offender.ws.send_str('{"action":"ping","pad":"' + "€" * 2000 + '"}')
-        async with asyncio.timeout(5):
-            while (closing := await offender.ws.receive()).type is aiohttp.WSMsgType.TEXT:
-                assert '"pong"' not in closing.data
-        assert closing.type is aiohttp.WSMsgType.CLOSE and closing.data == 1009
+        assert await close_code_unanswered(offender) == 1009
