@@ -1,4 +1,4 @@
-# The gateway as deployed: uvicorn on the websockets-sansio protocol (the fast path),
+# The gateway as deployed: uvicorn on the gateway's own WebSocket protocol (the fast path),
 # no permessage-deflate, 4 KiB client frames, proxy headers trusted from the proxy.
 # Configure with environment variables (see .env.example); DEMO=true needs no key.
 FROM python:3.11-slim
@@ -23,4 +23,4 @@ HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=2).status != 200)"]
 
 # Finnhub allows one socket per key: run exactly one of these per key (README "Deploy").
-CMD ["uvicorn", "gateway:app", "--host", "0.0.0.0", "--port", "8000", "--ws", "websockets-sansio", "--ws-per-message-deflate", "false", "--ws-max-size", "4096", "--ws-ping-interval", "20", "--ws-ping-timeout", "20", "--proxy-headers", "--forwarded-allow-ips", "*", "--timeout-graceful-shutdown", "10", "--no-access-log"]
+CMD ["uvicorn", "gateway:app", "--host", "0.0.0.0", "--port", "8000", "--ws", "server_protocol:GatewayWebSocketProtocol", "--ws-per-message-deflate", "false", "--ws-max-size", "4096", "--ws-ping-interval", "20", "--ws-ping-timeout", "20", "--proxy-headers", "--forwarded-allow-ips", "*", "--timeout-graceful-shutdown", "10", "--no-access-log"]

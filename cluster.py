@@ -3,17 +3,18 @@
 With `REDIS_URL` set, every process runs a `Cluster` instead of feeding its hub
 directly:
 
-- **Interest.** The process's hub reports the symbols its clients want (it is the
-  hub's `UpstreamInterest`); they are kept in the set `{prefix}:interest:{node}`, which
-  expires unless refreshed, so a crashed process's symbols are released by themselves.
+- **Interest.** The process's hub keeps the symbols its clients want in a
+  `SymbolInterest`, which this module follows and publishes as the set
+  `{prefix}:interest:{node}`; it expires unless refreshed, so a crashed process's
+  symbols are released by themselves.
 - **Leadership.** A lease, `SET {prefix}:leader {node} NX PX lease`, renewed every
-  third of the lease and released on a clean exit. The holder runs the `FinnhubFeed`
-  and keeps its subscriptions equal to the union of every process's interest.
+  third of the lease and released on a clean exit. The holder runs the `FinnhubFeed`,
+  whose own `SymbolInterest` it keeps equal to the union of every process's interest.
 - **Trades.** The leader encodes each `price_update` once and publishes it on
   `{prefix}:trades:{symbol}` (and keeps it in `{prefix}:last:{symbol}` for snapshots);
   upstream state and refusals go out on `{prefix}:status` and `{prefix}:refused`.
   Every process, the leader included, subscribes only to its own clients' symbols and
-  fans out through its own hub.
+  publishes what arrives into its own hub, as the feed would in a single process.
 
 When Redis is unreachable, clients stay connected, `/health` says `"cluster":
 "degraded"`, and every loop retries until Redis returns; a leader that cannot renew its
@@ -28,6 +29,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
@@ -39,8 +41,9 @@ from redis.exceptions import RedisError
 import protocol
 from cancellation import raise_if_cancelling
 from finnhub_feed import FinnhubFeed
-from hub import Hub, Trade
+from hub import Hub, Update, UpdateBatch
 from protocol import UPSTREAM_STATES, UpstreamState
+from upstream import SymbolInterest, Trade
 
 logger = logging.getLogger(__name__)
 
@@ -71,41 +74,29 @@ def _bytes(value: bytes | str) -> bytes:
     return value if isinstance(value, bytes) else value.encode()
 
 
-class ClusterInterest:
-    """The hub's `UpstreamInterest` in cluster mode: this process's symbols."""
-
-    def __init__(self) -> None:
-        self.symbols: set[str] = set()
-        self.changed = asyncio.Event()
-
-    def want(self, symbol: str) -> None:
-        self.symbols.add(symbol)
-        self.changed.set()
-
-    def release(self, symbol: str) -> None:
-        self.symbols.discard(symbol)
-        self.changed.set()
-
-
 class Cluster:
+    """This process's part in the cluster. `interest` is the local hub's; `feed` is run
+    only while this process leads, following the cluster-wide union."""
+
     def __init__(
         self,
         redis_url: str,
+        interest: SymbolInterest,
         feed: FinnhubFeed,
         *,
         prefix: str = "stockgw",
         lease_seconds: float = 5.0,
     ) -> None:
         self.node = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self.interest = ClusterInterest()
+        self.interest = interest
         self.role = "follower"
         self.lease_holder: str | None = None
         self.cluster_symbols: set[str] = set()
         self.nodes = 0
         self.degraded = False
-        self._redis = redis.from_url(
-            redis_url, socket_timeout=2, socket_connect_timeout=2, decode_responses=False
-        )
+        self._redis_url = redis_url
+        self._redis: redis.Redis = self._connect()
+        self._redis_closed = False
         self._feed = feed
         self._prefix = prefix
         self._lease_ms = int(lease_seconds * 1000)
@@ -120,11 +111,19 @@ class Cluster:
     def _interest_key(self) -> str:
         return self._key("interest", self.node)
 
+    def _connect(self) -> redis.Redis:
+        return redis.from_url(
+            self._redis_url, socket_timeout=2, socket_connect_timeout=2, decode_responses=False
+        )
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def run(self, hub: Hub) -> None:
-        """Run every cluster duty until cancelled; then leave the cluster cleanly."""
+        """Run every cluster duty until cancelled; then leave the cluster cleanly (so a
+        supervisor may run it again)."""
         self._hub = hub
+        if self._redis_closed:  # restarted after a crash: _leave() closed the old client
+            self._redis, self._redis_closed = self._connect(), False
         try:
             async with asyncio.TaskGroup() as duties:
                 duties.create_task(self._retrying("interest", self._publish_interest))
@@ -142,6 +141,7 @@ class Cluster:
                     await self._redis.delete(self._interest_key)
                     await self._redis.publish(self._key("interest-changed"), self.node)
                 finally:
+                    self._redis_closed = True
                     await self._redis.aclose()
         except (RedisError, OSError, TimeoutError) as exc:
             logger.warning("cluster could not leave cleanly error=%s", type(exc).__name__)
@@ -176,7 +176,6 @@ class Cluster:
         while True:
             raise_if_cancelling()
             symbols = sorted(self.interest.symbols)
-            self.interest.changed.clear()
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.delete(self._interest_key)
                 pipe.sadd(self._interest_key, ALIVE)  # the key exists even with no symbols
@@ -187,7 +186,7 @@ class Cluster:
                 await pipe.execute()
             try:
                 async with asyncio.timeout(refresh):
-                    await self.interest.changed.wait()
+                    await self.interest.wait_changed()
             except TimeoutError as timeout:
                 raise_if_cancelling(timeout)
 
@@ -203,19 +202,13 @@ class Cluster:
             self.cluster_symbols = {_text(member) for member in members if member != ALIVE}
             self.degraded = False
             if self.role == "leader":
-                self._sync_feed(self.cluster_symbols)
+                self._feed.interest.replace(self.cluster_symbols)
             await asyncio.sleep(VIEW_SECONDS)
-
-    def _sync_feed(self, union: set[str]) -> None:
-        for symbol in union - self._feed.wanted:
-            self._feed.want(symbol)
-        for symbol in self._feed.wanted - union:
-            self._feed.release(symbol)
 
     # -- the trades relay (every process) ------------------------------------------------------
 
     async def _relay(self) -> None:
-        """Subscribe to this process's symbols and hand what arrives to the local hub."""
+        """Subscribe to this process's symbols and publish what arrives into the local hub."""
         hub = self._hub
         assert hub is not None
         pubsub = self._redis.pubsub()
@@ -239,20 +232,25 @@ class Cluster:
                     subscribed = wanted
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.05)
                 if message is not None:
-                    self._deliver(hub, _text(message["channel"]), message["data"], prefix)
+                    await self._deliver(hub, _text(message["channel"]), message["data"], prefix)
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def _seed_snapshots(self, hub: Hub, symbols: set[str]) -> None:
         ordered = sorted(symbols)
         payloads = await self._redis.mget([self._key("last", symbol) for symbol in ordered])
-        for symbol, payload in zip(ordered, payloads, strict=True):
-            if payload:
-                hub.seed_snapshot(symbol, protocol.Frame(_bytes(payload)))
+        snapshots = [
+            Update(symbol, protocol.Frame(_bytes(payload)))
+            for symbol, payload in zip(ordered, payloads, strict=True)
+            if payload
+        ]
+        if snapshots:
+            await hub.publish(UpdateBatch(snapshots, time.perf_counter(), live=False))
 
-    def _deliver(self, hub: Hub, channel: str, data: bytes, trades_prefix: str) -> None:
+    async def _deliver(self, hub: Hub, channel: str, data: bytes, trades_prefix: str) -> None:
         if channel.startswith(trades_prefix):
-            hub.fan_out_frame(channel[len(trades_prefix) :], protocol.Frame(data))
+            update = Update(channel[len(trades_prefix) :], protocol.Frame(data))
+            await hub.publish(UpdateBatch([update], time.perf_counter()))
         elif channel == self._key("status"):
             state = data.decode()
             if state in UPSTREAM_STATES:
@@ -276,7 +274,7 @@ class Cluster:
     async def _lead(self) -> None:
         """Run the feed for as long as the lease can be renewed."""
         self.role = "leader"
-        self._sync_feed(self.cluster_symbols)
+        self._feed.interest.replace(self.cluster_symbols)
         publisher = UpstreamPublisher(self._redis, self._key)
         feed = asyncio.create_task(self._feed.run(publisher), name="cluster-feed")
         events = asyncio.create_task(publisher.forward_events(), name="cluster-events")
@@ -313,7 +311,7 @@ class UpstreamPublisher:
         self._key = key
         self._events: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
 
-    async def publish(self, trades: list[Trade], received_at: float) -> None:
+    async def trades_received(self, trades: list[Trade], received_at: float) -> None:
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for trade in trades:

@@ -1,14 +1,15 @@
 """The one upstream connection: an aiohttp WebSocket to Finnhub's trade stream.
 
-`FinnhubFeed.run()` connects, keeps the upstream's subscriptions equal to the set of
-symbols somebody wants, parses trade frames once and hands valid trades to its
-listener (the hub). When the socket drops it reconnects forever with jittered
-exponential backoff, and resubscribes every wanted symbol in one burst.
+`FinnhubFeed.run()` connects, keeps the upstream's subscriptions equal to the
+`SymbolInterest` it follows, parses trade frames once and hands valid trades to its
+listener (the hub, or in cluster mode the Redis publisher). When the socket drops it
+reconnects forever with jittered exponential backoff, and resubscribes every wanted
+symbol in one burst.
 
-Subscriptions are reconciled, not replayed: `want()`/`release()` only edit the wanted
-set, and one coroutine per connection sends the difference between "wanted" and
-"sent on this socket". Whatever order clients come and go in, the upstream ends up
-carrying exactly the wanted symbols.
+Subscriptions are reconciled, not replayed: the hub only edits the wanted set, and
+one coroutine per connection sends the difference between "wanted" and "sent on this
+socket". Whatever order clients come and go in, the upstream ends up carrying exactly
+the wanted symbols.
 
 This module must never let the API key out: it travels only as the `token` query
 parameter of the handshake, and every URL or exception text that is logged goes
@@ -31,8 +32,8 @@ import aiohttp
 import orjson
 
 from cancellation import raise_if_cancelling
-from hub import Trade
 from protocol import UpstreamState
+from upstream import SymbolInterest, Trade
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ _TOKEN_IN_TEXT = re.compile(r"(token=)[^&\s'\"]+", re.IGNORECASE)
 class FeedListener(Protocol):
     """Where the feed delivers: the hub."""
 
-    async def publish(self, trades: list[Trade], received_at: float) -> None: ...
+    async def trades_received(self, trades: list[Trade], received_at: float) -> None: ...
 
     def upstream_state_changed(self, state: UpstreamState) -> None: ...
 
@@ -114,12 +115,13 @@ def _is_number(value: object) -> bool:
 
 
 class FinnhubFeed:
-    """Owns the upstream socket; `want`/`release` are its only inputs from the hub."""
+    """Owns the upstream socket; the interest it follows is its only input."""
 
     def __init__(
         self,
         url: str,
         api_key: str,
+        interest: SymbolInterest,
         *,
         backoff: Backoff,
         reset_backoff_after: float = 10.0,
@@ -137,26 +139,10 @@ class FinnhubFeed:
         # Finnhub pings about once a minute even when no trades flow: silence longer
         # than this means a dead (half-open) connection.
         self._idle_timeout = idle_timeout
-        self._wanted: set[str] = set()
+        self.interest = interest
         self._sent: set[str] = set()  # subscribed on the current socket
-        self._wanted_changed = asyncio.Event()
         self._recent_subscribes: deque[tuple[str, float]] = deque()
         self.blame_window = BLAME_WINDOW_SECONDS
-
-    # -- inputs from the hub ---------------------------------------------------------------
-
-    def want(self, symbol: str) -> None:
-        self._wanted.add(symbol)
-        self._wanted_changed.set()
-
-    def release(self, symbol: str) -> None:
-        self._wanted.discard(symbol)
-        self._wanted_changed.set()
-
-    @property
-    def wanted(self) -> frozenset[str]:
-        """What the upstream should carry: every symbol some client holds."""
-        return frozenset(self._wanted)
 
     # -- the connection loop ---------------------------------------------------------------
 
@@ -214,8 +200,7 @@ class FinnhubFeed:
             listener.upstream_state_changed(state)
 
     async def _stream(self, ws: aiohttp.ClientWebSocketResponse, listener: FeedListener) -> None:
-        self._sent.clear()
-        self._wanted_changed.set()  # resubscribe everything wanted, in one burst
+        self._sent.clear()  # a new socket: resubscribe everything wanted, in one burst
         self._recent_subscribes.clear()
         syncer = asyncio.create_task(self._sync_subscriptions(ws), name="finnhub-subscriptions")
         try:
@@ -251,9 +236,8 @@ class FinnhubFeed:
         loop = asyncio.get_running_loop()
         try:
             while True:
-                await self._wanted_changed.wait()
-                self._wanted_changed.clear()
-                for symbol in sorted(self._wanted - self._sent):
+                wanted = self.interest.symbols
+                for symbol in sorted(wanted - self._sent):
                     self._sent.add(symbol)
                     now = loop.time()
                     self._recent_subscribes.append((symbol, now))
@@ -262,11 +246,13 @@ class FinnhubFeed:
                     await ws.send_str(
                         orjson.dumps({"type": "subscribe", "symbol": symbol}).decode()
                     )
-                for symbol in sorted(self._sent - self._wanted):
+                for symbol in sorted(self._sent - self.interest.symbols):
                     self._sent.discard(symbol)
                     await ws.send_str(
                         orjson.dumps({"type": "unsubscribe", "symbol": symbol}).decode()
                     )
+                if self.interest.symbols == self._sent:
+                    await self.interest.wait_changed()
         except (aiohttp.ClientError, ConnectionError):
             pass  # the socket is closing; the reader sees it and the loop reconnects
 
@@ -285,7 +271,7 @@ class FinnhubFeed:
                 self._skip(f"{malformed} malformed trade(s)")
             if trades:
                 self.trades_received += len(trades)
-                await listener.publish(trades, received_at)
+                await listener.trades_received(trades, received_at)
         elif kind == "ping":
             pass
         elif kind == "error":

@@ -18,11 +18,13 @@ from cluster import Cluster
 from finnhub_feed import FinnhubFeed
 from hub import Hub
 from protocol import UPSTREAM_STATES
+from supervisor import Supervisor
 
 
 class Running(Protocol):
     hub: Hub
     feed: FinnhubFeed
+    supervisor: Supervisor
     cluster: Cluster | None
 
 
@@ -48,8 +50,15 @@ class GatewayCollector(Collector):
             "gateway_upstream_state", "1 for the upstream's current state", labels=["state"]
         )
         for state_name in UPSTREAM_STATES:
-            state.add_metric([state_name], 1.0 if feed.state == state_name else 0.0)
+            # The hub's view, as /health shows it: on a cluster follower the local feed
+            # never runs, and the state arrives through Redis.
+            state.add_metric([state_name], 1.0 if hub.upstream_state == state_name else 0.0)
         yield state
+        yield GaugeMetricFamily(
+            "gateway_core_tasks_down",
+            "Core tasks (feed, broadcaster, cluster) waiting to be restarted after a crash",
+            len(running.supervisor.down),
+        )
         stats = hub.stats
         counters = [
             ("gateway_upstream_messages", "Upstream messages received", feed.messages_received),

@@ -1,9 +1,10 @@
 """The client protocol on `/ws`: what browsers may send, and the frames we send back.
 
 This is the seed's contract (`connection`, `subscription`, `price_update`) plus the
-additions documented in README.md (`status`, `pong`, `error`). Message shapes live
-here and nowhere else, so a change to the contract is a change to this file. Pure
-functions only: no I/O, no state, never anything from the upstream's credentials.
+additions documented in asyncapi.yaml and README.md (`status`, `pong`, `error`, and
+the error and close codes listed here). Message shapes live here and nowhere else, so
+a change to the contract is a change to this file. Pure functions only: no I/O, no
+state, never anything from the upstream's credentials.
 """
 
 from __future__ import annotations
@@ -27,11 +28,39 @@ SYMBOL_RULE = (
 UpstreamState = Literal["connecting", "connected", "reconnecting", "unauthorized"]
 UPSTREAM_STATES: tuple[UpstreamState, ...] = get_args(UpstreamState)
 
+# Every error code the server can send (asyncapi.yaml and the README document each;
+# tests/test_docs.py holds all three in agreement).
+ErrorCode = Literal[
+    "invalid_json",
+    "invalid_message",
+    "unknown_action",
+    "invalid_symbol",
+    "too_many_symbols",
+    "symbol_limit",
+    "rate_limited",
+    "upstream_error",
+]
+ERROR_CODES: tuple[ErrorCode, ...] = get_args(ErrorCode)
+
+# Every close code a client can see, and why.
+CLOSE_POLICY_VIOLATION = 1008  # over the message budget for too long
+CLOSE_MESSAGE_TOO_BIG = 1009
+CLOSE_KEEPALIVE_TIMEOUT = 1011  # sent by the server protocol layer
+CLOSE_SERVICE_RESTART = 1012  # sent by uvicorn on SIGTERM
+CLOSE_TRY_AGAIN_LATER = 1013  # server full, or slow consumer
+CLOSE_CODES = (
+    CLOSE_POLICY_VIOLATION,
+    CLOSE_MESSAGE_TOO_BIG,
+    CLOSE_KEEPALIVE_TIMEOUT,
+    CLOSE_SERVICE_RESTART,
+    CLOSE_TRY_AGAIN_LATER,
+)
+
 
 class ProtocolError(Exception):
     """A client message we refuse; `code` is the stable error code sent to the client."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
@@ -170,7 +199,7 @@ def price_update_message(symbol: str, price: float, volume: float, timestamp: in
     )
 
 
-def error_message(code: str, message: str, symbols: list[str] | None = None) -> Frame:
+def error_message(code: ErrorCode, message: str, symbols: list[str] | None = None) -> Frame:
     body: dict[str, object] = {"type": "error", "code": code, "message": message}
     if symbols is not None:
         body["symbols"] = symbols

@@ -62,7 +62,7 @@ class Config:
     client_send_buffer: int = 16384
     gateway_flags: tuple[str, ...] = (
         "--ws",
-        "websockets-sansio",
+        "server_protocol:GatewayWebSocketProtocol",
         "--ws-per-message-deflate",
         "false",
     )

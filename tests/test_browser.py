@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 
 from simulator import MarketSimulator, serve
-from tests.conftest import TEST_KEY, Market, run_gateway, settings_for
-from tests.test_process import free_port
+from tests.helpers import TEST_KEY, Market, free_port, run_gateway, settings_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 
-from tests.conftest import Client, GatewayUnderTest, Market, poll_until
+from tests.helpers import Client, GatewayUnderTest, Market, poll_until
 
 SYMBOLS = [f"SYM{index}" for index in range(12)]
 

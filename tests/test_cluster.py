@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import signal
 import sys
 import uuid
@@ -14,67 +13,22 @@ from typing import Any
 
 import aiohttp
 import pytest
-import redis.asyncio as redis
 
-from simulator import MarketSimulator, serve
-from tests.conftest import TEST_KEY, Client, poll_until, trade
-from tests.test_process import PROJECT, GatewayProcess, free_port, gateway_subprocess
+from simulator import MarketSimulator
+from tests.helpers import (
+    PROJECT,
+    TEST_KEY,
+    Client,
+    GatewayProcess,
+    Market,
+    RedisServer,
+    free_port,
+    gateway_subprocess,
+    poll_until,
+    trade,
+)
 
-REDIS_SERVER = shutil.which("redis-server")
-if REDIS_SERVER is None:
-    pytest.skip(
-        "SKIPPED LOUDLY: no redis-server on this machine (.ci/run installs Debian's)",
-        allow_module_level=True,
-    )
 LEASE_SECONDS = 1.5
-
-
-class RedisServer:
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.url = f"redis://127.0.0.1:{port}/0"
-        self.process: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        assert REDIS_SERVER is not None
-        self.process = await asyncio.create_subprocess_exec(
-            REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
-            "--save", "", "--appendonly", "no",
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-        )  # fmt: skip
-        client = redis.from_url(self.url)
-        try:
-            async with asyncio.timeout(10):
-                while True:
-                    try:
-                        await client.ping()
-                        return
-                    except (redis.ConnectionError, OSError):
-                        await asyncio.sleep(0.05)
-        finally:
-            await client.aclose()
-
-    async def stop(self) -> None:
-        if self.process is not None and self.process.returncode is None:
-            self.process.terminate()
-            await self.process.wait()
-
-
-@pytest.fixture
-async def redis_server() -> AsyncIterator[RedisServer]:
-    server = RedisServer(free_port())
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
-@pytest.fixture
-async def market() -> AsyncIterator[tuple[MarketSimulator, str]]:
-    simulator = MarketSimulator(rate=0, token=TEST_KEY)
-    async with serve(simulator) as url:
-        yield simulator, url
 
 
 @asynccontextmanager
@@ -85,7 +39,7 @@ async def gateway_process(
     port = free_port()
     command = (
         sys.executable, "-m", "uvicorn", "--app-dir", str(PROJECT), "gateway:app",
-        "--ws", "websockets-sansio", *extra,
+        "--ws", "server_protocol:GatewayWebSocketProtocol", *extra,
     )  # fmt: skip
     env = {
         "FINNHUB_WS_URL": upstream,
@@ -143,9 +97,9 @@ def prefix() -> str:
 
 
 async def test_three_processes_share_one_upstream_socket(
-    tmp_path: Path, redis_server: RedisServer, market: tuple[MarketSimulator, str], prefix: str
+    tmp_path: Path, redis_server: RedisServer, market: Market, prefix: str
 ) -> None:
-    simulator, upstream = market
+    simulator, upstream = market.simulator, market.url
     async with AsyncExitStack() as stack:
         ports = [
             (await stack.enter_async_context(
@@ -206,9 +160,9 @@ async def test_three_processes_share_one_upstream_socket(
 
 
 async def test_follower_interest_reaches_upstream_and_is_released(
-    tmp_path: Path, redis_server: RedisServer, market: tuple[MarketSimulator, str], prefix: str
+    tmp_path: Path, redis_server: RedisServer, market: Market, prefix: str
 ) -> None:
-    simulator, upstream = market
+    simulator, upstream = market.simulator, market.url
     async with (
         gateway_process(tmp_path, upstream, redis_server.url, prefix) as (_, first),
         gateway_process(tmp_path, upstream, redis_server.url, prefix) as (_, second),
@@ -236,9 +190,9 @@ async def _follower(session: aiohttp.ClientSession, ports: list[int]) -> int:
 
 
 async def test_sigkill_of_the_leader_fails_over(
-    tmp_path: Path, redis_server: RedisServer, market: tuple[MarketSimulator, str], prefix: str
+    tmp_path: Path, redis_server: RedisServer, market: Market, prefix: str
 ) -> None:
-    simulator, upstream = market
+    simulator, upstream = market.simulator, market.url
     async with AsyncExitStack() as stack:
         processes = [
             await stack.enter_async_context(
@@ -282,9 +236,9 @@ async def test_sigkill_of_the_leader_fails_over(
 
 
 async def test_redis_restart_mid_stream(
-    tmp_path: Path, redis_server: RedisServer, market: tuple[MarketSimulator, str], prefix: str
+    tmp_path: Path, redis_server: RedisServer, market: Market, prefix: str
 ) -> None:
-    simulator, upstream = market
+    simulator, upstream = market.simulator, market.url
     async with (
         gateway_process(tmp_path, upstream, redis_server.url, prefix) as (one, first),
         gateway_process(tmp_path, upstream, redis_server.url, prefix) as (two, second),
@@ -331,9 +285,9 @@ async def test_redis_restart_mid_stream(
 
 
 async def test_uvicorn_workers_behave_as_one_gateway(
-    tmp_path: Path, redis_server: RedisServer, market: tuple[MarketSimulator, str], prefix: str
+    tmp_path: Path, redis_server: RedisServer, market: Market, prefix: str
 ) -> None:
-    simulator, upstream = market
+    simulator, upstream = market.simulator, market.url
     async with (
         gateway_process(tmp_path, upstream, redis_server.url, prefix, "--workers", "2") as (
             gateway,

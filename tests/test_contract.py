@@ -11,8 +11,8 @@ import pytest
 
 import protocol
 from docs import load_asyncapi, render_docs
-from tests.conftest import GatewayUnderTest
 from tests.contract import assert_server_message, validator
+from tests.helpers import GatewayUnderTest
 
 DOCUMENT = load_asyncapi()
 MESSAGES = DOCUMENT["components"]["messages"]

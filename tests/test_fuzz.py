@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from gateway import Gateway
 from simulator import MarketSimulator, serve
-from tests.conftest import TEST_KEY, Client, Market, run_gateway, settings_for
+from tests.helpers import TEST_KEY, Client, Market, run_gateway, settings_for
 
 SYMBOLS = ["AAPL", "msft", " brk.b ", "BINANCE:BTCUSDT", "<b>", "", "A" * 41, "IC MARKETS:1"]
 ERROR_CODES = {
@@ -72,7 +72,7 @@ class ThreadedGateway:
         async def inspect() -> tuple[set[str], set[str]]:
             running = self.gateway.running
             running.hub.check_consistency()
-            return set(running.hub.symbols()), set(running.feed.wanted)
+            return set(running.hub.symbols()), set(running.feed.interest.symbols)
 
         return asyncio.run_coroutine_threadsafe(inspect(), self.loop).result(timeout=5)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from tests.conftest import GatewayUnderTest, Market, poll_until, run_gateway, settings_for, trade
+from tests.helpers import GatewayUnderTest, Market, poll_until, run_gateway, settings_for, trade
 
 
 def price_update(

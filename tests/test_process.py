@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import socket
 import sys
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -17,37 +14,7 @@ import aiohttp
 import orjson
 
 from bench.stuck import open_never_reading_client
-
-PROJECT = Path(__file__).resolve().parent.parent
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The environment without any gateway configuration the developer may have set."""
-    names = ("FINNHUB_API_KEY", "DEMO", "FINNHUB_WS_URL", "HOST", "PORT", "FRONTEND_URL")
-    env = {key: value for key, value in os.environ.items() if key not in names}
-    env.update(extra)
-    return env
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-async def run_to_exit(*args: str, cwd: Path) -> tuple[int, str]:
-    process = await asyncio.create_subprocess_exec(
-        *args,
-        cwd=cwd,
-        env=clean_env(),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    async with asyncio.timeout(30):
-        output, _ = await process.communicate()
-    assert process.returncode is not None
-    return process.returncode, output.decode()
+from tests.helpers import PROJECT, GatewayProcess, free_port, gateway_subprocess, run_to_exit
 
 
 async def test_missing_key_fails_at_once_with_the_seed_message(tmp_path: Path) -> None:
@@ -73,72 +40,6 @@ async def test_missing_key_fails_under_uvicorn_too(tmp_path: Path) -> None:
     )
     assert code != 0
     assert "FINNHUB_API_KEY not found" in output
-
-
-class GatewayProcess:
-    """A gateway subprocess whose output is read continuously (a full pipe would stall it)."""
-
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
-        self.lines: list[str] = []
-        self._changed = asyncio.Condition()
-
-    @property
-    def output(self) -> str:
-        return "".join(self.lines)
-
-    async def collect_output(self) -> None:
-        assert self.process.stdout is not None
-        async for line in self.process.stdout:
-            async with self._changed:
-                self.lines.append(line.decode())
-                self._changed.notify_all()
-        async with self._changed:
-            self.lines.append("<exited>")
-            self._changed.notify_all()
-
-    async def wait_for_output(self, needle: str, timeout: float = 20) -> None:
-        async with asyncio.timeout(timeout), self._changed:
-            await self._changed.wait_for(lambda: needle in self.output or "<exited>" in self.lines)
-        assert needle in self.output, "the gateway exited early:\n" + self.output
-
-    async def terminate(self) -> int:
-        """SIGTERM, then the exit status once the process and its output have ended."""
-        self.process.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(15):
-            await self.wait_for_output("<exited>")
-            return await self.process.wait()
-
-
-@asynccontextmanager
-async def gateway_subprocess(
-    tmp_path: Path, port: int, command: tuple[str, ...], env: dict[str, str]
-) -> AsyncIterator[GatewayProcess]:
-    """Run a gateway command on 127.0.0.1:`port`; yields once it accepts connections,
-    and on the way out insists that SIGTERM ends it (showing its output if not)."""
-    process = await asyncio.create_subprocess_exec(
-        *command, "--host", "127.0.0.1", "--port", str(port),
-        cwd=tmp_path, env=clean_env(**env),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    gateway = GatewayProcess(process)
-    collector = asyncio.create_task(gateway.collect_output())
-    try:
-        await gateway.wait_for_output("Uvicorn running on")
-        yield gateway
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            async with asyncio.timeout(15):
-                await process.wait()
-        except TimeoutError:
-            process.kill()
-            await process.wait()
-            raise AssertionError("no exit on SIGTERM:\n" + gateway.output[-3000:]) from None
-        finally:
-            collector.cancel()
-            await asyncio.wait([collector])
 
 
 def demo_gateway(
@@ -195,7 +96,7 @@ async def test_uvicorn_command_line_serves_the_app(tmp_path: Path) -> None:
 
 DEPLOYED = (
     sys.executable, "-m", "uvicorn", "--app-dir", str(PROJECT), "gateway:app",
-    "--ws", "websockets-sansio", "--ws-per-message-deflate", "false",
+    "--ws", "server_protocol:GatewayWebSocketProtocol", "--ws-per-message-deflate", "false",
 )  # fmt: skip
 FIFTY_SYMBOLS = [f"S{index:02d}" for index in range(50)]
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import TEST_KEY, Market, poll_until, run_gateway, settings_for, trade
+from tests.helpers import TEST_KEY, Market, poll_until, run_gateway, settings_for, trade
 
 
 async def test_key_never_appears_in_logs_health_or_client_messages(

@@ -13,7 +13,7 @@ import yarl
 
 from bench.stuck import open_never_reading_client
 from settings import Settings
-from tests.conftest import (
+from tests.helpers import (
     Client,
     GatewayUnderTest,
     Market,
@@ -50,7 +50,7 @@ async def close_code_unanswered(client: Client) -> int:
 
 
 async def test_origin_check(market: Market) -> None:
-    settings = settings_for(market, frontend_urls=("https://app.example",))
+    settings = settings_for(market, frontend_url=("https://app.example",))
     async with run_gateway(settings) as gateway:
         assert await handshake_status(gateway, origin="https://app.example") == 101
         assert await handshake_status(gateway, origin="https://evil.example") == 403
@@ -63,7 +63,7 @@ async def test_origin_check(market: Market) -> None:
     async with run_gateway(settings_for(market, require_origin=True)) as strict:
         assert await handshake_status(strict) == 403
         assert await handshake_status(strict, origin="http://localhost:3000") == 101
-    async with run_gateway(settings_for(market, frontend_urls=("*",))) as anyone:
+    async with run_gateway(settings_for(market, frontend_url=("*",))) as anyone:
         assert await handshake_status(anyone, origin="https://whatever.example") == 101
 
 

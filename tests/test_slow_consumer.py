@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from bench.stuck import masked_text_frame, open_never_reading_client
-from tests.conftest import Market, poll_until, run_gateway, settings_for, trade
+from tests.helpers import Market, poll_until, run_gateway, settings_for, trade
 
 
 async def test_a_client_that_never_reads_is_conflated_then_closed_while_others_stream(

@@ -7,8 +7,8 @@ import math
 import pytest
 
 from finnhub_feed import Backoff, parse_trades, redact
-from hub import Trade
 from protocol import ProtocolError, normalize_symbol, parse_client_message, split_symbols
+from upstream import Trade
 
 
 @pytest.mark.parametrize(

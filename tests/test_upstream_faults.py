@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from simulator import MarketSimulator, serve
-from tests.conftest import TEST_KEY, Market, run_gateway, settings_for, trade
+from tests.helpers import TEST_KEY, Market, run_gateway, settings_for, trade
 
 
 async def test_a_silent_upstream_is_reconnected(market: Market) -> None:

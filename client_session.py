@@ -1,0 +1,247 @@
+"""One client's session on `/ws`: the handshake checks, then its requests, in order.
+
+`ClientSessions.serve(websocket)` refuses a handshake that fails the Origin or token
+check, accepts, registers the client with the hub for the length of the connection,
+and turns each text frame into a hub call within the client's message budget (a token
+bucket). It closes a connection itself only for the reasons it owns (1008 rate limit,
+1009 frame too big, 1013 server full); everything else a client receives is sent
+through its `ClientConnection`. One line is logged per connect and per disconnect.
+
+This module must never write price updates (the hub does) and never reads uvicorn's
+internals except through `server_protocol.server_connection()`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+
+from starlette.responses import PlainTextResponse
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+import protocol
+from client_connection import ClientConnection, FrameWriter
+from hub import Hub
+from protocol import CLOSE_MESSAGE_TOO_BIG, CLOSE_POLICY_VIOLATION, CLOSE_TRY_AGAIN_LATER
+from server_protocol import FAST_PATH_FLAGS, ServerConnection, server_connection
+from settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class TokenBucket:
+    """Per-client message budget: `rate` per second, bursts of up to `burst`."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self._rate = rate
+        self._capacity = float(burst)
+        self._tokens = float(burst)
+        self._updated: float | None = None
+        self._limited_since: float | None = None
+
+    def allow(self, now: float) -> bool:
+        if self._updated is not None:
+            self._tokens = min(self._capacity, self._tokens + (now - self._updated) * self._rate)
+        self._updated = now
+        if self._tokens >= 1:
+            # A client is over its budget until its bucket has refilled halfway: one
+            # message slipping through between refusals does not make it well-behaved.
+            if self._tokens >= self._capacity / 2:
+                self._limited_since = None
+            self._tokens -= 1
+            return True
+        if self._limited_since is None:
+            self._limited_since = now
+        return False
+
+    def limited_for(self, now: float) -> float:
+        """How long the client has been over its budget (0 when it is within it)."""
+        return 0.0 if self._limited_since is None else now - self._limited_since
+
+
+class AsgiClientSocket:
+    """A Starlette WebSocket as the hub's `ClientSocket`: ASGI sends, which work under
+    any server; `abort` needs our server protocol and is a no-op elsewhere."""
+
+    def __init__(self, websocket: WebSocket, connection: ServerConnection | None) -> None:
+        self._websocket = websocket
+        self._connection = connection
+
+    async def send_text(self, frame: str) -> None:
+        try:
+            await self._websocket.send_text(frame)
+        except (WebSocketDisconnect, RuntimeError) as exc:
+            raise ConnectionError("client socket closed") from exc
+
+    async def close(self, code: int, reason: str) -> None:
+        try:
+            await self._websocket.close(code, reason)
+        except (WebSocketDisconnect, RuntimeError) as exc:
+            raise ConnectionError("client socket closed") from exc
+
+    def abort(self) -> None:
+        if self._connection is not None:
+            self._connection.abort()
+
+
+def _size_in_bytes(text: str) -> int:
+    """UTF-8 length, encoding only when the character count leaves it in doubt."""
+    return len(text) if text.isascii() else len(text.encode())
+
+
+class ClientSessions:
+    """Serves every `/ws` connection of one app, with its settings and its hub."""
+
+    def __init__(self, settings: Settings, hub: Hub) -> None:
+        self._settings = settings
+        self._hub = hub
+        self._warned_no_fast_path = False
+
+    async def serve(self, websocket: WebSocket) -> None:
+        settings, hub = self._settings, self._hub
+        refusal = self._handshake_refusal(websocket)
+        if refusal is not None:
+            status, reason = refusal
+            origin = websocket.headers.get("origin", "")[:100]
+            logger.warning(
+                "websocket refused status=%d reason=%r origin=%r", status, reason, origin
+            )
+            await _refuse(websocket, status, reason)
+            return
+        await websocket.accept()
+        if hub.client_count >= settings.max_clients:
+            await websocket.close(CLOSE_TRY_AGAIN_LATER, "server full, try again later")
+            return
+        connection = server_connection(websocket.scope)
+        if connection is not None and settings.client_send_buffer:
+            connection.limit_send_buffer(settings.client_send_buffer)
+        direct = self._frame_writer(connection)
+        started = time.monotonic()
+        close_code: int | None = None
+        address = _address(websocket)
+        client_id = "-"
+        try:
+            async with hub.connect(AsgiClientSocket(websocket, connection), direct) as client:
+                client_id = client.id
+                logger.info(
+                    "client connected client_id=%s address=%s fast_path=%s",
+                    client.id, address, direct is not None,
+                )  # fmt: skip
+                close_code = await self._serve_requests(websocket, client)
+                if client.evicted:
+                    close_code = CLOSE_TRY_AGAIN_LATER
+        finally:
+            if connection is not None and connection.stalled():
+                # The connection is over but its unread output would keep it (and the
+                # server's graceful shutdown) waiting forever.
+                connection.abort()
+            logger.info(
+                "client disconnected client_id=%s address=%s code=%s duration=%.1fs",
+                client_id, address, close_code, time.monotonic() - started,
+            )  # fmt: skip
+
+    def _frame_writer(self, connection: ServerConnection | None) -> FrameWriter | None:
+        """The fast path where the server allows it; say once, loudly, when it does not."""
+        if not self._settings.direct_writes:
+            return None
+        writer = connection.frame_writer() if connection is not None else None
+        if writer is None and not self._warned_no_fast_path:
+            self._warned_no_fast_path = True
+            why = (
+                "this server does not run the gateway's WebSocket protocol"
+                if connection is None
+                else "the client negotiated permessage-deflate"
+            )
+            logger.warning(
+                "fast path off: %s, so clients get plain ASGI sends (2-3x the CPU per "
+                "update); run `python gateway.py`, or uvicorn with %s",
+                why, FAST_PATH_FLAGS,
+            )  # fmt: skip
+        return writer
+
+    def _handshake_refusal(self, websocket: WebSocket) -> tuple[int, str] | None:
+        """Why this handshake must be refused, or None. CORS does not cover WebSockets:
+        a browser sends any page's Origin, so /ws checks it itself, against configured
+        values only (never the request's own Host header, which a rebinding page sets)."""
+        settings = self._settings
+        origin = websocket.headers.get("origin")
+        if origin is None:
+            if settings.require_origin:
+                return 403, "an Origin header is required"
+        elif not (settings.any_origin or origin in settings.allowed_origins):
+            return 403, "origin not allowed"
+        if settings.gateway_token:
+            presented = websocket.query_params.get("token", "")
+            if not hmac.compare_digest(presented.encode(), settings.gateway_token.encode()):
+                return 401, "missing or wrong token"
+        return None
+
+    async def _serve_requests(self, websocket: WebSocket, client: ClientConnection) -> int | None:
+        """Read and apply requests until the client leaves; the close code, if known."""
+        settings = self._settings
+        budget = TokenBucket(settings.client_message_rate, settings.client_message_burst)
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                code: int | None = message.get("code")
+                return code
+            text, data = message.get("text"), message.get("bytes")
+            size = _size_in_bytes(text) if text is not None else len(data or b"")
+            if size > settings.max_message_size:
+                reason = f"message over {settings.max_message_size} bytes"
+                await websocket.close(CLOSE_MESSAGE_TOO_BIG, reason)
+                return CLOSE_MESSAGE_TOO_BIG
+            now = time.monotonic()
+            if not budget.allow(now):
+                if budget.limited_for(now) > settings.rate_limit_close_after:
+                    await websocket.close(CLOSE_POLICY_VIOLATION, "rate limit exceeded")
+                    return CLOSE_POLICY_VIOLATION
+                client.send(
+                    protocol.error_message(
+                        "rate_limited",
+                        f"over {settings.client_message_rate:g} messages per second; "
+                        "message ignored",
+                    )
+                )
+            elif text is None:
+                client.send(
+                    protocol.error_message(
+                        "invalid_message", "binary frames are not supported; send JSON text"
+                    )
+                )
+            else:
+                self._handle_request(client, text)
+
+    def _handle_request(self, client: ClientConnection, text: str) -> None:
+        try:
+            request = protocol.parse_client_message(text)
+        except protocol.ProtocolError as exc:
+            client.send(protocol.error_message(exc.code, exc.message))
+            return
+        if request.action == "ping":
+            client.send(protocol.PONG)
+            return
+        symbols, rejected = protocol.split_symbols(request.symbols)
+        if rejected:
+            client.send(protocol.invalid_symbols_error(rejected))
+        if not symbols:
+            return
+        if request.action == "subscribe":
+            self._hub.subscribe(client, symbols)
+        else:
+            self._hub.unsubscribe(client, symbols)
+
+
+async def _refuse(websocket: WebSocket, status: int, reason: str) -> None:
+    """Refuse a handshake with an HTTP status and a plain-text reason where the server
+    supports denial responses; otherwise a close before accept (uvicorn answers 403)."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(PlainTextResponse(reason, status_code=status))
+    else:
+        await websocket.close(CLOSE_POLICY_VIOLATION, reason)
+
+
+def _address(websocket: WebSocket) -> str:
+    client = websocket.client
+    return client.host if client is not None else "-"

@@ -1,0 +1,299 @@
+"""Helpers for every test module, in one place: ports, the scripted market, the gateway
+in-process under uvicorn or as a subprocess, WebSocket clients, and a real redis-server.
+
+Everything binds and connects on 127.0.0.1 with ports picked by the kernel. Fixtures
+that use these live in conftest.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import redis.asyncio as redis
+import uvicorn
+
+from gateway import Gateway, create_app, uvicorn_options
+from settings import Settings
+from simulator import MarketSimulator
+from tests.contract import assert_server_message
+
+PROJECT = Path(__file__).resolve().parent.parent
+TEST_KEY = "fh-test-key-8c1d7e"
+RECEIVE_TIMEOUT = 5.0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass
+class Market:
+    simulator: MarketSimulator
+    url: str
+
+
+def settings_for(market: Market, **overrides: Any) -> Settings:
+    base = Settings(
+        finnhub_api_key=TEST_KEY,
+        finnhub_ws_url=market.url,
+        host="127.0.0.1",
+        port=0,
+        log_level="DEBUG",
+        reconnect_initial_delay=0.02,
+        reconnect_max_delay=0.2,
+    )
+    return replace(base, **overrides)
+
+
+class Client:
+    """A WebSocket client of the gateway that reads JSON messages."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+
+    async def send(self, message: object) -> None:
+        await self.ws.send_str(orjson.dumps(message).decode())
+
+    async def receive(self, timeout: float = RECEIVE_TIMEOUT) -> dict[str, Any]:
+        message = await self.ws.receive(timeout=timeout)
+        assert message.type is aiohttp.WSMsgType.TEXT, f"expected a text frame, got {message}"
+        decoded = orjson.loads(message.data)
+        assert isinstance(decoded, dict)
+        assert_server_message(decoded)  # every message any test sees honours the contract
+        return decoded
+
+    async def expect(
+        self, kind: str, *, skip: tuple[str, ...] = ("status",), timeout: float = RECEIVE_TIMEOUT
+    ) -> dict[str, Any]:
+        """The next message of `kind`; only the types in `skip` may come before it."""
+        async with asyncio.timeout(timeout):
+            while True:
+                message = await self.receive()
+                if message["type"] == kind:
+                    return message
+                assert message["type"] in skip, f"expected {kind}, got {message}"
+
+    async def subscribe(self, *symbols: str) -> dict[str, Any]:
+        await self.send({"action": "subscribe", "symbols": list(symbols)})
+        return await self.expect("subscription")
+
+    async def unsubscribe(self, *symbols: str) -> dict[str, Any]:
+        await self.send({"action": "unsubscribe", "symbols": list(symbols)})
+        return await self.expect("subscription")
+
+    async def wait_upstream_connected(self) -> None:
+        while (await self.expect("status"))["upstream"] != "connected":
+            pass
+
+
+@dataclass
+class GatewayUnderTest:
+    base_url: str
+    ws_url: str
+    gateway: Gateway
+    session: aiohttp.ClientSession
+    server: uvicorn.Server
+
+    async def connect(self, **kwargs: Any) -> Client:
+        ws = await self.session.ws_connect(self.ws_url, **kwargs)
+        client = Client(ws)
+        assert (await client.receive())["type"] == "connection"
+        return client
+
+    async def get_json(self, path: str) -> Any:
+        async with self.session.get(self.base_url + path) as response:
+            assert response.status == 200
+            return await response.json()
+
+    async def health(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self.get_json("/health")
+        return result
+
+
+@asynccontextmanager
+async def run_gateway(
+    settings: Settings, *, allow_own_origin: bool = False, port: int = 0, **server_options: Any
+) -> AsyncIterator[GatewayUnderTest]:
+    """The real app under a real uvicorn server on a loopback port (free unless given;
+    with `allow_own_origin` it is added to the allowed origins, for pages it serves)."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restarts on one port
+    listener.bind(("127.0.0.1", port))
+    port = listener.getsockname()[1]
+    if allow_own_origin:
+        own = f"http://127.0.0.1:{port}"
+        settings = replace(settings, frontend_url=(*settings.frontend_url, own))
+    app = create_app(settings)
+    options = {**uvicorn_options(settings), **server_options}
+    config = uvicorn.Config(app, lifespan="on", log_config=None, log_level="debug", **options)
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve(sockets=[listener]))
+    try:
+        async with asyncio.timeout(10):
+            while not server.started:
+                assert not serving.done(), "the gateway failed to start"
+                await asyncio.sleep(0.01)
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            yield GatewayUnderTest(
+                f"http://127.0.0.1:{port}",
+                f"ws://127.0.0.1:{port}/ws",
+                app.state.gateway,
+                session,
+                server,
+            )
+    finally:
+        server.should_exit = True
+        await serving
+        listener.close()
+
+
+async def poll_until(
+    check: Callable[[], Awaitable[bool]], timeout: float = RECEIVE_TIMEOUT
+) -> None:
+    """Wait for server state seen only from outside (e.g. /health), which has no event."""
+    async with asyncio.timeout(timeout):
+        while not await check():  # noqa: ASYNC110 - an HTTP endpoint has no event
+            await asyncio.sleep(0.02)
+
+
+def trade(
+    symbol: str, price: float, *, volume: float = 100, timestamp: int = 1_700_000_000_000
+) -> dict[str, Any]:
+    return {"s": symbol, "p": price, "t": timestamp, "v": volume, "c": ["1"]}
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment without any gateway configuration the developer may have set."""
+    names = ("FINNHUB_API_KEY", "DEMO", "FINNHUB_WS_URL", "HOST", "PORT", "FRONTEND_URL")
+    env = {key: value for key, value in os.environ.items() if key not in names}
+    env.update(extra)
+    return env
+
+
+async def run_to_exit(*args: str, cwd: Path) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        *args,
+        cwd=cwd,
+        env=clean_env(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    async with asyncio.timeout(30):
+        output, _ = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, output.decode()
+
+
+class GatewayProcess:
+    """A gateway subprocess whose output is read continuously (a full pipe would stall it)."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.lines: list[str] = []
+        self._changed = asyncio.Condition()
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    async def collect_output(self) -> None:
+        assert self.process.stdout is not None
+        async for line in self.process.stdout:
+            async with self._changed:
+                self.lines.append(line.decode())
+                self._changed.notify_all()
+        async with self._changed:
+            self.lines.append("<exited>")
+            self._changed.notify_all()
+
+    async def wait_for_output(self, needle: str, timeout: float = 20) -> None:
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: needle in self.output or "<exited>" in self.lines)
+        assert needle in self.output, "the gateway exited early:\n" + self.output
+
+    async def terminate(self) -> int:
+        """SIGTERM, then the exit status once the process and its output have ended."""
+        self.process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(15):
+            await self.wait_for_output("<exited>")
+            return await self.process.wait()
+
+
+@asynccontextmanager
+async def gateway_subprocess(
+    tmp_path: Path, port: int, command: tuple[str, ...], env: dict[str, str]
+) -> AsyncIterator[GatewayProcess]:
+    """Run a gateway command on 127.0.0.1:`port`; yields once it accepts connections,
+    and on the way out insists that SIGTERM ends it (showing its output if not)."""
+    process = await asyncio.create_subprocess_exec(
+        *command, "--host", "127.0.0.1", "--port", str(port),
+        cwd=tmp_path, env=clean_env(**env),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    gateway = GatewayProcess(process)
+    collector = asyncio.create_task(gateway.collect_output())
+    try:
+        await gateway.wait_for_output("Uvicorn running on")
+        yield gateway
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(15):
+                await process.wait()
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+            raise AssertionError("no exit on SIGTERM:\n" + gateway.output[-3000:]) from None
+        finally:
+            collector.cancel()
+            await asyncio.wait([collector])
+
+
+REDIS_SERVER = shutil.which("redis-server")
+
+
+class RedisServer:
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        assert REDIS_SERVER is not None, "no redis-server on this machine"
+        self.process = await asyncio.create_subprocess_exec(
+            REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "no",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        client = redis.from_url(self.url)
+        try:
+            async with asyncio.timeout(10):
+                while True:
+                    try:
+                        await client.ping()
+                        return
+                    except (redis.ConnectionError, OSError):
+                        await asyncio.sleep(0.05)
+        finally:
+            await client.aclose()
+
+    async def stop(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.terminate()
+            await self.process.wait()
