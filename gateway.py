@@ -80,7 +80,7 @@ class Gateway:
         self.metrics_registry, self._handoff_seconds = metrics.create_registry(
             lambda: self._running
         )
-        self._docs_page = docs.render_docs(docs.load_asyncapi())
+        self._docs_page = docs.render_docs(docs.load_asyncapi(), metrics.METRICS)
 
     @property
     def running(self) -> Running:

@@ -1,6 +1,11 @@
-"""Prometheus metrics for `/metrics`, read from the hub's and the feed's own counters
-at scrape time, so the hot path pays nothing for them (one histogram observation per
-upstream message is the only exception). One registry per app: tests run many.
+"""Prometheus metrics for `/metrics`, read from the hub's, the feed's and the cluster's
+own counters at scrape time, so the hot path pays nothing for them (one histogram
+observation per upstream message is the only exception). One registry per app: tests
+run many.
+
+Every metric is declared once in `METRICS` (name and help text); the collector can only
+emit names from it, and asyncapi.yaml and the README must list the same names
+(tests/test_docs.py).
 
 This module must never export anything that could carry the API key or a client token.
 """
@@ -20,12 +25,41 @@ from hub import Hub
 from protocol import UPSTREAM_STATES
 from supervisor import Supervisor
 
+METRICS: dict[str, str] = {
+    "gateway_clients": "Connected WebSocket clients",
+    "gateway_clients_fast_path": "Clients whose frames are written straight to their transport",
+    "gateway_upstream_symbols": "Symbols the upstream carries",
+    "gateway_upstream_state": "1 for the upstream's current state (label state)",
+    "gateway_core_tasks_down": "Core tasks (feed, broadcaster, cluster) waiting to restart",
+    "gateway_upstream_messages_total": "Upstream messages received",
+    "gateway_upstream_trades_total": "Upstream trades received",
+    "gateway_upstream_malformed_total": "Upstream messages or trades skipped as malformed",
+    "gateway_upstream_reconnects_total": "Upstream reconnect attempts",
+    "gateway_price_updates_sent_total": "Price updates handed to clients",
+    "gateway_conflated_updates_total": "Price updates superseded before they were sent",
+    "gateway_slow_consumer_disconnects_total": "Clients closed as slow consumers",
+    "gateway_handoff_seconds": "Upstream message arrival to its hand-off to every client",
+    "gateway_cluster_leader": "1 if this process holds the Finnhub socket (cluster mode)",
+    "gateway_cluster_degraded": "1 while Redis is unreachable (cluster mode)",
+    "gateway_cluster_nodes": "Gateway processes in the cluster (cluster mode)",
+    "gateway_cluster_symbols": "Symbols wanted cluster-wide (cluster mode)",
+}
+
 
 class Running(Protocol):
     hub: Hub
     feed: FinnhubFeed
     supervisor: Supervisor
     cluster: Cluster | None
+
+
+def _gauge(name: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, METRICS[name], value)
+
+
+def _counter(name: str, value: float) -> CounterMetricFamily:
+    # Declared with the `_total` that scrapes show; prometheus_client adds it back.
+    return CounterMetricFamily(name.removesuffix("_total"), METRICS[name], value)
 
 
 class GatewayCollector(Collector):
@@ -37,57 +71,32 @@ class GatewayCollector(Collector):
         if running is None:
             return
         hub, feed = running.hub, running.feed
-        yield GaugeMetricFamily("gateway_clients", "Connected WebSocket clients", hub.client_count)
-        yield GaugeMetricFamily(
-            "gateway_clients_fast_path",
-            "Clients whose frames are written straight to their transport",
-            hub.fast_path_count,
-        )
-        yield GaugeMetricFamily(
-            "gateway_upstream_symbols", "Symbols the upstream carries", len(hub.symbols())
-        )
+        yield _gauge("gateway_clients", hub.client_count)
+        yield _gauge("gateway_clients_fast_path", hub.fast_path_count)
+        yield _gauge("gateway_upstream_symbols", len(hub.symbols()))
         state = GaugeMetricFamily(
-            "gateway_upstream_state", "1 for the upstream's current state", labels=["state"]
+            "gateway_upstream_state", METRICS["gateway_upstream_state"], labels=["state"]
         )
         for state_name in UPSTREAM_STATES:
             # The hub's view, as /health shows it: on a cluster follower the local feed
             # never runs, and the state arrives through Redis.
             state.add_metric([state_name], 1.0 if hub.upstream_state == state_name else 0.0)
         yield state
-        yield GaugeMetricFamily(
-            "gateway_core_tasks_down",
-            "Core tasks (feed, broadcaster, cluster) waiting to be restarted after a crash",
-            len(running.supervisor.down),
-        )
+        yield _gauge("gateway_core_tasks_down", len(running.supervisor.down))
         stats = hub.stats
-        counters = [
-            ("gateway_upstream_messages", "Upstream messages received", feed.messages_received),
-            ("gateway_upstream_trades", "Upstream trades received", feed.trades_received),
-            ("gateway_upstream_malformed", "Upstream messages skipped", feed.malformed_messages),
-            ("gateway_upstream_reconnects", "Upstream reconnect attempts", feed.reconnects),
-            ("gateway_price_updates_sent", "Updates handed to clients", stats.price_updates_sent),
-            ("gateway_conflated_updates", "Updates superseded unsent", stats.conflated_updates),
-            (
-                "gateway_slow_consumer_disconnects",
-                "Slow clients closed",
-                stats.slow_consumer_disconnects,
-            ),
-        ]
-        for name, documentation, value in counters:
-            yield CounterMetricFamily(name, documentation, value)
+        yield _counter("gateway_upstream_messages_total", feed.messages_received)
+        yield _counter("gateway_upstream_trades_total", feed.trades_received)
+        yield _counter("gateway_upstream_malformed_total", feed.malformed_messages)
+        yield _counter("gateway_upstream_reconnects_total", feed.reconnects)
+        yield _counter("gateway_price_updates_sent_total", stats.price_updates_sent)
+        yield _counter("gateway_conflated_updates_total", stats.conflated_updates)
+        yield _counter("gateway_slow_consumer_disconnects_total", stats.slow_consumer_disconnects)
         cluster = running.cluster
         if cluster is not None:
-            gauges: list[tuple[str, str, float]] = [
-                ("gateway_cluster_leader", "1 if this process holds the Finnhub socket",
-                 1.0 if cluster.role == "leader" else 0.0),
-                ("gateway_cluster_degraded", "1 while Redis is unreachable",
-                 1.0 if cluster.degraded else 0.0),
-                ("gateway_cluster_nodes", "Gateway processes in the cluster", cluster.nodes),
-                ("gateway_cluster_symbols", "Symbols wanted cluster-wide",
-                 len(cluster.cluster_symbols)),
-            ]  # fmt: skip
-            for name, documentation, reading in gauges:
-                yield GaugeMetricFamily(name, documentation, reading)
+            yield _gauge("gateway_cluster_leader", 1.0 if cluster.role == "leader" else 0.0)
+            yield _gauge("gateway_cluster_degraded", 1.0 if cluster.degraded else 0.0)
+            yield _gauge("gateway_cluster_nodes", cluster.nodes)
+            yield _gauge("gateway_cluster_symbols", len(cluster.cluster_symbols))
 
 
 def create_registry(running: Callable[[], Running | None]) -> tuple[CollectorRegistry, Histogram]:
@@ -96,7 +105,7 @@ def create_registry(running: Callable[[], Running | None]) -> tuple[CollectorReg
     registry.register(GatewayCollector(running))
     handoff = Histogram(
         "gateway_handoff_seconds",
-        "Time from an upstream message's arrival to its hand-off to every client outbox",
+        METRICS["gateway_handoff_seconds"],
         buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
         registry=registry,
     )
