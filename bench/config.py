@@ -1,0 +1,44 @@
+"""The benchmark's settings: `Config` (the full run) and `QUICK` (the smoke run, `--quick`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Config:
+    clients: int = 1000
+    rates: tuple[float, ...] = (50, 100, 150, 200, 250, 300, 400, 500)
+    warmup: float = 2.0
+    measure: float = 5.0
+    drain: float = 3.0
+    connection_clients: int = 10_000
+    connection_rate: float = 100.0
+    slow_measure: float = 30.0
+    soak_seconds: float = 600.0
+    cluster_rates: tuple[float, ...] = (50, 100, 150)
+    slow_consumer_timeout: float = 5.0
+    # The never-reading clients must fill their buffers within the run: a small kernel
+    # send buffer per client (a production setting too) instead of Linux's autotuned MBs.
+    client_send_buffer: int = 16384
+    gateway_flags: tuple[str, ...] = (
+        "--ws",
+        "server_protocol:GatewayWebSocketProtocol",
+        "--ws-per-message-deflate",
+        "false",
+    )
+
+
+QUICK = Config(
+    clients=20,
+    rates=(20, 40),
+    warmup=0.5,
+    measure=2.0,
+    drain=1.0,
+    connection_clients=200,
+    connection_rate=20,
+    slow_measure=3.0,
+    soak_seconds=5.0,
+    cluster_rates=(20,),
+    slow_consumer_timeout=1.0,
+)
