@@ -33,8 +33,10 @@ def _pinned(name: str) -> Requirement:
     raise AssertionError(f"{name} is not pinned in setup.cfg")
 
 
-@pytest.mark.parametrize(("package", "version"), [("uvicorn", uvicorn.__version__),
-                                                  ("websockets", websockets.__version__)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("package", "version"),
+    [("uvicorn", uvicorn.__version__), ("websockets", websockets.__version__)],
+)
 def test_installed_server_is_inside_the_pinned_range(package: str, version: str) -> None:
     requirement = _pinned(package)
     assert requirement.specifier, f"{package} must have a bounded range"
