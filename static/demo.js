@@ -20,6 +20,14 @@ const client = new StockClient(wsUrl, {
 });
 window.stockClient = client; // for the curious, and for the browser test
 
+// Say so when the prices are not real: /health tells whether this is demo mode.
+fetch("/health")
+  .then((response) => response.json())
+  .then((health) => {
+    document.getElementById("simulated").hidden = !health.demo;
+  })
+  .catch(() => {}); // the page works without it
+
 document.getElementById("add").addEventListener("submit", (event) => {
   event.preventDefault();
   const input = document.getElementById("symbol");

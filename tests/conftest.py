@@ -28,12 +28,13 @@ async def market() -> AsyncIterator[Market]:
         yield Market(simulator, url)
 
 
-@pytest.fixture(params=["fast_path", "asgi_sends"])
+@pytest.fixture(params=["fast_path", pytest.param("asgi_sends", marks=pytest.mark.slow)])
 async def gateway(
     market: Market, request: pytest.FixtureRequest
 ) -> AsyncIterator[GatewayUnderTest]:
     """The gateway on the scripted market, with its upstream connected; every test runs
-    once with frames written straight to the transport and once through ASGI sends."""
+    once with frames written straight to the transport and once through ASGI sends
+    (the second run belongs to the slow tier)."""
     settings = settings_for(market, direct_writes=request.param == "fast_path")
     async with run_gateway(settings) as running:
         probe = await running.connect()

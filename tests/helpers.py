@@ -24,7 +24,7 @@ import redis.asyncio as redis
 import uvicorn
 
 from gateway import Gateway, create_app, uvicorn_options
-from settings import Settings
+from settings import Settings, environment_names
 from simulator import MarketSimulator
 from tests.contract import assert_server_message
 
@@ -179,17 +179,18 @@ def trade(
 
 def clean_env(**extra: str) -> dict[str, str]:
     """The environment without any gateway configuration the developer may have set."""
-    names = ("FINNHUB_API_KEY", "DEMO", "FINNHUB_WS_URL", "HOST", "PORT", "FRONTEND_URL")
+    names = set(environment_names())
     env = {key: value for key, value in os.environ.items() if key not in names}
     env.update(extra)
     return env
 
 
-async def run_to_exit(*args: str, cwd: Path) -> tuple[int, str]:
+async def run_to_exit(*args: str, cwd: Path, **env: str) -> tuple[int, str]:
+    """Run a command to its end with a clean environment plus `env`; (status, output)."""
     process = await asyncio.create_subprocess_exec(
         *args,
         cwd=cwd,
-        env=clean_env(),
+        env=clean_env(**env),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )

@@ -4,6 +4,7 @@ upstream restart and a gateway restart. Saves a screenshot to test-artifacts/dem
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,9 @@ CHROMIUM_FLAGS = [
 playwright_api = pytest.importorskip(
     "playwright.async_api", reason="SKIPPED LOUDLY: playwright is not installed"
 )
+
+pytestmark = pytest.mark.slow
+
 if CHROMIUM is None:
     pytest.skip(
         "SKIPPED LOUDLY: no Chromium on this machine (.ci/run installs Debian's chromium)",
@@ -56,6 +60,7 @@ async def test_demo_page_streams_and_survives_upstream_and_gateway_restarts() ->
                 await page.goto(gateway.base_url + "/demo")
                 await expect(page.locator("#connection")).to_have_text("open", timeout=10_000)
                 await expect(page.locator("#upstream")).to_have_text("connected", timeout=10_000)
+                await expect(page.locator("#simulated")).to_be_hidden()  # not demo mode
 
                 await page.fill("#symbol", "aapl")
                 await page.click("button[type=submit]")
@@ -79,5 +84,26 @@ async def test_demo_page_streams_and_survives_upstream_and_gateway_restarts() ->
                 await price_keeps_changing(page, "AAPL")
                 ARTIFACTS.mkdir(exist_ok=True)
                 await page.screenshot(path=str(ARTIFACTS / "demo.png"), full_page=True)
+        finally:
+            await browser.close()
+
+
+async def test_demo_mode_says_its_prices_are_simulated() -> None:
+    async with playwright_api.async_playwright() as playwright:
+        settings = replace(
+            settings_for(Market(MarketSimulator(), "unused")), demo=True, finnhub_api_key=""
+        )
+        browser = await playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True
+        )
+        try:
+            page = await browser.new_page()
+            async with run_gateway(settings, allow_own_origin=True) as gateway:
+                await page.goto(gateway.base_url + "/demo")
+                await expect(page.locator("#simulated")).to_be_visible(timeout=10_000)
+                await expect(page.locator("#simulated")).to_contain_text("Simulated prices")
+                await page.fill("#symbol", "MSFT")
+                await page.click("button[type=submit]")
+                await price_keeps_changing(page, "MSFT")
         finally:
             await browser.close()

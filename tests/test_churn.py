@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 import random
 
+import pytest
+
 from tests.helpers import Client, GatewayUnderTest, Market, poll_until
+
+pytestmark = pytest.mark.slow
 
 SYMBOLS = [f"SYM{index}" for index in range(12)]
 

@@ -28,6 +28,7 @@ from tests.helpers import (
     trade,
 )
 
+pytestmark = pytest.mark.slow
 LEASE_SECONDS = 1.5
 
 
@@ -151,8 +152,11 @@ async def test_three_processes_share_one_upstream_socket(
             samples = dict(
                 line.rsplit(" ", 1)
                 for line in text.splitlines()
-                if line.startswith("gateway_cluster")
+                if line.startswith(("gateway_cluster", "gateway_upstream_state"))
             )
+            # Every process, followers included, reports the upstream as /health does.
+            assert float(samples['gateway_upstream_state{state="connected"}']) == 1
+            assert float(samples['gateway_upstream_state{state="connecting"}']) == 0
             assert float(samples["gateway_cluster_nodes"]) == 3
             assert float(samples["gateway_cluster_degraded"]) == 0
             leaders += float(samples["gateway_cluster_leader"])

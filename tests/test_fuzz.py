@@ -24,6 +24,8 @@ from gateway import Gateway
 from simulator import MarketSimulator, serve
 from tests.helpers import TEST_KEY, Client, Market, run_gateway, settings_for
 
+pytestmark = pytest.mark.slow
+
 SYMBOLS = ["AAPL", "msft", " brk.b ", "BINANCE:BTCUSDT", "<b>", "", "A" * 41, "IC MARKETS:1"]
 ERROR_CODES = {
     "invalid_json",

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import re
 import uuid
+
+import pytest
 
 from tests.helpers import GatewayUnderTest, Market, poll_until, run_gateway, settings_for, trade
 
@@ -398,6 +402,38 @@ async def test_http_endpoints(gateway: GatewayUnderTest) -> None:
         "upstream_error",
     ):
         assert documented in page, documented
+
+
+async def test_favicon_is_served(gateway: GatewayUnderTest) -> None:
+    async with gateway.session.get(gateway.base_url + "/favicon.ico") as response:
+        assert response.status == 200
+        assert response.content_type == "image/svg+xml"
+        assert (await response.text()).startswith("<svg")
+
+
+async def test_connects_and_disconnects_are_logged_with_id_code_and_duration(
+    market: Market, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with run_gateway(settings_for(market)) as gateway:
+        ws = await gateway.session.ws_connect(gateway.ws_url)
+        client_id = (await ws.receive_json(timeout=5))["client_id"]
+        await ws.close(code=4000)
+
+        def logged() -> list[str]:
+            return [
+                r.getMessage()
+                for r in caplog.records
+                if f"client disconnected client_id={client_id}" in r.getMessage()
+            ]
+
+        async def disconnect_logged() -> bool:  # the server notices the close on its own time
+            return bool(logged())
+
+        await poll_until(disconnect_logged)
+    (line,) = logged()
+    assert " code=4000 " in line and re.search(r"duration=\d+\.\ds$", line), line
+    assert any(f"client connected client_id={client_id}" in r.getMessage() for r in caplog.records)
 
 
 async def test_cors_allows_only_configured_origins(gateway: GatewayUnderTest) -> None:

@@ -12,9 +12,12 @@ from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 
 from bench.stuck import open_never_reading_client
 from tests.helpers import PROJECT, GatewayProcess, free_port, gateway_subprocess, run_to_exit
+
+pytestmark = pytest.mark.slow
 
 
 async def test_missing_key_fails_at_once_with_the_seed_message(tmp_path: Path) -> None:
@@ -40,6 +43,28 @@ async def test_missing_key_fails_under_uvicorn_too(tmp_path: Path) -> None:
     )
     assert code != 0
     assert "FINNHUB_API_KEY not found" in output
+
+
+async def test_a_bad_setting_fails_naming_the_variable(tmp_path: Path) -> None:
+    for command in (
+        (sys.executable, str(PROJECT / "gateway.py"), "--demo"),
+        (sys.executable, "-m", "uvicorn", "--app-dir", str(PROJECT), "gateway:app",
+         "--host", "127.0.0.1", "--port", str(free_port())),
+    ):  # fmt: skip
+        code, output = await run_to_exit(*command, cwd=tmp_path, LOG_LEVEL="verbose")
+        assert code == 2, output
+        assert "LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL" in output
+        assert "Traceback" not in output
+
+
+async def test_outside_the_virtualenv_it_says_how_to_set_up(tmp_path: Path) -> None:
+    # -S: no site-packages, as with a system python3 that has none of the dependencies.
+    code, output = await run_to_exit(
+        sys.executable, "-S", "-I", str(PROJECT / "gateway.py"), cwd=tmp_path
+    )
+    assert code == 1
+    assert "is not installed" in output and "./dev run" in output
+    assert "Traceback" not in output
 
 
 def demo_gateway(
@@ -85,13 +110,14 @@ async def test_demo_mode_end_to_end(tmp_path: Path) -> None:
 async def test_uvicorn_command_line_serves_the_app(tmp_path: Path) -> None:
     port = free_port()
     uvicorn_command = (sys.executable, "-m", "uvicorn", "--app-dir", str(PROJECT), "gateway:app")
-    async with demo_gateway(tmp_path, port, *uvicorn_command):
+    async with demo_gateway(tmp_path, port, *uvicorn_command) as gateway:
         async with (
             aiohttp.ClientSession() as session,
             session.get(f"http://127.0.0.1:{port}/health") as response,
         ):
             health = await response.json()
         assert health["status"] == "ok" and health["demo"] is True
+        assert "the live page is /demo" in gateway.output
 
 
 DEPLOYED = (

@@ -7,11 +7,13 @@ import socket
 from typing import Any
 
 import orjson
+import pytest
 
 from bench.stuck import masked_text_frame, open_never_reading_client
 from tests.helpers import Market, poll_until, run_gateway, settings_for, trade
 
 
+@pytest.mark.slow
 async def test_a_client_that_never_reads_is_conflated_then_closed_while_others_stream(
     market: Market,
 ) -> None:
@@ -60,6 +62,7 @@ async def test_a_client_that_never_reads_is_conflated_then_closed_while_others_s
         assert (await reader.expect("price_update"))["data"]["price"] == 1.0
 
 
+@pytest.mark.slow
 async def test_a_client_that_floods_requests_but_never_reads_is_closed(market: Market) -> None:
     settings = settings_for(market, client_outbox_size=16, slow_consumer_timeout=30)
     async with run_gateway(settings) as gateway:

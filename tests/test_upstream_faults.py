@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from simulator import MarketSimulator, serve
 from tests.helpers import TEST_KEY, Market, run_gateway, settings_for, trade
 
@@ -22,6 +24,7 @@ async def test_a_silent_upstream_is_reconnected(market: Market) -> None:
         assert (await client.expect("price_update"))["data"]["price"] == 3.0
 
 
+@pytest.mark.slow
 async def test_pings_alone_keep_a_quiet_upstream_connected() -> None:
     pinging = MarketSimulator(rate=0, ping_interval=0.1, token=TEST_KEY)
     async with serve(pinging) as url:
@@ -76,6 +79,7 @@ async def test_a_huge_upstream_frame_is_survived(market: Market) -> None:
         assert not client.ws.closed
 
 
+@pytest.mark.slow
 async def test_twenty_upstream_restarts_while_trades_flow() -> None:
     simulator = MarketSimulator(rate=0, token=TEST_KEY)
     port = 0

@@ -1,0 +1,85 @@
+"""Core tasks are supervised: a crash is logged with its traceback, /health answers 503
+"degraded" naming the part while it is down, and the part is restarted by itself."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, cast
+
+import pytest
+
+from hub import UpdateBatch
+from supervisor import Supervisor
+from tests.helpers import GatewayUnderTest, Market, poll_until, run_gateway, settings_for, trade
+
+
+async def health_response(gateway: GatewayUnderTest) -> tuple[int, dict[str, Any]]:
+    async with gateway.session.get(gateway.base_url + "/health") as response:
+        body: dict[str, Any] = await response.json()
+        return response.status, body
+
+
+async def test_a_crashed_broadcaster_degrades_health_then_is_restarted(
+    market: Market, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with run_gateway(settings_for(market)) as gateway:
+        client = await gateway.connect()
+        await client.wait_upstream_connected()
+        await client.subscribe("AAPL")
+        await market.simulator.wait_for(lambda: "AAPL" in market.simulator.subscribed_symbols())
+        running = gateway.gateway.running
+        running.supervisor.initial_delay = 1.0  # down for 0.5-1 s: long enough to observe
+        # The injected fault: a batch the broadcaster cannot read makes it crash.
+        await running.hub.publish(cast(UpdateBatch, object()))
+        seen: list[tuple[int, dict[str, Any]]] = []
+
+        async def degraded() -> bool:
+            seen.append(await health_response(gateway))
+            return seen[-1][0] == 503
+
+        await poll_until(degraded)
+        body = seen[-1][1]
+        assert body["status"] == "degraded"
+        assert body["down"] == {"broadcaster": "AttributeError"}
+        async with gateway.session.get(gateway.base_url + "/metrics") as response:
+            assert "gateway_core_tasks_down 1.0" in await response.text()
+
+        async def recovered() -> bool:
+            status, body = await health_response(gateway)
+            return status == 200 and body["status"] == "ok" and "down" not in body
+
+        await poll_until(recovered)
+        assert running.supervisor.restarts["broadcaster"] == 1
+        await market.simulator.send_trades([trade("AAPL", 5.0)])
+        assert (await client.expect("price_update"))["data"]["price"] == 5.0
+    crash = [r for r in caplog.records if "core task crashed part=broadcaster" in r.getMessage()]
+    assert len(crash) == 1 and crash[0].exc_info is not None  # logged with its traceback
+
+
+async def test_a_part_that_returns_is_restarted_and_exit_cancels_every_part() -> None:
+    runs = 0
+    forever = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def returns_at_once() -> None:
+        nonlocal runs
+        runs += 1
+
+    async def runs_until_cancelled() -> None:
+        try:
+            await forever.wait()
+        finally:
+            cancelled.set()
+
+    async with Supervisor(initial_delay=0.001, max_delay=0.002) as supervisor:
+        supervisor.start("flaky", returns_at_once)
+        supervisor.start("steady", runs_until_cancelled)
+        with pytest.raises(ValueError, match="already running"):
+            supervisor.start("steady", runs_until_cancelled)
+        async with asyncio.timeout(5):
+            while runs < 3:  # noqa: ASYNC110 - each restart is a fresh call, nothing to await
+                await asyncio.sleep(0.001)
+        assert supervisor.restarts["steady"] == 0
+    assert cancelled.is_set()
