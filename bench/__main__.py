@@ -8,6 +8,10 @@ Scenarios (each bounded in time, stopping by itself):
   soak          (only when asked) churning clients plus upstream drops for --soak-seconds,
                 RSS sampled throughout: memory must come back to where it started
 
+`--reference DIR` also runs the throughput scenario on the gateway in DIR (another
+revision, e.g. from `git worktree add /tmp/ref <rev>`), with `--reference-flags` for
+its server flags, so the two are compared in one run.
+
 Processes: the simulator and the load clients are pinned to the last core, the
 gateway (`uvicorn gateway:app`, as deployed) to the first, where there are two.
 Prints a table and writes the figures as JSON.
@@ -40,12 +44,18 @@ def main() -> None:
     )
     parser.add_argument("--soak-seconds", type=float, help="soak duration (default 600)")
     parser.add_argument("--out", default="bench-results/latest.json")
+    parser.add_argument("--reference", type=Path, help="another revision's tree to compare")
+    parser.add_argument(
+        "--reference-flags", default="", help="its uvicorn flags (default: the current ones)"
+    )
     args = parser.parse_args()
     config = QUICK if args.quick else Config()
     if args.soak_seconds:
         config = dataclasses.replace(config, soak_seconds=args.soak_seconds)
     scenarios = args.scenario or ["throughput", "asgi", "connections", "slow"]
-    results = asyncio.run(run(config, scenarios))
+    results = asyncio.run(
+        run(config, scenarios, args.reference, tuple(args.reference_flags.split()))
+    )
     summary(results)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

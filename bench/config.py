@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass
@@ -27,6 +28,9 @@ class Config:
         "--ws-per-message-deflate",
         "false",
     )
+    # The gateway's source tree (None: this checkout). `--reference DIR` measures another
+    # revision (e.g. a `git worktree add`) in the same run, for ratios.
+    gateway_dir: Path | None = None
 
 
 QUICK = Config(

@@ -72,15 +72,16 @@ def rss_kib(pid: int) -> int:
 
 @asynccontextmanager
 async def process(
-    *command: str, cpus: set[int], env: dict[str, str] | None = None
+    *command: str, cpus: set[int], env: dict[str, str] | None = None, cwd: Path = PROJECT
 ) -> AsyncIterator[asyncio.subprocess.Process]:
     child = await asyncio.create_subprocess_exec(
         *command,
-        cwd=PROJECT,
+        cwd=cwd,
         env={**os.environ, **(env or {})},
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=None,
+        limit=64 * 1024 * 1024,  # a load report is one JSON line, megabytes when saturated
     )
     pin(child.pid, cpus)
     try:
@@ -156,6 +157,7 @@ async def stack(
                 "--log-level", "warning", "--no-access-log", *config.gateway_flags,
                 *(["--workers", str(workers)] if workers > 1 else []),
                 cpus=gateway_cpus,
+                cwd=config.gateway_dir or PROJECT,
                 env={
                     "FINNHUB_WS_URL": f"ws://127.0.0.1:{simulator_port}/",
                     "FINNHUB_API_KEY": "bench",

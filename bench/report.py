@@ -51,6 +51,7 @@ def summary(results: dict[str, Any]) -> None:
     """Write the table and a line per scenario's headline figures to stdout."""
     rows = [
         *results.get("throughput", {}).get("steps", []),
+        *results.get("reference", {}).get("steps", []),
         *results.get("asgi", {}).get("steps", []),
         *results.get("connections", []),
         *results.get("slow", []),
@@ -62,6 +63,13 @@ def summary(results: dict[str, Any]) -> None:
         sys.stdout.write(
             "\nbest sustained (p99 <= 100 ms, nothing lost): "
             f"{best['deliveries_per_s']} deliveries/s at p99 {best['latency_ms']['p99']} ms\n"
+        )
+    reference_best = results.get("reference", {}).get("best")
+    if best and reference_best:
+        ratio = best["deliveries_per_s"] / reference_best["deliveries_per_s"]
+        sys.stdout.write(
+            f"reference best sustained: {reference_best['deliveries_per_s']} deliveries/s "
+            f"(this tree / reference = {ratio:.2f}x)\n"
         )
     asgi_best = results.get("asgi", {}).get("best")
     if best and asgi_best:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import os
 import random
 import resource
 import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -226,7 +228,12 @@ async def soak(config: Config) -> dict[str, Any]:
     }
 
 
-async def run(config: Config, scenarios: list[str]) -> dict[str, Any]:
+async def run(
+    config: Config,
+    scenarios: list[str],
+    reference: Path | None = None,
+    reference_flags: tuple[str, ...] = (),
+) -> dict[str, Any]:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 10,000 clients need the fds
     results: dict[str, Any] = {"machine": machine(), "gateway_flags": list(config.gateway_flags)}
@@ -237,6 +244,13 @@ async def run(config: Config, scenarios: list[str]) -> dict[str, Any]:
         results["throughput"] = {"steps": rows, "best": best}
         if best is not None:
             best_rate = best["rate_target"]
+    if config.gateway_dir is None and reference is not None:
+        # The same throughput load on another revision's gateway, same run, same machine.
+        reference_config = dataclasses.replace(
+            config, gateway_dir=reference, gateway_flags=reference_flags or config.gateway_flags
+        )
+        rows = await throughput(reference_config, f"reference {reference.name}")
+        results["reference"] = {"dir": str(reference), "steps": rows, "best": best_sustained(rows)}
     if "asgi" in scenarios:
         # The same load through plain ASGI sends (DIRECT_WRITES=false), for a
         # side-by-side ratio from one run on the same machine.
