@@ -23,4 +23,7 @@ HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=2).status != 200)"]
 
 # Finnhub allows one socket per key: run exactly one of these per key (README "Deploy").
-CMD ["uvicorn", "gateway:app", "--host", "0.0.0.0", "--port", "8000", "--ws", "server_protocol:GatewayWebSocketProtocol", "--ws-per-message-deflate", "false", "--ws-max-size", "4096", "--ws-ping-interval", "20", "--ws-ping-timeout", "20", "--proxy-headers", "--forwarded-allow-ips", "*", "--timeout-graceful-shutdown", "10", "--no-access-log"]
+# Behind a proxy or load balancer, set FORWARDED_ALLOW_IPS to its addresses (uvicorn
+# reads it) so per-address limits see the real clients; never "*" if the container is
+# reachable directly.
+CMD ["uvicorn", "gateway:app", "--host", "0.0.0.0", "--port", "8000", "--http", "server_protocol:GatewayHttpProtocol", "--ws-per-message-deflate", "false", "--ws-max-size", "4096", "--ws-ping-interval", "20", "--ws-ping-timeout", "20", "--proxy-headers", "--timeout-graceful-shutdown", "10", "--no-access-log"]

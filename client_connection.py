@@ -35,6 +35,8 @@ class ClientSocket(Protocol):
 
     def abort(self) -> None: ...
 
+    def queued_bytes(self) -> int: ...
+
 
 class FrameWriter(Protocol):
     """A client's socket as a byte stream we may write whole WebSocket frames to.
@@ -75,11 +77,13 @@ class ClientConnection:
         socket: ClientSocket,
         stats: FanoutStats,
         *,
+        owner: str = "-",
         direct: FrameWriter | None = None,
         outbox_size: int,
         slow_consumer_timeout: float,
     ) -> None:
         self.id = str(uuid.uuid4())
+        self.owner = owner  # whose fair share of the upstream its symbols use
         self.symbols: set[str] = set()
         self.evicted = False
         self._socket = socket
@@ -100,6 +104,10 @@ class ClientConnection:
     @property
     def fast_path(self) -> bool:
         return self._direct is not None
+
+    def queued_bytes(self) -> int:
+        """Output the client has not taken yet, in the server's and the kernel's buffers."""
+        return self._socket.queued_bytes()
 
     def send(self, frame: Frame) -> None:
         """Send or queue a control frame; never blocks.
@@ -167,9 +175,13 @@ class ClientConnection:
                 await wakeup.wait()
                 wakeup.clear()
                 await drain()
-                # Caught up only if the socket also took the backlog without filling up;
-                # a client whose buffer drains a little now and then is still behind.
-                if self._lag_timer is not None and (self._direct is None or self._direct.ready()):
+                if self._lag_timer is not None and self._direct is not None:
+                    # The backlog went into the socket's buffer: caught up once the peer
+                    # has read it down, even if no further update ever comes.
+                    await self._direct.wait_ready()
+                # Caught up only with nothing queued: a client whose buffer drains a
+                # little now and then while updates keep arriving is still behind.
+                if self._lag_timer is not None and not self._frames and not self._latest:
                     self._stop_lag_timer()
         except ConnectionError:
             pass  # the client is gone; its reader sees the disconnect and cleans up

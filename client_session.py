@@ -1,7 +1,8 @@
 """One client's session on `/ws`: the handshake checks, then its requests, in order.
 
-`ClientSessions.serve(websocket)` refuses a handshake that fails the Origin or token
-check, accepts, registers the client with the hub for the length of the connection,
+`ClientSessions.serve(websocket)` refuses a handshake that `Admission` turns down
+(Origin, token, per-address limits), accepts, registers the client with the hub for
+the length of the connection (its address is whose fair share its symbols use),
 and turns each text frame into a hub call within the client's message budget (a token
 bucket). It closes a connection itself only for the reasons it owns (1008 rate limit,
 1009 frame too big, 1013 server full); everything else a client receives is sent
@@ -13,7 +14,6 @@ internals except through `server_protocol.server_connection()`.
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 
@@ -21,43 +21,15 @@ from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 import protocol
+from admission import Admission, Refusal
 from client_connection import ClientConnection, FrameWriter
 from hub import Hub
 from protocol import CLOSE_MESSAGE_TOO_BIG, CLOSE_POLICY_VIOLATION, CLOSE_TRY_AGAIN_LATER
 from server_protocol import FAST_PATH_FLAGS, ServerConnection, server_connection
 from settings import Settings
+from token_bucket import TokenBucket
 
 logger = logging.getLogger(__name__)
-
-
-class TokenBucket:
-    """Per-client message budget: `rate` per second, bursts of up to `burst`."""
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self._rate = rate
-        self._capacity = float(burst)
-        self._tokens = float(burst)
-        self._updated: float | None = None
-        self._limited_since: float | None = None
-
-    def allow(self, now: float) -> bool:
-        if self._updated is not None:
-            self._tokens = min(self._capacity, self._tokens + (now - self._updated) * self._rate)
-        self._updated = now
-        if self._tokens >= 1:
-            # A client is over its budget until its bucket has refilled halfway: one
-            # message slipping through between refusals does not make it well-behaved.
-            if self._tokens >= self._capacity / 2:
-                self._limited_since = None
-            self._tokens -= 1
-            return True
-        if self._limited_since is None:
-            self._limited_since = now
-        return False
-
-    def limited_for(self, now: float) -> float:
-        """How long the client has been over its budget (0 when it is within it)."""
-        return 0.0 if self._limited_since is None else now - self._limited_since
 
 
 class AsgiClientSocket:
@@ -84,6 +56,9 @@ class AsgiClientSocket:
         if self._connection is not None:
             self._connection.abort()
 
+    def queued_bytes(self) -> int:
+        return self._connection.queued_bytes() if self._connection is not None else 0
+
 
 def _size_in_bytes(text: str) -> int:
     """UTF-8 length, encoding only when the character count leaves it in doubt."""
@@ -93,36 +68,48 @@ def _size_in_bytes(text: str) -> int:
 class ClientSessions:
     """Serves every `/ws` connection of one app, with its settings and its hub."""
 
-    def __init__(self, settings: Settings, hub: Hub) -> None:
+    def __init__(self, settings: Settings, hub: Hub, admission: Admission) -> None:
         self._settings = settings
         self._hub = hub
+        self._admission = admission
         self._warned_no_fast_path = False
 
     async def serve(self, websocket: WebSocket) -> None:
         settings, hub = self._settings, self._hub
-        refusal = self._handshake_refusal(websocket)
+        address = _address(websocket)
+        refusal = self._admission.refusal(
+            websocket.headers.get("origin"),
+            websocket.query_params.get("token"),
+            address,
+            time.monotonic(),
+        )
         if refusal is not None:
-            status, reason = refusal
             origin = websocket.headers.get("origin", "")[:100]
             logger.warning(
-                "websocket refused status=%d reason=%r origin=%r", status, reason, origin
-            )
-            await _refuse(websocket, status, reason)
+                "websocket refused status=%d reason=%r address=%s origin=%r",
+                refusal.status, refusal.reason, address, origin,
+            )  # fmt: skip
+            await _refuse(websocket, refusal)
             return
-        await websocket.accept()
-        if hub.client_count >= settings.max_clients:
-            await websocket.close(CLOSE_TRY_AGAIN_LATER, "server full, try again later")
-            return
+        with self._admission.holding(address):
+            await websocket.accept()
+            if hub.client_count >= settings.max_clients:
+                await websocket.close(CLOSE_TRY_AGAIN_LATER, "server full, try again later")
+                return
+            await self._serve_accepted(websocket, address)
+
+    async def _serve_accepted(self, websocket: WebSocket, address: str) -> None:
+        settings, hub = self._settings, self._hub
         connection = server_connection(websocket.scope)
         if connection is not None and settings.client_send_buffer:
             connection.limit_send_buffer(settings.client_send_buffer)
         direct = self._frame_writer(connection)
         started = time.monotonic()
         close_code: int | None = None
-        address = _address(websocket)
         client_id = "-"
+        socket = AsgiClientSocket(websocket, connection)
         try:
-            async with hub.connect(AsgiClientSocket(websocket, connection), direct) as client:
+            async with hub.connect(socket, direct, owner=address) as client:
                 client_id = client.id
                 logger.info(
                     "client connected client_id=%s address=%s fast_path=%s",
@@ -159,23 +146,6 @@ class ClientSessions:
                 why, FAST_PATH_FLAGS,
             )  # fmt: skip
         return writer
-
-    def _handshake_refusal(self, websocket: WebSocket) -> tuple[int, str] | None:
-        """Why this handshake must be refused, or None. CORS does not cover WebSockets:
-        a browser sends any page's Origin, so /ws checks it itself, against configured
-        values only (never the request's own Host header, which a rebinding page sets)."""
-        settings = self._settings
-        origin = websocket.headers.get("origin")
-        if origin is None:
-            if settings.require_origin:
-                return 403, "an Origin header is required"
-        elif not (settings.any_origin or origin in settings.allowed_origins):
-            return 403, "origin not allowed"
-        if settings.gateway_token:
-            presented = websocket.query_params.get("token", "")
-            if not hmac.compare_digest(presented.encode(), settings.gateway_token.encode()):
-                return 401, "missing or wrong token"
-        return None
 
     async def _serve_requests(self, websocket: WebSocket, client: ClientConnection) -> int | None:
         """Read and apply requests until the client leaves; the close code, if known."""
@@ -233,13 +203,15 @@ class ClientSessions:
             self._hub.unsubscribe(client, symbols)
 
 
-async def _refuse(websocket: WebSocket, status: int, reason: str) -> None:
+async def _refuse(websocket: WebSocket, refusal: Refusal) -> None:
     """Refuse a handshake with an HTTP status and a plain-text reason where the server
     supports denial responses; otherwise a close before accept (uvicorn answers 403)."""
     if "websocket.http.response" in websocket.scope.get("extensions", {}):
-        await websocket.send_denial_response(PlainTextResponse(reason, status_code=status))
+        headers = {"Retry-After": str(refusal.retry_after)} if refusal.retry_after else None
+        response = PlainTextResponse(refusal.reason, status_code=refusal.status, headers=headers)
+        await websocket.send_denial_response(response)
     else:
-        await websocket.close(CLOSE_POLICY_VIOLATION, reason)
+        await websocket.close(CLOSE_POLICY_VIOLATION, refusal.reason)
 
 
 def _address(websocket: WebSocket) -> str:

@@ -257,7 +257,8 @@ class Cluster:
                 hub.upstream_state_changed(state)
         elif channel == self._key("refused"):
             refusal: dict[str, Any] = orjson.loads(data)
-            hub.upstream_refused(refusal.get("symbol"), str(refusal.get("message", "")))
+            symbol = refusal.get("symbol")
+            hub.upstream_refused(symbol if isinstance(symbol, str) else None)
 
     # -- leadership --------------------------------------------------------------------------
 
@@ -326,8 +327,8 @@ class UpstreamPublisher:
     def upstream_state_changed(self, state: UpstreamState) -> None:
         self._events.put_nowait(("status", state.encode()))
 
-    def upstream_refused(self, symbol: str | None, message: str) -> None:
-        self._events.put_nowait(("refused", orjson.dumps({"symbol": symbol, "message": message})))
+    def upstream_refused(self, symbol: str | None) -> None:
+        self._events.put_nowait(("refused", orjson.dumps({"symbol": symbol})))
 
     async def forward_events(self) -> None:
         while True:

@@ -8,8 +8,10 @@ symbol in one burst.
 
 Subscriptions are reconciled, not replayed: the hub only edits the wanted set, and
 one coroutine per connection sends the difference between "wanted" and "sent on this
-socket". Whatever order clients come and go in, the upstream ends up carrying exactly
-the wanted symbols.
+socket", paced by a token bucket (Finnhub throttles or bans keys that churn).
+Whatever order clients come and go in, the upstream ends up carrying exactly the
+wanted symbols. The handshake has a deadline: an upstream that accepts TCP and never
+answers is retried like one that refuses.
 
 This module must never let the API key out: it travels only as the `token` query
 parameter of the handshake, and every URL or exception text that is logged goes
@@ -20,19 +22,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import random
-import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 import aiohttp
 import orjson
 
 from cancellation import raise_if_cancelling
+from finnhub_messages import UndecodableMessage, decode, parse_trades, redact
 from protocol import UpstreamState
+from token_bucket import TokenBucket
 from upstream import SymbolInterest, Trade
 
 logger = logging.getLogger(__name__)
@@ -42,7 +44,6 @@ logger = logging.getLogger(__name__)
 # this many seconds; any other error that names no symbol we carry is not attributed.
 BLAME_WINDOW_SECONDS = 5.0
 TOO_MANY_SYMBOLS = "too many symbols"
-_TOKEN_IN_TEXT = re.compile(r"(token=)[^&\s'\"]+", re.IGNORECASE)
 
 
 class FeedListener(Protocol):
@@ -52,7 +53,7 @@ class FeedListener(Protocol):
 
     def upstream_state_changed(self, state: UpstreamState) -> None: ...
 
-    def upstream_refused(self, symbol: str | None, message: str) -> None: ...
+    def upstream_refused(self, symbol: str | None) -> None: ...
 
 
 class Backoff:
@@ -76,44 +77,6 @@ class Backoff:
         self._attempt = 0
 
 
-def redact(text: str, secret: str) -> str:
-    """Text with the secret and any `token=` query value masked."""
-    if secret:
-        text = text.replace(secret, "***")
-    return _TOKEN_IN_TEXT.sub(r"\1***", text)
-
-
-def parse_trades(data: Any) -> tuple[list[Trade], int]:
-    """Valid trades from a trade frame's `data`, and how many entries were malformed."""
-    if not isinstance(data, list):
-        return [], 1
-    trades: list[Trade] = []
-    malformed = 0
-    for item in data:
-        try:
-            symbol, price, volume, timestamp = item["s"], item["p"], item["v"], item["t"]
-        except (TypeError, KeyError):
-            malformed += 1
-            continue
-        if (
-            isinstance(symbol, str)
-            and _is_number(price)
-            and price > 0
-            and _is_number(volume)
-            and volume >= 0
-            and isinstance(timestamp, int)
-            and not isinstance(timestamp, bool)
-        ):
-            trades.append(Trade(symbol, price, volume, timestamp))
-        else:
-            malformed += 1
-    return trades, malformed
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 class FinnhubFeed:
     """Owns the upstream socket; the interest it follows is its only input."""
 
@@ -126,6 +89,11 @@ class FinnhubFeed:
         backoff: Backoff,
         reset_backoff_after: float = 10.0,
         idle_timeout: float = 90.0,
+        handshake_timeout: float = 10.0,
+        subscribe_rate: float = 10.0,
+        subscribe_burst: int = 50,
+        trade_max_age: float = 7 * 86400.0,
+        trade_max_ahead: float = 3600.0,
     ) -> None:
         self.state: UpstreamState = "connecting"
         self.messages_received = 0
@@ -139,6 +107,11 @@ class FinnhubFeed:
         # Finnhub pings about once a minute even when no trades flow: silence longer
         # than this means a dead (half-open) connection.
         self._idle_timeout = idle_timeout
+        self._handshake_timeout = handshake_timeout
+        # The subscribe budget belongs to the key, across reconnects.
+        self._pacer = TokenBucket(subscribe_rate, subscribe_burst)
+        self._trade_bounds = {"max_age": trade_max_age, "max_ahead": trade_max_ahead}
+        self.upstream_frames_sent = 0
         self.interest = interest
         self._sent: set[str] = set()  # subscribed on the current socket
         self._recent_subscribes: deque[tuple[str, float]] = deque()
@@ -154,12 +127,8 @@ class FinnhubFeed:
             while True:
                 connected_at: float | None = None
                 try:
-                    async with session.ws_connect(
-                        self._url,
-                        params={"token": self._api_key},
-                        autoping=True,
-                        timeout=aiohttp.ClientWSTimeout(ws_receive=self._idle_timeout, ws_close=5),
-                    ) as ws:
+                    ws = await self._connect(session)
+                    async with ws:
                         connected_at = loop.time()
                         logger.info("upstream connected url=%s", redact(self._url, self._api_key))
                         self._set_state(listener, "connected")
@@ -174,7 +143,13 @@ class FinnhubFeed:
                     )
                     if refused_key:
                         self._set_state(listener, "unauthorized")
-                except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                except TimeoutError as exc:
+                    raise_if_cancelling(exc)
+                    logger.warning(
+                        "upstream handshake did not finish within %gs; retrying",
+                        self._handshake_timeout,
+                    )
+                except (aiohttp.ClientError, OSError) as exc:
                     raise_if_cancelling(exc)  # our own stop, seen as a connection error
                     logger.warning(
                         "upstream connection failed error=%s detail=%s",
@@ -193,6 +168,16 @@ class FinnhubFeed:
                 self.reconnects += 1
                 logger.info("upstream reconnecting in %.2fs", delay)
                 await asyncio.sleep(delay)
+
+    async def _connect(self, session: aiohttp.ClientSession) -> aiohttp.ClientWebSocketResponse:
+        """TCP, TLS and the WebSocket handshake, all within the handshake timeout."""
+        async with asyncio.timeout(self._handshake_timeout):
+            return await session.ws_connect(
+                self._url,
+                params={"token": self._api_key},
+                autoping=True,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=self._idle_timeout, ws_close=5),
+            )
 
     def _set_state(self, listener: FeedListener, state: UpstreamState) -> None:
         if state != self.state:
@@ -233,58 +218,80 @@ class FinnhubFeed:
             logger.warning("upstream silent for %.0fs; reconnecting", self._idle_timeout)
 
     async def _sync_subscriptions(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        loop = asyncio.get_running_loop()
+        """Keep this socket's subscriptions equal to the interest, one paced frame at a
+        time; each change is re-checked after waiting, so a symbol that came and went
+        meanwhile costs nothing. Unsubscribes go first, to make room at Finnhub's cap."""
         try:
             while True:
                 wanted = self.interest.symbols
-                for symbol in sorted(wanted - self._sent):
-                    self._sent.add(symbol)
-                    now = loop.time()
-                    self._recent_subscribes.append((symbol, now))
-                    while self._recent_subscribes[0][1] < now - self.blame_window:
-                        self._recent_subscribes.popleft()
-                    await ws.send_str(
-                        orjson.dumps({"type": "subscribe", "symbol": symbol}).decode()
-                    )
-                for symbol in sorted(self._sent - self.interest.symbols):
-                    self._sent.discard(symbol)
-                    await ws.send_str(
-                        orjson.dumps({"type": "unsubscribe", "symbol": symbol}).decode()
-                    )
+                changes = [(symbol, False) for symbol in sorted(self._sent - wanted)]
+                changes += [(symbol, True) for symbol in sorted(wanted - self._sent)]
+                for symbol, subscribe in changes:
+                    if self._needed(symbol, subscribe):
+                        await self._paced()
+                    if self._needed(symbol, subscribe):  # not reconciled away meanwhile
+                        await self._send_change(ws, symbol, subscribe)
                 if self.interest.symbols == self._sent:
                     await self.interest.wait_changed()
         except (aiohttp.ClientError, ConnectionError):
             pass  # the socket is closing; the reader sees it and the loop reconnects
 
+    def _needed(self, symbol: str, subscribe: bool) -> bool:
+        return (symbol in self.interest) == subscribe and (symbol in self._sent) != subscribe
+
+    async def _paced(self) -> None:
+        """Wait for the subscribe budget (a deadline, not an event: nothing to await)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            wait = self._pacer.take(loop.time())
+            if wait == 0:
+                return
+            await asyncio.sleep(wait)
+
+    async def _send_change(
+        self, ws: aiohttp.ClientWebSocketResponse, symbol: str, subscribe: bool
+    ) -> None:
+        if subscribe:
+            self._sent.add(symbol)
+            now = asyncio.get_running_loop().time()
+            self._recent_subscribes.append((symbol, now))
+            while self._recent_subscribes[0][1] < now - self.blame_window:
+                self._recent_subscribes.popleft()
+        else:
+            self._sent.discard(symbol)
+        kind = "subscribe" if subscribe else "unsubscribe"
+        self.upstream_frames_sent += 1
+        await ws.send_str(orjson.dumps({"type": kind, "symbol": symbol}).decode())
+
     async def _handle_text(self, data: str, listener: FeedListener) -> None:
         received_at = time.perf_counter()
         self.messages_received += 1
         try:
-            message = orjson.loads(data)
-        except orjson.JSONDecodeError:
+            message = decode(data)
+        except UndecodableMessage:
             self._skip("not JSON")
             return
         kind = message.get("type") if isinstance(message, dict) else None
         if kind == "trade":
-            trades, malformed = parse_trades(message.get("data"))
-            if malformed:
-                self._skip(f"{malformed} malformed trade(s)")
+            trades, skipped = parse_trades(message.get("data"), **self._trade_bounds)
+            if skipped:
+                self._skip(f"{skipped} malformed or implausible trade(s)")
             if trades:
                 self.trades_received += len(trades)
                 await listener.trades_received(trades, received_at)
         elif kind == "ping":
             pass
         elif kind == "error":
-            # Finnhub's own words reach clients: never let the key ride along.
-            text = redact(str(message.get("msg", ""))[:200], self._api_key).strip()
-            text = text or "the upstream reported an error"
+            # Logged for the operator, key removed before anything is cut; clients get
+            # fixed words from the hub, never this text.
+            text = redact(str(message.get("msg", "")), self._api_key)[:200].strip()
             symbol = self._blame(text)
             logger.warning("upstream error msg=%r symbol=%s", text, symbol)
             if symbol is not None:
                 self._sent.discard(symbol)  # Finnhub did not take it: nothing to unsubscribe
-            listener.upstream_refused(symbol, text)
+            listener.upstream_refused(symbol)
         else:
-            self._skip(f"unknown type {redact(str(kind)[:40], self._api_key)!r}")
+            self._skip(f"unknown type {redact(str(kind), self._api_key)[:40]!r}")
 
     def _skip(self, why: str) -> None:
         self.malformed_messages += 1

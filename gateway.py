@@ -45,15 +45,18 @@ from starlette.websockets import WebSocket
 import docs
 import metrics
 import simulator
+from admission import Admission
 from client_session import ClientSessions
 from cluster import Cluster
+from connection_guard import ConnectionGuard, ConnectionLimits
 from finnhub_feed import Backoff, FinnhubFeed
 from hub import Hub
 from logs import configure_logging
-from server_protocol import IMPORT_PATH
+from server_protocol import HTTP_IMPORT_PATH, STATE_KEY, WS_IMPORT_PATH
 from settings import ConfigError, Settings, load_settings
 from supervisor import Supervisor
 from upstream import SymbolInterest
+from upstream_capacity import SymbolPatterns, UpstreamCapacity
 
 logger = logging.getLogger("gateway")
 
@@ -69,6 +72,8 @@ class Running:
     feed: FinnhubFeed
     sessions: ClientSessions
     supervisor: Supervisor
+    admission: Admission
+    guard: ConnectionGuard
     started_at: float
     cluster: Cluster | None = None
 
@@ -89,7 +94,7 @@ class Gateway:
         return self._running
 
     @asynccontextmanager
-    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(self, app: Starlette) -> AsyncIterator[dict[str, Any]]:
         settings = self.settings
         configure_logging(settings.log_level, settings.log_format)
         try:
@@ -117,15 +122,30 @@ class Gateway:
                 backoff=Backoff(settings.reconnect_initial_delay, settings.reconnect_max_delay),
                 reset_backoff_after=settings.reconnect_reset_after,
                 idle_timeout=settings.upstream_idle_timeout,
+                handshake_timeout=settings.upstream_handshake_timeout,
+                subscribe_rate=settings.upstream_subscribe_rate,
+                subscribe_burst=settings.upstream_subscribe_burst,
+                trade_max_age=settings.trade_max_age,
+                trade_max_ahead=settings.trade_max_ahead,
             )
-            hub = Hub(
+            capacity = UpstreamCapacity(
                 wanted,
+                max_symbols=settings.max_upstream_symbols,
+                max_per_owner=settings.max_symbols_per_address,
+                allowed=SymbolPatterns.from_setting(settings.symbols_allowed),
+                linger=settings.symbol_linger_seconds,
+                reject_for=settings.rejected_symbol_seconds,
+            )
+            stack.callback(capacity.close)
+            hub = Hub(
+                capacity,
                 outbox_size=settings.client_outbox_size,
                 slow_consumer_timeout=settings.slow_consumer_timeout,
                 max_symbols_per_client=settings.max_symbols_per_client,
-                max_upstream_symbols=settings.max_upstream_symbols,
                 handoff_observer=self._handoff_seconds,
             )
+            guard = ConnectionGuard(connection_limits(settings))
+            logger.info("accepting at most %d open sockets", guard.max_connections)
             supervisor = await stack.enter_async_context(Supervisor())
             cluster = None
             supervisor.start("broadcaster", hub.broadcast_forever)
@@ -142,10 +162,14 @@ class Gateway:
                 supervisor.start("cluster", lambda: cluster.run(hub))
             else:
                 supervisor.start("feed", lambda: feed.run(hub))
-            sessions = ClientSessions(settings, hub)
-            self._running = Running(hub, feed, sessions, supervisor, time.monotonic(), cluster)
+            admission = Admission(settings)
+            sessions = ClientSessions(settings, hub, admission)
+            self._running = Running(
+                hub, feed, sessions, supervisor, admission, guard, time.monotonic(), cluster
+            )
             try:
-                yield
+                # uvicorn hands this state to every protocol it creates from now on.
+                yield {STATE_KEY: guard}
             finally:
                 self._running = None
 
@@ -174,6 +198,7 @@ class Gateway:
             "clients": hub.client_count,
             "clients_fast_path": hub.fast_path_count,
             "symbols": hub.symbols(),
+            "symbols_lingering": hub.capacity.lingering,
             "upstream_messages_received": feed.messages_received,
             "upstream_trades_received": feed.trades_received,
             "upstream_messages_malformed": feed.malformed_messages,
@@ -248,10 +273,24 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return app
 
 
+def connection_limits(settings: Settings) -> ConnectionLimits:
+    return ConnectionLimits(
+        handshake_timeout=settings.handshake_timeout,
+        max_request_header_bytes=settings.max_request_header_bytes,
+        max_connections=settings.max_connections,
+        max_pending_per_address=settings.max_pending_per_address,
+        frame_rate=settings.client_frame_rate,
+        frame_burst=settings.client_frame_burst,
+        max_unread_output=settings.max_unread_output,
+    )
+
+
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """Server options we run with; see README "Deploy" for why each is chosen."""
     return {
-        "ws": IMPORT_PATH,
+        # Our subclasses of uvicorn's protocols: the limits below the app, the fast path.
+        "http": HTTP_IMPORT_PATH,
+        "ws": WS_IMPORT_PATH,
         # Browsers always offer permessage-deflate; for ~100-byte JSON frames it roughly
         # doubles the CPU per message and turns off the fast path (see BENCHMARKS.md).
         "ws_per_message_deflate": False,
@@ -261,6 +300,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "ws_ping_interval": settings.heartbeat_interval or None,
         "ws_ping_timeout": settings.heartbeat_timeout or None,
         "proxy_headers": True,
+        "forwarded_allow_ips": settings.forwarded_allow_ips,
         "timeout_graceful_shutdown": 10,
     }
 

@@ -7,13 +7,14 @@ encoded, in both modes: a single process encodes the feed's trades
 path and its accounting (sent counts, snapshots, hand-off timing) are one piece of
 code. Each frame is handed to every subscriber's `ClientConnection` without awaiting.
 
-The hub also keeps the upstream reference counts in a `SymbolInterest`: the first
-client wanting a symbol asks for it, the last one leaving releases it. All of this
+The hub tells its `UpstreamCapacity` about every client joining or leaving a symbol;
+that decides what the upstream carries (the cap, fair shares, linger). All of this
 happens in synchronous code on the event loop, so no interleaving can make the counts
-wrong.
+wrong. The broadcaster yields to the event loop every few thousand hand-offs, so one
+huge upstream message cannot freeze `/health` or the other sockets.
 
 This module must never await a client's socket from the broadcaster, and never talks
-to the upstream except through its `SymbolInterest`.
+to the upstream except through the capacity's `SymbolInterest`.
 """
 
 from __future__ import annotations
@@ -27,8 +28,12 @@ from typing import NamedTuple, Protocol
 
 import protocol
 from client_connection import ClientConnection, ClientSocket, FanoutStats, FrameWriter
-from protocol import Frame, UpstreamState
-from upstream import SymbolInterest, Trade
+from protocol import ErrorCode, Frame, UpstreamState
+from upstream import Trade
+from upstream_capacity import UpstreamCapacity
+
+# Hand-offs between two yields to the event loop inside one upstream message (~a few ms).
+OFFERS_PER_SLICE = 5000
 
 
 class Observer(Protocol):
@@ -58,24 +63,22 @@ class Hub:
 
     def __init__(
         self,
-        interest: SymbolInterest,
+        capacity: UpstreamCapacity,
         *,
         outbox_size: int = 256,
         slow_consumer_timeout: float = 10.0,
         queue_size: int = 1024,
         max_symbols_per_client: int = 50,
-        max_upstream_symbols: int = 50,
         handoff_observer: Observer | None = None,
     ) -> None:
         self.stats = FanoutStats()
         self.upstream_state: UpstreamState = "connecting"
-        self.interest = interest
+        self.capacity = capacity
+        self.interest = capacity.interest
+        capacity.on_release = self._forget_snapshot
         self._outbox_size = outbox_size
         self._slow_consumer_timeout = slow_consumer_timeout
         self._max_symbols_per_client = max_symbols_per_client
-        # Finnhub's free plan carries about 50 symbols per connection; refusing the
-        # 51st here is clearer than Finnhub's unattributed "too many symbols".
-        self._max_upstream_symbols = max_upstream_symbols
         self._clients: set[ClientConnection] = set()
         self._subscribers: dict[str, set[ClientConnection]] = {}
         self._latest_update: dict[str, Frame] = {}
@@ -95,6 +98,10 @@ class Hub:
         """Clients whose frames are written straight to their socket."""
         return sum(1 for client in self._clients if client.fast_path)
 
+    def send_queue_bytes(self) -> int:
+        """Output queued for every client below the app: what stalled clients pin."""
+        return sum(client.queued_bytes() for client in self._clients)
+
     def symbols(self) -> list[str]:
         """Every symbol with at least one subscriber: what the upstream should carry."""
         return sorted(self._subscribers)
@@ -111,19 +118,21 @@ class Hub:
                 expected.setdefault(symbol, set()).add(client)
         if expected != self._subscribers:
             raise AssertionError("hub subscriber map disagrees with its clients' symbols")
-        if set(self._subscribers) != self.interest.symbols:
+        if set(self._subscribers) | set(self.capacity.lingering) != self.interest.symbols:
             raise AssertionError("hub subscriber map disagrees with the upstream interest")
 
     # -- clients -------------------------------------------------------------------------
 
     @asynccontextmanager
     async def connect(
-        self, socket: ClientSocket, direct: FrameWriter | None = None
+        self, socket: ClientSocket, direct: FrameWriter | None = None, *, owner: str = "-"
     ) -> AsyncIterator[ClientConnection]:
-        """Register a client for the length of the block; leaving releases everything."""
+        """Register a client for the length of the block; leaving releases everything.
+        `owner` (its address, or later its user) is whose fair share its symbols use."""
         client = ClientConnection(
             socket,
             self.stats,
+            owner=owner,
             direct=direct,
             outbox_size=self._outbox_size,
             slow_consumer_timeout=self._slow_consumer_timeout,
@@ -142,42 +151,27 @@ class Hub:
         """Add symbols (already validated) to a client within the limits, say what was
         refused and why, confirm what it now holds of them, then send snapshots."""
         added: list[str] = []
-        over_client_limit: list[str] = []
-        over_upstream_limit: list[str] = []
+        refused: dict[ErrorCode, tuple[str, list[str]]] = {}
         for symbol in symbols:
             if symbol in client.symbols:
                 continue
             if len(client.symbols) >= self._max_symbols_per_client:
-                over_client_limit.append(symbol)
+                limit = f"a client may hold at most {self._max_symbols_per_client} symbols"
+                refused.setdefault("too_many_symbols", (limit, []))[1].append(symbol)
                 continue
-            subscribers = self._subscribers.get(symbol)
-            if subscribers is None:
-                if len(self._subscribers) >= self._max_upstream_symbols:
-                    over_upstream_limit.append(symbol)
-                    continue
-                subscribers = self._subscribers[symbol] = set()
-                self.interest.want(symbol)
-            subscribers.add(client)
+            refusal = self.capacity.refusal(symbol, client.owner)
+            if refusal is not None:
+                refused.setdefault(refusal.code, (refusal.reason, []))[1].append(symbol)
+                continue
+            self._subscribers.setdefault(symbol, set()).add(client)
+            self.capacity.join(symbol, client.owner)
             client.symbols.add(symbol)
             added.append(symbol)
-        if over_client_limit:
-            client.send(
-                protocol.error_message(
-                    "too_many_symbols",
-                    f"a client may hold at most {self._max_symbols_per_client} symbols; "
-                    f"refused: {', '.join(over_client_limit)}",
-                    over_client_limit,
-                )
-            )
-        if over_upstream_limit:
-            client.send(
-                protocol.error_message(
-                    "symbol_limit",
-                    f"the gateway carries at most {self._max_upstream_symbols} distinct symbols "
-                    f"upstream; refused: {', '.join(over_upstream_limit)}",
-                    over_upstream_limit,
-                )
-            )
+        for code in protocol.ERROR_CODES:  # a stable order, whatever the request's
+            if code in refused:
+                reason, names = refused[code]
+                message = f"{reason}; refused: {', '.join(names)}"
+                client.send(protocol.error_message(code, message, names))
         held = [symbol for symbol in symbols if symbol in client.symbols]
         if held:
             client.send(protocol.subscription_message("subscribed", held))
@@ -200,9 +194,11 @@ class Hub:
             subscribers.discard(client)
             if not subscribers:
                 del self._subscribers[symbol]
-                # A snapshot of a symbol nobody follows would only go stale.
-                self._latest_update.pop(symbol, None)
-                self.interest.release(symbol)
+            self.capacity.leave(symbol, client.owner)
+
+    def _forget_snapshot(self, symbol: str) -> None:
+        """The upstream stopped carrying `symbol`: its snapshot would only go stale."""
+        self._latest_update.pop(symbol, None)
 
     # -- the upstream side -----------------------------------------------------------------
 
@@ -213,10 +209,11 @@ class Hub:
 
     async def trades_received(self, trades: list[Trade], received_at: float) -> None:
         """A single process's feed listener: encode once, then publish."""
+        carried = self.interest
         updates = [
             Update(trade.symbol, protocol.price_update_message(*trade))
             for trade in trades
-            if trade.symbol in self._subscribers  # else in flight while the last one left
+            if trade.symbol in carried  # else in flight while it was released
         ]
         if updates:
             await self.publish(UpdateBatch(updates, received_at))
@@ -227,17 +224,19 @@ class Hub:
         for client in self._clients:
             client.send(frame)
 
-    def upstream_refused(self, symbol: str | None, message: str) -> None:
-        """Finnhub refused something: tell whoever asked, and stop pretending we have it."""
+    def upstream_refused(self, symbol: str | None) -> None:
+        """Finnhub refused something: tell whoever asked (in fixed words: Finnhub's own
+        text is logged by the feed, never relayed), and stop pretending we have it."""
         if symbol is None:
-            frame = protocol.error_message("upstream_error", message)
+            frame = protocol.error_message("upstream_error", protocol.UPSTREAM_REPORTED_ERROR)
             for client in self._clients:
                 client.send(frame)
             return
+        self.capacity.rejected(symbol)
         if symbol not in self._subscribers:
             return  # refused, but everyone who asked has already left
         refused = [symbol]
-        error = protocol.error_message("upstream_error", message, refused)
+        error = protocol.error_message("upstream_error", protocol.UPSTREAM_REFUSED_SYMBOL, refused)
         for client in list(self._subscribers[symbol]):
             client.send(error)
             self.unsubscribe(client, refused)
@@ -247,7 +246,14 @@ class Hub:
     async def broadcast_forever(self) -> None:
         while True:
             batch = await self._batches.get()
-            self.deliver(batch)
+            offers = 0
+            for update in batch.updates:
+                offers += self._deliver_one(update, batch.live)
+                if offers >= OFFERS_PER_SLICE:
+                    # One upstream message can carry tens of thousands of trades: let
+                    # /health, the other sockets and the feed run in between.
+                    offers = 0
+                    await asyncio.sleep(0)
             if self._handoff_observer is not None:
                 # Upstream arrival to the last hand-off, one observation per message.
                 self._handoff_observer.observe(time.perf_counter() - batch.received_at)
@@ -256,13 +262,23 @@ class Hub:
             await asyncio.sleep(0)
 
     def deliver(self, batch: UpdateBatch) -> None:
-        """Hand each update to every subscriber of its symbol, and keep it as the
-        symbol's snapshot for later subscribers."""
-        for symbol, frame in batch.updates:
-            subscribers = self._subscribers.get(symbol)
-            if not subscribers or (not batch.live and symbol in self._latest_update):
-                continue
-            self._latest_update[symbol] = frame
-            for client in subscribers:
-                client.offer_update(symbol, frame)
-            self.stats.price_updates_sent += len(subscribers)
+        """Hand a whole batch over at once (tests and tools; the broadcaster slices)."""
+        for update in batch.updates:
+            self._deliver_one(update, batch.live)
+
+    def _deliver_one(self, update: Update, live: bool) -> int:
+        """Hand one update to every subscriber of its symbol and keep it as the symbol's
+        snapshot for later subscribers; returns how many clients it was offered to."""
+        symbol, frame = update
+        subscribers = self._subscribers.get(symbol)
+        if not subscribers:
+            if live and symbol in self.interest:
+                self._latest_update[symbol] = frame  # lingering: fresh for a returning client
+            return 0
+        if not live and symbol in self._latest_update:
+            return 0
+        self._latest_update[symbol] = frame
+        for client in subscribers:
+            client.offer_update(symbol, frame)
+        self.stats.price_updates_sent += len(subscribers)
+        return len(subscribers)

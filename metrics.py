@@ -19,7 +19,9 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from admission import Admission
 from cluster import Cluster
+from connection_guard import ConnectionGuard
 from finnhub_feed import FinnhubFeed
 from hub import Hub
 from protocol import UPSTREAM_STATES
@@ -31,6 +33,10 @@ METRICS: dict[str, str] = {
     "gateway_upstream_symbols": "Symbols the upstream carries",
     "gateway_upstream_state": "1 for the upstream's current state (label state)",
     "gateway_core_tasks_down": "Core tasks (feed, broadcaster, cluster) waiting to restart",
+    "gateway_client_send_queue_bytes": "Output queued for clients in server and kernel buffers",
+    "gateway_upstream_lingering_symbols": "Symbols kept upstream after their last client left",
+    "gateway_refusals_total": "Connections, handshakes and frames refused (label reason)",
+    "gateway_upstream_frames_sent_total": "Subscribe and unsubscribe frames sent to Finnhub",
     "gateway_upstream_messages_total": "Upstream messages received",
     "gateway_upstream_trades_total": "Upstream trades received",
     "gateway_upstream_malformed_total": "Upstream messages or trades skipped as malformed",
@@ -50,6 +56,8 @@ class Running(Protocol):
     hub: Hub
     feed: FinnhubFeed
     supervisor: Supervisor
+    admission: Admission
+    guard: ConnectionGuard
     cluster: Cluster | None
 
 
@@ -83,6 +91,15 @@ class GatewayCollector(Collector):
             state.add_metric([state_name], 1.0 if hub.upstream_state == state_name else 0.0)
         yield state
         yield _gauge("gateway_core_tasks_down", len(running.supervisor.down))
+        yield _gauge("gateway_client_send_queue_bytes", hub.send_queue_bytes())
+        yield _gauge("gateway_upstream_lingering_symbols", len(hub.capacity.lingering))
+        refusals = CounterMetricFamily(
+            "gateway_refusals", METRICS["gateway_refusals_total"], labels=["reason"]
+        )
+        for reason, count in sorted({**running.guard.refused, **running.admission.refused}.items()):
+            refusals.add_metric([reason], count)
+        yield refusals
+        yield _counter("gateway_upstream_frames_sent_total", feed.upstream_frames_sent)
         stats = hub.stats
         yield _counter("gateway_upstream_messages_total", feed.messages_received)
         yield _counter("gateway_upstream_trades_total", feed.trades_received)

@@ -37,13 +37,15 @@ ErrorCode = Literal[
     "invalid_symbol",
     "too_many_symbols",
     "symbol_limit",
+    "symbol_quota",
+    "forbidden_symbol",
     "rate_limited",
     "upstream_error",
 ]
 ERROR_CODES: tuple[ErrorCode, ...] = get_args(ErrorCode)
 
 # Every close code a client can see, and why.
-CLOSE_POLICY_VIOLATION = 1008  # over the message budget for too long
+CLOSE_POLICY_VIOLATION = 1008  # over the message or frame budget
 CLOSE_MESSAGE_TOO_BIG = 1009
 CLOSE_KEEPALIVE_TIMEOUT = 1011  # sent by the server protocol layer
 CLOSE_SERVICE_RESTART = 1012  # sent by uvicorn on SIGTERM
@@ -217,3 +219,8 @@ def invalid_symbols_error(rejected: list[str]) -> Frame:
 
 
 PONG = _encode({"type": "pong"})
+
+# What clients are told when Finnhub refuses something: fixed words, never Finnhub's own
+# text (which reaches every browser and could carry anything).
+UPSTREAM_REFUSED_SYMBOL = "the upstream (Finnhub) refused this symbol"
+UPSTREAM_REPORTED_ERROR = "the upstream (Finnhub) reported an error; prices may pause"

@@ -1,47 +1,280 @@
 """Everything that depends on uvicorn's internals, behind one small interface.
 
-The gateway's WebSocket protocol is uvicorn's websockets-sansio protocol, subclassed
-here as `GatewayWebSocketProtocol` and selected by import path
-(`--ws server_protocol:GatewayWebSocketProtocol`; `python gateway.py` and the
-container do this). For each accepted handshake it puts a `ServerConnection` into the
-ASGI scope (`scope["extensions"]["gateway.connection"]`), through which the app can:
+The gateway's HTTP protocol is uvicorn's httptools protocol, subclassed here as
+`GatewayHttpProtocol` and selected by import path (`--http
+server_protocol:GatewayHttpProtocol`; `python gateway.py` and the container do this).
+It upgrades WebSockets to `GatewayWebSocketProtocol` (uvicorn's websockets-sansio
+protocol, subclassed) unless another `--ws` implementation was chosen. Together they
+enforce the limits that live below the application (a `ConnectionGuard`, built by the
+lifespan from the settings and handed over in uvicorn's lifespan state):
 
-- write pre-built WebSocket frames straight to the transport (`frame_writer()`: the
-  fast path, see README "Fan-out performance"), unless an extension such as
-  permessage-deflate was negotiated, which needs every frame transformed;
-- `abort()` a connection whose peer stopped reading, and see whether it `stalled()`;
-- cap the kernel's send buffer for the socket (`limit_send_buffer()`).
+- every socket: a cap on open sockets below the open-file limit, a cap on sockets per
+  peer address that have not completed their request, a deadline for the request
+  headers and the WebSocket handshake (408), and a cap on request-line plus header
+  bytes (431);
+- every WebSocket: a budget of incoming frames of any kind (pings, pongs and
+  continuation frames included; 1008 past it), and a cap on output the peer leaves
+  unread (the connection is aborted at once, its buffers released).
 
-Under any other server or protocol the extension is absent and the app falls back to
-plain ASGI sends. This module is the only place that reads uvicorn's attributes; the
-version range it was written against is pinned in setup.cfg and
-tests/test_server_protocol.py fails loudly if the fast path stops engaging. It must
-never parse application messages or know about symbols.
+For each accepted handshake the app finds a `ServerConnection` in the ASGI scope
+(`scope["extensions"]["gateway.connection"]`) through which it can write pre-built
+frames straight to the transport (`frame_writer()`, the fast path, unless an extension
+such as permessage-deflate was negotiated), `abort()`, see whether the peer `stalled()`,
+cap the kernel's send buffer and read how much output is queued. Under any other server
+or protocol these are absent and the app falls back to plain ASGI sends.
+
+This module is the only place that reads uvicorn's attributes; the version range it was
+written against is pinned in setup.cfg and tests/test_server_protocol.py fails loudly
+if the fast path stops engaging. It must never parse application messages.
 """
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
+import logging
 import socket
+import struct
+import termios
 from collections.abc import Mapping
 from typing import Any, cast
 
+from uvicorn.config import Config
+from uvicorn.middleware.proxy_headers import _TrustedHosts
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from uvicorn.server import ServerState
+from websockets.frames import Frame
 from websockets.http11 import Request
 
+from connection_guard import ConnectionGuard
+
+logger = logging.getLogger(__name__)
+
 SCOPE_EXTENSION = "gateway.connection"
-IMPORT_PATH = "server_protocol:GatewayWebSocketProtocol"
+STATE_KEY = "gateway.connection_guard"
+HTTP_IMPORT_PATH = "server_protocol:GatewayHttpProtocol"
+WS_IMPORT_PATH = "server_protocol:GatewayWebSocketProtocol"
 # What to tell an operator whose server command cannot use the fast path.
-FAST_PATH_FLAGS = f"--ws {IMPORT_PATH} --ws-per-message-deflate false"
+FAST_PATH_FLAGS = f"--http {HTTP_IMPORT_PATH} --ws-per-message-deflate false"
+_FALLBACK_GUARD = ConnectionGuard()  # before the lifespan hands over the real one
+
+
+def _guard(app_state: Mapping[str, Any]) -> ConnectionGuard:
+    guard = app_state.get(STATE_KEY)
+    return guard if isinstance(guard, ConnectionGuard) else _FALLBACK_GUARD
+
+
+def _response(status: str, body: str) -> bytes:
+    return (
+        f"HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n{body}"
+    ).encode()
+
+
+class GatewayHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with socket, deadline and header limits."""
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        if self.ws_protocol_class is WebSocketsSansIOProtocol:  # the default, "auto"
+            self.ws_protocol_class = GatewayWebSocketProtocol
+        self._guard = _guard(app_state)
+        self._header_bytes = 0
+        self._in_headers = True
+        self._deadline: asyncio.TimerHandle | None = None
+        self._pending_peer: str | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        guard, peer = self._guard, self.client[0] if self.client else ""
+        trusted = bool(peer) and is_trusted_proxy(peer, self.config)
+        refusal = guard.refuse_socket(len(self.connections), peer, trusted)
+        if refusal is not None:
+            transport.write(_response("503 Service Unavailable", refusal))
+            transport.close()
+            return
+        if peer and not trusted:
+            self._pending_peer = peer
+            guard.pending[peer] += 1
+        self._deadline = self.loop.call_later(guard.limits.handshake_timeout, self._too_slow)
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_headers:
+            self._header_bytes += len(data)
+            if self._header_bytes > self._guard.limits.max_request_header_bytes:
+                self._guard.count("header_too_large")
+                self.transport.write(_response("431 Request Header Fields Too Large", "too big"))
+                self._stop(abort=False)
+                return
+        super().data_received(data)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_headers = True
+        self._header_bytes = 0
+
+    def on_headers_complete(self) -> None:
+        self._in_headers = False
+        self._cancel_deadline()
+        self._release_pending()
+        super().on_headers_complete()
+
+    def handle_websocket_upgrade(self) -> None:
+        self._cancel_deadline()  # the WebSocket protocol keeps its own handshake deadline
+        self._release_pending()
+        super().handle_websocket_upgrade()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_deadline()
+        self._release_pending()
+        super().connection_lost(exc)
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        if self._in_headers and not self.transport.is_closing():
+            self._guard.count("request_timeout")
+            self.transport.write(_response("408 Request Timeout", "request too slow"))
+            self._stop(abort=False)
+
+    def _stop(self, *, abort: bool) -> None:
+        self._in_headers = False  # nothing more is parsed
+        self._cancel_deadline()
+        self._release_pending()
+        self.transport.pause_reading()
+        if abort:
+            self.transport.abort()
+        else:
+            self.transport.close()
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _release_pending(self) -> None:
+        if self._pending_peer is not None:
+            self._guard.release_pending(self._pending_peer)
+            self._pending_peer = None
 
 
 class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's sans-I/O WebSocket protocol, exposing a `ServerConnection` to the app."""
+    """uvicorn's sans-I/O WebSocket protocol with frame and output limits, exposing a
+    `ServerConnection` to the app."""
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self._guard = _guard(app_state)
+        limits = self._guard.limits
+        self._frame_tokens = float(limits.frame_burst)
+        self._frame_time = self.loop.time()
+        self._failed = False
+        self._deadline: asyncio.TimerHandle | None = None
+        # websockets logs every header and frame at DEBUG: tokens and cookies included.
+        self.conn.debug = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        timeout = self._guard.limits.handshake_timeout
+        self._deadline = self.loop.call_later(timeout, self._handshake_too_slow)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        super().connection_lost(exc)
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
         if not self.close_sent:  # the handshake is valid and the app is about to run
             extensions = cast(dict[str, Any], self.scope["extensions"])
             extensions[SCOPE_EXTENSION] = ServerConnection(self)
+
+    # Every incoming frame is charged to the connection's frame budget first.
+
+    def handle_text(self, event: Frame) -> None:
+        if self._charge():
+            super().handle_text(event)
+
+    def handle_bytes(self, event: Frame) -> None:
+        if self._charge():
+            super().handle_bytes(event)
+
+    def handle_cont(self, event: Frame) -> None:
+        if self._charge():
+            super().handle_cont(event)
+
+    def handle_ping(self) -> None:
+        if self._charge():
+            super().handle_ping()  # writes the pong websockets queued
+            self._check_unread_output()
+
+    def handle_pong(self, event: Frame) -> None:
+        if self._charge():
+            super().handle_pong(event)
+
+    def keepalive_timeout(self) -> None:
+        super().keepalive_timeout()
+        self._abort_if_unread()  # a peer that stopped answering will not read a close frame
+
+    def _charge(self) -> bool:
+        if self._failed:
+            return False
+        limits = self._guard.limits
+        now = self.loop.time()
+        self._frame_tokens = min(
+            float(limits.frame_burst),
+            self._frame_tokens + (now - self._frame_time) * limits.frame_rate,
+        )
+        self._frame_time = now
+        if self._frame_tokens >= 1:
+            self._frame_tokens -= 1
+            return True
+        self._guard.count("frame_rate")
+        logger.warning("closing a client over its frame budget client=%s", _peer(self.client))
+        self._fail(1008, "frame rate limit exceeded")
+        return False
+
+    def _check_unread_output(self) -> None:
+        if self.transport.get_write_buffer_size() > self._guard.limits.max_unread_output:
+            self._guard.count("unread_output")
+            logger.warning("aborting a client that does not read client=%s", _peer(self.client))
+            self._failed = True
+            self.transport.abort()
+
+    def _fail(self, code: int, reason: str) -> None:
+        self._failed = True
+        self.conn.fail(code, reason)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        self.close_sent = True
+        self._abort_if_unread()
+        self.transport.close()
+
+    def _abort_if_unread(self) -> None:
+        if self.transport.get_write_buffer_size() > 0:
+            self.transport.abort()
+
+    def _handshake_too_slow(self) -> None:
+        self._deadline = None
+        if not self.handshake_complete and not self.transport.is_closing():
+            self._guard.count("handshake_timeout")
+            self.transport.abort()
+
+
+def _peer(client: tuple[str, int] | None) -> str:
+    return client[0] if client else "-"
 
 
 class DirectFrameWriter:
@@ -98,12 +331,42 @@ class ServerConnection:
     def limit_send_buffer(self, size: int) -> None:
         """Cap the kernel's send buffer for this socket (SO_SNDBUF), so a stalled
         client holds little kernel memory."""
-        sock: socket.socket | None = self._protocol.transport.get_extra_info("socket")
+        sock = self._socket()
         if sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+
+    def queued_bytes(self) -> int:
+        """Output not yet taken by the peer: the transport's buffer plus the kernel's
+        send queue for the socket (Linux SIOCOUTQ)."""
+        queued = self._protocol.transport.get_write_buffer_size()
+        sock = self._socket()
+        if sock is not None and sock.fileno() >= 0:
+            try:
+                raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+                queued += struct.unpack("i", raw)[0]
+            except OSError:
+                pass
+        return queued
+
+    def _socket(self) -> socket.socket | None:
+        sock: socket.socket | None = self._protocol.transport.get_extra_info("socket")
+        return sock
 
 
 def server_connection(scope: Mapping[str, Any]) -> ServerConnection | None:
     """The connection handle our protocol put in the scope, or None under another server."""
     connection = scope.get("extensions", {}).get(SCOPE_EXTENSION)
     return connection if isinstance(connection, ServerConnection) else None
+
+
+_TRUST_RULES: dict[str, _TrustedHosts] = {}
+
+
+def is_trusted_proxy(peer: str, config: Config) -> bool:
+    """uvicorn's own rule for `--forwarded-allow-ips`: a proxy whose `X-Forwarded-For`
+    names the real client, so per-peer limits do not apply to it."""
+    key = repr(config.forwarded_allow_ips)
+    rule = _TRUST_RULES.get(key)
+    if rule is None:
+        rule = _TRUST_RULES[key] = _TrustedHosts(config.forwarded_allow_ips)
+    return peer in rule

@@ -48,6 +48,18 @@ class Settings:
     reconnect_reset_after: float = setting(10.0, minimum=0)
     # No message at all from the upstream (trades or its pings) for this long: reconnect.
     upstream_idle_timeout: float = setting(90.0, minimum=0.01)
+    # The upstream's TCP connect plus WebSocket handshake must finish within this.
+    upstream_handshake_timeout: float = setting(10.0, minimum=0.01)
+    # Upstream subscribe/unsubscribe frames: a token bucket (per second, burst).
+    upstream_subscribe_rate: float = setting(10.0, minimum=0.1)
+    upstream_subscribe_burst: int = setting(50, minimum=1)
+    # The last client leaving a symbol releases it upstream only after this many seconds.
+    symbol_linger_seconds: float = setting(30.0, minimum=0)
+    # A symbol Finnhub refused is refused to every client for this many seconds.
+    rejected_symbol_seconds: float = setting(600.0, minimum=0)
+    # Trades stamped further than this in the past or the future are skipped (seconds).
+    trade_max_age: float = setting(7 * 86400.0, minimum=1)
+    trade_max_ahead: float = setting(3600.0, minimum=1)
     # -- serving -----------------------------------------------------------------------
     host: str = setting("0.0.0.0")
     port: int = setting(8000, minimum=0)
@@ -62,9 +74,9 @@ class Settings:
     client_outbox_size: int = setting(256, minimum=1)
     # A client that stays behind (conflating) this long is closed with 1013.
     slow_consumer_timeout: float = setting(10.0, minimum=0.01)
-    # Kernel send buffer per client socket in bytes (0: the kernel's autotuning, which
-    # lets each stalled client pin up to several MB of kernel memory).
-    client_send_buffer: int = setting(0, minimum=0)
+    # Kernel send buffer per client socket in bytes (Linux doubles it for bookkeeping);
+    # 0 leaves the kernel's autotuning, which lets a stalled client pin several MB.
+    client_send_buffer: int = setting(262_144, minimum=0)
     # Write pre-built frames straight to the transport where that is safe.
     direct_writes: bool = setting(True)
     # -- who may connect, and how much they may ask (README "Security and limits") ----
@@ -74,11 +86,30 @@ class Settings:
     max_message_size: int = setting(4096, minimum=64)
     max_symbols_per_client: int = setting(50, minimum=1)
     max_upstream_symbols: int = setting(50, minimum=1)
+    # Symbols one address (or user) may hold that no other client holds.
+    max_symbols_per_address: int = setting(10, minimum=1)
+    # Only these symbols or fnmatch patterns (comma-separated, or @/path/to/file with one
+    # per line); empty: any valid symbol.
+    symbols_allowed: str = setting("")
     client_message_rate: float = setting(10.0, minimum=0.01)  # messages per second
     client_message_burst: int = setting(20, minimum=1)
     rate_limit_close_after: float = setting(5.0, minimum=0)  # seconds over budget before 1008
     heartbeat_interval: float = setting(20.0, minimum=0)  # server pings; 0 disables
     heartbeat_timeout: float = setting(20.0, minimum=0)
+    # -- per address (README "Security and limits") -----------------------------------
+    max_connections_per_address: int = setting(200, minimum=1)
+    address_handshake_rate: float = setting(10.0, minimum=0.01)  # per second
+    address_handshake_burst: int = setting(50, minimum=1)
+    # Proxies whose X-Forwarded-For is believed (uvicorn's rule; "*" trusts anyone).
+    forwarded_allow_ips: str = setting("127.0.0.1,::1")
+    # -- below the application: sockets, requests and frames ---------------------------
+    handshake_timeout: float = setting(10.0, minimum=0.01)  # request headers + WS handshake
+    max_request_header_bytes: int = setting(16_384, minimum=1024)
+    max_connections: int = setting(0, minimum=0)  # open sockets; 0: open-file limit - 64
+    max_pending_per_address: int = setting(32, minimum=1)  # sockets still sending a request
+    client_frame_rate: float = setting(20.0, minimum=0.1)  # any WebSocket frame, per second
+    client_frame_burst: int = setting(100, minimum=1)
+    max_unread_output: int = setting(1_048_576, minimum=65_536)  # bytes a peer leaves unread
     # -- scale-out (README "Scale-out"); unset: one process, no Redis -----------------
     redis_url: str = setting("", secret=True)  # may carry a password
     redis_prefix: str = setting("stockgw")

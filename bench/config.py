@@ -23,8 +23,8 @@ class Config:
     # send buffer per client (a production setting too) instead of Linux's autotuned MBs.
     client_send_buffer: int = 16384
     gateway_flags: tuple[str, ...] = (
-        "--ws",
-        "server_protocol:GatewayWebSocketProtocol",
+        "--http",
+        "server_protocol:GatewayHttpProtocol",
         "--ws-per-message-deflate",
         "false",
     )

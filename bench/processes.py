@@ -163,9 +163,14 @@ async def stack(
                     "FINNHUB_API_KEY": "bench",
                     "DEMO": "false",
                     "LOG_LEVEL": "WARNING",
-                    # The scenarios need more than the free-plan and per-host defaults.
+                    # The scenarios need more than the free-plan and per-host defaults: all
+                    # load comes from one address.
                     "MAX_UPSTREAM_SYMBOLS": "100000",
                     "MAX_CLIENTS": "100000",
+                    "MAX_SYMBOLS_PER_ADDRESS": "100000",
+                    "MAX_CONNECTIONS_PER_ADDRESS": "100000",
+                    "ADDRESS_HANDSHAKE_RATE": "100000",
+                    "ADDRESS_HANDSHAKE_BURST": "100000",
                     **gateway_env,
                 },
             )

@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -31,6 +32,9 @@ from tests.contract import assert_server_message
 PROJECT = Path(__file__).resolve().parent.parent
 TEST_KEY = "fh-test-key-8c1d7e"
 RECEIVE_TIMEOUT = 5.0
+# A trade time for the tests: when they started, in whole seconds (the gateway skips
+# trades stamped days away from now, as a real feed's never are).
+T0 = int(time.time()) * 1000
 
 
 def free_port() -> int:
@@ -55,6 +59,14 @@ def settings_for(market: Market, **overrides: Any) -> Settings:
         log_level="DEBUG",
         reconnect_initial_delay=0.02,
         reconnect_max_delay=0.2,
+        # Most tests are one local tester opening many clients from 127.0.0.1 and expect
+        # symbols to be released at once; the per-address limits and the linger have
+        # their own tests (tests/test_abuse_*.py), which set them explicitly.
+        symbol_linger_seconds=0,
+        max_symbols_per_address=1000,
+        max_connections_per_address=100_000,
+        address_handshake_rate=1e6,
+        address_handshake_burst=1_000_000,
     )
     return replace(base, **overrides)
 
@@ -171,9 +183,7 @@ async def poll_until(
             await asyncio.sleep(0.02)
 
 
-def trade(
-    symbol: str, price: float, *, volume: float = 100, timestamp: int = 1_700_000_000_000
-) -> dict[str, Any]:
+def trade(symbol: str, price: float, *, volume: float = 100, timestamp: int = T0) -> dict[str, Any]:
     return {"s": symbol, "p": price, "t": timestamp, "v": volume, "c": ["1"]}
 
 

@@ -40,7 +40,7 @@ async def gateway_process(
     port = free_port()
     command = (
         sys.executable, "-m", "uvicorn", "--app-dir", str(PROJECT), "gateway:app",
-        "--ws", "server_protocol:GatewayWebSocketProtocol", *extra,
+        "--http", "server_protocol:GatewayHttpProtocol", *extra,
     )  # fmt: skip
     env = {
         "FINNHUB_WS_URL": upstream,
@@ -48,6 +48,7 @@ async def gateway_process(
         "REDIS_URL": redis_url,
         "REDIS_PREFIX": prefix,
         "LEADER_LEASE_SECONDS": str(LEASE_SECONDS),
+        "SYMBOL_LINGER_SECONDS": "0",  # releases are checked at once (linger: test_abuse_*)
         "LOG_LEVEL": "INFO",
     }
     async with gateway_subprocess(tmp_path, port, command, env) as gateway:

@@ -8,11 +8,11 @@ import uuid
 
 import pytest
 
-from tests.helpers import GatewayUnderTest, Market, poll_until, run_gateway, settings_for, trade
+from tests.helpers import T0, GatewayUnderTest, Market, poll_until, run_gateway, settings_for, trade
 
 
 def price_update(
-    symbol: str, price: float, volume: float = 100, timestamp: int = 1_700_000_000_000
+    symbol: str, price: float, volume: float = 100, timestamp: int = T0
 ) -> dict[str, object]:
     return {
         "type": "price_update",
@@ -75,16 +75,14 @@ async def test_fan_out_reaches_only_subscribers_with_the_seed_shape(
     await market.simulator.send_trades(
         [
             trade("AAPL", 150.25, volume=100),
-            trade("MSFT", 410.5, volume=0.5, timestamp=1_700_000_000_001),
+            trade("MSFT", 410.5, volume=0.5, timestamp=T0 + 1),
         ]
     )
     assert await apple.expect("price_update") == price_update("AAPL", 150.25)
     # Updates keep upstream order, so MSFT's client seeing MSFT first proves AAPL skipped it.
-    assert await microsoft.expect("price_update") == price_update(
-        "MSFT", 410.5, 0.5, 1_700_000_000_001
-    )
+    assert await microsoft.expect("price_update") == price_update("MSFT", 410.5, 0.5, T0 + 1)
     assert await both.expect("price_update") == price_update("AAPL", 150.25)
-    assert await both.expect("price_update") == price_update("MSFT", 410.5, 0.5, 1_700_000_000_001)
+    assert await both.expect("price_update") == price_update("MSFT", 410.5, 0.5, T0 + 1)
 
     # A later AAPL trade is the next thing the AAPL-only client sees: no MSFT leaked in.
     await market.simulator.send_trades([trade("MSFT", 411.0), trade("AAPL", 151.0)])
@@ -101,13 +99,13 @@ async def test_one_frame_with_many_trades_and_missing_conditions(
     )
     await market.simulator.send_raw(
         '{"type":"trade","data":['
-        '{"s":"BINANCE:BTCUSDT","p":65000.5,"t":1700000000000,"v":0.011467,"c":null},'
-        '{"s":"BINANCE:BTCUSDT","p":65001,"t":1700000000001,"v":0.5}]}'
+        f'{{"s":"BINANCE:BTCUSDT","p":65000.5,"t":{T0},"v":0.011467,"c":null}},'
+        f'{{"s":"BINANCE:BTCUSDT","p":65001,"t":{T0 + 1},"v":0.5}}]}}'
     )
     first = await client.expect("price_update")
     second = await client.expect("price_update")
-    assert first["data"] == {"price": 65000.5, "volume": 0.011467, "timestamp": 1700000000000}
-    assert second["data"] == {"price": 65001, "volume": 0.5, "timestamp": 1700000000001}
+    assert first["data"] == {"price": 65000.5, "volume": 0.011467, "timestamp": T0}
+    assert second["data"] == {"price": 65001, "volume": 0.5, "timestamp": T0 + 1}
 
 
 async def test_unsubscribe_is_confirmed_and_reference_counted(
@@ -294,7 +292,7 @@ async def test_upstream_error_reaches_only_the_clients_of_that_symbol(
     assert error == {
         "type": "error",
         "code": "upstream_error",
-        "message": "Invalid symbol FAKESYM",
+        "message": "the upstream (Finnhub) refused this symbol",  # fixed words, not Finnhub's
         "symbols": ["FAKESYM"],
     }
     assert await asker.expect("subscription") == {
@@ -317,7 +315,7 @@ async def test_symbol_cap_error_is_blamed_on_the_subscribe_that_caused_it(market
         await second.subscribe("MSFT")
         error = await second.expect("error")
         assert error["code"] == "upstream_error" and error["symbols"] == ["MSFT"]
-        assert "too many symbols" in error["message"]
+        assert error["message"] == "the upstream (Finnhub) refused this symbol"
         assert (await gateway.health())["symbols"] == ["AAPL"]
         await market.simulator.send_trades([trade("AAPL", 1.5)])
         assert (await first.expect("price_update"))["symbol"] == "AAPL"
@@ -334,7 +332,7 @@ async def test_unattributable_upstream_error_reaches_every_client(
         assert await client.expect("error") == {
             "type": "error",
             "code": "upstream_error",
-            "message": "Internal server error",
+            "message": "the upstream (Finnhub) reported an error; prices may pause",
         }
     assert (await gateway.health())["symbols"] == ["AAPL"]
 

@@ -122,7 +122,7 @@ async def test_uvicorn_command_line_serves_the_app(tmp_path: Path) -> None:
 
 DEPLOYED = (
     sys.executable, "-m", "uvicorn", "--app-dir", str(PROJECT), "gateway:app",
-    "--ws", "server_protocol:GatewayWebSocketProtocol", "--ws-per-message-deflate", "false",
+    "--http", "server_protocol:GatewayHttpProtocol", "--ws-per-message-deflate", "false",
 )  # fmt: skip
 FIFTY_SYMBOLS = [f"S{index:02d}" for index in range(50)]
 

@@ -94,7 +94,9 @@ async def test_another_ws_protocol_falls_back_with_one_warning_naming_the_flags(
     market: Market, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING)
-    async with run_gateway(settings_for(market), ws="websockets-sansio") as gateway:
+    # Plain uvicorn: its own HTTP and WebSocket protocols, not the gateway's.
+    plain = run_gateway(settings_for(market), http="httptools", ws="websockets-sansio")
+    async with plain as gateway:
         clients = [await gateway.connect() for _ in range(3)]
         assert (await gateway.health())["clients_fast_path"] == 0
         await clients[0].subscribe("AAPL")

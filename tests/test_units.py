@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from finnhub_feed import Backoff, parse_trades, redact
+from finnhub_feed import Backoff
+from finnhub_messages import parse_trades, redact
 from protocol import ProtocolError, normalize_symbol, parse_client_message, split_symbols
 from upstream import Trade
 
@@ -86,7 +87,7 @@ def test_parse_trades_keeps_valid_and_counts_malformed() -> None:
         ["not", "a", "dict"],
         None,
     ]
-    trades, malformed = parse_trades(data)
+    trades, malformed = parse_trades(data, now=1_700_000_000)
     assert trades == [
         Trade("AAPL", 150.25, 100, 1700000000000),
         Trade("BINANCE:BTCUSDT", 65000, 0.011467, 1700000000001),

@@ -1,0 +1,123 @@
+"""Who may open a `/ws` connection now: the handshake checks, in the order they run.
+
+1. **Origin**: CORS does not cover WebSockets, so the browser's `Origin` is checked
+   against configured values only (never the request's own Host header, which a
+   DNS-rebinding page sets). 403.
+2. **Token** (`GATEWAY_TOKEN`), compared in constant time. 401.
+3. **Per address**: at most `MAX_CONNECTIONS_PER_ADDRESS` open connections and
+   `ADDRESS_HANDSHAKE_RATE` handshakes per second (bursts of `ADDRESS_HANDSHAKE_BURST`)
+   from one client address. 429 with `Retry-After`. The address is the ASGI scope's
+   client, which uvicorn takes from `X-Forwarded-For` only when the peer is a trusted
+   proxy (`FORWARDED_ALLOW_IPS`).
+
+`Admission` keeps the per-address counters; memory is bounded by forgetting addresses
+with no open connection and a full bucket. It never reads message bodies.
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from settings import Settings
+from token_bucket import TokenBucket
+
+# Idle per-address state is swept when the table grows past this many addresses.
+SWEEP_AT = 10_000
+
+
+@dataclass(frozen=True)
+class Refusal:
+    status: int
+    reason: str
+    retry_after: int | None = None
+
+
+class Admission:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._open: dict[str, int] = {}  # address -> open connections
+        self._buckets: dict[str, TokenBucket] = {}  # address -> handshake budget
+        self.refused: dict[str, int] = {}  # reason -> count, for /metrics
+        self._sweep_at = SWEEP_AT
+
+    def connections_from(self, address: str) -> int:
+        return self._open.get(address, 0)
+
+    def refusal(
+        self, origin: str | None, token: str | None, address: str, now: float
+    ) -> Refusal | None:
+        """Why this handshake must be refused, or None (and the handshake is counted)."""
+        settings = self._settings
+        if origin is None:
+            if settings.require_origin:
+                return self._refuse("origin", Refusal(403, "an Origin header is required"))
+        elif not (settings.any_origin or origin in settings.allowed_origins):
+            return self._refuse("origin", Refusal(403, "origin not allowed"))
+        if settings.gateway_token:
+            presented = (token or "").encode()
+            if not hmac.compare_digest(presented, settings.gateway_token.encode()):
+                return self._refuse("token", Refusal(401, "missing or wrong token"))
+        if self._open.get(address, 0) >= settings.max_connections_per_address:
+            return self._refuse(
+                "address_connections",
+                Refusal(
+                    429,
+                    f"too many connections from your address "
+                    f"(at most {settings.max_connections_per_address})",
+                    retry_after=10,
+                ),
+            )
+        wait = self._take_handshake(address, now)
+        if wait > 0:
+            return self._refuse(
+                "address_handshakes",
+                Refusal(
+                    429,
+                    f"too many new connections from your address "
+                    f"(at most {settings.address_handshake_rate:g} per second)",
+                    retry_after=max(1, math.ceil(wait)),
+                ),
+            )
+        return None
+
+    @contextmanager
+    def holding(self, address: str) -> Iterator[None]:
+        """Count one open connection from `address` for the length of the block."""
+        self._open[address] = self._open.get(address, 0) + 1
+        try:
+            yield
+        finally:
+            left = self._open[address] - 1
+            if left:
+                self._open[address] = left
+            else:
+                del self._open[address]
+
+    def _take_handshake(self, address: str, now: float) -> float:
+        """Spend one handshake from the address's bucket: 0, or seconds until one is due."""
+        bucket = self._buckets.get(address)
+        if bucket is None:
+            if len(self._buckets) >= self._sweep_at:
+                self._sweep(now)
+            settings = self._settings
+            bucket = TokenBucket(
+                settings.address_handshake_rate, settings.address_handshake_burst, now
+            )
+            self._buckets[address] = bucket
+        return bucket.take(now)
+
+    def _sweep(self, now: float) -> None:
+        for address, bucket in list(self._buckets.items()):
+            if bucket.full(now) and address not in self._open:
+                del self._buckets[address]
+        # Amortised: under a spread-out attack the table may stay big; sweep it again only
+        # once it has doubled, so each new address costs O(1) on average.
+        self._sweep_at = max(SWEEP_AT, 2 * len(self._buckets))
+
+    def _refuse(self, reason: str, refusal: Refusal) -> Refusal:
+        self.refused[reason] = self.refused.get(reason, 0) + 1
+        return refusal

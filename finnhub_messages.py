@@ -1,0 +1,92 @@
+"""Finnhub's wire format, read defensively: decode a frame, validate each trade on its
+own, and keep the API key out of any text that is logged.
+
+Finnhub (or anything pretending to be it) can send malformed JSON, `NaN`, absurd
+values or its own error text. Every trade is checked alone: a bad one is skipped and
+counted, and the rest of its frame is still delivered. Pure functions: no I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from typing import Any
+
+import orjson
+
+from upstream import Trade
+
+_TOKEN_IN_TEXT = re.compile(r"(token=)[^&\s'\"]+", re.IGNORECASE)
+
+
+class UndecodableMessage(ValueError):
+    """The frame is not a JSON object or array, even leniently."""
+
+
+def decode(text: str) -> Any:
+    """A frame's JSON. orjson first (fast, strict); on failure the standard library,
+    which also reads the `NaN` and `Infinity` that orjson refuses, so one bad number
+    costs one trade rather than the whole frame."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        raise UndecodableMessage("not JSON") from None
+
+
+def parse_trades(
+    data: Any,
+    *,
+    max_age: float = 7 * 86400.0,
+    max_ahead: float = 3600.0,
+    now: float | None = None,
+) -> tuple[list[Trade], int]:
+    """Valid trades from a trade frame's `data`, and how many entries were skipped.
+
+    Valid: a string symbol, a finite positive price, a finite non-negative volume, and
+    an integer millisecond timestamp no more than `max_age` seconds old and no more
+    than `max_ahead` seconds in the future.
+    """
+    if not isinstance(data, list):
+        return [], 1
+    now_ms = (time.time() if now is None else now) * 1000
+    oldest, newest = now_ms - max_age * 1000, now_ms + max_ahead * 1000
+    trades: list[Trade] = []
+    skipped = 0
+    for item in data:
+        try:
+            symbol, price, volume, timestamp = item["s"], item["p"], item["v"], item["t"]
+        except (TypeError, KeyError):
+            skipped += 1
+            continue
+        if (
+            isinstance(symbol, str)
+            and _is_number(price)
+            and price > 0
+            and _is_number(volume)
+            and volume >= 0
+            and isinstance(timestamp, int)
+            and not isinstance(timestamp, bool)
+            and oldest <= timestamp <= newest
+        ):
+            trades.append(Trade(symbol, price, volume, timestamp))
+        else:
+            skipped += 1
+    return trades, skipped
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def redact(text: str, secret: str) -> str:
+    """Text with the secret (in any letter case) and any `token=` query value masked.
+    Redact first, shorten after: a secret cut in half by a length limit still leaks."""
+    if secret:
+        text = re.sub(re.escape(secret), "***", text, flags=re.IGNORECASE)
+    return _TOKEN_IN_TEXT.sub(r"\1***", text)

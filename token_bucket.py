@@ -1,0 +1,50 @@
+"""A token bucket: `rate` tokens per second, holding at most `burst`; starts full.
+
+One small class for every budget in the gateway: a client's messages
+(client_session), a connection's frames (server_protocol), handshakes per address
+(admission) and the upstream's subscribe frames (finnhub_feed). Time is passed in, so
+callers use their loop's clock and tests need no sleeps. No I/O, no logging.
+"""
+
+from __future__ import annotations
+
+
+class TokenBucket:
+    __slots__ = ("_limited_since", "_updated", "burst", "rate", "tokens")
+
+    def __init__(self, rate: float, burst: float, now: float | None = None) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self._updated = now
+        self._limited_since: float | None = None
+
+    def _refill(self, now: float) -> None:
+        if self._updated is not None:
+            self.tokens = min(self.burst, self.tokens + (now - self._updated) * self.rate)
+        self._updated = now
+
+    def take(self, now: float) -> float:
+        """Spend one token: 0.0 if there was one, else the seconds until there is."""
+        self._refill(now)
+        if self.tokens >= 1:
+            # Over budget until the bucket has refilled halfway: one message slipping
+            # through between refusals does not make a client well-behaved again.
+            if self.tokens >= self.burst / 2:
+                self._limited_since = None
+            self.tokens -= 1
+            return 0.0
+        if self._limited_since is None:
+            self._limited_since = now
+        return (1 - self.tokens) / self.rate
+
+    def allow(self, now: float) -> bool:
+        return self.take(now) == 0.0
+
+    def limited_for(self, now: float) -> float:
+        """How long the bucket has been over its budget (0 when it is within it)."""
+        return 0.0 if self._limited_since is None else now - self._limited_since
+
+    def full(self, now: float) -> bool:
+        self._refill(now)
+        return self.tokens >= self.burst
