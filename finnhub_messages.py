@@ -80,6 +80,30 @@ def parse_trades(
     return trades, skipped
 
 
+def newest_per_symbol(trades: list[Trade], limit: int) -> tuple[list[Trade], int]:
+    """At most `limit` trades per symbol from one message: the newest, in their order.
+
+    A client that falls behind gets only the newest price anyway (conflation); a single
+    upstream message with tens of thousands of trades for one symbol would otherwise
+    cost the broadcaster seconds and delay everyone else's updates. Returns the kept
+    trades and how many were dropped.
+    """
+    counts: dict[str, int] = {}
+    for trade in trades:
+        counts[trade.symbol] = counts.get(trade.symbol, 0) + 1
+    if max(counts.values(), default=0) <= limit:
+        return trades, 0
+    skip = {symbol: count - limit for symbol, count in counts.items() if count > limit}
+    kept: list[Trade] = []
+    for trade in trades:
+        left = skip.get(trade.symbol, 0)
+        if left:
+            skip[trade.symbol] = left - 1
+        else:
+            kept.append(trade)
+    return kept, len(trades) - len(kept)
+
+
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 
 # The project's own loggers, whose level LOG_LEVEL sets.
 GATEWAY_LOGGERS = (
@@ -26,17 +25,35 @@ GATEWAY_LOGGERS = (
     "supervisor",
     "simulator",
 )
-_QUERY_STRING = re.compile(r"(\s/[^\s?\"]*)\?[^\s\"]*")
+# Request headers that carry credentials: never logged, whoever logs them.
+SECRET_HEADERS = frozenset({"authorization", "cookie", "set-cookie", "sec-websocket-protocol"})
+
+
+def _without_query(value: object) -> object:
+    """A request target with its query string replaced: `/ws?token=x` -> `/ws?***`.
+
+    uvicorn passes the parsed path (with its query) as one argument of its access and
+    WebSocket log lines; the query is cut from that argument, so no spelling of the
+    token (percent-encoded, quoted, in an absolute URL) can survive.
+    """
+    if isinstance(value, str) and "?" in value:
+        return value.split("?", 1)[0] + "?***"
+    return value
 
 
 class RedactTokens(logging.Filter):
-    """uvicorn logs request paths with their query string (`/ws?token=...`, or any
-    percent-encoded spelling of it): drop every query string from its lines."""
+    """On the server's loggers: drop the query string from every request-target
+    argument, and the value of every credential-bearing header argument."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if "?" in message:
-            record.msg, record.args = _QUERY_STRING.sub(r"\1?***", message), ()
+        args = record.args
+        if isinstance(args, tuple) and args:
+            redacted = tuple(_without_query(arg) for arg in args)
+            if len(redacted) == 2 and str(redacted[0]).lower() in SECRET_HEADERS:
+                redacted = (redacted[0], "***")  # a websockets-style "< %s: %s" header line
+            record.args = redacted
+        elif isinstance(record.msg, str) and "?" in record.msg and not args:
+            record.msg = " ".join(str(_without_query(part)) for part in record.msg.split(" "))
         return True
 
 
@@ -69,7 +86,7 @@ def configure_logging(level: str, log_format: str = "text") -> None:
             )
         root.addHandler(handler)
         root.setLevel(level)
-    for name in ("uvicorn.error", "uvicorn.access"):
+    for name in ("uvicorn.error", "uvicorn.access", "websockets"):
         server_logger = logging.getLogger(name)
         if not any(isinstance(f, RedactTokens) for f in server_logger.filters):
             server_logger.addFilter(RedactTokens())

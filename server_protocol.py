@@ -48,6 +48,7 @@ from websockets.frames import Frame
 from websockets.http11 import Request
 
 from connection_guard import ConnectionGuard
+from token_bucket import TokenBucket
 
 logger = logging.getLogger(__name__)
 
@@ -178,8 +179,7 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
         super().__init__(config, server_state, app_state, _loop)
         self._guard = _guard(app_state)
         limits = self._guard.limits
-        self._frame_tokens = float(limits.frame_burst)
-        self._frame_time = self.loop.time()
+        self._frame_budget = TokenBucket(limits.frame_rate, limits.frame_burst, self.loop.time())
         self._failed = False
         self._deadline: asyncio.TimerHandle | None = None
         # websockets logs every header and frame at DEBUG: tokens and cookies included.
@@ -228,18 +228,22 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
         super().keepalive_timeout()
         self._abort_if_unread()  # a peer that stopped answering will not read a close frame
 
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.close" and self.close_timer is not None:
+            # uvicorn's timer closes gracefully, which waits for a peer that may never
+            # read: abort instead if our output is still unread by then.
+            self.close_timer.cancel()
+            self.close_timer = self.loop.call_later(self.close_timeout, self._close_or_abort)
+
+    def _close_or_abort(self) -> None:
+        self._abort_if_unread()
+        self.transport.close()
+
     def _charge(self) -> bool:
         if self._failed:
             return False
-        limits = self._guard.limits
-        now = self.loop.time()
-        self._frame_tokens = min(
-            float(limits.frame_burst),
-            self._frame_tokens + (now - self._frame_time) * limits.frame_rate,
-        )
-        self._frame_time = now
-        if self._frame_tokens >= 1:
-            self._frame_tokens -= 1
+        if self._frame_budget.allow(self.loop.time()):
             return True
         self._guard.count("frame_rate")
         logger.warning("closing a client over its frame budget client=%s", _peer(self.client))
