@@ -59,6 +59,7 @@ WS_IMPORT_PATH = "server_protocol:GatewayWebSocketProtocol"
 # What to tell an operator whose server command cannot use the fast path.
 FAST_PATH_FLAGS = f"--http {HTTP_IMPORT_PATH} --ws-per-message-deflate false"
 _FALLBACK_GUARD = ConnectionGuard()  # before the lifespan hands over the real one
+WRITE_BUFFER_HIGH = 4_096  # bytes in the transport before a client counts as stalled
 
 
 def _guard(app_state: Mapping[str, Any]) -> ConnectionGuard:
@@ -187,6 +188,10 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        # The kernel's send buffer absorbs a healthy client's bursts; what waits above
+        # it belongs in the client's outbox (shared frames, conflated), not in the
+        # transport, where each queued write of a ~100-byte frame costs far more memory.
+        self.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
         timeout = self._guard.limits.handshake_timeout
         self._deadline = self.loop.call_later(timeout, self._handshake_too_slow)
 

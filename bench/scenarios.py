@@ -160,7 +160,7 @@ async def churning_client(ws_url: str, session: aiohttp.ClientSession, rng: rand
     universe = [f"K{index:02d}" for index in range(100)]
     async with session.ws_connect(ws_url) as ws:
         symbols = rng.sample(universe, rng.randint(1, 5))
-        await ws.send_bytes(orjson.dumps({"action": "subscribe", "symbols": symbols}))
+        await ws.send_str(orjson.dumps({"action": "subscribe", "symbols": symbols}).decode())
         deadline = time.monotonic() + rng.uniform(0.1, 2.0)
         while (left := deadline - time.monotonic()) > 0:
             try:
@@ -173,7 +173,7 @@ async def churning_client(ws_url: str, session: aiohttp.ClientSession, rng: rand
             if transport is not None:
                 transport.abort()
         elif ending == "unsubscribe":
-            await ws.send_bytes(orjson.dumps({"action": "unsubscribe", "symbols": symbols}))
+            await ws.send_str(orjson.dumps({"action": "unsubscribe", "symbols": symbols}).decode())
         return ending
 
 

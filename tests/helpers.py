@@ -15,7 +15,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -119,9 +119,17 @@ class GatewayUnderTest:
     gateway: Gateway
     session: aiohttp.ClientSession
     server: uvicorn.Server
+    _extra_sessions: list[aiohttp.ClientSession] = field(default_factory=list)
 
-    async def connect(self, **kwargs: Any) -> Client:
-        ws = await self.session.ws_connect(self.ws_url, **kwargs)
+    async def connect(self, *, local: str | None = None, **kwargs: Any) -> Client:
+        """A client past its `connection` message; from address `local` (127.0.0.x) if
+        given, as a distinct client machine would be."""
+        session = self.session
+        if local is not None:
+            connector = aiohttp.TCPConnector(local_addr=(local, 0))
+            session = aiohttp.ClientSession(connector=connector)
+            self._extra_sessions.append(session)
+        ws = await session.ws_connect(self.ws_url, **kwargs)
         client = Client(ws)
         assert (await client.receive())["type"] == "connection"
         return client
@@ -161,13 +169,18 @@ async def run_gateway(
                 await asyncio.sleep(0.01)
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as session:
-            yield GatewayUnderTest(
+            running = GatewayUnderTest(
                 f"http://127.0.0.1:{port}",
                 f"ws://127.0.0.1:{port}/ws",
                 app.state.gateway,
                 session,
                 server,
             )
+            try:
+                yield running
+            finally:
+                for extra in running._extra_sessions:
+                    await extra.close()
     finally:
         server.should_exit = True
         await serving

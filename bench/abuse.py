@@ -1,0 +1,265 @@
+"""The abuse rig: the gateway as deployed (a uvicorn process with the documented flags),
+a scripted Finnhub in this process, a steady stream for a bystander client on another
+address, and the measures that judge an attack: the bystander's update rate with and
+without it, `/health` latency throughout, and the gateway's RSS.
+
+Used by tests/test_abuse_*.py (short attacks, asserted) and by `python -m bench
+--scenario abuse` (longer attacks, reported in BENCHMARKS.md). Loopback only; every
+wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+import orjson
+
+from bench.config import Config
+from bench.processes import PROJECT, free_port
+from settings import environment_names
+from simulator import MarketSimulator, serve
+
+BYSTANDER = "127.0.0.2"  # the normal client's address; attackers use 127.0.0.3 and up
+KEY = "abuse-test-key"
+PUMP_SYMBOL = "AAPL"
+T = TypeVar("T")
+
+
+@dataclass
+class Measure:
+    """One attack's effect, measured in the same run as a window without it."""
+
+    baseline_rate: float  # bystander updates per second before the attack
+    attack_rate: float  # ... and during it
+    health_max_ms: float
+    health_failures: int
+    rss_before_mib: float
+    rss_peak_mib: float
+    rss_after_mib: float
+
+    @property
+    def ratio(self) -> float:
+        return self.attack_rate / self.baseline_rate if self.baseline_rate else 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "bystander_rate_before": round(self.baseline_rate, 1),
+            "bystander_rate_during": round(self.attack_rate, 1),
+            "bystander_ratio": round(self.ratio, 3),
+            "health_max_ms": round(self.health_max_ms, 1),
+            "health_failures": self.health_failures,
+            "rss_mib_before_peak_after": [  # type: ignore[dict-item]
+                round(self.rss_before_mib, 1),
+                round(self.rss_peak_mib, 1),
+                round(self.rss_after_mib, 1),
+            ],
+        }
+
+
+class AbuseRig:
+    def __init__(
+        self,
+        simulator: MarketSimulator,
+        process: asyncio.subprocess.Process,
+        port: int,
+        log: Path,
+        session: aiohttp.ClientSession,
+    ) -> None:
+        self.simulator = simulator
+        self.process = process
+        self.port = port
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.ws_url = f"ws://127.0.0.1:{port}/ws"
+        self.session = session
+        self._log = log
+        self.bystander_updates = 0
+        self.bystander_closed = False
+
+    def log_text(self) -> str:
+        return self._log.read_text(errors="replace")
+
+    def rss_mib(self) -> float:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    async def health(self) -> tuple[int, dict[str, Any], float]:
+        """(status, body, milliseconds) of one GET /health."""
+        started = time.perf_counter()
+        async with self.session.get(self.base_url + "/health") as response:
+            body: dict[str, Any] = await response.json()
+            return response.status, body, (time.perf_counter() - started) * 1000
+
+    async def metrics(self) -> dict[str, float]:
+        async with self.session.get(self.base_url + "/metrics") as response:
+            text = await response.text()
+        return {
+            line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line and not line.startswith("#")
+        }
+
+    async def bystander_rate(self, seconds: float) -> float:
+        before, started = self.bystander_updates, time.monotonic()
+        await asyncio.sleep(seconds)
+        return (self.bystander_updates - before) / (time.monotonic() - started)
+
+    async def measure(
+        self, attack: Callable[[], Coroutine[Any, Any, T]], seconds: float, baseline: float = 2.0
+    ) -> tuple[Measure, T | None]:
+        """The bystander's rate for `baseline` seconds, then for `seconds` while `attack`
+        runs (cancelled if it is still running then), with /health probed and RSS sampled
+        throughout. Returns the measure and the attack's result (None if cancelled)."""
+        rss_before = self.rss_mib()
+        baseline_rate = await self.bystander_rate(baseline)
+        latencies: list[float] = []
+        failures = 0
+        rss_peak = rss_before
+
+        async def probe() -> None:
+            nonlocal failures, rss_peak
+            while True:
+                try:
+                    async with asyncio.timeout(5):
+                        status, _, took = await self.health()
+                    latencies.append(took)
+                    failures += status != 200
+                except (TimeoutError, aiohttp.ClientError):
+                    failures += 1
+                    latencies.append(5000.0)
+                rss_peak = max(rss_peak, self.rss_mib())
+                await asyncio.sleep(0.1)
+
+        running = asyncio.create_task(attack())
+        prober = asyncio.create_task(probe())
+        try:
+            attack_rate = await self.bystander_rate(seconds)
+        finally:
+            prober.cancel()
+            if not running.done():
+                running.cancel()
+            await asyncio.wait([prober, running])
+        result = None if running.cancelled() else running.result()
+        measure = Measure(
+            baseline_rate,
+            attack_rate,
+            max(latencies, default=0.0),
+            failures,
+            rss_before,
+            rss_peak,
+            self.rss_mib(),
+        )
+        return measure, result
+
+
+@asynccontextmanager
+async def abuse_rig(
+    env: dict[str, str] | None = None, *, pump_per_second: float = 100.0
+) -> AsyncIterator[AbuseRig]:
+    """The gateway under `env` (settings) on a free port, its bystander subscribed to
+    AAPL from 127.0.0.2 and receiving `pump_per_second` updates a second."""
+    simulator = MarketSimulator(rate=0, token=KEY)
+    port = free_port()
+    async with AsyncExitStack() as stack:
+        upstream = await stack.enter_async_context(serve(simulator))
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="abuse-")))
+        log = folder / "gateway.log"
+        process = await stack.enter_async_context(_gateway(port, upstream, log, env or {}))
+        session = await stack.enter_async_context(
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        )
+        rig = AbuseRig(simulator, process, port, log, session)
+        await _until_healthy(rig, process)
+        bystander = await stack.enter_async_context(
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(BYSTANDER, 0)))
+        )
+        ws = await bystander.ws_connect(rig.ws_url)
+        await ws.send_str(orjson.dumps({"action": "subscribe", "symbols": [PUMP_SYMBOL]}).decode())
+        await simulator.wait_for(lambda: PUMP_SYMBOL in simulator.subscribed_symbols(), 10)
+        reader = asyncio.create_task(_count_updates(rig, ws))
+        pump = asyncio.create_task(_pump(simulator, pump_per_second))
+        try:
+            await rig.bystander_rate(0.5)  # let the stream settle
+            yield rig
+        finally:
+            for task in (pump, reader):
+                task.cancel()
+            await asyncio.wait([pump, reader])
+            await ws.close()
+
+
+@asynccontextmanager
+async def _gateway(
+    port: int, upstream: str, log: Path, env: dict[str, str]
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    command = [
+        sys.executable, "-m", "uvicorn", "--app-dir", str(PROJECT), "gateway:app",
+        "--host", "127.0.0.1", "--port", str(port), *Config().gateway_flags,
+    ]  # fmt: skip
+    settings = {
+        "FINNHUB_WS_URL": upstream,
+        "FINNHUB_API_KEY": KEY,
+        "DEMO": "false",
+        "LOG_LEVEL": "INFO",
+        **env,
+    }
+    names = set(environment_names())  # none of the developer's own gateway settings
+    base = {key: value for key, value in os.environ.items() if key not in names}
+    with log.open("wb") as output:
+        process = await asyncio.create_subprocess_exec(
+            *command, cwd=PROJECT, env={**base, **settings}, stdout=output, stderr=output
+        )
+    try:
+        yield process
+    finally:
+        if process.returncode is None:
+            process.terminate()
+            try:
+                async with asyncio.timeout(15):
+                    await process.wait()
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+
+
+async def _until_healthy(rig: AbuseRig, process: asyncio.subprocess.Process) -> None:
+    async with asyncio.timeout(20):
+        while True:
+            if process.returncode is not None:
+                raise RuntimeError("the gateway exited:\n" + rig.log_text()[-3000:])
+            try:
+                status, body, _ = await rig.health()
+                if status == 200 and body["upstream"] == "connected":
+                    return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+
+
+async def _count_updates(rig: AbuseRig, ws: aiohttp.ClientWebSocketResponse) -> None:
+    async for message in ws:
+        if message.type is aiohttp.WSMsgType.TEXT and '"price_update"' in message.data:
+            rig.bystander_updates += 1
+    rig.bystander_closed = True
+
+
+async def _pump(simulator: MarketSimulator, per_second: float) -> None:
+    """A steady stream for the bystander's symbol, paced by the clock."""
+    interval, price, next_at = 1 / per_second, 100.0, time.monotonic()
+    while True:
+        price = round(price + 0.01, 2)
+        now_ms = int(time.time() * 1000)
+        await simulator.send_trades([{"s": PUMP_SYMBOL, "p": price, "t": now_ms, "v": 1}])
+        next_at += interval
+        await asyncio.sleep(max(0.0, next_at - time.monotonic()))

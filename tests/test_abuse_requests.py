@@ -1,0 +1,96 @@
+"""Attacks before any WebSocket exists: a giant header, a request sent a byte at a time,
+sockets that connect and never send, and enough of them to exhaust file descriptors.
+Each is refused with a clear status or closed in bounded time, while a normal client
+on another address keeps streaming and /health answers within a second."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from bench.abuse import abuse_rig
+from bench.attacks import closed_by_peer, huge_header, open_idle_sockets, slowloris
+from tests.test_abuse_frames import assert_absorbed
+
+pytestmark = pytest.mark.slow
+
+
+async def test_a_giant_header_gets_431_before_it_is_buffered() -> None:
+    async with abuse_rig() as rig:
+        measure, result = await rig.measure(
+            lambda: huge_header("127.0.0.1", rig.port, "127.0.0.3", total=100 * 1024 * 1024),
+            seconds=3,
+        )
+        assert result is not None
+        status, took = result
+        assert status == 431 and took < 2, result
+        assert_absorbed(measure, rss_growth_mib=10)
+
+
+async def test_a_request_sent_a_byte_at_a_time_is_cut_at_the_deadline() -> None:
+    async with abuse_rig({"HANDSHAKE_TIMEOUT": "1.5"}) as rig:
+        measure, result = await rig.measure(
+            lambda: slowloris("127.0.0.1", rig.port, "127.0.0.3", interval=0.2, limit=10),
+            seconds=3,
+        )
+        assert result is not None
+        status, took = result
+        assert status == 408 and 1.4 < took < 3, result
+        assert_absorbed(measure)
+        assert (await rig.metrics())['gateway_refusals_total{reason="request_timeout"}'] == 1
+
+
+async def test_idle_sockets_are_capped_per_address_and_closed_at_the_deadline() -> None:
+    env = {"HANDSHAKE_TIMEOUT": "2", "MAX_PENDING_PER_ADDRESS": "32"}
+    async with abuse_rig(env) as rig:
+        opened: list[socket.socket] = []
+
+        async def open_many() -> None:
+            opened.extend(await open_idle_sockets("127.0.0.1", rig.port, "127.0.0.3", 200))
+
+        try:
+            measure, _ = await rig.measure(open_many, seconds=1, baseline=1)
+            # Past 32 unfinished requests from one address, the rest are turned away.
+            await asyncio.sleep(0.2)
+            refused_at_once = sum(closed_by_peer(sock) for sock in opened)
+            assert refused_at_once >= len(opened) - 32, (refused_at_once, len(opened))
+            # The 32 it kept are closed at the deadline, by themselves.
+            async with asyncio.timeout(5):
+                while not all(closed_by_peer(sock) for sock in opened):  # noqa: ASYNC110
+                    await asyncio.sleep(0.1)  # a kernel socket state: nothing to await
+            assert_absorbed(measure)
+            metrics = await rig.metrics()
+            assert metrics['gateway_refusals_total{reason="pending_per_address"}'] >= 100
+            assert "too many unfinished requests from one address" in rig.log_text()
+        finally:
+            for sock in opened:
+                sock.close()
+
+
+async def test_the_open_socket_cap_refuses_before_descriptors_run_out_and_says_so() -> None:
+    env = {"HANDSHAKE_TIMEOUT": "2", "MAX_CONNECTIONS": "60", "MAX_PENDING_PER_ADDRESS": "32"}
+    async with abuse_rig(env) as rig:
+        opened: list[socket.socket] = []
+
+        async def from_many_addresses() -> None:
+            for last in range(3, 9):  # six addresses, 30 sockets each: 180 > 60
+                opened.extend(await open_idle_sockets("127.0.0.1", rig.port, f"127.0.0.{last}", 30))
+
+        try:
+            measure, _ = await rig.measure(from_many_addresses, seconds=1.5, baseline=1)
+            await asyncio.sleep(0.2)
+            refused = sum(closed_by_peer(sock) for sock in opened)
+            assert refused >= len(opened) - 60, (refused, len(opened))
+            assert "open sockets at the limit (60)" in rig.log_text()
+            # Connected clients never noticed; once the idle ones time out, new ones work.
+            assert measure.ratio >= 0.7, measure
+            async with asyncio.timeout(5):
+                while not all(closed_by_peer(sock) for sock in opened):  # noqa: ASYNC110
+                    await asyncio.sleep(0.1)
+            status, _, took = await rig.health()
+            assert status == 200 and took < 1000
+        finally:
+            for sock in opened:
+                sock.close()
