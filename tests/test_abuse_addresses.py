@@ -5,6 +5,7 @@ comes from X-Forwarded-For only when the peer is a trusted proxy."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import aiohttp
 import pytest
@@ -15,7 +16,12 @@ from tests.test_abuse_frames import assert_absorbed
 pytestmark = pytest.mark.slow
 
 
-async def handshake(rig: AbuseRig, local: str, **headers: str) -> tuple[int, str | None, object]:
+Opened = tuple[aiohttp.ClientSession, aiohttp.ClientWebSocketResponse]
+
+
+async def handshake(
+    rig: AbuseRig, local: str, **headers: str
+) -> tuple[int, str | None, Opened | None]:
     """(status, Retry-After, the open socket or None) of one handshake from `local`."""
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(local, 0)))
     try:
@@ -27,9 +33,11 @@ async def handshake(rig: AbuseRig, local: str, **headers: str) -> tuple[int, str
     return 101, None, (session, ws)
 
 
-async def close_all(opened: list[object]) -> None:
+async def close_all(opened: Sequence[Opened | None]) -> None:
     for item in opened:
-        session, ws = item  # type: ignore[misc]
+        if item is None:
+            continue
+        session, ws = item
         await ws.close()
         await session.close()
 
@@ -37,7 +45,7 @@ async def close_all(opened: list[object]) -> None:
 async def test_connections_per_address_are_capped_and_others_still_get_in() -> None:
     env = {"MAX_CONNECTIONS_PER_ADDRESS": "40", "ADDRESS_HANDSHAKE_BURST": "1000"}
     async with abuse_rig(env) as rig:
-        opened: list[object] = []
+        opened: list[Opened | None] = []
         statuses: list[int] = []
 
         async def hog() -> None:
@@ -67,7 +75,7 @@ async def test_handshakes_per_address_are_rate_limited() -> None:
     env = {"ADDRESS_HANDSHAKE_RATE": "5", "ADDRESS_HANDSHAKE_BURST": "10"}
     async with abuse_rig(env) as rig:
         results = [await handshake(rig, "127.0.0.3") for _ in range(20)]
-        opened = [socket for _, _, socket in results if socket is not None]
+        opened: list[Opened | None] = [socket for _, _, socket in results]
         try:
             statuses = [status for status, _, _ in results]
             assert statuses[:10] == [101] * 10 and 429 in statuses[10:], statuses
@@ -83,7 +91,7 @@ async def test_handshakes_per_address_are_rate_limited() -> None:
 async def test_x_forwarded_for_counts_only_from_a_trusted_proxy() -> None:
     env = {"MAX_CONNECTIONS_PER_ADDRESS": "2", "FORWARDED_ALLOW_IPS": "127.0.0.9"}
     async with abuse_rig(env) as rig:
-        opened: list[object] = []
+        opened: list[Opened | None] = []
         try:
             # From an untrusted peer the header is ignored: its own address is counted.
             for claimed in ("10.0.0.1", "10.0.0.2", "10.0.0.3"):
