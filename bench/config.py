@@ -31,6 +31,11 @@ class Config:
     # The gateway's source tree (None: this checkout). `--reference DIR` measures another
     # revision (e.g. a `git worktree add`) in the same run, for ratios.
     gateway_dir: Path | None = None
+    # The abuse scenario: each attack's length, the window before it, and the pause
+    # after it (past HANDSHAKE_TIMEOUT and SLOW_CONSUMER_TIMEOUT, so each starts clean).
+    abuse_seconds: float = 20.0
+    abuse_baseline: float = 3.0
+    abuse_pause: float = 12.0
 
 
 QUICK = Config(
@@ -45,4 +50,7 @@ QUICK = Config(
     soak_seconds=5.0,
     cluster_rates=(20,),
     slow_consumer_timeout=1.0,
+    abuse_seconds=1.0,
+    abuse_baseline=0.5,
+    abuse_pause=0.5,
 )

@@ -9,6 +9,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from bench.abuse_runs import abuse_table
+
 
 def machine() -> dict[str, Any]:
     model = "unknown"
@@ -49,6 +51,8 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def summary(results: dict[str, Any]) -> None:
     """Write the table and a line per scenario's headline figures to stdout."""
+    if "abuse" in results:
+        sys.stdout.write(abuse_table(results["abuse"]) + "\n\n")
     rows = [
         *results.get("throughput", {}).get("steps", []),
         *results.get("reference", {}).get("steps", []),
@@ -57,7 +61,8 @@ def summary(results: dict[str, Any]) -> None:
         *results.get("slow", []),
         *results.get("cluster", []),
     ]
-    sys.stdout.write(table(rows) + "\n")
+    if rows:
+        sys.stdout.write(table(rows) + "\n")
     best = results.get("throughput", {}).get("best")
     if best:
         sys.stdout.write(
@@ -98,5 +103,7 @@ def summary(results: dict[str, Any]) -> None:
             f"{soak_result['rss_mib_idle_start']}, after warm-up "
             f"{soak_result['rss_mib_after_warmup']}, end {soak_result['rss_mib_end']}; "
             f"{soak_result['clients_at_end']} clients and {len(soak_result['symbols_at_end'])} "
-            "symbols left\n"
+            f"symbols left; Finnhub released of every symbol within "
+            f"{soak_result['upstream_released_within_s']} s "
+            f"({len(soak_result['upstream_symbols_at_end'])} left)\n"
         )

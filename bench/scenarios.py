@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from bench.abuse_runs import abuse
 from bench.config import Config
 from bench.measure import Window, best_sustained, collect, measure, ramp
 from bench.processes import cpu_seconds, free_port, load, process, rss_kib, stack
@@ -212,6 +213,14 @@ async def soak(config: Config) -> dict[str, Any]:
         await running.set_rate(0)
         await asyncio.sleep(3)  # let the gateway notice every disconnect
         health = await running.health()
+        # Symbols linger upstream after their last client (SYMBOL_LINGER_SECONDS): wait
+        # for Finnhub to be released of all of them too.
+        released_after = time.monotonic()
+        async with asyncio.timeout(90):
+            while (await running.simulator_stats())["subscribed"]:  # noqa: ASYNC110
+                await asyncio.sleep(1)  # another process's state: nothing to await
+        released_after = time.monotonic() - released_after
+        upstream_at_end = (await running.simulator_stats())["subscribed"]
         end = rss_kib(running.gateway_pid) / 1024
     warm = samples[min(len(samples) - 1, 6)][1] if samples else baseline
     return {
@@ -221,6 +230,8 @@ async def soak(config: Config) -> dict[str, Any]:
         "upstream_reconnects": health["reconnects"],
         "clients_at_end": health["clients"],
         "symbols_at_end": health["symbols"],
+        "upstream_symbols_at_end": upstream_at_end,
+        "upstream_released_within_s": round(released_after + 3, 1),
         "rss_mib_idle_start": round(baseline, 1),
         "rss_mib_after_warmup": round(warm, 1),
         "rss_mib_end": round(end, 1),
@@ -264,4 +275,6 @@ async def run(
         results["soak"] = await soak(config)
     if "cluster" in scenarios:
         results["cluster"] = await cluster(config)
+    if "abuse" in scenarios:
+        results["abuse"] = await abuse(config)
     return results

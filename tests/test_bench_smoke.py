@@ -33,3 +33,19 @@ async def test_quick_benchmark_runs_every_scenario(tmp_path: Path) -> None:
     assert results["connections"][0]["connected_clients"] == 200
     assert [row["clients"] for row in results["slow"]] == [20, 20]
     assert b"deliv/s" in output
+
+
+async def test_quick_abuse_scenario_runs_every_attack(tmp_path: Path) -> None:
+    out = tmp_path / "abuse.json"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench", "--quick", "--scenario", "abuse", "--out", str(out),
+        cwd=PROJECT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    async with asyncio.timeout(180):
+        output, _ = await process.communicate()
+    assert process.returncode == 0, output.decode()[-3000:]
+    rows = orjson.loads(out.read_bytes())["abuse"]
+    assert len(rows) == 11 and rows[-1]["clients"] == 1
+    assert all(row["bystander_rate_before"] > 0 for row in rows[:-1])

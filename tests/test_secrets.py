@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
+import orjson
 import pytest
 
 from tests.helpers import TEST_KEY, Market, poll_until, run_gateway, settings_for, trade
@@ -54,3 +56,50 @@ async def test_key_never_appears_in_logs_health_or_client_messages(
     assert TEST_KEY not in caplog.text
     assert all(TEST_KEY not in repr(item) for item in seen)
     assert TEST_KEY not in repr(settings_for(market))
+
+
+async def test_upstream_error_text_is_redacted_before_it_is_cut_and_never_relayed(
+    market: Market, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with run_gateway(settings_for(market)) as gateway:
+        client = await gateway.connect()
+        await client.wait_upstream_connected()
+        for text in (
+            f"Invalid API key: {TEST_KEY.upper()}",  # another letter case
+            "x" * 195 + TEST_KEY,  # a key straddling the 200-character cut
+            "Click https://evil.example to fix your account",  # words for browsers
+        ):
+            await market.simulator.send_raw(orjson.dumps({"type": "error", "msg": text}).decode())
+            error = await client.expect("error")
+            assert error["message"] == "the upstream (Finnhub) reported an error; prices may pause"
+    assert TEST_KEY[:8].lower() not in caplog.text.lower()
+
+
+async def test_client_tokens_and_credential_headers_never_reach_the_logs(
+    market: Market, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    secret = "gw-token-5e7a91"
+    async with run_gateway(settings_for(market, gateway_token=secret)) as gateway:
+        port = int(gateway.base_url.rsplit(":", 1)[1])
+        targets = [
+            f'/ws?x="&token={secret}',  # a raw quote before the token
+            f"http://127.0.0.1:{port}/ws?token={secret}",  # the absolute form
+            f"/ws?tok%65n={secret}",  # percent-encoded name
+            f"/health?token={secret}",  # an HTTP access line, not a WebSocket one
+        ]
+        for target in targets:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(
+                f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                f"Sec-WebSocket-Version: 13\r\nAuthorization: Bearer {secret}\r\n"
+                f"Cookie: session={secret}\r\nSec-WebSocket-Protocol: {secret}\r\n\r\n".encode()
+            )
+            await writer.drain()
+            assert (await reader.readline()).startswith(b"HTTP/1.1 ")
+            writer.close()
+            await writer.wait_closed()
+    assert "/ws?***" in caplog.text  # the lines are there, minus their query strings
+    assert secret not in caplog.text

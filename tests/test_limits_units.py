@@ -1,0 +1,150 @@
+"""Pure logic behind the limits: the upstream capacity (fair shares, linger, rejections,
+allow-list), admission per address, the token bucket, and defensive reading of
+Finnhub's frames."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from admission import Admission
+from finnhub_messages import decode, newest_per_symbol, parse_trades, redact
+from settings import Settings
+from token_bucket import TokenBucket
+from upstream import SymbolInterest, Trade
+from upstream_capacity import SymbolPatterns, UpstreamCapacity
+
+NOW = 1_800_000_000.0
+
+
+def capacity(**options: object) -> UpstreamCapacity:
+    return UpstreamCapacity(SymbolInterest(), **options)  # type: ignore[arg-type]
+
+
+async def test_a_share_counts_only_symbols_nobody_else_holds() -> None:
+    table = capacity(max_symbols=50, max_per_owner=2)
+    table.join("A", "alice")
+    table.join("B", "alice")
+    refusal = table.refusal("C", "alice")
+    assert refusal is not None and refusal.code == "symbol_quota"
+    table.join("B", "bob")  # shared now: no longer counts against alice
+    assert table.exclusive_count("alice") == 1 and table.exclusive_count("bob") == 0
+    assert table.refusal("C", "alice") is None
+    assert table.refusal("A", "carol") is None  # held by someone: always available
+    table.leave("B", "alice")  # bob alone again
+    assert table.exclusive_count("bob") == 1
+    table.join("B", "bob")  # a second client of the same owner changes nothing
+    table.leave("B", "bob")
+    assert table.exclusive_count("bob") == 1 and "B" in table.interest
+
+
+async def test_the_cap_refuses_unless_a_lingering_symbol_can_make_room() -> None:
+    table = capacity(max_symbols=2, max_per_owner=10, linger=30)
+    table.join("A", "x")
+    table.join("B", "x")
+    refusal = table.refusal("C", "y")
+    assert refusal is not None and refusal.code == "symbol_limit"
+    table.leave("A", "x")  # lingers
+    assert table.lingering == ["A"] and table.interest.symbols == {"A", "B"}
+    assert table.refusal("C", "y") is None
+    table.join("C", "y")
+    assert table.interest.symbols == {"B", "C"} and table.lingering == []
+    table.close()
+
+
+async def test_linger_releases_later_and_a_return_cancels_it() -> None:
+    released: list[str] = []
+    table = capacity(linger=0.05)
+    table.on_release = released.append
+    table.join("A", "x")
+    table.leave("A", "x")
+    table.join("A", "y")  # back within the linger: nothing released
+    table.leave("A", "y")
+    assert "A" in table.interest and released == []
+    await asyncio.sleep(0.1)  # past the linger deadline: a timer, nothing to await
+    assert "A" not in table.interest and released == ["A"]
+
+
+async def test_a_rejected_symbol_is_refused_for_a_while_and_never_lingers() -> None:
+    table = capacity(linger=30, reject_for=0.05)
+    table.join("BAD", "x")
+    table.rejected("BAD")
+    table.leave("BAD", "x")
+    assert "BAD" not in table.interest and table.lingering == []
+    refusal = table.refusal("BAD", "y")
+    assert refusal is not None and refusal.code == "upstream_error"
+    await asyncio.sleep(0.06)
+    assert table.refusal("BAD", "y") is None
+
+
+def test_allow_list_patterns_and_file(tmp_path: Path) -> None:
+    allowed = SymbolPatterns.from_setting("aapl, BINANCE:*, OANDA:EUR_???")
+    assert allowed is not None
+    assert "AAPL" in allowed and "BINANCE:ETHUSDT" in allowed and "OANDA:EUR_USD" in allowed
+    assert "MSFT" not in allowed and "OANDA:GBP_USD" not in allowed
+    listing = tmp_path / "symbols.txt"
+    listing.write_text("# our universe\nMSFT\nNVDA  # and this\n\n")
+    from_file = SymbolPatterns.from_setting(f"@{listing}")
+    assert from_file is not None and len(from_file) == 2 and "NVDA" in from_file
+    assert SymbolPatterns.from_setting("  ") is None
+
+
+def test_admission_per_address_connections_and_handshake_rate() -> None:
+    settings = Settings(
+        max_connections_per_address=2, address_handshake_rate=1, address_handshake_burst=3
+    )
+    admission = Admission(settings)
+    with admission.holding("10.0.0.1"), admission.holding("10.0.0.1"):
+        refusal = admission.refusal(None, None, "10.0.0.1", NOW)
+        assert refusal is not None and refusal.status == 429 and refusal.retry_after
+        assert admission.refusal(None, None, "10.0.0.2", NOW) is None
+    assert admission.connections_from("10.0.0.1") == 0
+    verdicts = [admission.refusal(None, None, "10.0.0.3", NOW) for _ in range(4)]
+    assert verdicts[:3] == [None, None, None]
+    assert verdicts[3] is not None and verdicts[3].retry_after == 1
+    assert admission.refusal(None, None, "10.0.0.3", NOW + 1.0) is None
+    assert admission.refused == {"address_connections": 1, "address_handshakes": 1}
+
+
+def test_admission_origin_and_token_come_first() -> None:
+    admission = Admission(Settings(frontend_url=("https://app.example",), gateway_token="t"))
+    assert admission.refusal("https://evil.example", "t", "a", NOW).status == 403  # type: ignore[union-attr]
+    assert admission.refusal("https://app.example", "x", "a", NOW).status == 401  # type: ignore[union-attr]
+    assert admission.refusal("https://app.example", "t", "a", NOW) is None
+
+
+def test_token_bucket_says_how_long_to_wait() -> None:
+    bucket = TokenBucket(rate=2, burst=2, now=0)
+    assert bucket.take(0) == 0 and bucket.take(0) == 0
+    assert bucket.take(0) == pytest.approx(0.5)
+    assert bucket.limited_for(0.25) == 0.25
+    assert bucket.take(0.5) == 0
+    assert not bucket.full(0.5) and bucket.full(2.0)
+
+
+def test_one_message_keeps_the_newest_trades_per_symbol_in_order() -> None:
+    trades = [Trade("A", float(i), 1, i) for i in range(5)] + [Trade("B", 9.0, 1, 9)]
+    trades.insert(2, Trade("B", 8.0, 1, 8))
+    kept, dropped = newest_per_symbol(trades, 2)
+    assert [(t.symbol, t.price) for t in kept] == [("B", 8.0), ("A", 3.0), ("A", 4.0), ("B", 9.0)]
+    assert dropped == 3
+    assert newest_per_symbol(trades, 10) == (trades, 0)
+
+
+def test_nan_costs_one_trade_and_absurd_times_are_skipped() -> None:
+    frame = decode(
+        '{"type":"trade","data":[{"s":"A","p":NaN,"t":1800000000000,"v":1},'
+        '{"s":"A","p":2.0,"t":1800000000000,"v":1},{"s":"A","p":2.0,"t":-1,"v":1},'
+        '{"s":"A","p":2.0,"t":18446744073709551,"v":1},{"s":"A","p":2.0,"t":1800000000000,"v":Infinity}]}'
+    )
+    trades, skipped = parse_trades(frame["data"], now=NOW)
+    assert trades == [Trade("A", 2.0, 1, 1_800_000_000_000)] and skipped == 4
+    with pytest.raises(ValueError):
+        decode("{nope")
+
+
+def test_redact_is_case_blind_and_masks_token_parameters() -> None:
+    assert redact("key SeKrIt-1 and sekrit-1", "sekrit-1") == "key *** and ***"
+    assert redact("wss://x/?Token=abc&y=1", "") == "wss://x/?Token=***&y=1"
