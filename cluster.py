@@ -12,9 +12,13 @@ directly:
   whose own `SymbolInterest` it keeps equal to the union of every process's interest.
 - **Trades.** The leader encodes each `price_update` once and publishes it on
   `{prefix}:trades:{symbol}` (and keeps it in `{prefix}:last:{symbol}` for snapshots);
-  upstream state and refusals go out on `{prefix}:status` and `{prefix}:refused`.
-  Every process, the leader included, subscribes only to its own clients' symbols and
+  upstream state and refusals go out on `{prefix}:status` and `{prefix}:refused`, the
+  market status the leader polls on `{prefix}:market` (cluster_publish.py). Every
+  process, the leader included, subscribes only to its own clients' symbols and
   publishes what arrives into its own hub, as the feed would in a single process.
+- **REST.** The key's REST budget and the quote cache are shared through Redis
+  (cluster_rest.py); quotes any process fetched are announced on `{prefix}:quotes` and
+  remembered by every process.
 
 When Redis is unreachable, clients stay connected, `/health` says `"cluster":
 "degraded"`, and every loop retries until Redis returns; a leader that cannot renew its
@@ -40,10 +44,14 @@ from redis.exceptions import RedisError
 
 import protocol
 from cancellation import raise_if_cancelling
+from cluster_publish import UpstreamPublisher
+from cluster_rest import decode_announcement
 from finnhub_feed import FinnhubFeed
 from hub import Hub, Update, UpdateBatch
+from market import MarketWatch
 from protocol import UPSTREAM_STATES, UpstreamState
-from upstream import SymbolInterest, Trade
+from quotes import QuoteService
+from upstream import MarketStatus, SymbolInterest
 
 logger = logging.getLogger(__name__)
 
@@ -101,11 +109,19 @@ class Cluster:
         self._prefix = prefix
         self._lease_ms = int(lease_seconds * 1000)
         self._hub: Hub | None = None
+        self.quotes: QuoteService | None = None  # remembers every quote announced
+        self.market: MarketWatch | None = None  # polled by the leader only
 
     # -- keys --------------------------------------------------------------------------------
 
     def _key(self, *parts: str) -> str:
         return ":".join((self._prefix, *parts))
+
+    key = _key  # for the shared REST budget and quote cache (cluster_rest.py)
+
+    def client(self) -> redis.Redis:
+        """The current Redis connection (remade when the cluster restarts)."""
+        return self._redis
 
     @property
     def _interest_key(self) -> str:
@@ -213,10 +229,15 @@ class Cluster:
         assert hub is not None
         pubsub = self._redis.pubsub()
         try:
-            await pubsub.subscribe(self._key("status"), self._key("refused"))
+            await pubsub.subscribe(
+                self._key("status"), self._key("refused"), self._key("market"), self._key("quotes")
+            )
             state = await self._redis.get(self._key("upstream"))
             if state and _text(state) in UPSTREAM_STATES:
                 hub.upstream_state_changed(cast(UpstreamState, _text(state)))
+            market = await self._redis.get(self._key("market"))
+            if market:
+                hub.market_changed(MarketStatus(**orjson.loads(market)))
             subscribed: set[str] = set()
             prefix = self._key("trades", "")
             while True:
@@ -255,6 +276,11 @@ class Cluster:
             state = data.decode()
             if state in UPSTREAM_STATES:
                 hub.upstream_state_changed(state)
+        elif channel == self._key("market"):
+            hub.market_changed(MarketStatus(**orjson.loads(data)))
+        elif channel == self._key("quotes"):
+            if self.quotes is not None:
+                self.quotes.remember(*decode_announcement(data))
         elif channel == self._key("refused"):
             refusal: dict[str, Any] = orjson.loads(data)
             symbol = refusal.get("symbol")
@@ -276,18 +302,24 @@ class Cluster:
         """Run the feed for as long as the lease can be renewed."""
         self.role = "leader"
         self._feed.interest.replace(self.cluster_symbols)
-        publisher = UpstreamPublisher(self._redis, self._key)
-        feed = asyncio.create_task(self._feed.run(publisher), name="cluster-feed")
-        events = asyncio.create_task(publisher.forward_events(), name="cluster-events")
+        previous_close = self.quotes.previous_close if self.quotes is not None else _unknown
+        publisher = UpstreamPublisher(self._redis, self._key, previous_close)
+        duties = [
+            asyncio.create_task(self._feed.run(publisher), name="cluster-feed"),
+            asyncio.create_task(publisher.forward_events(), name="cluster-events"),
+        ]
+        if self.market is not None:  # one poll of the market status for the whole cluster
+            self.market.on_change, self.market.status = publisher.market_changed, None
+            duties.append(asyncio.create_task(self.market.run(), name="cluster-market"))
         try:
             while await self._renew_lease():
                 raise_if_cancelling()
         finally:
             # Stop the feed before anyone else can hold the lease.
             self.role = "follower"
-            feed.cancel()
-            events.cancel()
-            _, stuck = await asyncio.wait([feed, events], timeout=5)
+            for duty in duties:
+                duty.cancel()
+            _, stuck = await asyncio.wait(duties, timeout=5)
             if stuck:
                 logger.error("cluster feed did not stop within 5 s tasks=%d", len(stuck))
 
@@ -304,39 +336,5 @@ class Cluster:
         return bool(renewed)
 
 
-class UpstreamPublisher:
-    """The leader feed's listener: everything it learns goes out through Redis."""
-
-    def __init__(self, client: redis.Redis, key: Callable[..., str]) -> None:
-        self._redis = client
-        self._key = key
-        self._events: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
-
-    async def trades_received(self, trades: list[Trade], received_at: float) -> None:
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for trade in trades:
-                    payload = protocol.price_update_message(*trade).payload  # encoded once
-                    pipe.publish(self._key("trades", trade.symbol), payload)
-                    pipe.set(self._key("last", trade.symbol), payload, ex=86_400)
-                await pipe.execute()
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise_if_cancelling(exc)
-            logger.warning("cluster dropped %d trades error=%s", len(trades), type(exc).__name__)
-
-    def upstream_state_changed(self, state: UpstreamState) -> None:
-        self._events.put_nowait(("status", state.encode()))
-
-    def upstream_refused(self, symbol: str | None) -> None:
-        self._events.put_nowait(("refused", orjson.dumps({"symbol": symbol})))
-
-    async def forward_events(self) -> None:
-        while True:
-            channel, payload = await self._events.get()
-            try:
-                if channel == "status":
-                    await self._redis.set(self._key("upstream"), payload)
-                await self._redis.publish(self._key(channel), payload)
-            except (RedisError, OSError, TimeoutError) as exc:
-                raise_if_cancelling(exc)
-                logger.warning("cluster dropped a %s event error=%s", channel, type(exc).__name__)
+def _unknown(symbol: str) -> float | None:
+    return None

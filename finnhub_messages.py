@@ -12,11 +12,11 @@ import json
 import math
 import re
 import time
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
-from upstream import Trade
+from upstream import SESSIONS, MarketStatus, Quote, Session, Trade
 
 _TOKEN_IN_TEXT = re.compile(r"(token=)[^&\s'\"]+", re.IGNORECASE)
 
@@ -102,6 +102,44 @@ def newest_per_symbol(trades: list[Trade], limit: int) -> tuple[list[Trade], int
         else:
             kept.append(trade)
     return kept, len(trades) - len(kept)
+
+
+def parse_quote(body: Any) -> Quote | None:
+    """A quote from `/quote`'s JSON, or None for "no quote": an unknown symbol is
+    answered with zeros. `t` is in seconds there; the quote carries milliseconds."""
+    if not isinstance(body, dict):
+        raise ValueError("a quote must be a JSON object")
+    price, previous = _float(body.get("c")) or 0.0, _float(body.get("pc")) or 0.0
+    if price <= 0 and previous <= 0:
+        return None
+    return Quote(
+        price=price if price > 0 else previous,
+        change=_float(body.get("d")),
+        change_percent=_float(body.get("dp")),
+        open=_float(body.get("o")) or 0.0,
+        high=_float(body.get("h")) or 0.0,
+        low=_float(body.get("l")) or 0.0,
+        previous_close=max(previous, 0.0),
+        timestamp=int(_float(body.get("t")) or 0) * 1000,
+    )
+
+
+def parse_market_status(body: Any, exchange: str) -> MarketStatus:
+    """`/stock/market-status`'s JSON. Finnhub says `session: null` when closed; anything
+    unknown counts as closed."""
+    if not isinstance(body, dict):
+        raise ValueError("a market status must be a JSON object")
+    session, holiday = body.get("session"), body.get("holiday")
+    return MarketStatus(
+        exchange=str(body.get("exchange") or exchange),
+        is_open=body.get("isOpen") is True,
+        session=cast(Session, session) if session in SESSIONS else "closed",
+        holiday=holiday if isinstance(holiday, str) and holiday else None,
+    )
+
+
+def _float(value: object) -> float | None:
+    return float(value) if _is_number(value) else None  # type: ignore[arg-type]
 
 
 def _is_number(value: object) -> bool:

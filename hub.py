@@ -29,7 +29,8 @@ from typing import NamedTuple, Protocol
 import protocol
 from client_connection import ClientConnection, ClientSocket, FanoutStats, FrameWriter
 from protocol import ErrorCode, Frame, UpstreamState
-from upstream import Trade
+from quotes import QuoteService
+from upstream import MarketStatus, Quote, Trade
 from upstream_capacity import UpstreamCapacity
 
 # Hand-offs between two yields to the event loop inside one upstream message (~a few ms).
@@ -70,8 +71,13 @@ class Hub:
         queue_size: int = 1024,
         max_symbols_per_client: int = 50,
         handoff_observer: Observer | None = None,
+        quotes: QuoteService | None = None,
     ) -> None:
         self.stats = FanoutStats()
+        self.quotes = quotes
+        self.market_status: MarketStatus | None = None
+        self._market: Frame | None = None  # the last market status message
+        self._quote_waiters: dict[str, set[ClientConnection]] = {}
         self.upstream_state: UpstreamState = "connecting"
         self.capacity = capacity
         self.interest = capacity.interest
@@ -139,6 +145,8 @@ class Hub:
         )
         client.send(protocol.connection_message(client.id))
         client.send(protocol.status_message(self.upstream_state))
+        if self._market is not None:
+            client.send(self._market)
         self._clients.add(client)
         try:
             yield client
@@ -179,6 +187,57 @@ class Hub:
             snapshot = self._latest_update.get(symbol)
             if snapshot is not None:
                 client.offer_update(symbol, snapshot)
+            if self.quotes is not None:
+                self._send_quote(client, symbol, fetch=snapshot is None)
+
+    def _send_quote(self, client: ClientConnection, symbol: str, *, fetch: bool) -> None:
+        """The symbol's quote: at once if cached; if there is no live price, fetched
+        (one fetch for every client waiting) and sent when it comes."""
+        assert self.quotes is not None
+        if not fetch:
+            cached = self.quotes.cached(symbol)
+            if cached is not None:
+                client.send(protocol.quote_message(symbol, cached))
+            return
+        future = self.quotes.request(symbol)
+        if future.done():
+            self._deliver_quote(symbol, future, {client})
+            return
+        waiters = self._quote_waiters.get(symbol)
+        if waiters is None:
+            waiters = self._quote_waiters[symbol] = set()
+            future.add_done_callback(
+                lambda done: self._deliver_quote(symbol, done, self._quote_waiters.pop(symbol))
+            )
+        waiters.add(client)
+
+    def _deliver_quote(
+        self, symbol: str, future: asyncio.Future[Quote | None], clients: set[ClientConnection]
+    ) -> None:
+        waiting = [client for client in clients if symbol in client.symbols]  # still there
+        failure = future.exception()
+        if failure is not None:
+            retry = getattr(failure, "retry_after", 1.0)
+            frame = protocol.error_message(
+                "quote_unavailable",
+                f"no quote could be fetched in time; live prices follow when the symbol "
+                f"trades (try again in {max(1, round(retry))} s)",
+                [symbol],
+            )
+        elif (quote := future.result()) is not None:
+            frame = protocol.quote_message(symbol, quote)
+        else:
+            return  # Finnhub has no quote for this symbol: nothing to show
+        for client in waiting:
+            client.send(frame)
+
+    def market_changed(self, status: MarketStatus) -> None:
+        if status == self.market_status:
+            return
+        self.market_status = status
+        self._market = protocol.market_message(status)
+        for client in self._clients:
+            client.send(self._market)
 
     def unsubscribe(self, client: ClientConnection, symbols: list[str]) -> None:
         self._leave(client, symbols)
@@ -210,8 +269,12 @@ class Hub:
     async def trades_received(self, trades: list[Trade], received_at: float) -> None:
         """A single process's feed listener: encode once, then publish."""
         carried = self.interest
+        previous_close = self.quotes.previous_close if self.quotes is not None else _unknown
         updates = [
-            Update(trade.symbol, protocol.price_update_message(*trade))
+            Update(
+                trade.symbol,
+                protocol.price_update_message(*trade, previous_close(trade.symbol)),
+            )
             for trade in trades
             if trade.symbol in carried  # else in flight while it was released
         ]
@@ -282,3 +345,7 @@ class Hub:
             client.offer_update(symbol, frame)
         self.stats.price_updates_sent += len(subscribers)
         return len(subscribers)
+
+
+def _unknown(symbol: str) -> float | None:
+    return None

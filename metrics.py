@@ -23,6 +23,7 @@ from admission import Admission
 from cluster import Cluster
 from connection_guard import ConnectionGuard
 from finnhub_feed import FinnhubFeed
+from finnhub_rest import REST_STATES, FinnhubRest
 from hub import Hub
 from protocol import UPSTREAM_STATES
 from supervisor import Supervisor
@@ -37,6 +38,10 @@ METRICS: dict[str, str] = {
     "gateway_upstream_lingering_symbols": "Symbols kept upstream after their last client left",
     "gateway_refusals_total": "Connections, handshakes and frames refused (label reason)",
     "gateway_upstream_frames_sent_total": "Subscribe and unsubscribe frames sent to Finnhub",
+    "gateway_rest_calls_total": "Calls made to Finnhub's REST API (quotes, market status)",
+    "gateway_rest_state": "1 for the REST side's current state (label state)",
+    "gateway_quotes_fetched_total": "Quotes fetched from Finnhub",
+    "gateway_quotes_unavailable_total": "Quotes that could not be fetched within QUOTE_WAIT",
     "gateway_upstream_messages_total": "Upstream messages received",
     "gateway_upstream_trades_total": "Upstream trades received",
     "gateway_upstream_malformed_total": "Upstream messages or trades skipped as malformed",
@@ -55,6 +60,7 @@ METRICS: dict[str, str] = {
 class Running(Protocol):
     hub: Hub
     feed: FinnhubFeed
+    rest: FinnhubRest
     supervisor: Supervisor
     admission: Admission
     guard: ConnectionGuard
@@ -100,6 +106,17 @@ class GatewayCollector(Collector):
             refusals.add_metric([reason], count)
         yield refusals
         yield _counter("gateway_upstream_frames_sent_total", feed.upstream_frames_sent)
+        yield _counter("gateway_rest_calls_total", running.rest.calls)
+        rest_state = GaugeMetricFamily(
+            "gateway_rest_state", METRICS["gateway_rest_state"], labels=["state"]
+        )
+        for rest_state_name in REST_STATES:
+            matches = running.rest.state == rest_state_name
+            rest_state.add_metric([rest_state_name], 1.0 if matches else 0.0)
+        yield rest_state
+        if hub.quotes is not None:
+            yield _counter("gateway_quotes_fetched_total", hub.quotes.fetched)
+            yield _counter("gateway_quotes_unavailable_total", hub.quotes.unavailable)
         stats = hub.stats
         yield _counter("gateway_upstream_messages_total", feed.messages_received)
         yield _counter("gateway_upstream_trades_total", feed.trades_received)

@@ -15,6 +15,8 @@ from typing import Literal, get_args
 
 import orjson
 
+from upstream import MarketStatus, Quote
+
 # Finnhub's symbol forms: stocks (AAPL, BRK.B), indices (^GSPC), crypto
 # (BINANCE:BTCUSDT), forex (OANDA:EUR_USD, and brokers with a space, "IC MARKETS:1").
 # Letters are upper-cased first; nothing that could be markup, quotes or control
@@ -41,6 +43,7 @@ ErrorCode = Literal[
     "forbidden_symbol",
     "rate_limited",
     "upstream_error",
+    "quote_unavailable",
 ]
 ERROR_CODES: tuple[ErrorCode, ...] = get_args(ErrorCode)
 
@@ -191,14 +194,47 @@ def status_message(upstream: UpstreamState) -> Frame:
     return _encode({"type": "status", "upstream": upstream})
 
 
-def price_update_message(symbol: str, price: float, volume: float, timestamp: int) -> Frame:
-    return _encode(
-        {
-            "type": "price_update",
-            "symbol": symbol,
-            "data": {"price": price, "volume": volume, "timestamp": timestamp},
-        }
-    )
+def price_update_message(
+    symbol: str,
+    price: float,
+    volume: float,
+    timestamp: int,
+    previous_close: float | None = None,
+) -> Frame:
+    """The seed's `price_update`; with `change` and `change_percent` against the previous
+    close added when the gateway knows it (added fields only: the seed's shape stays)."""
+    data: dict[str, float | int] = {"price": price, "volume": volume, "timestamp": timestamp}
+    if previous_close:
+        data["change"] = round(price - previous_close, 6)
+        data["change_percent"] = round((price - previous_close) / previous_close * 100, 4)
+    return _encode({"type": "price_update", "symbol": symbol, "data": data})
+
+
+def quote_body(symbol: str, quote: Quote) -> dict[str, object]:
+    """A price from Finnhub's `/quote` (the last price when no trade has come yet): the
+    `quote` message, and the answer of `GET /quote/{symbol}`."""
+    return {
+        "type": "quote",
+        "symbol": symbol,
+        "data": {
+            "price": quote.price,
+            "change": quote.change,
+            "change_percent": quote.change_percent,
+            "open": quote.open,
+            "high": quote.high,
+            "low": quote.low,
+            "previous_close": quote.previous_close,
+            "timestamp": quote.timestamp,
+        },
+    }
+
+
+def quote_message(symbol: str, quote: Quote) -> Frame:
+    return _encode(quote_body(symbol, quote))
+
+
+def market_message(status: MarketStatus) -> Frame:
+    return _encode({"type": "market", **status.as_dict()})
 
 
 def error_message(code: ErrorCode, message: str, symbols: list[str] | None = None) -> Frame:

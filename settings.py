@@ -23,6 +23,8 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from decouple import Config, RepositoryEmpty, RepositoryEnv
 
+from upstream import Session
+
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 LogFormat = Literal["text", "json"]
 
@@ -60,6 +62,15 @@ class Settings:
     # Trades stamped further than this in the past or the future are skipped (seconds).
     trade_max_age: float = setting(7 * 86400.0, minimum=1)
     trade_max_ahead: float = setting(3600.0, minimum=1)
+    # -- Finnhub's REST API: quotes and the market's session (README "Market hours") --
+    rest_enabled: bool = setting(True)  # false: no REST calls, no quotes, no market status
+    finnhub_rest_url: str = setting("https://finnhub.io/api/v1")
+    finnhub_rest_rate: int = setting(60, minimum=1)  # calls per minute: the plan's limit
+    quote_ttl: float = setting(60.0, minimum=0)  # seconds a quote is served from the cache
+    quote_wait: float = setting(10.0, minimum=0.1)  # seconds a client waits at most
+    quote_requests_per_address: float = setting(30.0, minimum=0.1)  # GET /quote misses/min
+    market_exchange: str = setting("US")
+    market_status_interval: float = setting(120.0, minimum=0.5)  # seconds between polls
     # -- serving -----------------------------------------------------------------------
     host: str = setting("0.0.0.0")
     port: int = setting(8000, minimum=0)
@@ -69,6 +80,7 @@ class Settings:
     demo: bool = setting(False)
     # How fast the simulator trades in demo mode, in trades per second over all symbols.
     demo_trade_rate: float = setting(20.0, minimum=0)
+    demo_session: Session = setting("regular")  # the simulated market's hours
     # -- fan-out -----------------------------------------------------------------------
     # Per-client outbox: frames waiting for a slow client before updates are conflated.
     client_outbox_size: int = setting(256, minimum=1)

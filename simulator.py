@@ -1,12 +1,18 @@
 """A Finnhub-compatible market simulator: the upstream for demo mode, tests and benchmarks.
 
-It speaks Finnhub's real WebSocket wire protocol over a real socket (aiohttp.web):
+It speaks Finnhub's real WebSocket wire protocol over a real socket (aiohttp.web), and
+its REST API too (`/api/v1/quote`, `/api/v1/stock/market-status`: simulator_rest.py):
 the handshake needs a `token` query parameter (401 without it, or with the wrong one
 when a token is configured), clients send `{"type":"subscribe","symbol":...}` and
 `unsubscribe`, and receive `{"type":"trade","data":[...]}` batches for their
 subscribed symbols only (a random walk with plausible prices, volumes and millisecond
 timestamps), `{"type":"ping"}` now and then, and `{"type":"error","msg":...}` past the
 symbol cap, as Finnhub's free plan does.
+
+It plays the market's hours: a `session` (closed, pre-market, regular, post-market;
+`--session`, `POST /session?value=...`, or the attribute in tests) under which, when
+closed, stock symbols get no trades, only pings, while crypto (`BINANCE:*`) and forex
+(anything with a `:`) keep trading, as the real feed does at weekends.
 
 Tests drive it too: it records every message received, and can send any frame or drop
 every connection on command.
@@ -27,7 +33,6 @@ import asyncio
 import logging
 import random
 import time
-import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
@@ -35,31 +40,14 @@ from dataclasses import dataclass, field
 import orjson
 from aiohttp import WSMsgType, web
 
+from prices import reference_price
+from simulator_rest import REST_PREFIX, QuoteBook, RestCalls, add_rest_routes
+from upstream import SESSIONS, Session
+
 logger = logging.getLogger(__name__)
 
-# Rough real-world prices so the demo looks like a market; other symbols get a
-# stable pseudo-random price derived from their name.
-REFERENCE_PRICES = {
-    "AAPL": 190.0,
-    "MSFT": 420.0,
-    "NVDA": 120.0,
-    "AMZN": 185.0,
-    "GOOGL": 170.0,
-    "META": 500.0,
-    "TSLA": 240.0,
-    "BRK.B": 410.0,
-    "BINANCE:BTCUSDT": 65000.0,
-    "BINANCE:ETHUSDT": 3200.0,
-    "OANDA:EUR_USD": 1.08,
-}
 TICK_SECONDS = 0.05
 MAX_TRADES_PER_SYMBOL_PER_FRAME = 4
-
-
-def reference_price(symbol: str) -> float:
-    if symbol in REFERENCE_PRICES:
-        return REFERENCE_PRICES[symbol]
-    return 10.0 + zlib.crc32(symbol.encode()) % 49000 / 100.0
 
 
 @dataclass
@@ -83,6 +71,8 @@ class MarketSimulator:
         seed: int | None = None,
         tick: float = TICK_SECONDS,
         sequenced: bool = False,
+        session: Session = "regular",
+        rest_rate: float = 60.0,
     ) -> None:
         self.rate = rate  # trades per second over all subscribed symbols, per connection
         self.ping_interval = ping_interval
@@ -98,9 +88,13 @@ class MarketSimulator:
         self.sequenced = sequenced
         self.sequences: dict[str, int] = {}  # sequenced mode: last sequence sent per symbol
         self.sent_per_second: dict[int, dict[str, int]] = {}  # sequenced mode
+        self.session: Session = session
+        self.rest_rate = rest_rate  # REST calls per 60 s before 429, as Finnhub's free plan
+        self.rest_calls = RestCalls()
         self._next_symbol = 0
         self._random = random.Random(seed)
         self._prices: dict[str, float] = {}
+        self.book = QuoteBook(self._prices)  # what /quote answers: the day so far
 
     def make_app(self) -> web.Application:
         """A fresh aiohttp application over this simulator's state (one per serve)."""
@@ -109,6 +103,8 @@ class MarketSimulator:
         app.router.add_get("/stats", self._stats)
         app.router.add_post("/rate", self._set_rate)
         app.router.add_post("/drop", self._drop)
+        app.router.add_post("/session", self._set_session)
+        add_rest_routes(app, self)
 
         async def close_sockets(app: web.Application) -> None:
             # Without this, shutting down waits for every gateway to hang up first.
@@ -165,7 +161,7 @@ class MarketSimulator:
         connection = UpstreamConnection(ws)
         self.connections.append(connection)
         self.connection_count += 1
-        await self._notify()
+        await self.notify()
         emitter = asyncio.create_task(self._emit_forever(connection))
         try:
             async for message in ws:
@@ -176,7 +172,7 @@ class MarketSimulator:
             with suppress(asyncio.CancelledError):
                 await emitter
             self.connections.remove(connection)
-            await self._notify()
+            await self.notify()
         return ws
 
     async def _handle_text(self, connection: UpstreamConnection, data: str) -> None:
@@ -199,9 +195,10 @@ class MarketSimulator:
                     connection.symbols.append(symbol)
             elif kind == "unsubscribe" and symbol in connection.symbols:
                 connection.symbols.remove(symbol)
-        await self._notify()
+        await self.notify()
 
-    async def _notify(self) -> None:
+    async def notify(self) -> None:
+        """Wake whoever waits in `wait_for` to re-check its condition."""
         async with self.changed:
             self.changed.notify_all()
 
@@ -214,14 +211,21 @@ class MarketSimulator:
                 next_ping += self.ping_interval
                 await connection.ws.send_str('{"type":"ping"}')
                 self.pings_sent += 1
-                await self._notify()
+                await self.notify()
             owed += self.rate * self.tick
             count = int(owed)
-            if count and connection.symbols:
+            trading = self.trading(connection.symbols)
+            if count and trading:
                 owed -= count
-                await connection.ws.send_str(self._trade_frame(connection.symbols, count))
-            elif not connection.symbols:
+                await connection.ws.send_str(self._trade_frame(trading, count))
+            elif not trading:
                 owed = 0.0
+
+    def trading(self, symbols: list[str]) -> list[str]:
+        """The symbols that trade now: outside market hours only crypto and forex."""
+        if self.session == "closed":
+            return [symbol for symbol in symbols if ":" in symbol]
+        return symbols
 
     def _trade_frame(self, symbols: list[str], count: int) -> str:
         now_ms = int(time.time() * 1000)  # the send time: benchmarks measure latency from it
@@ -261,6 +265,13 @@ class MarketSimulator:
         await self.drop_connections()
         return web.json_response({"dropped": dropped})
 
+    async def _set_session(self, request: web.Request) -> web.Response:
+        value = request.query.get("value", "")
+        if value not in SESSIONS:
+            return web.json_response({"error": f"value must be one of {SESSIONS}"}, status=400)
+        self.session = value
+        return web.json_response({"session": self.session})
+
     async def _set_rate(self, request: web.Request) -> web.Response:
         try:
             self.rate = float(request.query["value"])
@@ -272,6 +283,7 @@ class MarketSimulator:
         price = self._prices.get(symbol) or reference_price(symbol)
         price = max(0.01, price * (1 + self._random.gauss(0, 0.0005)))
         self._prices[symbol] = price
+        self.book.traded(symbol, price, now_ms)
         decimals = 5 if price < 10 else 2
         volume: float
         if ":" in symbol:  # crypto and forex trade fractional sizes
@@ -300,9 +312,14 @@ async def serve(
     try:
         await web.TCPSite(runner, host, port).start()
         bound_port = runner.addresses[0][1]
-        yield f"ws://{host}:{bound_port}/"
+        yield f"ws://{host}:{bound_port}/"  # its REST API: rest_url() of this
     finally:
         await runner.cleanup()
+
+
+def rest_url(ws_url: str) -> str:
+    """The REST base URL (FINNHUB_REST_URL) of a simulator served at `ws_url`."""
+    return ws_url.replace("ws://", "http://", 1).rstrip("/") + REST_PREFIX
 
 
 async def _main(args: argparse.Namespace) -> None:
@@ -312,6 +329,8 @@ async def _main(args: argparse.Namespace) -> None:
         tick=args.tick,
         sequenced=args.sequenced,
         max_symbols=args.max_symbols,
+        session=args.session,
+        rest_rate=args.rest_rate,
     )
     host, port, rate = args.host, args.port, args.rate
     async with serve(simulator, host, port) as url:
@@ -330,6 +349,8 @@ def main() -> None:
     parser.add_argument(
         "--sequenced", action="store_true", help="benchmark mode: volume = per-symbol sequence"
     )
+    parser.add_argument("--session", choices=SESSIONS, default="regular", help="market hours")
+    parser.add_argument("--rest-rate", type=float, default=60.0, help="REST calls per minute")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     with suppress(KeyboardInterrupt):

@@ -1,6 +1,7 @@
 """What the upstream side and the fan-out side share, so that neither imports the other.
 
-- `Trade`: one valid trade, as Finnhub reports it.
+- `Trade`: one valid trade, as Finnhub reports it; `Quote`: a price from Finnhub's
+  REST `/quote`; `MarketStatus`: the market's session.
 - `SymbolInterest`: the symbols somebody wants carried upstream, plus an event that
   fires on every change. The hub edits it (`want` / `release`); exactly one follower
   acts on it: the feed in a single process, the cluster's interest publisher in
@@ -13,7 +14,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from typing import NamedTuple
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, NamedTuple
+
+Session = Literal["closed", "pre-market", "regular", "post-market"]
+SESSIONS: tuple[Session, ...] = ("closed", "pre-market", "regular", "post-market")
 
 
 class Trade(NamedTuple):
@@ -21,6 +26,29 @@ class Trade(NamedTuple):
     price: float
     volume: float
     timestamp: int  # Unix milliseconds, as Finnhub sends it
+
+
+@dataclass(frozen=True)
+class Quote:
+    price: float
+    change: float | None
+    change_percent: float | None
+    open: float
+    high: float
+    low: float
+    previous_close: float
+    timestamp: int  # Unix milliseconds (Finnhub's REST sends seconds)
+
+
+@dataclass(frozen=True)
+class MarketStatus:
+    exchange: str
+    is_open: bool
+    session: Session
+    holiday: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 class SymbolInterest:

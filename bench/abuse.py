@@ -27,7 +27,7 @@ import orjson
 from bench.config import Config
 from bench.processes import PROJECT, free_port
 from settings import environment_names
-from simulator import MarketSimulator, serve
+from simulator import MarketSimulator, rest_url, serve
 
 BYSTANDER = "127.0.0.2"  # the normal client's address; attackers use 127.0.0.3 and up
 KEY = "abuse-test-key"
@@ -209,6 +209,7 @@ async def _gateway(
     ]  # fmt: skip
     settings = {
         "FINNHUB_WS_URL": upstream,
+        "FINNHUB_REST_URL": rest_url(upstream),  # loopback only, never finnhub.io
         "FINNHUB_API_KEY": KEY,
         "DEMO": "false",
         "LOG_LEVEL": "INFO",

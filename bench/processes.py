@@ -160,6 +160,7 @@ async def stack(
                 cwd=config.gateway_dir or PROJECT,
                 env={
                     "FINNHUB_WS_URL": f"ws://127.0.0.1:{simulator_port}/",
+                    "FINNHUB_REST_URL": f"http://127.0.0.1:{simulator_port}/api/v1",
                     "FINNHUB_API_KEY": "bench",
                     "DEMO": "false",
                     "LOG_LEVEL": "WARNING",

@@ -2,7 +2,9 @@
 //
 //   import { StockClient } from "/static/stock-client.js";
 //   const client = new StockClient("ws://localhost:8000/ws", {
-//     onPrice: (symbol, data) => console.log(symbol, data.price),
+//     onPrice: (symbol, data) => console.log(symbol, data.price, data.change_percent),
+//     onQuote: (symbol, quote) => console.log(symbol, "last", quote.price),
+//     onMarket: (market) => console.log(market.session),
 //     onStatus: (status) => console.log(status.connection, status.upstream),
 //   });
 //   client.subscribe(["AAPL", "NVDA"]);
@@ -11,11 +13,21 @@
 // symbol it holds, and sends an application-level ping so dead connections are noticed
 // (browsers cannot send protocol pings). No dependencies, no build step.
 
+// Error codes that mean "these symbols were not subscribed" (see /docs).
+const REFUSALS = new Set([
+  "invalid_symbol", "too_many_symbols", "symbol_limit", "symbol_quota", "forbidden_symbol", "upstream_error",
+]);
+
 export class StockClient {
   /**
    * @param {string} url  ws:// or wss:// address of /ws (add ?token=... if required)
    * @param {object} [options]
-   * @param {(symbol: string, data: {price: number, volume: number, timestamp: number}) => void} [options.onPrice]
+   * @param {(symbol: string, data: {price: number, volume: number, timestamp: number, change?: number, change_percent?: number}) => void} [options.onPrice]
+   *   a live trade; `change`/`change_percent` (against the previous close) when known
+   * @param {(symbol: string, quote: {price: number, change: number|null, change_percent: number|null, open: number, high: number, low: number, previous_close: number, timestamp: number}) => void} [options.onQuote]
+   *   a quote (not a live trade): sent when a symbol has no live price yet, e.g. the market is closed
+   * @param {(market: {exchange: string, is_open: boolean, session: string, holiday: string|null}) => void} [options.onMarket]
+   *   the market's session, on connect and whenever it changes
    * @param {(status: {connection: string, upstream: string|null}) => void} [options.onStatus]
    * @param {(error: {code: string, message: string, symbols?: string[]}) => void} [options.onError]
    * @param {number} [options.pingInterval]  ms between pings (default 20000)
@@ -27,6 +39,7 @@ export class StockClient {
     this.symbols = new Set();
     this.connection = "connecting";
     this.upstream = null;
+    this.market = null; // the last `market` message
     this.attempt = 0;
     this.closed = false;
     this.socket = null;
@@ -132,6 +145,13 @@ export class StockClient {
       case "price_update":
         this.options.onPrice?.(message.symbol, message.data);
         break;
+      case "quote":
+        this.options.onQuote?.(message.symbol, message.data);
+        break;
+      case "market":
+        this.market = message;
+        this.options.onMarket?.(message);
+        break;
       case "status":
         this.upstream = message.upstream;
         this.setStatus(this.connection);
@@ -140,8 +160,9 @@ export class StockClient {
         this.lastPongAt = Date.now();
         break;
       case "error":
-        // Symbols the gateway or Finnhub refused are no longer held.
-        if (message.code !== "rate_limited") (message.symbols || []).forEach((s) => this.symbols.delete(s));
+        // Symbols the gateway or Finnhub refused are no longer held (a missing quote or
+        // a rate-limited request leaves the subscription as it was).
+        if (REFUSALS.has(message.code)) (message.symbols || []).forEach((s) => this.symbols.delete(s));
         this.options.onError?.(message);
         break;
       default:

@@ -107,3 +107,28 @@ async def test_demo_mode_says_its_prices_are_simulated() -> None:
                 await price_keeps_changing(page, "MSFT")
         finally:
             await browser.close()
+
+
+async def test_a_closed_market_shows_the_last_close_and_the_session() -> None:
+    simulator = MarketSimulator(rate=50, token=TEST_KEY, session="closed")
+    async with serve(simulator) as url, playwright_api.async_playwright() as playwright:
+        settings = settings_for(Market(simulator, url), rest_enabled=True)
+        browser = await playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True
+        )
+        try:
+            page = await browser.new_page()
+            async with run_gateway(settings, allow_own_origin=True) as gateway:
+                await page.goto(gateway.base_url + "/demo")
+                await expect(page.locator("#market")).to_have_text("closed", timeout=10_000)
+                await page.fill("#symbol", "AAPL")
+                await page.click("button[type=submit]")
+                card = page.locator('article[data-symbol="AAPL"]')
+                close = simulator.book.quote_of("AAPL")["c"]
+                await expect(card.locator(".price")).to_have_text(f"{close:.2f}", timeout=5_000)
+                await expect(card.locator(".source")).to_have_text("last close")
+                await expect(card.locator(".change")).to_contain_text("today")
+                ARTIFACTS.mkdir(exist_ok=True)
+                await page.screenshot(path=str(ARTIFACTS / "demo-closed.png"), full_page=True)
+        finally:
+            await browser.close()

@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from simulator import MarketSimulator
+from simulator import MarketSimulator, rest_url
 from tests.helpers import (
     PROJECT,
     TEST_KEY,
@@ -34,9 +34,10 @@ LEASE_SECONDS = 1.5
 
 @asynccontextmanager
 async def gateway_process(
-    tmp_path: Path, upstream: str, redis_url: str, prefix: str, *extra: str
+    tmp_path: Path, upstream: str, redis_url: str, prefix: str, *extra: str, rest: bool = False
 ) -> AsyncIterator[tuple[GatewayProcess, int]]:
-    """One cluster-mode gateway process (uvicorn as deployed) on a free port."""
+    """One cluster-mode gateway process (uvicorn as deployed) on a free port; quotes and
+    market status (REST) only when asked, as they add messages at their own moments."""
     port = free_port()
     command = (
         sys.executable, "-m", "uvicorn", "--app-dir", str(PROJECT), "gateway:app",
@@ -44,12 +45,14 @@ async def gateway_process(
     )  # fmt: skip
     env = {
         "FINNHUB_WS_URL": upstream,
+        "FINNHUB_REST_URL": rest_url(upstream),
         "FINNHUB_API_KEY": TEST_KEY,
         "REDIS_URL": redis_url,
         "REDIS_PREFIX": prefix,
         "LEADER_LEASE_SECONDS": str(LEASE_SECONDS),
         "SYMBOL_LINGER_SECONDS": "0",  # releases are checked at once (linger: test_abuse_*)
         "LOG_LEVEL": "INFO",
+        "REST_ENABLED": "true" if rest else "false",
     }
     async with gateway_subprocess(tmp_path, port, command, env) as gateway:
         yield gateway, port
@@ -315,3 +318,34 @@ async def test_uvicorn_workers_behave_as_one_gateway(
             await expect_prices(client, "AAPL", [40.0])
         assert simulator.connection_count == 1 and len(simulator.connections) == 1
         assert (await health(session, port))["cluster_nodes"] == 2  # both workers joined
+
+
+async def test_quotes_and_the_market_status_are_fetched_once_for_the_cluster(
+    tmp_path: Path, redis_server: RedisServer, market: Market, prefix: str
+) -> None:
+    simulator, upstream = market.simulator, market.url
+    simulator.session = "closed"
+    async with AsyncExitStack() as stack:
+        ports = [
+            (await stack.enter_async_context(
+                gateway_process(tmp_path, upstream, redis_server.url, prefix, rest=True)
+            ))[1]
+            for _ in range(3)
+        ]  # fmt: skip
+        session = await stack.enter_async_context(aiohttp.ClientSession())
+        await poll_until(lambda: _has_leader(session, ports), timeout=15)
+        clients = [await connect(session, port) for port in ports]
+        for client in clients:
+            await client.send({"action": "subscribe", "symbols": ["AAPL"]})
+        quotes = [await client.expect("quote", skip=("status", "subscription", "market"))
+                  for client in clients]  # fmt: skip
+        assert {quote["data"]["price"] for quote in quotes} == {
+            simulator.book.quote_of("AAPL")["c"]
+        }
+        assert simulator.rest_calls.of("/quote", "AAPL") == 1  # one call for the cluster
+        # Every process tells its clients the session, from the leader's one poll.
+        for port in ports:
+            late = await connect(session, port)
+            market_message = await late.expect("market")
+            assert market_message["session"] == "closed"
+        assert simulator.rest_calls.of("/stock/market-status") == 1

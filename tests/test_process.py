@@ -96,7 +96,16 @@ async def test_demo_mode_end_to_end(tmp_path: Path) -> None:
                         message = await ws.receive_json()
                         if message["type"] == "price_update":
                             assert message["symbol"] == "AAPL"
-                            assert set(message["data"]) == {"price", "volume", "timestamp"}
+                            # The seed's fields, plus the day's change once the quote
+                            # has told the previous close.
+                            assert {"price", "volume", "timestamp"} <= set(message["data"])
+                            assert set(message["data"]) <= {
+                                "price",
+                                "volume",
+                                "timestamp",
+                                "change",
+                                "change_percent",
+                            }
                             assert 1 < message["data"]["price"] < 10_000
                             prices.append(message["data"]["price"])
                 assert len(set(prices)) > 1, "a random walk moves"

@@ -1,0 +1,139 @@
+"""The HTTP endpoints: `/`, `/health`, `/metrics`, `/docs`, `/asyncapi.yaml`, `/demo`,
+`/favicon.ico` and `GET /quote/{symbol}`.
+
+They read what the lifespan built (`Running`) and never change it, except that a quote
+asked for here is fetched (within the REST budget, and a per-address share of it).
+Nothing here may expose the Finnhub key or a client token.
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
+
+import docs
+import protocol
+from quotes import QuoteUnavailable
+from settings import Settings
+
+if TYPE_CHECKING:
+    from wiring import Running
+
+STATIC = Path(__file__).with_name("static")
+
+
+class HttpApi:
+    def __init__(
+        self,
+        settings: Settings,
+        running: Callable[[], Running],
+        registry: CollectorRegistry,
+        docs_page: str,
+    ) -> None:
+        self._settings = settings
+        self._running = running
+        self._registry = registry
+        self._docs_page = docs_page
+
+    async def root(self, request: Request) -> JSONResponse:
+        return JSONResponse(
+            {
+                "status": "ok",
+                "service": "stock-price-gateway",
+                "websocket": "/ws",
+                "health": "/health",
+                "docs": "/docs",
+                "demo": "/demo",
+            }
+        )
+
+    async def health(self, request: Request) -> JSONResponse:
+        running = self._running()
+        hub, feed = running.hub, running.feed
+        down = running.supervisor.down
+        market = hub.market_status
+        body: dict[str, object] = {
+            "status": "degraded" if down else "ok",
+            "upstream": hub.upstream_state,
+            "rest": running.rest.state,
+            "market": market.as_dict() if market is not None else None,
+            "demo": self._settings.demo,
+            "clients": hub.client_count,
+            "clients_fast_path": hub.fast_path_count,
+            "symbols": hub.symbols(),
+            "symbols_lingering": hub.capacity.lingering,
+            "upstream_messages_received": feed.messages_received,
+            "upstream_trades_received": feed.trades_received,
+            "upstream_messages_malformed": feed.malformed_messages,
+            "price_updates_sent": hub.stats.price_updates_sent,
+            "conflated_updates": hub.stats.conflated_updates,
+            "slow_consumer_disconnects": hub.stats.slow_consumer_disconnects,
+            "reconnects": feed.reconnects,
+            "rest_calls": running.rest.calls,
+            "uptime_seconds": round(time.monotonic() - running.started_at, 3),
+            **running.cluster_health(),
+        }
+        if down:
+            body["down"] = down  # part -> what ended it (an exception's type, never its text)
+        return JSONResponse(body, status_code=503 if down else 200)
+
+    async def quote(self, request: Request) -> JSONResponse:
+        """The symbol's quote: cached, or fetched within QUOTE_WAIT; 404 when Finnhub has
+        none, 503 with Retry-After when the REST budget or Finnhub cannot answer."""
+        settings, running = self._settings, self._running()
+        symbol = protocol.normalize_symbol(request.path_params["symbol"])
+        if symbol is None:
+            return JSONResponse({"error": f"a symbol is {protocol.SYMBOL_RULE}"}, 400)
+        if settings.gateway_token and not _token_matches(request, settings.gateway_token):
+            return JSONResponse({"error": "missing or wrong token"}, 401)
+        quotes = running.hub.quotes
+        if quotes is None:
+            return JSONResponse({"error": "quotes are off (REST_ENABLED=false)"}, 404)
+        if not quotes.is_fresh(symbol):
+            address = request.client.host if request.client else "-"
+            wait = running.admission.take_quote_fetch(address, time.monotonic())
+            if wait:
+                return _retry_later("too many quote requests from your address", wait, 429)
+        try:
+            quote = await quotes.get(symbol)
+        except QuoteUnavailable as exc:
+            return _retry_later(f"no quote could be fetched in time ({exc})", exc.retry_after)
+        if quote is None:
+            return JSONResponse({"error": "no quote for this symbol", "symbol": symbol}, 404)
+        return JSONResponse(protocol.quote_body(symbol, quote))
+
+    async def metrics(self, request: Request) -> Response:
+        return Response(generate_latest(self._registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def demo(self, request: Request) -> FileResponse:
+        return FileResponse(STATIC / "demo.html")
+
+    async def favicon(self, request: Request) -> FileResponse:
+        return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
+
+    async def docs(self, request: Request) -> HTMLResponse:
+        return HTMLResponse(self._docs_page)
+
+    async def asyncapi(self, request: Request) -> Response:
+        return Response(docs.ASYNCAPI.read_bytes(), media_type="application/yaml")
+
+
+def _token_matches(request: Request, expected: str) -> bool:
+    presented = request.query_params.get("token", "")
+    authorization = request.headers.get("authorization", "")
+    if not presented and authorization.lower().startswith("bearer "):
+        presented = authorization[7:].strip()
+    return hmac.compare_digest(presented.encode(), expected.encode())
+
+
+def _retry_later(message: str, seconds: float, status: int = 503) -> JSONResponse:
+    retry = str(max(1, math.ceil(seconds)))
+    return JSONResponse({"error": message}, status, headers={"Retry-After": retry})
