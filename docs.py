@@ -69,7 +69,9 @@ def _messages(document: dict[str, Any], operation: str) -> str:
     return "".join(parts)
 
 
-def render_docs(document: dict[str, Any], metrics: Mapping[str, str]) -> str:
+def render_docs(
+    document: dict[str, Any], metrics: Mapping[str, str], settings: Mapping[str, str]
+) -> str:
     info = document["info"]
     endpoints = "".join(
         f"<tr><td><code>{html.escape(endpoint['path'])}</code></td>"
@@ -93,6 +95,9 @@ def render_docs(document: dict[str, Any], metrics: Mapping[str, str]) -> str:
         f"<h2>Close codes</h2>{_table(info['x-close-codes'], ('code', 'meaning'))}"
         f"<h2>Handshake refusals</h2>{_table(info['x-handshake-refusals'], ('HTTP', 'when'))}"
         f"<h2>Metrics (<code>GET /metrics</code>)</h2>{_table(metrics, ('metric', 'meaning'))}"
+        "<h2>Settings</h2><p>Environment variables (or <code>.env</code>) and their "
+        "defaults; README.md and .env.example say what each one does.</p>"
+        f"{_table(settings, ('variable', 'default'))}"
         "<p>Machine-readable: <a href='/asyncapi.yaml'>asyncapi.yaml</a> (AsyncAPI 3).</p>"
         "</body></html>"
     )

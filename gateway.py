@@ -43,7 +43,7 @@ import wiring
 from http_api import STATIC, HttpApi
 from logs import configure_logging
 from server_protocol import HTTP_IMPORT_PATH, STATE_KEY, WS_IMPORT_PATH
-from settings import ConfigError, Settings, load_settings
+from settings import ConfigError, Settings, documented_defaults, load_settings
 
 logger = logging.getLogger("gateway")
 
@@ -55,7 +55,8 @@ class Gateway:
         self.metrics_registry, self._handoff_seconds = metrics.create_registry(
             lambda: self._running
         )
-        docs_page = docs.render_docs(docs.load_asyncapi(), metrics.METRICS)
+        defaults = documented_defaults()
+        docs_page = docs.render_docs(docs.load_asyncapi(), metrics.METRICS, defaults)
         self.http = HttpApi(settings, lambda: self.running, self.metrics_registry, docs_page)
 
     @property

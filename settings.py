@@ -166,6 +166,21 @@ def environment_names() -> list[str]:
     return [spec.name.upper() for spec in fields(Settings)]
 
 
+def documented_defaults() -> dict[str, str]:
+    """Every variable with its default as text, for /docs."""
+    shown: dict[str, str] = {}
+    for spec in fields(Settings):
+        value = spec.default
+        if isinstance(value, tuple):
+            text = ",".join(value)
+        elif isinstance(value, bool):
+            text = str(value).lower()
+        else:
+            text = str(value)
+        shown[spec.name.upper()] = text or "(unset)"
+    return shown
+
+
 def load_settings(env_file: str = ".env", **overrides: Any) -> Settings:
     """Read the settings from the environment, then `env_file` if it exists."""
     repository = RepositoryEnv(env_file) if os.path.isfile(env_file) else RepositoryEmpty()

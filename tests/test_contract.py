@@ -12,6 +12,7 @@ import pytest
 import protocol
 from docs import load_asyncapi, render_docs
 from metrics import METRICS
+from settings import documented_defaults
 from tests.contract import assert_server_message, validator
 from tests.helpers import GatewayUnderTest
 
@@ -64,7 +65,7 @@ async def test_docs_page_is_rendered_from_the_protocol_file(gateway: GatewayUnde
     async with gateway.session.get(gateway.base_url + "/docs") as response:
         assert response.status == 200
         page = await response.text()
-    assert page == render_docs(DOCUMENT, METRICS)
+    assert page == render_docs(DOCUMENT, METRICS, documented_defaults())
     for code in DOCUMENT["info"]["x-error-codes"]:
         assert code in page
     async with gateway.session.get(gateway.base_url + "/asyncapi.yaml") as response:

@@ -11,14 +11,14 @@ import pytest
 import protocol
 from docs import load_asyncapi, render_docs
 from metrics import METRICS
-from settings import environment_names
+from settings import documented_defaults, environment_names
 from tests.helpers import PROJECT
 
 DOCUMENT = load_asyncapi()
 INFO = DOCUMENT["info"]
 README = (PROJECT / "README.md").read_text(encoding="utf-8")
 ENV_EXAMPLE = (PROJECT / ".env.example").read_text(encoding="utf-8")
-PAGE = render_docs(DOCUMENT, METRICS)
+PAGE = render_docs(DOCUMENT, METRICS, documented_defaults())
 
 
 def test_error_codes_agree_everywhere() -> None:
@@ -52,6 +52,7 @@ def test_every_metric_is_documented(name: str) -> None:
 def test_every_setting_is_documented(name: str) -> None:
     assert re.search(rf"^#? ?{name}=", ENV_EXAMPLE, re.MULTILINE), f"{name} not in .env.example"
     assert f"`{name}`" in README, f"{name} not in README"
+    assert f"<code>{name}</code>" in PAGE, f"{name} not on /docs"
 
 
 def test_docs_page_shows_no_raw_markdown_and_lists_every_endpoint() -> None:
