@@ -6,6 +6,11 @@ frames wait in a FIFO of at most `outbox_size`; once that is full, price updates
 conflated to the newest per symbol. A client that stays behind too long, or keeps
 asking while it does not read, is closed with 1013 (`protocol.CLOSE_TRY_AGAIN_LATER`).
 
+A client that chose a throttled or batched stream (`set_options`) has a `Pacing` in
+front of this: updates wait there until due, then come here as whole frames.
+During one upstream message the broadcaster may `cork` a client, so that its several
+updates from that message go out in one write (each still its own WebSocket frame).
+
 This module must never await a client's socket from the caller's task (the broadcaster
 must not block), and never decides what a client is subscribed to (the hub does).
 """
@@ -19,7 +24,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
-from protocol import CLOSE_TRY_AGAIN_LATER, Frame
+from pacing import DeliveryClock, Pacing
+from protocol import CLOSE_TRY_AGAIN_LATER, DeliveryOptions, Frame
 
 logger = logging.getLogger(__name__)
 
@@ -100,10 +106,26 @@ class ClientConnection:
         self._writer: asyncio.Task[None] | None = None
         self._writer_started = False
         self._stopped = False
+        self.options = DeliveryOptions()
+        self._pacing: Pacing | None = None
+        self._cork: list[bytes] | None = None
 
     @property
     def fast_path(self) -> bool:
         return self._direct is not None
+
+    def set_options(self, options: DeliveryOptions, clock: DeliveryClock) -> None:
+        """Switch to a throttled and/or batched stream (or back): what the old pacing
+        still held goes out first."""
+        if self._pacing is not None:
+            self._pacing.drain()
+        self.options = options
+        self._pacing = (
+            Pacing(options, clock, self._emit, self._count_conflated) if options.paced else None
+        )
+
+    def _count_conflated(self) -> None:
+        self._stats.conflated_updates += 1
 
     def queued_bytes(self) -> int:
         """Output the client has not taken yet, in the server's and the kernel's buffers."""
@@ -127,9 +149,52 @@ class ClientConnection:
         self._wake_writer()
 
     def offer_update(self, symbol: str, frame: Frame) -> None:
-        """Send or queue a price update, conflating it if the client is behind; never blocks."""
+        """Send or queue a price update (through the client's pacing, if it chose one),
+        conflating it if the client is behind; never blocks."""
+        if self._pacing is not None:
+            self._pacing.offer(symbol, frame)
+        else:
+            self._offer(symbol, frame)
+
+    def offer_snapshot(self, symbol: str, frame: Frame) -> None:
+        """The last price, at once, as the `price_update` it is (also when paced)."""
+        if self._pacing is not None:
+            self._pacing.sent_now(symbol)
+            self.send(frame)
+        else:
+            self._offer(symbol, frame)
+
+    def cork(self) -> bool:
+        """Collect this client's direct writes until `uncork` (False: nothing to cork,
+        the client is paced, behind, or not on the fast path)."""
+        direct = self._direct
+        if self._cork is not None or self._pacing is not None or direct is None:
+            return False
+        if self._frames or self._latest or not direct.ready():
+            return False
+        self._cork = []
+        return True
+
+    def uncork(self) -> None:
+        corked, self._cork = self._cork, None
+        if corked and self._direct is not None:
+            self._direct.write(corked[0] if len(corked) == 1 else b"".join(corked))
+
+    def _emit(self, frames: list[Frame]) -> None:
+        """Whole frames from the pacing: one write when the socket takes them at once."""
+        direct = self._direct
+        if direct is not None and not self._frames and not self._latest and direct.ready():
+            direct.write(frames[0].wire if len(frames) == 1 else b"".join(f.wire for f in frames))
+            return
+        for frame in frames:
+            self.send(frame)  # batches and throttled updates were conflated already
+
+    def _offer(self, symbol: str, frame: Frame) -> None:
         direct = self._direct
         if not self._frames and not self._latest:
+            if self._cork is not None:
+                self._cork.append(frame.wire)
+                return
             if direct is not None and direct.ready():
                 direct.write(frame.wire)
                 if self._lag_timer is not None:  # it took everything: caught up
@@ -151,6 +216,8 @@ class ClientConnection:
     def forget_pending(self, symbol: str) -> None:
         """Drop a conflated update for a symbol the client just left."""
         self._latest.pop(symbol, None)
+        if self._pacing is not None:
+            self._pacing.forget(symbol)
 
     def _wake_writer(self) -> None:
         if self._wakeup is None:
@@ -162,6 +229,8 @@ class ClientConnection:
 
     async def stop(self) -> None:
         self._stopped = True
+        if self._pacing is not None:
+            self._pacing.close()
         self._stop_lag_timer()
         if self._writer is not None:
             self._writer.cancel()
@@ -224,6 +293,8 @@ class ClientConnection:
         self.evicted = True
         self._stop_lag_timer()
         self._stats.slow_consumer_disconnects += 1
+        if self._pacing is not None:
+            self._pacing.close()
         self._frames.clear()
         self._latest.clear()
         if self._writer_started:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 
 from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -115,6 +116,7 @@ class ClientSessions:
                     "client connected client_id=%s address=%s fast_path=%s",
                     client.id, address, direct is not None,
                 )  # fmt: skip
+                self._apply_query_options(client, websocket.query_params)
                 close_code = await self._serve_requests(websocket, client)
                 if client.evicted:
                     close_code = CLOSE_TRY_AGAIN_LATER
@@ -183,6 +185,18 @@ class ClientSessions:
             else:
                 self._handle_request(client, text)
 
+    def _apply_query_options(self, client: ClientConnection, query: Mapping[str, str]) -> None:
+        """`/ws?batch_ms=100&throttle_ms=250`: start in that mode (confirmed, or refused
+        with `invalid_options` and the seed's protocol kept)."""
+        if "throttle_ms" not in query and "batch_ms" not in query:
+            return
+        try:
+            given = protocol.parse_options(query, from_query=True)
+        except protocol.ProtocolError as exc:
+            client.send(protocol.error_message(exc.code, exc.message))
+            return
+        self._hub.set_options(client, client.options.changed(given))
+
     def _handle_request(self, client: ClientConnection, text: str) -> None:
         try:
             request = protocol.parse_client_message(text)
@@ -191,6 +205,10 @@ class ClientSessions:
             return
         if request.action == "ping":
             client.send(protocol.PONG)
+            return
+        if request.action == "options":
+            assert request.options is not None
+            self._hub.set_options(client, client.options.changed(request.options))
             return
         symbols, rejected = protocol.split_symbols(request.symbols)
         if rejected:

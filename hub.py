@@ -28,7 +28,8 @@ from typing import NamedTuple, Protocol
 
 import protocol
 from client_connection import ClientConnection, ClientSocket, FanoutStats, FrameWriter
-from protocol import ErrorCode, Frame, UpstreamState
+from pacing import DeliveryClock
+from protocol import DeliveryOptions, ErrorCode, Frame, UpstreamState
 from quotes import QuoteService
 from upstream import MarketStatus, Quote, Trade
 from upstream_capacity import UpstreamCapacity
@@ -78,6 +79,7 @@ class Hub:
         self.market_status: MarketStatus | None = None
         self._market: Frame | None = None  # the last market status message
         self._quote_waiters: dict[str, set[ClientConnection]] = {}
+        self.clock = DeliveryClock()  # one timer for every throttled or batched client
         self.upstream_state: UpstreamState = "connecting"
         self.capacity = capacity
         self.interest = capacity.interest
@@ -186,7 +188,7 @@ class Hub:
         for symbol in added:
             snapshot = self._latest_update.get(symbol)
             if snapshot is not None:
-                client.offer_update(symbol, snapshot)
+                client.offer_snapshot(symbol, snapshot)
             if self.quotes is not None:
                 self._send_quote(client, symbol, fetch=snapshot is None)
 
@@ -238,6 +240,11 @@ class Hub:
         self._market = protocol.market_message(status)
         for client in self._clients:
             client.send(self._market)
+
+    def set_options(self, client: ClientConnection, options: DeliveryOptions) -> None:
+        """The client's delivery from now on; confirmed with an `options` message."""
+        client.set_options(options, self.clock)
+        client.send(protocol.options_message(options))
 
     def unsubscribe(self, client: ClientConnection, symbols: list[str]) -> None:
         self._leave(client, symbols)
@@ -310,13 +317,18 @@ class Hub:
         while True:
             batch = await self._batches.get()
             offers = 0
+            # A client's several updates from one upstream message: one write, not one
+            # per update (each is still its own WebSocket frame).
+            corked: list[ClientConnection] | None = [] if len(batch.updates) > 1 else None
             for update in batch.updates:
-                offers += self._deliver_one(update, batch.live)
+                offers += self._deliver_one(update, batch.live, corked)
                 if offers >= OFFERS_PER_SLICE:
                     # One upstream message can carry tens of thousands of trades: let
                     # /health, the other sockets and the feed run in between.
                     offers = 0
+                    _uncork(corked)
                     await asyncio.sleep(0)
+            _uncork(corked)
             if self._handoff_observer is not None:
                 # Upstream arrival to the last hand-off, one observation per message.
                 self._handoff_observer.observe(time.perf_counter() - batch.received_at)
@@ -329,7 +341,9 @@ class Hub:
         for update in batch.updates:
             self._deliver_one(update, batch.live)
 
-    def _deliver_one(self, update: Update, live: bool) -> int:
+    def _deliver_one(
+        self, update: Update, live: bool, corked: list[ClientConnection] | None = None
+    ) -> int:
         """Hand one update to every subscriber of its symbol and keep it as the symbol's
         snapshot for later subscribers; returns how many clients it was offered to."""
         symbol, frame = update
@@ -341,11 +355,24 @@ class Hub:
         if not live and symbol in self._latest_update:
             return 0
         self._latest_update[symbol] = frame
-        for client in subscribers:
-            client.offer_update(symbol, frame)
+        if corked is not None:
+            for client in subscribers:
+                if client.cork():
+                    corked.append(client)
+                client.offer_update(symbol, frame)
+        else:
+            for client in subscribers:
+                client.offer_update(symbol, frame)
         self.stats.price_updates_sent += len(subscribers)
         return len(subscribers)
 
 
 def _unknown(symbol: str) -> float | None:
     return None
+
+
+def _uncork(corked: list[ClientConnection] | None) -> None:
+    if corked:
+        for client in corked:
+            client.uncork()
+        corked.clear()

@@ -10,7 +10,8 @@ state, never anything from the upstream's credentials.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Literal, get_args
 
 import orjson
@@ -44,6 +45,7 @@ ErrorCode = Literal[
     "rate_limited",
     "upstream_error",
     "quote_unavailable",
+    "invalid_options",
 ]
 ERROR_CODES: tuple[ErrorCode, ...] = get_args(ErrorCode)
 
@@ -71,18 +73,39 @@ class ProtocolError(Exception):
         self.message = message
 
 
-Action = Literal["subscribe", "unsubscribe", "ping"]
+Action = Literal["subscribe", "unsubscribe", "ping", "options"]
 _ACTIONS: dict[str, Action] = {
     "subscribe": "subscribe",
     "unsubscribe": "unsubscribe",
     "ping": "ping",
+    "options": "options",
 }
+MAX_OPTION_MS = 60_000  # throttle_ms and batch_ms: 0 (off) up to a minute
+
+
+@dataclass(frozen=True)
+class DeliveryOptions:
+    """How a client wants its price updates: `throttle_ms` at most one per symbol per that
+    many milliseconds (the newest), `batch_ms` grouped into one `price_updates` frame at
+    most that often. Zero turns each off; both off is the seed's protocol."""
+
+    throttle_ms: int = 0
+    batch_ms: int = 0
+
+    @property
+    def paced(self) -> bool:
+        return bool(self.throttle_ms or self.batch_ms)
+
+    def changed(self, given: Mapping[str, int]) -> DeliveryOptions:
+        """These options with the values a client gave (the others stay as they are)."""
+        return replace(self, **given)
 
 
 @dataclass(frozen=True)
 class ClientRequest:
     action: Action
     symbols: tuple[str, ...] = ()
+    options: dict[str, int] | None = None  # the option values given, validated
 
 
 def normalize_symbol(raw: str) -> str | None:
@@ -106,10 +129,12 @@ def parse_client_message(text: str) -> ClientRequest:
     if kind is None:
         raise ProtocolError(
             "unknown_action",
-            f"unknown action {_quoted(action)}; expected subscribe, unsubscribe or ping",
+            f"unknown action {_quoted(action)}; expected subscribe, unsubscribe, ping or options",
         )
     if kind == "ping":
         return ClientRequest("ping")
+    if kind == "options":
+        return ClientRequest("options", options=parse_options(message))
     symbols = message.get("symbols")
     if (
         not isinstance(symbols, list)
@@ -118,6 +143,24 @@ def parse_client_message(text: str) -> ClientRequest:
     ):
         raise ProtocolError("invalid_message", '"symbols" must be a non-empty list of strings')
     return ClientRequest(kind, tuple(symbols))
+
+
+def parse_options(values: Mapping[str, object], *, from_query: bool = False) -> dict[str, int]:
+    """The `throttle_ms` / `batch_ms` a client gave, validated: JSON integers in a message,
+    text digits in a query string; ProtocolError("invalid_options") otherwise."""
+    given = {name: values[name] for name in ("throttle_ms", "batch_ms") if name in values}
+    if not given:
+        raise ProtocolError("invalid_options", "give throttle_ms and/or batch_ms")
+    chosen: dict[str, int] = {}
+    for name, raw in given.items():
+        value = int(raw) if from_query and isinstance(raw, str) and raw.isdigit() else raw
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_OPTION_MS:
+            raise ProtocolError(
+                "invalid_options",
+                f"{name} must be a whole number of milliseconds from 0 (off) to {MAX_OPTION_MS}",
+            )
+        chosen[name] = value
+    return chosen
 
 
 def split_symbols(raw_symbols: tuple[str, ...]) -> tuple[list[str], list[str]]:
@@ -147,12 +190,13 @@ class Frame:
     Both are built on first use and cached.
     """
 
-    __slots__ = ("_text", "_wire", "payload")
+    __slots__ = ("_item", "_text", "_wire", "payload")
 
     def __init__(self, payload: bytes) -> None:
         self.payload = payload
         self._wire: bytes | None = None
         self._text: str | None = None
+        self._item: bytes | None = None
 
     @property
     def wire(self) -> bytes:
@@ -165,6 +209,30 @@ class Frame:
         if self._text is None:
             self._text = self.payload.decode()
         return self._text
+
+    @property
+    def batch_item(self) -> bytes:
+        """A `price_update` as an element of `price_updates.updates`: the same JSON
+        without its `type` (`{"symbol":...,"data":{...}}`), cut from the encoded bytes."""
+        if self._item is None:
+            assert self.payload.startswith(_PRICE_UPDATE_PREFIX), "not a price_update"
+            self._item = b"{" + self.payload[len(_PRICE_UPDATE_PREFIX) :]
+        return self._item
+
+
+_PRICE_UPDATE_PREFIX = b'{"type":"price_update",'
+_BATCH_OPEN, _BATCH_CLOSE = b'{"type":"price_updates","updates":[', b"]}"
+
+
+def price_updates_message(items: list[bytes]) -> Frame:
+    """Several price updates in one frame (a client's `batch_ms`), in arrival order."""
+    return Frame(_BATCH_OPEN + b",".join(items) + _BATCH_CLOSE)
+
+
+def options_message(options: DeliveryOptions) -> Frame:
+    return _encode(
+        {"type": "options", "throttle_ms": options.throttle_ms, "batch_ms": options.batch_ms}
+    )
 
 
 def websocket_text_header(length: int) -> bytes:

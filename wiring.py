@@ -152,6 +152,7 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
     logger.info("accepting at most %d open sockets", guard.max_connections)
     supervisor = await stack.enter_async_context(Supervisor())
     supervisor.start("broadcaster", hub.broadcast_forever)
+    supervisor.start("clock", hub.clock.run)
     if settings.rest_enabled:
         supervisor.start("quotes", quotes.run)
     if cluster is not None:

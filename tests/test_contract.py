@@ -18,7 +18,7 @@ from tests.helpers import GatewayUnderTest
 
 DOCUMENT = load_asyncapi()
 MESSAGES = DOCUMENT["components"]["messages"]
-CLIENT_MESSAGES = {"subscribe", "unsubscribe", "ping"}
+CLIENT_MESSAGES = {"subscribe", "unsubscribe", "ping", "options"}
 
 
 def examples() -> list[tuple[str, Any]]:
