@@ -17,6 +17,7 @@ with no open connection and a full bucket. It never reads message bodies.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +28,20 @@ from token_bucket import TokenBucket
 
 # Idle per-address state is swept when the table grows past this many addresses.
 SWEEP_AT = 10_000
+
+
+def address_key(host: str) -> str:
+    """Whose allowance a client address uses: the address itself, or for IPv6 its /64
+    (one subscriber line gets a whole /64: counting single addresses would be no limit)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return host
 
 
 @dataclass(frozen=True)
@@ -43,7 +58,6 @@ class Admission:
         self._buckets: dict[str, TokenBucket] = {}  # address -> handshake budget
         self.refused: dict[str, int] = {}  # reason -> count, for /metrics
         self._sweep_at = SWEEP_AT
-        self._quote_buckets: dict[str, TokenBucket] = {}  # address -> GET /quote misses
 
     def connections_from(self, address: str) -> int:
         return self._open.get(address, 0)
@@ -110,24 +124,6 @@ class Admission:
             )
             self._buckets[address] = bucket
         return bucket.take(now)
-
-    def take_quote_fetch(self, address: str, now: float) -> float:
-        """One `GET /quote` that misses the cache, from `address`: 0, or seconds to wait
-        (each spends the key's scarce REST budget, so an address gets a modest share)."""
-        bucket = self._quote_buckets.get(address)
-        if bucket is None:
-            per_minute = self._settings.quote_requests_per_address
-            if len(self._quote_buckets) >= SWEEP_AT:
-                self._quote_buckets = {
-                    a: b for a, b in self._quote_buckets.items() if not b.full(now)
-                }
-            bucket = self._quote_buckets[address] = TokenBucket(
-                per_minute / 60, per_minute / 6, now
-            )
-        wait = bucket.take(now)
-        if wait:
-            self.refused["quote_requests"] = self.refused.get("quote_requests", 0) + 1
-        return wait
 
     def _sweep(self, now: float) -> None:
         for address, bucket in list(self._buckets.items()):

@@ -311,17 +311,33 @@ class Cluster:
         if self.market is not None:  # one poll of the market status for the whole cluster
             self.market.on_change, self.market.status = publisher.market_changed, None
             duties.append(asyncio.create_task(self.market.run(), name="cluster-market"))
+        renewing = asyncio.create_task(self._keep_lease(), name="cluster-lease")
         try:
-            while await self._renew_lease():
-                raise_if_cancelling()
+            # Lead while the lease holds and every duty runs: a duty that ends (a crash)
+            # gives the lease up, so a healthy process can take over.
+            done, _ = await asyncio.wait([renewing, *duties], return_when=asyncio.FIRST_COMPLETED)
+            for ended in done - {renewing}:
+                if not ended.cancelled() and ended.exception() is not None:
+                    logger.error(
+                        "cluster leader duty crashed duty=%s; giving up the lease",
+                        ended.get_name(),
+                        exc_info=ended.exception(),
+                    )
         finally:
             # Stop the feed before anyone else can hold the lease.
             self.role = "follower"
-            for duty in duties:
-                duty.cancel()
-            _, stuck = await asyncio.wait(duties, timeout=5)
+            for task in (renewing, *duties):
+                task.cancel()
+            _, stuck = await asyncio.wait([renewing, *duties], timeout=5)
             if stuck:
                 logger.error("cluster feed did not stop within 5 s tasks=%d", len(stuck))
+        if not renewing.cancelled() and renewing.done() and renewing.exception() is None:
+            return  # the lease was lost
+        await self._redis.eval(RELEASE_LEASE, 1, self._key("leader"), self.node)
+
+    async def _keep_lease(self) -> None:
+        while await self._renew_lease():
+            raise_if_cancelling()
 
     async def _renew_lease(self) -> bool:
         """Wait a third of the lease, then extend it; False once it cannot be proven ours."""

@@ -19,6 +19,7 @@ This module never stores or publishes the key.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict
 
@@ -49,6 +50,10 @@ redis.call('ZADD', KEYS[1], ms, ARGV[3])
 redis.call('PEXPIRE', KEYS[1], 61000)
 return 0
 """
+RELEASE_IF_OURS = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
 POLL_SECONDS = 0.1
 
 
@@ -64,6 +69,7 @@ class RedisBudget:
         self._per_second = per_second
         self._turn = asyncio.Lock()
         self._serial = 0
+        self._name = uuid.uuid4().hex  # call-log members must be unique across processes
         self._last_wait = 1.0
 
     async def acquire(self, deadline: float) -> None:
@@ -72,7 +78,7 @@ class RedisBudget:
             async with asyncio.timeout_at(deadline), self._turn:
                 while True:
                     self._serial += 1
-                    member = f"{id(self)}:{self._serial}"
+                    member = f"{self._name}:{self._serial}"
                     wait_ms = await self._client().eval(
                         TAKE_SLOT, 1, self._key, self._per_minute, self._per_second, member
                     )
@@ -113,20 +119,20 @@ class ClusterQuoteSource:
                 cached = await self._client().get(self._key("quote", symbol))
                 if cached is not None:
                     return decode_quote(cached)
-                lock = self._key("quote-lock", symbol)
+                lock, token = self._key("quote-lock", symbol), uuid.uuid4().hex
                 hold_ms = max(int((deadline - loop.time()) * 1000), 1)
-                if await self._client().set(lock, b"1", nx=True, px=hold_ms):
+                if await self._client().set(lock, token, nx=True, px=hold_ms):
                     try:
                         quote = await self._rest.quote(symbol, deadline)
                         await self.store(symbol, quote)
                         return quote
-                    finally:
-                        await self._client().delete(lock)
+                    finally:  # only our own lock: it may have expired and passed on
+                        await self._client().eval(RELEASE_IF_OURS, 1, lock, token)
                 if loop.time() + POLL_SECONDS >= deadline:
                     raise RestUnavailable("another process is still fetching this quote")
                 await asyncio.sleep(POLL_SECONDS)  # another process is fetching: its result
-        except (RedisError, OSError) as exc:
-            why = f"the cluster's quote cache is unreachable ({type(exc).__name__})"
+        except (RedisError, OSError, ValueError, TypeError) as exc:
+            why = f"the cluster's quote cache is unreachable or unreadable ({type(exc).__name__})"
             raise RestUnavailable(why) from None
 
     async def store(self, symbol: str, quote: Quote | None) -> None:

@@ -136,7 +136,15 @@ class FinnhubRest:
             raise RestUnavailable("Finnhub sent a malformed market status") from None
 
     async def get(self, path: str, params: dict[str, str], deadline: float) -> Any:
-        """One call's JSON, within the budget, retried until `deadline` (loop time)."""
+        """One call's JSON, within the budget, retried until `deadline` (loop time):
+        waiting for a turn, the call itself and its retries all end by then."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await self._get(path, params, deadline)
+        except TimeoutError:
+            raise RestUnavailable("no answer from Finnhub in time", 1.0) from None
+
+    async def _get(self, path: str, params: dict[str, str], deadline: float) -> Any:
         loop = asyncio.get_running_loop()
         attempt = 0
         while True:

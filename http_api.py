@@ -21,6 +21,7 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Respon
 
 import docs
 import protocol
+from admission import address_key
 from quotes import QuoteUnavailable
 from settings import Settings
 
@@ -97,14 +98,14 @@ class HttpApi:
         quotes = running.hub.quotes
         if quotes is None:
             return JSONResponse({"error": "quotes are off (REST_ENABLED=false)"}, 404)
-        if not quotes.is_fresh(symbol):
-            address = request.client.host if request.client else "-"
-            wait = running.admission.take_quote_fetch(address, time.monotonic())
-            if wait:
-                return _retry_later("too many quote requests from your address", wait, 429)
+        address = address_key(request.client.host if request.client else "-")
         try:
-            quote = await quotes.get(symbol)
+            quote = await quotes.get(symbol, address)
         except QuoteUnavailable as exc:
+            if exc.share_spent:
+                return _retry_later(
+                    "too many quote requests from your address", exc.retry_after, 429
+                )
             return _retry_later(f"no quote could be fetched in time ({exc})", exc.retry_after)
         if quote is None:
             return JSONResponse({"error": "no quote for this symbol", "symbol": symbol}, 404)

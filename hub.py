@@ -20,6 +20,7 @@ to the upstream except through the capacity's `SymbolInterest`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -78,7 +79,9 @@ class Hub:
         self.quotes = quotes
         self.market_status: MarketStatus | None = None
         self._market: Frame | None = None  # the last market status message
-        self._quote_waiters: dict[str, set[ClientConnection]] = {}
+        self._quote_waiters: dict[
+            str, tuple[asyncio.Future[Quote | None], set[ClientConnection]]
+        ] = {}
         self.clock = DeliveryClock()  # one timer for every throttled or batched client
         self.upstream_state: UpstreamState = "connecting"
         self.capacity = capacity
@@ -201,17 +204,25 @@ class Hub:
             if cached is not None:
                 client.send(protocol.quote_message(symbol, cached))
             return
-        future = self.quotes.request(symbol)
+        future = self.quotes.request(symbol, client.owner)
         if future.done():
             self._deliver_quote(symbol, future, {client})
             return
-        waiters = self._quote_waiters.get(symbol)
-        if waiters is None:
-            waiters = self._quote_waiters[symbol] = set()
-            future.add_done_callback(
-                lambda done: self._deliver_quote(symbol, done, self._quote_waiters.pop(symbol))
-            )
-        waiters.add(client)
+        waiting = self._quote_waiters.get(symbol)
+        if waiting is None or waiting[0] is not future:  # a new fetch: its own waiters
+            waiting = self._quote_waiters[symbol] = (future, set())
+            future.add_done_callback(functools.partial(self._quote_came, symbol, waiting))
+        waiting[1].add(client)
+
+    def _quote_came(
+        self,
+        symbol: str,
+        waiting: tuple[asyncio.Future[Quote | None], set[ClientConnection]],
+        _done: object,
+    ) -> None:
+        if self._quote_waiters.get(symbol) is waiting:
+            del self._quote_waiters[symbol]
+        self._deliver_quote(symbol, waiting[0], waiting[1])
 
     def _deliver_quote(
         self, symbol: str, future: asyncio.Future[Quote | None], clients: set[ClientConnection]

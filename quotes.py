@@ -9,6 +9,11 @@ REST budget and within `QUOTE_WAIT` of being asked; past that the future fails w
 call. A quote of "no quote" (Finnhub's zeros for an unknown symbol) resolves to None.
 The previous close of every quote seen is kept, bounded, for `change` on trades.
 
+The key's budget is tiny (60 calls a minute on the free plan), so each owner (a client
+address) may cause at most `QUOTE_REQUESTS_PER_ADDRESS` fetches a minute, whether it
+subscribes over `/ws` or asks `GET /quote`; cached and in-flight quotes cost nothing.
+At most `max_queued` fetches wait at once; past that, `QuoteUnavailable` at once.
+
 This module never talks to clients (the hub does) and never spends the budget itself
 (the `QuoteSource` does).
 """
@@ -21,6 +26,7 @@ from collections import OrderedDict
 from typing import Protocol
 
 from finnhub_rest import RestUnavailable
+from token_bucket import TokenBucket
 from upstream import Quote
 
 logger = logging.getLogger(__name__)
@@ -29,9 +35,10 @@ MAX_CACHED = 5000  # symbols whose quote (and previous close) is remembered
 
 
 class QuoteUnavailable(Exception):
-    def __init__(self, message: str, retry_after: float) -> None:
+    def __init__(self, message: str, retry_after: float, *, share_spent: bool = False) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.share_spent = share_spent  # the asker's own share, not the key's budget
 
 
 class QuoteSource(Protocol):
@@ -42,9 +49,18 @@ class QuoteSource(Protocol):
 
 class QuoteService:
     def __init__(
-        self, source: QuoteSource, *, ttl: float = 60.0, wait: float = 10.0, max_queued: int = 256
+        self,
+        source: QuoteSource,
+        *,
+        ttl: float = 60.0,
+        wait: float = 10.0,
+        max_queued: int = 256,
+        per_owner_per_minute: float = 20.0,
     ) -> None:
         self._source = source
+        self._per_owner = per_owner_per_minute
+        self._owners: dict[str, TokenBucket] = {}
+        self._sweep_at = 10_000
         self._ttl = ttl
         self._wait = wait
         self._max_queued = max_queued
@@ -72,25 +88,40 @@ class QuoteService:
         quote = entry[0] if entry is not None else None
         return quote.previous_close if quote is not None and quote.previous_close > 0 else None
 
-    def request(self, symbol: str) -> asyncio.Future[Quote | None]:
-        """The quote for `symbol`: cached, in flight, or queued now."""
+    def request(self, symbol: str, owner: str = "-") -> asyncio.Future[Quote | None]:
+        """The quote for `symbol`: cached, in flight, or fetched now if `owner` still has
+        a share of the budget and the queue has room."""
         loop = asyncio.get_running_loop()
         if self.is_fresh(symbol):
-            done: asyncio.Future[Quote | None] = loop.create_future()
-            done.set_result(self._cache[symbol][0])
-            return done
+            return _settled(loop, self._cache[symbol][0])
         future = self._pending.get(symbol)
-        if future is None:
-            future = self._pending[symbol] = loop.create_future()
-            if self._queue.qsize() >= self._max_queued:
-                self._settle(symbol, QuoteUnavailable("too many quotes asked for at once", 5.0))
-            else:
-                self._queue.put_nowait((symbol, loop.time()))
+        if future is not None:
+            return future  # in flight: joining costs nothing
+        wait = self._take_share(owner, loop.time())
+        if wait:
+            self.unavailable += 1
+            spent = QuoteUnavailable("too many quotes asked for", wait, share_spent=True)
+            return _settled(loop, spent)
+        if len(self._pending) >= self._max_queued:
+            self.unavailable += 1
+            return _settled(loop, QuoteUnavailable("too many quotes asked for at once", 5.0))
+        future = self._pending[symbol] = loop.create_future()
+        self._queue.put_nowait((symbol, loop.time()))
         return future
 
-    async def get(self, symbol: str) -> Quote | None:
+    async def get(self, symbol: str, owner: str = "-") -> Quote | None:
         """Wait for the quote (QuoteUnavailable past the bound)."""
-        return await asyncio.shield(self.request(symbol))
+        return await asyncio.shield(self.request(symbol, owner))
+
+    def _take_share(self, owner: str, now: float) -> float:
+        bucket = self._owners.get(owner)
+        if bucket is None:
+            if len(self._owners) >= self._sweep_at:
+                self._owners = {o: b for o, b in self._owners.items() if not b.full(now)}
+                self._sweep_at = max(10_000, 2 * len(self._owners))  # amortised
+            per_minute = self._per_owner
+            bucket = self._owners[owner] = TokenBucket(per_minute / 60, max(per_minute, 1), now)
+        return bucket.take(now)
 
     def remember(self, symbol: str, quote: Quote | None) -> None:
         """A quote learned elsewhere (another process of the cluster)."""
@@ -123,6 +154,11 @@ class QuoteService:
             logger.info("quote unavailable symbol=%s reason=%s", symbol, exc)
             self._settle(symbol, QuoteUnavailable(str(exc), exc.retry_after))
             return
+        except Exception:  # one bad answer must not stop every other fetch
+            self.unavailable += 1
+            logger.exception("quote fetch failed symbol=%s", symbol)
+            self._settle(symbol, QuoteUnavailable("the quote could not be read", 5.0))
+            return
         self.fetched += 1
         self._store(symbol, quote)
         self._settle(symbol, quote)
@@ -142,3 +178,15 @@ class QuoteService:
             future.exception()  # retrieved here: nobody may be waiting any more
         else:
             future.set_result(outcome)
+
+
+def _settled(
+    loop: asyncio.AbstractEventLoop, outcome: Quote | QuoteUnavailable | None
+) -> asyncio.Future[Quote | None]:
+    future: asyncio.Future[Quote | None] = loop.create_future()
+    if isinstance(outcome, QuoteUnavailable):
+        future.set_exception(outcome)
+        future.exception()  # nobody may look
+    else:
+        future.set_result(outcome)
+    return future

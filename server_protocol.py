@@ -92,20 +92,18 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._in_headers = True
         self._deadline: asyncio.TimerHandle | None = None
         self._pending_peer: str | None = None
+        self._trusted = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         guard, peer = self._guard, self.client[0] if self.client else ""
-        trusted = bool(peer) and is_trusted_proxy(peer, self.config)
-        refusal = guard.refuse_socket(len(self.connections), peer, trusted)
+        self._trusted = bool(peer) and is_trusted_proxy(peer, self.config)
+        refusal = guard.refuse_socket(len(self.connections), peer, self._trusted)
         if refusal is not None:
             transport.write(_response("503 Service Unavailable", refusal))
             transport.close()
             return
-        if peer and not trusted:
-            self._pending_peer = peer
-            guard.pending[peer] += 1
-        self._deadline = self.loop.call_later(guard.limits.handshake_timeout, self._too_slow)
+        self._begin_request()
 
     def data_received(self, data: bytes) -> None:
         if self._in_headers:
@@ -121,12 +119,25 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._in_headers = True
         self._header_bytes = 0
+        # A request after the first one on a kept-alive connection has the same
+        # deadline and counts the same against its address, or a client could send one
+        # request and then trickle the next one forever.
+        if self._deadline is None and not self.transport.is_closing():
+            peer = self.client[0] if self.client else ""
+            counted = self._pending_peer is not None or not peer or self._trusted
+            if not counted and self._guard.refuse_socket(0, peer, self._trusted) is not None:
+                self._stop(abort=True)
+                return
+            self._begin_request()
 
     def on_headers_complete(self) -> None:
         self._in_headers = False
-        self._cancel_deadline()
-        self._release_pending()
         super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._cancel_deadline()  # the whole request, body included, is in
+        self._release_pending()
+        super().on_message_complete()
 
     def handle_websocket_upgrade(self) -> None:
         self._cancel_deadline()  # the WebSocket protocol keeps its own handshake deadline
@@ -138,11 +149,19 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._release_pending()
         super().connection_lost(exc)
 
+    def _begin_request(self) -> None:
+        peer = self.client[0] if self.client else ""
+        if peer and not self._trusted and self._pending_peer is None:
+            self._pending_peer = peer
+            self._guard.pending[peer] += 1
+        self._deadline = self.loop.call_later(self._guard.limits.handshake_timeout, self._too_slow)
+
     def _too_slow(self) -> None:
         self._deadline = None
-        if self._in_headers and not self.transport.is_closing():
+        if not self.transport.is_closing():
             self._guard.count("request_timeout")
-            self.transport.write(_response("408 Request Timeout", "request too slow"))
+            if self._in_headers:
+                self.transport.write(_response("408 Request Timeout", "request too slow"))
             self._stop(abort=False)
 
     def _stop(self, *, abort: bool) -> None:

@@ -68,7 +68,7 @@ class Settings:
     finnhub_rest_rate: int = setting(60, minimum=1)  # calls per minute: the plan's limit
     quote_ttl: float = setting(60.0, minimum=0)  # seconds a quote is served from the cache
     quote_wait: float = setting(10.0, minimum=0.1)  # seconds a client waits at most
-    quote_requests_per_address: float = setting(30.0, minimum=0.1)  # GET /quote misses/min
+    quote_requests_per_address: float = setting(20.0, minimum=1)  # quote fetches/min
     market_exchange: str = setting("US")
     market_status_interval: float = setting(120.0, minimum=0.5)  # seconds between polls
     # -- serving -----------------------------------------------------------------------

@@ -139,7 +139,7 @@ class UpstreamCapacity:
                 self._exclusive[owner] += 1
             elif len(holders) == 1:
                 (previous,) = holders
-                self._exclusive[previous] -= 1  # not exclusive to them any more
+                self._exclusive_less(previous)  # not exclusive to them any more
         holders[owner] += 1
 
     def leave(self, symbol: str, owner: str) -> None:
@@ -149,7 +149,7 @@ class UpstreamCapacity:
             return
         del holders[owner]
         if len(holders) == 0:
-            self._exclusive[owner] -= 1
+            self._exclusive_less(owner)
             del self._holders[symbol]
             if self._linger > 0 and symbol in self.interest:
                 loop = asyncio.get_running_loop()
@@ -159,6 +159,13 @@ class UpstreamCapacity:
         elif len(holders) == 1:
             (remaining,) = holders
             self._exclusive[remaining] += 1
+
+    def _exclusive_less(self, owner: str) -> None:
+        left = self._exclusive[owner] - 1
+        if left > 0:
+            self._exclusive[owner] = left
+        else:
+            del self._exclusive[owner]  # an owner with no exclusive symbol costs nothing
 
     def rejected(self, symbol: str) -> None:
         """Finnhub refused `symbol`: refuse it for a while (holders are removed by the hub,

@@ -133,7 +133,12 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
         if cluster is None
         else ClusterQuoteSource(cluster.client, cluster.key, rest, ttl=settings.quote_ttl)
     )
-    quotes = QuoteService(source, ttl=settings.quote_ttl, wait=settings.quote_wait)
+    quotes = QuoteService(
+        source,
+        ttl=settings.quote_ttl,
+        wait=settings.quote_wait,
+        per_owner_per_minute=settings.quote_requests_per_address,
+    )
     hub = Hub(
         capacity,
         outbox_size=settings.client_outbox_size,

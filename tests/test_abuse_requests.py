@@ -94,3 +94,43 @@ async def test_the_open_socket_cap_refuses_before_descriptors_run_out_and_says_s
         finally:
             for sock in opened:
                 sock.close()
+
+
+async def test_a_kept_alive_connection_cannot_trickle_its_next_request() -> None:
+    async with abuse_rig({"HANDSHAKE_TIMEOUT": "1"}) as rig:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", rig.port, local_addr=("127.0.0.3", 0)
+        )
+        try:
+            writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200")
+            length = int(
+                next(
+                    line
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length")
+                ).split(b":")[1]
+            )
+            await reader.readexactly(length)
+            writer.write(b"GET /health HTTP/1.1\r\n")  # the next request, a byte at a time
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            async with asyncio.timeout(5):
+                while True:
+                    try:
+                        writer.write(b"X")
+                        await writer.drain()
+                    except ConnectionError:
+                        break
+                    if reader.at_eof():
+                        break
+                    try:
+                        async with asyncio.timeout(0.2):
+                            if not await reader.read(1024):
+                                break
+                    except TimeoutError:
+                        continue
+            assert loop.time() - started < 2.5  # cut at the 1 s deadline, like a first request
+        finally:
+            writer.close()

@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from admission import Admission
+from admission import Admission, address_key
 from finnhub_messages import decode, newest_per_symbol, parse_trades, redact
+from finnhub_rest import SlidingWindowBudget
+from quotes import QuoteService, QuoteUnavailable
 from settings import Settings
 from token_bucket import TokenBucket
-from upstream import SymbolInterest, Trade
+from upstream import Quote, SymbolInterest, Trade
 from upstream_capacity import SymbolPatterns, UpstreamCapacity
 
 NOW = 1_800_000_000.0
@@ -148,3 +150,62 @@ def test_nan_costs_one_trade_and_absurd_times_are_skipped() -> None:
 def test_redact_is_case_blind_and_masks_token_parameters() -> None:
     assert redact("key SeKrIt-1 and sekrit-1", "sekrit-1") == "key *** and ***"
     assert redact("wss://x/?Token=abc&y=1", "") == "wss://x/?Token=***&y=1"
+
+
+def test_ipv6_clients_are_counted_by_their_slash_64() -> None:
+    assert address_key("2001:db8:1:2:aaaa::1") == address_key("2001:db8:1:2:bbbb::9")
+    assert address_key("2001:db8:1:2::1") != address_key("2001:db8:1:3::1")
+    assert address_key("::ffff:192.0.2.7") == "192.0.2.7"
+    assert address_key("192.0.2.7") == "192.0.2.7" and address_key("-") == "-"
+
+
+async def test_owners_with_no_exclusive_symbol_are_forgotten() -> None:
+    table = capacity()
+    for index in range(1000):
+        table.join("A", f"owner{index}")
+        table.leave("A", f"owner{index}")
+    table.join("B", "x")
+    table.join("B", "y")  # shared: x's count drops to zero
+    assert dict(table._exclusive) == {}
+
+
+async def test_the_rest_window_allows_30_a_second_and_the_plan_a_minute() -> None:
+    budget = SlidingWindowBudget(per_minute=100, per_second=30)
+    budget._calls.extend([10.0 + index / 100 for index in range(30)])  # 30 within 0.3 s
+    assert budget._wait(10.5) == pytest.approx(0.5)  # the oldest of the second expires at 11.0
+    assert budget._wait(11.01) == 0
+    budget = SlidingWindowBudget(per_minute=60)
+    budget._calls.extend([float(index) for index in range(60)])  # one a second for a minute
+    assert budget._wait(59.5) == pytest.approx(0.5)  # t=0 leaves the window at 60
+    assert budget._wait(60.0) == pytest.approx(0.0)
+
+
+class _SlowSource:
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+        self.release = asyncio.Event()
+
+    async def quote(self, symbol: str, deadline: float) -> Quote | None:
+        self.asked.append(symbol)
+        await self.release.wait()
+        return None
+
+
+async def test_quote_requests_are_bounded_per_owner_and_in_all() -> None:
+    source = _SlowSource()
+    service = QuoteService(source, wait=5, max_queued=3, per_owner_per_minute=2)
+    worker = asyncio.create_task(service.run())
+    try:
+        mine = [service.request(f"S{index}", "alice") for index in range(3)]
+        assert not mine[0].done() and not mine[1].done()
+        assert isinstance(mine[2].exception(), QuoteUnavailable)  # alice's share is 2
+        assert not service.request("S0", "bob").done()  # joining a fetch in flight is free
+        bob = service.request("B1", "bob")
+        assert not bob.done()
+        full = service.request("C1", "carol")  # 3 fetches waiting already
+        assert isinstance(full.exception(), QuoteUnavailable)
+        source.release.set()
+        assert await mine[0] is None and await bob is None
+    finally:
+        worker.cancel()
+        await asyncio.wait([worker])

@@ -9,6 +9,7 @@ import logging
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from simulator import MarketSimulator, serve
 from simulator_rest import previous_close
@@ -227,3 +228,55 @@ async def test_429_is_honoured_and_401_is_reported_once(
 async def test_health_shows_the_rest_side(gateway: GatewayUnderTest) -> None:
     health = await gateway.health()
     assert health["rest"] == "ok" and health["market"] is None  # REST off in this fixture
+
+
+async def test_one_address_cannot_spend_the_budget_for_everyone(market: Market) -> None:
+    market.simulator.session = "closed"
+    settings = with_quotes(market, quote_requests_per_address=5)
+    async with run_gateway(settings) as gateway:
+        greedy = await gateway.connect(local="127.0.0.2")
+        symbols = [f"G{index:02d}" for index in range(12)]
+        await greedy.send({"action": "subscribe", "symbols": symbols})
+        refused: list[str] = []
+        while len(refused) < 7:
+            error = await greedy.expect("error", skip=("status", "market", "subscription"))
+            assert error["code"] == "quote_unavailable"
+            refused.extend(error["symbols"])
+        assert refused == symbols[5:]  # its share: the first five
+        other = await gateway.connect(local="127.0.0.3")
+        quote = await subscribed_with_quote(other, "AAPL")  # everyone else still gets theirs
+        assert quote["data"]["price"] > 0
+        assert market.simulator.rest_calls.of("/quote") == 6
+
+
+async def test_quote_wait_bounds_a_slow_finnhub() -> None:
+    async def slow_quote(request: web.Request) -> web.Response:
+        await asyncio.sleep(5)
+        return web.json_response({"c": 1, "pc": 1, "d": 0, "dp": 0, "h": 1, "l": 1, "o": 1, "t": 1})
+
+    app = web.Application()
+    app.router.add_get("/api/v1/quote", slow_quote)
+    app.router.add_get("/api/v1/stock/market-status", slow_quote)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    simulator = MarketSimulator(rate=0, token=TEST_KEY)
+    try:
+        async with serve(simulator) as url:
+            settings = settings_for(
+                Market(simulator, url),
+                rest_enabled=True,
+                finnhub_rest_url=f"http://127.0.0.1:{port}/api/v1",
+                quote_wait=0.5,
+            )
+            async with run_gateway(settings) as gateway:
+                client = await gateway.connect()
+                loop = asyncio.get_running_loop()
+                started = loop.time()
+                await client.subscribe("AAPL")
+                error = await client.expect("error", skip=("status", "market"))
+                assert error["code"] == "quote_unavailable"
+                assert loop.time() - started < 1.5  # not the 5 s the fake takes
+    finally:
+        await runner.cleanup()

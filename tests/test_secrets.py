@@ -17,15 +17,16 @@ async def test_key_never_appears_in_logs_health_or_client_messages(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     seen: list[Any] = []
-    async with run_gateway(settings_for(market)) as gateway:
+    async with run_gateway(settings_for(market, rest_enabled=True)) as gateway:
         client = await gateway.connect()
         await client.wait_upstream_connected()
         await client.send({"action": "subscribe", "symbols": ["AAPL", "<bad>"]})
         seen.append(await client.expect("error"))
         seen.append(await client.expect("subscription"))
+        seen.append(await client.expect("quote"))  # REST is on: the key goes there too
         await market.simulator.wait_for(lambda: "AAPL" in market.simulator.subscribed_symbols())
         await market.simulator.send_trades([trade("AAPL", 150.0)])
-        seen.append(await client.expect("price_update", skip=("status", "error")))
+        seen.append(await client.expect("price_update"))
         await market.simulator.send_raw('{"type":"error","msg":"Invalid symbol AAPL"}')
         seen.append(await client.expect("error"))
         seen.append(await client.expect("subscription"))
@@ -42,6 +43,9 @@ async def test_key_never_appears_in_logs_health_or_client_messages(
         seen.append(await gateway.health())
         async with gateway.session.get(gateway.base_url + "/") as response:
             seen.append(await response.text())
+        for path in ("/metrics", "/quote/AAPL", "/docs"):
+            async with gateway.session.get(gateway.base_url + path) as response:
+                seen.append(await response.text())
 
     # A refused key: the handshake fails with 401 and the gateway keeps retrying.
     async with run_gateway(settings_for(market, finnhub_api_key=TEST_KEY + "-revoked")) as refused:
