@@ -22,7 +22,7 @@ from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 import protocol
-from admission import Admission, Refusal
+from admission import Admission, Refusal, address_key
 from client_connection import ClientConnection, FrameWriter
 from hub import Hub
 from protocol import CLOSE_MESSAGE_TOO_BIG, CLOSE_POLICY_VIOLATION, CLOSE_TRY_AGAIN_LATER
@@ -233,5 +233,6 @@ async def _refuse(websocket: WebSocket, refusal: Refusal) -> None:
 
 
 def _address(websocket: WebSocket) -> str:
+    """Whose per-address allowance this client uses (an IPv6 client: its /64)."""
     client = websocket.client
-    return client.host if client is not None else "-"
+    return address_key(client.host) if client is not None else "-"
