@@ -44,6 +44,7 @@ from http_api import STATIC, HttpApi
 from logs import configure_logging
 from server_protocol import HTTP_IMPORT_PATH, STATE_KEY, WS_IMPORT_PATH
 from settings import ConfigError, Settings, documented_defaults, load_settings
+from sse import EventStreams
 
 logger = logging.getLogger("gateway")
 
@@ -58,6 +59,7 @@ class Gateway:
         defaults = documented_defaults()
         docs_page = docs.render_docs(docs.load_asyncapi(), metrics.METRICS, defaults)
         self.http = HttpApi(settings, lambda: self.running, self.metrics_registry, docs_page)
+        self.streams = EventStreams(settings, lambda: self.running)
 
     @property
     def running(self) -> wiring.Running:
@@ -95,6 +97,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/health", http.health),
             Route("/metrics", http.metrics),
             Route("/quote/{symbol:path}", http.quote),
+            Route("/stream", gateway.streams.stream),
             Route("/demo", http.demo),
             Route("/favicon.ico", http.favicon),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),

@@ -26,6 +26,7 @@ GATEWAY_LOGGERS = (
     "market",
     "cluster",
     "supervisor",
+    "sse",
     "simulator",
 )
 # Request headers that carry credentials: never logged, whoever logs them.

@@ -1,0 +1,148 @@
+"""`GET /stream`: the same messages as Server-Sent Events, with the same limits, and the
+symbols released when the client goes away. Against the real server with aiohttp."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import orjson
+
+from tests.contract import assert_server_message
+from tests.helpers import GatewayUnderTest, Market, poll_until, run_gateway, settings_for, trade
+
+
+class EventStream:
+    """An SSE client: yields (event, data) pairs, and the comments it saw."""
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self.response = response
+        self.comments: list[str] = []
+
+    async def next(self, timeout: float = 5.0) -> tuple[str, dict[str, Any]]:
+        kind, data = "message", ""
+        async with asyncio.timeout(timeout):
+            while True:
+                line = (await self.response.content.readline()).decode().rstrip("\n")
+                if line.startswith(":"):
+                    self.comments.append(line)
+                elif line.startswith("event: "):
+                    kind = line[7:]
+                elif line.startswith("data: "):
+                    data = line[6:]
+                elif line == "" and data:
+                    message = orjson.loads(data)
+                    assert message["type"] == kind  # the event is named after the message
+                    assert_server_message(message)
+                    return kind, message
+
+    async def expect(self, kind: str, timeout: float = 5.0) -> dict[str, Any]:
+        async with asyncio.timeout(timeout):
+            while True:
+                seen, message = await self.next()
+                if seen == kind:
+                    return message
+
+
+@asynccontextmanager
+async def opened(
+    gateway: GatewayUnderTest, query: str, **headers: str
+) -> AsyncIterator[EventStream]:
+    async with gateway.session.get(
+        f"{gateway.base_url}/stream?{query}", headers=headers
+    ) as response:
+        assert response.status == 200, await response.text()
+        assert response.content_type == "text/event-stream"
+        yield EventStream(response)
+
+
+async def test_a_stream_carries_the_protocol_and_releases_its_symbols(
+    market: Market, gateway: GatewayUnderTest
+) -> None:
+    async with opened(gateway, "symbols=aapl,MSFT") as stream:
+        assert (await stream.next())[0] == "connection"
+        assert (await stream.expect("subscription"))["symbols"] == ["AAPL", "MSFT"]
+        await market.simulator.wait_for(
+            lambda: {"AAPL", "MSFT"} <= market.simulator.subscribed_symbols()
+        )
+        await market.simulator.send_trades([trade("MSFT", 410.0), trade("AAPL", 150.0)])
+        assert (await stream.expect("price_update"))["symbol"] == "MSFT"
+        assert (await stream.expect("price_update"))["data"]["price"] == 150.0
+        assert (await gateway.health())["clients"] == 1
+
+    async def released() -> bool:
+        health = await gateway.health()
+        return bool(health["clients"] == 0 and health["symbols"] == [])
+
+    await poll_until(released)
+    await market.simulator.wait_for(lambda: market.simulator.subscribed_symbols() == set())
+
+
+async def test_a_late_stream_gets_the_snapshot_first(
+    market: Market, gateway: GatewayUnderTest
+) -> None:
+    async with opened(gateway, "symbols=AAPL") as early:
+        await early.expect("subscription")
+        await market.simulator.wait_for(lambda: "AAPL" in market.simulator.subscribed_symbols())
+        await market.simulator.send_trades([trade("AAPL", 151.5)])
+        await early.expect("price_update")
+        async with opened(gateway, "symbols=AAPL") as late:
+            await late.expect("subscription")
+            assert (await late.expect("price_update"))["data"]["price"] == 151.5
+
+
+async def test_batched_and_throttled_streams(market: Market, gateway: GatewayUnderTest) -> None:
+    async with opened(gateway, "symbols=AAPL&batch_ms=100&throttle_ms=100") as stream:
+        assert await stream.expect("options") == {
+            "type": "options",
+            "throttle_ms": 100,
+            "batch_ms": 100,
+        }
+        await market.simulator.wait_for(lambda: "AAPL" in market.simulator.subscribed_symbols())
+        for price in (1.0, 2.0, 3.0):
+            await market.simulator.send_trades([trade("AAPL", price)])
+        batch = await stream.expect("price_updates")
+        while batch["updates"][-1]["data"]["price"] != 3.0:
+            batch = await stream.expect("price_updates")
+
+
+async def test_a_quiet_stream_gets_keep_alive_comments(market: Market) -> None:
+    settings = settings_for(market, heartbeat_interval=0.2)
+    async with run_gateway(settings) as gateway, opened(gateway, "symbols=AAPL") as stream:
+        await stream.expect("subscription")
+        with contextlib.suppress(TimeoutError):
+            await stream.next(timeout=1.0)  # no event comes: only comments
+        assert stream.comments.count(": keep-alive") >= 3
+
+
+async def test_streams_obey_the_same_limits(market: Market) -> None:
+    settings = settings_for(
+        market,
+        frontend_url=("https://app.example",),
+        gateway_token="tok-9",
+        max_connections_per_address=1,
+        max_symbols_per_client=2,
+    )
+    async with run_gateway(settings) as gateway:
+        url = f"{gateway.base_url}/stream"
+        session = gateway.session
+        cases: list[tuple[str, dict[str, str], int]] = [
+            ("symbols=AAPL", {}, 401),
+            ("symbols=AAPL&token=wrong", {}, 401),
+            ("symbols=AAPL&token=tok-9", {"Origin": "https://evil.example"}, 403),
+            ("symbols=%3Cb%3E&token=tok-9", {}, 400),
+            ("symbols=AAPL&token=tok-9&batch_ms=99999", {}, 400),
+        ]
+        for query, headers, status in cases:
+            async with session.get(f"{url}?{query}", headers=headers) as response:
+                assert response.status == status, (query, await response.text())
+        bearer = {"Authorization": "Bearer tok-9", "Origin": "https://app.example"}
+        async with opened(gateway, "symbols=AAPL,MSFT,NVDA", **bearer) as stream:
+            refused = await stream.expect("error")
+            assert refused["code"] == "too_many_symbols" and refused["symbols"] == ["NVDA"]
+            async with session.get(f"{url}?symbols=AAPL&token=tok-9") as second:
+                assert second.status == 429 and second.headers["Retry-After"]
