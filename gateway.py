@@ -42,6 +42,7 @@ import metrics
 import wiring
 from http_api import STATIC, HttpApi
 from logs import configure_logging
+from protocol import CLOSE_SERVICE_RESTART
 from server_protocol import HTTP_IMPORT_PATH, STATE_KEY, WS_IMPORT_PATH
 from settings import ConfigError, Settings, documented_defaults, load_settings
 from sse import EventStreams
@@ -85,7 +86,10 @@ class Gateway:
                 self._running = None
 
     async def websocket(self, websocket: WebSocket) -> None:
-        await self.running.sessions.serve(websocket)
+        if self._running is None:  # starting up or shutting down: come back in a moment
+            await websocket.close(CLOSE_SERVICE_RESTART, "the gateway is restarting")
+            return
+        await self._running.sessions.serve(websocket)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:

@@ -13,6 +13,8 @@ const wsUrl = `${location.protocol === "https:" ? "wss" : "ws"}://${location.hos
 const REFUSED = new Set(["invalid_symbol", "too_many_symbols", "symbol_limit", "symbol_quota", "forbidden_symbol", "upstream_error"]);
 
 const client = new StockClient(wsUrl, {
+  // Four updates a second per card is what an eye can follow; the gateway sends the newest.
+  throttleMs: 250,
   onPrice: (symbol, data) => update(symbol, data),
   onQuote: (symbol, quote) => showQuote(symbol, quote),
   onMarket: (market) => {

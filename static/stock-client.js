@@ -6,6 +6,8 @@
 //     onQuote: (symbol, quote) => console.log(symbol, "last", quote.price),
 //     onMarket: (market) => console.log(market.session),
 //     onStatus: (status) => console.log(status.connection, status.upstream),
+//     throttleMs: 250, // at most 4 updates a second per symbol (the newest); 0: every trade
+//     batchMs: 100, // or/and: updates grouped into one frame at most every 100 ms
 //   });
 //   client.subscribe(["AAPL", "NVDA"]);
 //
@@ -30,12 +32,14 @@ export class StockClient {
    *   the market's session, on connect and whenever it changes
    * @param {(status: {connection: string, upstream: string|null}) => void} [options.onStatus]
    * @param {(error: {code: string, message: string, symbols?: string[]}) => void} [options.onError]
+   * @param {number} [options.throttleMs]  at most one update per symbol this often (the newest); 0: off
+   * @param {number} [options.batchMs]  group updates into one frame at most this often; 0: off
    * @param {number} [options.pingInterval]  ms between pings (default 20000)
    * @param {number} [options.maxBackoff]  ms cap for reconnect delays (default 30000)
    */
   constructor(url, options = {}) {
     this.url = url;
-    this.options = { pingInterval: 20000, maxBackoff: 30000, ...options };
+    this.options = { pingInterval: 20000, maxBackoff: 30000, throttleMs: 0, batchMs: 0, ...options };
     this.symbols = new Set();
     this.connection = "connecting";
     this.upstream = null;
@@ -81,6 +85,8 @@ export class StockClient {
       this.openedAt = Date.now();
       this.lastPongAt = Date.now();
       this.setStatus("open");
+      const { throttleMs, batchMs } = this.options;
+      if (throttleMs || batchMs) this.send({ action: "options", throttle_ms: throttleMs, batch_ms: batchMs });
       if (this.symbols.size) this.send({ action: "subscribe", symbols: [...this.symbols] });
       clearInterval(this.pingTimer);
       this.pingTimer = setInterval(() => this.ping(), this.options.pingInterval);
@@ -144,6 +150,9 @@ export class StockClient {
     switch (message.type) {
       case "price_update":
         this.options.onPrice?.(message.symbol, message.data);
+        break;
+      case "price_updates": // a batch (batchMs): the same updates, in order
+        for (const update of message.updates) this.options.onPrice?.(update.symbol, update.data);
         break;
       case "quote":
         this.options.onQuote?.(message.symbol, message.data);

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from simulator import MarketSimulator, serve
-from tests.helpers import TEST_KEY, Market, free_port, run_gateway, settings_for
+from tests.helpers import TEST_KEY, Market, free_port, poll_until, run_gateway, settings_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -130,5 +130,35 @@ async def test_a_closed_market_shows_the_last_close_and_the_session() -> None:
                 await expect(card.locator(".change")).to_contain_text("today")
                 ARTIFACTS.mkdir(exist_ok=True)
                 await page.screenshot(path=str(ARTIFACTS / "demo-closed.png"), full_page=True)
+        finally:
+            await browser.close()
+
+
+async def test_event_source_streams_prices_in_the_browser() -> None:
+    simulator = MarketSimulator(rate=40, token=TEST_KEY)
+    async with serve(simulator) as url, playwright_api.async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True
+        )
+        try:
+            page = await browser.new_page()
+            async with run_gateway(settings_for(Market(simulator, url))) as gateway:
+                await page.goto(gateway.base_url + "/demo")
+                update = await page.evaluate(
+                    """() => new Promise((resolve, reject) => {
+                        const events = new EventSource("/stream?symbols=AAPL&throttle_ms=100");
+                        events.addEventListener("price_update", (event) => {
+                            events.close();
+                            resolve(JSON.parse(event.data));
+                        });
+                        setTimeout(() => reject(new Error("no price_update in 10 s")), 10000);
+                    })"""
+                )
+                assert update["type"] == "price_update" and update["symbol"] == "AAPL"
+
+                async def released() -> bool:  # EventSource.close() ends the stream
+                    return bool((await gateway.health())["clients"] == 0)
+
+                await poll_until(released)
         finally:
             await browser.close()

@@ -349,3 +349,44 @@ async def test_quotes_and_the_market_status_are_fetched_once_for_the_cluster(
             market_message = await late.expect("market")
             assert market_message["session"] == "closed"
         assert simulator.rest_calls.of("/stock/market-status") == 1
+
+
+async def test_options_and_streams_work_on_a_follower(
+    tmp_path: Path, redis_server: RedisServer, market: Market, prefix: str
+) -> None:
+    simulator, upstream = market.simulator, market.url
+    async with (
+        gateway_process(tmp_path, upstream, redis_server.url, prefix) as (_, first),
+        gateway_process(tmp_path, upstream, redis_server.url, prefix) as (_, second),
+        aiohttp.ClientSession() as session,
+    ):
+        await poll_until(lambda: _has_leader(session, [first, second]), timeout=15)
+        follower = await _follower(session, [first, second])
+        batched = Client(await session.ws_connect(f"ws://127.0.0.1:{follower}/ws?batch_ms=50"))
+        assert (await batched.receive())["type"] == "connection"
+        await batched.expect("options")
+        await batched.subscribe("AAPL")
+        async with session.get(f"http://127.0.0.1:{follower}/stream?symbols=AAPL") as stream:
+            assert stream.status == 200
+            await simulator.wait_for(lambda: "AAPL" in simulator.subscribed_symbols(), 15)
+            await warm_up_batched(simulator, batched)
+            await simulator.send_trades([trade("AAPL", 50.0)])
+            while True:
+                batch = await batched.expect("price_updates", skip=("status", "market"))
+                if batch["updates"][-1]["data"]["price"] == 50.0:
+                    break
+            async with asyncio.timeout(15):
+                while b'"price":50.0' not in await stream.content.readline():
+                    pass
+
+
+async def warm_up_batched(simulator: MarketSimulator, client: Client) -> None:
+    """Marker trades until the client's relay delivers one (the follower is subscribed)."""
+    async with asyncio.timeout(15):
+        while True:
+            await simulator.send_trades([trade("AAPL", 1.0)])
+            try:
+                await client.expect("price_updates", skip=("status", "market"), timeout=0.3)
+                return
+            except TimeoutError:
+                continue
