@@ -6,8 +6,9 @@ frames wait in a FIFO of at most `outbox_size`; once that is full, price updates
 conflated to the newest per symbol. A client that stays behind too long, or keeps
 asking while it does not read, is closed with 1013 (`protocol.CLOSE_TRY_AGAIN_LATER`).
 
-A client that chose a throttled or batched stream (`set_options`) has a `Pacing` in
-front of this: updates wait there until due, then come here as whole frames.
+A client that chose a throttled or batched stream belongs to a `DeliveryGroup`
+(pacing.py) whose pacing decides what is due, then hands it here as whole frames
+(`emit`).
 During one upstream message the broadcaster may `cork` a client, so that its several
 updates from that message go out in one write (each still its own WebSocket frame).
 
@@ -24,7 +25,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
-from pacing import DeliveryClock, Pacing
+from pacing import DeliveryGroup, Outgoing
 from protocol import CLOSE_TRY_AGAIN_LATER, DeliveryOptions, Frame
 
 logger = logging.getLogger(__name__)
@@ -107,25 +108,12 @@ class ClientConnection:
         self._writer_started = False
         self._stopped = False
         self.options = DeliveryOptions()
-        self._pacing: Pacing | None = None
+        self.group: DeliveryGroup | None = None  # set by the hub's DeliveryGroups
         self._cork: list[bytes] | None = None
 
     @property
     def fast_path(self) -> bool:
         return self._direct is not None
-
-    def set_options(self, options: DeliveryOptions, clock: DeliveryClock) -> None:
-        """Switch to a throttled and/or batched stream (or back): what the old pacing
-        still held goes out first."""
-        if self._pacing is not None:
-            self._pacing.drain()
-        self.options = options
-        self._pacing = (
-            Pacing(options, clock, self._emit, self._count_conflated) if options.paced else None
-        )
-
-    def _count_conflated(self) -> None:
-        self._stats.conflated_updates += 1
 
     def queued_bytes(self) -> int:
         """Output the client has not taken yet, in the server's and the kernel's buffers."""
@@ -149,26 +137,21 @@ class ClientConnection:
         self._wake_writer()
 
     def offer_update(self, symbol: str, frame: Frame) -> None:
-        """Send or queue a price update (through the client's pacing, if it chose one),
-        conflating it if the client is behind; never blocks."""
-        if self._pacing is not None:
-            self._pacing.offer(symbol, frame)
-        else:
-            self._offer(symbol, frame)
+        """Send or queue a price update, conflating it if the client is behind; never blocks."""
+        self._offer(symbol, frame)
 
     def offer_snapshot(self, symbol: str, frame: Frame) -> None:
         """The last price, at once, as the `price_update` it is (also when paced)."""
-        if self._pacing is not None:
-            self._pacing.sent_now(symbol)
+        if self.options.paced:
             self.send(frame)
         else:
             self._offer(symbol, frame)
 
     def cork(self) -> bool:
-        """Collect this client's direct writes until `uncork` (False: nothing to cork,
-        the client is paced, behind, or not on the fast path)."""
+        """Collect this client's direct writes until `uncork` (False: nothing to cork:
+        the client is behind, or not on the fast path)."""
         direct = self._direct
-        if self._cork is not None or self._pacing is not None or direct is None:
+        if self._cork is not None or direct is None:
             return False
         if self._frames or self._latest or not direct.ready():
             return False
@@ -180,14 +163,21 @@ class ClientConnection:
         if corked and self._direct is not None:
             self._direct.write(corked[0] if len(corked) == 1 else b"".join(corked))
 
-    def _emit(self, frames: list[Frame]) -> None:
-        """Whole frames from the pacing: one write when the socket takes them at once."""
+    def emit(self, outgoing: Outgoing) -> None:
+        """Whole frames from the client's delivery group: one write when the socket takes
+        them at once; else queued (single updates conflate, batches wait in order)."""
+        if self.evicted:
+            return
         direct = self._direct
         if direct is not None and not self._frames and not self._latest and direct.ready():
-            direct.write(frames[0].wire if len(frames) == 1 else b"".join(f.wire for f in frames))
+            wires = [frame.wire for _, frame in outgoing]
+            direct.write(wires[0] if len(wires) == 1 else b"".join(wires))
             return
-        for frame in frames:
-            self.send(frame)  # batches and throttled updates were conflated already
+        for symbol, frame in outgoing:
+            if symbol:
+                self._offer(symbol, frame)
+            else:
+                self.send(frame)
 
     def _offer(self, symbol: str, frame: Frame) -> None:
         direct = self._direct
@@ -216,8 +206,6 @@ class ClientConnection:
     def forget_pending(self, symbol: str) -> None:
         """Drop a conflated update for a symbol the client just left."""
         self._latest.pop(symbol, None)
-        if self._pacing is not None:
-            self._pacing.forget(symbol)
 
     def _wake_writer(self) -> None:
         if self._wakeup is None:
@@ -229,8 +217,6 @@ class ClientConnection:
 
     async def stop(self) -> None:
         self._stopped = True
-        if self._pacing is not None:
-            self._pacing.close()
         self._stop_lag_timer()
         if self._writer is not None:
             self._writer.cancel()
@@ -293,8 +279,6 @@ class ClientConnection:
         self.evicted = True
         self._stop_lag_timer()
         self._stats.slow_consumer_disconnects += 1
-        if self._pacing is not None:
-            self._pacing.close()
         self._frames.clear()
         self._latest.clear()
         if self._writer_started:

@@ -29,7 +29,7 @@ from typing import NamedTuple, Protocol
 
 import protocol
 from client_connection import ClientConnection, ClientSocket, FanoutStats, FrameWriter
-from pacing import DeliveryClock
+from pacing import DeliveryClock, DeliveryGroups
 from protocol import DeliveryOptions, ErrorCode, Frame, UpstreamState
 from quotes import QuoteService
 from upstream import MarketStatus, Quote, Trade
@@ -83,6 +83,7 @@ class Hub:
             str, tuple[asyncio.Future[Quote | None], set[ClientConnection]]
         ] = {}
         self.clock = DeliveryClock()  # one timer for every throttled or batched client
+        self.groups = DeliveryGroups(self.clock, self._count_conflated)
         self.upstream_state: UpstreamState = "connecting"
         self.capacity = capacity
         self.interest = capacity.interest
@@ -92,6 +93,9 @@ class Hub:
         self._max_symbols_per_client = max_symbols_per_client
         self._clients: set[ClientConnection] = set()
         self._subscribers: dict[str, set[ClientConnection]] = {}
+        # Who gets a symbol's updates how: default-protocol clients one by one, paced
+        # clients (throttled or batched) once per delivery group.
+        self._immediate: dict[str, set[ClientConnection]] = {}
         self._latest_update: dict[str, Frame] = {}
         # Bounded so a stalled broadcaster pushes back on the upstream reader instead
         # of buffering without limit.
@@ -158,6 +162,7 @@ class Hub:
         finally:
             self._clients.discard(client)
             self._leave(client, list(client.symbols))
+            self.groups.remove(client)
             await client.stop()
 
     def subscribe(self, client: ClientConnection, symbols: list[str]) -> None:
@@ -177,6 +182,8 @@ class Hub:
                 refused.setdefault(refusal.code, (refusal.reason, []))[1].append(symbol)
                 continue
             self._subscribers.setdefault(symbol, set()).add(client)
+            if not client.options.paced:
+                self._immediate.setdefault(symbol, set()).add(client)
             self.capacity.join(symbol, client.owner)
             client.symbols.add(symbol)
             added.append(symbol)
@@ -185,6 +192,8 @@ class Hub:
                 reason, names = refused[code]
                 message = f"{reason}; refused: {', '.join(names)}"
                 client.send(protocol.error_message(code, message, names))
+        if added:
+            self.groups.place(client)  # a paced client's symbols changed: its group too
         held = [symbol for symbol in symbols if symbol in client.symbols]
         if held:
             client.send(protocol.subscription_message("subscribed", held))
@@ -254,8 +263,18 @@ class Hub:
 
     def set_options(self, client: ClientConnection, options: DeliveryOptions) -> None:
         """The client's delivery from now on; confirmed with an `options` message."""
-        client.set_options(options, self.clock)
+        if options.paced != client.options.paced:
+            for symbol in client.symbols:  # from one by one to its group, or back
+                if options.paced:
+                    self._immediate[symbol].discard(client)
+                else:
+                    self._immediate.setdefault(symbol, set()).add(client)
+        client.options = options
+        self.groups.place(client)
         client.send(protocol.options_message(options))
+
+    def _count_conflated(self) -> None:
+        self.stats.conflated_updates += 1
 
     def unsubscribe(self, client: ClientConnection, symbols: list[str]) -> None:
         self._leave(client, symbols)
@@ -271,7 +290,13 @@ class Hub:
             subscribers.discard(client)
             if not subscribers:
                 del self._subscribers[symbol]
+            immediate = self._immediate.get(symbol)
+            if immediate is not None:
+                immediate.discard(client)
+                if not immediate:
+                    del self._immediate[symbol]
             self.capacity.leave(symbol, client.owner)
+        self.groups.place(client)
 
     def _forget_snapshot(self, symbol: str) -> None:
         """The upstream stopped carrying `symbol`: its snapshot would only go stale."""
@@ -355,8 +380,9 @@ class Hub:
     def _deliver_one(
         self, update: Update, live: bool, corked: list[ClientConnection] | None = None
     ) -> int:
-        """Hand one update to every subscriber of its symbol and keep it as the symbol's
-        snapshot for later subscribers; returns how many clients it was offered to."""
+        """Hand one update to every subscriber of its symbol (each paced group once) and
+        keep it as the symbol's snapshot for later subscribers; returns how many clients
+        it was offered to."""
         symbol, frame = update
         subscribers = self._subscribers.get(symbol)
         if not subscribers:
@@ -366,16 +392,19 @@ class Hub:
         if not live and symbol in self._latest_update:
             return 0
         self._latest_update[symbol] = frame
+        for group in self.groups.of_symbol(symbol):
+            group.pacing.offer(symbol, frame)
+        immediate = self._immediate.get(symbol, ())
         if corked is not None:
-            for client in subscribers:
+            for client in immediate:
                 if client.cork():
                     corked.append(client)
                 client.offer_update(symbol, frame)
         else:
-            for client in subscribers:
+            for client in immediate:
                 client.offer_update(symbol, frame)
         self.stats.price_updates_sent += len(subscribers)
-        return len(subscribers)
+        return len(immediate) + len(self.groups.of_symbol(symbol))
 
 
 def _unknown(symbol: str) -> float | None:

@@ -1,18 +1,22 @@
-"""Delivery the client chooses: throttled and batched streams, on one clock for all.
+"""Delivery the client chooses: throttled and batched streams, their work shared.
 
 A client that sets `throttle_ms` gets at most one update per symbol per that many
 milliseconds, always the newest (conflated, never reordered); one that sets `batch_ms`
 gets its updates grouped into one `price_updates` frame at most that often, in arrival
-order (with a throttle too, the newest per symbol). A `Pacing` holds one client's
-pending updates as references to frames encoded once for everybody; a batch is the
-pre-encoded items joined, so the gateway's cost follows the frames it writes, not the
-trades it receives.
+order (with a throttle too, the newest per symbol).
 
+Clients with the same options and the same symbols receive exactly the same stream,
+so they form one `DeliveryGroup`: the broadcaster offers each update once per group,
+not once per client, the group's `Pacing` decides what is due, a batch is encoded once
+(the updates' pre-encoded bytes joined) and the same bytes are written to every member.
+The gateway's cost follows the frames it writes, not the trades it receives.
 `DeliveryClock` is the one timer: a wheel of `TICK_SECONDS` slots, driven by one
-supervised coroutine, that flushes each pacing when it is due. An update is never held
-longer than its throttle or batch interval plus one tick.
+supervised coroutine; nothing is held longer than its interval plus one tick.
 
-This module never talks to sockets: a pacing hands whole frames to its `emit`.
+A member that changes its symbols or options moves to another group, taking with it
+what its old group still held for it (so it loses nothing; its next update may then
+come sooner than its throttle, once). This module never touches sockets: a group hands
+whole frames to its members' `emit`.
 """
 
 from __future__ import annotations
@@ -20,16 +24,17 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Callable
-
-import orjson
+from typing import Protocol
 
 from protocol import DeliveryOptions, Frame, price_updates_message
 
 TICK_SECONDS = 0.01
+# What a pacing hands on: (symbol, frame) for a single update, ("", frame) for a batch.
+Outgoing = list[tuple[str, Frame]]
 
 
 class DeliveryClock:
-    """One timer for every paced client: flushes each when it is due."""
+    """One timer for every paced group: flushes each when it is due."""
 
     def __init__(self, tick: float = TICK_SECONDS) -> None:
         self.tick = tick
@@ -39,8 +44,7 @@ class DeliveryClock:
     def now(self) -> float:
         return asyncio.get_running_loop().time()
 
-    def at(self, when: float, pacing: Pacing) -> None:
-        slot = math.ceil(when / self.tick)
+    def at(self, slot: int, pacing: Pacing) -> None:
         self._slots.setdefault(slot, set()).add(pacing)
         self._woken.set()
 
@@ -58,11 +62,10 @@ class DeliveryClock:
                 self._woken.clear()
                 await self._woken.wait()
                 continue
-            first = min(self._slots)
-            wait = first * self.tick - self.now()
+            wait = min(self._slots) * self.tick - self.now()
             if wait > 0:
                 self._woken.clear()
-                try:  # wake early if something is scheduled sooner
+                try:  # or earlier, if something is scheduled sooner meanwhile
                     async with asyncio.timeout(wait):
                         await self._woken.wait()
                 except TimeoutError:
@@ -75,24 +78,22 @@ class DeliveryClock:
 
 
 class Pacing:
-    """One client's pending updates under its options; `emit` takes the frames to send
-    (several at once are written together)."""
+    """The pending updates of one stream under its options; `emit` takes what is due."""
 
     def __init__(
         self,
         options: DeliveryOptions,
         clock: DeliveryClock,
-        emit: Callable[[list[Frame]], None],
-        on_conflated: Callable[[], None] = lambda: None,
+        emit: Callable[[Outgoing], None],
+        on_conflated: Callable[[], None],
     ) -> None:
-        self.options = options
         self._throttle = options.throttle_ms / 1000
         self._batch = options.batch_ms / 1000
         self._clock = clock
         self._emit = emit
         self._on_conflated = on_conflated
-        self._pending: dict[str, Frame] = {}  # newest per symbol (throttled), arrival order
-        self._items: list[Frame] = []  # batch without throttle: every update, in order
+        self._pending: dict[str, Frame] = {}  # throttled: newest per symbol, arrival order
+        self._items: list[Frame] = []  # batched without a throttle: every update, in order
         self._last_sent: dict[str, float] = {}
         self._last_flush = -math.inf
         self._slot: int | None = None
@@ -112,36 +113,16 @@ class Pacing:
             due = max(due, self._last_flush + self._batch)
         self._schedule(max(now, due), now)
 
-    def sent_now(self, symbol: str) -> None:
-        """A frame for `symbol` went out another way (a snapshot): it counts as sent."""
-        self._last_sent[symbol] = self._clock.now()
-        if self._pending.pop(symbol, None) is not None:
-            self._on_conflated()
-
-    def forget(self, symbol: str) -> None:
-        self._pending.pop(symbol, None)
-        self._items = [frame for frame in self._items if not _is_for(frame, symbol)]
-        self._last_sent.pop(symbol, None)
+    def pending(self) -> Outgoing:
+        """What a flush would send now if everything were due (it stays pending)."""
+        return self._encode(list(self._pending.values()) or list(self._items))
 
     def close(self) -> None:
-        """The client is gone: nothing more goes out, the clock forgets it."""
         if self._slot is not None:
             self._clock.cancel(self._slot, self)
             self._slot = None
         self._pending.clear()
         self._items = []
-
-    def drain(self) -> None:
-        """Send everything pending now (the options are changing)."""
-        if self._slot is not None:
-            self._clock.cancel(self._slot, self)
-            self._slot = None
-        frames = list(self._pending.values())
-        self._pending.clear()
-        if self._items:
-            frames = self._items
-            self._items = []
-        self._send(frames)
 
     def flush(self, now: float) -> None:
         """What is due now goes out: one batch frame, or the throttled updates."""
@@ -158,18 +139,17 @@ class Pacing:
                 self._schedule(max(soonest, now + self._batch), now)
         if frames:
             self._last_flush = now
-            self._send(frames)
+            self._emit(self._encode(frames))
 
     def _window_open(self, symbol: str, now: float) -> bool:
         return self._last_sent.get(symbol, -math.inf) + self._throttle <= now + 1e-9
 
-    def _send(self, frames: list[Frame]) -> None:
+    def _encode(self, frames: list[Frame]) -> Outgoing:
         if not frames:
-            return
+            return []
         if self._batch:
-            self._emit([price_updates_message([frame.batch_item for frame in frames])])
-        else:
-            self._emit(frames)
+            return [("", price_updates_message([frame.batch_item for frame in frames]))]
+        return [(_symbol_of(frame), frame) for frame in frames]
 
     def _schedule(self, when: float, now: float) -> None:
         """Flush at `when`: now, inline, if it is due already; else on the clock."""
@@ -182,8 +162,97 @@ class Pacing:
                 return  # already due as soon
             self._clock.cancel(self._slot, self)
         self._slot = slot
-        self._clock.at(when, self)
+        self._clock.at(slot, self)
 
 
-def _is_for(frame: Frame, symbol: str) -> bool:
-    return frame.batch_item.startswith(b'{"symbol":' + orjson.dumps(symbol) + b",")
+def _symbol_of(frame: Frame) -> str:
+    item = frame.batch_item  # b'{"symbol":"AAPL",...'
+    return item[11 : item.index(b'"', 11)].decode()
+
+
+class Member(Protocol):
+    """A client as a group sees it."""
+
+    options: DeliveryOptions
+    symbols: set[str]
+    group: DeliveryGroup | None
+
+    def emit(self, outgoing: Outgoing) -> None: ...
+
+
+GroupKey = tuple[DeliveryOptions, frozenset[str]]
+
+
+class DeliveryGroup:
+    """Clients with the same options and symbols: one pacing, the same bytes for all."""
+
+    def __init__(
+        self, key: GroupKey, clock: DeliveryClock, on_conflated: Callable[[], None]
+    ) -> None:
+        self.key = key
+        self.members: set[Member] = set()
+        self.pacing = Pacing(key[0], clock, self._emit, on_conflated)
+
+    def _emit(self, outgoing: Outgoing) -> None:
+        for member in self.members:
+            member.emit(outgoing)
+
+
+class DeliveryGroups:
+    """Every paced client's group, and which groups want each symbol."""
+
+    def __init__(self, clock: DeliveryClock, on_conflated: Callable[[], None]) -> None:
+        self._clock = clock
+        self._on_conflated = on_conflated
+        self._groups: dict[GroupKey, DeliveryGroup] = {}
+        self._by_symbol: dict[str, set[DeliveryGroup]] = {}
+
+    def __len__(self) -> int:
+        return len(self._groups)
+
+    def of_symbol(self, symbol: str) -> set[DeliveryGroup]:
+        return self._by_symbol.get(symbol, _NONE)
+
+    def place(self, member: Member) -> None:
+        """Put `member` in the group its options and symbols call for (none if it is not
+        paced or holds nothing), carrying over what its old group held for it."""
+        options = member.options
+        key = (options, frozenset(member.symbols)) if options.paced and member.symbols else None
+        old = member.group
+        if old is not None and old.key == key:
+            return
+        if old is not None:
+            held = old.pacing.pending()
+            if held:
+                member.emit(held)  # early rather than lost
+            self._leave(old, member)
+        if key is None:
+            member.group = None
+            return
+        group = self._groups.get(key)
+        if group is None:
+            group = self._groups[key] = DeliveryGroup(key, self._clock, self._on_conflated)
+            for symbol in key[1]:
+                self._by_symbol.setdefault(symbol, set()).add(group)
+        group.members.add(member)
+        member.group = group
+
+    def remove(self, member: Member) -> None:
+        if member.group is not None:
+            self._leave(member.group, member)
+            member.group = None
+
+    def _leave(self, group: DeliveryGroup, member: Member) -> None:
+        group.members.discard(member)
+        if group.members:
+            return
+        group.pacing.close()
+        del self._groups[group.key]
+        for symbol in group.key[1]:
+            groups = self._by_symbol[symbol]
+            groups.discard(group)
+            if not groups:
+                del self._by_symbol[symbol]
+
+
+_NONE: set[DeliveryGroup] = set()

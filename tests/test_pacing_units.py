@@ -1,0 +1,104 @@
+"""Pacing and delivery groups, without sockets: the work of paced clients is shared
+(one offer per group, one encoding per flush), nothing is lost when a client moves
+between groups, and the clock flushes what is due."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+
+import protocol
+from pacing import DeliveryClock, DeliveryGroup, DeliveryGroups, Outgoing, Pacing
+from protocol import DeliveryOptions, Frame
+
+
+class Member:
+    def __init__(self, options: DeliveryOptions, *symbols: str) -> None:
+        self.options = options
+        self.symbols = set(symbols)
+        self.group: DeliveryGroup | None = None
+        self.received: list[Outgoing] = []
+
+    def emit(self, outgoing: Outgoing) -> None:
+        self.received.append(outgoing)
+
+
+def update(symbol: str, price: float) -> Frame:
+    return protocol.price_update_message(symbol, price, 1, 1_800_000_000_000)
+
+
+def prices(outgoing: list[Outgoing]) -> list[float]:
+    seen: list[float] = []
+    for batch in outgoing:
+        for _, frame in batch:
+            body = orjson.loads(frame.payload)
+            updates = body["updates"] if body["type"] == "price_updates" else [body]
+            seen.extend(item["data"]["price"] for item in updates)
+    return seen
+
+
+async def test_identical_clients_share_one_group_and_the_same_bytes() -> None:
+    clock = DeliveryClock()
+    groups = DeliveryGroups(clock, lambda: None)
+    batched = DeliveryOptions(batch_ms=50)
+    members = [Member(batched, "AAPL", "MSFT") for _ in range(100)]
+    for member in members:
+        groups.place(member)
+    assert len(groups) == 1 and len(groups.of_symbol("AAPL")) == 1
+    (group,) = groups.of_symbol("AAPL")
+    group.pacing.offer("AAPL", update("AAPL", 1.0))  # due at once: the first batch
+    first = {id(member.received[0][0][1]) for member in members}
+    assert len(first) == 1  # one frame object (one encoding) for all hundred
+    other = Member(DeliveryOptions(batch_ms=50), "AAPL")  # other symbols: another group
+    groups.place(other)
+    assert len(groups) == 2 and len(groups.of_symbol("AAPL")) == 2
+
+
+async def test_a_client_that_moves_takes_what_its_group_held() -> None:
+    clock = DeliveryClock()
+    groups = DeliveryGroups(clock, lambda: None)
+    options = DeliveryOptions(batch_ms=60_000)
+    mover, stayer = Member(options, "AAPL"), Member(options, "AAPL")
+    groups.place(mover)
+    groups.place(stayer)
+    assert mover.group is not None and mover.group is stayer.group
+    pacing = mover.group.pacing
+    for price in (1.0, 2.0, 3.0):  # 1.0 goes at once, 2.0 and 3.0 wait a minute
+        pacing.offer("AAPL", update("AAPL", price))
+    mover.symbols.add("MSFT")
+    groups.place(mover)
+    assert prices(mover.received) == [1.0, 2.0, 3.0]  # nothing lost by moving
+    assert prices(stayer.received) == [1.0]  # the others still wait for their batch
+    assert mover.group is not stayer.group
+    groups.remove(stayer)
+    groups.remove(mover)
+    assert len(groups) == 0 and not groups.of_symbol("AAPL")
+
+
+async def test_the_clock_flushes_a_throttled_symbol_with_its_newest_price() -> None:
+    clock = DeliveryClock(tick=0.005)
+    runner = asyncio.create_task(clock.run())
+    sent: list[Outgoing] = []
+    flushed = asyncio.Event()
+
+    def emit(outgoing: Outgoing) -> None:
+        sent.append(outgoing)
+        flushed.set()
+
+    conflated = []
+    pacing = Pacing(DeliveryOptions(throttle_ms=50), clock, emit, lambda: conflated.append(1))
+    try:
+        pacing.offer("AAPL", update("AAPL", 1.0))  # window open: at once
+        flushed.clear()
+        for price in (2.0, 3.0, 4.0):
+            pacing.offer("AAPL", update("AAPL", price))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await asyncio.wait_for(flushed.wait(), 1)
+        assert loop.time() - started >= 0.04
+        assert prices(sent) == [1.0, 4.0] and len(conflated) == 2
+        assert sent[-1][0][0] == "AAPL"  # a single update names its symbol (to conflate)
+    finally:
+        runner.cancel()
+        await asyncio.wait([runner])
