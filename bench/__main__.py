@@ -5,6 +5,8 @@ Scenarios (each bounded in time, stopping by itself):
   connections   10,000 clients, 5 symbols each out of 200, a modest rate
   slow          throughput's clients at half the best rate, then plus 10% that never read
   cluster       (only when asked) one process vs cluster mode with 1 and 2 processes
+  delivery      (only when asked) default protocol vs a bare picows server (one frame per
+                trade), batched 50 ms, throttled 250 ms, SSE beside WebSockets
   abuse         (only when asked) every attack class, sustained, against default settings:
                 a bystander's rate, /health latency and RSS during each
   soak          (only when asked) churning clients plus upstream drops for --soak-seconds,
@@ -42,7 +44,16 @@ def main() -> None:
     parser.add_argument(
         "--scenario",
         action="append",
-        choices=["throughput", "asgi", "connections", "slow", "soak", "cluster", "abuse"],
+        choices=[
+            "throughput",
+            "asgi",
+            "connections",
+            "slow",
+            "soak",
+            "cluster",
+            "abuse",
+            "delivery",
+        ],
     )
     parser.add_argument("--soak-seconds", type=float, help="soak duration (default 600)")
     parser.add_argument("--out", default="bench-results/latest.json")

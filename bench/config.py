@@ -31,6 +31,15 @@ class Config:
     # The gateway's source tree (None: this checkout). `--reference DIR` measures another
     # revision (e.g. a `git worktree add`) in the same run, for ratios.
     gateway_dir: Path | None = None
+    # The simulator's upstream messages: one every `upstream_tick` seconds carrying every
+    # trade of that interval, round-robin over the symbols (Finnhub batches trades; the
+    # model is in BENCHMARKS.md). 0.005 was the previous model: one trade per message.
+    upstream_tick: float = 0.05
+    # Upstream trades per second for the delivery scenario's batched, throttled and SSE
+    # rows (the default protocol uses `rates`).
+    batched_rates: tuple[float, ...] = (200, 500, 1000, 1500, 2000, 3000)
+    throttled_rates: tuple[float, ...] = (2000, 5000, 10000, 20000)
+    sse_rates: tuple[float, ...] = (20, 50, 100)
     # The abuse scenario: each attack's length, the window before it, and the pause
     # after it (past HANDSHAKE_TIMEOUT and SLOW_CONSUMER_TIMEOUT, so each starts clean).
     abuse_seconds: float = 20.0
@@ -50,6 +59,9 @@ QUICK = Config(
     soak_seconds=5.0,
     cluster_rates=(20,),
     slow_consumer_timeout=1.0,
+    batched_rates=(40,),
+    throttled_rates=(200,),
+    sse_rates=(20,),
     abuse_seconds=1.0,
     abuse_baseline=0.5,
     abuse_pause=0.5,

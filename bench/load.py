@@ -3,10 +3,12 @@
     python -m bench.load --url ws://127.0.0.1:8000/ws --clients 1000 --symbols A,B,C
 
 Each client subscribes to its share of the symbols (`symbols_for`) and, for every
-`price_update`, records the latency from the simulator's send time (the trade's
-`timestamp`, Unix ms) to now, bucketed by the second it was sent in. Volumes carry the
-simulator's per-symbol sequence numbers, so reordering is counted too. `--stuck N`
-adds N clients that subscribe and never read.
+`price_update` (also each update of a `price_updates` batch), records the latency from
+the simulator's send time (the trade's `timestamp`, Unix ms) to now, bucketed by the
+second it was sent in. Volumes carry the simulator's per-symbol sequence numbers, so
+reordering is counted too. `--stuck N` adds N clients that subscribe and never read.
+`--query batch_ms=50` connects with delivery options; `--sse` makes the clients
+`GET /stream` (Server-Sent Events, aiohttp) instead of WebSockets.
 
 Protocol with the controller: prints `ready` once every client is subscribed; on a
 `stop` line on stdin prints one JSON report line and exits. Never logs anything else.
@@ -21,6 +23,7 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
 import orjson
 from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
@@ -54,6 +57,19 @@ class Recorder:
         second[1][min(max(bucket, 0), HISTOGRAM_MS)] += 1
         if latency_ms > second[2]:
             second[2] = latency_ms
+
+    def received(self, message: dict[str, Any], now_ms: float, last: dict[str, float]) -> None:
+        """A price_update or a price_updates batch: each update recorded, reordering counted."""
+        updates = message["updates"] if message["type"] == "price_updates" else (message,)
+        for update in updates:
+            data = update["data"]
+            sent_ms = data["timestamp"]
+            self.record(sent_ms, now_ms - sent_ms)
+            symbol, sequence = update["symbol"], data["volume"]
+            if sequence <= last.get(symbol, 0):
+                self.reordered += 1
+            else:
+                last[symbol] = sequence
 
     def report(self) -> dict[str, Any]:
         return {
@@ -93,15 +109,8 @@ class LoadClient(WSListener):
         now_ms = time.time() * 1000
         message = orjson.loads(frame.get_payload_as_memoryview())
         kind = message["type"]
-        if kind == "price_update":
-            data = message["data"]
-            sent_ms = data["timestamp"]
-            self._recorder.record(sent_ms, now_ms - sent_ms)
-            symbol, sequence = message["symbol"], data["volume"]
-            if sequence <= self._last_sequence.get(symbol, 0):
-                self._recorder.reordered += 1
-            else:
-                self._last_sequence[symbol] = sequence
+        if kind in ("price_update", "price_updates"):
+            self._recorder.received(message, now_ms, self._last_sequence)
         elif kind == "subscription":
             self._subscribed.set()
 
@@ -131,6 +140,37 @@ async def connect_all(
     return recorder, transports, listeners
 
 
+async def stream_all(
+    url: str, clients: int, first_index: int, universe: list[str], per_client: int
+) -> tuple[Recorder, list[asyncio.Task[None]], aiohttp.ClientSession]:
+    """SSE clients: `GET /stream?symbols=...` each, recording as the WebSocket ones do."""
+    recorder = Recorder()
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    base = url.replace("ws://", "http://").replace("/ws", "/stream")
+    subscribed = [asyncio.Event() for _ in range(clients)]
+
+    async def one(offset: int) -> None:
+        symbols = ",".join(symbols_for(first_index + offset, universe, per_client))
+        separator = "&" if "?" in base else "?"
+        last: dict[str, float] = {}
+        async with session.get(f"{base}{separator}symbols={symbols}") as response:
+            async for line in response.content:
+                if not line.startswith(b"data: "):
+                    continue
+                message = orjson.loads(line[6:])
+                kind = message["type"]
+                if kind in ("price_update", "price_updates"):
+                    recorder.received(message, time.time() * 1000, last)
+                elif kind == "subscription":
+                    subscribed[offset].set()
+
+    tasks = [asyncio.create_task(one(offset)) for offset in range(clients)]
+    async with asyncio.timeout(120):
+        for event in subscribed:
+            await event.wait()
+    return recorder, tasks, session
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--url", required=True)
@@ -139,12 +179,24 @@ async def main() -> None:
     parser.add_argument("--symbols", required=True, help="comma-separated universe")
     parser.add_argument("--per-client", type=int, default=0, help="0: every symbol")
     parser.add_argument("--stuck", type=int, default=0, help="clients that never read")
+    parser.add_argument("--query", default="", help="delivery options, e.g. batch_ms=50")
+    parser.add_argument("--sse", action="store_true", help="GET /stream instead of /ws")
     args = parser.parse_args()
     universe = args.symbols.split(",")
+    url = f"{args.url}?{args.query}" if args.query else args.url
 
-    recorder, transports, listeners = await connect_all(
-        args.url, args.clients, args.first_index, universe, args.per_client
-    )
+    streams: list[asyncio.Task[None]] = []
+    session: aiohttp.ClientSession | None = None
+    if args.sse:
+        recorder, streams, session = await stream_all(
+            url, args.clients, args.first_index, universe, args.per_client
+        )
+        transports: list[WSTransport] = []
+        listeners: list[LoadClient] = []
+    else:
+        recorder, transports, listeners = await connect_all(
+            url, args.clients, args.first_index, universe, args.per_client
+        )
     parts = urlsplit(args.url)
     subscribe_all = orjson.dumps({"action": "subscribe", "symbols": universe}).decode()
     stuck = [
@@ -161,12 +213,18 @@ async def main() -> None:
     for listener in listeners:
         listener.stop()
     report = recorder.report()
-    report["clients"] = len(transports)
+    report["clients"] = len(transports) + len(streams)
     report["stuck"] = len(stuck)
     sys.stdout.write(orjson.dumps(report).decode() + "\n")
     sys.stdout.flush()
     for transport in transports:
         transport.disconnect()
+    for task in streams:
+        task.cancel()
+    if streams:
+        await asyncio.wait(streams)
+    if session is not None:
+        await session.close()
     for sock in stuck:
         sock.close()
 

@@ -135,7 +135,10 @@ async def stack(
     *,
     workers: int = 1,
     gateway_cpus: set[int] | None = None,
+    bare_reference: bool = False,
 ) -> AsyncIterator[Stack]:
+    """The simulator and, on its own core, the gateway as deployed (or, with
+    `bare_reference`, bench/reference_server.py: picows writing one frame per trade)."""
     cpus = os.cpu_count() or 1
     load_cpus = {cpus - 1}
     gateway_cpus = gateway_cpus or {0}
@@ -145,11 +148,31 @@ async def stack(
             process(
                 sys.executable, "simulator.py",
                 "--host", "127.0.0.1", "--port", str(simulator_port), "--rate", "0",
-                "--tick", "0.005", "--sequenced", "--ping-interval", "30",
+                "--tick", str(config.upstream_tick), "--sequenced", "--ping-interval", "30",
                 "--max-symbols", "100000",
                 cpus=load_cpus,
             )
         )  # fmt: skip
+        if bare_reference:
+            reference = await processes.enter_async_context(
+                process(
+                    sys.executable, "-m", "bench.reference_server", "--port", str(gateway_port),
+                    "--upstream", f"ws://127.0.0.1:{simulator_port}/",
+                    cpus=gateway_cpus,
+                )
+            )  # fmt: skip
+            session = await processes.enter_async_context(aiohttp.ClientSession())
+            assert reference.stdout is not None
+            async with asyncio.timeout(30):
+                assert (await reference.stdout.readline()).strip() == b"ready"
+            yield Stack(
+                f"http://127.0.0.1:{simulator_port}",
+                f"http://127.0.0.1:{gateway_port}",
+                reference.pid,
+                session,
+                load_cpus,
+            )
+            return
         gateway = await processes.enter_async_context(
             process(
                 sys.executable, "-m", "uvicorn", "gateway:app",
@@ -164,6 +187,9 @@ async def stack(
                     "FINNHUB_API_KEY": "bench",
                     "DEMO": "false",
                     "LOG_LEVEL": "WARNING",
+                    # Fan-out is measured: no quotes (nor their `change` fields), as in the
+                    # bare reference and in earlier revisions.
+                    "REST_ENABLED": "false",
                     # The scenarios need more than the free-plan and per-host defaults: all
                     # load comes from one address.
                     "MAX_UPSTREAM_SYMBOLS": "100000",
@@ -225,12 +251,15 @@ async def load(
     first_index: int = 0,
     per_client: int = 0,
     stuck: int = 0,
+    query: str = "",
+    sse: bool = False,
 ) -> AsyncIterator[Load]:
     ws_url = running.gateway_url.replace("http://", "ws://") + "/ws"
     command = [
         sys.executable, "-m", "bench.load", "--url", ws_url, "--clients", str(clients),
         "--first-index", str(first_index), "--symbols", ",".join(universe),
-        "--per-client", str(per_client), "--stuck", str(stuck),
+        "--per-client", str(per_client), "--stuck", str(stuck), "--query", query,
+        *(["--sse"] if sse else []),
     ]  # fmt: skip
     async with process(*command, cpus=running.load_cpus) as child:
         assert child.stdout is not None

@@ -60,6 +60,7 @@ def summary(results: dict[str, Any]) -> None:
         *results.get("connections", []),
         *results.get("slow", []),
         *results.get("cluster", []),
+        *[row for rows in results.get("delivery", {}).values() for row in rows],
     ]
     if rows:
         sys.stdout.write(table(rows) + "\n")

@@ -24,17 +24,49 @@ from bench.report import machine
 
 
 async def throughput(
-    config: Config, name: str = "throughput", gateway_env: dict[str, str] | None = None
+    config: Config,
+    name: str = "throughput",
+    gateway_env: dict[str, str] | None = None,
+    *,
+    rates: tuple[float, ...] | None = None,
+    query: str = "",
+    sse: bool = False,
+    bare_reference: bool = False,
 ) -> list[dict[str, Any]]:
+    """1,000 clients on the same 20 symbols, the upstream rate ramped step by step, until
+    the gateway's core saturates. `query` sets delivery options (`batch_ms=50`), `sse`
+    makes the clients use /stream, `bare_reference` replaces the gateway with
+    bench/reference_server.py."""
     universe = [f"T{index:02d}" for index in range(20)]
     async with (
-        stack(config, gateway_env or {}) as running,
-        load(running, universe, clients=config.clients) as clients,
+        stack(config, gateway_env or {}, bare_reference=bare_reference) as running,
+        load(running, universe, clients=config.clients, query=query, sse=sse) as clients,
     ):
         await running.wait_upstream_carries(universe)
         # Stop once the gateway's core is saturated: higher rates only queue up.
-        windows = await ramp(running, clients, name, config.rates, config, saturation=0.97)
+        steps = rates or config.rates
+        windows = await ramp(running, clients, name, steps, config, saturation=0.97)
         return await collect(running, windows, [clients], config.drain)
+
+
+async def delivery(config: Config) -> dict[str, Any]:
+    """Issue 12's comparisons, one run: the default protocol, the bare picows server
+    writing one frame per trade, batched (50 ms) and throttled (250 ms) streams, and
+    SSE beside WebSockets at the same modest rates."""
+    results: dict[str, Any] = {}
+    results["default"] = await throughput(config, "default protocol")
+    results["bare picows"] = await throughput(config, "bare picows", bare_reference=True)
+    results["batched"] = await throughput(
+        config, "batched 50 ms", rates=config.batched_rates, query="batch_ms=50"
+    )
+    results["throttled"] = await throughput(
+        config, "throttled 250 ms", rates=config.throttled_rates, query="throttle_ms=250"
+    )
+    results["sse"] = await throughput(config, "sse", rates=config.sse_rates, sse=True)
+    results["websocket beside sse"] = await throughput(
+        config, "websocket beside sse", rates=config.sse_rates
+    )
+    return results
 
 
 async def connections(config: Config) -> list[dict[str, Any]]:
@@ -277,4 +309,6 @@ async def run(
         results["cluster"] = await cluster(config)
     if "abuse" in scenarios:
         results["abuse"] = await abuse(config)
+    if "delivery" in scenarios:
+        results["delivery"] = await delivery(config)
     return results
