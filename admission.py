@@ -9,9 +9,13 @@
    from one client address. 429 with `Retry-After`. The address is the ASGI scope's
    client, which uvicorn takes from `X-Forwarded-For` only when the peer is a trusted
    proxy (`FORWARDED_ALLOW_IPS`).
+4. **Per user**, with signed tokens (`identify`, auth.py): once a token names its user,
+   at most `MAX_CONNECTIONS_PER_USER` open connections and the same handshake rate per
+   user as per address (`user_refusal`, then `holding_user`).
 
-`Admission` keeps the per-address counters; memory is bounded by forgetting addresses
-with no open connection and a full bucket. It never reads message bodies.
+`Admission` keeps the per-address and per-user counters, and counts every refusal by
+reason for /metrics; memory is bounded by forgetting keys with no open connection and
+a full bucket. It never reads message bodies and never logs a token.
 """
 
 from __future__ import annotations
@@ -19,13 +23,15 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from auth import Authenticator, AuthFailed, Identity
 from settings import Settings
 from token_bucket import TokenBucket
 
+USER_PREFIX = "user:"  # a user's key beside the addresses' (no address starts so)
 # Idle per-address state is swept when the table grows past this many addresses.
 SWEEP_AT = 10_000
 
@@ -54,7 +60,8 @@ class Refusal:
 class Admission:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._open: dict[str, int] = {}  # address -> open connections
+        self.authenticator = Authenticator(settings)
+        self._open: dict[str, int] = {}  # address, or "user:<sub>" -> open connections
         self._buckets: dict[str, TokenBucket] = {}  # address -> handshake budget
         self.refused: dict[str, int] = {}  # reason -> count, for /metrics
         self._sweep_at = SWEEP_AT
@@ -72,10 +79,8 @@ class Admission:
                 return self._refuse("origin", Refusal(403, "an Origin header is required"))
         elif not (settings.any_origin or origin in settings.allowed_origins):
             return self._refuse("origin", Refusal(403, "origin not allowed"))
-        if settings.gateway_token:
-            presented = (token or "").encode()
-            if not hmac.compare_digest(presented, settings.gateway_token.encode()):
-                return self._refuse("token", Refusal(401, "missing or wrong token"))
+        if settings.gateway_token and not _same(token or "", settings.gateway_token):
+            return self._refuse("token", Refusal(401, "missing or wrong token"))
         if self._open.get(address, 0) >= settings.max_connections_per_address:
             return self._refuse(
                 "address_connections",
@@ -99,6 +104,63 @@ class Admission:
             )
         return None
 
+    @property
+    def verifies_tokens(self) -> bool:
+        """True when clients must prove who they are with a signed token (JWT)."""
+        return self.authenticator.enabled
+
+    @property
+    def users(self) -> int:
+        """Distinct users with an open connection (read by /health and /metrics only)."""
+        return sum(1 for key in self._open if key.startswith(USER_PREFIX))
+
+    async def identify(self, token: str) -> Identity:
+        """The user a signed token proves; AuthFailed (counted) otherwise."""
+        try:
+            return await self.authenticator.verify(token)
+        except AuthFailed as exc:
+            self.count_refusal(f"auth_{exc.reason}")
+            raise
+
+    def user_refusal(self, user: str, now: float) -> Refusal | None:
+        """Why this user may not open another connection now, or None (and counted)."""
+        settings, key = self._settings, user_key(user)
+        if self._open.get(key, 0) >= settings.max_connections_per_user:
+            return self._refuse(
+                "user_connections",
+                Refusal(
+                    429,
+                    f"too many connections for your user "
+                    f"(at most {settings.max_connections_per_user})",
+                    retry_after=10,
+                ),
+            )
+        wait = self._take_handshake(key, now)
+        if wait > 0:
+            return self._refuse(
+                "user_handshakes",
+                Refusal(
+                    429,
+                    f"too many new connections for your user "
+                    f"(at most {settings.address_handshake_rate:g} per second)",
+                    retry_after=max(1, math.ceil(wait)),
+                ),
+            )
+        return None
+
+    async def http_owner(self, token: str | None, address: str) -> str | Refusal:
+        """Whose share a plain HTTP request (`GET /quote/...`) spends: with signed tokens
+        its user's (401 without a good token), else its address's (401 on a wrong
+        shared token)."""
+        if self.verifies_tokens:
+            try:
+                return user_key((await self.identify(token or "")).user)
+            except AuthFailed as exc:
+                return Refusal(401, f"token {exc.reason}" if token else "a token is required")
+        if self._settings.gateway_token and not _same(token or "", self._settings.gateway_token):
+            return self._refuse("token", Refusal(401, "missing or wrong token"))
+        return address
+
     @contextmanager
     def holding(self, address: str) -> Iterator[None]:
         """Count one open connection from `address` for the length of the block."""
@@ -111,6 +173,15 @@ class Admission:
                 self._open[address] = left
             else:
                 del self._open[address]
+
+    @contextmanager
+    def holding_user(self, user: str) -> Iterator[None]:
+        """Count one open connection of `user` for the length of the block."""
+        with self.holding(user_key(user)):
+            yield
+
+    def count_refusal(self, reason: str) -> None:
+        self.refused[reason] = self.refused.get(reason, 0) + 1
 
     def _take_handshake(self, address: str, now: float) -> float:
         """Spend one handshake from the address's bucket: 0, or seconds until one is due."""
@@ -134,5 +205,22 @@ class Admission:
         self._sweep_at = max(SWEEP_AT, 2 * len(self._buckets))
 
     def _refuse(self, reason: str, refusal: Refusal) -> Refusal:
-        self.refused[reason] = self.refused.get(reason, 0) + 1
+        self.count_refusal(reason)
         return refusal
+
+
+def request_token(query: Mapping[str, str], headers: Mapping[str, str]) -> str | None:
+    """A client's token over HTTP: `?token=`, else `Authorization: Bearer ...`."""
+    token = query.get("token")
+    authorization = headers.get("authorization", "")
+    if token is None and authorization.lower().startswith("bearer "):
+        token = authorization[7:].strip()
+    return token
+
+
+def _same(presented: str, expected: str) -> bool:
+    return hmac.compare_digest(presented.encode(), expected.encode())  # constant time
+
+
+def user_key(user: str) -> str:
+    return USER_PREFIX + user

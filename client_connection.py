@@ -27,6 +27,7 @@ from typing import Protocol
 
 from pacing import DeliveryGroup, Outgoing
 from protocol import CLOSE_TRY_AGAIN_LATER, DeliveryOptions, Frame
+from upstream_capacity import SymbolPatterns
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,24 @@ class FrameWriter(Protocol):
     async def wait_ready(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class Entitlements:
+    """What a user's signed token lets it subscribe to (auth.py): symbols or patterns,
+    and a lower per-client cap. None: the server's own limits."""
+
+    symbols: SymbolPatterns | None = None
+    max_symbols: int | None = None
+
+    def allow(self, symbol: str) -> bool:
+        return self.symbols is None or symbol in self.symbols
+
+    def symbol_cap(self, server_cap: int) -> int:
+        return server_cap if self.max_symbols is None else min(server_cap, self.max_symbols)
+
+
+UNRESTRICTED = Entitlements()  # no token, or a token without entitlement claims
+
+
 @dataclass
 class FanoutStats:
     price_updates_sent: int = 0
@@ -85,12 +104,14 @@ class ClientConnection:
         stats: FanoutStats,
         *,
         owner: str = "-",
+        entitlements: Entitlements = UNRESTRICTED,
         direct: FrameWriter | None = None,
         outbox_size: int,
         slow_consumer_timeout: float,
     ) -> None:
         self.id = str(uuid.uuid4())
         self.owner = owner  # whose fair share of the upstream its symbols use
+        self.entitlements = entitlements  # a refreshed token may change them
         self.symbols: set[str] = set()
         self.evicted = False
         self._socket = socket

@@ -1,12 +1,18 @@
 """One client's session on `/ws`: the handshake checks, then its requests, in order.
 
 `ClientSessions.serve(websocket)` refuses a handshake that `Admission` turns down
-(Origin, token, per-address limits), accepts, registers the client with the hub for
-the length of the connection (its address is whose fair share its symbols use),
-and turns each text frame into a hub call within the client's message budget (a token
-bucket). It closes a connection itself only for the reasons it owns (1008 rate limit,
-1009 frame too big, 1013 server full); everything else a client receives is sent
-through its `ClientConnection`. One line is logged per connect and per disconnect.
+(Origin, token, per-address limits), accepts, and, when the gateway verifies signed
+tokens, learns who the client is: from `?token=` at the handshake (401 when bad), or
+from a first message `{"action":"auth","token":...}` within `AUTH_TIMEOUT` (else
+`auth_required` to anything sent before it, and `auth_failed` / `auth_timeout` then a
+close with 4003 / 4008). It then registers the client with the hub for the length of
+the connection (its user, else its address, is whose fair share its symbols use) and
+turns each text frame into a hub call within the client's message budget (a token
+bucket), while it waits for the token's next deadline: "expiring", then a close with
+4001 unless a fresh token came. It closes a connection itself only for the reasons it
+owns (1008 rate limit, 1009 frame too big, 1013 server full, 4001/4003/4008/4029
+tokens); everything else a client receives is sent through its `ClientConnection`.
+One line is logged per connect and per disconnect, naming the user, never the token.
 
 This module must never write price updates (the hub does) and never reads uvicorn's
 internals except through `server_protocol.server_connection()`.
@@ -14,18 +20,31 @@ internals except through `server_protocol.server_connection()`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 import protocol
-from admission import Admission, Refusal, address_key
-from client_connection import ClientConnection, FrameWriter
+from admission import Admission, Refusal, address_key, user_key
+from auth import AuthFailed, Identity
+from client_auth import ClientAuth
+from client_connection import UNRESTRICTED, ClientConnection, FrameWriter
 from hub import Hub
-from protocol import CLOSE_MESSAGE_TOO_BIG, CLOSE_POLICY_VIOLATION, CLOSE_TRY_AGAIN_LATER
+from protocol import (
+    CLOSE_AUTH_FAILED,
+    CLOSE_AUTH_TIMEOUT,
+    CLOSE_MESSAGE_TOO_BIG,
+    CLOSE_POLICY_VIOLATION,
+    CLOSE_TOKEN_EXPIRED,
+    CLOSE_TOO_MANY_FOR_USER,
+    CLOSE_TRY_AGAIN_LATER,
+    Frame,
+)
 from server_protocol import FAST_PATH_FLAGS, ServerConnection, server_connection
 from settings import Settings
 from token_bucket import TokenBucket
@@ -66,6 +85,49 @@ def _size_in_bytes(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode())
 
 
+@dataclass(frozen=True)
+class Ended:
+    """The client left, or was closed by the reader (with this code, when known)."""
+
+    code: int | None
+
+
+class RequestReader:
+    """A client's frames as request texts, within its size and message-rate limits:
+    each `next()` is a text to handle, an error to send back, or the end."""
+
+    def __init__(self, websocket: WebSocket, settings: Settings) -> None:
+        self._websocket = websocket
+        self._settings = settings
+        self._budget = TokenBucket(settings.client_message_rate, settings.client_message_burst)
+
+    async def next(self) -> str | Frame | Ended:
+        settings, websocket = self._settings, self._websocket
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return Ended(message.get("code"))
+        text, data = message.get("text"), message.get("bytes")
+        size = _size_in_bytes(text) if text is not None else len(data or b"")
+        if size > settings.max_message_size:
+            reason = f"message over {settings.max_message_size} bytes"
+            await websocket.close(CLOSE_MESSAGE_TOO_BIG, reason)
+            return Ended(CLOSE_MESSAGE_TOO_BIG)
+        now = time.monotonic()
+        if not self._budget.allow(now):
+            if self._budget.limited_for(now) > settings.rate_limit_close_after:
+                await websocket.close(CLOSE_POLICY_VIOLATION, "rate limit exceeded")
+                return Ended(CLOSE_POLICY_VIOLATION)
+            return protocol.error_message(
+                "rate_limited",
+                f"over {settings.client_message_rate:g} messages per second; message ignored",
+            )
+        if text is None:
+            return protocol.error_message(
+                "invalid_message", "binary frames are not supported; send JSON text"
+            )
+        return str(text)
+
+
 class ClientSessions:
     """Serves every `/ws` connection of one app, with its settings and its hub."""
 
@@ -76,14 +138,19 @@ class ClientSessions:
         self._warned_no_fast_path = False
 
     async def serve(self, websocket: WebSocket) -> None:
-        settings, hub = self._settings, self._hub
+        admission = self._admission
         address = _address(websocket)
-        refusal = self._admission.refusal(
-            websocket.headers.get("origin"),
-            websocket.query_params.get("token"),
-            address,
-            time.monotonic(),
+        token = websocket.query_params.get("token")
+        refusal = admission.refusal(
+            websocket.headers.get("origin"), token, address, time.monotonic()
         )
+        identity: Identity | None = None
+        if refusal is None and token is not None and admission.verifies_tokens:
+            try:
+                identity = await admission.identify(token)
+                refusal = admission.user_refusal(identity.user, time.monotonic())
+            except AuthFailed as exc:
+                refusal = Refusal(401, f"token {exc.reason}")
         if refusal is not None:
             origin = websocket.headers.get("origin", "")[:100]
             logger.warning(
@@ -92,14 +159,73 @@ class ClientSessions:
             )  # fmt: skip
             await _refuse(websocket, refusal)
             return
-        with self._admission.holding(address):
+        with admission.holding(address):
             await websocket.accept()
-            if hub.client_count >= settings.max_clients:
+            if self._hub.client_count >= self._settings.max_clients:
                 await websocket.close(CLOSE_TRY_AGAIN_LATER, "server full, try again later")
                 return
-            await self._serve_accepted(websocket, address)
+            reader = RequestReader(websocket, self._settings)
+            if admission.verifies_tokens and identity is None:
+                identity = await self._authenticate(websocket, reader, address)
+                if identity is None:
+                    return
+            if identity is None:
+                await self._serve_accepted(websocket, reader, address, None)
+                return
+            with admission.holding_user(identity.user):
+                await self._serve_accepted(websocket, reader, address, identity)
 
-    async def _serve_accepted(self, websocket: WebSocket, address: str) -> None:
+    async def _authenticate(
+        self, websocket: WebSocket, reader: RequestReader, address: str
+    ) -> Identity | None:
+        """The first message's token within AUTH_TIMEOUT; None once the client is gone
+        or closed (auth_failed 4003, auth_timeout 4008, too_many_connections 4029)."""
+        admission = self._admission
+        try:
+            async with asyncio.timeout(self._settings.auth_timeout):
+                while True:
+                    got = await reader.next()
+                    if isinstance(got, Ended):
+                        return None
+                    if isinstance(got, Frame):
+                        await websocket.send_text(got.text)
+                        continue
+                    try:
+                        request = protocol.parse_client_message(got)
+                    except protocol.ProtocolError as exc:
+                        await websocket.send_text(
+                            protocol.error_message(exc.code, exc.message).text
+                        )
+                        continue
+                    if request.action == "auth":
+                        break
+                    await websocket.send_text(AUTH_FIRST.text)
+                identity = await admission.identify(request.token)
+        except TimeoutError:
+            admission.count_refusal("auth_timeout")
+            error = protocol.error_message(
+                "auth_timeout", f"no auth message within {self._settings.auth_timeout:g} s"
+            )
+            await _close_with(websocket, error, CLOSE_AUTH_TIMEOUT, "auth timeout")
+            return None
+        except AuthFailed as exc:
+            error = protocol.error_message("auth_failed", f"token {exc.reason}")
+            await _close_with(websocket, error, CLOSE_AUTH_FAILED, "auth failed")
+            return None
+        refusal = admission.user_refusal(identity.user, time.monotonic())
+        if refusal is not None:
+            error = protocol.error_message("too_many_connections", refusal.reason)
+            await _close_with(websocket, error, CLOSE_TOO_MANY_FOR_USER, "too many connections")
+            return None
+        return identity
+
+    async def _serve_accepted(
+        self,
+        websocket: WebSocket,
+        reader: RequestReader,
+        address: str,
+        identity: Identity | None,
+    ) -> None:
         settings, hub = self._settings, self._hub
         connection = server_connection(websocket.scope)
         if connection is not None and settings.client_send_buffer:
@@ -108,16 +234,29 @@ class ClientSessions:
         started = time.monotonic()
         close_code: int | None = None
         client_id = "-"
+        user = identity.user if identity is not None else "-"
+        auth = None
+        if identity is not None:
+            auth = ClientAuth(
+                identity, self._admission.identify, warning=settings.auth_expiry_warning
+            )
         socket = AsgiClientSocket(websocket, connection)
         try:
-            async with hub.connect(socket, direct, owner=address) as client:
+            async with hub.connect(
+                socket,
+                direct,
+                owner=user_key(identity.user) if identity is not None else address,
+                entitlements=identity.entitlements if identity is not None else UNRESTRICTED,
+            ) as client:
                 client_id = client.id
                 logger.info(
-                    "client connected client_id=%s address=%s fast_path=%s",
-                    client.id, address, direct is not None,
+                    "client connected client_id=%s address=%s user=%s fast_path=%s",
+                    client.id, address, user, direct is not None,
                 )  # fmt: skip
+                if auth is not None:
+                    client.send(protocol.auth_message("authenticated", user, auth.expires_in()))
                 self._apply_query_options(client, websocket.query_params)
-                close_code = await self._serve_requests(websocket, client)
+                close_code = await self._serve_requests(websocket, reader, client, auth)
                 if client.evicted:
                     close_code = CLOSE_TRY_AGAIN_LATER
         finally:
@@ -126,8 +265,8 @@ class ClientSessions:
                 # server's graceful shutdown) waiting forever.
                 connection.abort()
             logger.info(
-                "client disconnected client_id=%s address=%s code=%s duration=%.1fs",
-                client_id, address, close_code, time.monotonic() - started,
+                "client disconnected client_id=%s address=%s user=%s code=%s duration=%.1fs",
+                client_id, address, user, close_code, time.monotonic() - started,
             )  # fmt: skip
 
     def _frame_writer(self, connection: ServerConnection | None) -> FrameWriter | None:
@@ -149,41 +288,41 @@ class ClientSessions:
             )  # fmt: skip
         return writer
 
-    async def _serve_requests(self, websocket: WebSocket, client: ClientConnection) -> int | None:
-        """Read and apply requests until the client leaves; the close code, if known."""
-        settings = self._settings
-        budget = TokenBucket(settings.client_message_rate, settings.client_message_burst)
+    async def _serve_requests(
+        self,
+        websocket: WebSocket,
+        reader: RequestReader,
+        client: ClientConnection,
+        auth: ClientAuth | None,
+    ) -> int | None:
+        """Read and apply requests until the client leaves (the close code, if known),
+        minding the token's deadlines when there is one."""
         while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                code: int | None = message.get("code")
-                return code
-            text, data = message.get("text"), message.get("bytes")
-            size = _size_in_bytes(text) if text is not None else len(data or b"")
-            if size > settings.max_message_size:
-                reason = f"message over {settings.max_message_size} bytes"
-                await websocket.close(CLOSE_MESSAGE_TOO_BIG, reason)
-                return CLOSE_MESSAGE_TOO_BIG
-            now = time.monotonic()
-            if not budget.allow(now):
-                if budget.limited_for(now) > settings.rate_limit_close_after:
-                    await websocket.close(CLOSE_POLICY_VIOLATION, "rate limit exceeded")
-                    return CLOSE_POLICY_VIOLATION
-                client.send(
-                    protocol.error_message(
-                        "rate_limited",
-                        f"over {settings.client_message_rate:g} messages per second; "
-                        "message ignored",
-                    )
-                )
-            elif text is None:
-                client.send(
-                    protocol.error_message(
-                        "invalid_message", "binary frames are not supported; send JSON text"
-                    )
-                )
+            if auth is None:
+                got = await reader.next()
             else:
-                self._handle_request(client, text)
+                deadline = auth.next_deadline()
+                try:
+                    async with asyncio.timeout(max(0.0, deadline.at - time.time())):
+                        got = await reader.next()
+                except TimeoutError:
+                    if deadline.kind == "expiring":
+                        auth.warned()
+                        client.send(
+                            protocol.auth_message("expiring", auth.identity.user, auth.expires_in())
+                        )
+                        continue
+                    client.send(protocol.auth_message("expired", auth.identity.user, 0))
+                    await websocket.close(CLOSE_TOKEN_EXPIRED, "token expired")
+                    return CLOSE_TOKEN_EXPIRED
+            if isinstance(got, Ended):
+                return got.code
+            if isinstance(got, Frame):
+                client.send(got)
+                continue
+            code = await self._handle_request(websocket, client, got, auth)
+            if code is not None:
+                return code
 
     def _apply_query_options(self, client: ClientConnection, query: Mapping[str, str]) -> None:
         """`/ws?batch_ms=100&throttle_ms=250`: start in that mode (confirmed, or refused
@@ -197,28 +336,71 @@ class ClientSessions:
             return
         self._hub.set_options(client, client.options.changed(given))
 
-    def _handle_request(self, client: ClientConnection, text: str) -> None:
+    async def _handle_request(
+        self, websocket: WebSocket, client: ClientConnection, text: str, auth: ClientAuth | None
+    ) -> int | None:
+        """Apply one request; a close code when it ended the connection."""
         try:
             request = protocol.parse_client_message(text)
         except protocol.ProtocolError as exc:
             client.send(protocol.error_message(exc.code, exc.message))
-            return
+            return None
         if request.action == "ping":
             client.send(protocol.PONG)
-            return
-        if request.action == "options":
+        elif request.action == "options":
             assert request.options is not None
             self._hub.set_options(client, client.options.changed(request.options))
-            return
-        symbols, rejected = protocol.split_symbols(request.symbols)
-        if rejected:
-            client.send(protocol.invalid_symbols_error(rejected))
-        if not symbols:
-            return
-        if request.action == "subscribe":
-            self._hub.subscribe(client, symbols)
+        elif request.action == "auth":
+            return await self._refresh(websocket, client, request.token, auth)
         else:
-            self._hub.unsubscribe(client, symbols)
+            symbols, rejected = protocol.split_symbols(request.symbols)
+            if rejected:
+                client.send(protocol.invalid_symbols_error(rejected))
+            if symbols and request.action == "subscribe":
+                self._hub.subscribe(client, symbols)
+            elif symbols:
+                self._hub.unsubscribe(client, symbols)
+        return None
+
+    async def _refresh(
+        self, websocket: WebSocket, client: ClientConnection, token: str, auth: ClientAuth | None
+    ) -> int | None:
+        """A fresh token for the connected user: the stream goes on; a bad one closes (4003)."""
+        if auth is None:
+            client.send(
+                protocol.error_message("invalid_message", "this gateway does not use auth messages")
+            )
+            return None
+        try:
+            identity = await auth.refresh(token)
+        except AuthFailed as exc:
+            client.send(protocol.error_message("auth_failed", f"token {exc.reason}"))
+            await websocket.close(CLOSE_AUTH_FAILED, "auth failed")
+            return CLOSE_AUTH_FAILED
+        if identity.entitlements != client.entitlements:
+            self._hub.entitle(client, identity.entitlements)
+        client.send(protocol.auth_message("authenticated", identity.user, auth.expires_in()))
+        return None
+
+
+AUTH_FIRST = protocol.error_message(
+    "auth_required", 'send {"action":"auth","token":"..."} first; nothing else is served before it'
+)
+CLOSE_GRACE_SECONDS = 1.0
+
+
+async def _close_with(websocket: WebSocket, error: Frame, code: int, reason: str) -> None:
+    """Tell a client why, then close; a client that does not read is cut off instead."""
+    try:
+        async with asyncio.timeout(CLOSE_GRACE_SECONDS):
+            await websocket.send_text(error.text)
+            await websocket.close(code, reason)
+    except TimeoutError:
+        connection = server_connection(websocket.scope)
+        if connection is not None:
+            connection.abort()
+    except (WebSocketDisconnect, RuntimeError):
+        pass  # already gone
 
 
 async def _refuse(websocket: WebSocket, refusal: Refusal) -> None:

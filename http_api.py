@@ -8,7 +8,6 @@ Nothing here may expose the Finnhub key or a client token.
 
 from __future__ import annotations
 
-import hmac
 import math
 import time
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Respon
 
 import docs
 import protocol
-from admission import address_key
+from admission import USER_PREFIX, Refusal, address_key, request_token
 from quotes import QuoteUnavailable
 from settings import Settings
 
@@ -69,6 +68,9 @@ class HttpApi:
             "demo": self._settings.demo,
             "clients": hub.client_count,
             "clients_fast_path": hub.fast_path_count,
+            "auth": self._settings.auth_mode,
+            "users": running.admission.users,
+            "refusals": dict(sorted(running.admission.refused.items())),
             "symbols": hub.symbols(),
             "symbols_lingering": hub.capacity.lingering,
             "upstream_messages_received": feed.messages_received,
@@ -89,23 +91,24 @@ class HttpApi:
     async def quote(self, request: Request) -> JSONResponse:
         """The symbol's quote: cached, or fetched within QUOTE_WAIT; 404 when Finnhub has
         none, 503 with Retry-After when the REST budget or Finnhub cannot answer."""
-        settings, running = self._settings, self._running()
+        running = self._running()
         symbol = protocol.normalize_symbol(request.path_params["symbol"])
         if symbol is None:
             return JSONResponse({"error": f"a symbol is {protocol.SYMBOL_RULE}"}, 400)
-        if settings.gateway_token and not _token_matches(request, settings.gateway_token):
-            return JSONResponse({"error": "missing or wrong token"}, 401)
+        address = address_key(request.client.host if request.client else "-")
+        token = request_token(request.query_params, request.headers)
+        owner = await running.admission.http_owner(token, address)
+        if isinstance(owner, Refusal):
+            return JSONResponse({"error": owner.reason}, owner.status)
         quotes = running.hub.quotes
         if quotes is None:
             return JSONResponse({"error": "quotes are off (REST_ENABLED=false)"}, 404)
-        address = address_key(request.client.host if request.client else "-")
         try:
-            quote = await quotes.get(symbol, address)
+            quote = await quotes.get(symbol, owner)
         except QuoteUnavailable as exc:
             if exc.share_spent:
-                return _retry_later(
-                    "too many quote requests from your address", exc.retry_after, 429
-                )
+                whose = "your user" if owner.startswith(USER_PREFIX) else "your address"
+                return _retry_later(f"too many quote requests from {whose}", exc.retry_after, 429)
             return _retry_later(f"no quote could be fetched in time ({exc})", exc.retry_after)
         if quote is None:
             return JSONResponse({"error": "no quote for this symbol", "symbol": symbol}, 404)
@@ -125,14 +128,6 @@ class HttpApi:
 
     async def asyncapi(self, request: Request) -> Response:
         return Response(docs.ASYNCAPI.read_bytes(), media_type="application/yaml")
-
-
-def _token_matches(request: Request, expected: str) -> bool:
-    presented = request.query_params.get("token", "")
-    authorization = request.headers.get("authorization", "")
-    if not presented and authorization.lower().startswith("bearer "):
-        presented = authorization[7:].strip()
-    return hmac.compare_digest(presented.encode(), expected.encode())
 
 
 def _retry_later(message: str, seconds: float, status: int = 503) -> JSONResponse:

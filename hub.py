@@ -20,7 +20,6 @@ to the upstream except through the capacity's `SymbolInterest`.
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -28,11 +27,19 @@ from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 import protocol
-from client_connection import ClientConnection, ClientSocket, FanoutStats, FrameWriter
+from client_connection import (
+    UNRESTRICTED,
+    ClientConnection,
+    ClientSocket,
+    Entitlements,
+    FanoutStats,
+    FrameWriter,
+)
+from client_quotes import QuoteDelivery
 from pacing import DeliveryClock, DeliveryGroups
 from protocol import DeliveryOptions, ErrorCode, Frame, UpstreamState
 from quotes import QuoteService
-from upstream import MarketStatus, Quote, Trade
+from upstream import MarketStatus, Trade
 from upstream_capacity import UpstreamCapacity
 
 # Hand-offs between two yields to the event loop inside one upstream message (~a few ms).
@@ -79,9 +86,7 @@ class Hub:
         self.quotes = quotes
         self.market_status: MarketStatus | None = None
         self._market: Frame | None = None  # the last market status message
-        self._quote_waiters: dict[
-            str, tuple[asyncio.Future[Quote | None], set[ClientConnection]]
-        ] = {}
+        self._quote_delivery = QuoteDelivery(quotes) if quotes is not None else None
         self.clock = DeliveryClock()  # one timer for every throttled or batched client
         self.groups = DeliveryGroups(self.clock, self._count_conflated)
         self.upstream_state: UpstreamState = "connecting"
@@ -140,14 +145,20 @@ class Hub:
 
     @asynccontextmanager
     async def connect(
-        self, socket: ClientSocket, direct: FrameWriter | None = None, *, owner: str = "-"
+        self,
+        socket: ClientSocket,
+        direct: FrameWriter | None = None,
+        *,
+        owner: str = "-",
+        entitlements: Entitlements = UNRESTRICTED,
     ) -> AsyncIterator[ClientConnection]:
         """Register a client for the length of the block; leaving releases everything.
-        `owner` (its address, or later its user) is whose fair share its symbols use."""
+        `owner` (its address, or its user) is whose fair share its symbols use."""
         client = ClientConnection(
             socket,
             self.stats,
             owner=owner,
+            entitlements=entitlements,
             direct=direct,
             outbox_size=self._outbox_size,
             slow_consumer_timeout=self._slow_consumer_timeout,
@@ -170,11 +181,17 @@ class Hub:
         refused and why, confirm what it now holds of them, then send snapshots."""
         added: list[str] = []
         refused: dict[ErrorCode, tuple[str, list[str]]] = {}
+        entitlements = client.entitlements
+        cap = entitlements.symbol_cap(self._max_symbols_per_client)
         for symbol in symbols:
             if symbol in client.symbols:
                 continue
-            if len(client.symbols) >= self._max_symbols_per_client:
-                limit = f"a client may hold at most {self._max_symbols_per_client} symbols"
+            if not entitlements.allow(symbol):
+                reason = "your token does not entitle you to these symbols"
+                refused.setdefault("forbidden_symbol", (reason, []))[1].append(symbol)
+                continue
+            if len(client.symbols) >= cap:
+                limit = f"a client may hold at most {cap} symbols"
                 refused.setdefault("too_many_symbols", (limit, []))[1].append(symbol)
                 continue
             refusal = self.capacity.refusal(symbol, client.owner)
@@ -201,57 +218,8 @@ class Hub:
             snapshot = self._latest_update.get(symbol)
             if snapshot is not None:
                 client.offer_snapshot(symbol, snapshot)
-            if self.quotes is not None:
-                self._send_quote(client, symbol, fetch=snapshot is None)
-
-    def _send_quote(self, client: ClientConnection, symbol: str, *, fetch: bool) -> None:
-        """The symbol's quote: at once if cached; if there is no live price, fetched
-        (one fetch for every client waiting) and sent when it comes."""
-        assert self.quotes is not None
-        if not fetch:
-            cached = self.quotes.cached(symbol)
-            if cached is not None:
-                client.send(protocol.quote_message(symbol, cached))
-            return
-        future = self.quotes.request(symbol, client.owner)
-        if future.done():
-            self._deliver_quote(symbol, future, {client})
-            return
-        waiting = self._quote_waiters.get(symbol)
-        if waiting is None or waiting[0] is not future:  # a new fetch: its own waiters
-            waiting = self._quote_waiters[symbol] = (future, set())
-            future.add_done_callback(functools.partial(self._quote_came, symbol, waiting))
-        waiting[1].add(client)
-
-    def _quote_came(
-        self,
-        symbol: str,
-        waiting: tuple[asyncio.Future[Quote | None], set[ClientConnection]],
-        _done: object,
-    ) -> None:
-        if self._quote_waiters.get(symbol) is waiting:
-            del self._quote_waiters[symbol]
-        self._deliver_quote(symbol, waiting[0], waiting[1])
-
-    def _deliver_quote(
-        self, symbol: str, future: asyncio.Future[Quote | None], clients: set[ClientConnection]
-    ) -> None:
-        waiting = [client for client in clients if symbol in client.symbols]  # still there
-        failure = future.exception()
-        if failure is not None:
-            retry = getattr(failure, "retry_after", 1.0)
-            frame = protocol.error_message(
-                "quote_unavailable",
-                f"no quote could be fetched in time; live prices follow when the symbol "
-                f"trades (try again in {max(1, round(retry))} s)",
-                [symbol],
-            )
-        elif (quote := future.result()) is not None:
-            frame = protocol.quote_message(symbol, quote)
-        else:
-            return  # Finnhub has no quote for this symbol: nothing to show
-        for client in waiting:
-            client.send(frame)
+            if self._quote_delivery is not None:
+                self._quote_delivery.send(client, symbol, fetch=snapshot is None)
 
     def market_changed(self, status: MarketStatus) -> None:
         if status == self.market_status:
@@ -275,6 +243,23 @@ class Hub:
 
     def _count_conflated(self) -> None:
         self.stats.conflated_updates += 1
+
+    def entitle(self, client: ClientConnection, entitlements: Entitlements) -> None:
+        """A refreshed token's entitlements: symbols it no longer allows are dropped
+        (`forbidden_symbol`, then the unsubscription)."""
+        client.entitlements = entitlements
+        cap = entitlements.symbol_cap(self._max_symbols_per_client)
+        held = sorted(client.symbols)
+        dropped = [symbol for symbol in held if not entitlements.allow(symbol)]
+        dropped += [symbol for symbol in held if symbol not in dropped][cap:]
+        if dropped:
+            reason = "your refreshed token no longer entitles you to these symbols"
+            client.send(
+                protocol.error_message(
+                    "forbidden_symbol", f"{reason}: {', '.join(dropped)}", dropped
+                )
+            )
+            self.unsubscribe(client, dropped)
 
     def unsubscribe(self, client: ClientConnection, symbols: list[str]) -> None:
         self._leave(client, symbols)

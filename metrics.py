@@ -36,6 +36,7 @@ METRICS: dict[str, str] = {
     "gateway_core_tasks_down": "Core tasks (feed, broadcaster, cluster) waiting to restart",
     "gateway_client_send_queue_bytes": "Output queued for clients in server and kernel buffers",
     "gateway_upstream_lingering_symbols": "Symbols kept upstream after their last client left",
+    "gateway_authenticated_users": "Distinct users connected with a verified signed token",
     "gateway_refusals_total": "Connections, handshakes and frames refused (label reason)",
     "gateway_upstream_frames_sent_total": "Subscribe and unsubscribe frames sent to Finnhub",
     "gateway_rest_calls_total": "Calls made to Finnhub's REST API (quotes, market status)",
@@ -87,6 +88,7 @@ class GatewayCollector(Collector):
         hub, feed = running.hub, running.feed
         yield _gauge("gateway_clients", hub.client_count)
         yield _gauge("gateway_clients_fast_path", hub.fast_path_count)
+        yield _gauge("gateway_authenticated_users", running.admission.users)
         yield _gauge("gateway_upstream_symbols", len(hub.symbols()))
         state = GaugeMetricFamily(
             "gateway_upstream_state", METRICS["gateway_upstream_state"], labels=["state"]

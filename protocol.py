@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Literal, get_args
 
 import orjson
@@ -46,6 +46,10 @@ ErrorCode = Literal[
     "upstream_error",
     "quote_unavailable",
     "invalid_options",
+    "auth_required",
+    "auth_failed",
+    "auth_timeout",
+    "too_many_connections",
 ]
 ERROR_CODES: tuple[ErrorCode, ...] = get_args(ErrorCode)
 
@@ -55,12 +59,20 @@ CLOSE_MESSAGE_TOO_BIG = 1009
 CLOSE_KEEPALIVE_TIMEOUT = 1011  # sent by the server protocol layer
 CLOSE_SERVICE_RESTART = 1012  # sent by uvicorn on SIGTERM
 CLOSE_TRY_AGAIN_LATER = 1013  # server full, or slow consumer
+CLOSE_TOKEN_EXPIRED = 4001  # signed tokens (client_auth.py): unrenewed at `exp`
+CLOSE_AUTH_FAILED = 4003
+CLOSE_AUTH_TIMEOUT = 4008
+CLOSE_TOO_MANY_FOR_USER = 4029  # MAX_CONNECTIONS_PER_USER
 CLOSE_CODES = (
     CLOSE_POLICY_VIOLATION,
     CLOSE_MESSAGE_TOO_BIG,
     CLOSE_KEEPALIVE_TIMEOUT,
     CLOSE_SERVICE_RESTART,
     CLOSE_TRY_AGAIN_LATER,
+    CLOSE_TOKEN_EXPIRED,
+    CLOSE_AUTH_FAILED,
+    CLOSE_AUTH_TIMEOUT,
+    CLOSE_TOO_MANY_FOR_USER,
 )
 
 
@@ -73,12 +85,13 @@ class ProtocolError(Exception):
         self.message = message
 
 
-Action = Literal["subscribe", "unsubscribe", "ping", "options"]
+Action = Literal["subscribe", "unsubscribe", "ping", "options", "auth"]
 _ACTIONS: dict[str, Action] = {
     "subscribe": "subscribe",
     "unsubscribe": "unsubscribe",
     "ping": "ping",
     "options": "options",
+    "auth": "auth",
 }
 MAX_OPTION_MS = 60_000  # throttle_ms and batch_ms: 0 (off) up to a minute
 
@@ -106,6 +119,7 @@ class ClientRequest:
     action: Action
     symbols: tuple[str, ...] = ()
     options: dict[str, int] | None = None  # the option values given, validated
+    token: str = field(default="", repr=False)  # an auth message's token: never shown
 
 
 def normalize_symbol(raw: str) -> str | None:
@@ -129,12 +143,18 @@ def parse_client_message(text: str) -> ClientRequest:
     if kind is None:
         raise ProtocolError(
             "unknown_action",
-            f"unknown action {_quoted(action)}; expected subscribe, unsubscribe, ping or options",
+            f"unknown action {_quoted(action)}; "
+            "expected subscribe, unsubscribe, ping, options or auth",
         )
     if kind == "ping":
         return ClientRequest("ping")
     if kind == "options":
         return ClientRequest("options", options=parse_options(message))
+    if kind == "auth":
+        token = message.get("token")
+        if not isinstance(token, str) or not token:
+            raise ProtocolError("auth_failed", '"token" must be a non-empty string')
+        return ClientRequest("auth", token=token)
     symbols = message.get("symbols")
     if (
         not isinstance(symbols, list)
@@ -227,6 +247,12 @@ _BATCH_OPEN, _BATCH_CLOSE = b'{"type":"price_updates","updates":[', b"]}"
 def price_updates_message(items: list[bytes]) -> Frame:
     """Several price updates in one frame (a client's `batch_ms`), in arrival order."""
     return Frame(_BATCH_OPEN + b",".join(items) + _BATCH_CLOSE)
+
+
+def auth_message(
+    status: Literal["authenticated", "expiring", "expired"], user: str, expires_in: int
+) -> Frame:
+    return _encode({"type": "auth", "status": status, "user": user, "expires_in": expires_in})
 
 
 def options_message(options: DeliveryOptions) -> Frame:

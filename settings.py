@@ -108,6 +108,16 @@ class Settings:
     rate_limit_close_after: float = setting(5.0, minimum=0)  # seconds over budget before 1008
     heartbeat_interval: float = setting(20.0, minimum=0)  # server pings; 0 disables
     heartbeat_timeout: float = setting(20.0, minimum=0)
+    # -- per user: signed tokens (README "Per-user access"); none set: no JWT ----------
+    jwt_secret: str = setting("", secret=True)  # HS256
+    jwt_public_key: str = setting("")  # PEM (RSA: RS256, P-256: ES256); \n may be escaped
+    jwt_jwks_url: str = setting("")  # an identity provider's JWKS endpoint
+    jwt_audience: str = setting("")
+    jwt_issuer: str = setting("")
+    jwt_leeway: float = setting(30.0, minimum=0)  # seconds of clock difference tolerated
+    auth_timeout: float = setting(5.0, minimum=0.1)  # seconds for the first message's token
+    auth_expiry_warning: float = setting(60.0, minimum=1)  # "expiring" this long before exp
+    max_connections_per_user: int = setting(5, minimum=1)
     # -- per address (README "Security and limits") -----------------------------------
     max_connections_per_address: int = setting(200, minimum=1)
     address_handshake_rate: float = setting(10.0, minimum=0.01)  # per second
@@ -138,6 +148,17 @@ class Settings:
                 raise ConfigError(
                     f"{spec.name.upper()} must be one of {', '.join(choices)}; got {value!r}"
                 )
+        # One way to say who a client is: a shared token, or one source of JWT keys.
+        ways = [n for n in ("gateway_token", "jwt_secret", "jwt_public_key", "jwt_jwks_url")
+                if getattr(self, n)]  # fmt: skip
+        if len(ways) > 1:
+            raise ConfigError(f"set only one of {', '.join(n.upper() for n in ways)}")
+
+    @property
+    def auth_mode(self) -> Literal["none", "token", "jwt"]:
+        if self.gateway_token:
+            return "token"
+        return "jwt" if self.jwt_secret or self.jwt_public_key or self.jwt_jwks_url else "none"
 
     @property
     def any_origin(self) -> bool:

@@ -5,9 +5,12 @@
 one event, `event: <its type>` then `data: <its JSON>` (`price_update`, `quote`,
 `status`, `market`, `options`, `error`, ...); a `: keep-alive` comment every
 `HEARTBEAT_INTERVAL` seconds keeps idle proxies from cutting the stream. The same rules
-as `/ws` apply: Origin, token (`?token=` or `Authorization: Bearer`), per-address
-limits, symbol limits and fair shares; snapshots and quotes come first; a client that
-cannot keep up is conflated, then dropped; leaving releases every symbol.
+as `/ws` apply: Origin, token (`?token=` or `Authorization: Bearer`; a signed token
+gives the user's limits and entitlements, and since a stream cannot be handed a fresh
+one, it gets `event: auth` "expiring", then "expired" and its end at the token's
+`exp`), per-address limits, symbol limits and fair shares; snapshots and quotes come
+first; a client that cannot keep up is conflated, then dropped; leaving releases every
+symbol.
 
 This module never reads a request body, and never blocks the broadcaster: events wait
 in a small per-stream queue that the response drains.
@@ -19,13 +22,17 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import nullcontext
 from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 import protocol
-from admission import address_key
+from admission import Refusal, address_key, request_token, user_key
+from auth import AuthFailed, Identity
+from client_auth import ClientAuth
+from client_connection import UNRESTRICTED
 from settings import Settings
 
 if TYPE_CHECKING:
@@ -87,13 +94,16 @@ class EventStreams:
     async def stream(self, request: Request) -> Response:
         settings, running = self._settings, self._running()
         address = address_key(request.client.host if request.client else "-")
-        token = request.query_params.get("token")
-        authorization = request.headers.get("authorization", "")
-        if token is None and authorization.lower().startswith("bearer "):
-            token = authorization[7:].strip()
-        refusal = running.admission.refusal(
-            request.headers.get("origin"), token, address, time.monotonic()
-        )
+        token = request_token(request.query_params, request.headers)
+        admission = running.admission
+        refusal = admission.refusal(request.headers.get("origin"), token, address, time.monotonic())
+        identity: Identity | None = None
+        if refusal is None and admission.verifies_tokens:
+            try:
+                identity = await admission.identify(token or "")
+                refusal = admission.user_refusal(identity.user, time.monotonic())
+            except AuthFailed as exc:
+                refusal = Refusal(401, f"token {exc.reason}" if token else "a token is required")
         if refusal is not None:
             headers = {"Retry-After": str(refusal.retry_after)} if refusal.retry_after else None
             return JSONResponse({"error": refusal.reason}, refusal.status, headers=headers)
@@ -110,36 +120,65 @@ class EventStreams:
         if running.hub.client_count >= settings.max_clients:
             return JSONResponse({"error": "server full, try again later"}, 503)
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        body = self._events(address, symbols, given)
+        body = self._events(address, identity, symbols, given)
         return StreamingResponse(body, media_type="text/event-stream", headers=headers)
 
     async def _events(
-        self, address: str, symbols: list[str], given: dict[str, int]
+        self, address: str, identity: Identity | None, symbols: list[str], given: dict[str, int]
     ) -> AsyncIterator[bytes]:
         running = self._running()
-        hub = running.hub
+        hub, admission = running.hub, running.admission
         socket = EventStreamSocket()
         heartbeat = self._settings.heartbeat_interval or 20.0
         started = time.monotonic()
-        with running.admission.holding(address):
-            async with hub.connect(socket, None, owner=address) as client:
-                logger.info("stream opened client_id=%s address=%s", client.id, address)
+        user = identity.user if identity is not None else "-"
+        auth = None
+        if identity is not None:
+            auth = ClientAuth(
+                identity, admission.identify, warning=self._settings.auth_expiry_warning
+            )
+        with (
+            admission.holding(address),
+            admission.holding_user(user) if identity else nullcontext(),
+        ):
+            async with hub.connect(
+                socket,
+                None,
+                owner=user_key(user) if identity is not None else address,
+                entitlements=identity.entitlements if identity is not None else UNRESTRICTED,
+            ) as client:
+                logger.info(
+                    "stream opened client_id=%s address=%s user=%s", client.id, address, user
+                )
                 try:
                     if given:
                         hub.set_options(client, client.options.changed(given))
                     hub.subscribe(client, symbols)
                     while True:
+                        wait = heartbeat
+                        if auth is not None:
+                            deadline = auth.next_deadline()
+                            wait = min(wait, max(0.0, deadline.at - time.time()))
                         try:
-                            async with asyncio.timeout(heartbeat):
+                            async with asyncio.timeout(wait):
                                 item = await socket.take()
                         except TimeoutError:
-                            yield b": keep-alive\n\n"
+                            if auth is None or time.time() < deadline.at:
+                                yield b": keep-alive\n\n"
+                                continue
+                            # A stream cannot be given a fresh token: warn, then end it
+                            # at `exp`; EventSource reconnects (with a fresh ?token=).
+                            auth.warned()
+                            ending = protocol.auth_message(deadline.kind, user, auth.expires_in())
+                            yield event(ending.text)
+                            if deadline.kind == "expired":
+                                return
                             continue
                         if item is None:
                             return  # closed by the gateway (a slow consumer)
                         yield item
                 finally:
                     logger.info(
-                        "stream closed client_id=%s address=%s duration=%.1fs",
-                        client.id, address, time.monotonic() - started,
+                        "stream closed client_id=%s address=%s user=%s duration=%.1fs",
+                        client.id, address, user, time.monotonic() - started,
                     )  # fmt: skip

@@ -8,12 +8,16 @@
 //     onStatus: (status) => console.log(status.connection, status.upstream),
 //     throttleMs: 250, // at most 4 updates a second per symbol (the newest); 0: every trade
 //     batchMs: 100, // or/and: updates grouped into one frame at most every 100 ms
+//     getToken: async () => (await fetch("/api/gateway-token")).text(), // signed tokens only
 //   });
 //   client.subscribe(["AAPL", "NVDA"]);
 //
 // It reconnects by itself with full-jitter exponential backoff and resubscribes every
 // symbol it holds, and sends an application-level ping so dead connections are noticed
-// (browsers cannot send protocol pings). No dependencies, no build step.
+// (browsers cannot send protocol pings). When the gateway verifies signed tokens, it
+// calls `getToken()` on every connect (the token goes in the first message, never in
+// the URL) and again when the server says the token is expiring, so the stream goes on
+// with no gap. No dependencies, no build step.
 
 // Error codes that mean "these symbols were not subscribed" (see /docs).
 const REFUSALS = new Set([
@@ -34,6 +38,8 @@ export class StockClient {
    * @param {(error: {code: string, message: string, symbols?: string[]}) => void} [options.onError]
    * @param {number} [options.throttleMs]  at most one update per symbol this often (the newest); 0: off
    * @param {number} [options.batchMs]  group updates into one frame at most this often; 0: off
+   * @param {() => Promise<string>|string} [options.getToken]  a fresh signed token (JWT) for
+   *   this user, when the gateway verifies them: called on connect and on "expiring"
    * @param {number} [options.pingInterval]  ms between pings (default 20000)
    * @param {number} [options.maxBackoff]  ms cap for reconnect delays (default 30000)
    */
@@ -51,6 +57,7 @@ export class StockClient {
     this.reconnectTimer = null;
     this.lastPongAt = 0;
     this.openedAt = 0;
+    this.ready = false; // open, and authenticated when a token is needed
     this.connect();
   }
 
@@ -79,11 +86,19 @@ export class StockClient {
   connect() {
     if (this.closed) return;
     this.setStatus("connecting");
+    this.ready = false;
     const socket = new WebSocket(this.url);
     this.socket = socket;
-    socket.onopen = () => {
+    socket.onopen = async () => {
       this.openedAt = Date.now();
       this.lastPongAt = Date.now();
+      if (this.options.getToken) {
+        // The token must be the first message: nothing else is served before it.
+        const token = await this.fetchToken();
+        if (this.socket !== socket || token === null) return;
+        socket.send(JSON.stringify({ action: "auth", token }));
+      }
+      this.ready = true;
       this.setStatus("open");
       const { throttleMs, batchMs } = this.options;
       if (throttleMs || batchMs) this.send({ action: "options", throttle_ms: throttleMs, batch_ms: batchMs });
@@ -98,7 +113,8 @@ export class StockClient {
       // Only a connection that stayed up resets the backoff: a server that accepts and
       // closes at once (full: 1013, or rate limit: 1008) must not be hammered.
       if (this.openedAt && Date.now() - this.openedAt > 5000) this.attempt = 0;
-      if (event.code === 1013 || event.code === 1008) this.attempt = Math.max(this.attempt, 4);
+      // Full, rate-limited, a refused token or too many connections for this user: back off.
+      if ([1008, 1013, 4003, 4029].includes(event.code)) this.attempt = Math.max(this.attempt, 4);
       this.openedAt = 0;
       this.scheduleReconnect();
     };
@@ -134,8 +150,25 @@ export class StockClient {
     this.reconnectTimer = setTimeout(() => this.connect(), Math.random() * ceiling);
   }
 
+  async fetchToken() {
+    try {
+      return await this.options.getToken();
+    } catch (error) {
+      this.options.onError?.({ code: "auth_failed", message: `getToken failed: ${error}` });
+      this.abandon(); // try again later, with backoff
+      return null;
+    }
+  }
+
+  async refreshToken() {
+    const socket = this.socket;
+    const token = await this.fetchToken();
+    if (token !== null && this.socket === socket) this.send({ action: "auth", token });
+  }
+
   send(message) {
-    if (this.socket && this.socket.readyState === WebSocket.OPEN) {
+    // Before the token went out, symbols are only remembered: they are sent once ready.
+    if (this.ready && this.socket && this.socket.readyState === WebSocket.OPEN) {
       this.socket.send(JSON.stringify(message));
     }
   }
@@ -164,6 +197,9 @@ export class StockClient {
       case "status":
         this.upstream = message.upstream;
         this.setStatus(this.connection);
+        break;
+      case "auth": // signed tokens: refresh before the token expires
+        if (message.status === "expiring" && this.options.getToken) this.refreshToken();
         break;
       case "pong":
         this.lastPongAt = Date.now();

@@ -18,7 +18,7 @@ from tests.helpers import GatewayUnderTest
 
 DOCUMENT = load_asyncapi()
 MESSAGES = DOCUMENT["components"]["messages"]
-CLIENT_MESSAGES = {"subscribe", "unsubscribe", "ping", "options"}
+CLIENT_MESSAGES = {"subscribe", "unsubscribe", "ping", "options", "auth"}
 
 
 def examples() -> list[tuple[str, Any]]:
@@ -50,6 +50,7 @@ def test_the_schemas_agree_with_the_code() -> None:
         protocol.price_update_message("AAPL", 1.5, 0, 1_700_000_000_000),
         protocol.PONG,
         protocol.invalid_symbols_error(["<b>"]),
+        protocol.auth_message("expiring", "user-42", 60),
     ):
         assert_server_message(orjson.loads(frame.payload))
 
