@@ -71,7 +71,8 @@ class Authenticator:
                 ["RS256"] if isinstance(self._static_key, rsa.RSAPublicKey) else ["ES256"]
             )
         self._jwks: dict[str, tuple[Any, str]] = {}  # kid -> (key, its algorithm)
-        self._jwks_fetched_at = -JWKS_REFRESH_SECONDS
+        self.jwks_refresh_seconds = JWKS_REFRESH_SECONDS
+        self._jwks_fetched_at: float | None = None
         self._jwks_lock = asyncio.Lock()
 
     @property
@@ -122,7 +123,8 @@ class Authenticator:
         """Refetch the key set, at most once a minute; on failure keep the old keys."""
         loop = asyncio.get_running_loop()
         async with self._jwks_lock:
-            if loop.time() - self._jwks_fetched_at < JWKS_REFRESH_SECONDS:
+            fetched = self._jwks_fetched_at
+            if fetched is not None and loop.time() - fetched < self.jwks_refresh_seconds:
                 return
             self._jwks_fetched_at = loop.time()
             timeout = aiohttp.ClientTimeout(total=JWKS_TIMEOUT_SECONDS)

@@ -241,6 +241,10 @@ class ClientSessions:
                 identity, self._admission.identify, warning=settings.auth_expiry_warning
             )
         socket = AsgiClientSocket(websocket, connection)
+        if auth is not None:  # first, before `connection` (a small frame to an empty buffer)
+            await websocket.send_text(
+                protocol.auth_message("authenticated", user, auth.expires_in()).text
+            )
         try:
             async with hub.connect(
                 socket,
@@ -253,8 +257,6 @@ class ClientSessions:
                     "client connected client_id=%s address=%s user=%s fast_path=%s",
                     client.id, address, user, direct is not None,
                 )  # fmt: skip
-                if auth is not None:
-                    client.send(protocol.auth_message("authenticated", user, auth.expires_in()))
                 self._apply_query_options(client, websocket.query_params)
                 close_code = await self._serve_requests(websocket, reader, client, auth)
                 if client.evicted:

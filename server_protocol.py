@@ -254,6 +254,11 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
 
     async def send(self, message: Any) -> None:
         await super().send(message)
+        if message["type"] == "websocket.http.response.body" and not message.get("more_body"):
+            # A refusal (401, 403, 429) is an answered handshake: without this, uvicorn
+            # logs "returned without completing handshake" at ERROR for every one, and
+            # anyone could fill the error log by knocking with a bad token.
+            self.handshake_complete = True
         if message["type"] == "websocket.close" and self.close_timer is not None:
             # uvicorn's timer closes gracefully, which waits for a peer that may never
             # read: abort instead if our output is still unread by then.
