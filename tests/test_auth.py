@@ -29,7 +29,7 @@ from tests.helpers import (
     settings_for,
     trade,
 )
-from tests.test_auth_units import EC_KEY, RSA_KEY, SECRET, public_pem
+from tests.test_auth_units import EC_KEY, OTHER_RSA_KEY, RSA_KEY, SECRET, public_pem
 
 CLOSE_TOKEN_EXPIRED, CLOSE_AUTH_FAILED, CLOSE_AUTH_TIMEOUT, CLOSE_TOO_MANY = 4001, 4003, 4008, 4029
 
@@ -349,7 +349,7 @@ async def test_key_rotation_is_picked_up_at_most_once_a_minute_and_an_outage_kee
             assert keys.requests == 1
             # The provider rotates to a new key. Right after a fetch, an unknown kid is
             # refused without asking again (at most one refetch a minute) ...
-            new_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            new_key = OTHER_RSA_KEY
             keys.keys = [jwk("k1", EC_KEY), jwk("k2", new_key)]
             early = await open_socket(gateway)
             await early.send({"action": "auth", "token": token("bob", key=new_key, kid="k2")})
@@ -364,7 +364,7 @@ async def test_key_rotation_is_picked_up_at_most_once_a_minute_and_an_outage_kee
             keys.failing = True
             await bob.subscribe("AAPL")
             stranger = await open_socket(gateway)
-            unknown = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            unknown = ec.generate_private_key(ec.SECP256R1())
             await stranger.send({"action": "auth", "token": token("eve", key=unknown, kid="k9")})
             assert (await stranger.receive())["code"] == "auth_failed"
             assert keys.requests == 3

@@ -22,6 +22,7 @@ from settings import ConfigError, Settings
 SECRET = "hs256-test-secret-with-enough-length-0123456789"
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 EC_KEY = ec.generate_private_key(ec.SECP256R1())
+OTHER_RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
 def public_pem(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> str:
@@ -101,14 +102,13 @@ async def test_bad_tokens_are_refused_saying_only_expired_or_invalid(
         jwt_public_key=public_pem(RSA_KEY), jwt_audience="gw", jwt_issuer="app", jwt_leeway=0
     )
     good = {"aud": "gw", "iss": "app"}
-    other_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     tokens = {
         "expired": jwt.encode(claims(exp=int(time.time()) - 5, **good), RSA_KEY, "RS256"),
         "not yet valid": jwt.encode(claims(nbf=int(time.time()) + 60, **good), RSA_KEY, "RS256"),
         "wrong audience": jwt.encode(claims(aud="other", iss="app"), RSA_KEY, "RS256"),
         "wrong issuer": jwt.encode(claims(aud="gw", iss="evil"), RSA_KEY, "RS256"),
         "no audience": jwt.encode(claims(iss="app"), RSA_KEY, "RS256"),
-        "wrong signature": jwt.encode(claims(**good), other_key, "RS256"),
+        "wrong signature": jwt.encode(claims(**good), OTHER_RSA_KEY, "RS256"),
         "alg none": forge({"alg": "none", "typ": "JWT"}, claims(**good)),
         # The classic confusion: the verifier's public key used as an HMAC secret.
         "HS256 signed with the public key": hs256_forged_with(

@@ -55,6 +55,7 @@ async def test_a_closed_market_still_gives_a_price_at_once(market: Market) -> No
         assert market.simulator.rest_calls.tokens_in_urls == 0  # the key went in a header
 
 
+@pytest.mark.slow
 async def test_five_hundred_subscribers_cost_one_rest_call(market: Market) -> None:
     async with run_gateway(with_quotes(market)) as gateway:
         clients = await asyncio.gather(*(gateway.connect() for _ in range(500)))
@@ -148,6 +149,7 @@ async def test_stocks_are_silent_and_crypto_trades_when_the_market_is_closed() -
         assert seen == {"BINANCE:BTCUSDT"}
 
 
+@pytest.mark.slow
 async def test_the_budget_holds_under_a_burst_of_distinct_symbols(market: Market) -> None:
     market.simulator.rest_rate = 10  # the plan's limit at the fake Finnhub
     market.simulator.max_symbols = 1000  # a paid plan's socket: the REST budget is the point
