@@ -4,10 +4,12 @@ upstream restart and a gateway restart. Saves a screenshot to test-artifacts/dem
 from __future__ import annotations
 
 import shutil
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 
 from simulator import MarketSimulator, serve
@@ -160,5 +162,59 @@ async def test_event_source_streams_prices_in_the_browser() -> None:
                     return bool((await gateway.health())["clients"] == 0)
 
                 await poll_until(released)
+        finally:
+            await browser.close()
+
+
+async def test_stock_client_refreshes_its_token_in_the_browser_without_reconnecting() -> None:
+    """getToken() on connect and on "expiring": the stream outlives several 3 s tokens."""
+    secret = "browser-test-secret-of-sufficient-length-0123"
+    issued: list[str] = []
+
+    def issue_token() -> str:
+        signed = jwt.encode(
+            {"sub": "browser-user", "exp": int(time.time()) + 3}, secret, algorithm="HS256"
+        )
+        issued.append(signed)
+        return signed
+
+    simulator = MarketSimulator(rate=40, token=TEST_KEY)
+    async with serve(simulator) as url, playwright_api.async_playwright() as playwright:
+        settings = settings_for(
+            Market(simulator, url), jwt_secret=secret, jwt_leeway=0, auth_expiry_warning=1
+        )
+        browser = await playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True
+        )
+        try:
+            page = await browser.new_page()
+            await page.expose_function("issueToken", issue_token)
+            async with run_gateway(settings, allow_own_origin=True) as gateway:
+                await page.goto(gateway.base_url + "/demo")
+                result = await page.evaluate(
+                    """async () => {
+                        const { StockClient } = await import("/static/stock-client.js");
+                        return await new Promise((resolve, reject) => {
+                            const states = [];
+                            let late = 0;
+                            const started = Date.now();
+                            const client = new StockClient(`ws://${location.host}/ws`, {
+                                getToken: () => window.issueToken(),
+                                onStatus: (status) => states.push(status.connection),
+                                onPrice: () => {
+                                    if (Date.now() - started > 7000 && ++late >= 5) {
+                                        client.close();
+                                        resolve(states);
+                                    }
+                                },
+                            });
+                            client.subscribe(["AAPL"]);
+                            setTimeout(() => reject(new Error(`stalled: ${states}`)), 15000);
+                        });
+                    }"""
+                )
+                # One connection from start to end: never "reconnecting".
+                assert result.count("connecting") == 1 and "reconnecting" not in result, result
+                assert len(issued) >= 3  # connect, then a refresh before each expiry
         finally:
             await browser.close()
