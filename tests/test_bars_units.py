@@ -1,0 +1,140 @@
+"""The bar aggregator on its own: UTC boundaries, open/close by trade time, out-of-order
+and late trades, empty intervals, revised finals, live-update throttling, bounds."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from bars import Bar, BarBook, BarEvent, candles
+from upstream import Trade
+
+MINUTE = 60_000
+T = 1_764_000_000_000 - 1_764_000_000_000 % (5 * MINUTE)  # a whole 5-minute boundary
+
+
+def trade(price: float, t: int, volume: float = 1.0, symbol: str = "AAPL") -> Trade:
+    return Trade(symbol, price, volume, t)
+
+
+def finals(events: list[BarEvent], interval: str = "1m") -> list[BarEvent]:
+    return [e for e in events if e.final and e.interval == interval]
+
+
+def test_bars_align_to_utc_boundaries_by_trade_time_and_close_on_the_clock() -> None:
+    book = BarBook(grace=0.5)
+    now = T + 10
+    assert book.add_trades([trade(10.0, T + 5), trade(12.0, T + 30_000)], now) == []
+    assert book.add_trades([trade(9.0, T + 59_999), trade(11.0, T + MINUTE)], now) == []
+    minute_bars = book.bars("AAPL", "1m")
+    assert [bar.t for bar in minute_bars] == [T, T + MINUTE]
+    first = minute_bars[0]
+    assert (first.o, first.h, first.l, first.c, first.v, first.n) == (10.0, 12.0, 9.0, 9.0, 3.0, 3)
+    # Not closed before its end plus the grace, whatever the trades say ...
+    assert finals(book.due(T + MINUTE + 499)) == []
+    # ... and closed then, without waiting for another trade.
+    closed = finals(book.due(T + MINUTE + 500))
+    assert [(e.bar["t"], e.bar["c"], e.revised) for e in closed] == [(T, 9.0, False)]
+    assert [bar.t for bar in book.bars("AAPL", "5m")] == [T]  # still open
+
+
+def test_open_and_close_follow_trade_time_not_arrival() -> None:
+    book = BarBook()
+    book.add_trades([trade(20.0, T + 20_000), trade(30.0, T + 40_000)], T + 41_000)
+    book.add_trades([trade(10.0, T + 1_000), trade(25.0, T + 30_000)], T + 42_000)
+    bar = book.bars("AAPL", "1m")[0]
+    assert (bar.o, bar.c, bar.h, bar.l, bar.n) == (10.0, 30.0, 30.0, 10.0, 4)
+
+
+def test_a_late_trade_revises_its_closed_bar_and_an_empty_interval_gets_one() -> None:
+    book = BarBook(grace=0.5)
+    book.add_trades([trade(10.0, T + 1_000)], T + 2_000)
+    book.due(T + 3 * MINUTE)  # minute 0 closed; minutes 1 and 2 had no trades
+    assert [bar.t for bar in book.bars("AAPL", "1m")] == [T]
+    late = book.add_trades([trade(8.0, T + 2_000, volume=2)], T + 3 * MINUTE + 10)
+    revised = finals(late)
+    assert len(revised) == 1 and revised[0].revised
+    assert revised[0].bar == {"t": T, "o": 10.0, "h": 10.0, "l": 8.0, "c": 8.0, "v": 3.0, "n": 2}
+    straggler = finals(book.add_trades([trade(9.0, T + MINUTE + 5)], T + 3 * MINUTE + 20))
+    assert [(e.bar["t"], e.revised) for e in straggler] == [(T + MINUTE, True)]
+    assert [bar.t for bar in book.bars("AAPL", "1m")] == [T, T + MINUTE]  # in order
+
+
+def test_live_updates_at_most_once_per_second_and_only_when_changed() -> None:
+    book = BarBook(live_every=1.0)
+    now = T + 100
+    book.add_trades([trade(10.0, now)], now)
+    live = [e for e in book.due(now) if not e.final and e.interval == "1s"]
+    assert len(live) == 1
+    for step in range(1, 10):  # nine more trades within the same second
+        book.add_trades([trade(10.0 + step, now + step * 50)], now + step * 50)
+        assert [e for e in book.due(now + step * 50) if not e.final and e.interval == "1m"] == []
+    later = [e for e in book.due(now + 1_000) if not e.final and e.interval == "1m"]
+    assert len(later) == 1 and later[0].bar["c"] == 19.0 and later[0].bar["n"] == 10
+    assert [e for e in book.due(now + 2_500) if not e.final and e.interval == "1m"] == []
+
+
+def test_history_is_bounded_and_forgotten_with_the_symbol() -> None:
+    book = BarBook(history=5)
+    for second in range(20):
+        t = T + second * 1_000
+        book.add_trades([trade(10.0 + second, t)], t)
+        book.due(t + 1_600)
+    held = book.bars("AAPL", "1s")
+    assert len(held) == 5 and [bar.c for bar in held] == [25.0, 26.0, 27.0, 28.0, 29.0]
+    too_old = book.add_trades([trade(1.0, T)], T + 60_000)
+    assert finals(too_old, "1s") == []  # older than the history kept: dropped, not inserted
+    book.forget("AAPL")
+    assert book.bars("AAPL", "1s") == [] and book.symbols == set()
+
+
+def test_fractional_volumes_sum_exactly_enough() -> None:
+    book = BarBook()
+    for _ in range(10):
+        book.add_trades([trade(65_000.0, T + 1, volume=0.1, symbol="BINANCE:BTCUSDT")], T + 2)
+    assert book.bars("BINANCE:BTCUSDT", "1m")[0].as_dict()["v"] == 1.0
+
+
+def test_a_mirror_applies_live_and_final_bars() -> None:
+    leader, mirror = BarBook(), BarBook()
+    leader.add_trades([trade(10.0, T + 1)], T + 2)
+    for event in leader.due(T + 2):
+        mirror.apply(event)
+    assert [bar.t for bar in mirror.bars("AAPL", "1m")] == [T]
+    for event in leader.due(T + 5 * MINUTE + 1_000):
+        mirror.apply(event)
+    revised = leader.add_trades([trade(5.0, T + 2)], T + 5 * MINUTE + 2_000)
+    for event in revised:
+        mirror.apply(event)
+    assert mirror.bars("AAPL", "1m")[0].as_dict() == leader.bars("AAPL", "1m")[0].as_dict()
+    assert mirror.bars("AAPL", "1m")[0].l == 5.0
+
+
+def test_candles_use_finnhubs_shape() -> None:
+    assert candles([]) == {"c": [], "h": [], "l": [], "o": [], "t": [], "v": [], "s": "no_data"}
+    shaped = candles([Bar.of(T, 10.0, 2.0, T)])
+    assert shaped == {
+        "c": [10.0], "h": [10.0], "l": [10.0], "o": [10.0], "t": [T // 1000], "v": [2.0],
+        "s": "ok",
+    }  # fmt: skip
+
+
+def test_grace_is_at_most_one_second() -> None:
+    with pytest.raises(ValueError, match="grace"):
+        BarBook(grace=1.5)
+
+
+def test_memory_per_symbol_is_bounded() -> None:
+    """A full history in all three intervals stays within a fixed budget per symbol."""
+    book = BarBook(history=240)
+    for second in range(240 * 300):  # 240 5-minute bars: every series full
+        t = T + second * 1_000
+        book.add_trades([trade(10.0, t)], t)
+        if second % 60 == 0:
+            book.due(t)
+    book.due(T + 240 * 300 * 1_000 + MINUTE)
+    per_bar = sys.getsizeof(Bar.of(T, 1.0, 1.0, T)) + 5 * sys.getsizeof(1.0)
+    held = sum(len(book.bars("AAPL", i)) for i in ("1s", "1m", "5m"))
+    assert held <= 3 * 241
+    assert held * per_bar < 250_000  # bytes per symbol; BENCHMARKS.md "Bars" measures it
