@@ -254,6 +254,10 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
 
     async def send(self, message: Any) -> None:
         await super().send(message)
+        if message["type"] == "websocket.accept":
+            # The parsed handshake (request and response, ~4 KiB with their headers)
+            # is never read again; the scope keeps what the app needs.
+            self.request = self.response = None  # type: ignore[assignment]
         if message["type"] == "websocket.http.response.body" and not message.get("more_body"):
             # A refusal (401, 403, 429) is an answered handshake: without this, uvicorn
             # logs "returned without completing handshake" at ERROR for every one, and
