@@ -25,6 +25,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
+from bars import Interval
 from pacing import DeliveryGroup, Outgoing
 from protocol import CLOSE_TRY_AGAIN_LATER, DeliveryOptions, Frame
 from upstream_capacity import SymbolPatterns
@@ -112,7 +113,8 @@ class ClientConnection:
         self.id = str(uuid.uuid4())
         self.owner = owner  # whose fair share of the upstream its symbols use
         self.entitlements = entitlements  # a refreshed token may change them
-        self.symbols: set[str] = set()
+        self.symbols: set[str] = set()  # price updates
+        self.bar_intervals: dict[str, set[Interval]] = {}  # symbol -> bar subscriptions
         self.evicted = False
         self._socket = socket
         self._direct = direct
@@ -131,6 +133,14 @@ class ClientConnection:
         self.options = DeliveryOptions()
         self.group: DeliveryGroup | None = None  # set by the hub's DeliveryGroups
         self._cork: list[bytes] | None = None
+
+    def wants(self, symbol: str) -> bool:
+        """True while the client holds `symbol` for prices or bars."""
+        return symbol in self.symbols or symbol in self.bar_intervals
+
+    def wanted_count(self) -> int:
+        """Distinct symbols held, for prices or bars: what the per-client cap counts."""
+        return len(self.symbols) + sum(1 for s in self.bar_intervals if s not in self.symbols)
 
     @property
     def fast_path(self) -> bool:

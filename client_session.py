@@ -358,11 +358,23 @@ class ClientSessions:
             symbols, rejected = protocol.split_symbols(request.symbols)
             if rejected:
                 client.send(protocol.invalid_symbols_error(rejected))
-            if symbols and request.action == "subscribe":
-                self._hub.subscribe(client, symbols)
-            elif symbols:
-                self._hub.unsubscribe(client, symbols)
+            if symbols:
+                self._subscription(client, request, symbols)
         return None
+
+    def _subscription(
+        self, client: ClientConnection, request: protocol.ClientRequest, symbols: list[str]
+    ) -> None:
+        hub, bars = self._hub, self._hub.bars
+        if request.action == "subscribe":
+            hub.subscribe(client, symbols)
+        elif request.action == "unsubscribe":
+            hub.unsubscribe(client, symbols)
+        elif bars is not None and request.interval is not None:
+            if request.action == "subscribe_bars":
+                bars.subscribe(client, symbols, request.interval)
+            else:
+                bars.unsubscribe(client, symbols, request.interval)
 
     async def _refresh(
         self, websocket: WebSocket, client: ClientConnection, token: str, auth: ClientAuth | None

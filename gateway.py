@@ -101,6 +101,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/health", http.health),
             Route("/metrics", http.metrics),
             Route("/quote/{symbol:path}", http.quote),
+            Route("/bars/{symbol:path}", http.bars),
             Route("/stream", gateway.streams.stream),
             Route("/demo", http.demo),
             Route("/favicon.ico", http.favicon),

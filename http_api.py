@@ -21,6 +21,7 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Respon
 import docs
 import protocol
 from admission import USER_PREFIX, Refusal, address_key, request_token
+from bars import INTERVALS, candles
 from quotes import QuoteUnavailable
 from settings import Settings
 
@@ -113,6 +114,26 @@ class HttpApi:
         if quote is None:
             return JSONResponse({"error": "no quote for this symbol", "symbol": symbol}, 404)
         return JSONResponse(protocol.quote_body(symbol, quote))
+
+    async def bars(self, request: Request) -> JSONResponse:
+        """The bars held for a symbol in Finnhub's candle shape (`t` in seconds), oldest
+        first, the open bar last: `{"s": "no_data"}` with empty lists when there are none
+        (the symbol is not carried, or had no trades). 400 for a bad symbol or interval."""
+        running = self._running()
+        symbol = protocol.normalize_symbol(request.path_params["symbol"])
+        if symbol is None:
+            return JSONResponse({"error": f"a symbol is {protocol.SYMBOL_RULE}"}, 400)
+        interval = request.query_params.get("interval", "1m")
+        if interval not in INTERVALS:
+            return JSONResponse({"error": f"interval is one of {', '.join(INTERVALS)}"}, 400)
+        address = address_key(request.client.host if request.client else "-")
+        token = request_token(request.query_params, request.headers)
+        owner = await running.admission.http_owner(token, address)
+        if isinstance(owner, Refusal):
+            return JSONResponse({"error": owner.reason}, owner.status)
+        bars = running.hub.bars
+        held = bars.book.bars(symbol, interval) if bars is not None else []
+        return JSONResponse(candles(held))
 
     async def metrics(self, request: Request) -> Response:
         return Response(generate_latest(self._registry), media_type=CONTENT_TYPE_LATEST)

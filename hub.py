@@ -24,7 +24,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import protocol
 from client_connection import (
@@ -41,6 +41,9 @@ from protocol import DeliveryOptions, ErrorCode, Frame, UpstreamState
 from quotes import QuoteService
 from upstream import MarketStatus, Trade
 from upstream_capacity import UpstreamCapacity
+
+if TYPE_CHECKING:
+    from bar_delivery import BarDelivery
 
 # Hand-offs between two yields to the event loop inside one upstream message (~a few ms).
 OFFERS_PER_SLICE = 5000
@@ -106,6 +109,7 @@ class Hub:
         # of buffering without limit.
         self._batches: asyncio.Queue[UpdateBatch] = asyncio.Queue(maxsize=queue_size)
         self._handoff_observer = handoff_observer
+        self.bars: BarDelivery | None = None  # set by wiring.py: bar subscriptions
 
     # -- what the HTTP side reads ------------------------------------------------------
 
@@ -123,8 +127,10 @@ class Hub:
         return sum(client.queued_bytes() for client in self._clients)
 
     def symbols(self) -> list[str]:
-        """Every symbol with at least one subscriber: what the upstream should carry."""
-        return sorted(self._subscribers)
+        """Every symbol some client wants (prices or bars): what the upstream should carry."""
+        if self.bars is None:
+            return sorted(self._subscribers)
+        return sorted(self._subscribers.keys() | self.bars.symbols())
 
     def subscribers_of(self, symbol: str) -> frozenset[ClientConnection]:
         return frozenset(self._subscribers.get(symbol, ()))
@@ -138,7 +144,7 @@ class Hub:
                 expected.setdefault(symbol, set()).add(client)
         if expected != self._subscribers:
             raise AssertionError("hub subscriber map disagrees with its clients' symbols")
-        if set(self._subscribers) | set(self.capacity.lingering) != self.interest.symbols:
+        if set(self.symbols()) | set(self.capacity.lingering) != self.interest.symbols:
             raise AssertionError("hub subscriber map disagrees with the upstream interest")
 
     # -- clients -------------------------------------------------------------------------
@@ -172,6 +178,8 @@ class Hub:
             yield client
         finally:
             self._clients.discard(client)
+            if self.bars is not None:
+                self.bars.leave_all(client)
             self._leave(client, list(client.symbols))
             self.groups.remove(client)
             await client.stop()
@@ -181,34 +189,19 @@ class Hub:
         refused and why, confirm what it now holds of them, then send snapshots."""
         added: list[str] = []
         refused: dict[ErrorCode, tuple[str, list[str]]] = {}
-        entitlements = client.entitlements
-        cap = entitlements.symbol_cap(self._max_symbols_per_client)
         for symbol in symbols:
             if symbol in client.symbols:
                 continue
-            if not entitlements.allow(symbol):
-                reason = "your token does not entitle you to these symbols"
-                refused.setdefault("forbidden_symbol", (reason, []))[1].append(symbol)
-                continue
-            if len(client.symbols) >= cap:
-                limit = f"a client may hold at most {cap} symbols"
-                refused.setdefault("too_many_symbols", (limit, []))[1].append(symbol)
-                continue
-            refusal = self.capacity.refusal(symbol, client.owner)
+            refusal = self.hold(client, symbol)
             if refusal is not None:
-                refused.setdefault(refusal.code, (refusal.reason, []))[1].append(symbol)
+                refused.setdefault(refusal[0], (refusal[1], []))[1].append(symbol)
                 continue
             self._subscribers.setdefault(symbol, set()).add(client)
             if not client.options.paced:
                 self._immediate.setdefault(symbol, set()).add(client)
-            self.capacity.join(symbol, client.owner)
             client.symbols.add(symbol)
             added.append(symbol)
-        for code in protocol.ERROR_CODES:  # a stable order, whatever the request's
-            if code in refused:
-                reason, names = refused[code]
-                message = f"{reason}; refused: {', '.join(names)}"
-                client.send(protocol.error_message(code, message, names))
+        send_refusals(client, refused)
         if added:
             self.groups.place(client)  # a paced client's symbols changed: its group too
         held = [symbol for symbol in symbols if symbol in client.symbols]
@@ -244,6 +237,28 @@ class Hub:
     def _count_conflated(self) -> None:
         self.stats.conflated_updates += 1
 
+    def hold(self, client: ClientConnection, symbol: str) -> tuple[ErrorCode, str] | None:
+        """Count `symbol` as wanted by `client` (for prices or bars, once): within its
+        entitlements and per-client cap and the upstream's capacity; else why not."""
+        if client.wants(symbol):
+            return None
+        entitlements = client.entitlements
+        if not entitlements.allow(symbol):
+            return "forbidden_symbol", "your token does not entitle you to these symbols"
+        cap = entitlements.symbol_cap(self._max_symbols_per_client)
+        if client.wanted_count() >= cap:
+            return "too_many_symbols", f"a client may hold at most {cap} symbols"
+        refusal = self.capacity.refusal(symbol, client.owner)
+        if refusal is not None:
+            return refusal.code, refusal.reason
+        self.capacity.join(symbol, client.owner)
+        return None
+
+    def release(self, client: ClientConnection, symbol: str) -> None:
+        """`client` wants `symbol` for nothing any more: the upstream may let it go."""
+        if not client.wants(symbol):
+            self.capacity.leave(symbol, client.owner)
+
     def entitle(self, client: ClientConnection, entitlements: Entitlements) -> None:
         """A refreshed token's entitlements: symbols it no longer allows are dropped
         (`forbidden_symbol`, then the unsubscription)."""
@@ -252,6 +267,8 @@ class Hub:
         held = sorted(client.symbols)
         dropped = [symbol for symbol in held if not entitlements.allow(symbol)]
         dropped += [symbol for symbol in held if symbol not in dropped][cap:]
+        if self.bars is not None:
+            self.bars.entitle(client, entitlements)
         if dropped:
             reason = "your refreshed token no longer entitles you to these symbols"
             client.send(
@@ -280,12 +297,14 @@ class Hub:
                 immediate.discard(client)
                 if not immediate:
                     del self._immediate[symbol]
-            self.capacity.leave(symbol, client.owner)
+            self.release(client, symbol)
         self.groups.place(client)
 
     def _forget_snapshot(self, symbol: str) -> None:
-        """The upstream stopped carrying `symbol`: its snapshot would only go stale."""
+        """The upstream stopped carrying `symbol`: its snapshot and bars would only go stale."""
         self._latest_update.pop(symbol, None)
+        if self.bars is not None:
+            self.bars.forget(symbol)
 
     # -- the upstream side -----------------------------------------------------------------
 
@@ -306,6 +325,8 @@ class Hub:
             for trade in trades
             if trade.symbol in carried  # else in flight while it was released
         ]
+        if self.bars is not None:
+            self.bars.trades_received([t for t in trades if t.symbol in carried])
         if updates:
             await self.publish(UpdateBatch(updates, received_at))
 
@@ -390,6 +411,17 @@ class Hub:
                 client.offer_update(symbol, frame)
         self.stats.price_updates_sent += len(subscribers)
         return len(immediate) + len(self.groups.of_symbol(symbol))
+
+
+def send_refusals(
+    client: ClientConnection, refused: dict[ErrorCode, tuple[str, list[str]]]
+) -> None:
+    """One error per code (reason, then the symbols it refused), in a stable order."""
+    for code in protocol.ERROR_CODES:
+        if code in refused:
+            reason, names = refused[code]
+            message = f"{reason}; refused: {', '.join(names)}"
+            client.send(protocol.error_message(code, message, names))
 
 
 def _unknown(symbol: str) -> float | None:

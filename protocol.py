@@ -16,6 +16,7 @@ from typing import Literal, get_args
 
 import orjson
 
+from bars import INTERVALS, BarEvent, Interval
 from upstream import MarketStatus, Quote
 
 # Finnhub's symbol forms: stocks (AAPL, BRK.B), indices (^GSPC), crypto
@@ -50,6 +51,7 @@ ErrorCode = Literal[
     "auth_failed",
     "auth_timeout",
     "too_many_connections",
+    "invalid_interval",
 ]
 ERROR_CODES: tuple[ErrorCode, ...] = get_args(ErrorCode)
 
@@ -85,13 +87,17 @@ class ProtocolError(Exception):
         self.message = message
 
 
-Action = Literal["subscribe", "unsubscribe", "ping", "options", "auth"]
+Action = Literal[
+    "subscribe", "unsubscribe", "ping", "options", "auth", "subscribe_bars", "unsubscribe_bars"
+]
 _ACTIONS: dict[str, Action] = {
     "subscribe": "subscribe",
     "unsubscribe": "unsubscribe",
     "ping": "ping",
     "options": "options",
     "auth": "auth",
+    "subscribe_bars": "subscribe_bars",
+    "unsubscribe_bars": "unsubscribe_bars",
 }
 MAX_OPTION_MS = 60_000  # throttle_ms and batch_ms: 0 (off) up to a minute
 
@@ -120,6 +126,7 @@ class ClientRequest:
     symbols: tuple[str, ...] = ()
     options: dict[str, int] | None = None  # the option values given, validated
     token: str = field(default="", repr=False)  # an auth message's token: never shown
+    interval: Interval | None = None  # subscribe_bars / unsubscribe_bars
 
 
 def normalize_symbol(raw: str) -> str | None:
@@ -144,7 +151,8 @@ def parse_client_message(text: str) -> ClientRequest:
         raise ProtocolError(
             "unknown_action",
             f"unknown action {_quoted(action)}; "
-            "expected subscribe, unsubscribe, ping, options or auth",
+            "expected subscribe, unsubscribe, subscribe_bars, unsubscribe_bars, ping, "
+            "options or auth",
         )
     if kind == "ping":
         return ClientRequest("ping")
@@ -162,6 +170,14 @@ def parse_client_message(text: str) -> ClientRequest:
         or not all(isinstance(symbol, str) for symbol in symbols)
     ):
         raise ProtocolError("invalid_message", '"symbols" must be a non-empty list of strings')
+    if kind in ("subscribe_bars", "unsubscribe_bars"):
+        interval = message.get("interval")
+        if interval not in INTERVALS:
+            raise ProtocolError(
+                "invalid_interval",
+                f"interval {_quoted(str(interval))} is not one of {', '.join(INTERVALS)}",
+            )
+        return ClientRequest(kind, tuple(symbols), interval=interval)
     return ClientRequest(kind, tuple(symbols))
 
 
@@ -279,9 +295,31 @@ def connection_message(client_id: str) -> Frame:
 
 
 def subscription_message(
-    status: Literal["subscribed", "unsubscribed"], symbols: list[str]
+    status: Literal["subscribed", "unsubscribed"],
+    symbols: list[str],
+    interval: Interval | None = None,
 ) -> Frame:
-    return _encode({"type": "subscription", "status": status, "symbols": symbols})
+    message: dict[str, object] = {"type": "subscription", "status": status, "symbols": symbols}
+    if interval is not None:
+        message["interval"] = interval  # a bar subscription's confirmation
+    return _encode(message)
+
+
+def bars_message(symbol: str, interval: Interval, bars: list[dict[str, object]]) -> Frame:
+    return _encode({"type": "bars", "symbol": symbol, "interval": interval, "bars": bars})
+
+
+def bar_message(event: BarEvent) -> Frame:
+    message: dict[str, object] = {
+        "type": "bar",
+        "symbol": event.symbol,
+        "interval": event.interval,
+        "bar": event.bar,
+        "final": event.final,
+    }
+    if event.revised:
+        message["revised"] = True
+    return _encode(message)
 
 
 def status_message(upstream: UpstreamState) -> Frame:

@@ -108,6 +108,9 @@ class Settings:
     rate_limit_close_after: float = setting(5.0, minimum=0)  # seconds over budget before 1008
     heartbeat_interval: float = setting(20.0, minimum=0)  # server pings; 0 disables
     heartbeat_timeout: float = setting(20.0, minimum=0)
+    # -- bars (README "Live candles") ---------------------------------------------------
+    bar_history: int = setting(240, minimum=1)  # closed bars kept per symbol and interval
+    bar_grace: float = setting(0.5, minimum=0)  # seconds after a boundary for stragglers
     # -- per user: signed tokens (README "Per-user access"); none set: no JWT ----------
     jwt_secret: str = setting("", secret=True)  # HS256
     jwt_public_key: str = setting("")  # PEM (RSA: RS256, P-256: ES256); \n may be escaped
@@ -148,6 +151,8 @@ class Settings:
                 raise ConfigError(
                     f"{spec.name.upper()} must be one of {', '.join(choices)}; got {value!r}"
                 )
+        if self.bar_grace > 1:
+            raise ConfigError(f"BAR_GRACE must be at most 1 (second); got {self.bar_grace}")
         # One way to say who a client is: a shared token, or one source of JWT keys.
         ways = [n for n in ("gateway_token", "jwt_secret", "jwt_public_key", "jwt_jwks_url")
                 if getattr(self, n)]  # fmt: skip

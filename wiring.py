@@ -21,13 +21,15 @@ from dataclasses import dataclass
 
 import simulator
 from admission import Admission
+from bar_delivery import BarDelivery
+from bars import BarBook
 from client_session import ClientSessions
 from cluster import Cluster
 from cluster_rest import ClusterQuoteSource, RedisBudget
 from connection_guard import ConnectionGuard, ConnectionLimits
 from finnhub_feed import Backoff, FinnhubFeed
 from finnhub_rest import CallBudget, FinnhubRest, SlidingWindowBudget
-from hub import Hub, Observer
+from hub import Hub, Observer, send_refusals
 from market import MarketWatch
 from quotes import QuoteService, QuoteSource
 from settings import Settings
@@ -147,6 +149,12 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
         handoff_observer=handoff,
         quotes=quotes if settings.rest_enabled else None,
     )
+    hub.bars = BarDelivery(
+        BarBook(history=settings.bar_history, grace=settings.bar_grace),
+        hub,
+        send_refusals,
+        aggregating=cluster is None,  # on a cluster the leader aggregates (cluster.py)
+    )
     market = MarketWatch(
         rest,
         hub.market_changed,
@@ -166,6 +174,7 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
         supervisor.start("cluster", lambda: cluster.run(hub))
     else:
         supervisor.start("feed", lambda: feed.run(hub))
+        supervisor.start("bars", hub.bars.run)
         if settings.rest_enabled:
             supervisor.start("market", market.run)
     admission = Admission(settings)

@@ -18,7 +18,15 @@ from tests.helpers import GatewayUnderTest
 
 DOCUMENT = load_asyncapi()
 MESSAGES = DOCUMENT["components"]["messages"]
-CLIENT_MESSAGES = {"subscribe", "unsubscribe", "ping", "options", "auth"}
+CLIENT_MESSAGES = {
+    "subscribe",
+    "unsubscribe",
+    "ping",
+    "options",
+    "auth",
+    "subscribeBars",
+    "unsubscribeBars",
+}
 
 
 def examples() -> list[tuple[str, Any]]:

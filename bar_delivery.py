@@ -1,0 +1,151 @@
+"""Bar subscriptions: who wants which symbol's bars in which interval, and getting the
+bars to them.
+
+`subscribe(client, symbols, interval)` holds each symbol through the hub (the same
+entitlements, per-client cap and upstream capacity as a price subscription: a symbol
+wanted only for bars is still carried upstream, and counted once per client however
+many intervals it follows), confirms with a `subscription` carrying the interval, then
+sends each symbol's held history as one `bars` message. From then on `deliver(events)`
+sends each bar event (live, final, revised) to that symbol and interval's subscribers,
+encoded once.
+
+Where the events come from depends on the mode: in one process, `trades_received`
+feeds the local `BarBook` and `run()` reports what is due every `TICK_SECONDS`; in a
+cluster, the leader aggregates and every node `apply`s the events it publishes
+(cluster.py), so the book here is a mirror that serves history. This module never
+reads the upstream or the clock except through those calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+import protocol
+from bars import BarBook, BarEvent, Interval
+from client_connection import ClientConnection, Entitlements
+from protocol import ErrorCode
+from upstream import Trade
+
+TICK_SECONDS = 0.1  # how often closes and live updates are looked for
+
+
+class SymbolHolder(Protocol):
+    """The hub's side: holding and releasing a symbol for a client."""
+
+    def hold(self, client: ClientConnection, symbol: str) -> tuple[ErrorCode, str] | None: ...
+
+    def release(self, client: ClientConnection, symbol: str) -> None: ...
+
+
+class BarDelivery:
+    def __init__(
+        self,
+        book: BarBook,
+        holder: SymbolHolder,
+        send_refusals: Callable[[ClientConnection, dict[ErrorCode, tuple[str, list[str]]]], None],
+        *,
+        aggregating: bool = True,
+    ) -> None:
+        self.book = book
+        self._holder = holder
+        self._send_refusals = send_refusals
+        self._aggregating = aggregating  # False on a cluster: the leader aggregates
+        self._subscribers: dict[tuple[str, Interval], set[ClientConnection]] = {}
+
+    def symbols(self) -> set[str]:
+        """Symbols somebody wants bars of."""
+        return {symbol for symbol, _ in self._subscribers}
+
+    def subscribers_of(self, symbol: str, interval: Interval) -> frozenset[ClientConnection]:
+        return frozenset(self._subscribers.get((symbol, interval), ()))
+
+    # -- clients ---------------------------------------------------------------------------
+
+    def subscribe(self, client: ClientConnection, symbols: list[str], interval: Interval) -> None:
+        refused: dict[ErrorCode, tuple[str, list[str]]] = {}
+        added: list[str] = []
+        for symbol in symbols:
+            if interval in client.bar_intervals.get(symbol, ()):
+                continue
+            refusal = self._holder.hold(client, symbol)
+            if refusal is not None:
+                refused.setdefault(refusal[0], (refusal[1], []))[1].append(symbol)
+                continue
+            client.bar_intervals.setdefault(symbol, set()).add(interval)
+            self._subscribers.setdefault((symbol, interval), set()).add(client)
+            added.append(symbol)
+        self._send_refusals(client, refused)
+        held = [symbol for symbol in symbols if interval in client.bar_intervals.get(symbol, ())]
+        if held:
+            client.send(protocol.subscription_message("subscribed", held, interval))
+        for symbol in added:
+            history = [bar.as_dict() for bar in self.book.bars(symbol, interval)]
+            client.send(protocol.bars_message(symbol, interval, history))
+
+    def unsubscribe(self, client: ClientConnection, symbols: list[str], interval: Interval) -> None:
+        for symbol in symbols:
+            self._leave(client, symbol, interval)
+        client.send(protocol.subscription_message("unsubscribed", symbols, interval))
+
+    def leave_all(self, client: ClientConnection) -> None:
+        for symbol, intervals in list(client.bar_intervals.items()):
+            for interval in list(intervals):
+                self._leave(client, symbol, interval)
+
+    def entitle(self, client: ClientConnection, entitlements: Entitlements) -> None:
+        """A refreshed token: bars of symbols it no longer allows are dropped."""
+        for symbol in [s for s in client.bar_intervals if not entitlements.allow(s)]:
+            for interval in sorted(client.bar_intervals[symbol]):
+                self.unsubscribe(client, [symbol], interval)
+
+    def _leave(self, client: ClientConnection, symbol: str, interval: Interval) -> None:
+        intervals = client.bar_intervals.get(symbol)
+        if intervals is None or interval not in intervals:
+            return
+        intervals.discard(interval)
+        if not intervals:
+            del client.bar_intervals[symbol]
+        subscribers = self._subscribers[(symbol, interval)]
+        subscribers.discard(client)
+        if not subscribers:
+            del self._subscribers[(symbol, interval)]
+        self._holder.release(client, symbol)
+
+    # -- bars --------------------------------------------------------------------------------
+
+    def trades_received(self, trades: Iterable[Trade]) -> None:
+        """A single process's trades (already parsed by the feed) into the book."""
+        if self._aggregating:
+            self.deliver(self.book.add_trades(trades, _now_ms()))
+
+    def forget(self, symbol: str) -> None:
+        """The upstream no longer carries `symbol`: its bars would only go stale."""
+        self.book.forget(symbol)
+
+    def deliver(self, events: Iterable[BarEvent]) -> None:
+        for event in events:
+            subscribers = self._subscribers.get((event.symbol, event.interval))
+            if subscribers:
+                frame = protocol.bar_message(event)
+                for client in subscribers:
+                    client.send(frame)
+
+    def apply(self, events: Iterable[BarEvent]) -> None:
+        """Bars aggregated elsewhere (the cluster's leader): keep them, then deliver."""
+        events = list(events)
+        for event in events:
+            self.book.apply(event)
+        self.deliver(events)
+
+    async def run(self) -> None:
+        """Close bars on the clock and send live updates (single-process mode)."""
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            self.deliver(self.book.due(_now_ms()))
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
