@@ -1,12 +1,14 @@
 // The /demo page: a StockClient plus cards with the last price, the day's change (or
 // the change since the first price seen, when the previous close is unknown), volume,
-// time, an up/down flash and a sparkline per symbol. Before a symbol trades (say the
-// market is closed) its card shows the quote's price, labelled as such; the header
-// shows the market's session.
+// time, an up/down flash and a live candle chart per symbol (1-second bars built by the
+// gateway: history on subscribe, then live and final bars, drawn on a <canvas>). Before
+// a symbol trades (say the market is closed) its card shows the quote's price, labelled
+// as such; the header shows the market's session.
 import { StockClient } from "/static/stock-client.js";
 
-const SPARK_POINTS = 60;
-const cards = new Map(); // symbol -> { element, first, prices }
+const CHART_BARS = 60; // the last minute of 1-second bars
+const BAR_INTERVAL = "1s";
+const cards = new Map(); // symbol -> { element, first, last, live, bars }
 const grid = document.getElementById("cards");
 const wsUrl = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws${location.search}`;
 
@@ -17,6 +19,18 @@ const client = new StockClient(wsUrl, {
   throttleMs: 250,
   onPrice: (symbol, data) => update(symbol, data),
   onQuote: (symbol, quote) => showQuote(symbol, quote),
+  onBars: (symbol, interval, bars) => {
+    const card = cards.get(symbol);
+    if (!card || interval !== BAR_INTERVAL) return;
+    card.bars = new Map(bars.map((bar) => [bar.t, bar]));
+    drawCandles(card);
+  },
+  onBar: (symbol, interval, bar) => {
+    const card = cards.get(symbol);
+    if (!card || interval !== BAR_INTERVAL) return;
+    card.bars.set(bar.t, bar); // a live bar, its final, or a revision: the newest wins
+    drawCandles(card);
+  },
   onMarket: (market) => {
     const label = market.holiday ? `${market.session} (${market.holiday})` : market.session;
     pill("market", label, market.is_open);
@@ -46,6 +60,7 @@ document.getElementById("add").addEventListener("submit", (event) => {
   const symbols = input.value.split(",").map((s) => s.trim().toUpperCase()).filter(Boolean);
   symbols.forEach(addCard);
   client.subscribe(symbols);
+  client.subscribeBars(symbols, BAR_INTERVAL);
   input.value = "";
   document.getElementById("message").textContent = "";
 });
@@ -69,14 +84,15 @@ function addCard(symbol) {
     <div class="source meta"></div>
     <div class="change meta"></div>
     <div class="meta volume"></div>
-    <svg viewBox="0 0 100 40" preserveAspectRatio="none"><polyline fill="none" stroke="#2563eb" stroke-width="1.5"/></svg>`;
+    <canvas class="candles" width="300" height="80" data-bars="0" aria-label="1-second candles"></canvas>`;
   element.querySelector(".symbol").textContent = symbol; // text, never markup
   element.querySelector(".remove").addEventListener("click", () => {
     client.unsubscribe([symbol]);
+    client.unsubscribeBars([symbol], BAR_INTERVAL);
     removeCard(symbol);
   });
   grid.append(element);
-  cards.set(symbol, { element, first: null, prices: [], live: false });
+  cards.set(symbol, { element, first: null, last: undefined, live: false, bars: new Map() });
 }
 
 function removeCard(symbol) {
@@ -112,11 +128,10 @@ function showQuote(symbol, quote) {
 function update(symbol, data) {
   const card = cards.get(symbol);
   if (!card) return;
-  const previous = card.prices.at(-1);
+  const previous = card.last;
   card.live = true;
   card.first ??= data.price;
-  card.prices.push(data.price);
-  if (card.prices.length > SPARK_POINTS) card.prices.shift();
+  card.last = data.price;
   const { element } = card;
   const digits = digitsFor(data.price);
   element.querySelector(".price").textContent = data.price.toFixed(digits);
@@ -135,16 +150,31 @@ function update(symbol, data) {
     element.classList.add(data.price > previous ? "flash-up" : "flash-down");
     setTimeout(() => element.classList.remove("flash-up", "flash-down"), 150);
   }
-  drawSparkline(element.querySelector("polyline"), card.prices);
 }
 
-function drawSparkline(line, prices) {
-  const low = Math.min(...prices);
-  const high = Math.max(...prices);
+// Candles: a wick from low to high and a body from open to close, green when it rose.
+function drawCandles(card) {
+  const canvas = card.element.querySelector("canvas");
+  const times = [...card.bars.keys()].sort((a, b) => a - b).slice(-CHART_BARS);
+  for (const t of card.bars.keys()) if (t < times[0]) card.bars.delete(t);
+  const bars = times.map((t) => card.bars.get(t));
+  const context = canvas.getContext("2d");
+  context.clearRect(0, 0, canvas.width, canvas.height);
+  canvas.dataset.bars = String(bars.length);
+  if (!bars.length) return;
+  const low = Math.min(...bars.map((bar) => bar.l));
+  const high = Math.max(...bars.map((bar) => bar.h));
   const span = high - low || 1;
-  const step = 100 / Math.max(prices.length - 1, 1);
-  line.setAttribute(
-    "points",
-    prices.map((p, i) => `${(i * step).toFixed(1)},${(38 - ((p - low) / span) * 36).toFixed(1)}`).join(" "),
-  );
+  const y = (price) => 4 + (1 - (price - low) / span) * (canvas.height - 8);
+  const slot = canvas.width / CHART_BARS;
+  bars.forEach((bar, index) => {
+    const x = canvas.width - (bars.length - index) * slot + slot / 2;
+    context.strokeStyle = context.fillStyle = bar.c >= bar.o ? "#0a7d38" : "#c0262d";
+    context.beginPath();
+    context.moveTo(x, y(bar.h));
+    context.lineTo(x, y(bar.l));
+    context.stroke();
+    const top = y(Math.max(bar.o, bar.c));
+    context.fillRect(x - slot * 0.35, top, slot * 0.7, Math.max(1, y(Math.min(bar.o, bar.c)) - top));
+  });
 }

@@ -11,6 +11,7 @@
 //     getToken: async () => (await fetch("/api/gateway-token")).text(), // signed tokens only
 //   });
 //   client.subscribe(["AAPL", "NVDA"]);
+//   client.subscribeBars(["AAPL"], "1m"); // candles: onBars (history), then onBar
 //
 // It reconnects by itself with full-jitter exponential backoff and resubscribes every
 // symbol it holds, and sends an application-level ping so dead connections are noticed
@@ -36,6 +37,11 @@ export class StockClient {
    *   the market's session, on connect and whenever it changes
    * @param {(status: {connection: string, upstream: string|null}) => void} [options.onStatus]
    * @param {(error: {code: string, message: string, symbols?: string[]}) => void} [options.onError]
+   * @param {(symbol: string, interval: string, bars: Bar[]) => void} [options.onBars]
+   *   the history held, once per subscribeBars (oldest first; the last may be the open bar)
+   * @param {(symbol: string, interval: string, bar: Bar, state: {final: boolean, revised: boolean}) => void} [options.onBar]
+   *   a bar: the open one so far (at most once a second), or `final` when it closed
+   *   (`revised` when a late trade changed a closed bar). Bar: {t, o, h, l, c, v, n}, t in ms
    * @param {number} [options.throttleMs]  at most one update per symbol this often (the newest); 0: off
    * @param {number} [options.batchMs]  group updates into one frame at most this often; 0: off
    * @param {() => Promise<string>|string} [options.getToken]  a fresh signed token (JWT) for
@@ -47,6 +53,7 @@ export class StockClient {
     this.url = url;
     this.options = { pingInterval: 20000, maxBackoff: 30000, throttleMs: 0, batchMs: 0, ...options };
     this.symbols = new Set();
+    this.barSymbols = new Map(); // interval -> Set of symbols
     this.connection = "connecting";
     this.upstream = null;
     this.market = null; // the last `market` message
@@ -72,6 +79,22 @@ export class StockClient {
   unsubscribe(symbols) {
     const held = symbols.map((s) => s.trim().toUpperCase()).filter((s) => this.symbols.delete(s));
     if (held.length) this.send({ action: "unsubscribe", symbols: held });
+  }
+
+  /** Follow symbols' bars in one interval ("1s", "1m" or "5m"); remembered across reconnects. */
+  subscribeBars(symbols, interval = "1m") {
+    const held = this.barSymbols.get(interval) ?? new Set();
+    this.barSymbols.set(interval, held);
+    const fresh = symbols.map((s) => s.trim().toUpperCase()).filter((s) => s && !held.has(s));
+    fresh.forEach((s) => held.add(s));
+    if (fresh.length) this.send({ action: "subscribe_bars", symbols: fresh, interval });
+  }
+
+  /** Stop following symbols' bars in that interval. */
+  unsubscribeBars(symbols, interval = "1m") {
+    const held = this.barSymbols.get(interval) ?? new Set();
+    const gone = symbols.map((s) => s.trim().toUpperCase()).filter((s) => held.delete(s));
+    if (gone.length) this.send({ action: "unsubscribe_bars", symbols: gone, interval });
   }
 
   /** Close for good: no more reconnects. */
@@ -103,6 +126,9 @@ export class StockClient {
       const { throttleMs, batchMs } = this.options;
       if (throttleMs || batchMs) this.send({ action: "options", throttle_ms: throttleMs, batch_ms: batchMs });
       if (this.symbols.size) this.send({ action: "subscribe", symbols: [...this.symbols] });
+      for (const [interval, held] of this.barSymbols) {
+        if (held.size) this.send({ action: "subscribe_bars", symbols: [...held], interval });
+      }
       clearInterval(this.pingTimer);
       this.pingTimer = setInterval(() => this.ping(), this.options.pingInterval);
     };
@@ -187,6 +213,15 @@ export class StockClient {
       case "price_updates": // a batch (batchMs): the same updates, in order
         for (const update of message.updates) this.options.onPrice?.(update.symbol, update.data);
         break;
+      case "bars":
+        this.options.onBars?.(message.symbol, message.interval, message.bars);
+        break;
+      case "bar":
+        this.options.onBar?.(message.symbol, message.interval, message.bar, {
+          final: message.final,
+          revised: message.revised === true,
+        });
+        break;
       case "quote":
         this.options.onQuote?.(message.symbol, message.data);
         break;
@@ -207,7 +242,12 @@ export class StockClient {
       case "error":
         // Symbols the gateway or Finnhub refused are no longer held (a missing quote or
         // a rate-limited request leaves the subscription as it was).
-        if (REFUSALS.has(message.code)) (message.symbols || []).forEach((s) => this.symbols.delete(s));
+        if (REFUSALS.has(message.code)) {
+          for (const symbol of message.symbols || []) {
+            this.symbols.delete(symbol);
+            for (const held of this.barSymbols.values()) held.delete(symbol);
+          }
+        }
         this.options.onError?.(message);
         break;
       default:

@@ -218,3 +218,38 @@ async def test_stock_client_refreshes_its_token_in_the_browser_without_reconnect
                 assert len(issued) >= 3  # connect, then a refresh before each expiry
         finally:
             await browser.close()
+
+
+async def test_demo_page_draws_live_candles() -> None:
+    simulator = MarketSimulator(rate=40, token=TEST_KEY)
+    async with serve(simulator) as url, playwright_api.async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True
+        )
+        try:
+            page = await browser.new_page()
+            settings = settings_for(Market(simulator, url))
+            async with run_gateway(settings, allow_own_origin=True) as gateway:
+                await page.goto(gateway.base_url + "/demo")
+                await page.fill("#symbol", "AAPL")
+                await page.click("button[type=submit]")
+                chart = page.locator('article[data-symbol="AAPL"] canvas.candles')
+                # 1-second bars: a few seconds of trades make a few candles, and more come.
+                await expect(chart).to_have_attribute("data-bars", "3", timeout=10_000)
+                await expect(chart).to_have_attribute("data-bars", "5", timeout=10_000)
+                painted = await chart.evaluate(
+                    """(canvas) => {
+                        const data = canvas.getContext("2d")
+                            .getImageData(0, 0, canvas.width, canvas.height).data;
+                        let colored = 0;
+                        for (let i = 3; i < data.length; i += 4) if (data[i] > 0) colored++;
+                        return colored;
+                    }"""
+                )
+                assert painted > 50  # candles drawn, not an empty canvas
+                ARTIFACTS.mkdir(exist_ok=True)
+                await page.screenshot(path=str(ARTIFACTS / "demo-candles.png"))
+                candles = await gateway.get_json("/bars/AAPL?interval=1s")
+                assert candles["s"] == "ok" and len(candles["t"]) >= 5
+        finally:
+            await browser.close()
