@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
 
 import protocol
@@ -49,6 +49,8 @@ class BarDelivery:
         *,
         aggregating: bool = True,
     ) -> None:
+        # On a cluster: wait until the stored history of newly wanted symbols is here.
+        self.history_ready: Callable[[list[str]], Awaitable[None]] | None = None
         self.book = book
         self._holder = holder
         self._send_refusals = send_refusals
@@ -64,7 +66,9 @@ class BarDelivery:
 
     # -- clients ---------------------------------------------------------------------------
 
-    def subscribe(self, client: ClientConnection, symbols: list[str], interval: Interval) -> None:
+    async def subscribe(
+        self, client: ClientConnection, symbols: list[str], interval: Interval
+    ) -> None:
         refused: dict[ErrorCode, tuple[str, list[str]]] = {}
         added: list[str] = []
         for symbol in symbols:
@@ -75,15 +79,21 @@ class BarDelivery:
                 refused.setdefault(refusal[0], (refusal[1], []))[1].append(symbol)
                 continue
             client.bar_intervals.setdefault(symbol, set()).add(interval)
-            self._subscribers.setdefault((symbol, interval), set()).add(client)
             added.append(symbol)
         self._send_refusals(client, refused)
         held = [symbol for symbol in symbols if interval in client.bar_intervals.get(symbol, ())]
         if held:
             client.send(protocol.subscription_message("subscribed", held, interval))
+        if added and self.history_ready is not None:
+            await self.history_ready(added)
         for symbol in added:
+            if interval not in client.bar_intervals.get(symbol, ()):
+                continue  # unsubscribed (or gone) while the history was on its way
+            # History, then live bars: nothing is awaited between the two, so no event
+            # can fall between them.
             history = [bar.as_dict() for bar in self.book.bars(symbol, interval)]
             client.send(protocol.bars_message(symbol, interval, history))
+            self._subscribers.setdefault((symbol, interval), set()).add(client)
 
     def unsubscribe(self, client: ClientConnection, symbols: list[str], interval: Interval) -> None:
         for symbol in symbols:
@@ -108,10 +118,11 @@ class BarDelivery:
         intervals.discard(interval)
         if not intervals:
             del client.bar_intervals[symbol]
-        subscribers = self._subscribers[(symbol, interval)]
-        subscribers.discard(client)
-        if not subscribers:
-            del self._subscribers[(symbol, interval)]
+        subscribers = self._subscribers.get((symbol, interval))
+        if subscribers is not None:
+            subscribers.discard(client)
+            if not subscribers:
+                del self._subscribers[(symbol, interval)]
         self._holder.release(client, symbol)
 
     # -- bars --------------------------------------------------------------------------------

@@ -220,11 +220,16 @@ class BarBook:
             series.closed.remove(existing)
         series.insert_closed(bar)
 
-    def load(self, symbol: str, interval: Interval, bars: Iterable[Bar]) -> None:
-        """Start a series from stored bars (oldest first), replacing what was held."""
+    def load(self, symbol: str, interval: Interval, bars: Iterable[Bar], now_ms: int) -> None:
+        """Start a series from stored bars (oldest first), replacing what was held: a
+        bar whose interval (and grace) has not ended yet is open again."""
         series = _Series(deque(maxlen=self._history))
+        length = INTERVAL_MS[interval]
         for bar in bars:
-            series.insert_closed(bar)
+            if bar.t + length + self._grace_ms > now_ms:
+                series.open[bar.t] = bar
+            else:
+                series.insert_closed(bar)
         self._series[(symbol, interval)] = series
 
     def held(self) -> Iterator[tuple[str, Interval]]:

@@ -359,10 +359,10 @@ class ClientSessions:
             if rejected:
                 client.send(protocol.invalid_symbols_error(rejected))
             if symbols:
-                self._subscription(client, request, symbols)
+                await self._subscription(client, request, symbols)
         return None
 
-    def _subscription(
+    async def _subscription(
         self, client: ClientConnection, request: protocol.ClientRequest, symbols: list[str]
     ) -> None:
         hub, bars = self._hub, self._hub.bars
@@ -372,7 +372,7 @@ class ClientSessions:
             hub.unsubscribe(client, symbols)
         elif bars is not None and request.interval is not None:
             if request.action == "subscribe_bars":
-                bars.subscribe(client, symbols, request.interval)
+                await bars.subscribe(client, symbols, request.interval)
             else:
                 bars.unsubscribe(client, symbols, request.interval)
 

@@ -16,6 +16,8 @@ directly:
   market status the leader polls on `{prefix}:market` (cluster_publish.py). Every
   process, the leader included, subscribes only to its own clients' symbols and
   publishes what arrives into its own hub, as the feed would in a single process.
+- **Bars.** The leader aggregates, stores and publishes bars; every process mirrors
+  them for its clients (cluster_bars.py).
 - **REST.** The key's REST budget and the quote cache are shared through Redis
   (cluster_rest.py); quotes any process fetched are announced on `{prefix}:quotes` and
   remembered by every process.
@@ -44,6 +46,7 @@ from redis.exceptions import RedisError
 
 import protocol
 from cancellation import raise_if_cancelling
+from cluster_bars import LeaderBars, MirrorBars, StoredBars
 from cluster_publish import UpstreamPublisher
 from cluster_rest import decode_announcement
 from finnhub_feed import FinnhubFeed
@@ -111,6 +114,8 @@ class Cluster:
         self._hub: Hub | None = None
         self.quotes: QuoteService | None = None  # remembers every quote announced
         self.market: MarketWatch | None = None  # polled by the leader only
+        self.bars: MirrorBars | None = None  # this process's copy of the cluster's bars
+        self.bar_history, self.bar_grace = 240, 0.5  # the leader's aggregation
 
     # -- keys --------------------------------------------------------------------------------
 
@@ -230,7 +235,11 @@ class Cluster:
         pubsub = self._redis.pubsub()
         try:
             await pubsub.subscribe(
-                self._key("status"), self._key("refused"), self._key("market"), self._key("quotes")
+                self._key("status"),
+                self._key("refused"),
+                self._key("market"),
+                self._key("quotes"),
+                self._key("bars"),
             )
             state = await self._redis.get(self._key("upstream"))
             if state and _text(state) in UPSTREAM_STATES:
@@ -248,8 +257,12 @@ class Cluster:
                     if added:
                         await pubsub.subscribe(*[prefix + symbol for symbol in added])
                         await self._seed_snapshots(hub, added)
+                        if self.bars is not None:
+                            await self.bars.load(added)
                     if removed:
                         await pubsub.unsubscribe(*[prefix + symbol for symbol in removed])
+                        if self.bars is not None:
+                            self.bars.forget(removed)
                     subscribed = wanted
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.05)
                 if message is not None:
@@ -276,6 +289,9 @@ class Cluster:
             state = data.decode()
             if state in UPSTREAM_STATES:
                 hub.upstream_state_changed(state)
+        elif channel == self._key("bars"):
+            if self.bars is not None:
+                self.bars.received(data)
         elif channel == self._key("market"):
             hub.market_changed(MarketStatus(**orjson.loads(data)))
         elif channel == self._key("quotes"):
@@ -303,11 +319,23 @@ class Cluster:
         self.role = "leader"
         self._feed.interest.replace(self.cluster_symbols)
         previous_close = self.quotes.previous_close if self.quotes is not None else _unknown
-        publisher = UpstreamPublisher(self._redis, self._key, previous_close)
+        bars = None
+        if self.bars is not None:
+            bars = LeaderBars(
+                StoredBars(self.client, self._key),
+                lambda: self._feed.interest.symbols,  # what the feed carries: what trades
+                history=self.bar_history,
+                grace=self.bar_grace,
+            )
+        publisher = UpstreamPublisher(
+            self._redis, self._key, previous_close, bars.trades_received if bars else None
+        )
         duties = [
             asyncio.create_task(self._feed.run(publisher), name="cluster-feed"),
             asyncio.create_task(publisher.forward_events(), name="cluster-events"),
         ]
+        if bars is not None:
+            duties.append(asyncio.create_task(bars.run(), name="cluster-bars"))
         if self.market is not None:  # one poll of the market status for the whole cluster
             self.market.on_change, self.market.status = publisher.market_changed, None
             duties.append(asyncio.create_task(self.market.run(), name="cluster-market"))

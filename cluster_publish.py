@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import orjson
 import redis.asyncio as redis
@@ -31,10 +31,12 @@ class UpstreamPublisher:
         client: redis.Redis,
         key: Callable[..., str],
         previous_close: Callable[[str], float | None],
+        bars: Callable[[list[Trade]], Awaitable[None]] | None = None,
     ) -> None:
         self._redis = client
         self._key = key
         self._previous_close = previous_close
+        self._bars = bars  # the leader's bar aggregation (cluster_bars.py)
         self._events: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
 
     async def trades_received(self, trades: list[Trade], received_at: float) -> None:
@@ -50,6 +52,13 @@ class UpstreamPublisher:
         except (RedisError, OSError, TimeoutError) as exc:
             raise_if_cancelling(exc)
             logger.warning("cluster dropped %d trades error=%s", len(trades), type(exc).__name__)
+        if self._bars is not None:
+            try:
+                await self._bars(trades)
+            except (RedisError, OSError, TimeoutError) as exc:
+                raise_if_cancelling(exc)
+                logger.warning("cluster bars missed %d trades error=%s", len(trades),
+                               type(exc).__name__)  # fmt: skip
 
     def upstream_state_changed(self, state: UpstreamState) -> None:
         self._events.put_nowait(("status", state.encode()))

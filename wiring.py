@@ -25,6 +25,7 @@ from bar_delivery import BarDelivery
 from bars import BarBook
 from client_session import ClientSessions
 from cluster import Cluster
+from cluster_bars import MirrorBars, StoredBars
 from cluster_rest import ClusterQuoteSource, RedisBudget
 from connection_guard import ConnectionGuard, ConnectionLimits
 from finnhub_feed import Backoff, FinnhubFeed
@@ -169,6 +170,9 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
     if settings.rest_enabled:
         supervisor.start("quotes", quotes.run)
     if cluster is not None:
+        cluster.bars = MirrorBars(StoredBars(cluster.client, cluster.key), hub.bars)
+        hub.bars.history_ready = cluster.bars.wait_loaded
+        cluster.bar_history, cluster.bar_grace = settings.bar_history, settings.bar_grace
         cluster.quotes = quotes
         cluster.market = market if settings.rest_enabled else None
         supervisor.start("cluster", lambda: cluster.run(hub))

@@ -138,3 +138,13 @@ def test_memory_per_symbol_is_bounded() -> None:
     held = sum(len(book.bars("AAPL", i)) for i in ("1s", "1m", "5m"))
     assert held <= 3 * 241
     assert held * per_bar < 250_000  # bytes per symbol; BENCHMARKS.md "Bars" measures it
+
+
+def test_loading_stored_bars_reopens_the_one_still_open() -> None:
+    book = BarBook(grace=0.5)
+    stored = [Bar.of(T, 10.0, 1.0, T), Bar.of(T + MINUTE, 11.0, 1.0, T + MINUTE)]
+    book.load("AAPL", "1m", stored, now_ms=T + MINUTE + 30_000)
+    book.add_trades([trade(12.0, T + MINUTE + 31_000)], T + MINUTE + 31_000)
+    open_bar = book.bars("AAPL", "1m")[-1]
+    assert (open_bar.t, open_bar.n, open_bar.o, open_bar.c) == (T + MINUTE, 2, 11.0, 12.0)
+    assert [e.bar["t"] for e in finals(book.due(T + 2 * MINUTE + 500))] == [T + MINUTE]
