@@ -53,6 +53,7 @@ def main() -> None:
             "cluster",
             "abuse",
             "delivery",
+            "bars",
         ],
     )
     parser.add_argument("--soak-seconds", type=float, help="soak duration (default 600)")

@@ -40,6 +40,8 @@ class Config:
     batched_rates: tuple[float, ...] = (200, 500, 1000, 1500, 2000, 3000)
     throttled_rates: tuple[float, ...] = (2000, 5000, 10000, 20000)
     sse_rates: tuple[float, ...] = (20, 50, 100)
+    # The bars scenario: upstream trades per second over its 50 symbols.
+    bars_rate: float = 10_000
     # The abuse scenario: each attack's length, the window before it, and the pause
     # after it (past HANDSHAKE_TIMEOUT and SLOW_CONSUMER_TIMEOUT, so each starts clean).
     abuse_seconds: float = 20.0
@@ -62,6 +64,7 @@ QUICK = Config(
     batched_rates=(40,),
     throttled_rates=(200,),
     sse_rates=(20,),
+    bars_rate=200,
     abuse_seconds=1.0,
     abuse_baseline=0.5,
     abuse_pause=0.5,

@@ -8,7 +8,9 @@ the simulator's send time (the trade's `timestamp`, Unix ms) to now, bucketed by
 second it was sent in. Volumes carry the simulator's per-symbol sequence numbers, so
 reordering is counted too. `--stuck N` adds N clients that subscribe and never read.
 `--query batch_ms=50` connects with delivery options; `--sse` makes the clients
-`GET /stream` (Server-Sent Events, aiohttp) instead of WebSockets.
+`GET /stream` (Server-Sent Events, aiohttp) instead of WebSockets. `--bars 1m` makes
+the clients `subscribe_bars` instead and count the `bar` frames they receive (a
+gateway without bars answers with an error, which counts as the answer).
 
 Protocol with the controller: prints `ready` once every client is subscribed; on a
 `stop` line on stdin prints one JSON report line and exits. Never logs anything else.
@@ -87,15 +89,20 @@ class Recorder:
 
 
 class LoadClient(WSListener):
-    def __init__(self, recorder: Recorder, symbols: list[str], subscribed: asyncio.Event) -> None:
+    def __init__(
+        self, recorder: Recorder, symbols: list[str], subscribed: asyncio.Event, bars: str = ""
+    ) -> None:
         self._recorder = recorder
         self._symbols = symbols
         self._subscribed = subscribed
+        self._bars = bars  # an interval: subscribe to bars instead of prices
         self._last_sequence: dict[str, float] = {}
         self._closing = False
 
     def on_ws_connected(self, transport: WSTransport) -> None:
-        request = {"action": "subscribe", "symbols": self._symbols}
+        request: dict[str, Any] = {"action": "subscribe", "symbols": self._symbols}
+        if self._bars:
+            request = {"action": "subscribe_bars", "symbols": self._symbols, "interval": self._bars}
         transport.send(WSMsgType.TEXT, orjson.dumps(request))
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
@@ -111,7 +118,9 @@ class LoadClient(WSListener):
         kind = message["type"]
         if kind in ("price_update", "price_updates"):
             self._recorder.received(message, now_ms, self._last_sequence)
-        elif kind == "subscription":
+        elif kind == "bar":
+            self._recorder.record(int(now_ms), 0.0)  # frames counted by when they came
+        elif kind == "subscription" or (self._bars and kind == "error"):
             self._subscribed.set()
 
     def stop(self) -> None:
@@ -119,7 +128,7 @@ class LoadClient(WSListener):
 
 
 async def connect_all(
-    url: str, clients: int, first_index: int, universe: list[str], per_client: int
+    url: str, clients: int, first_index: int, universe: list[str], per_client: int, bars: str
 ) -> tuple[Recorder, list[WSTransport], list[LoadClient]]:
     recorder = Recorder()
     transports: list[WSTransport] = []
@@ -128,7 +137,8 @@ async def connect_all(
 
     async def one(index: int) -> None:
         subscribed = asyncio.Event()
-        listener = LoadClient(recorder, symbols_for(index, universe, per_client), subscribed)
+        symbols = symbols_for(index, universe, per_client)
+        listener = LoadClient(recorder, symbols, subscribed, bars)
         async with gate:
             transport, _ = await ws_connect(lambda: listener, url, websocket_handshake_timeout=30)
             transports.append(transport)
@@ -181,6 +191,7 @@ async def main() -> None:
     parser.add_argument("--stuck", type=int, default=0, help="clients that never read")
     parser.add_argument("--query", default="", help="delivery options, e.g. batch_ms=50")
     parser.add_argument("--sse", action="store_true", help="GET /stream instead of /ws")
+    parser.add_argument("--bars", default="", help="subscribe to bars in this interval")
     args = parser.parse_args()
     universe = args.symbols.split(",")
     url = f"{args.url}?{args.query}" if args.query else args.url
@@ -195,7 +206,7 @@ async def main() -> None:
         listeners: list[LoadClient] = []
     else:
         recorder, transports, listeners = await connect_all(
-            url, args.clients, args.first_index, universe, args.per_client
+            url, args.clients, args.first_index, universe, args.per_client, args.bars
         )
     parts = urlsplit(args.url)
     subscribe_all = orjson.dumps({"action": "subscribe", "symbols": universe}).decode()

@@ -253,13 +253,14 @@ async def load(
     stuck: int = 0,
     query: str = "",
     sse: bool = False,
+    bars: str = "",
 ) -> AsyncIterator[Load]:
     ws_url = running.gateway_url.replace("http://", "ws://") + "/ws"
     command = [
         sys.executable, "-m", "bench.load", "--url", ws_url, "--clients", str(clients),
         "--first-index", str(first_index), "--symbols", ",".join(universe),
         "--per-client", str(per_client), "--stuck", str(stuck), "--query", query,
-        *(["--sse"] if sse else []),
+        *(["--sse"] if sse else []), *(["--bars", bars] if bars else []),
     ]  # fmt: skip
     async with process(*command, cpus=running.load_cpus) as child:
         assert child.stdout is not None

@@ -96,6 +96,12 @@ def summary(results: dict[str, Any]) -> None:
             f"start/peak/end {slow['rss_mib_start_peak_end']} MiB; "
             f"{slow['slow_consumer_disconnects']} closed as slow\n"
         )
+    for label, row in results.get("bars", {}).items():
+        sys.stdout.write(
+            f"{label}: gateway cpu {row['gateway_cpu_share']} at "
+            f"{row['trades_sent']} trades sent, {row['bar_subscribers']} bar subscribers, "
+            f"{row['bar_frames_received']} bar frames, RSS {row['gateway_rss_mib']} MiB\n"
+        )
     if "soak" in results:
         soak_result = results["soak"]
         sys.stdout.write(

@@ -69,6 +69,50 @@ async def delivery(config: Config) -> dict[str, Any]:
     return results
 
 
+async def bars(config: Config, reference: Path | None) -> dict[str, Any]:
+    """Issue 14's row: the gateway's CPU at `bars_rate` trades/s over 50 symbols with
+    1,000 clients following the bars of 5 symbols each (1m), beside the same load on a
+    revision without bars (`--reference`), in one run. One more client follows every
+    symbol's prices (batched) in both, so the upstream carries the same symbols."""
+    universe = [f"B{index:02d}" for index in range(50)]
+    runs = [("bars", config)]
+    if reference is not None:
+        without = dataclasses.replace(config, gateway_dir=reference)
+        runs.append((f"without bars ({reference.name})", without))
+    results: dict[str, Any] = {}
+    for label, run_config in runs:
+        async with (
+            stack(run_config, {}) as running,
+            load(running, universe, clients=1, query="batch_ms=100") as anchor,
+            load(
+                running, universe, clients=config.clients, first_index=1, per_client=5,
+                bars="1m",
+            ) as charts,
+        ):  # fmt: skip
+            await running.wait_upstream_carries(universe)
+            trades_before = (await running.simulator_stats())["trades_sent"]
+            await running.set_rate(config.bars_rate)
+            await asyncio.sleep(config.warmup)
+            pids = (anchor.child.pid, charts.child.pid)
+            window = await measure(running, label, config.bars_rate, config.measure, pids)
+            await running.set_rate(0)
+            seconds = window.end - window.start
+            charts_report = await charts.finish()
+            await anchor.finish()
+            stats = await running.simulator_stats()
+            bar_frames = sum(second["count"] for second in charts_report["seconds"].values())
+            results[label] = {
+                "trades_per_s_target": config.bars_rate,
+                "trades_sent": stats["trades_sent"] - trades_before,
+                "gateway_cpu_share": round(window.cpu_seconds / seconds, 3),
+                "gateway_rss_mib": round(window.rss_kib / 1024, 1),
+                "load_cpu_share": window.extra.get("load_cpu_share"),
+                "bar_frames_received": bar_frames,
+                "bar_subscribers": charts_report["clients"],
+            }
+    return results
+
+
 async def connections(config: Config) -> list[dict[str, Any]]:
     universe = [f"C{index:03d}" for index in range(200)]
     async with stack(config, {}) as running:
@@ -287,7 +331,8 @@ async def run(
         results["throughput"] = {"steps": rows, "best": best}
         if best is not None:
             best_rate = best["rate_target"]
-    if config.gateway_dir is None and reference is not None:
+    compare = "throughput" in scenarios or "delivery" in scenarios
+    if config.gateway_dir is None and reference is not None and compare:
         # The same throughput load on another revision's gateway, same run, same machine.
         reference_config = dataclasses.replace(
             config, gateway_dir=reference, gateway_flags=reference_flags or config.gateway_flags
@@ -311,4 +356,6 @@ async def run(
         results["abuse"] = await abuse(config)
     if "delivery" in scenarios:
         results["delivery"] = await delivery(config)
+    if "bars" in scenarios:
+        results["bars"] = await bars(config, reference)
     return results
