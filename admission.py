@@ -81,28 +81,9 @@ class Admission:
             return self._refuse("origin", Refusal(403, "origin not allowed"))
         if settings.gateway_token and not _same(token or "", settings.gateway_token):
             return self._refuse("token", Refusal(401, "missing or wrong token"))
-        if self._open.get(address, 0) >= settings.max_connections_per_address:
-            return self._refuse(
-                "address_connections",
-                Refusal(
-                    429,
-                    f"too many connections from your address "
-                    f"(at most {settings.max_connections_per_address})",
-                    retry_after=10,
-                ),
-            )
-        wait = self._take_handshake(address, now)
-        if wait > 0:
-            return self._refuse(
-                "address_handshakes",
-                Refusal(
-                    429,
-                    f"too many new connections from your address "
-                    f"(at most {settings.address_handshake_rate:g} per second)",
-                    retry_after=max(1, math.ceil(wait)),
-                ),
-            )
-        return None
+        return self._over_limits(
+            address, settings.max_connections_per_address, "from your address", "address", now
+        )
 
     @property
     def verifies_tokens(self) -> bool:
@@ -124,25 +105,26 @@ class Admission:
 
     def user_refusal(self, user: str, now: float) -> Refusal | None:
         """Why this user may not open another connection now, or None (and counted)."""
-        settings, key = self._settings, user_key(user)
-        if self._open.get(key, 0) >= settings.max_connections_per_user:
+        limit = self._settings.max_connections_per_user
+        return self._over_limits(user_key(user), limit, "for your user", "user", now)
+
+    def _over_limits(
+        self, key: str, limit: int, whose: str, kind: str, now: float
+    ) -> Refusal | None:
+        """Open connections and the handshake rate of an address or a user (`key`)."""
+        if self._open.get(key, 0) >= limit:
             return self._refuse(
-                "user_connections",
-                Refusal(
-                    429,
-                    f"too many connections for your user "
-                    f"(at most {settings.max_connections_per_user})",
-                    retry_after=10,
-                ),
+                f"{kind}_connections",
+                Refusal(429, f"too many connections {whose} (at most {limit})", retry_after=10),
             )
         wait = self._take_handshake(key, now)
         if wait > 0:
+            rate = self._settings.address_handshake_rate
             return self._refuse(
-                "user_handshakes",
+                f"{kind}_handshakes",
                 Refusal(
                     429,
-                    f"too many new connections for your user "
-                    f"(at most {settings.address_handshake_rate:g} per second)",
+                    f"too many new connections {whose} (at most {rate:g} per second)",
                     retry_after=max(1, math.ceil(wait)),
                 ),
             )

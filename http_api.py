@@ -92,16 +92,11 @@ class HttpApi:
     async def quote(self, request: Request) -> JSONResponse:
         """The symbol's quote: cached, or fetched within QUOTE_WAIT; 404 when Finnhub has
         none, 503 with Retry-After when the REST budget or Finnhub cannot answer."""
-        running = self._running()
-        symbol = protocol.normalize_symbol(request.path_params["symbol"])
-        if symbol is None:
-            return JSONResponse({"error": f"a symbol is {protocol.SYMBOL_RULE}"}, 400)
-        address = address_key(request.client.host if request.client else "-")
-        token = request_token(request.query_params, request.headers)
-        owner = await running.admission.http_owner(token, address)
-        if isinstance(owner, Refusal):
-            return JSONResponse({"error": owner.reason}, owner.status)
-        quotes = running.hub.quotes
+        asker = await self._symbol_and_owner(request)
+        if isinstance(asker, JSONResponse):
+            return asker
+        symbol, owner = asker
+        quotes = self._running().hub.quotes
         if quotes is None:
             return JSONResponse({"error": "quotes are off (REST_ENABLED=false)"}, 404)
         try:
@@ -119,21 +114,29 @@ class HttpApi:
         """The bars held for a symbol in Finnhub's candle shape (`t` in seconds), oldest
         first, the open bar last: `{"s": "no_data"}` with empty lists when there are none
         (the symbol is not carried, or had no trades). 400 for a bad symbol or interval."""
-        running = self._running()
-        symbol = protocol.normalize_symbol(request.path_params["symbol"])
-        if symbol is None:
-            return JSONResponse({"error": f"a symbol is {protocol.SYMBOL_RULE}"}, 400)
         interval = request.query_params.get("interval", "1m")
         if interval not in INTERVALS:
             return JSONResponse({"error": f"interval is one of {', '.join(INTERVALS)}"}, 400)
-        address = address_key(request.client.host if request.client else "-")
-        token = request_token(request.query_params, request.headers)
-        owner = await running.admission.http_owner(token, address)
-        if isinstance(owner, Refusal):
-            return JSONResponse({"error": owner.reason}, owner.status)
-        bars = running.hub.bars
+        asker = await self._symbol_and_owner(request)
+        if isinstance(asker, JSONResponse):
+            return asker
+        symbol, _ = asker
+        bars = self._running().hub.bars
         held = bars.book.bars(symbol, interval) if bars is not None else []
         return JSONResponse(candles(held))
+
+    async def _symbol_and_owner(self, request: Request) -> tuple[str, str] | JSONResponse:
+        """The path's symbol and whose share the request spends (its user's with signed
+        tokens, else its address's); or the refusal: 400, 401."""
+        symbol = protocol.normalize_symbol(request.path_params["symbol"])
+        if symbol is None:
+            return JSONResponse({"error": f"a symbol is {protocol.SYMBOL_RULE}"}, 400)
+        address = address_key(request.client.host if request.client else "-")
+        token = request_token(request.query_params, request.headers)
+        owner = await self._running().admission.http_owner(token, address)
+        if isinstance(owner, Refusal):
+            return JSONResponse({"error": owner.reason}, owner.status)
+        return symbol, owner
 
     async def metrics(self, request: Request) -> Response:
         return Response(generate_latest(self._registry), media_type=CONTENT_TYPE_LATEST)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,19 @@ if CHROMIUM is None:
         allow_module_level=True,
     )
 expect = playwright_api.expect
+
+
+@asynccontextmanager
+async def chromium_page() -> AsyncIterator[Any]:
+    """A page in a fresh headless Chromium, closed afterwards."""
+    async with playwright_api.async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True
+        )
+        try:
+            yield await browser.new_page()
+        finally:
+            await browser.close()
 
 
 async def price_keeps_changing(page: Any, symbol: str) -> None:
@@ -179,77 +194,63 @@ async def test_stock_client_refreshes_its_token_in_the_browser_without_reconnect
         return signed
 
     simulator = MarketSimulator(rate=40, token=TEST_KEY)
-    async with serve(simulator) as url, playwright_api.async_playwright() as playwright:
+    async with serve(simulator) as url, chromium_page() as page:
         settings = settings_for(
             Market(simulator, url), jwt_secret=secret, jwt_leeway=0, auth_expiry_warning=1
         )
-        browser = await playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True
-        )
-        try:
-            page = await browser.new_page()
-            await page.expose_function("issueToken", issue_token)
-            async with run_gateway(settings, allow_own_origin=True) as gateway:
-                await page.goto(gateway.base_url + "/demo")
-                result = await page.evaluate(
-                    """async () => {
-                        const { StockClient } = await import("/static/stock-client.js");
-                        return await new Promise((resolve, reject) => {
-                            const states = [];
-                            let late = 0;
-                            const started = Date.now();
-                            const client = new StockClient(`ws://${location.host}/ws`, {
-                                getToken: () => window.issueToken(),
-                                onStatus: (status) => states.push(status.connection),
-                                onPrice: () => {
-                                    if (Date.now() - started > 7000 && ++late >= 5) {
-                                        client.close();
-                                        resolve(states);
-                                    }
-                                },
-                            });
-                            client.subscribe(["AAPL"]);
-                            setTimeout(() => reject(new Error(`stalled: ${states}`)), 15000);
+        await page.expose_function("issueToken", issue_token)
+        async with run_gateway(settings, allow_own_origin=True) as gateway:
+            await page.goto(gateway.base_url + "/demo")
+            result = await page.evaluate(
+                """async () => {
+                    const { StockClient } = await import("/static/stock-client.js");
+                    return await new Promise((resolve, reject) => {
+                        const states = [];
+                        let late = 0;
+                        const started = Date.now();
+                        const client = new StockClient(`ws://${location.host}/ws`, {
+                            getToken: () => window.issueToken(),
+                            onStatus: (status) => states.push(status.connection),
+                            onPrice: () => {
+                                if (Date.now() - started > 7000 && ++late >= 5) {
+                                    client.close();
+                                    resolve(states);
+                                }
+                            },
                         });
-                    }"""
-                )
-                # One connection from start to end: never "reconnecting".
-                assert result.count("connecting") == 1 and "reconnecting" not in result, result
-                assert len(issued) >= 3  # connect, then a refresh before each expiry
-        finally:
-            await browser.close()
+                        client.subscribe(["AAPL"]);
+                        setTimeout(() => reject(new Error(`stalled: ${states}`)), 15000);
+                    });
+                }"""
+            )
+            # One connection from start to end: never "reconnecting".
+            assert result.count("connecting") == 1 and "reconnecting" not in result, result
+            assert len(issued) >= 3  # connect, then a refresh before each expiry
 
 
 async def test_demo_page_draws_live_candles() -> None:
     simulator = MarketSimulator(rate=40, token=TEST_KEY)
-    async with serve(simulator) as url, playwright_api.async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True
-        )
-        try:
-            page = await browser.new_page()
-            settings = settings_for(Market(simulator, url))
-            async with run_gateway(settings, allow_own_origin=True) as gateway:
-                await page.goto(gateway.base_url + "/demo")
-                await page.fill("#symbol", "AAPL")
-                await page.click("button[type=submit]")
-                chart = page.locator('article[data-symbol="AAPL"] canvas.candles')
-                # 1-second bars: a few seconds of trades make a few candles, and more come.
-                await expect(chart).to_have_attribute("data-bars", "3", timeout=10_000)
-                await expect(chart).to_have_attribute("data-bars", "5", timeout=10_000)
-                painted = await chart.evaluate(
-                    """(canvas) => {
-                        const data = canvas.getContext("2d")
-                            .getImageData(0, 0, canvas.width, canvas.height).data;
-                        let colored = 0;
-                        for (let i = 3; i < data.length; i += 4) if (data[i] > 0) colored++;
-                        return colored;
-                    }"""
-                )
-                assert painted > 50  # candles drawn, not an empty canvas
-                ARTIFACTS.mkdir(exist_ok=True)
-                await page.screenshot(path=str(ARTIFACTS / "demo-candles.png"))
-                candles = await gateway.get_json("/bars/AAPL?interval=1s")
-                assert candles["s"] == "ok" and len(candles["t"]) >= 5
-        finally:
-            await browser.close()
+    async with serve(simulator) as url, chromium_page() as page:
+        settings = settings_for(Market(simulator, url))
+        async with run_gateway(settings, allow_own_origin=True) as gateway:
+            await page.goto(gateway.base_url + "/demo")
+            await page.fill("#symbol", "AAPL")
+            await page.click("button[type=submit]")
+            chart = page.locator('article[data-symbol="AAPL"] canvas.candles')
+            # 1-second bars: a few seconds of trades make a few candles, and more come.
+            await expect(chart).to_have_attribute("data-bars", "3", timeout=10_000)
+            await expect(chart).to_have_attribute("data-bars", "5", timeout=10_000)
+            painted = await chart.evaluate(
+                """(canvas) => {
+                    const data = canvas.getContext("2d")
+                        .getImageData(0, 0, canvas.width, canvas.height).data;
+                    let colored = 0;
+                    for (let i = 3; i < data.length; i += 4) if (data[i] > 0) colored++;
+                    return colored;
+                }"""
+            )
+            assert painted > 50  # candles drawn, not an empty canvas
+            ARTIFACTS.mkdir(exist_ok=True)
+            await page.screenshot(path=str(ARTIFACTS / "demo-candles.png"))
+            candles = await gateway.get_json("/bars/AAPL?interval=1s")
+            assert candles["s"] == "ok" and len(candles["t"]) >= 5
