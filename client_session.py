@@ -7,11 +7,12 @@ from a first message `{"action":"auth","token":...}` within `AUTH_TIMEOUT` (else
 `auth_required` to anything sent before it, and `auth_failed` / `auth_timeout` then a
 close with 4003 / 4008). It then registers the client with the hub for the length of
 the connection (its user, else its address, is whose fair share its symbols use) and
-turns each text frame into a hub call within the client's message budget (a token
-bucket), while it waits for the token's next deadline: "expiring", then a close with
+turns each request its `RequestReader` (client_io.py: frame size and message budget)
+returns into a hub call, while it waits for the token's next deadline: "expiring", then a close with
 4001 unless a fresh token came. It closes a connection itself only for the reasons it
-owns (1008 rate limit, 1009 frame too big, 1013 server full, 4001/4003/4008/4029
-tokens); everything else a client receives is sent through its `ClientConnection`.
+owns (1013 server full, 4001/4003/4008/4029 tokens; its reader: 1008 rate limit, 1009
+frame too big); everything else a client receives is sent through its
+`ClientConnection`.
 One line is logged per connect and per disconnect, naming the user, never the token.
 
 This module must never write price updates (the hub does) and never reads uvicorn's
@@ -24,7 +25,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -34,11 +34,11 @@ from admission import Admission, Refusal, address_key, user_key
 from auth import AuthFailed, Identity
 from client_auth import ClientAuth
 from client_connection import UNRESTRICTED, ClientConnection, FrameWriter
+from client_io import AsgiClientSocket, Ended, RequestReader
 from hub import Hub
 from protocol import (
     CLOSE_AUTH_FAILED,
     CLOSE_AUTH_TIMEOUT,
-    CLOSE_MESSAGE_TOO_BIG,
     CLOSE_POLICY_VIOLATION,
     CLOSE_TOKEN_EXPIRED,
     CLOSE_TOO_MANY_FOR_USER,
@@ -47,85 +47,8 @@ from protocol import (
 )
 from server_protocol import FAST_PATH_FLAGS, ServerConnection, server_connection
 from settings import Settings
-from token_bucket import TokenBucket
 
 logger = logging.getLogger(__name__)
-
-
-class AsgiClientSocket:
-    """A Starlette WebSocket as the hub's `ClientSocket`: ASGI sends, which work under
-    any server; `abort` needs our server protocol and is a no-op elsewhere."""
-
-    def __init__(self, websocket: WebSocket, connection: ServerConnection | None) -> None:
-        self._websocket = websocket
-        self._connection = connection
-
-    async def send_text(self, frame: str) -> None:
-        try:
-            await self._websocket.send_text(frame)
-        except (WebSocketDisconnect, RuntimeError) as exc:
-            raise ConnectionError("client socket closed") from exc
-
-    async def close(self, code: int, reason: str) -> None:
-        try:
-            await self._websocket.close(code, reason)
-        except (WebSocketDisconnect, RuntimeError) as exc:
-            raise ConnectionError("client socket closed") from exc
-
-    def abort(self) -> None:
-        if self._connection is not None:
-            self._connection.abort()
-
-    def queued_bytes(self) -> int:
-        return self._connection.queued_bytes() if self._connection is not None else 0
-
-
-def _size_in_bytes(text: str) -> int:
-    """UTF-8 length, encoding only when the character count leaves it in doubt."""
-    return len(text) if text.isascii() else len(text.encode())
-
-
-@dataclass(frozen=True)
-class Ended:
-    """The client left, or was closed by the reader (with this code, when known)."""
-
-    code: int | None
-
-
-class RequestReader:
-    """A client's frames as request texts, within its size and message-rate limits:
-    each `next()` is a text to handle, an error to send back, or the end."""
-
-    def __init__(self, websocket: WebSocket, settings: Settings) -> None:
-        self._websocket = websocket
-        self._settings = settings
-        self._budget = TokenBucket(settings.client_message_rate, settings.client_message_burst)
-
-    async def next(self) -> str | Frame | Ended:
-        settings, websocket = self._settings, self._websocket
-        message = await websocket.receive()
-        if message["type"] == "websocket.disconnect":
-            return Ended(message.get("code"))
-        text, data = message.get("text"), message.get("bytes")
-        size = _size_in_bytes(text) if text is not None else len(data or b"")
-        if size > settings.max_message_size:
-            reason = f"message over {settings.max_message_size} bytes"
-            await websocket.close(CLOSE_MESSAGE_TOO_BIG, reason)
-            return Ended(CLOSE_MESSAGE_TOO_BIG)
-        now = time.monotonic()
-        if not self._budget.allow(now):
-            if self._budget.limited_for(now) > settings.rate_limit_close_after:
-                await websocket.close(CLOSE_POLICY_VIOLATION, "rate limit exceeded")
-                return Ended(CLOSE_POLICY_VIOLATION)
-            return protocol.error_message(
-                "rate_limited",
-                f"over {settings.client_message_rate:g} messages per second; message ignored",
-            )
-        if text is None:
-            return protocol.error_message(
-                "invalid_message", "binary frames are not supported; send JSON text"
-            )
-        return str(text)
 
 
 class ClientSessions:
