@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from auth import Authenticator, AuthFailed, Identity
+from client_connection import UNRESTRICTED, Entitlements
 from settings import Settings
 from token_bucket import TokenBucket
 
@@ -108,15 +109,30 @@ class Admission:
         limit = self._settings.max_connections_per_user
         return self._over_limits(user_key(user), limit, "for your user", "user", now)
 
+    def open_refusal(self, address: str, user: str | None) -> Refusal | None:
+        """The connection limits alone, checked again right before a connection is
+        counted where the first check happened in another task (`GET /stream`)."""
+        settings = self._settings
+        refusal = self._over_limits(
+            address, settings.max_connections_per_address, "from your address", "address"
+        )
+        if refusal is None and user is not None:
+            limit = settings.max_connections_per_user
+            refusal = self._over_limits(user_key(user), limit, "for your user", "user")
+        return refusal
+
     def _over_limits(
-        self, key: str, limit: int, whose: str, kind: str, now: float
+        self, key: str, limit: int, whose: str, kind: str, now: float | None = None
     ) -> Refusal | None:
-        """Open connections and the handshake rate of an address or a user (`key`)."""
+        """Open connections of an address or a user (`key`), and with `now` the
+        handshake rate too."""
         if self._open.get(key, 0) >= limit:
             return self._refuse(
                 f"{kind}_connections",
                 Refusal(429, f"too many connections {whose} (at most {limit})", retry_after=10),
             )
+        if now is None:
+            return None
         wait = self._take_handshake(key, now)
         if wait > 0:
             rate = self._settings.address_handshake_rate
@@ -130,18 +146,21 @@ class Admission:
             )
         return None
 
-    async def http_owner(self, token: str | None, address: str) -> str | Refusal:
-        """Whose share a plain HTTP request (`GET /quote/...`) spends: with signed tokens
-        its user's (401 without a good token), else its address's (401 on a wrong
-        shared token)."""
+    async def http_asker(
+        self, token: str | None, address: str
+    ) -> tuple[str, Entitlements] | Refusal:
+        """Who asks over plain HTTP (`GET /quote/...`, `/bars/...`): whose share the
+        request spends (with signed tokens its user's, else its address's) and what it
+        may ask for; or the refusal (401 without a good token)."""
         if self.verifies_tokens:
             try:
-                return user_key((await self.identify(token or "")).user)
+                identity = await self.identify(token or "")
             except AuthFailed as exc:
                 return Refusal(401, f"token {exc.reason}" if token else "a token is required")
+            return user_key(identity.user), identity.entitlements
         if self._settings.gateway_token and not _same(token or "", self._settings.gateway_token):
             return self._refuse("token", Refusal(401, "missing or wrong token"))
-        return address
+        return address, UNRESTRICTED
 
     @contextmanager
     def holding(self, address: str) -> Iterator[None]:

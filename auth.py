@@ -3,8 +3,9 @@ limits and entitlements.
 
 The mode follows the configuration: `JWT_SECRET` (HS256), `JWT_PUBLIC_KEY` (a PEM key:
 RS256 for RSA, ES256 for P-256), or `JWT_JWKS_URL` (keys fetched with aiohttp, cached,
-refetched on an unknown `kid` at most once a minute, with a timeout; an outage keeps
-the cached keys, so connected users are not dropped). The accepted algorithms come
+refetched on an unknown `kid` at most once a minute and when older than ten minutes,
+so a revoked key stops verifying, with a timeout; an outage keeps the cached keys, so
+connected users are not dropped). The accepted algorithms come
 from the configuration (for JWKS, from each key's type), never from the token: `alg:
 none` and HS/RS confusion are refused by construction. `exp` and `sub` are required;
 `aud` and `iss` are checked when `JWT_AUDIENCE` / `JWT_ISSUER` are set; clocks may
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -38,7 +40,9 @@ logger = logging.getLogger(__name__)
 
 JWKS_REFRESH_SECONDS = 60.0  # at most one refetch a minute for an unknown kid
 JWKS_TIMEOUT_SECONDS = 5.0
+JWKS_MAX_AGE_SECONDS = 600.0  # keys older than this are refetched (a revoked key goes)
 MAX_TOKEN_CHARS = 8192
+MAX_USER_CHARS = 200  # a longer `sub` is refused
 
 
 class AuthFailed(Exception):
@@ -73,7 +77,7 @@ class Authenticator:
         self._jwks: dict[str, tuple[Any, str]] = {}  # kid -> (key, its algorithm)
         self.jwks_refresh_seconds = JWKS_REFRESH_SECONDS
         self._jwks_fetched_at: float | None = None
-        self._jwks_lock = asyncio.Lock()
+        self._fetching: asyncio.Task[None] | None = None  # the one fetch under way
 
     @property
     def enabled(self) -> bool:
@@ -112,7 +116,9 @@ class Authenticator:
         kid = jwt.get_unverified_header(token).get("kid")
         if not isinstance(kid, str) or not kid:
             raise jwt.InvalidTokenError("no kid")
-        if kid not in self._jwks:
+        fetched = self._jwks_fetched_at
+        stale = fetched is not None and _now() - fetched > JWKS_MAX_AGE_SECONDS
+        if kid not in self._jwks or stale:  # a rotation, or keys a provider may have revoked
             await self._refresh_jwks()
         if kid not in self._jwks:
             raise jwt.InvalidTokenError("unknown kid")
@@ -120,26 +126,45 @@ class Authenticator:
         return key, [algorithm]
 
     async def _refresh_jwks(self) -> None:
-        """Refetch the key set, at most once a minute; on failure keep the old keys."""
-        loop = asyncio.get_running_loop()
-        async with self._jwks_lock:
+        """Refetch the key set, at most once per `jwks_refresh_seconds`. The fetch runs
+        on its own (shielded): a client that gives up waiting cannot cancel it and so
+        push the next fetch a minute away."""
+        if self._fetching is None:
             fetched = self._jwks_fetched_at
-            if fetched is not None and loop.time() - fetched < self.jwks_refresh_seconds:
+            if fetched is not None and _now() - fetched < self.jwks_refresh_seconds:
                 return
-            self._jwks_fetched_at = loop.time()
-            timeout = aiohttp.ClientTimeout(total=JWKS_TIMEOUT_SECONDS)
-            try:
-                async with (
-                    aiohttp.ClientSession(timeout=timeout) as session,
-                    session.get(self._settings.jwt_jwks_url) as response,
-                ):
-                    response.raise_for_status()
-                    document = await response.json(content_type=None)
-                self._jwks = _keys_of(document)
-                logger.info("JWKS fetched keys=%d", len(self._jwks))
-            except (aiohttp.ClientError, TimeoutError, ValueError, TypeError) as exc:
-                logger.warning("JWKS unavailable (keeping %d cached keys) error=%s",
-                               len(self._jwks), type(exc).__name__)  # fmt: skip
+            self._jwks_fetched_at = _now()
+            self._fetching = asyncio.create_task(self._fetch_jwks(), name="jwks-fetch")
+        await asyncio.shield(self._fetching)
+
+    async def _fetch_jwks(self) -> None:
+        """One fetch, bounded by JWKS_TIMEOUT_SECONDS; on failure the cached keys stay."""
+        timeout = aiohttp.ClientTimeout(total=JWKS_TIMEOUT_SECONDS)
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as session,
+                session.get(self._settings.jwt_jwks_url) as response,
+            ):
+                response.raise_for_status()
+                document = await response.json(content_type=None)
+            self._jwks = _keys_of(document)
+            logger.info("JWKS fetched keys=%d", len(self._jwks))
+        except (aiohttp.ClientError, TimeoutError, ValueError, TypeError) as exc:
+            logger.warning("JWKS unavailable (keeping %d cached keys) error=%s",
+                           len(self._jwks), type(exc).__name__)  # fmt: skip
+        finally:
+            self._fetching = None
+
+    async def close(self) -> None:
+        """Stop a fetch under way (at shutdown)."""
+        fetching = self._fetching
+        if fetching is not None:
+            fetching.cancel()
+            await asyncio.gather(fetching, return_exceptions=True)
+
+
+def _now() -> float:
+    return time.monotonic()
 
 
 def _load_pem(pem: str) -> Any:
@@ -176,7 +201,9 @@ def _keys_of(document: Any) -> dict[str, tuple[Any, str]]:
 
 def _identity(claims: dict[str, Any]) -> Identity | None:
     user, expires = claims.get("sub"), claims.get("exp")
-    if not isinstance(user, str) or not user or not isinstance(expires, (int, float)):
+    if not isinstance(user, str) or not 0 < len(user) <= MAX_USER_CHARS:
+        return None  # never cut: two long subs must not become one user
+    if not isinstance(expires, (int, float)):
         return None
     symbols = claims.get("symbols")
     allowed = None
@@ -187,4 +214,4 @@ def _identity(claims: dict[str, Any]) -> Identity | None:
     cap = claims.get("max_symbols")
     if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 0):
         return None
-    return Identity(user[:200], float(expires), Entitlements(allowed, cap))
+    return Identity(user, float(expires), Entitlements(allowed, cap))

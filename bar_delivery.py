@@ -24,12 +24,13 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
 
 import protocol
-from bars import BarBook, BarEvent, Interval
-from client_connection import ClientConnection, Entitlements
+from bars import INTERVALS, BarBook, BarEvent, Interval
+from client_connection import ClientConnection
 from protocol import ErrorCode
 from upstream import Trade
 
 TICK_SECONDS = 0.1  # how often closes and live updates are looked for
+TRADES_PER_SLICE = 5000  # trades counted between two yields to the event loop
 
 
 class SymbolHolder(Protocol):
@@ -100,16 +101,22 @@ class BarDelivery:
             self._leave(client, symbol, interval)
         client.send(protocol.subscription_message("unsubscribed", symbols, interval))
 
+    def holders_of(self, symbol: str) -> set[ClientConnection]:
+        """Clients following `symbol`'s bars in any interval."""
+        holders: set[ClientConnection] = set()
+        for interval in INTERVALS:
+            holders |= self._subscribers.get((symbol, interval), set())
+        return holders
+
+    def drop(self, client: ClientConnection, symbol: str) -> None:
+        """Unsubscribe `client` from `symbol`'s bars in every interval (confirmed)."""
+        for interval in sorted(client.bar_intervals.get(symbol, ())):
+            self.unsubscribe(client, [symbol], interval)
+
     def leave_all(self, client: ClientConnection) -> None:
         for symbol, intervals in list(client.bar_intervals.items()):
             for interval in list(intervals):
                 self._leave(client, symbol, interval)
-
-    def entitle(self, client: ClientConnection, entitlements: Entitlements) -> None:
-        """A refreshed token: bars of symbols it no longer allows are dropped."""
-        for symbol in [s for s in client.bar_intervals if not entitlements.allow(s)]:
-            for interval in sorted(client.bar_intervals[symbol]):
-                self.unsubscribe(client, [symbol], interval)
 
     def _leave(self, client: ClientConnection, symbol: str, interval: Interval) -> None:
         intervals = client.bar_intervals.get(symbol)
@@ -127,14 +134,22 @@ class BarDelivery:
 
     # -- bars --------------------------------------------------------------------------------
 
-    def trades_received(self, trades: Iterable[Trade]) -> None:
-        """A single process's trades (already parsed by the feed) into the book."""
-        if self._aggregating:
-            self.deliver(self.book.add_trades(trades, _now_ms()))
+    async def trades_received(self, trades: list[Trade]) -> None:
+        """A single process's trades (already parsed by the feed) into the book, a slice
+        at a time: one huge upstream message must not freeze everything else."""
+        if not self._aggregating:
+            return
+        for start in range(0, len(trades), TRADES_PER_SLICE):
+            if start:
+                await asyncio.sleep(0)
+            chunk = trades[start : start + TRADES_PER_SLICE]
+            self.deliver(self.book.add_trades(chunk, _now_ms()))
 
     def forget(self, symbol: str) -> None:
-        """The upstream no longer carries `symbol`: its bars would only go stale."""
-        self.book.forget(symbol)
+        """The upstream no longer carries `symbol`: its bars would only go stale. (On a
+        cluster the mirror forgets when this process's interest does: cluster_bars.py.)"""
+        if self._aggregating:
+            self.book.forget(symbol)
 
     def deliver(self, events: Iterable[BarEvent]) -> None:
         for event in events:

@@ -140,22 +140,25 @@ class BarBook:
         series = self._series.get((symbol, interval))
         if series is None:
             return []
-        return [*series.closed, *(series.open[start] for start in sorted(series.open))]
+        held = [*series.closed, *series.open.values()]
+        held.sort(key=lambda bar: bar.t)  # an open bar may be older than a closed one
+        return held
 
     def forget(self, symbol: str) -> None:
         for interval in INTERVALS:
             self._series.pop((symbol, interval), None)
 
     def add_trades(self, trades: Iterable[Trade], now_ms: int) -> list[BarEvent]:
-        """Count trades into their bars; returns the revised finals late trades caused."""
-        revised: list[BarEvent] = []
+        """Count trades into their bars; returns the revised finals late trades caused
+        (one per bar, however many late trades it got)."""
+        revised: dict[tuple[str, Interval, int], BarEvent] = {}
         for trade in trades:
             symbol, price, volume, t = trade
             for interval in INTERVALS:
                 event = self._add(symbol, interval, price, volume, t, now_ms)
                 if event is not None:
-                    revised.append(event)
-        return revised
+                    revised[(symbol, interval, event.bar["t"])] = event
+        return list(revised.values())
 
     def _add(
         self, symbol: str, interval: Interval, price: float, volume: float, t: int, now_ms: int
@@ -220,16 +223,17 @@ class BarBook:
             series.closed.remove(existing)
         series.insert_closed(bar)
 
-    def load(self, symbol: str, interval: Interval, bars: Iterable[Bar], now_ms: int) -> None:
-        """Start a series from stored bars (oldest first), replacing what was held: a
-        bar whose interval (and grace) has not ended yet is open again."""
+    def load(
+        self, symbol: str, interval: Interval, closed: Iterable[Bar], open_bar: Bar | None
+    ) -> None:
+        """Start a series from stored bars (closed ones oldest first, and the bar that
+        was open), replacing what was held. The open bar is open again: `due()` closes
+        it, at once if its time has passed, and reports its final."""
         series = _Series(deque(maxlen=self._history))
-        length = INTERVAL_MS[interval]
-        for bar in bars:
-            if bar.t + length + self._grace_ms > now_ms:
-                series.open[bar.t] = bar
-            else:
-                series.insert_closed(bar)
+        for bar in closed:
+            series.insert_closed(bar)
+        if open_bar is not None:
+            series.open[open_bar.t] = open_bar
         self._series[(symbol, interval)] = series
 
     def held(self) -> Iterator[tuple[str, Interval]]:

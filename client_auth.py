@@ -3,10 +3,10 @@
 Once a client is in (auth.py verified its token), `ClientAuth` says what comes next:
 an "expiring" warning `AUTH_EXPIRY_WARNING` seconds before the token's `exp` (or half
 way through a token that lives shorter than twice that, so short tokens are refreshed
-in time and never in a storm), then
-the expiry itself, when the session closes the connection with 4001 unless the client
-sent a fresh token for the same user first (`refresh`: no gap in its stream, and the
-fresh token's entitlements apply from then on).
+in time and never in a storm), then the expiry itself (plus `JWT_LEEWAY`, as long as
+verification would still accept the token), when the session closes the connection
+with 4001 unless the client sent a fresh token for the same user first (`refresh`: no
+gap in its stream, and the fresh token's entitlements apply from then on).
 
 This module is a small state machine the session consults; it never touches a socket
 and never sleeps: the session waits for the next deadline while it reads requests.
@@ -35,9 +35,11 @@ class ClientAuth:
         identify: Callable[[str], Awaitable[Identity]],
         *,
         warning: float,
+        leeway: float = 0.0,
     ) -> None:
         self._identify = identify
         self._warning = warning
+        self._leeway = leeway  # JWT_LEEWAY: the close waits as long as verification would
         self._start(identity, time.time())
 
     def _start(self, identity: Identity, now: float) -> None:
@@ -49,7 +51,7 @@ class ClientAuth:
     def next_deadline(self) -> Deadline:
         if not self._warned:
             return Deadline(self._warn_at, "expiring")
-        return Deadline(self.identity.expires_at, "expired")
+        return Deadline(self.identity.expires_at + self._leeway, "expired")
 
     def warned(self) -> None:
         """The "expiring" warning went out: the next deadline is the expiry."""

@@ -25,6 +25,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
+from contextlib import ExitStack
 
 from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -67,40 +68,38 @@ class ClientSessions:
         refusal = admission.refusal(
             websocket.headers.get("origin"), token, address, time.monotonic()
         )
-        identity: Identity | None = None
-        if refusal is None and token is not None and admission.verifies_tokens:
-            try:
-                identity = await admission.identify(token)
-                refusal = admission.user_refusal(identity.user, time.monotonic())
-            except AuthFailed as exc:
-                refusal = Refusal(401, f"token {exc.reason}")
         if refusal is not None:
-            origin = websocket.headers.get("origin", "")[:100]
-            logger.warning(
-                "websocket refused status=%d reason=%r address=%s origin=%r",
-                refusal.status, refusal.reason, address, origin,
-            )  # fmt: skip
-            await _refuse(websocket, refusal)
+            await _refuse(websocket, refusal, address)
             return
-        with admission.holding(address):
+        # Each count is taken right after its check, with nothing awaited in between:
+        # concurrent handshakes cannot all pass one check.
+        with ExitStack() as held:
+            held.enter_context(admission.holding(address))
+            identity: Identity | None = None
+            if token is not None and admission.verifies_tokens:
+                try:
+                    identity = await admission.identify(token)
+                    refusal = admission.user_refusal(identity.user, time.monotonic())
+                except AuthFailed as exc:
+                    refusal = Refusal(401, f"token {exc.reason}")
+                if refusal is not None:
+                    await _refuse(websocket, refusal, address)
+                    return
+                assert identity is not None
+                held.enter_context(admission.holding_user(identity.user))
             await websocket.accept()
             if self._hub.client_count >= self._settings.max_clients:
                 await websocket.close(CLOSE_TRY_AGAIN_LATER, "server full, try again later")
                 return
             reader = RequestReader(websocket, self._settings)
             if admission.verifies_tokens and identity is None:
-                identity = await self._authenticate(websocket, reader, address)
+                identity = await self._authenticate(websocket, reader)
                 if identity is None:
                     return
-            if identity is None:
-                await self._serve_accepted(websocket, reader, address, None)
-                return
-            with admission.holding_user(identity.user):
-                await self._serve_accepted(websocket, reader, address, identity)
+                held.enter_context(admission.holding_user(identity.user))
+            await self._serve_accepted(websocket, reader, address, identity)
 
-    async def _authenticate(
-        self, websocket: WebSocket, reader: RequestReader, address: str
-    ) -> Identity | None:
+    async def _authenticate(self, websocket: WebSocket, reader: RequestReader) -> Identity | None:
         """The first message's token within AUTH_TIMEOUT; None once the client is gone
         or closed (auth_failed 4003, auth_timeout 4008, too_many_connections 4029)."""
         admission = self._admission
@@ -116,9 +115,10 @@ class ClientSessions:
                     try:
                         request = protocol.parse_client_message(got)
                     except protocol.ProtocolError as exc:
-                        await websocket.send_text(
-                            protocol.error_message(exc.code, exc.message).text
-                        )
+                        if exc.code == "auth_failed":  # an auth message without a token
+                            raise AuthFailed("invalid") from None
+                        error = protocol.error_message(exc.code, exc.message)
+                        await websocket.send_text(error.text)
                         continue
                     if request.action == "auth":
                         break
@@ -135,6 +135,8 @@ class ClientSessions:
             error = protocol.error_message("auth_failed", f"token {exc.reason}")
             await _close_with(websocket, error, CLOSE_AUTH_FAILED, "auth failed")
             return None
+        except (WebSocketDisconnect, RuntimeError, ConnectionError):
+            return None  # gone while we answered
         refusal = admission.user_refusal(identity.user, time.monotonic())
         if refusal is not None:
             error = protocol.error_message("too_many_connections", refusal.reason)
@@ -161,7 +163,10 @@ class ClientSessions:
         auth = None
         if identity is not None:
             auth = ClientAuth(
-                identity, self._admission.identify, warning=settings.auth_expiry_warning
+                identity,
+                self._admission.identify,
+                warning=settings.auth_expiry_warning,
+                leeway=settings.jwt_leeway,
             )
         socket = AsgiClientSocket(websocket, connection)
         if auth is not None:  # first, before `connection` (a small frame to an empty buffer)
@@ -237,8 +242,8 @@ class ClientSessions:
                             protocol.auth_message("expiring", auth.identity.user, auth.expires_in())
                         )
                         continue
-                    client.send(protocol.auth_message("expired", auth.identity.user, 0))
-                    await websocket.close(CLOSE_TOKEN_EXPIRED, "token expired")
+                    expired = protocol.auth_message("expired", auth.identity.user, 0)
+                    await _close_with(websocket, expired, CLOSE_TOKEN_EXPIRED, "token expired")
                     return CLOSE_TOKEN_EXPIRED
             if isinstance(got, Ended):
                 return got.code
@@ -268,6 +273,8 @@ class ClientSessions:
         try:
             request = protocol.parse_client_message(text)
         except protocol.ProtocolError as exc:
+            if exc.code == "auth_failed" and auth is not None:  # an auth message, no token
+                return await self._refresh(websocket, client, "", auth)
             client.send(protocol.error_message(exc.code, exc.message))
             return None
         if request.action == "ping":
@@ -311,8 +318,8 @@ class ClientSessions:
         try:
             identity = await auth.refresh(token)
         except AuthFailed as exc:
-            client.send(protocol.error_message("auth_failed", f"token {exc.reason}"))
-            await websocket.close(CLOSE_AUTH_FAILED, "auth failed")
+            error = protocol.error_message("auth_failed", f"token {exc.reason}")
+            await _close_with(websocket, error, CLOSE_AUTH_FAILED, "auth failed")
             return CLOSE_AUTH_FAILED
         if identity.entitlements != client.entitlements:
             self._hub.entitle(client, identity.entitlements)
@@ -340,9 +347,14 @@ async def _close_with(websocket: WebSocket, error: Frame, code: int, reason: str
         pass  # already gone
 
 
-async def _refuse(websocket: WebSocket, refusal: Refusal) -> None:
+async def _refuse(websocket: WebSocket, refusal: Refusal, address: str) -> None:
     """Refuse a handshake with an HTTP status and a plain-text reason where the server
     supports denial responses; otherwise a close before accept (uvicorn answers 403)."""
+    origin = websocket.headers.get("origin", "")[:100]
+    logger.warning(
+        "websocket refused status=%d reason=%r address=%s origin=%r",
+        refusal.status, refusal.reason, address, origin,
+    )  # fmt: skip
     if "websocket.http.response" in websocket.scope.get("extensions", {}):
         headers = {"Retry-After": str(refusal.retry_after)} if refusal.retry_after else None
         response = PlainTextResponse(refusal.reason, status_code=refusal.status, headers=headers)

@@ -29,13 +29,16 @@ from typing import Any
 
 import orjson
 import redis.asyncio as redis
+from redis.exceptions import RedisError
 
-from bar_delivery import TICK_SECONDS, BarDelivery
+from bar_delivery import TICK_SECONDS, TRADES_PER_SLICE, BarDelivery
 from bars import INTERVALS, Bar, BarBook, BarEvent, Interval
+from cancellation import raise_if_cancelling
 from upstream import Trade
 
 logger = logging.getLogger("cluster")
 LOAD_WAIT_SECONDS = 2.0  # a subscribe_bars waits at most this long for stored history
+MAX_PENDING = 10_000  # closed bars kept for a retry while Redis is unreachable
 
 
 def encode_event(event: BarEvent) -> bytes:
@@ -82,8 +85,10 @@ class StoredBars:
     def channel(self) -> str:
         return self._key("bars")
 
-    async def load(self, symbols: Iterable[str]) -> dict[tuple[str, Interval], list[Bar]]:
-        """Each series' stored closed bars, then its open bar, oldest first."""
+    async def load(
+        self, symbols: Iterable[str]
+    ) -> dict[tuple[str, Interval], tuple[list[Bar], Bar | None]]:
+        """Each series' stored closed bars (oldest first) and its stored open bar."""
         pairs = [(symbol, interval) for symbol in symbols for interval in INTERVALS]
         if not pairs:
             return {}
@@ -93,12 +98,13 @@ class StoredBars:
             pipe.hmget(self.open_key, [f"{interval}:{symbol}" for symbol, interval in pairs])
             replies = await pipe.execute()
         opened = replies[-1]
-        loaded: dict[tuple[str, Interval], list[Bar]] = {}
+        loaded: dict[tuple[str, Interval], tuple[list[Bar], Bar | None]] = {}
         for (symbol, interval), members, open_bar in zip(pairs, replies, opened, strict=False):
-            bars = [Bar.from_dict(orjson.loads(member)) for member in members]
-            if open_bar and (not bars or orjson.loads(open_bar)["t"] > bars[-1].t):
-                bars.append(Bar.from_dict(orjson.loads(open_bar)))
-            loaded[(symbol, interval)] = bars
+            closed = [Bar.from_dict(orjson.loads(member)) for member in members]
+            still_open = Bar.from_dict(orjson.loads(open_bar)) if open_bar else None
+            if still_open is not None and closed and still_open.t <= closed[-1].t:
+                still_open = None  # closed meanwhile (its final is stored)
+            loaded[(symbol, interval)] = (closed, still_open)
         return loaded
 
     async def store(self, events: list[BarEvent], history: int) -> None:
@@ -152,24 +158,42 @@ class LeaderBars:
         async with self._lock:
             fresh = {trade.symbol for trade in trades} - self._book.symbols
             if fresh:  # continue from what an earlier leader stored
-                for (symbol, interval), bars in (await self._stored.load(fresh)).items():
-                    self._book.load(symbol, interval, bars, _now_ms())
-            events = self._book.add_trades(trades, _now_ms())
-            if events:
-                await self._stored.store(events, self._history)
+                for (symbol, interval), (closed, still_open) in (
+                    await self._stored.load(fresh)
+                ).items():
+                    # An open bar the last leader left is open here until due() closes
+                    # it, so its final is stored and published like any other.
+                    self._book.load(symbol, interval, closed, still_open)
+            for start in range(0, len(trades), TRADES_PER_SLICE):
+                if start:
+                    await asyncio.sleep(0)  # a huge upstream message, a slice at a time
+                chunk = trades[start : start + TRADES_PER_SLICE]
+                events = self._book.add_trades(chunk, _now_ms())
+                if events:
+                    await self._stored.store(events, self._history)
 
     async def run(self) -> None:
-        """Close bars on the clock, send live updates, and drop symbols nobody wants."""
+        """Close bars on the clock, send live updates, and drop symbols nobody wants.
+        A Redis error costs this tick's events (logged), never the leadership."""
+        pending: list[BarEvent] = []  # due but not yet stored: retried next tick
         while True:
             await asyncio.sleep(TICK_SECONDS)
             async with self._lock:
-                events = self._book.due(_now_ms())
-                if events:
-                    await self._stored.store(events, self._history)
+                pending += self._book.due(_now_ms())
                 unwanted = self._book.symbols - self._carried()
                 for symbol in unwanted:
                     self._book.forget(symbol)
-                await self._stored.delete(unwanted)
+                try:
+                    if pending:
+                        await self._stored.store(pending, self._history)
+                    await self._stored.delete(unwanted)
+                except (RedisError, OSError, TimeoutError) as exc:
+                    raise_if_cancelling(exc)
+                    logger.warning("cluster bars not stored events=%d error=%s",
+                                   len(pending), type(exc).__name__)  # fmt: skip
+                    pending = [event for event in pending if event.final][-MAX_PENDING:]
+                    continue
+                pending = []
 
 
 class MirrorBars:
@@ -182,15 +206,15 @@ class MirrorBars:
 
     async def load(self, symbols: set[str]) -> None:
         """Start mirroring symbols this process's clients began to want."""
-        for (symbol, interval), bars in (await self._stored.load(symbols)).items():
-            self._delivery.book.load(symbol, interval, bars, _now_ms())
+        for (symbol, interval), (closed, still_open) in (await self._stored.load(symbols)).items():
+            self._delivery.book.load(symbol, interval, closed, still_open)
         for symbol in symbols:
             self._loaded.setdefault(symbol, asyncio.Event()).set()
 
     def forget(self, symbols: set[str]) -> None:
         for symbol in symbols:
             self._loaded.pop(symbol, None)
-            self._delivery.forget(symbol)
+            self._delivery.book.forget(symbol)
 
     def received(self, data: bytes) -> None:
         event = decode_event(data)
@@ -206,6 +230,10 @@ class MirrorBars:
                     await self._loaded.setdefault(symbol, asyncio.Event()).wait()
         except TimeoutError:
             logger.warning("cluster bars not loaded in time symbols=%d", len(symbols))
+            for symbol in symbols:  # waited for in vain: no event left behind
+                loaded = self._loaded.get(symbol)
+                if loaded is not None and not loaded.is_set():
+                    del self._loaded[symbol]
 
 
 def _now_ms() -> int:

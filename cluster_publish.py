@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 
 import protocol
 from cancellation import raise_if_cancelling
+from finnhub_messages import newest_per_symbol
 from protocol import UpstreamState
 from upstream import MarketStatus, Trade
 
@@ -40,9 +41,10 @@ class UpstreamPublisher:
         self._events: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
 
     async def trades_received(self, trades: list[Trade], received_at: float) -> None:
+        newest, _ = newest_per_symbol(trades)  # prices: the newest; bars: every trade
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                for trade in trades:
+                for trade in newest:
                     frame = protocol.price_update_message(
                         *trade, self._previous_close(trade.symbol)
                     )

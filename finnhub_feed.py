@@ -32,7 +32,7 @@ import aiohttp
 import orjson
 
 from cancellation import raise_if_cancelling
-from finnhub_messages import UndecodableMessage, decode, newest_per_symbol, parse_trades, redact
+from finnhub_messages import UndecodableMessage, decode, parse_trades, redact
 from protocol import UpstreamState
 from token_bucket import TokenBucket
 from upstream import SymbolInterest, Trade
@@ -43,8 +43,6 @@ logger = logging.getLogger(__name__)
 # subscribes. Such an error is blamed on the newest not-yet-blamed subscribe sent within
 # this many seconds; any other error that names no symbol we carry is not attributed.
 BLAME_WINDOW_SECONDS = 5.0
-# Updates delivered per symbol from one upstream message: the newest ones (README).
-MAX_TRADES_PER_SYMBOL_PER_MESSAGE = 100
 TOO_MANY_SYMBOLS = "too many symbols"
 
 
@@ -114,7 +112,6 @@ class FinnhubFeed:
         self._pacer = TokenBucket(subscribe_rate, subscribe_burst)
         self._trade_bounds = {"max_age": trade_max_age, "max_ahead": trade_max_ahead}
         self.upstream_frames_sent = 0
-        self.trades_coalesced = 0  # older trades of a symbol dropped from a huge message
         self.interest = interest
         self._sent: set[str] = set()  # subscribed on the current socket
         self._recent_subscribes: deque[tuple[str, float]] = deque()
@@ -280,8 +277,6 @@ class FinnhubFeed:
             if skipped:
                 self._skip(f"{skipped} malformed or implausible trade(s)")
             self.trades_received += len(trades)
-            trades, dropped = newest_per_symbol(trades, MAX_TRADES_PER_SYMBOL_PER_MESSAGE)
-            self.trades_coalesced += dropped
             if trades:
                 await listener.trades_received(trades, received_at)
         elif kind == "ping":

@@ -80,7 +80,14 @@ def parse_trades(
     return trades, skipped
 
 
-def newest_per_symbol(trades: list[Trade], limit: int) -> tuple[list[Trade], int]:
+# Price updates delivered per symbol from one upstream message: the newest ones (README).
+# Bars count every trade.
+MAX_TRADES_PER_SYMBOL_PER_MESSAGE = 100
+
+
+def newest_per_symbol(
+    trades: list[Trade], limit: int = MAX_TRADES_PER_SYMBOL_PER_MESSAGE
+) -> tuple[list[Trade], int]:
     """At most `limit` trades per symbol from one message: the newest, in their order.
 
     A client that falls behind gets only the newest price anyway (conflation); a single

@@ -127,15 +127,20 @@ class HttpApi:
 
     async def _symbol_and_owner(self, request: Request) -> tuple[str, str] | JSONResponse:
         """The path's symbol and whose share the request spends (its user's with signed
-        tokens, else its address's); or the refusal: 400, 401."""
+        tokens, else its address's); or the refusal: 400, 401, 403 for a symbol the
+        token's entitlements do not allow."""
         symbol = protocol.normalize_symbol(request.path_params["symbol"])
         if symbol is None:
             return JSONResponse({"error": f"a symbol is {protocol.SYMBOL_RULE}"}, 400)
         address = address_key(request.client.host if request.client else "-")
         token = request_token(request.query_params, request.headers)
-        owner = await self._running().admission.http_owner(token, address)
-        if isinstance(owner, Refusal):
-            return JSONResponse({"error": owner.reason}, owner.status)
+        asker = await self._running().admission.http_asker(token, address)
+        if isinstance(asker, Refusal):
+            return JSONResponse({"error": asker.reason}, asker.status)
+        owner, entitlements = asker
+        if not entitlements.allow(symbol):
+            message = "your token does not entitle you to this symbol"
+            return JSONResponse({"error": message, "code": "forbidden_symbol"}, 403)
         return symbol, owner
 
     async def metrics(self, request: Request) -> Response:

@@ -36,6 +36,7 @@ from client_connection import (
     FrameWriter,
 )
 from client_quotes import QuoteDelivery
+from finnhub_messages import newest_per_symbol
 from pacing import DeliveryClock, DeliveryGroups
 from protocol import DeliveryOptions, ErrorCode, Frame, UpstreamState
 from quotes import QuoteService
@@ -260,23 +261,24 @@ class Hub:
             self.capacity.leave(symbol, client.owner)
 
     def entitle(self, client: ClientConnection, entitlements: Entitlements) -> None:
-        """A refreshed token's entitlements: symbols it no longer allows are dropped
-        (`forbidden_symbol`, then the unsubscription)."""
+        """A refreshed token's entitlements: symbols (prices or bars) it no longer allows,
+        or over its cap, are dropped: `forbidden_symbol`, then the unsubscriptions."""
         client.entitlements = entitlements
         cap = entitlements.symbol_cap(self._max_symbols_per_client)
-        held = sorted(client.symbols)
+        held = sorted(client.symbols | client.bar_intervals.keys())
         dropped = [symbol for symbol in held if not entitlements.allow(symbol)]
         dropped += [symbol for symbol in held if symbol not in dropped][cap:]
+        if not dropped:
+            return
+        reason = "your refreshed token no longer entitles you to these symbols"
+        message = f"{reason}: {', '.join(dropped)}"
+        client.send(protocol.error_message("forbidden_symbol", message, dropped))
+        prices = [symbol for symbol in dropped if symbol in client.symbols]
+        if prices:
+            self.unsubscribe(client, prices)
         if self.bars is not None:
-            self.bars.entitle(client, entitlements)
-        if dropped:
-            reason = "your refreshed token no longer entitles you to these symbols"
-            client.send(
-                protocol.error_message(
-                    "forbidden_symbol", f"{reason}: {', '.join(dropped)}", dropped
-                )
-            )
-            self.unsubscribe(client, dropped)
+            for symbol in dropped:
+                self.bars.drop(client, symbol)
 
     def unsubscribe(self, client: ClientConnection, symbols: list[str]) -> None:
         self._leave(client, symbols)
@@ -317,16 +319,16 @@ class Hub:
         """A single process's feed listener: encode once, then publish."""
         carried = self.interest
         previous_close = self.quotes.previous_close if self.quotes is not None else _unknown
+        trades = [trade for trade in trades if trade.symbol in carried]  # else released
+        if self.bars is not None:
+            await self.bars.trades_received(trades)  # every trade counts in a bar
+        newest, _ = newest_per_symbol(trades)
         updates = [
             Update(
-                trade.symbol,
-                protocol.price_update_message(*trade, previous_close(trade.symbol)),
+                trade.symbol, protocol.price_update_message(*trade, previous_close(trade.symbol))
             )
-            for trade in trades
-            if trade.symbol in carried  # else in flight while it was released
+            for trade in newest
         ]
-        if self.bars is not None:
-            self.bars.trades_received([t for t in trades if t.symbol in carried])
         if updates:
             await self.publish(UpdateBatch(updates, received_at))
 
@@ -345,13 +347,17 @@ class Hub:
                 client.send(frame)
             return
         self.capacity.rejected(symbol)
-        if symbol not in self._subscribers:
-            return  # refused, but everyone who asked has already left
+        holders = set(self._subscribers.get(symbol, ()))
+        if self.bars is not None:
+            holders |= self.bars.holders_of(symbol)
         refused = [symbol]
         error = protocol.error_message("upstream_error", protocol.UPSTREAM_REFUSED_SYMBOL, refused)
-        for client in list(self._subscribers[symbol]):
+        for client in holders:  # none: refused, but everyone who asked has already left
             client.send(error)
-            self.unsubscribe(client, refused)
+            if symbol in client.symbols:
+                self.unsubscribe(client, refused)
+            if self.bars is not None:
+                self.bars.drop(client, symbol)
 
     # -- the broadcaster -----------------------------------------------------------------
 

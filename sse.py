@@ -135,8 +135,17 @@ class EventStreams:
         auth = None
         if identity is not None:
             auth = ClientAuth(
-                identity, admission.identify, warning=self._settings.auth_expiry_warning
+                identity,
+                admission.identify,
+                warning=self._settings.auth_expiry_warning,
+                leeway=self._settings.jwt_leeway,
             )
+        # Counted here, in the response's task: check the counts again first, with
+        # nothing awaited in between (parallel requests passed the first check together).
+        refusal = admission.open_refusal(address, user if identity else None)
+        if refusal is not None:
+            yield event(protocol.error_message("too_many_connections", refusal.reason).text)
+            return
         with (
             admission.holding(address),
             admission.holding_user(user) if identity else nullcontext(),

@@ -182,6 +182,7 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
         if settings.rest_enabled:
             supervisor.start("market", market.run)
     admission = Admission(settings)
+    stack.push_async_callback(admission.authenticator.close)
     sessions = ClientSessions(settings, hub, admission)
     return Running(
         hub, feed, rest, market, sessions, supervisor, admission, guard, time.monotonic(), cluster

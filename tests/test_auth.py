@@ -284,6 +284,31 @@ async def test_a_refresh_may_not_change_the_user(market: Market) -> None:
         assert await closed_with(client) == CLOSE_AUTH_FAILED
 
 
+async def test_parallel_streams_cannot_pass_the_per_user_limit_together(market: Market) -> None:
+    async with jwt_gateway(market, max_connections_per_user=2) as gateway:
+        headers = {"Authorization": f"Bearer {token('alice')}"}
+        url = f"{gateway.base_url}/stream?symbols=AAPL"
+        responses = await asyncio.gather(
+            *(gateway.session.get(url, headers=headers) for _ in range(6))
+        )
+        try:
+            opened = 0
+            for response in responses:
+                if response.status != 200:
+                    assert response.status == 429
+                    continue
+                first = (await response.content.readline()).decode()
+                if first.startswith("event: error"):
+                    assert "too_many_connections" in (await response.content.readline()).decode()
+                else:
+                    opened += 1
+            assert opened == 2
+            assert (await gateway.health())["users"] == 1
+        finally:
+            for response in responses:
+                response.close()
+
+
 async def test_per_user_connection_limit(market: Market) -> None:
     async with jwt_gateway(market, max_connections_per_user=2) as gateway:
         held = [await signed_in(gateway, token("alice")) for _ in range(2)]
@@ -412,6 +437,14 @@ async def test_quotes_over_http_need_a_token_too(market: Market) -> None:
         async with gateway.session.get(f"{gateway.base_url}/quote/AAPL", headers=headers) as ok:
             assert ok.status == 404  # past the token check: quotes are off in these tests
             assert "quotes are off" in (await ok.json())["error"]
+        # Entitlements hold over HTTP too.
+        narrow = {"Authorization": f"Bearer {token(symbols=['AAPL'])}"}
+        for path in ("/quote/MSFT", "/bars/MSFT?interval=1m"):
+            async with gateway.session.get(gateway.base_url + path, headers=narrow) as refused:
+                assert refused.status == 403, path
+                assert (await refused.json())["code"] == "forbidden_symbol"
+        async with gateway.session.get(f"{gateway.base_url}/bars/AAPL", headers=narrow) as ok:
+            assert ok.status == 200
 
 
 async def test_tokens_never_reach_the_logs_and_users_do(

@@ -173,3 +173,22 @@ async def test_bars_over_http_in_finnhubs_candle_shape(gateway: GatewayUnderTest
         assert response.status == 400
     async with gateway.session.get(gateway.base_url + "/bars/%3Cb%3E") as response:
         assert response.status == 400
+
+
+async def test_a_symbol_finnhub_refuses_is_dropped_from_bar_subscriptions(
+    market: Market, gateway: GatewayUnderTest
+) -> None:
+    client = await gateway.connect()
+    await subscribe_bars(client, "FAKESYM", "1m")
+    await subscribe_bars(client, "FAKESYM", "5m")
+    await market.simulator.wait_for(lambda: "FAKESYM" in market.simulator.subscribed_symbols())
+    await market.simulator.send_raw('{"type":"error","msg":"Invalid symbol FAKESYM"}')
+    error = await client.expect("error")
+    assert error["code"] == "upstream_error" and error["symbols"] == ["FAKESYM"]
+    dropped = [await client.expect("subscription") for _ in range(2)]
+    assert {(m["status"], m["interval"]) for m in dropped} == {
+        ("unsubscribed", "1m"),
+        ("unsubscribed", "5m"),
+    }
+    assert (await gateway.health())["symbols"] == []
+    gateway.gateway.running.hub.check_consistency()  # nothing still held

@@ -140,11 +140,17 @@ def test_memory_per_symbol_is_bounded() -> None:
     assert held * per_bar < 250_000  # bytes per symbol; BENCHMARKS.md "Bars" measures it
 
 
-def test_loading_stored_bars_reopens_the_one_still_open() -> None:
+def test_loading_stored_bars_reopens_the_open_one_and_a_late_tick_closes_it() -> None:
     book = BarBook(grace=0.5)
-    stored = [Bar.of(T, 10.0, 1.0, T), Bar.of(T + MINUTE, 11.0, 1.0, T + MINUTE)]
-    book.load("AAPL", "1m", stored, now_ms=T + MINUTE + 30_000)
+    stored = [Bar.of(T, 10.0, 1.0, T)]
+    book.load("AAPL", "1m", stored, Bar.of(T + MINUTE, 11.0, 1.0, T + MINUTE))
     book.add_trades([trade(12.0, T + MINUTE + 31_000)], T + MINUTE + 31_000)
     open_bar = book.bars("AAPL", "1m")[-1]
     assert (open_bar.t, open_bar.n, open_bar.o, open_bar.c) == (T + MINUTE, 2, 11.0, 12.0)
     assert [e.bar["t"] for e in finals(book.due(T + 2 * MINUTE + 500))] == [T + MINUTE]
+    # A bar left open by a leader that died long ago is closed, with its final, at once.
+    later = BarBook(grace=0.5)
+    later.load("AAPL", "1m", [], Bar.of(T, 10.0, 1.0, T))
+    assert [(e.bar["t"], e.final) for e in later.due(T + 10 * MINUTE) if e.interval == "1m"] == [
+        (T, True)
+    ]
