@@ -160,8 +160,10 @@ async def slow_consumers(config: Config, rate: float) -> list[dict[str, Any]]:
         await running.wait_upstream_carries(universe)
         await running.set_rate(rate)
         await asyncio.sleep(config.warmup)
+        # As long as the window with stuck clients: a longer window catches more of a
+        # shared machine's stray spikes, so unequal windows would skew the ratio.
         reference = await measure(
-            running, "slow: reference (no stuck clients)", rate, config.measure
+            running, "slow: reference (no stuck clients)", rate, config.slow_measure
         )
         async with load(running, universe, clients=0, stuck=stuck_count) as stuck:
             rss_samples = [rss_kib(running.gateway_pid)]
