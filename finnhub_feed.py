@@ -21,7 +21,6 @@ through `redact()` first.
 from __future__ import annotations
 
 import asyncio
-import logging
 import random
 import time
 from collections import deque
@@ -31,13 +30,14 @@ from typing import Protocol
 import aiohttp
 import orjson
 
-from cancellation import raise_if_cancelling
-from finnhub_messages import UndecodableMessage, decode, parse_trades, redact
+from market_data.finnhub_wire import UndecodableMessage, decode, parse_trades, redact
+from market_data.model import SymbolInterest, Trade
 from protocol import UpstreamState
-from token_bucket import TokenBucket
-from upstream import SymbolInterest, Trade
+from runtime.cancellation import raise_if_cancelling
+from runtime.logs import get_logger
+from runtime.token_bucket import TokenBucket
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 # Finnhub's "Subscribing to too many symbols" names no symbol: it refuses the latest
 # subscribes. Such an error is blamed on the newest not-yet-blamed subscribe sent within

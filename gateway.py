@@ -37,17 +37,16 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
-import docs
-import metrics
 import wiring
-from http_api import STATIC, HttpApi
-from logs import configure_logging
+from endpoints import docs, metrics
+from endpoints.http_api import STATIC, HttpApi
+from endpoints.sse import EventStreams
 from protocol import CLOSE_SERVICE_RESTART
-from server_protocol import HTTP_IMPORT_PATH, STATE_KEY, WS_IMPORT_PATH
+from runtime.logs import ROOT_LOGGER, configure_logging
+from server.uvicorn_protocols import HTTP_IMPORT_PATH, STATE_KEY, WS_IMPORT_PATH
 from settings import ConfigError, Settings, documented_defaults, load_settings
-from sse import EventStreams
 
-logger = logging.getLogger("gateway")
+logger = logging.getLogger(ROOT_LOGGER)
 
 
 class Gateway:

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import protocol
-from client_connection import (
+from access.capacity import UpstreamCapacity
+from delivery.outbox import (
     UNRESTRICTED,
     ClientConnection,
     ClientSocket,
@@ -35,16 +36,15 @@ from client_connection import (
     FanoutStats,
     FrameWriter,
 )
-from client_quotes import QuoteDelivery
-from finnhub_messages import newest_per_symbol
-from pacing import DeliveryClock, DeliveryGroups
+from delivery.pacing import DeliveryClock, DeliveryGroups
+from delivery.quotes import QuoteDelivery
+from market_data.finnhub_wire import newest_per_symbol
+from market_data.model import MarketStatus, Trade
+from market_data.quotes import QuoteService
 from protocol import DeliveryOptions, ErrorCode, Frame, UpstreamState
-from quotes import QuoteService
-from upstream import MarketStatus, Trade
-from upstream_capacity import UpstreamCapacity
 
 if TYPE_CHECKING:
-    from bar_delivery import BarDelivery
+    from bars.delivery import BarDelivery
 
 # Hand-offs between two yields to the event loop inside one upstream message (~a few ms).
 OFFERS_PER_SLICE = 5000

@@ -16,8 +16,8 @@ from typing import Literal, get_args
 
 import orjson
 
-from bars import INTERVALS, BarEvent, Interval
-from upstream import MarketStatus, Quote
+from bars.book import INTERVALS, BarEvent, Interval
+from market_data.model import MarketStatus, Quote
 
 # Finnhub's symbol forms: stocks (AAPL, BRK.B), indices (^GSPC), crypto
 # (BINANCE:BTCUSDT), forex (OANDA:EUR_USD, and brokers with a space, "IC MARKETS:1").

@@ -23,7 +23,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from decouple import Config, RepositoryEmpty, RepositoryEnv
 
-from upstream import Session
+from market_data.model import Session
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 LogFormat = Literal["text", "json"]

@@ -14,31 +14,32 @@ lifespan's), starts the core tasks and returns `Running`. It never serves a requ
 
 from __future__ import annotations
 
-import logging
 import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
-import simulator
-from admission import Admission
-from bar_delivery import BarDelivery
-from bars import BarBook
-from client_session import ClientSessions
-from cluster import Cluster
-from cluster_bars import MirrorBars, StoredBars
-from cluster_rest import ClusterQuoteSource, RedisBudget
-from connection_guard import ConnectionGuard, ConnectionLimits
+from access.admission import Admission
+from access.capacity import SymbolPatterns, UpstreamCapacity
+from bars.book import BarBook
+from bars.delivery import BarDelivery
+from cluster.bars import MirrorBars, StoredBars
+from cluster.node import Cluster
+from cluster.rest import ClusterQuoteSource, RedisBudget
+from endpoints.ws_session import ClientSessions
 from finnhub_feed import Backoff, FinnhubFeed
-from finnhub_rest import CallBudget, FinnhubRest, SlidingWindowBudget
 from hub import Hub, Observer, send_refusals
-from market import MarketWatch
-from quotes import QuoteService, QuoteSource
+from market_data.finnhub_rest import CallBudget, FinnhubRest, SlidingWindowBudget
+from market_data.market_watch import MarketWatch
+from market_data.model import SymbolInterest
+from market_data.quotes import QuoteService, QuoteSource
+from runtime.logs import get_logger
+from runtime.supervisor import Supervisor
+from server.guard import ConnectionGuard, ConnectionLimits
 from settings import Settings
-from supervisor import Supervisor
-from upstream import SymbolInterest
-from upstream_capacity import SymbolPatterns, UpstreamCapacity
+from simulator.market import MarketSimulator, serve
+from simulator.market import rest_url as simulator_rest_url
 
-logger = logging.getLogger("gateway")
+logger = get_logger(__name__)
 
 DEMO_TOKEN = "demo"
 
@@ -79,13 +80,13 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
         settings.finnhub_api_key,
     )
     if settings.demo and not key:
-        market_simulator = simulator.MarketSimulator(
+        market_simulator = MarketSimulator(
             rate=settings.demo_trade_rate, session=settings.demo_session
         )
-        ws_url = await stack.enter_async_context(simulator.serve(market_simulator))
-        rest_url, key = simulator.rest_url(ws_url), DEMO_TOKEN
+        ws_url = await stack.enter_async_context(serve(market_simulator))
+        rest_url, key = simulator_rest_url(ws_url), DEMO_TOKEN
         logger.warning(
-            "DEMO MODE: prices are SIMULATED by simulator.py at %s (market %s); "
+            "DEMO MODE: prices are SIMULATED by the simulator package at %s (market %s); "
             "the live page is /demo on this server",
             ws_url,
             settings.demo_session,

@@ -19,7 +19,7 @@ import uvicorn
 
 from gateway import create_app, uvicorn_options
 from settings import Settings
-from simulator import MarketSimulator, rest_url, serve
+from simulator.market import MarketSimulator, rest_url, serve
 from tests.helpers import free_port
 
 CLIENTS = """

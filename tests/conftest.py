@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from simulator import MarketSimulator, serve
+from simulator.market import MarketSimulator, serve
 from tests.helpers import (
     REDIS_SERVER,
     TEST_KEY,

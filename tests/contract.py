@@ -7,7 +7,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-from docs import load_asyncapi
+from endpoints.docs import load_asyncapi
 
 
 @cache

@@ -26,7 +26,7 @@ import uvicorn
 
 from gateway import Gateway, create_app, uvicorn_options
 from settings import Settings, environment_names
-from simulator import MarketSimulator, rest_url
+from simulator.market import MarketSimulator, rest_url
 from tests.contract import assert_server_message
 
 PROJECT = Path(__file__).resolve().parent.parent

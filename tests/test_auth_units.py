@@ -15,8 +15,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from auth import Authenticator, AuthFailed, Identity
-from client_auth import ClientAuth
+from access.token_session import ClientAuth
+from access.tokens import Authenticator, AuthFailed, Identity
 from settings import ConfigError, Settings
 
 SECRET = "hs256-test-secret-with-enough-length-0123456789"

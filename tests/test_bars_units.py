@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from bars import Bar, BarBook, BarEvent, candles
-from upstream import Trade
+from bars.book import Bar, BarBook, BarEvent, candles
+from market_data.model import Trade
 
 MINUTE = 60_000
 T = 1_764_000_000_000 - 1_764_000_000_000 % (5 * MINUTE)  # a whole 5-minute boundary

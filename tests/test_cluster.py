@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from simulator import MarketSimulator, rest_url
+from simulator.market import MarketSimulator, rest_url
 from tests.helpers import (
     PROJECT,
     TEST_KEY,

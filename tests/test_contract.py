@@ -10,8 +10,8 @@ import orjson
 import pytest
 
 import protocol
-from docs import load_asyncapi, render_docs
-from metrics import METRICS
+from endpoints.docs import load_asyncapi, render_docs
+from endpoints.metrics import METRICS
 from settings import documented_defaults
 from tests.contract import assert_server_message, validator
 from tests.helpers import GatewayUnderTest

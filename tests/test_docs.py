@@ -9,8 +9,8 @@ import re
 import pytest
 
 import protocol
-from docs import load_asyncapi, render_docs
-from metrics import METRICS
+from endpoints.docs import load_asyncapi, render_docs
+from endpoints.metrics import METRICS
 from settings import documented_defaults, environment_names
 from tests.helpers import PROJECT
 

@@ -18,13 +18,13 @@ from typing import Any
 import orjson
 import pytest
 
-import client_connection
 import protocol
-from client_connection import ClientConnection, FanoutStats
+from access.capacity import UpstreamCapacity
+from delivery import outbox
+from delivery.outbox import ClientConnection, FanoutStats
 from hub import Hub, Observer, Update, UpdateBatch
+from market_data.model import SymbolInterest, Trade
 from protocol import CLOSE_TRY_AGAIN_LATER, Frame
-from upstream import SymbolInterest, Trade
-from upstream_capacity import UpstreamCapacity
 
 WAIT = 1.0  # the longest any awaited event may take before a test fails
 GRACE = 0.05  # CLOSE_GRACE_SECONDS, shortened
@@ -243,7 +243,7 @@ async def rigs() -> AsyncIterator[Rigs]:
 
 @pytest.fixture
 def short_grace(monkeypatch: pytest.MonkeyPatch) -> float:
-    monkeypatch.setattr(client_connection, "CLOSE_GRACE_SECONDS", GRACE)
+    monkeypatch.setattr(outbox, "CLOSE_GRACE_SECONDS", GRACE)
     return GRACE
 
 

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 import protocol
 from gateway import Gateway
-from simulator import MarketSimulator, serve
+from simulator.market import MarketSimulator, serve
 from tests.helpers import TEST_KEY, Client, Market, run_gateway, settings_for
 
 pytestmark = pytest.mark.slow

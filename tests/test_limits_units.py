@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from admission import Admission, address_key
-from finnhub_messages import decode, newest_per_symbol, parse_trades, redact
-from finnhub_rest import SlidingWindowBudget
-from quotes import QuoteService, QuoteUnavailable
+from access.admission import Admission, address_key
+from access.capacity import SymbolPatterns, UpstreamCapacity
+from market_data.finnhub_rest import SlidingWindowBudget
+from market_data.finnhub_wire import decode, newest_per_symbol, parse_trades, redact
+from market_data.model import Quote, SymbolInterest, Trade
+from market_data.quotes import QuoteService, QuoteUnavailable
+from runtime.token_bucket import TokenBucket
 from settings import Settings
-from token_bucket import TokenBucket
-from upstream import Quote, SymbolInterest, Trade
-from upstream_capacity import SymbolPatterns, UpstreamCapacity
 
 NOW = 1_800_000_000.0
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from simulator import MarketSimulator, serve
-from simulator_rest import previous_close
+from simulator.market import MarketSimulator, serve
+from simulator.rest import previous_close
 from tests.helpers import (
     TEST_KEY,
     Client,
@@ -222,7 +222,11 @@ async def test_429_is_honoured_and_401_is_reported_once(
             error = await client.expect("error", skip=("status", "market", "subscription"))
             assert error["code"] == "quote_unavailable"
         assert (await gateway.health())["rest"] == "unauthorized"
-    refused = [r for r in caplog.records if r.name == "finnhub_rest" and r.levelname == "ERROR"]
+    refused = [
+        r
+        for r in caplog.records
+        if r.name == "gateway.market_data.finnhub_rest" and r.levelname == "ERROR"
+    ]
     assert len(refused) == 1 and "refused the API key" in refused[0].getMessage()
     assert TEST_KEY not in caplog.text
 

@@ -9,7 +9,7 @@ import asyncio
 import orjson
 
 import protocol
-from pacing import DeliveryClock, DeliveryGroup, DeliveryGroups, Outgoing, Pacing
+from delivery.pacing import DeliveryClock, DeliveryGroup, DeliveryGroups, Outgoing, Pacing
 from protocol import DeliveryOptions, Frame
 
 

@@ -19,7 +19,7 @@ from websockets.streams import StreamReader
 from websockets.version import version as websockets_version
 
 from protocol import Frame
-from server_protocol import FAST_PATH_FLAGS
+from server.uvicorn_protocols import FAST_PATH_FLAGS
 from tests.helpers import PROJECT, Market, run_gateway, settings_for, trade
 
 

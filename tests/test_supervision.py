@@ -10,7 +10,7 @@ from typing import Any, cast
 import pytest
 
 from hub import UpdateBatch
-from supervisor import Supervisor
+from runtime.supervisor import Supervisor
 from tests.helpers import GatewayUnderTest, Market, poll_until, run_gateway, settings_for, trade
 
 

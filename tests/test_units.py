@@ -7,9 +7,9 @@ import math
 import pytest
 
 from finnhub_feed import Backoff
-from finnhub_messages import parse_trades, redact
+from market_data.finnhub_wire import parse_trades, redact
+from market_data.model import Trade
 from protocol import ProtocolError, normalize_symbol, parse_client_message, split_symbols
-from upstream import Trade
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,190 @@
+"""The upstream's symbol capacity: which symbols it carries, and who may add one more.
+
+Finnhub's free plan carries about 50 symbols per socket, one socket per key: a shared,
+scarce resource. `UpstreamCapacity` keeps the upstream `SymbolInterest` and decides:
+
+- **the cap** (`MAX_UPSTREAM_SYMBOLS`): no more distinct symbols than that;
+- **a fair share** (`MAX_SYMBOLS_PER_ADDRESS`): one owner (a client address, or a user
+  once users are known) may hold at most that many symbols *nobody else holds*, so one
+  party cannot fill the cap with symbols only it wants;
+- **the allow-list** (`SYMBOLS_ALLOWED`, optional): symbols or `fnmatch` patterns;
+- **recent rejections**: a symbol Finnhub refused is released upstream at once and
+  refused to everyone for `REJECTED_SYMBOL_SECONDS`;
+- **linger** (`SYMBOL_LINGER_SECONDS`): when the last holder leaves, the symbol stays
+  upstream a while, so a client that comes back (a page reload, a flapping dashboard)
+  costs no upstream frame. A lingering symbol never blocks anyone: when the cap is
+  reached, the longest-lingering one is released to make room.
+
+The hub tells it every (symbol, owner) join and leave; all of it is synchronous code on
+the event loop. It never talks to clients or to the upstream except through the interest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+from collections import Counter
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import NamedTuple
+
+from market_data.model import SymbolInterest
+from protocol import ErrorCode
+
+
+class Refusal(NamedTuple):
+    code: ErrorCode
+    reason: str  # a sentence for the client, naming the limit
+
+
+class SymbolPatterns:
+    """An allow-list: exact symbols and `fnmatch` patterns (`BINANCE:*`, `OANDA:EUR_*`)."""
+
+    def __init__(self, entries: Iterable[str]) -> None:
+        cleaned = [entry.strip().upper() for entry in entries if entry.strip()]
+        self._exact = {entry for entry in cleaned if not any(c in entry for c in "*?[")}
+        self._patterns = [entry for entry in cleaned if entry not in self._exact]
+
+    def __contains__(self, symbol: object) -> bool:
+        if not isinstance(symbol, str):
+            return False
+        return symbol in self._exact or any(fnmatch.fnmatchcase(symbol, p) for p in self._patterns)
+
+    def __len__(self) -> int:
+        return len(self._exact) + len(self._patterns)
+
+    @classmethod
+    def from_setting(cls, value: str) -> SymbolPatterns | None:
+        """`SYMBOLS_ALLOWED`: empty (None: anything), a comma-separated list, or `@path`
+        to a file with one entry per line (`#` starts a comment)."""
+        value = value.strip()
+        if not value:
+            return None
+        if value.startswith("@"):
+            lines = Path(value[1:]).read_text(encoding="utf-8").splitlines()
+            return cls(line.split("#", 1)[0] for line in lines)
+        return cls(value.split(","))
+
+
+class UpstreamCapacity:
+    def __init__(
+        self,
+        interest: SymbolInterest,
+        *,
+        max_symbols: int = 50,
+        max_per_owner: int = 50,
+        allowed: SymbolPatterns | None = None,
+        linger: float = 0.0,
+        reject_for: float = 600.0,
+    ) -> None:
+        self.interest = interest
+        # Called with each symbol the upstream stops carrying (the hub drops its snapshot).
+        self.on_release: Callable[[str], None] = lambda symbol: None
+        self._max_symbols = max_symbols
+        self._max_per_owner = max_per_owner
+        self._allowed = allowed
+        self._linger = linger
+        self._reject_for = reject_for
+        self._holders: dict[str, Counter[str]] = {}  # symbol -> owner -> clients holding it
+        self._exclusive: Counter[str] = Counter()  # owner -> symbols only it holds
+        self._lingering: dict[str, asyncio.TimerHandle] = {}  # insertion order: oldest first
+        self._rejected: dict[str, float] = {}  # symbol -> loop time the refusal ends
+
+    @property
+    def lingering(self) -> list[str]:
+        return sorted(self._lingering)
+
+    def exclusive_count(self, owner: str) -> int:
+        return self._exclusive[owner]
+
+    def refusal(self, symbol: str, owner: str) -> Refusal | None:
+        """Why `owner` may not become a holder of `symbol` now, or None."""
+        if self._allowed is not None and symbol not in self._allowed:
+            return Refusal("forbidden_symbol", "this gateway does not carry these symbols")
+        until = self._rejected.get(symbol)
+        if until is not None:
+            if asyncio.get_running_loop().time() < until:
+                return Refusal("upstream_error", "the upstream refused these symbols recently")
+            del self._rejected[symbol]
+        if symbol in self._holders:
+            return None  # somebody holds it already: sharing costs no capacity
+        if self._exclusive[owner] >= self._max_per_owner:
+            return Refusal(
+                "symbol_quota",
+                f"one address may hold at most {self._max_per_owner} symbols that no one "
+                "else follows",
+            )
+        carried = len(self.interest)
+        if symbol not in self.interest and carried >= self._max_symbols and not self._lingering:
+            return Refusal(
+                "symbol_limit",
+                f"the gateway carries at most {self._max_symbols} distinct symbols upstream",
+            )
+        return None
+
+    def join(self, symbol: str, owner: str) -> None:
+        """A client of `owner` now holds `symbol` (after `refusal()` said yes)."""
+        holders = self._holders.get(symbol)
+        if holders is None:
+            holders = self._holders[symbol] = Counter()
+            timer = self._lingering.pop(symbol, None)
+            if timer is not None:
+                timer.cancel()  # back from lingering: already carried
+            elif symbol not in self.interest:
+                if len(self.interest) >= self._max_symbols:
+                    self._release(next(iter(self._lingering)))  # make room: oldest linger
+                self.interest.want(symbol)
+        if holders[owner] == 0:
+            if not holders:
+                self._exclusive[owner] += 1
+            elif len(holders) == 1:
+                (previous,) = holders
+                self._exclusive_less(previous)  # not exclusive to them any more
+        holders[owner] += 1
+
+    def leave(self, symbol: str, owner: str) -> None:
+        holders = self._holders[symbol]
+        holders[owner] -= 1
+        if holders[owner] > 0:
+            return
+        del holders[owner]
+        if len(holders) == 0:
+            self._exclusive_less(owner)
+            del self._holders[symbol]
+            if self._linger > 0 and symbol in self.interest:
+                loop = asyncio.get_running_loop()
+                self._lingering[symbol] = loop.call_later(self._linger, self._release, symbol)
+            else:
+                self._release(symbol)
+        elif len(holders) == 1:
+            (remaining,) = holders
+            self._exclusive[remaining] += 1
+
+    def _exclusive_less(self, owner: str) -> None:
+        left = self._exclusive[owner] - 1
+        if left > 0:
+            self._exclusive[owner] = left
+        else:
+            del self._exclusive[owner]  # an owner with no exclusive symbol costs nothing
+
+    def rejected(self, symbol: str) -> None:
+        """Finnhub refused `symbol`: refuse it for a while (holders are removed by the hub,
+        and `leave()` must not let it linger)."""
+        self._rejected[symbol] = asyncio.get_running_loop().time() + self._reject_for
+        self._release(symbol)
+
+    def is_rejected(self, symbol: str) -> bool:
+        return symbol in self._rejected
+
+    def _release(self, symbol: str) -> None:
+        timer = self._lingering.pop(symbol, None)
+        if timer is not None:
+            timer.cancel()
+        self.interest.release(symbol)
+        self.on_release(symbol)
+
+    def close(self) -> None:
+        """Cancel the linger timers (the lifespan is ending)."""
+        for timer in self._lingering.values():
+            timer.cancel()
+        self._lingering.clear()

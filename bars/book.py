@@ -1,0 +1,255 @@
+"""Bars (OHLCV candles) built from trades, per symbol and interval, by trade time.
+
+`BarBook.add_trades(trades, now_ms)` puts each trade in the bar of its interval that
+contains its time `t` (aligned to UTC boundaries: a 1m bar starts at a whole minute).
+A bar is open until the clock passes its end plus `grace` (stragglers still count);
+then `due(now_ms)` closes it and reports it `final`. A trade that arrives later for a
+closed bar (Finnhub can deliver trades out of order) updates that bar at once and
+reports it again, `final` and `revised`; one for an interval that had no trades makes
+the bar it lacked. An interval with no trades has no bar. While a bar is open,
+`due()` reports it at most once per `live_every` seconds, and only if it changed.
+
+Open and close are the prices of the earliest and latest trade by time (a straggler
+that is earlier than the open becomes the open). Volume is a float64 sum (about 15
+significant digits: crypto's fractional volumes stay exact to far below a satoshi),
+rounded to 8 decimal places when sent.
+
+At most `history` closed bars are kept per symbol and interval, plus the open one(s);
+`forget(symbol)` drops a symbol the upstream no longer carries. This module is pure
+bookkeeping: it never talks to clients, Redis or the clock (times are passed in).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+from market_data.model import Trade
+
+Interval = Literal["1s", "1m", "5m"]
+INTERVALS: tuple[Interval, ...] = get_args(Interval)
+INTERVAL_MS: dict[Interval, int] = {"1s": 1_000, "1m": 60_000, "5m": 300_000}
+MAX_GRACE_SECONDS = 1.0
+
+
+@dataclass(slots=True)
+class Bar:
+    t: int  # start, Unix ms, a multiple of the interval
+    o: float
+    h: float
+    l: float  # noqa: E741 - the candle field's own name
+    c: float
+    v: float
+    n: int  # trades
+    first_t: int = 0  # the trade times behind `o` and `c`
+    last_t: int = 0
+
+    @classmethod
+    def of(cls, start: int, price: float, volume: float, t: int) -> Bar:
+        return cls(start, price, price, price, price, volume, 1, t, t)
+
+    def add(self, price: float, volume: float, t: int) -> None:
+        if price > self.h:
+            self.h = price
+        if price < self.l:
+            self.l = price
+        if t < self.first_t:
+            self.o, self.first_t = price, t
+        if t >= self.last_t:  # the same millisecond: the later arrival closes
+            self.c, self.last_t = price, t
+        self.v += volume
+        self.n += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "t": self.t,
+            "o": self.o,
+            "h": self.h,
+            "l": self.l,
+            "c": self.c,
+            "v": round(self.v, 8),
+            "n": self.n,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Bar:
+        return cls(
+            int(data["t"]), float(data["o"]), float(data["h"]), float(data["l"]),
+            float(data["c"]), float(data["v"]), int(data["n"]), int(data["t"]),
+            int(data["t"]),
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class BarEvent:
+    symbol: str
+    interval: Interval
+    bar: dict[str, Any]  # Bar.as_dict(): a snapshot, unaffected by later trades
+    final: bool
+    revised: bool = False
+
+
+@dataclass
+class _Series:
+    """One symbol in one interval: closed bars (oldest first) and the open ones."""
+
+    closed: deque[Bar]
+    open: dict[int, Bar] = field(default_factory=dict)  # start -> bar
+    changed: set[int] = field(default_factory=set)  # open bars changed since last reported
+    reported_at: float = float("-inf")  # seconds, of the last live report
+
+    def closed_bar(self, start: int) -> Bar | None:
+        for bar in reversed(self.closed):  # a late trade is nearly always for a recent bar
+            if bar.t == start:
+                return bar
+            if bar.t < start:
+                return None
+        return None
+
+    def insert_closed(self, bar: Bar) -> bool:
+        """Keep `closed` in start order and bounded; False if too old to keep."""
+        closed = self.closed
+        if len(closed) == closed.maxlen:
+            if not closed or bar.t < closed[0].t:
+                return False
+            closed.popleft()
+        index = len(closed)
+        while index > 0 and closed[index - 1].t > bar.t:
+            index -= 1
+        closed.insert(index, bar)
+        return True
+
+
+class BarBook:
+    def __init__(self, *, history: int = 240, grace: float = 0.5, live_every: float = 1.0) -> None:
+        if not 0 <= grace <= MAX_GRACE_SECONDS:
+            raise ValueError(f"grace must be 0 to {MAX_GRACE_SECONDS:g} s")
+        self._history = history
+        self._grace_ms = round(grace * 1000)
+        self._live_every = live_every
+        self._series: dict[tuple[str, Interval], _Series] = {}
+
+    @property
+    def symbols(self) -> set[str]:
+        return {symbol for symbol, _ in self._series}
+
+    def bars(self, symbol: str, interval: Interval) -> list[Bar]:
+        """The bars held, oldest first: the closed ones, then the open one(s)."""
+        series = self._series.get((symbol, interval))
+        if series is None:
+            return []
+        held = [*series.closed, *series.open.values()]
+        held.sort(key=lambda bar: bar.t)  # an open bar may be older than a closed one
+        return held
+
+    def forget(self, symbol: str) -> None:
+        for interval in INTERVALS:
+            self._series.pop((symbol, interval), None)
+
+    def add_trades(self, trades: Iterable[Trade], now_ms: int) -> list[BarEvent]:
+        """Count trades into their bars; returns the revised finals late trades caused
+        (one per bar, however many late trades it got)."""
+        revised: dict[tuple[str, Interval, int], BarEvent] = {}
+        for trade in trades:
+            symbol, price, volume, t = trade
+            for interval in INTERVALS:
+                event = self._add(symbol, interval, price, volume, t, now_ms)
+                if event is not None:
+                    revised[(symbol, interval, event.bar["t"])] = event
+        return list(revised.values())
+
+    def _add(
+        self, symbol: str, interval: Interval, price: float, volume: float, t: int, now_ms: int
+    ) -> BarEvent | None:
+        length = INTERVAL_MS[interval]
+        start = t - t % length
+        series = self._series.get((symbol, interval))
+        if series is None:
+            series = self._series[(symbol, interval)] = _Series(deque(maxlen=self._history))
+        bar = series.open.get(start)
+        if bar is not None:
+            bar.add(price, volume, t)
+            series.changed.add(start)
+            return None
+        if start + length + self._grace_ms > now_ms:  # still open by the clock
+            series.open[start] = Bar.of(start, price, volume, t)
+            series.changed.add(start)
+            return None
+        late = series.closed_bar(start)  # its bar has closed: revise it, or make it
+        if late is not None:
+            late.add(price, volume, t)
+        else:
+            late = Bar.of(start, price, volume, t)
+            if not series.insert_closed(late):
+                return None  # older than the history kept
+        return BarEvent(symbol, interval, late.as_dict(), final=True, revised=True)
+
+    def due(self, now_ms: int) -> list[BarEvent]:
+        """Bars whose interval (and grace) ended, as finals; changed open bars not
+        reported for `live_every` seconds, as live updates."""
+        events: list[BarEvent] = []
+        now_seconds = now_ms / 1000
+        for (symbol, interval), series in self._series.items():
+            length = INTERVAL_MS[interval]
+            for start in sorted(series.open):
+                if start + length + self._grace_ms <= now_ms:
+                    bar = series.open.pop(start)
+                    series.changed.discard(start)
+                    series.insert_closed(bar)
+                    events.append(BarEvent(symbol, interval, bar.as_dict(), final=True))
+            if series.changed and now_seconds - series.reported_at >= self._live_every:
+                series.reported_at = now_seconds
+                for start in sorted(series.changed):
+                    bar = series.open[start]
+                    events.append(BarEvent(symbol, interval, bar.as_dict(), final=False))
+                series.changed.clear()
+        return events
+
+    def apply(self, event: BarEvent) -> None:
+        """Mirror a bar another process aggregated (a cluster follower's book)."""
+        key = (event.symbol, event.interval)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = _Series(deque(maxlen=self._history))
+        bar = Bar.from_dict(event.bar)
+        if not event.final:
+            series.open[bar.t] = bar
+            return
+        series.open.pop(bar.t, None)
+        existing = series.closed_bar(bar.t)
+        if existing is not None:
+            series.closed.remove(existing)
+        series.insert_closed(bar)
+
+    def load(
+        self, symbol: str, interval: Interval, closed: Iterable[Bar], open_bar: Bar | None
+    ) -> None:
+        """Start a series from stored bars (closed ones oldest first, and the bar that
+        was open), replacing what was held. The open bar is open again: `due()` closes
+        it, at once if its time has passed, and reports its final."""
+        series = _Series(deque(maxlen=self._history))
+        for bar in closed:
+            series.insert_closed(bar)
+        if open_bar is not None:
+            series.open[open_bar.t] = open_bar
+        self._series[(symbol, interval)] = series
+
+    def held(self) -> Iterator[tuple[str, Interval]]:
+        return iter(self._series)
+
+
+def candles(bars: list[Bar]) -> dict[str, Any]:
+    """Finnhub's candle shape (`t` in seconds), for chart code written against Finnhub."""
+    if not bars:
+        return {"c": [], "h": [], "l": [], "o": [], "t": [], "v": [], "s": "no_data"}
+    return {
+        "c": [bar.c for bar in bars],
+        "h": [bar.h for bar in bars],
+        "l": [bar.l for bar in bars],
+        "o": [bar.o for bar in bars],
+        "t": [bar.t // 1000 for bar in bars],
+        "v": [round(bar.v, 8) for bar in bars],
+        "s": "ok",
+    }

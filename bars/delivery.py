@@ -1,0 +1,177 @@
+"""Bar subscriptions: who wants which symbol's bars in which interval, and getting the
+bars to them.
+
+`subscribe(client, symbols, interval)` holds each symbol through the hub (the same
+entitlements, per-client cap and upstream capacity as a price subscription: a symbol
+wanted only for bars is still carried upstream, and counted once per client however
+many intervals it follows), confirms with a `subscription` carrying the interval, then
+sends each symbol's held history as one `bars` message. From then on `deliver(events)`
+sends each bar event (live, final, revised) to that symbol and interval's subscribers,
+encoded once.
+
+Where the events come from depends on the mode: in one process, `trades_received`
+feeds the local `BarBook` and `run()` reports what is due every `TICK_SECONDS`; in a
+cluster, the leader aggregates and every node `apply`s the events it publishes
+(cluster.py), so the book here is a mirror that serves history. This module never
+reads the upstream or the clock except through those calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Protocol
+
+import protocol
+from bars.book import INTERVALS, BarBook, BarEvent, Interval
+from delivery.outbox import ClientConnection
+from market_data.model import Trade
+from protocol import ErrorCode
+
+TICK_SECONDS = 0.1  # how often closes and live updates are looked for
+TRADES_PER_SLICE = 5000  # trades counted between two yields to the event loop
+
+
+class SymbolHolder(Protocol):
+    """The hub's side: holding and releasing a symbol for a client."""
+
+    def hold(self, client: ClientConnection, symbol: str) -> tuple[ErrorCode, str] | None: ...
+
+    def release(self, client: ClientConnection, symbol: str) -> None: ...
+
+
+class BarDelivery:
+    def __init__(
+        self,
+        book: BarBook,
+        holder: SymbolHolder,
+        send_refusals: Callable[[ClientConnection, dict[ErrorCode, tuple[str, list[str]]]], None],
+        *,
+        aggregating: bool = True,
+    ) -> None:
+        # On a cluster: wait until the stored history of newly wanted symbols is here.
+        self.history_ready: Callable[[list[str]], Awaitable[None]] | None = None
+        self.book = book
+        self._holder = holder
+        self._send_refusals = send_refusals
+        self._aggregating = aggregating  # False on a cluster: the leader aggregates
+        self._subscribers: dict[tuple[str, Interval], set[ClientConnection]] = {}
+
+    def symbols(self) -> set[str]:
+        """Symbols somebody wants bars of."""
+        return {symbol for symbol, _ in self._subscribers}
+
+    def subscribers_of(self, symbol: str, interval: Interval) -> frozenset[ClientConnection]:
+        return frozenset(self._subscribers.get((symbol, interval), ()))
+
+    # -- clients ---------------------------------------------------------------------------
+
+    async def subscribe(
+        self, client: ClientConnection, symbols: list[str], interval: Interval
+    ) -> None:
+        refused: dict[ErrorCode, tuple[str, list[str]]] = {}
+        added: list[str] = []
+        for symbol in symbols:
+            if interval in client.bar_intervals.get(symbol, ()):
+                continue
+            refusal = self._holder.hold(client, symbol)
+            if refusal is not None:
+                refused.setdefault(refusal[0], (refusal[1], []))[1].append(symbol)
+                continue
+            client.bar_intervals.setdefault(symbol, set()).add(interval)
+            added.append(symbol)
+        self._send_refusals(client, refused)
+        held = [symbol for symbol in symbols if interval in client.bar_intervals.get(symbol, ())]
+        if held:
+            client.send(protocol.subscription_message("subscribed", held, interval))
+        if added and self.history_ready is not None:
+            await self.history_ready(added)
+        for symbol in added:
+            if interval not in client.bar_intervals.get(symbol, ()):
+                continue  # unsubscribed (or gone) while the history was on its way
+            # History, then live bars: nothing is awaited between the two, so no event
+            # can fall between them.
+            history = [bar.as_dict() for bar in self.book.bars(symbol, interval)]
+            client.send(protocol.bars_message(symbol, interval, history))
+            self._subscribers.setdefault((symbol, interval), set()).add(client)
+
+    def unsubscribe(self, client: ClientConnection, symbols: list[str], interval: Interval) -> None:
+        for symbol in symbols:
+            self._leave(client, symbol, interval)
+        client.send(protocol.subscription_message("unsubscribed", symbols, interval))
+
+    def holders_of(self, symbol: str) -> set[ClientConnection]:
+        """Clients following `symbol`'s bars in any interval."""
+        holders: set[ClientConnection] = set()
+        for interval in INTERVALS:
+            holders |= self._subscribers.get((symbol, interval), set())
+        return holders
+
+    def drop(self, client: ClientConnection, symbol: str) -> None:
+        """Unsubscribe `client` from `symbol`'s bars in every interval (confirmed)."""
+        for interval in sorted(client.bar_intervals.get(symbol, ())):
+            self.unsubscribe(client, [symbol], interval)
+
+    def leave_all(self, client: ClientConnection) -> None:
+        for symbol, intervals in list(client.bar_intervals.items()):
+            for interval in list(intervals):
+                self._leave(client, symbol, interval)
+
+    def _leave(self, client: ClientConnection, symbol: str, interval: Interval) -> None:
+        intervals = client.bar_intervals.get(symbol)
+        if intervals is None or interval not in intervals:
+            return
+        intervals.discard(interval)
+        if not intervals:
+            del client.bar_intervals[symbol]
+        subscribers = self._subscribers.get((symbol, interval))
+        if subscribers is not None:
+            subscribers.discard(client)
+            if not subscribers:
+                del self._subscribers[(symbol, interval)]
+        self._holder.release(client, symbol)
+
+    # -- bars --------------------------------------------------------------------------------
+
+    async def trades_received(self, trades: list[Trade]) -> None:
+        """A single process's trades (already parsed by the feed) into the book, a slice
+        at a time: one huge upstream message must not freeze everything else."""
+        if not self._aggregating:
+            return
+        for start in range(0, len(trades), TRADES_PER_SLICE):
+            if start:
+                await asyncio.sleep(0)
+            chunk = trades[start : start + TRADES_PER_SLICE]
+            self.deliver(self.book.add_trades(chunk, _now_ms()))
+
+    def forget(self, symbol: str) -> None:
+        """The upstream no longer carries `symbol`: its bars would only go stale. (On a
+        cluster the mirror forgets when this process's interest does: cluster_bars.py.)"""
+        if self._aggregating:
+            self.book.forget(symbol)
+
+    def deliver(self, events: Iterable[BarEvent]) -> None:
+        for event in events:
+            subscribers = self._subscribers.get((event.symbol, event.interval))
+            if subscribers:
+                frame = protocol.bar_message(event)
+                for client in subscribers:
+                    client.send(frame)
+
+    def apply(self, events: Iterable[BarEvent]) -> None:
+        """Bars aggregated elsewhere (the cluster's leader): keep them, then deliver."""
+        events = list(events)
+        for event in events:
+            self.book.apply(event)
+        self.deliver(events)
+
+    async def run(self) -> None:
+        """Close bars on the clock and send live updates (single-process mode)."""
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            self.deliver(self.book.due(_now_ms()))
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

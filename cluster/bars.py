@@ -1,0 +1,240 @@
+"""Bars on a cluster: the leader aggregates, Redis keeps them, every process mirrors them.
+
+- **The leader** (`LeaderBars`, one per leadership) counts the trades its feed parsed
+  into a `BarBook`, every `TICK_SECONDS` closes what is due, and writes each event to
+  Redis in one transaction: a closed bar replaces any bar with the same start in the
+  sorted set `{prefix}:bars:{interval}:{symbol}` (score: its start; at most
+  BAR_HISTORY kept), an open bar goes to the hash `{prefix}:bars-open`, and the event
+  is published on `{prefix}:bars`. Before it counts a symbol's first trade it loads
+  that symbol's stored bars, so a new leader after a failover continues the open bar
+  and never writes a closed bar twice (the score replaces). Trades the old leader had
+  counted but not yet stored (at most a second of them) and trades during the
+  failover itself are not in the bars.
+- **Every process** (`MirrorBars`) loads a symbol's stored bars when its clients start
+  wanting it, then applies the published events to a local book, which serves history
+  on `subscribe_bars` and `GET /bars` without aggregating anything.
+
+Stored bars of symbols nobody in the cluster wants are deleted by the leader. This
+module never talks to clients and never stores anything but bars.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from collections.abc import Set as AbstractSet
+from typing import Any
+
+import orjson
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from bars.book import INTERVALS, Bar, BarBook, BarEvent, Interval
+from bars.delivery import TICK_SECONDS, TRADES_PER_SLICE, BarDelivery
+from market_data.model import Trade
+from runtime.cancellation import raise_if_cancelling
+from runtime.logs import get_logger
+
+logger = get_logger(__name__)
+LOAD_WAIT_SECONDS = 2.0  # a subscribe_bars waits at most this long for stored history
+MAX_PENDING = 10_000  # closed bars kept for a retry while Redis is unreachable
+
+
+def encode_event(event: BarEvent) -> bytes:
+    return orjson.dumps(
+        {
+            "symbol": event.symbol,
+            "interval": event.interval,
+            "bar": event.bar,
+            "final": event.final,
+            "revised": event.revised,
+        }
+    )
+
+
+def decode_event(data: bytes) -> BarEvent | None:
+    try:
+        raw: dict[str, Any] = orjson.loads(data)
+        interval = raw["interval"]
+        if interval not in INTERVALS:
+            return None
+        Bar.from_dict(raw["bar"])  # well formed
+        return BarEvent(
+            str(raw["symbol"]), interval, raw["bar"], bool(raw["final"]), bool(raw["revised"])
+        )
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
+
+
+class StoredBars:
+    """The Redis keys of a cluster's bars."""
+
+    def __init__(self, client: Callable[[], redis.Redis], key: Callable[..., str]) -> None:
+        self._client = client
+        self._key = key
+
+    def series_key(self, symbol: str, interval: Interval) -> str:
+        return self._key("bars", interval, symbol)
+
+    @property
+    def open_key(self) -> str:
+        return self._key("bars-open")
+
+    @property
+    def channel(self) -> str:
+        return self._key("bars")
+
+    async def load(
+        self, symbols: Iterable[str]
+    ) -> dict[tuple[str, Interval], tuple[list[Bar], Bar | None]]:
+        """Each series' stored closed bars (oldest first) and its stored open bar."""
+        pairs = [(symbol, interval) for symbol in symbols for interval in INTERVALS]
+        if not pairs:
+            return {}
+        async with self._client().pipeline(transaction=False) as pipe:
+            for symbol, interval in pairs:
+                pipe.zrange(self.series_key(symbol, interval), 0, -1)
+            pipe.hmget(self.open_key, [f"{interval}:{symbol}" for symbol, interval in pairs])
+            replies = await pipe.execute()
+        opened = replies[-1]
+        loaded: dict[tuple[str, Interval], tuple[list[Bar], Bar | None]] = {}
+        for (symbol, interval), members, open_bar in zip(pairs, replies, opened, strict=False):
+            closed = [Bar.from_dict(orjson.loads(member)) for member in members]
+            still_open = Bar.from_dict(orjson.loads(open_bar)) if open_bar else None
+            if still_open is not None and closed and still_open.t <= closed[-1].t:
+                still_open = None  # closed meanwhile (its final is stored)
+            loaded[(symbol, interval)] = (closed, still_open)
+        return loaded
+
+    async def store(self, events: list[BarEvent], history: int) -> None:
+        """Keep and publish the leader's events, in one transaction."""
+        async with self._client().pipeline(transaction=True) as pipe:
+            for event in events:
+                field = f"{event.interval}:{event.symbol}"
+                bar = orjson.dumps(event.bar)
+                if event.final:
+                    key = self.series_key(event.symbol, event.interval)
+                    start = event.bar["t"]
+                    pipe.zremrangebyscore(key, start, start)
+                    pipe.zadd(key, {bar: start})
+                    pipe.zremrangebyrank(key, 0, -(history + 1))
+                    pipe.hdel(self.open_key, field)  # stale if a newer bar opened: rewritten
+                else:
+                    pipe.hset(self.open_key, field, bar)
+                pipe.publish(self.channel, encode_event(event))
+            await pipe.execute()
+
+    async def delete(self, symbols: Iterable[str]) -> None:
+        symbols = list(symbols)
+        if not symbols:
+            return
+        keys = [self.series_key(s, i) for s in symbols for i in INTERVALS]
+        fields = [f"{i}:{s}" for s in symbols for i in INTERVALS]
+        async with self._client().pipeline(transaction=True) as pipe:
+            pipe.delete(*keys)
+            pipe.hdel(self.open_key, *fields)
+            await pipe.execute()
+
+
+class LeaderBars:
+    """One leadership's aggregation: trades in, events stored and published."""
+
+    def __init__(
+        self,
+        stored: StoredBars,
+        carried: Callable[[], AbstractSet[str]],
+        *,
+        history: int,
+        grace: float,
+    ) -> None:
+        self._stored = stored
+        self._carried = carried  # the cluster-wide union the feed follows
+        self._history = history
+        self._book = BarBook(history=history, grace=grace)
+        self._lock = asyncio.Lock()  # trades and ticks take turns with the book and Redis
+
+    async def trades_received(self, trades: list[Trade]) -> None:
+        async with self._lock:
+            fresh = {trade.symbol for trade in trades} - self._book.symbols
+            if fresh:  # continue from what an earlier leader stored
+                for (symbol, interval), (closed, still_open) in (
+                    await self._stored.load(fresh)
+                ).items():
+                    # An open bar the last leader left is open here until due() closes
+                    # it, so its final is stored and published like any other.
+                    self._book.load(symbol, interval, closed, still_open)
+            for start in range(0, len(trades), TRADES_PER_SLICE):
+                if start:
+                    await asyncio.sleep(0)  # a huge upstream message, a slice at a time
+                chunk = trades[start : start + TRADES_PER_SLICE]
+                events = self._book.add_trades(chunk, _now_ms())
+                if events:
+                    await self._stored.store(events, self._history)
+
+    async def run(self) -> None:
+        """Close bars on the clock, send live updates, and drop symbols nobody wants.
+        A Redis error costs this tick's events (logged), never the leadership."""
+        pending: list[BarEvent] = []  # due but not yet stored: retried next tick
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            async with self._lock:
+                pending += self._book.due(_now_ms())
+                unwanted = self._book.symbols - self._carried()
+                for symbol in unwanted:
+                    self._book.forget(symbol)
+                try:
+                    if pending:
+                        await self._stored.store(pending, self._history)
+                    await self._stored.delete(unwanted)
+                except (RedisError, OSError, TimeoutError) as exc:
+                    raise_if_cancelling(exc)
+                    logger.warning("cluster bars not stored events=%d error=%s",
+                                   len(pending), type(exc).__name__)  # fmt: skip
+                    pending = [event for event in pending if event.final][-MAX_PENDING:]
+                    continue
+                pending = []
+
+
+class MirrorBars:
+    """This process's copy of the cluster's bars, for its own clients."""
+
+    def __init__(self, stored: StoredBars, delivery: BarDelivery) -> None:
+        self._stored = stored
+        self._delivery = delivery
+        self._loaded: dict[str, asyncio.Event] = {}
+
+    async def load(self, symbols: set[str]) -> None:
+        """Start mirroring symbols this process's clients began to want."""
+        for (symbol, interval), (closed, still_open) in (await self._stored.load(symbols)).items():
+            self._delivery.book.load(symbol, interval, closed, still_open)
+        for symbol in symbols:
+            self._loaded.setdefault(symbol, asyncio.Event()).set()
+
+    def forget(self, symbols: set[str]) -> None:
+        for symbol in symbols:
+            self._loaded.pop(symbol, None)
+            self._delivery.book.forget(symbol)
+
+    def received(self, data: bytes) -> None:
+        event = decode_event(data)
+        loaded = self._loaded.get(event.symbol) if event is not None else None
+        if event is not None and loaded is not None and loaded.is_set():
+            self._delivery.apply([event])
+
+    async def wait_loaded(self, symbols: list[str]) -> None:
+        """Until these symbols' stored bars are here (bounded: an empty history then)."""
+        try:
+            async with asyncio.timeout(LOAD_WAIT_SECONDS):
+                for symbol in symbols:
+                    await self._loaded.setdefault(symbol, asyncio.Event()).wait()
+        except TimeoutError:
+            logger.warning("cluster bars not loaded in time symbols=%d", len(symbols))
+            for symbol in symbols:  # waited for in vain: no event left behind
+                loaded = self._loaded.get(symbol)
+                if loaded is not None and not loaded.is_set():
+                    del self._loaded[symbol]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

@@ -1,0 +1,87 @@
+"""What a cluster's leader publishes through Redis: everything its feed learns (trades,
+encoded once with the day's change; upstream state; refusals) and the market status it
+polls. Every process, the leader included, receives them through its relay
+(cluster.py). This module never publishes or stores the key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import orjson
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+import protocol
+from market_data.finnhub_wire import newest_per_symbol
+from market_data.model import MarketStatus, Trade
+from protocol import UpstreamState
+from runtime.cancellation import raise_if_cancelling
+from runtime.logs import get_logger
+
+logger = get_logger(__name__)
+KEPT = {"status": "upstream", "market": "market"}  # channel -> key holding its last value
+
+
+class UpstreamPublisher:
+    """The leader feed's listener (and its market watch's): out through Redis."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        key: Callable[..., str],
+        previous_close: Callable[[str], float | None],
+        bars: Callable[[list[Trade]], Awaitable[None]] | None = None,
+    ) -> None:
+        self._redis = client
+        self._key = key
+        self._previous_close = previous_close
+        self._bars = bars  # the leader's bar aggregation (cluster_bars.py)
+        self._events: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+
+    async def trades_received(self, trades: list[Trade], received_at: float) -> None:
+        newest, _ = newest_per_symbol(trades)  # prices: the newest; bars: every trade
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for trade in newest:
+                    frame = protocol.price_update_message(
+                        *trade, self._previous_close(trade.symbol)
+                    )
+                    pipe.publish(self._key("trades", trade.symbol), frame.payload)  # encoded once
+                    pipe.set(self._key("last", trade.symbol), frame.payload, ex=86_400)
+                await pipe.execute()
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise_if_cancelling(exc)
+            logger.warning("cluster dropped %d trades error=%s", len(trades), type(exc).__name__)
+        if self._bars is not None:
+            try:
+                await self._bars(trades)
+            except (RedisError, OSError, TimeoutError) as exc:
+                raise_if_cancelling(exc)
+                logger.warning("cluster bars missed %d trades error=%s", len(trades),
+                               type(exc).__name__)  # fmt: skip
+
+    def upstream_state_changed(self, state: UpstreamState) -> None:
+        self._events.put_nowait(("status", state.encode()))
+
+    def upstream_refused(self, symbol: str | None) -> None:
+        self._events.put_nowait(("refused", orjson.dumps({"symbol": symbol})))
+
+    def market_changed(self, status: MarketStatus) -> None:
+        self._events.put_nowait(("market", orjson.dumps(status.as_dict())))
+
+    async def forward_events(self) -> None:
+        """Publish state, refusals and market status in order; the last state and market
+        status are also kept, for processes that start later."""
+        while True:
+            channel, payload = await self._events.get()
+            try:
+                if channel in ("status", "market"):
+                    await self._redis.set(
+                        self._key("upstream" if channel == "status" else "market"), payload
+                    )
+                await self._redis.publish(self._key(channel), payload)
+            except (RedisError, OSError, TimeoutError) as exc:
+                raise_if_cancelling(exc)
+                logger.warning("cluster dropped a %s event error=%s", channel, type(exc).__name__)

@@ -1,0 +1,158 @@
+"""Finnhub's REST budget and quote cache, shared by every process of a cluster.
+
+The budget belongs to the key, so with `REDIS_URL` it is kept in Redis: `RedisBudget`
+is a sliding-window log in a sorted set, checked and extended by one Lua script on
+Redis's own clock, so no 60-second window holds more calls than `FINNHUB_REST_RATE`
+whichever processes make them, across failovers too. Any process may call Finnhub
+(a Redis-side limiter rather than leader-only fetching: a follower's client gets its
+quote without a round trip through the leader, and a new leader inherits the window
+instead of starting a fresh one).
+
+`ClusterQuoteSource` serves quotes from `{prefix}:quote:{symbol}` (expiring after
+`QUOTE_TTL`); on a miss one process wins `{prefix}:quote-lock:{symbol}`, fetches, stores
+and announces the quote on `{prefix}:quotes`, which every process's relay hands to its
+`QuoteService` (so each knows every previous close); the others wait for it.
+
+This module never stores or publishes the key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict
+
+import orjson
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from market_data.finnhub_rest import FinnhubRest, RestUnavailable
+from market_data.model import Quote
+
+# KEYS[1] the call log; ARGV: limit per minute, limit per second, a unique member.
+# Returns 0 (a slot was taken) or the milliseconds until one frees.
+TAKE_SLOT = """
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms - 60000)
+local wait = 0
+local minute = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+local count = #minute / 2
+if count >= tonumber(ARGV[1]) then
+  local oldest = tonumber(minute[(count - tonumber(ARGV[1])) * 2 + 2])
+  wait = math.max(wait, oldest + 60000 - ms)
+end
+local second = redis.call('ZCOUNT', KEYS[1], ms - 999, '+inf')
+if second >= tonumber(ARGV[2]) then wait = math.max(wait, 1000) end
+if wait > 0 then return wait end
+redis.call('ZADD', KEYS[1], ms, ARGV[3])
+redis.call('PEXPIRE', KEYS[1], 61000)
+return 0
+"""
+RELEASE_IF_OURS = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+POLL_SECONDS = 0.1
+
+
+class RedisBudget:
+    """A `CallBudget` shared by the cluster; FIFO within this process."""
+
+    def __init__(
+        self, client: Callable[[], redis.Redis], key: str, per_minute: int, per_second: int = 30
+    ) -> None:
+        self._client = client  # the cluster's current connection (it is remade on restart)
+        self._key = key
+        self._per_minute = per_minute
+        self._per_second = per_second
+        self._turn = asyncio.Lock()
+        self._serial = 0
+        self._name = uuid.uuid4().hex  # call-log members must be unique across processes
+        self._last_wait = 1.0
+
+    async def acquire(self, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout_at(deadline), self._turn:
+                while True:
+                    self._serial += 1
+                    member = f"{self._name}:{self._serial}"
+                    wait_ms = await self._client().eval(
+                        TAKE_SLOT, 1, self._key, self._per_minute, self._per_second, member
+                    )
+                    if not wait_ms:
+                        return
+                    self._last_wait = int(wait_ms) / 1000
+                    await asyncio.sleep(min(self._last_wait, max(deadline - loop.time(), 0)))
+        except TimeoutError:
+            raise RestUnavailable("the REST budget is spent", self._last_wait) from None
+        except (RedisError, OSError) as exc:
+            why = f"the cluster's budget is unreachable ({type(exc).__name__})"
+            raise RestUnavailable(why) from None
+
+    def wait_estimate(self) -> float:
+        return max(self._last_wait, 1.0)
+
+
+class ClusterQuoteSource:
+    """Quotes through the cluster's cache: one fetch per symbol per TTL, cluster-wide."""
+
+    def __init__(
+        self,
+        client: Callable[[], redis.Redis],
+        key: Callable[..., str],
+        rest: FinnhubRest,
+        *,
+        ttl: float,
+    ) -> None:
+        self._client = client
+        self._key = key
+        self._rest = rest
+        self._ttl_ms = max(int(ttl * 1000), 1)
+
+    async def quote(self, symbol: str, deadline: float) -> Quote | None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                cached = await self._client().get(self._key("quote", symbol))
+                if cached is not None:
+                    return decode_quote(cached)
+                lock, token = self._key("quote-lock", symbol), uuid.uuid4().hex
+                hold_ms = max(int((deadline - loop.time()) * 1000), 1)
+                if await self._client().set(lock, token, nx=True, px=hold_ms):
+                    try:
+                        quote = await self._rest.quote(symbol, deadline)
+                        await self.store(symbol, quote)
+                        return quote
+                    finally:  # only our own lock: it may have expired and passed on
+                        await self._client().eval(RELEASE_IF_OURS, 1, lock, token)
+                if loop.time() + POLL_SECONDS >= deadline:
+                    raise RestUnavailable("another process is still fetching this quote")
+                await asyncio.sleep(POLL_SECONDS)  # another process is fetching: its result
+        except (RedisError, OSError, ValueError, TypeError) as exc:
+            why = f"the cluster's quote cache is unreachable or unreadable ({type(exc).__name__})"
+            raise RestUnavailable(why) from None
+
+    async def store(self, symbol: str, quote: Quote | None) -> None:
+        payload = encode_quote(symbol, quote)
+        async with self._client().pipeline(transaction=False) as pipe:
+            pipe.set(self._key("quote", symbol), payload, px=self._ttl_ms)
+            pipe.publish(self._key("quotes"), payload)
+            await pipe.execute()
+
+
+def encode_quote(symbol: str, quote: Quote | None) -> bytes:
+    return orjson.dumps({"symbol": symbol, "quote": asdict(quote) if quote else None})
+
+
+def decode_quote(payload: bytes | str) -> Quote | None:
+    body = orjson.loads(payload)
+    quote = body.get("quote") if isinstance(body, dict) else None
+    return Quote(**quote) if isinstance(quote, dict) else None
+
+
+def decode_announcement(payload: bytes | str) -> tuple[str, Quote | None]:
+    body = orjson.loads(payload)
+    return str(body["symbol"]), decode_quote(payload)

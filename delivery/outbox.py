@@ -1,0 +1,333 @@
+"""One client's delivery: a bounded outbox, conflation, and the writer that drains it.
+
+While the client keeps up and nothing is queued, a frame is written straight to its
+socket (`FrameWriter`) from the broadcaster: no task switch, no await. Otherwise
+frames wait in a FIFO of at most `outbox_size`; once that is full, price updates are
+conflated to the newest per symbol. A client that stays behind too long, or keeps
+asking while it does not read, is closed with 1013 (`protocol.CLOSE_TRY_AGAIN_LATER`).
+
+A client that chose a throttled or batched stream belongs to a `DeliveryGroup`
+(pacing.py) whose pacing decides what is due, then hands it here as whole frames
+(`emit`).
+During one upstream message the broadcaster may `cork` a client, so that its several
+updates from that message go out in one write (each still its own WebSocket frame).
+
+This module must never await a client's socket from the caller's task (the broadcaster
+must not block), and never decides what a client is subscribed to (the hub does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from typing import Protocol
+
+from access.capacity import SymbolPatterns
+from bars.book import Interval
+from delivery.pacing import DeliveryGroup, Outgoing
+from protocol import CLOSE_TRY_AGAIN_LATER, DeliveryOptions, Frame
+from runtime.logs import get_logger
+
+logger = get_logger(__name__)
+
+CLOSE_GRACE_SECONDS = 1.0
+
+
+class ClientSocket(Protocol):
+    """What the hub needs from a client's WebSocket; send and close raise ConnectionError."""
+
+    async def send_text(self, frame: str) -> None: ...
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+    def abort(self) -> None: ...
+
+    def queued_bytes(self) -> int: ...
+
+
+class FrameWriter(Protocol):
+    """A client's socket as a byte stream we may write whole WebSocket frames to.
+
+    The fast path: writing a pre-built frame costs one buffered, non-blocking write,
+    with no task switch. `ready()` is false while the socket's send buffer is full or
+    the connection is closing; `wait_ready()` raises ConnectionError once it is gone.
+    """
+
+    def ready(self) -> bool: ...
+
+    def write(self, data: bytes) -> None: ...
+
+    async def wait_ready(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Entitlements:
+    """What a user's signed token lets it subscribe to (auth.py): symbols or patterns,
+    and a lower per-client cap. None: the server's own limits."""
+
+    symbols: SymbolPatterns | None = None
+    max_symbols: int | None = None
+
+    def allow(self, symbol: str) -> bool:
+        return self.symbols is None or symbol in self.symbols
+
+    def symbol_cap(self, server_cap: int) -> int:
+        return server_cap if self.max_symbols is None else min(server_cap, self.max_symbols)
+
+
+UNRESTRICTED = Entitlements()  # no token, or a token without entitlement claims
+
+
+@dataclass
+class FanoutStats:
+    price_updates_sent: int = 0
+    conflated_updates: int = 0
+    slow_consumer_disconnects: int = 0
+
+
+class ClientConnection:
+    """One client: its symbols, and a bounded outbox drained by its own writer task.
+
+    While the client keeps up and nothing is queued, a frame is written straight to its
+    socket (`FrameWriter`) from the broadcaster: no task switch, no await. Otherwise
+    frames wait in a FIFO of at most `outbox_size`; once that is full, price updates go
+    to `_latest` instead (one per symbol, newest wins). The writer task sends the FIFO
+    first, then those, so updates for one symbol are never reordered and memory stays
+    bounded by the number of symbols. Control frames (confirmations, errors, status)
+    always take the FIFO: they are rare and caused by the client itself.
+    """
+
+    def __init__(
+        self,
+        socket: ClientSocket,
+        stats: FanoutStats,
+        *,
+        owner: str = "-",
+        entitlements: Entitlements = UNRESTRICTED,
+        direct: FrameWriter | None = None,
+        outbox_size: int,
+        slow_consumer_timeout: float,
+    ) -> None:
+        self.id = str(uuid.uuid4())
+        self.owner = owner  # whose fair share of the upstream its symbols use
+        self.entitlements = entitlements  # a refreshed token may change them
+        self.symbols: set[str] = set()  # price updates
+        self.bar_intervals: dict[str, set[Interval]] = {}  # symbol -> bar subscriptions
+        self.evicted = False
+        self._socket = socket
+        self._direct = direct
+        self._stats = stats
+        self._outbox_size = outbox_size
+        self._slow_consumer_timeout = slow_consumer_timeout
+        self._frames: deque[Frame] = deque()
+        self._latest: dict[str, Frame] = {}
+        self._lag_timer: asyncio.TimerHandle | None = None
+        # The writer task (and its wake-up event) exist only once something had to
+        # wait: a client that always keeps up never costs a task.
+        self._wakeup: asyncio.Event | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._writer_started = False
+        self._stopped = False
+        self.options = DeliveryOptions()
+        self.group: DeliveryGroup | None = None  # set by the hub's DeliveryGroups
+        self._cork: list[bytes] | None = None
+
+    def wants(self, symbol: str) -> bool:
+        """True while the client holds `symbol` for prices or bars."""
+        return symbol in self.symbols or symbol in self.bar_intervals
+
+    def wanted_count(self) -> int:
+        """Distinct symbols held, for prices or bars: what the per-client cap counts."""
+        return len(self.symbols) + sum(1 for s in self.bar_intervals if s not in self.symbols)
+
+    @property
+    def fast_path(self) -> bool:
+        return self._direct is not None
+
+    def queued_bytes(self) -> int:
+        """Output the client has not taken yet, in the server's and the kernel's buffers."""
+        return self._socket.queued_bytes()
+
+    def send(self, frame: Frame) -> None:
+        """Send or queue a control frame; never blocks.
+
+        Control frames cannot be conflated, so a client that keeps asking while it
+        does not read would queue them without end: past twice the outbox size it is
+        closed as a slow consumer at once.
+        """
+        direct = self._direct
+        if direct is not None and not self._frames and not self._latest and direct.ready():
+            direct.write(frame.wire)
+            return
+        if len(self._frames) >= 2 * self._outbox_size:
+            self._evict()
+            return
+        self._frames.append(frame)
+        self._wake_writer()
+
+    def offer_update(self, symbol: str, frame: Frame) -> None:
+        """Send or queue a price update, conflating it if the client is behind; never blocks."""
+        self._offer(symbol, frame)
+
+    def offer_snapshot(self, symbol: str, frame: Frame) -> None:
+        """The last price, at once, as the `price_update` it is (also when paced)."""
+        if self.options.paced:
+            self.send(frame)
+        else:
+            self._offer(symbol, frame)
+
+    def cork(self) -> bool:
+        """Collect this client's direct writes until `uncork` (False: nothing to cork:
+        the client is behind, or not on the fast path)."""
+        direct = self._direct
+        if self._cork is not None or direct is None:
+            return False
+        if self._frames or self._latest or not direct.ready():
+            return False
+        self._cork = []
+        return True
+
+    def uncork(self) -> None:
+        corked, self._cork = self._cork, None
+        if corked and self._direct is not None:
+            self._direct.write(corked[0] if len(corked) == 1 else b"".join(corked))
+
+    def emit(self, outgoing: Outgoing) -> None:
+        """Whole frames from the client's delivery group: one write when the socket takes
+        them at once; else queued (single updates conflate, batches wait in order)."""
+        if self.evicted:
+            return
+        direct = self._direct
+        if direct is not None and not self._frames and not self._latest and direct.ready():
+            wires = [frame.wire for _, frame in outgoing]
+            direct.write(wires[0] if len(wires) == 1 else b"".join(wires))
+            return
+        for symbol, frame in outgoing:
+            if symbol:
+                self._offer(symbol, frame)
+            else:
+                self.send(frame)
+
+    def _offer(self, symbol: str, frame: Frame) -> None:
+        direct = self._direct
+        if not self._frames and not self._latest:
+            if self._cork is not None:
+                self._cork.append(frame.wire)
+                return
+            if direct is not None and direct.ready():
+                direct.write(frame.wire)
+                if self._lag_timer is not None:  # it took everything: caught up
+                    self._stop_lag_timer()
+                return
+            self._frames.append(frame)
+        elif not self._latest and len(self._frames) < self._outbox_size:
+            self._frames.append(frame)
+        else:
+            if symbol in self._latest:
+                self._stats.conflated_updates += 1
+            self._latest[symbol] = frame
+            if self._lag_timer is None and not self.evicted:
+                self._lag_timer = asyncio.get_running_loop().call_later(
+                    self._slow_consumer_timeout, self._evict
+                )
+        self._wake_writer()
+
+    def forget_pending(self, symbol: str) -> None:
+        """Drop a conflated update for a symbol the client just left."""
+        self._latest.pop(symbol, None)
+
+    def _wake_writer(self) -> None:
+        if self._wakeup is None:
+            if self._stopped:
+                return
+            self._wakeup = asyncio.Event()
+            self._writer = asyncio.create_task(self._deliver_forever(self._wakeup))
+        self._wakeup.set()
+
+    async def stop(self) -> None:
+        self._stopped = True
+        self._stop_lag_timer()
+        if self._writer is not None:
+            self._writer.cancel()
+            await asyncio.wait([self._writer])
+
+    async def _deliver_forever(self, wakeup: asyncio.Event) -> None:
+        drain = self._drain_asgi if self._direct is None else self._drain_direct
+        self._writer_started = True
+        try:
+            while not self.evicted:
+                await wakeup.wait()
+                wakeup.clear()
+                await drain()
+                if self._lag_timer is not None and self._direct is not None:
+                    # The backlog went into the socket's buffer: caught up once the peer
+                    # has read it down, even if no further update ever comes.
+                    await self._direct.wait_ready()
+                # Caught up only with nothing queued: a client whose buffer drains a
+                # little now and then while updates keep arriving is still behind.
+                if self._lag_timer is not None and not self._frames and not self._latest:
+                    self._stop_lag_timer()
+        except ConnectionError:
+            pass  # the client is gone; its reader sees the disconnect and cleans up
+        finally:
+            if self.evicted:
+                await self._close_slow_consumer()
+
+    def _take_pending(self) -> list[Frame]:
+        """Everything queued, in the order it must be sent: the FIFO, then conflated."""
+        frames = list(self._frames)
+        self._frames.clear()
+        if self._latest:
+            frames.extend(self._latest.values())
+            self._latest = {}
+        return frames
+
+    async def _drain_direct(self) -> None:
+        direct = self._direct
+        assert direct is not None
+        while self._frames or self._latest:
+            await direct.wait_ready()
+            # One write for the whole backlog: a lagging client costs one syscall per
+            # wake-up, not one per message.
+            direct.write(b"".join(frame.wire for frame in self._take_pending()))
+
+    async def _drain_asgi(self) -> None:
+        while self._frames or self._latest:
+            for frame in self._take_pending():
+                await self._socket.send_text(frame.text)
+
+    def _stop_lag_timer(self) -> None:
+        if self._lag_timer is not None:
+            self._lag_timer.cancel()
+            self._lag_timer = None
+
+    def _evict(self) -> None:
+        if self.evicted:
+            return
+        logger.warning("closing slow consumer client_id=%s", self.id)
+        self.evicted = True
+        self._stop_lag_timer()
+        self._stats.slow_consumer_disconnects += 1
+        self._frames.clear()
+        self._latest.clear()
+        if self._writer_started:
+            assert self._writer is not None
+            self._writer.cancel()  # it may be blocked on the socket; its finally closes
+        elif self._wakeup is not None:
+            # Cancelling a task before its first step would skip its body, close included.
+            self._wakeup.set()
+
+    async def _close_slow_consumer(self) -> None:
+        # A client this far behind may not read our close frame for a long time (or
+        # ever), and its unread bytes hold memory. One that is still reading gets the
+        # 1013 close within the grace period; one that is not gets a reset after it.
+        try:
+            async with asyncio.timeout(CLOSE_GRACE_SECONDS):
+                await self._socket.close(CLOSE_TRY_AGAIN_LATER, "slow consumer")
+                await asyncio.sleep(CLOSE_GRACE_SECONDS)  # cancelled once it disconnects
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            self._socket.abort()

@@ -1,0 +1,164 @@
+"""The HTTP endpoints: `/`, `/health`, `/metrics`, `/docs`, `/asyncapi.yaml`, `/demo`,
+`/favicon.ico` and `GET /quote/{symbol}`.
+
+They read what the lifespan built (`Running`) and never change it, except that a quote
+asked for here is fetched (within the REST budget, and a per-address share of it).
+Nothing here may expose the Finnhub key or a client token.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
+
+import protocol
+from access.admission import USER_PREFIX, Refusal, address_key, request_token
+from bars.book import INTERVALS, candles
+from endpoints import docs
+from market_data.quotes import QuoteUnavailable
+from settings import Settings
+
+if TYPE_CHECKING:
+    from wiring import Running
+
+STATIC = Path(__file__).resolve().parent.parent / "static"
+
+
+class HttpApi:
+    def __init__(
+        self,
+        settings: Settings,
+        running: Callable[[], Running],
+        registry: CollectorRegistry,
+        docs_page: str,
+    ) -> None:
+        self._settings = settings
+        self._running = running
+        self._registry = registry
+        self._docs_page = docs_page
+
+    async def root(self, request: Request) -> JSONResponse:
+        return JSONResponse(
+            {
+                "status": "ok",
+                "service": "stock-price-gateway",
+                "websocket": "/ws",
+                "health": "/health",
+                "docs": "/docs",
+                "demo": "/demo",
+            }
+        )
+
+    async def health(self, request: Request) -> JSONResponse:
+        running = self._running()
+        hub, feed = running.hub, running.feed
+        down = running.supervisor.down
+        market = hub.market_status
+        body: dict[str, object] = {
+            "status": "degraded" if down else "ok",
+            "upstream": hub.upstream_state,
+            "rest": running.rest.state,
+            "market": market.as_dict() if market is not None else None,
+            "demo": self._settings.demo,
+            "clients": hub.client_count,
+            "clients_fast_path": hub.fast_path_count,
+            "auth": self._settings.auth_mode,
+            "users": running.admission.users,
+            "refusals": dict(sorted(running.admission.refused.items())),
+            "symbols": hub.symbols(),
+            "symbols_lingering": hub.capacity.lingering,
+            "upstream_messages_received": feed.messages_received,
+            "upstream_trades_received": feed.trades_received,
+            "upstream_messages_malformed": feed.malformed_messages,
+            "price_updates_sent": hub.stats.price_updates_sent,
+            "conflated_updates": hub.stats.conflated_updates,
+            "slow_consumer_disconnects": hub.stats.slow_consumer_disconnects,
+            "reconnects": feed.reconnects,
+            "rest_calls": running.rest.calls,
+            "uptime_seconds": round(time.monotonic() - running.started_at, 3),
+            **running.cluster_health(),
+        }
+        if down:
+            body["down"] = down  # part -> what ended it (an exception's type, never its text)
+        return JSONResponse(body, status_code=503 if down else 200)
+
+    async def quote(self, request: Request) -> JSONResponse:
+        """The symbol's quote: cached, or fetched within QUOTE_WAIT; 404 when Finnhub has
+        none, 503 with Retry-After when the REST budget or Finnhub cannot answer."""
+        asker = await self._symbol_and_owner(request)
+        if isinstance(asker, JSONResponse):
+            return asker
+        symbol, owner = asker
+        quotes = self._running().hub.quotes
+        if quotes is None:
+            return JSONResponse({"error": "quotes are off (REST_ENABLED=false)"}, 404)
+        try:
+            quote = await quotes.get(symbol, owner)
+        except QuoteUnavailable as exc:
+            if exc.share_spent:
+                whose = "your user" if owner.startswith(USER_PREFIX) else "your address"
+                return _retry_later(f"too many quote requests from {whose}", exc.retry_after, 429)
+            return _retry_later(f"no quote could be fetched in time ({exc})", exc.retry_after)
+        if quote is None:
+            return JSONResponse({"error": "no quote for this symbol", "symbol": symbol}, 404)
+        return JSONResponse(protocol.quote_body(symbol, quote))
+
+    async def bars(self, request: Request) -> JSONResponse:
+        """The bars held for a symbol in Finnhub's candle shape (`t` in seconds), oldest
+        first, the open bar last: `{"s": "no_data"}` with empty lists when there are none
+        (the symbol is not carried, or had no trades). 400 for a bad symbol or interval."""
+        interval = request.query_params.get("interval", "1m")
+        if interval not in INTERVALS:
+            return JSONResponse({"error": f"interval is one of {', '.join(INTERVALS)}"}, 400)
+        asker = await self._symbol_and_owner(request)
+        if isinstance(asker, JSONResponse):
+            return asker
+        symbol, _ = asker
+        bars = self._running().hub.bars
+        held = bars.book.bars(symbol, interval) if bars is not None else []
+        return JSONResponse(candles(held))
+
+    async def _symbol_and_owner(self, request: Request) -> tuple[str, str] | JSONResponse:
+        """The path's symbol and whose share the request spends (its user's with signed
+        tokens, else its address's); or the refusal: 400, 401, 403 for a symbol the
+        token's entitlements do not allow."""
+        symbol = protocol.normalize_symbol(request.path_params["symbol"])
+        if symbol is None:
+            return JSONResponse({"error": f"a symbol is {protocol.SYMBOL_RULE}"}, 400)
+        address = address_key(request.client.host if request.client else "-")
+        token = request_token(request.query_params, request.headers)
+        asker = await self._running().admission.http_asker(token, address)
+        if isinstance(asker, Refusal):
+            return JSONResponse({"error": asker.reason}, asker.status)
+        owner, entitlements = asker
+        if not entitlements.allow(symbol):
+            message = "your token does not entitle you to this symbol"
+            return JSONResponse({"error": message, "code": "forbidden_symbol"}, 403)
+        return symbol, owner
+
+    async def metrics(self, request: Request) -> Response:
+        return Response(generate_latest(self._registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def demo(self, request: Request) -> FileResponse:
+        return FileResponse(STATIC / "demo.html")
+
+    async def favicon(self, request: Request) -> FileResponse:
+        return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
+
+    async def docs(self, request: Request) -> HTMLResponse:
+        return HTMLResponse(self._docs_page)
+
+    async def asyncapi(self, request: Request) -> Response:
+        return Response(docs.ASYNCAPI.read_bytes(), media_type="application/yaml")
+
+
+def _retry_later(message: str, seconds: float, status: int = 503) -> JSONResponse:
+    retry = str(max(1, math.ceil(seconds)))
+    return JSONResponse({"error": message}, status, headers={"Retry-After": retry})

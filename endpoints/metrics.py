@@ -1,0 +1,148 @@
+"""Prometheus metrics for `/metrics`, read from the hub's, the feed's and the cluster's
+own counters at scrape time, so the hot path pays nothing for them (one histogram
+observation per upstream message is the only exception). One registry per app: tests
+run many.
+
+Every metric is declared once in `METRICS` (name and help text); the collector can only
+emit names from it, and asyncapi.yaml and the README must list the same names
+(tests/test_docs.py).
+
+This module must never export anything that could carry the API key or a client token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from access.admission import Admission
+from cluster.node import Cluster
+from finnhub_feed import FinnhubFeed
+from hub import Hub
+from market_data.finnhub_rest import REST_STATES, FinnhubRest
+from protocol import UPSTREAM_STATES
+from runtime.supervisor import Supervisor
+from server.guard import ConnectionGuard
+
+METRICS: dict[str, str] = {
+    "gateway_clients": "Connected WebSocket clients",
+    "gateway_clients_fast_path": "Clients whose frames are written straight to their transport",
+    "gateway_upstream_symbols": "Symbols the upstream carries",
+    "gateway_upstream_state": "1 for the upstream's current state (label state)",
+    "gateway_core_tasks_down": "Core tasks (feed, broadcaster, cluster) waiting to restart",
+    "gateway_client_send_queue_bytes": "Output queued for clients in server and kernel buffers",
+    "gateway_upstream_lingering_symbols": "Symbols kept upstream after their last client left",
+    "gateway_authenticated_users": "Distinct users connected with a verified signed token",
+    "gateway_refusals_total": "Connections, handshakes and frames refused (label reason)",
+    "gateway_upstream_frames_sent_total": "Subscribe and unsubscribe frames sent to Finnhub",
+    "gateway_rest_calls_total": "Calls made to Finnhub's REST API (quotes, market status)",
+    "gateway_rest_state": "1 for the REST side's current state (label state)",
+    "gateway_quotes_fetched_total": "Quotes fetched from Finnhub",
+    "gateway_quotes_unavailable_total": "Quotes that could not be fetched within QUOTE_WAIT",
+    "gateway_upstream_messages_total": "Upstream messages received",
+    "gateway_upstream_trades_total": "Upstream trades received",
+    "gateway_upstream_malformed_total": "Upstream messages or trades skipped as malformed",
+    "gateway_upstream_reconnects_total": "Upstream reconnect attempts",
+    "gateway_price_updates_sent_total": "Price updates handed to clients",
+    "gateway_conflated_updates_total": "Price updates superseded before they were sent",
+    "gateway_slow_consumer_disconnects_total": "Clients closed as slow consumers",
+    "gateway_handoff_seconds": "Upstream message arrival to its hand-off to every client",
+    "gateway_cluster_leader": "1 if this process holds the Finnhub socket (cluster mode)",
+    "gateway_cluster_degraded": "1 while Redis is unreachable (cluster mode)",
+    "gateway_cluster_nodes": "Gateway processes in the cluster (cluster mode)",
+    "gateway_cluster_symbols": "Symbols wanted cluster-wide (cluster mode)",
+}
+
+
+class Running(Protocol):
+    hub: Hub
+    feed: FinnhubFeed
+    rest: FinnhubRest
+    supervisor: Supervisor
+    admission: Admission
+    guard: ConnectionGuard
+    cluster: Cluster | None
+
+
+def _gauge(name: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, METRICS[name], value)
+
+
+def _counter(name: str, value: float) -> CounterMetricFamily:
+    # Declared with the `_total` that scrapes show; prometheus_client adds it back.
+    return CounterMetricFamily(name.removesuffix("_total"), METRICS[name], value)
+
+
+class GatewayCollector(Collector):
+    def __init__(self, running: Callable[[], Running | None]) -> None:
+        self._running = running
+
+    def collect(self) -> Iterator[Metric]:
+        running = self._running()
+        if running is None:
+            return
+        hub, feed = running.hub, running.feed
+        yield _gauge("gateway_clients", hub.client_count)
+        yield _gauge("gateway_clients_fast_path", hub.fast_path_count)
+        yield _gauge("gateway_authenticated_users", running.admission.users)
+        yield _gauge("gateway_upstream_symbols", len(hub.symbols()))
+        state = GaugeMetricFamily(
+            "gateway_upstream_state", METRICS["gateway_upstream_state"], labels=["state"]
+        )
+        for state_name in UPSTREAM_STATES:
+            # The hub's view, as /health shows it: on a cluster follower the local feed
+            # never runs, and the state arrives through Redis.
+            state.add_metric([state_name], 1.0 if hub.upstream_state == state_name else 0.0)
+        yield state
+        yield _gauge("gateway_core_tasks_down", len(running.supervisor.down))
+        yield _gauge("gateway_client_send_queue_bytes", hub.send_queue_bytes())
+        yield _gauge("gateway_upstream_lingering_symbols", len(hub.capacity.lingering))
+        refusals = CounterMetricFamily(
+            "gateway_refusals", METRICS["gateway_refusals_total"], labels=["reason"]
+        )
+        for reason, count in sorted({**running.guard.refused, **running.admission.refused}.items()):
+            refusals.add_metric([reason], count)
+        yield refusals
+        yield _counter("gateway_upstream_frames_sent_total", feed.upstream_frames_sent)
+        yield _counter("gateway_rest_calls_total", running.rest.calls)
+        rest_state = GaugeMetricFamily(
+            "gateway_rest_state", METRICS["gateway_rest_state"], labels=["state"]
+        )
+        for rest_state_name in REST_STATES:
+            matches = running.rest.state == rest_state_name
+            rest_state.add_metric([rest_state_name], 1.0 if matches else 0.0)
+        yield rest_state
+        if hub.quotes is not None:
+            yield _counter("gateway_quotes_fetched_total", hub.quotes.fetched)
+            yield _counter("gateway_quotes_unavailable_total", hub.quotes.unavailable)
+        stats = hub.stats
+        yield _counter("gateway_upstream_messages_total", feed.messages_received)
+        yield _counter("gateway_upstream_trades_total", feed.trades_received)
+        yield _counter("gateway_upstream_malformed_total", feed.malformed_messages)
+        yield _counter("gateway_upstream_reconnects_total", feed.reconnects)
+        yield _counter("gateway_price_updates_sent_total", stats.price_updates_sent)
+        yield _counter("gateway_conflated_updates_total", stats.conflated_updates)
+        yield _counter("gateway_slow_consumer_disconnects_total", stats.slow_consumer_disconnects)
+        cluster = running.cluster
+        if cluster is not None:
+            yield _gauge("gateway_cluster_leader", 1.0 if cluster.role == "leader" else 0.0)
+            yield _gauge("gateway_cluster_degraded", 1.0 if cluster.degraded else 0.0)
+            yield _gauge("gateway_cluster_nodes", cluster.nodes)
+            yield _gauge("gateway_cluster_symbols", len(cluster.cluster_symbols))
+
+
+def create_registry(running: Callable[[], Running | None]) -> tuple[CollectorRegistry, Histogram]:
+    """A registry with the gateway's collector, and the hand-off histogram to feed the hub."""
+    registry = CollectorRegistry()
+    registry.register(GatewayCollector(running))
+    handoff = Histogram(
+        "gateway_handoff_seconds",
+        METRICS["gateway_handoff_seconds"],
+        buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+        registry=registry,
+    )
+    return registry, handoff

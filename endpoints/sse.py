@@ -1,0 +1,193 @@
+"""`GET /stream`: the same messages as `/ws`, as Server-Sent Events, for the browser's
+`EventSource` across proxies that drop WebSocket upgrades, and for `curl -N`.
+
+`/stream?symbols=AAPL,MSFT[&throttle_ms=250&batch_ms=100][&token=...]`: each message is
+one event, `event: <its type>` then `data: <its JSON>` (`price_update`, `quote`,
+`status`, `market`, `options`, `error`, ...); a `: keep-alive` comment every
+`HEARTBEAT_INTERVAL` seconds keeps idle proxies from cutting the stream. The same rules
+as `/ws` apply: Origin, token (`?token=` or `Authorization: Bearer`; a signed token
+gives the user's limits and entitlements, and since a stream cannot be handed a fresh
+one, it gets `event: auth` "expiring", then "expired" and its end at the token's
+`exp`), per-address limits, symbol limits and fair shares; snapshots and quotes come
+first; a client that cannot keep up is conflated, then dropped; leaving releases every
+symbol.
+
+This module never reads a request body, and never blocks the broadcaster: events wait
+in a small per-stream queue that the response drains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import nullcontext
+from typing import TYPE_CHECKING
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+import protocol
+from access.admission import Refusal, address_key, request_token, user_key
+from access.token_session import ClientAuth
+from access.tokens import AuthFailed, Identity
+from delivery.outbox import UNRESTRICTED
+from runtime.logs import get_logger
+from settings import Settings
+
+if TYPE_CHECKING:
+    from wiring import Running
+
+logger = get_logger(__name__)
+
+QUEUED_EVENTS = 64  # then the client's own outbox conflates, as for a slow WebSocket
+MAX_SYMBOLS_IN_QUERY = 200
+
+
+class EventStreamSocket:
+    """A stream's end of the hub's `ClientSocket`: each frame becomes one SSE event."""
+
+    def __init__(self) -> None:
+        self._events: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUED_EVENTS)
+        self._queued = 0
+        self._closed = False
+
+    async def send_text(self, frame: str) -> None:
+        if self._closed:
+            raise ConnectionError("stream closed")
+        item = event(frame)
+        self._queued += len(item)
+        await self._events.put(item)
+
+    async def take(self) -> bytes | None:
+        """The next event for the response; None once the stream is closed."""
+        item = await self._events.get()
+        if item:
+            self._queued -= len(item)
+        return item
+
+    async def close(self, code: int, reason: str) -> None:
+        self.abort()
+
+    def abort(self) -> None:
+        if not self._closed:
+            self._closed = True
+            if self._events.full():
+                self._events.get_nowait()  # make room for the end
+            self._events.put_nowait(None)
+
+    def queued_bytes(self) -> int:
+        return self._queued
+
+
+def event(frame: str) -> bytes:
+    """`event: <type>\\ndata: <json>\\n\\n`: every message starts with `{"type":"...`."""
+    kind = frame[9 : frame.index('"', 9)] if frame.startswith('{"type":"') else "message"
+    return f"event: {kind}\ndata: {frame}\n\n".encode()
+
+
+class EventStreams:
+    def __init__(self, settings: Settings, running: Callable[[], Running]) -> None:
+        self._settings = settings
+        self._running = running
+
+    async def stream(self, request: Request) -> Response:
+        settings, running = self._settings, self._running()
+        address = address_key(request.client.host if request.client else "-")
+        token = request_token(request.query_params, request.headers)
+        admission = running.admission
+        refusal = admission.refusal(request.headers.get("origin"), token, address, time.monotonic())
+        identity: Identity | None = None
+        if refusal is None and admission.verifies_tokens:
+            try:
+                identity = await admission.identify(token or "")
+                refusal = admission.user_refusal(identity.user, time.monotonic())
+            except AuthFailed as exc:
+                refusal = Refusal(401, f"token {exc.reason}" if token else "a token is required")
+        if refusal is not None:
+            headers = {"Retry-After": str(refusal.retry_after)} if refusal.retry_after else None
+            return JSONResponse({"error": refusal.reason}, refusal.status, headers=headers)
+        raw = [part for part in request.query_params.get("symbols", "").split(",") if part]
+        symbols, rejected = protocol.split_symbols(tuple(raw[:MAX_SYMBOLS_IN_QUERY]))
+        if rejected or not symbols:
+            return JSONResponse({"error": f"symbols=... each {protocol.SYMBOL_RULE}"}, 400)
+        given: dict[str, int] = {}
+        if "throttle_ms" in request.query_params or "batch_ms" in request.query_params:
+            try:
+                given = protocol.parse_options(request.query_params, from_query=True)
+            except protocol.ProtocolError as exc:
+                return JSONResponse({"error": exc.message, "code": exc.code}, 400)
+        if running.hub.client_count >= settings.max_clients:
+            return JSONResponse({"error": "server full, try again later"}, 503)
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        body = self._events(address, identity, symbols, given)
+        return StreamingResponse(body, media_type="text/event-stream", headers=headers)
+
+    async def _events(
+        self, address: str, identity: Identity | None, symbols: list[str], given: dict[str, int]
+    ) -> AsyncIterator[bytes]:
+        running = self._running()
+        hub, admission = running.hub, running.admission
+        socket = EventStreamSocket()
+        heartbeat = self._settings.heartbeat_interval or 20.0
+        started = time.monotonic()
+        user = identity.user if identity is not None else "-"
+        auth = None
+        if identity is not None:
+            auth = ClientAuth(
+                identity,
+                admission.identify,
+                warning=self._settings.auth_expiry_warning,
+                leeway=self._settings.jwt_leeway,
+            )
+        # Counted here, in the response's task: check the counts again first, with
+        # nothing awaited in between (parallel requests passed the first check together).
+        refusal = admission.open_refusal(address, user if identity else None)
+        if refusal is not None:
+            yield event(protocol.error_message("too_many_connections", refusal.reason).text)
+            return
+        with (
+            admission.holding(address),
+            admission.holding_user(user) if identity else nullcontext(),
+        ):
+            async with hub.connect(
+                socket,
+                None,
+                owner=user_key(user) if identity is not None else address,
+                entitlements=identity.entitlements if identity is not None else UNRESTRICTED,
+            ) as client:
+                logger.info(
+                    "stream opened client_id=%s address=%s user=%s", client.id, address, user
+                )
+                try:
+                    if given:
+                        hub.set_options(client, client.options.changed(given))
+                    hub.subscribe(client, symbols)
+                    while True:
+                        wait = heartbeat
+                        if auth is not None:
+                            deadline = auth.next_deadline()
+                            wait = min(wait, max(0.0, deadline.at - time.time()))
+                        try:
+                            async with asyncio.timeout(wait):
+                                item = await socket.take()
+                        except TimeoutError:
+                            if auth is None or time.time() < deadline.at:
+                                yield b": keep-alive\n\n"
+                                continue
+                            # A stream cannot be given a fresh token: warn, then end it
+                            # at `exp`; EventSource reconnects (with a fresh ?token=).
+                            auth.warned()
+                            ending = protocol.auth_message(deadline.kind, user, auth.expires_in())
+                            yield event(ending.text)
+                            if deadline.kind == "expired":
+                                return
+                            continue
+                        if item is None:
+                            return  # closed by the gateway (a slow consumer)
+                        yield item
+                finally:
+                    logger.info(
+                        "stream closed client_id=%s address=%s user=%s duration=%.1fs",
+                        client.id, address, user, time.monotonic() - started,
+                    )  # fmt: skip

@@ -1,0 +1,369 @@
+"""One client's session on `/ws`: the handshake checks, then its requests, in order.
+
+`ClientSessions.serve(websocket)` refuses a handshake that `Admission` turns down
+(Origin, token, per-address limits), accepts, and, when the gateway verifies signed
+tokens, learns who the client is: from `?token=` at the handshake (401 when bad), or
+from a first message `{"action":"auth","token":...}` within `AUTH_TIMEOUT` (else
+`auth_required` to anything sent before it, and `auth_failed` / `auth_timeout` then a
+close with 4003 / 4008). It then registers the client with the hub for the length of
+the connection (its user, else its address, is whose fair share its symbols use) and
+turns each request its `RequestReader` (client_io.py: frame size and message budget)
+returns into a hub call, while it waits for the token's next deadline: "expiring", then a close with
+4001 unless a fresh token came. It closes a connection itself only for the reasons it
+owns (1013 server full, 4001/4003/4008/4029 tokens; its reader: 1008 rate limit, 1009
+frame too big); everything else a client receives is sent through its
+`ClientConnection`.
+One line is logged per connect and per disconnect, naming the user, never the token.
+
+This module must never write price updates (the hub does) and never reads uvicorn's
+internals except through `server_protocol.server_connection()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from contextlib import ExitStack
+
+from starlette.responses import PlainTextResponse
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+import protocol
+from access.admission import Admission, Refusal, address_key, user_key
+from access.token_session import ClientAuth
+from access.tokens import AuthFailed, Identity
+from delivery.outbox import UNRESTRICTED, ClientConnection, FrameWriter
+from endpoints.ws_io import AsgiClientSocket, Ended, RequestReader
+from hub import Hub
+from protocol import (
+    CLOSE_AUTH_FAILED,
+    CLOSE_AUTH_TIMEOUT,
+    CLOSE_POLICY_VIOLATION,
+    CLOSE_TOKEN_EXPIRED,
+    CLOSE_TOO_MANY_FOR_USER,
+    CLOSE_TRY_AGAIN_LATER,
+    Frame,
+)
+from runtime.logs import get_logger
+from server.uvicorn_protocols import FAST_PATH_FLAGS, ServerConnection, server_connection
+from settings import Settings
+
+logger = get_logger(__name__)
+
+
+class ClientSessions:
+    """Serves every `/ws` connection of one app, with its settings and its hub."""
+
+    def __init__(self, settings: Settings, hub: Hub, admission: Admission) -> None:
+        self._settings = settings
+        self._hub = hub
+        self._admission = admission
+        self._warned_no_fast_path = False
+
+    async def serve(self, websocket: WebSocket) -> None:
+        admission = self._admission
+        address = _address(websocket)
+        token = websocket.query_params.get("token")
+        refusal = admission.refusal(
+            websocket.headers.get("origin"), token, address, time.monotonic()
+        )
+        if refusal is not None:
+            await _refuse(websocket, refusal, address)
+            return
+        # Each count is taken right after its check, with nothing awaited in between:
+        # concurrent handshakes cannot all pass one check.
+        with ExitStack() as held:
+            held.enter_context(admission.holding(address))
+            identity: Identity | None = None
+            if token is not None and admission.verifies_tokens:
+                try:
+                    identity = await admission.identify(token)
+                    refusal = admission.user_refusal(identity.user, time.monotonic())
+                except AuthFailed as exc:
+                    refusal = Refusal(401, f"token {exc.reason}")
+                if refusal is not None:
+                    await _refuse(websocket, refusal, address)
+                    return
+                assert identity is not None
+                held.enter_context(admission.holding_user(identity.user))
+            await websocket.accept()
+            if self._hub.client_count >= self._settings.max_clients:
+                await websocket.close(CLOSE_TRY_AGAIN_LATER, "server full, try again later")
+                return
+            reader = RequestReader(websocket, self._settings)
+            if admission.verifies_tokens and identity is None:
+                identity = await self._authenticate(websocket, reader)
+                if identity is None:
+                    return
+                held.enter_context(admission.holding_user(identity.user))
+            await self._serve_accepted(websocket, reader, address, identity)
+
+    async def _authenticate(self, websocket: WebSocket, reader: RequestReader) -> Identity | None:
+        """The first message's token within AUTH_TIMEOUT; None once the client is gone
+        or closed (auth_failed 4003, auth_timeout 4008, too_many_connections 4029)."""
+        admission = self._admission
+        try:
+            async with asyncio.timeout(self._settings.auth_timeout):
+                while True:
+                    got = await reader.next()
+                    if isinstance(got, Ended):
+                        return None
+                    if isinstance(got, Frame):
+                        await websocket.send_text(got.text)
+                        continue
+                    try:
+                        request = protocol.parse_client_message(got)
+                    except protocol.ProtocolError as exc:
+                        if exc.code == "auth_failed":  # an auth message without a token
+                            raise AuthFailed("invalid") from None
+                        error = protocol.error_message(exc.code, exc.message)
+                        await websocket.send_text(error.text)
+                        continue
+                    if request.action == "auth":
+                        break
+                    await websocket.send_text(AUTH_FIRST.text)
+                identity = await admission.identify(request.token)
+        except TimeoutError:
+            admission.count_refusal("auth_timeout")
+            error = protocol.error_message(
+                "auth_timeout", f"no auth message within {self._settings.auth_timeout:g} s"
+            )
+            await _close_with(websocket, error, CLOSE_AUTH_TIMEOUT, "auth timeout")
+            return None
+        except AuthFailed as exc:
+            error = protocol.error_message("auth_failed", f"token {exc.reason}")
+            await _close_with(websocket, error, CLOSE_AUTH_FAILED, "auth failed")
+            return None
+        except (WebSocketDisconnect, RuntimeError, ConnectionError):
+            return None  # gone while we answered
+        refusal = admission.user_refusal(identity.user, time.monotonic())
+        if refusal is not None:
+            error = protocol.error_message("too_many_connections", refusal.reason)
+            await _close_with(websocket, error, CLOSE_TOO_MANY_FOR_USER, "too many connections")
+            return None
+        return identity
+
+    async def _serve_accepted(
+        self,
+        websocket: WebSocket,
+        reader: RequestReader,
+        address: str,
+        identity: Identity | None,
+    ) -> None:
+        settings, hub = self._settings, self._hub
+        connection = server_connection(websocket.scope)
+        if connection is not None and settings.client_send_buffer:
+            connection.limit_send_buffer(settings.client_send_buffer)
+        direct = self._frame_writer(connection)
+        started = time.monotonic()
+        close_code: int | None = None
+        client_id = "-"
+        user = identity.user if identity is not None else "-"
+        auth = None
+        if identity is not None:
+            auth = ClientAuth(
+                identity,
+                self._admission.identify,
+                warning=settings.auth_expiry_warning,
+                leeway=settings.jwt_leeway,
+            )
+        socket = AsgiClientSocket(websocket, connection)
+        if auth is not None:  # first, before `connection` (a small frame to an empty buffer)
+            await websocket.send_text(
+                protocol.auth_message("authenticated", user, auth.expires_in()).text
+            )
+        try:
+            async with hub.connect(
+                socket,
+                direct,
+                owner=user_key(identity.user) if identity is not None else address,
+                entitlements=identity.entitlements if identity is not None else UNRESTRICTED,
+            ) as client:
+                client_id = client.id
+                logger.info(
+                    "client connected client_id=%s address=%s user=%s fast_path=%s",
+                    client.id, address, user, direct is not None,
+                )  # fmt: skip
+                self._apply_query_options(client, websocket.query_params)
+                close_code = await self._serve_requests(websocket, reader, client, auth)
+                if client.evicted:
+                    close_code = CLOSE_TRY_AGAIN_LATER
+        finally:
+            if connection is not None and connection.stalled():
+                # The connection is over but its unread output would keep it (and the
+                # server's graceful shutdown) waiting forever.
+                connection.abort()
+            logger.info(
+                "client disconnected client_id=%s address=%s user=%s code=%s duration=%.1fs",
+                client_id, address, user, close_code, time.monotonic() - started,
+            )  # fmt: skip
+
+    def _frame_writer(self, connection: ServerConnection | None) -> FrameWriter | None:
+        """The fast path where the server allows it; say once, loudly, when it does not."""
+        if not self._settings.direct_writes:
+            return None
+        writer = connection.frame_writer() if connection is not None else None
+        if writer is None and not self._warned_no_fast_path:
+            self._warned_no_fast_path = True
+            why = (
+                "this server does not run the gateway's WebSocket protocol"
+                if connection is None
+                else "the client negotiated permessage-deflate"
+            )
+            logger.warning(
+                "fast path off: %s, so clients get plain ASGI sends (2-3x the CPU per "
+                "update); run `python gateway.py`, or uvicorn with %s",
+                why, FAST_PATH_FLAGS,
+            )  # fmt: skip
+        return writer
+
+    async def _serve_requests(
+        self,
+        websocket: WebSocket,
+        reader: RequestReader,
+        client: ClientConnection,
+        auth: ClientAuth | None,
+    ) -> int | None:
+        """Read and apply requests until the client leaves (the close code, if known),
+        minding the token's deadlines when there is one."""
+        while True:
+            if auth is None:
+                got = await reader.next()
+            else:
+                deadline = auth.next_deadline()
+                try:
+                    async with asyncio.timeout(max(0.0, deadline.at - time.time())):
+                        got = await reader.next()
+                except TimeoutError:
+                    if deadline.kind == "expiring":
+                        auth.warned()
+                        client.send(
+                            protocol.auth_message("expiring", auth.identity.user, auth.expires_in())
+                        )
+                        continue
+                    expired = protocol.auth_message("expired", auth.identity.user, 0)
+                    await _close_with(websocket, expired, CLOSE_TOKEN_EXPIRED, "token expired")
+                    return CLOSE_TOKEN_EXPIRED
+            if isinstance(got, Ended):
+                return got.code
+            if isinstance(got, Frame):
+                client.send(got)
+                continue
+            code = await self._handle_request(websocket, client, got, auth)
+            if code is not None:
+                return code
+
+    def _apply_query_options(self, client: ClientConnection, query: Mapping[str, str]) -> None:
+        """`/ws?batch_ms=100&throttle_ms=250`: start in that mode (confirmed, or refused
+        with `invalid_options` and the seed's protocol kept)."""
+        if "throttle_ms" not in query and "batch_ms" not in query:
+            return
+        try:
+            given = protocol.parse_options(query, from_query=True)
+        except protocol.ProtocolError as exc:
+            client.send(protocol.error_message(exc.code, exc.message))
+            return
+        self._hub.set_options(client, client.options.changed(given))
+
+    async def _handle_request(
+        self, websocket: WebSocket, client: ClientConnection, text: str, auth: ClientAuth | None
+    ) -> int | None:
+        """Apply one request; a close code when it ended the connection."""
+        try:
+            request = protocol.parse_client_message(text)
+        except protocol.ProtocolError as exc:
+            if exc.code == "auth_failed" and auth is not None:  # an auth message, no token
+                return await self._refresh(websocket, client, "", auth)
+            client.send(protocol.error_message(exc.code, exc.message))
+            return None
+        if request.action == "ping":
+            client.send(protocol.PONG)
+        elif request.action == "options":
+            assert request.options is not None
+            self._hub.set_options(client, client.options.changed(request.options))
+        elif request.action == "auth":
+            return await self._refresh(websocket, client, request.token, auth)
+        else:
+            symbols, rejected = protocol.split_symbols(request.symbols)
+            if rejected:
+                client.send(protocol.invalid_symbols_error(rejected))
+            if symbols:
+                await self._subscription(client, request, symbols)
+        return None
+
+    async def _subscription(
+        self, client: ClientConnection, request: protocol.ClientRequest, symbols: list[str]
+    ) -> None:
+        hub, bars = self._hub, self._hub.bars
+        if request.action == "subscribe":
+            hub.subscribe(client, symbols)
+        elif request.action == "unsubscribe":
+            hub.unsubscribe(client, symbols)
+        elif bars is not None and request.interval is not None:
+            if request.action == "subscribe_bars":
+                await bars.subscribe(client, symbols, request.interval)
+            else:
+                bars.unsubscribe(client, symbols, request.interval)
+
+    async def _refresh(
+        self, websocket: WebSocket, client: ClientConnection, token: str, auth: ClientAuth | None
+    ) -> int | None:
+        """A fresh token for the connected user: the stream goes on; a bad one closes (4003)."""
+        if auth is None:
+            client.send(
+                protocol.error_message("invalid_message", "this gateway does not use auth messages")
+            )
+            return None
+        try:
+            identity = await auth.refresh(token)
+        except AuthFailed as exc:
+            error = protocol.error_message("auth_failed", f"token {exc.reason}")
+            await _close_with(websocket, error, CLOSE_AUTH_FAILED, "auth failed")
+            return CLOSE_AUTH_FAILED
+        if identity.entitlements != client.entitlements:
+            self._hub.entitle(client, identity.entitlements)
+        client.send(protocol.auth_message("authenticated", identity.user, auth.expires_in()))
+        return None
+
+
+AUTH_FIRST = protocol.error_message(
+    "auth_required", 'send {"action":"auth","token":"..."} first; nothing else is served before it'
+)
+CLOSE_GRACE_SECONDS = 1.0
+
+
+async def _close_with(websocket: WebSocket, error: Frame, code: int, reason: str) -> None:
+    """Tell a client why, then close; a client that does not read is cut off instead."""
+    try:
+        async with asyncio.timeout(CLOSE_GRACE_SECONDS):
+            await websocket.send_text(error.text)
+            await websocket.close(code, reason)
+    except TimeoutError:
+        connection = server_connection(websocket.scope)
+        if connection is not None:
+            connection.abort()
+    except (WebSocketDisconnect, RuntimeError):
+        pass  # already gone
+
+
+async def _refuse(websocket: WebSocket, refusal: Refusal, address: str) -> None:
+    """Refuse a handshake with an HTTP status and a plain-text reason where the server
+    supports denial responses; otherwise a close before accept (uvicorn answers 403)."""
+    origin = websocket.headers.get("origin", "")[:100]
+    logger.warning(
+        "websocket refused status=%d reason=%r address=%s origin=%r",
+        refusal.status, refusal.reason, address, origin,
+    )  # fmt: skip
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        headers = {"Retry-After": str(refusal.retry_after)} if refusal.retry_after else None
+        response = PlainTextResponse(refusal.reason, status_code=refusal.status, headers=headers)
+        await websocket.send_denial_response(response)
+    else:
+        await websocket.close(CLOSE_POLICY_VIOLATION, refusal.reason)
+
+
+def _address(websocket: WebSocket) -> str:
+    """Whose per-address allowance this client uses (an IPv6 client: its /64)."""
+    client = websocket.client
+    return address_key(client.host) if client is not None else "-"

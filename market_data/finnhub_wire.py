@@ -1,0 +1,161 @@
+"""Finnhub's wire format, read defensively: decode a frame, validate each trade on its
+own, and keep the API key out of any text that is logged.
+
+Finnhub (or anything pretending to be it) can send malformed JSON, `NaN`, absurd
+values or its own error text. Every trade is checked alone: a bad one is skipped and
+counted, and the rest of its frame is still delivered. Pure functions: no I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from typing import Any, cast
+
+import orjson
+
+from market_data.model import SESSIONS, MarketStatus, Quote, Session, Trade
+
+_TOKEN_IN_TEXT = re.compile(r"(token=)[^&\s'\"]+", re.IGNORECASE)
+
+
+class UndecodableMessage(ValueError):
+    """The frame is not a JSON object or array, even leniently."""
+
+
+def decode(text: str) -> Any:
+    """A frame's JSON. orjson first (fast, strict); on failure the standard library,
+    which also reads the `NaN` and `Infinity` that orjson refuses, so one bad number
+    costs one trade rather than the whole frame."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        raise UndecodableMessage("not JSON") from None
+
+
+def parse_trades(
+    data: Any,
+    *,
+    max_age: float = 7 * 86400.0,
+    max_ahead: float = 3600.0,
+    now: float | None = None,
+) -> tuple[list[Trade], int]:
+    """Valid trades from a trade frame's `data`, and how many entries were skipped.
+
+    Valid: a string symbol, a finite positive price, a finite non-negative volume, and
+    an integer millisecond timestamp no more than `max_age` seconds old and no more
+    than `max_ahead` seconds in the future.
+    """
+    if not isinstance(data, list):
+        return [], 1
+    now_ms = (time.time() if now is None else now) * 1000
+    oldest, newest = now_ms - max_age * 1000, now_ms + max_ahead * 1000
+    trades: list[Trade] = []
+    skipped = 0
+    for item in data:
+        try:
+            symbol, price, volume, timestamp = item["s"], item["p"], item["v"], item["t"]
+        except (TypeError, KeyError):
+            skipped += 1
+            continue
+        if (
+            isinstance(symbol, str)
+            and _is_number(price)
+            and price > 0
+            and _is_number(volume)
+            and volume >= 0
+            and isinstance(timestamp, int)
+            and not isinstance(timestamp, bool)
+            and oldest <= timestamp <= newest
+        ):
+            trades.append(Trade(symbol, price, volume, timestamp))
+        else:
+            skipped += 1
+    return trades, skipped
+
+
+# Price updates delivered per symbol from one upstream message: the newest ones (README).
+# Bars count every trade.
+MAX_TRADES_PER_SYMBOL_PER_MESSAGE = 100
+
+
+def newest_per_symbol(
+    trades: list[Trade], limit: int = MAX_TRADES_PER_SYMBOL_PER_MESSAGE
+) -> tuple[list[Trade], int]:
+    """At most `limit` trades per symbol from one message: the newest, in their order.
+
+    A client that falls behind gets only the newest price anyway (conflation); a single
+    upstream message with tens of thousands of trades for one symbol would otherwise
+    cost the broadcaster seconds and delay everyone else's updates. Returns the kept
+    trades and how many were dropped.
+    """
+    counts: dict[str, int] = {}
+    for trade in trades:
+        counts[trade.symbol] = counts.get(trade.symbol, 0) + 1
+    if max(counts.values(), default=0) <= limit:
+        return trades, 0
+    skip = {symbol: count - limit for symbol, count in counts.items() if count > limit}
+    kept: list[Trade] = []
+    for trade in trades:
+        left = skip.get(trade.symbol, 0)
+        if left:
+            skip[trade.symbol] = left - 1
+        else:
+            kept.append(trade)
+    return kept, len(trades) - len(kept)
+
+
+def parse_quote(body: Any) -> Quote | None:
+    """A quote from `/quote`'s JSON, or None for "no quote": an unknown symbol is
+    answered with zeros. `t` is in seconds there; the quote carries milliseconds."""
+    if not isinstance(body, dict):
+        raise ValueError("a quote must be a JSON object")
+    price, previous = _float(body.get("c")) or 0.0, _float(body.get("pc")) or 0.0
+    if price <= 0 and previous <= 0:
+        return None
+    return Quote(
+        price=price if price > 0 else previous,
+        change=_float(body.get("d")),
+        change_percent=_float(body.get("dp")),
+        open=_float(body.get("o")) or 0.0,
+        high=_float(body.get("h")) or 0.0,
+        low=_float(body.get("l")) or 0.0,
+        previous_close=max(previous, 0.0),
+        timestamp=int(_float(body.get("t")) or 0) * 1000,
+    )
+
+
+def parse_market_status(body: Any, exchange: str) -> MarketStatus:
+    """`/stock/market-status`'s JSON. Finnhub says `session: null` when closed; anything
+    unknown counts as closed."""
+    if not isinstance(body, dict):
+        raise ValueError("a market status must be a JSON object")
+    session, holiday = body.get("session"), body.get("holiday")
+    return MarketStatus(
+        exchange=str(body.get("exchange") or exchange),
+        is_open=body.get("isOpen") is True,
+        session=cast(Session, session) if session in SESSIONS else "closed",
+        holiday=holiday if isinstance(holiday, str) and holiday else None,
+    )
+
+
+def _float(value: object) -> float | None:
+    return float(value) if _is_number(value) else None  # type: ignore[arg-type]
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def redact(text: str, secret: str) -> str:
+    """Text with the secret (in any letter case) and any `token=` query value masked.
+    Redact first, shorten after: a secret cut in half by a length limit still leaks."""
+    if secret:
+        text = re.sub(re.escape(secret), "***", text, flags=re.IGNORECASE)
+    return _TOKEN_IN_TEXT.sub(r"\1***", text)

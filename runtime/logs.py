@@ -1,0 +1,92 @@
+"""Logging: one line per event (`key=value` text or JSON), and redaction of secrets.
+
+`configure_logging()` is called once by whoever starts the process (`gateway.main`, or
+the lifespan under a plain `uvicorn gateway:app`); when the host already configured
+logging (uvicorn's own config, pytest), its handlers are kept and only the gateway's
+levels and the redaction filter are applied.
+
+This module must never log anything itself; its filter only ever removes text.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+# Every logger of the gateway hangs under this one (`gateway.hub`, `gateway.access.tokens`,
+# ...), so LOG_LEVEL set on it reaches them all; the simulator, a stand-in Finnhub, has
+# its own.
+ROOT_LOGGER = "gateway"
+LEVELLED_LOGGERS = (ROOT_LOGGER, "simulator")
+# Request headers that carry credentials: never logged, whoever logs them.
+SECRET_HEADERS = frozenset({"authorization", "cookie", "set-cookie", "sec-websocket-protocol"})
+
+
+def _without_query(value: object) -> object:
+    """A request target with its query string replaced: `/ws?token=x` -> `/ws?***`.
+
+    uvicorn passes the parsed path (with its query) as one argument of its access and
+    WebSocket log lines; the query is cut from that argument, so no spelling of the
+    token (percent-encoded, quoted, in an absolute URL) can survive.
+    """
+    if isinstance(value, str) and "?" in value:
+        return value.split("?", 1)[0] + "?***"
+    return value
+
+
+def get_logger(module: str) -> logging.Logger:
+    """The logger of one of the gateway's modules, under the root: `get_logger(__name__)`."""
+    return logging.getLogger(f"{ROOT_LOGGER}.{module}")
+
+
+class RedactTokens(logging.Filter):
+    """On the server's loggers: drop the query string from every request-target
+    argument, and the value of every credential-bearing header argument."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and args:
+            redacted = tuple(_without_query(arg) for arg in args)
+            if len(redacted) == 2 and str(redacted[0]).lower() in SECRET_HEADERS:
+                redacted = (redacted[0], "***")  # a websockets-style "< %s: %s" header line
+            record.args = redacted
+        elif isinstance(record.msg, str) and "?" in record.msg and not args:
+            record.msg = " ".join(str(_without_query(part)) for part in record.msg.split(" "))
+        return True
+
+
+class JsonLogFormatter(logging.Formatter):
+    """LOG_FORMAT=json: one JSON object per line, for log shippers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging(level: str, log_format: str = "text") -> None:
+    """Install our handler unless the host already has one; always apply the redaction
+    filter to uvicorn's loggers and `level` to ours."""
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        if log_format == "json":
+            handler.setFormatter(JsonLogFormatter())
+        else:
+            handler.setFormatter(
+                logging.Formatter("%(asctime)s level=%(levelname)s logger=%(name)s %(message)s")
+            )
+        root.addHandler(handler)
+        root.setLevel(level)
+    for name in ("uvicorn.error", "uvicorn.access", "websockets"):
+        server_logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactTokens) for f in server_logger.filters):
+            server_logger.addFilter(RedactTokens())
+    for name in LEVELLED_LOGGERS:
+        logging.getLogger(name).setLevel(level)

@@ -1,0 +1,409 @@
+"""Everything that depends on uvicorn's internals, behind one small interface.
+
+The gateway's HTTP protocol is uvicorn's httptools protocol, subclassed here as
+`GatewayHttpProtocol` and selected by import path (`--http
+server.uvicorn_protocols:GatewayHttpProtocol`; `python gateway.py` and the container do this).
+It upgrades WebSockets to `GatewayWebSocketProtocol` (uvicorn's websockets-sansio
+protocol, subclassed) unless another `--ws` implementation was chosen. Together they
+enforce the limits that live below the application (a `ConnectionGuard`, built by the
+lifespan from the settings and handed over in uvicorn's lifespan state):
+
+- every socket: a cap on open sockets below the open-file limit, a cap on sockets per
+  peer address that have not completed their request, a deadline for the request
+  headers and the WebSocket handshake (408), and a cap on request-line plus header
+  bytes (431);
+- every WebSocket: a budget of incoming frames of any kind (pings, pongs and
+  continuation frames included; 1008 past it), and a cap on output the peer leaves
+  unread (the connection is aborted at once, its buffers released).
+
+For each accepted handshake the app finds a `ServerConnection` in the ASGI scope
+(`scope["extensions"]["gateway.connection"]`) through which it can write pre-built
+frames straight to the transport (`frame_writer()`, the fast path, unless an extension
+such as permessage-deflate was negotiated), `abort()`, see whether the peer `stalled()`,
+cap the kernel's send buffer and read how much output is queued. Under any other server
+or protocol these are absent and the app falls back to plain ASGI sends.
+
+This module is the only place that reads uvicorn's attributes; the version range it was
+written against is pinned in setup.cfg and tests/test_server_protocol.py fails loudly
+if the fast path stops engaging. It must never parse application messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import socket
+import struct
+import termios
+from collections.abc import Mapping
+from typing import Any, cast
+
+from uvicorn.config import Config
+from uvicorn.middleware.proxy_headers import _TrustedHosts
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from uvicorn.server import ServerState
+from websockets.frames import Frame
+from websockets.http11 import Request
+
+from runtime.logs import get_logger
+from runtime.token_bucket import TokenBucket
+from server.guard import ConnectionGuard
+
+logger = get_logger(__name__)
+
+SCOPE_EXTENSION = "gateway.connection"
+STATE_KEY = "gateway.connection_guard"
+HTTP_IMPORT_PATH = "server.uvicorn_protocols:GatewayHttpProtocol"
+WS_IMPORT_PATH = "server.uvicorn_protocols:GatewayWebSocketProtocol"
+# What to tell an operator whose server command cannot use the fast path.
+FAST_PATH_FLAGS = f"--http {HTTP_IMPORT_PATH} --ws-per-message-deflate false"
+_FALLBACK_GUARD = ConnectionGuard()  # before the lifespan hands over the real one
+WRITE_BUFFER_HIGH = 4_096  # bytes in the transport before a client counts as stalled
+
+
+def _guard(app_state: Mapping[str, Any]) -> ConnectionGuard:
+    guard = app_state.get(STATE_KEY)
+    return guard if isinstance(guard, ConnectionGuard) else _FALLBACK_GUARD
+
+
+def _response(status: str, body: str) -> bytes:
+    return (
+        f"HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n{body}"
+    ).encode()
+
+
+class GatewayHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with socket, deadline and header limits."""
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        if self.ws_protocol_class is WebSocketsSansIOProtocol:  # the default, "auto"
+            self.ws_protocol_class = GatewayWebSocketProtocol
+        self._guard = _guard(app_state)
+        self._header_bytes = 0
+        self._in_headers = True
+        self._deadline: asyncio.TimerHandle | None = None
+        self._pending_peer: str | None = None
+        self._trusted = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        guard, peer = self._guard, self.client[0] if self.client else ""
+        self._trusted = bool(peer) and is_trusted_proxy(peer, self.config)
+        refusal = guard.refuse_socket(len(self.connections), peer, self._trusted)
+        if refusal is not None:
+            transport.write(_response("503 Service Unavailable", refusal))
+            transport.close()
+            return
+        self._begin_request()
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_headers:
+            self._header_bytes += len(data)
+            if self._header_bytes > self._guard.limits.max_request_header_bytes:
+                self._guard.count("header_too_large")
+                self.transport.write(_response("431 Request Header Fields Too Large", "too big"))
+                self._stop(abort=False)
+                return
+        super().data_received(data)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_headers = True
+        self._header_bytes = 0
+        # A request after the first one on a kept-alive connection has the same
+        # deadline and counts the same against its address, or a client could send one
+        # request and then trickle the next one forever.
+        if self._deadline is None and not self.transport.is_closing():
+            peer = self.client[0] if self.client else ""
+            counted = self._pending_peer is not None or not peer or self._trusted
+            if not counted and self._guard.refuse_socket(0, peer, self._trusted) is not None:
+                self._stop(abort=True)
+                return
+            self._begin_request()
+
+    def on_headers_complete(self) -> None:
+        self._in_headers = False
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._cancel_deadline()  # the whole request, body included, is in
+        self._release_pending()
+        super().on_message_complete()
+
+    def handle_websocket_upgrade(self) -> None:
+        self._cancel_deadline()  # the WebSocket protocol keeps its own handshake deadline
+        self._release_pending()
+        super().handle_websocket_upgrade()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_deadline()
+        self._release_pending()
+        super().connection_lost(exc)
+
+    def _begin_request(self) -> None:
+        peer = self.client[0] if self.client else ""
+        if peer and not self._trusted and self._pending_peer is None:
+            self._pending_peer = peer
+            self._guard.pending[peer] += 1
+        self._deadline = self.loop.call_later(self._guard.limits.handshake_timeout, self._too_slow)
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        if not self.transport.is_closing():
+            self._guard.count("request_timeout")
+            if self._in_headers:
+                self.transport.write(_response("408 Request Timeout", "request too slow"))
+            self._stop(abort=False)
+
+    def _stop(self, *, abort: bool) -> None:
+        self._in_headers = False  # nothing more is parsed
+        self._cancel_deadline()
+        self._release_pending()
+        self.transport.pause_reading()
+        if abort:
+            self.transport.abort()
+        else:
+            self.transport.close()
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _release_pending(self) -> None:
+        if self._pending_peer is not None:
+            self._guard.release_pending(self._pending_peer)
+            self._pending_peer = None
+
+
+class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O WebSocket protocol with frame and output limits, exposing a
+    `ServerConnection` to the app."""
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self._guard = _guard(app_state)
+        limits = self._guard.limits
+        self._frame_budget = TokenBucket(limits.frame_rate, limits.frame_burst, self.loop.time())
+        self._failed = False
+        self._deadline: asyncio.TimerHandle | None = None
+        # websockets logs every header and frame at DEBUG: tokens and cookies included.
+        self.conn.debug = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        # The kernel's send buffer absorbs a healthy client's bursts; what waits above
+        # it belongs in the client's outbox (shared frames, conflated), not in the
+        # transport, where each queued write of a ~100-byte frame costs far more memory.
+        self.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
+        timeout = self._guard.limits.handshake_timeout
+        self._deadline = self.loop.call_later(timeout, self._handshake_too_slow)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        super().connection_lost(exc)
+
+    def handle_connect(self, event: Request) -> None:
+        super().handle_connect(event)
+        if not self.close_sent:  # the handshake is valid and the app is about to run
+            extensions = cast(dict[str, Any], self.scope["extensions"])
+            extensions[SCOPE_EXTENSION] = ServerConnection(self)
+
+    # Every incoming frame is charged to the connection's frame budget first.
+
+    def handle_text(self, event: Frame) -> None:
+        if self._charge():
+            super().handle_text(event)
+
+    def handle_bytes(self, event: Frame) -> None:
+        if self._charge():
+            super().handle_bytes(event)
+
+    def handle_cont(self, event: Frame) -> None:
+        if self._charge():
+            super().handle_cont(event)
+
+    def handle_ping(self) -> None:
+        if self._charge():
+            super().handle_ping()  # writes the pong websockets queued
+            self._check_unread_output()
+
+    def handle_pong(self, event: Frame) -> None:
+        if self._charge():
+            super().handle_pong(event)
+
+    def keepalive_timeout(self) -> None:
+        super().keepalive_timeout()
+        self._abort_if_unread()  # a peer that stopped answering will not read a close frame
+
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.accept":
+            # The parsed handshake (request and response, ~4 KiB with their headers)
+            # is never read again; the scope keeps what the app needs.
+            self.request = self.response = None  # type: ignore[assignment]
+        if message["type"] == "websocket.http.response.body" and not message.get("more_body"):
+            # A refusal (401, 403, 429) is an answered handshake: without this, uvicorn
+            # logs "returned without completing handshake" at ERROR for every one, and
+            # anyone could fill the error log by knocking with a bad token.
+            self.handshake_complete = True
+        if message["type"] == "websocket.close" and self.close_timer is not None:
+            # uvicorn's timer closes gracefully, which waits for a peer that may never
+            # read: abort instead if our output is still unread by then.
+            self.close_timer.cancel()
+            self.close_timer = self.loop.call_later(self.close_timeout, self._close_or_abort)
+
+    def _close_or_abort(self) -> None:
+        self._abort_if_unread()
+        self.transport.close()
+
+    def _charge(self) -> bool:
+        if self._failed:
+            return False
+        if self._frame_budget.allow(self.loop.time()):
+            return True
+        self._guard.count("frame_rate")
+        logger.warning("closing a client over its frame budget client=%s", _peer(self.client))
+        self._fail(1008, "frame rate limit exceeded")
+        return False
+
+    def _check_unread_output(self) -> None:
+        if self.transport.get_write_buffer_size() > self._guard.limits.max_unread_output:
+            self._guard.count("unread_output")
+            logger.warning("aborting a client that does not read client=%s", _peer(self.client))
+            self._failed = True
+            self.transport.abort()
+
+    def _fail(self, code: int, reason: str) -> None:
+        self._failed = True
+        self.conn.fail(code, reason)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        self.close_sent = True
+        self._abort_if_unread()
+        self.transport.close()
+
+    def _abort_if_unread(self) -> None:
+        if self.transport.get_write_buffer_size() > 0:
+            self.transport.abort()
+
+    def _handshake_too_slow(self) -> None:
+        self._deadline = None
+        if not self.handshake_complete and not self.transport.is_closing():
+            self._guard.count("handshake_timeout")
+            self.transport.abort()
+
+
+def _peer(client: tuple[str, int] | None) -> str:
+    return client[0] if client else "-"
+
+
+class DirectFrameWriter:
+    """The fast path: whole, pre-built frames written straight to the transport.
+
+    Server frames are unmasked, so one encoded frame can be written as-is to every
+    subscriber. It never writes after a close frame went out or once the transport
+    started closing; `ready()` is false while the send buffer is over its high-water
+    mark, and `wait_ready()` raises ConnectionError once the connection is gone.
+    """
+
+    def __init__(self, protocol: GatewayWebSocketProtocol) -> None:
+        self._protocol = protocol
+        self._transport = protocol.transport
+        self._writable = protocol.writable
+
+    def ready(self) -> bool:
+        return (
+            self._writable.is_set()
+            and not self._protocol.close_sent
+            and not self._transport.is_closing()
+        )
+
+    def write(self, data: bytes) -> None:
+        self._transport.write(data)
+
+    async def wait_ready(self) -> None:
+        await self._writable.wait()
+        if self._protocol.close_sent or self._transport.is_closing():
+            raise ConnectionError("client socket closed")
+
+
+class ServerConnection:
+    """What the app may do with one client's connection below the ASGI interface."""
+
+    def __init__(self, protocol: GatewayWebSocketProtocol) -> None:
+        self._protocol = protocol
+
+    def frame_writer(self) -> DirectFrameWriter | None:
+        """A writer for pre-built frames, or None when a negotiated extension forbids it."""
+        if self._protocol.conn.extensions:
+            return None
+        return DirectFrameWriter(self._protocol)
+
+    def stalled(self) -> bool:
+        """The peer is not reading: the send buffer is above its high-water mark."""
+        return not self._protocol.writable.is_set()
+
+    def abort(self) -> None:
+        """Drop the connection at once, discarding unsent bytes: a peer that never reads
+        would otherwise keep a graceful close (and its buffered bytes) pending forever."""
+        self._protocol.transport.abort()
+
+    def limit_send_buffer(self, size: int) -> None:
+        """Cap the kernel's send buffer for this socket (SO_SNDBUF), so a stalled
+        client holds little kernel memory."""
+        sock = self._socket()
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+
+    def queued_bytes(self) -> int:
+        """Output not yet taken by the peer: the transport's buffer plus the kernel's
+        send queue for the socket (Linux SIOCOUTQ)."""
+        queued = self._protocol.transport.get_write_buffer_size()
+        sock = self._socket()
+        if sock is not None and sock.fileno() >= 0:
+            try:
+                raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+                queued += struct.unpack("i", raw)[0]
+            except OSError:
+                pass
+        return queued
+
+    def _socket(self) -> socket.socket | None:
+        sock: socket.socket | None = self._protocol.transport.get_extra_info("socket")
+        return sock
+
+
+def server_connection(scope: Mapping[str, Any]) -> ServerConnection | None:
+    """The connection handle our protocol put in the scope, or None under another server."""
+    connection = scope.get("extensions", {}).get(SCOPE_EXTENSION)
+    return connection if isinstance(connection, ServerConnection) else None
+
+
+_TRUST_RULES: dict[str, _TrustedHosts] = {}
+
+
+def is_trusted_proxy(peer: str, config: Config) -> bool:
+    """uvicorn's own rule for `--forwarded-allow-ips`: a proxy whose `X-Forwarded-For`
+    names the real client, so per-peer limits do not apply to it."""
+    key = repr(config.forwarded_allow_ips)
+    rule = _TRUST_RULES.get(key)
+    if rule is None:
+        rule = _TRUST_RULES[key] = _TrustedHosts(config.forwarded_allow_ips)
+    return peer in rule

@@ -1,0 +1,146 @@
+"""The simulator's REST side, as Finnhub serves it: `GET /api/v1/quote` and
+`GET /api/v1/stock/market-status`, over real HTTP with Finnhub's shapes.
+
+The key comes in the `X-Finnhub-Token` header (or a `token` query parameter); a
+missing or wrong one gets 401 `{"error":"Invalid API key."}`. Past `rest_rate` calls in
+any 60 seconds the answer is 429 with `Retry-After`. An unknown symbol gets all zeros.
+Quotes agree with the trade stream: `c` is the last simulated price, `pc` a fixed
+previous close per symbol and simulated (UTC) day, `d`/`dp` the change against it.
+Every call is recorded (`rest_calls`) so tests can count them per minute.
+This module never logs the key.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from simulator.prices import REFERENCE_PRICES, reference_price
+
+if TYPE_CHECKING:
+    from simulator.market import MarketSimulator
+
+REST_PREFIX = "/api/v1"
+
+
+@dataclass
+class RestCalls:
+    """What the REST side was asked, for tests: (monotonic time, path, symbol, status)."""
+
+    log: list[tuple[float, str, str, int]] = field(default_factory=list)
+    tokens_in_urls: int = 0  # calls that carried the key in the query string
+
+    def in_window(self, start: float, seconds: float = 60.0) -> int:
+        return sum(1 for at, *_ in self.log if start <= at < start + seconds)
+
+    def max_in_any_window(self, seconds: float = 60.0) -> int:
+        times = sorted(at for at, *_ in self.log)
+        most, first = 0, 0
+        for last, at in enumerate(times):
+            while at - times[first] >= seconds:
+                first += 1
+            most = max(most, last - first + 1)
+        return most
+
+    def of(self, path: str, symbol: str | None = None) -> int:
+        return sum(1 for _, p, s, _ in self.log if p == path and (symbol is None or s == symbol))
+
+
+def previous_close(symbol: str, reference: float) -> float:
+    """A fixed close for the previous simulated day: within ±2% of the reference price."""
+    day = datetime.now(UTC).strftime("%Y-%m-%d")
+    swing = (zlib.crc32(f"{symbol}:{day}".encode()) % 401 - 200) / 10_000
+    return round(reference * (1 + swing), 5 if reference < 10 else 2)
+
+
+class QuoteBook:
+    """The simulated day per symbol (open, high, low, last trade time), for `/quote`."""
+
+    def __init__(self, prices: dict[str, float]) -> None:
+        self._prices = prices  # the simulator's last price per symbol, shared
+        self._days: dict[str, tuple[float, float, float, int]] = {}
+
+    def traded(self, symbol: str, price: float, at_ms: int) -> None:
+        day_open, high, low, _ = self._days.get(symbol, (price, price, price, 0))
+        self._days[symbol] = (day_open, max(high, price), min(low, price), at_ms)
+
+    def quote_of(self, symbol: str) -> dict[str, float | int | None]:
+        """Finnhub's `/quote`: zeros unless the symbol is known (a reference price, or it
+        has traded), else consistent with the trade stream."""
+        if symbol not in REFERENCE_PRICES and symbol not in self._prices:
+            return {"c": 0, "d": None, "dp": None, "h": 0, "l": 0, "o": 0, "pc": 0, "t": 0}
+        reference = reference_price(symbol)
+        close = previous_close(symbol, reference)
+        last = self._prices.get(symbol, reference)
+        day_open, high, low, last_ms = self._days.get(symbol, (close, last, last, 0))
+        decimals = 5 if last < 10 else 2
+        return {
+            "c": round(last, decimals),
+            "d": round(last - close, 4),
+            "dp": round((last - close) / close * 100, 4),
+            "h": round(max(high, last), decimals),
+            "l": round(min(low, last), decimals),
+            "o": round(day_open, decimals),
+            "pc": close,
+            "t": (last_ms // 1000) or int(time.time()) - 3600,
+        }
+
+
+def add_rest_routes(app: web.Application, market: MarketSimulator) -> None:
+    async def quote(request: web.Request) -> web.Response:
+        refusal = _refusal(request, market)
+        if refusal is not None:
+            return refusal
+        symbol = request.query.get("symbol", "").strip().upper()
+        _record(market, request, symbol, 200)
+        await market.notify()
+        return web.json_response(market.book.quote_of(symbol))
+
+    async def market_status(request: web.Request) -> web.Response:
+        refusal = _refusal(request, market)
+        if refusal is not None:
+            return refusal
+        _record(market, request, "", 200)
+        await market.notify()
+        session = market.session
+        body: dict[str, Any] = {
+            "exchange": request.query.get("exchange", "US"),
+            "holiday": None,
+            "isOpen": session == "regular",
+            "session": None if session == "closed" else session,
+            "timezone": "America/New_York",
+            "t": int(time.time()),
+        }
+        return web.json_response(body)
+
+    app.router.add_get(f"{REST_PREFIX}/quote", quote)
+    app.router.add_get(f"{REST_PREFIX}/stock/market-status", market_status)
+
+
+def _refusal(request: web.Request, market: MarketSimulator) -> web.Response | None:
+    market.rest_calls.tokens_in_urls += "token" in request.query
+    token = request.headers.get("X-Finnhub-Token") or request.query.get("token", "")
+    if not token or (market.token is not None and token != market.token):
+        _record(market, request, request.query.get("symbol", ""), 401)
+        return web.json_response({"error": "Invalid API key."}, status=401)
+    now = time.monotonic()
+    recent = [at for at, _, _, status in market.rest_calls.log if at > now - 60 and status == 200]
+    if len(recent) >= market.rest_rate:
+        _record(market, request, request.query.get("symbol", ""), 429)
+        retry = max(1, int(recent[0] + 60 - now) + 1)
+        return web.json_response(
+            {"error": "API limit reached. Please try again later."},
+            status=429,
+            headers={"Retry-After": str(retry)},
+        )
+    return None
+
+
+def _record(market: MarketSimulator, request: web.Request, symbol: str, status: int) -> None:
+    path = request.path.removeprefix(REST_PREFIX)
+    market.rest_calls.log.append((time.monotonic(), path, symbol.upper(), status))
