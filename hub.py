@@ -24,7 +24,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import protocol
 from access.capacity import UpstreamCapacity
@@ -38,7 +38,6 @@ from delivery.outbox import (
 )
 from delivery.pacing import DeliveryClock, DeliveryGroups
 from delivery.quotes import QuoteDelivery
-from market_data.finnhub_wire import newest_per_symbol
 from market_data.model import MarketStatus, Trade
 from market_data.quotes import QuoteService
 from protocol import DeliveryOptions, ErrorCode, Frame, UpstreamState
@@ -56,16 +55,12 @@ class Observer(Protocol):
     def observe(self, amount: float) -> None: ...
 
 
-class Update(NamedTuple):
-    symbol: str
-    frame: Frame  # an encoded price_update
-
-
 @dataclass
 class UpdateBatch:
-    """The updates of one upstream message, in upstream order."""
+    """The price updates of one upstream message (encoded `price_update` frames, each
+    naming its symbol), in upstream order."""
 
-    updates: list[Update]
+    updates: list[Frame]
     received_at: float  # perf_counter() at the upstream message's arrival
     # False for a last price learned elsewhere (a cluster snapshot): it only fills in
     # for symbols that have no live update yet, and never replaces one.
@@ -318,17 +313,11 @@ class Hub:
     async def trades_received(self, trades: list[Trade], received_at: float) -> None:
         """A single process's feed listener: encode once, then publish."""
         carried = self.interest
-        previous_close = self.quotes.previous_close if self.quotes is not None else _unknown
         trades = [trade for trade in trades if trade.symbol in carried]  # else released
         if self.bars is not None:
             await self.bars.trades_received(trades)  # every trade counts in a bar
-        newest, _ = newest_per_symbol(trades)
-        updates = [
-            Update(
-                trade.symbol, protocol.price_update_message(*trade, previous_close(trade.symbol))
-            )
-            for trade in newest
-        ]
+        previous_close = self.quotes.previous_close if self.quotes is not None else None
+        updates = protocol.encode_trades(trades, previous_close)
         if updates:
             await self.publish(UpdateBatch(updates, received_at))
 
@@ -390,12 +379,12 @@ class Hub:
             self._deliver_one(update, batch.live)
 
     def _deliver_one(
-        self, update: Update, live: bool, corked: list[ClientConnection] | None = None
+        self, frame: Frame, live: bool, corked: list[ClientConnection] | None = None
     ) -> int:
         """Hand one update to every subscriber of its symbol (each paced group once) and
         keep it as the symbol's snapshot for later subscribers; returns how many clients
         it was offered to."""
-        symbol, frame = update
+        symbol = frame.symbol
         subscribers = self._subscribers.get(symbol)
         if not subscribers:
             if live and symbol in self.interest:
@@ -428,10 +417,6 @@ def send_refusals(
             reason, names = refused[code]
             message = f"{reason}; refused: {', '.join(names)}"
             client.send(protocol.error_message(code, message, names))
-
-
-def _unknown(symbol: str) -> float | None:
-    return None
 
 
 def _uncork(corked: list[ClientConnection] | None) -> None:

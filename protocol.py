@@ -10,14 +10,15 @@ state, never anything from the upstream's credentials.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import orjson
 
 from bars.book import INTERVALS, BarEvent, Interval
-from market_data.model import MarketStatus, Quote
+from market_data.finnhub_wire import newest_per_symbol
+from market_data.model import MarketStatus, Quote, Trade
 
 # Finnhub's symbol forms: stocks (AAPL, BRK.B), indices (^GSPC), crypto
 # (BINANCE:BTCUSDT), forex (OANDA:EUR_USD, and brokers with a space, "IC MARKETS:1").
@@ -221,15 +222,19 @@ def _quoted(value: str, limit: int = 40) -> str:
 class Frame:
     """One server-to-client message, encoded once and shared by every recipient.
 
-    `wire` is the complete WebSocket text frame (server frames are unmasked, so the
-    bytes are the same for every client); `text` is the str an ASGI send needs.
-    Both are built on first use and cached.
+    `kind` is its `type` and `symbol` the symbol it is about ("" for none), carried
+    beside the bytes so nothing downstream parses them back. `wire` is the complete
+    WebSocket text frame (server frames are unmasked, so the bytes are the same for
+    every client); `text` is the str an ASGI send needs. Both are built on first use
+    and cached.
     """
 
-    __slots__ = ("_item", "_text", "_wire", "payload")
+    __slots__ = ("_item", "_text", "_wire", "kind", "payload", "symbol")
 
-    def __init__(self, payload: bytes) -> None:
+    def __init__(self, payload: bytes, kind: str, symbol: str = "") -> None:
         self.payload = payload
+        self.kind = kind
+        self.symbol = symbol
         self._wire: bytes | None = None
         self._text: str | None = None
         self._item: bytes | None = None
@@ -262,7 +267,12 @@ _BATCH_OPEN, _BATCH_CLOSE = b'{"type":"price_updates","updates":[', b"]}"
 
 def price_updates_message(items: list[bytes]) -> Frame:
     """Several price updates in one frame (a client's `batch_ms`), in arrival order."""
-    return Frame(_BATCH_OPEN + b",".join(items) + _BATCH_CLOSE)
+    return Frame(_BATCH_OPEN + b",".join(items) + _BATCH_CLOSE, "price_updates")
+
+
+def price_update_frame(symbol: str, payload: bytes) -> Frame:
+    """A `price_update` encoded elsewhere (by a cluster's leader), as received."""
+    return Frame(payload, "price_update", symbol)
 
 
 def auth_message(
@@ -286,8 +296,9 @@ def websocket_text_header(length: int) -> bytes:
     return bytes((0x81, 127)) + length.to_bytes(8, "big")
 
 
-def _encode(message: object) -> Frame:
-    return Frame(orjson.dumps(message))
+def _encode(message: dict[str, Any]) -> Frame:
+    symbol = message.get("symbol")
+    return Frame(orjson.dumps(message), message["type"], symbol if isinstance(symbol, str) else "")
 
 
 def connection_message(client_id: str) -> Frame:
@@ -336,10 +347,22 @@ def price_update_message(
     """The seed's `price_update`; with `change` and `change_percent` against the previous
     close added when the gateway knows it (added fields only: the seed's shape stays)."""
     data: dict[str, float | int] = {"price": price, "volume": volume, "timestamp": timestamp}
-    if previous_close:
+    if previous_close:  # unknown (None) or a symbol without one (0): no change fields
         data["change"] = round(price - previous_close, 6)
         data["change_percent"] = round((price - previous_close) / previous_close * 100, 4)
     return _encode({"type": "price_update", "symbol": symbol, "data": data})
+
+
+def encode_trades(
+    trades: list[Trade], previous_close: Callable[[str], float | None] | None = None
+) -> list[Frame]:
+    """The one place trades become frames: the newest trade of each symbol in one
+    upstream message, as a `price_update` (with the day's change where the previous
+    close is known). Bars count every trade; prices only need the newest."""
+    newest, _ = newest_per_symbol(trades)
+    if previous_close is None:
+        return [price_update_message(*trade) for trade in newest]
+    return [price_update_message(*trade, previous_close(trade.symbol)) for trade in newest]
 
 
 def quote_body(symbol: str, quote: Quote) -> dict[str, object]:

@@ -48,7 +48,7 @@ from cluster.bars import LeaderBars, MirrorBars, StoredBars
 from cluster.publish import UpstreamPublisher
 from cluster.rest import decode_announcement
 from finnhub_feed import FinnhubFeed
-from hub import Hub, Update, UpdateBatch
+from hub import Hub, UpdateBatch
 from market_data.market_watch import MarketWatch
 from market_data.model import MarketStatus, SymbolInterest
 from market_data.quotes import QuoteService
@@ -274,7 +274,7 @@ class Cluster:
         ordered = sorted(symbols)
         payloads = await self._redis.mget([self._key("last", symbol) for symbol in ordered])
         snapshots = [
-            Update(symbol, protocol.Frame(_bytes(payload)))
+            protocol.price_update_frame(symbol, _bytes(payload))
             for symbol, payload in zip(ordered, payloads, strict=True)
             if payload
         ]
@@ -283,7 +283,7 @@ class Cluster:
 
     async def _deliver(self, hub: Hub, channel: str, data: bytes, trades_prefix: str) -> None:
         if channel.startswith(trades_prefix):
-            update = Update(channel[len(trades_prefix) :], protocol.Frame(data))
+            update = protocol.price_update_frame(channel[len(trades_prefix) :], data)
             await hub.publish(UpdateBatch([update], time.perf_counter()))
         elif channel == self._key("status"):
             state = data.decode()
@@ -318,7 +318,7 @@ class Cluster:
         """Run the feed for as long as the lease can be renewed."""
         self.role = "leader"
         self._feed.interest.replace(self.cluster_symbols)
-        previous_close = self.quotes.previous_close if self.quotes is not None else _unknown
+        previous_close = self.quotes.previous_close if self.quotes is not None else None
         bars = None
         if self.bars is not None:
             bars = LeaderBars(
@@ -378,7 +378,3 @@ class Cluster:
             raise_if_cancelling(exc)
             return False
         return bool(renewed)
-
-
-def _unknown(symbol: str) -> float | None:
-    return None

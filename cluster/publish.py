@@ -14,7 +14,6 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 import protocol
-from market_data.finnhub_wire import newest_per_symbol
 from market_data.model import MarketStatus, Trade
 from protocol import UpstreamState
 from runtime.cancellation import raise_if_cancelling
@@ -31,7 +30,7 @@ class UpstreamPublisher:
         self,
         client: redis.Redis,
         key: Callable[..., str],
-        previous_close: Callable[[str], float | None],
+        previous_close: Callable[[str], float | None] | None,
         bars: Callable[[list[Trade]], Awaitable[None]] | None = None,
     ) -> None:
         self._redis = client
@@ -41,15 +40,11 @@ class UpstreamPublisher:
         self._events: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
 
     async def trades_received(self, trades: list[Trade], received_at: float) -> None:
-        newest, _ = newest_per_symbol(trades)  # prices: the newest; bars: every trade
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                for trade in newest:
-                    frame = protocol.price_update_message(
-                        *trade, self._previous_close(trade.symbol)
-                    )
-                    pipe.publish(self._key("trades", trade.symbol), frame.payload)  # encoded once
-                    pipe.set(self._key("last", trade.symbol), frame.payload, ex=86_400)
+                for frame in protocol.encode_trades(trades, self._previous_close):
+                    pipe.publish(self._key("trades", frame.symbol), frame.payload)  # encoded once
+                    pipe.set(self._key("last", frame.symbol), frame.payload, ex=86_400)
                 await pipe.execute()
         except (RedisError, OSError, TimeoutError) as exc:
             raise_if_cancelling(exc)

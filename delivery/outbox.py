@@ -38,7 +38,7 @@ CLOSE_GRACE_SECONDS = 1.0
 class ClientSocket(Protocol):
     """What the hub needs from a client's WebSocket; send and close raise ConnectionError."""
 
-    async def send_text(self, frame: str) -> None: ...
+    async def send(self, frame: Frame) -> None: ...
 
     async def close(self, code: int, reason: str) -> None: ...
 
@@ -201,12 +201,12 @@ class ClientConnection:
             return
         direct = self._direct
         if direct is not None and not self._frames and not self._latest and direct.ready():
-            wires = [frame.wire for _, frame in outgoing]
+            wires = [frame.wire for frame in outgoing]
             direct.write(wires[0] if len(wires) == 1 else b"".join(wires))
             return
-        for symbol, frame in outgoing:
-            if symbol:
-                self._offer(symbol, frame)
+        for frame in outgoing:
+            if frame.kind == "price_update":
+                self._offer(frame.symbol, frame)
             else:
                 self.send(frame)
 
@@ -296,7 +296,7 @@ class ClientConnection:
     async def _drain_asgi(self) -> None:
         while self._frames or self._latest:
             for frame in self._take_pending():
-                await self._socket.send_text(frame.text)
+                await self._socket.send(frame)
 
     def _stop_lag_timer(self) -> None:
         if self._lag_timer is not None:

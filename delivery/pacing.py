@@ -29,8 +29,8 @@ from typing import Protocol
 from protocol import DeliveryOptions, Frame, price_updates_message
 
 TICK_SECONDS = 0.01
-# What a pacing hands on: (symbol, frame) for a single update, ("", frame) for a batch.
-Outgoing = list[tuple[str, Frame]]
+# What a pacing hands on: single price updates (each naming its symbol), or one batch.
+Outgoing = list[Frame]
 
 
 class DeliveryClock:
@@ -148,8 +148,8 @@ class Pacing:
         if not frames:
             return []
         if self._batch:
-            return [("", price_updates_message([frame.batch_item for frame in frames]))]
-        return [(_symbol_of(frame), frame) for frame in frames]
+            return [price_updates_message([frame.batch_item for frame in frames])]
+        return frames
 
     def _schedule(self, when: float, now: float) -> None:
         """Flush at `when`: now, inline, if it is due already; else on the clock."""
@@ -163,11 +163,6 @@ class Pacing:
             self._clock.cancel(self._slot, self)
         self._slot = slot
         self._clock.at(slot, self)
-
-
-def _symbol_of(frame: Frame) -> str:
-    item = frame.batch_item  # b'{"symbol":"AAPL",...'
-    return item[11 : item.index(b'"', 11)].decode()
 
 
 class Member(Protocol):

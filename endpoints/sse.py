@@ -32,6 +32,7 @@ from access.admission import Refusal, address_key, request_token, user_key
 from access.token_session import ClientAuth
 from access.tokens import AuthFailed, Identity
 from delivery.outbox import UNRESTRICTED
+from protocol import Frame
 from runtime.logs import get_logger
 from settings import Settings
 
@@ -52,7 +53,7 @@ class EventStreamSocket:
         self._queued = 0
         self._closed = False
 
-    async def send_text(self, frame: str) -> None:
+    async def send(self, frame: Frame) -> None:
         if self._closed:
             raise ConnectionError("stream closed")
         item = event(frame)
@@ -80,10 +81,9 @@ class EventStreamSocket:
         return self._queued
 
 
-def event(frame: str) -> bytes:
-    """`event: <type>\\ndata: <json>\\n\\n`: every message starts with `{"type":"...`."""
-    kind = frame[9 : frame.index('"', 9)] if frame.startswith('{"type":"') else "message"
-    return f"event: {kind}\ndata: {frame}\n\n".encode()
+def event(frame: Frame) -> bytes:
+    """`event: <type>\\ndata: <json>\\n\\n`: the event is named after the message."""
+    return b"event: %s\ndata: %s\n\n" % (frame.kind.encode(), frame.payload)
 
 
 class EventStreams:
@@ -144,7 +144,7 @@ class EventStreams:
         # nothing awaited in between (parallel requests passed the first check together).
         refusal = admission.open_refusal(address, user if identity else None)
         if refusal is not None:
-            yield event(protocol.error_message("too_many_connections", refusal.reason).text)
+            yield event(protocol.error_message("too_many_connections", refusal.reason))
             return
         with (
             admission.holding(address),
@@ -179,7 +179,7 @@ class EventStreams:
                             # at `exp`; EventSource reconnects (with a fresh ?token=).
                             auth.warned()
                             ending = protocol.auth_message(deadline.kind, user, auth.expires_in())
-                            yield event(ending.text)
+                            yield event(ending)
                             if deadline.kind == "expired":
                                 return
                             continue

@@ -31,9 +31,9 @@ class AsgiClientSocket:
         self._websocket = websocket
         self._connection = connection
 
-    async def send_text(self, frame: str) -> None:
+    async def send(self, frame: Frame) -> None:
         try:
-            await self._websocket.send_text(frame)
+            await self._websocket.send_text(frame.text)
         except (WebSocketDisconnect, RuntimeError) as exc:
             raise ConnectionError("client socket closed") from exc
 

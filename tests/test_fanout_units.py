@@ -22,7 +22,7 @@ import protocol
 from access.capacity import UpstreamCapacity
 from delivery import outbox
 from delivery.outbox import ClientConnection, FanoutStats
-from hub import Hub, Observer, Update, UpdateBatch
+from hub import Hub, Observer, UpdateBatch
 from market_data.model import SymbolInterest, Trade
 from protocol import CLOSE_TRY_AGAIN_LATER, Frame
 
@@ -50,10 +50,10 @@ class FakeSocket:
         self.aborted = asyncio.Event()
         self.changed = changed if changed is not None else asyncio.Event()  # on any of these
 
-    async def send_text(self, frame: str) -> None:
+    async def send(self, frame: Frame) -> None:
         self.send_started.set()
         await self.reading.wait()
-        self.texts.append(frame)
+        self.texts.append(frame.text)
         self.changed.set()
 
     async def close(self, code: int, reason: str) -> None:
@@ -436,7 +436,7 @@ async def test_eviction_of_a_writer_blocked_in_send_aborts_after_the_grace(
     socket = FakeSocket(reading=False)  # sends, and the close, block
     rig = rigs.make(writer=None, socket=socket, outbox_size=3)
     rig.client.offer_update("AAPL", update("AAPL", 1))
-    await wait_for(socket.send_started)  # the writer task is blocked in send_text()
+    await wait_for(socket.send_started)  # the writer task is blocked in send()
     loop = asyncio.get_running_loop()
     for n in range(8):
         rig.client.send(control(n))
@@ -717,7 +717,7 @@ async def test_a_later_subscriber_gets_the_last_update_at_once() -> None:
     try:
         async with hub.connect(FakeSocket(), w1 := FakeWriter()) as c1:
             hub.subscribe(c1, ["AAPL"])
-            batch = [Update("AAPL", update("AAPL", 1)), Update("AAPL", update("AAPL", 2))]
+            batch = [update("AAPL", 1), update("AAPL", 2)]
             await hub.publish(UpdateBatch(batch, time.perf_counter()))
             await wait_until(w1.changed, lambda: ("AAPL", 2) in updates_seen(w1.payloads()))
             assert updates_seen(w1.payloads()) == [("AAPL", 1), ("AAPL", 2)]
@@ -746,23 +746,23 @@ async def test_a_non_live_batch_only_fills_in_and_never_replaces_a_live_snapshot
 
     async with hub.connect(FakeSocket(), w1 := FakeWriter()) as c1:
         hub.subscribe(c1, ["AAPL", "MSFT"])
-        hub.deliver(UpdateBatch([Update("AAPL", update("AAPL", 5))], time.perf_counter()))
-        stale = [Update("AAPL", update("AAPL", 1)), Update("MSFT", update("MSFT", 1))]
+        hub.deliver(UpdateBatch([update("AAPL", 5)], time.perf_counter()))
+        stale = [update("AAPL", 1), update("MSFT", 1)]
         hub.deliver(UpdateBatch(stale, time.perf_counter(), live=False))
         # MSFT had no snapshot: filled in (and passed on); AAPL had a live one: untouched.
         assert updates_seen(w1.payloads()) == [("AAPL", 5), ("MSFT", 1)]
         assert await snapshot_for("AAPL") == [("AAPL", 5)]
         assert await snapshot_for("MSFT") == [("MSFT", 1)]
 
-        hub.deliver(UpdateBatch([Update("MSFT", update("MSFT", 7))], time.perf_counter()))
+        hub.deliver(UpdateBatch([update("MSFT", 7)], time.perf_counter()))
         assert await snapshot_for("MSFT") == [("MSFT", 7)]  # live replaces the fill-in
-        hub.deliver(UpdateBatch([Update("MSFT", update("MSFT", 2))], 0.0, live=False))
+        hub.deliver(UpdateBatch([update("MSFT", 2)], 0.0, live=False))
         assert await snapshot_for("MSFT") == [("MSFT", 7)]
         assert updates_seen(w1.payloads()) == [("AAPL", 5), ("MSFT", 1), ("MSFT", 7)]
 
         # Nobody holds GOOG: neither kind of update is kept for it.
-        hub.deliver(UpdateBatch([Update("GOOG", update("GOOG", 1))], 0.0, live=False))
-        hub.deliver(UpdateBatch([Update("GOOG", update("GOOG", 2))], 0.0))
+        hub.deliver(UpdateBatch([update("GOOG", 1)], 0.0, live=False))
+        hub.deliver(UpdateBatch([update("GOOG", 2)], 0.0))
         assert await snapshot_for("GOOG") == []
 
 
@@ -778,7 +778,7 @@ async def test_a_symbol_nobody_holds_forgets_its_snapshot() -> None:
         hub.subscribe(c1, ["AAPL", "MSFT"])
         async with hub.connect(FakeSocket(), FakeWriter()) as c2:
             hub.subscribe(c2, ["AAPL"])
-            frames = [Update("AAPL", update("AAPL", 1)), Update("MSFT", update("MSFT", 1))]
+            frames = [update("AAPL", 1), update("MSFT", 1)]
             hub.deliver(UpdateBatch(frames, time.perf_counter()))
             hub.unsubscribe(c1, ["AAPL"])
             assert await snapshot_for("AAPL") == [("AAPL", 1)]  # c2 still holds it

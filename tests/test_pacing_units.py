@@ -31,7 +31,7 @@ def update(symbol: str, price: float) -> Frame:
 def prices(outgoing: list[Outgoing]) -> list[float]:
     seen: list[float] = []
     for batch in outgoing:
-        for _, frame in batch:
+        for frame in batch:
             body = orjson.loads(frame.payload)
             updates = body["updates"] if body["type"] == "price_updates" else [body]
             seen.extend(item["data"]["price"] for item in updates)
@@ -48,7 +48,7 @@ async def test_identical_clients_share_one_group_and_the_same_bytes() -> None:
     assert len(groups) == 1 and len(groups.of_symbol("AAPL")) == 1
     (group,) = groups.of_symbol("AAPL")
     group.pacing.offer("AAPL", update("AAPL", 1.0))  # due at once: the first batch
-    first = {id(member.received[0][0][1]) for member in members}
+    first = {id(member.received[0][0]) for member in members}
     assert len(first) == 1  # one frame object (one encoding) for all hundred
     other = Member(DeliveryOptions(batch_ms=50), "AAPL")  # other symbols: another group
     groups.place(other)
@@ -98,7 +98,7 @@ async def test_the_clock_flushes_a_throttled_symbol_with_its_newest_price() -> N
         await asyncio.wait_for(flushed.wait(), 1)
         assert loop.time() - started >= 0.04
         assert prices(sent) == [1.0, 4.0] and len(conflated) == 2
-        assert sent[-1][0][0] == "AAPL"  # a single update names its symbol (to conflate)
+        assert sent[-1][0].symbol == "AAPL"  # a single update names its symbol (to conflate)
     finally:
         runner.cancel()
         await asyncio.wait([runner])

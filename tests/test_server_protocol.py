@@ -60,7 +60,7 @@ def _decode(wire: bytes) -> WireFrame:
 @pytest.mark.parametrize("length", [0, 1, 125, 126, 127, 65_535, 65_536, 70_000])
 def test_prebuilt_frames_decode_with_an_independent_parser(length: int) -> None:
     payload = bytes(ord("a") + index % 26 for index in range(length))
-    frame = Frame(payload)
+    frame = Frame(payload, "test")
     decoded = _decode(frame.wire)
     assert decoded.opcode is Opcode.TEXT and decoded.fin
     assert decoded.data == payload
@@ -68,7 +68,7 @@ def test_prebuilt_frames_decode_with_an_independent_parser(length: int) -> None:
 
 def test_prebuilt_frames_carry_utf8_text() -> None:
     text = '{"symbol":"€URO","note":"ünïcödé"}'
-    decoded = _decode(Frame(text.encode()).wire)
+    decoded = _decode(Frame(text.encode(), "test").wire)
     assert bytes(decoded.data).decode() == text
 
 
