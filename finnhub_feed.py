@@ -21,18 +21,17 @@ through `redact()` first.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
-from typing import Protocol
+from collections.abc import AsyncIterator
 
 import aiohttp
 import orjson
 
 from market_data.finnhub_wire import UndecodableMessage, decode, parse_trades, redact
-from market_data.model import SymbolInterest, Trade
-from protocol import UpstreamState
+from market_data.model import SymbolInterest, UpstreamState
+from market_data.upstream import UpstreamCounters, UpstreamListener
+from runtime.backoff import Backoff
 from runtime.cancellation import raise_if_cancelling
 from runtime.logs import get_logger
 from runtime.token_bucket import TokenBucket
@@ -44,37 +43,6 @@ logger = get_logger(__name__)
 # this many seconds; any other error that names no symbol we carry is not attributed.
 BLAME_WINDOW_SECONDS = 5.0
 TOO_MANY_SYMBOLS = "too many symbols"
-
-
-class FeedListener(Protocol):
-    """Where the feed delivers: the hub."""
-
-    async def trades_received(self, trades: list[Trade], received_at: float) -> None: ...
-
-    def upstream_state_changed(self, state: UpstreamState) -> None: ...
-
-    def upstream_refused(self, symbol: str | None) -> None: ...
-
-
-class Backoff:
-    """Exponential backoff with full jitter: uniform(0, min(cap, initial * 2**n))."""
-
-    def __init__(
-        self, initial: float, cap: float, rng: Callable[[], float] = random.random
-    ) -> None:
-        self.initial = initial
-        self.cap = cap
-        self._rng = rng
-        self._attempt = 0
-
-    def next_delay(self) -> float:
-        ceiling = min(self.cap, self.initial * 2.0**self._attempt)
-        if ceiling < self.cap:
-            self._attempt += 1
-        return ceiling * self._rng()
-
-    def reset(self) -> None:
-        self._attempt = 0
 
 
 class FinnhubFeed:
@@ -96,10 +64,7 @@ class FinnhubFeed:
         trade_max_ahead: float = 3600.0,
     ) -> None:
         self.state: UpstreamState = "connecting"
-        self.messages_received = 0
-        self.trades_received = 0
-        self.malformed_messages = 0
-        self.reconnects = 0
+        self.counters = UpstreamCounters()
         self._url = url
         self._api_key = api_key
         self._backoff = backoff
@@ -111,7 +76,6 @@ class FinnhubFeed:
         # The subscribe budget belongs to the key, across reconnects.
         self._pacer = TokenBucket(subscribe_rate, subscribe_burst)
         self._trade_bounds = {"max_age": trade_max_age, "max_ahead": trade_max_ahead}
-        self.upstream_frames_sent = 0
         self.interest = interest
         self._sent: set[str] = set()  # subscribed on the current socket
         self._recent_subscribes: deque[tuple[str, float]] = deque()
@@ -119,7 +83,7 @@ class FinnhubFeed:
 
     # -- the connection loop ---------------------------------------------------------------
 
-    async def run(self, listener: FeedListener) -> None:
+    async def run(self, listener: UpstreamListener) -> None:
         """Stay connected until cancelled."""
         loop = asyncio.get_running_loop()
         timeout = aiohttp.ClientTimeout(total=None, connect=15, sock_connect=10)
@@ -165,7 +129,7 @@ class FinnhubFeed:
                 ):
                     self._backoff.reset()
                 delay = self._backoff.next_delay()
-                self.reconnects += 1
+                self.counters.reconnects += 1
                 logger.info("upstream reconnecting in %.2fs", delay)
                 await asyncio.sleep(delay)
 
@@ -179,12 +143,14 @@ class FinnhubFeed:
                 timeout=aiohttp.ClientWSTimeout(ws_receive=self._idle_timeout, ws_close=5),
             )
 
-    def _set_state(self, listener: FeedListener, state: UpstreamState) -> None:
+    def _set_state(self, listener: UpstreamListener, state: UpstreamState) -> None:
         if state != self.state:
             self.state = state
             listener.upstream_state_changed(state)
 
-    async def _stream(self, ws: aiohttp.ClientWebSocketResponse, listener: FeedListener) -> None:
+    async def _stream(
+        self, ws: aiohttp.ClientWebSocketResponse, listener: UpstreamListener
+    ) -> None:
         self._sent.clear()  # a new socket: resubscribe everything wanted, in one burst
         self._recent_subscribes.clear()
         syncer = asyncio.create_task(self._sync_subscriptions(ws), name="finnhub-subscriptions")
@@ -199,7 +165,7 @@ class FinnhubFeed:
                     )
                     break
                 else:
-                    self.malformed_messages += 1
+                    self.counters.malformed += 1
                     logger.warning(
                         "upstream sent an unexpected %s frame; skipped", message.type.name
                     )
@@ -260,12 +226,12 @@ class FinnhubFeed:
         else:
             self._sent.discard(symbol)
         kind = "subscribe" if subscribe else "unsubscribe"
-        self.upstream_frames_sent += 1
+        self.counters.frames_sent += 1
         await ws.send_str(orjson.dumps({"type": kind, "symbol": symbol}).decode())
 
-    async def _handle_text(self, data: str, listener: FeedListener) -> None:
+    async def _handle_text(self, data: str, listener: UpstreamListener) -> None:
         received_at = time.perf_counter()
-        self.messages_received += 1
+        self.counters.messages += 1
         try:
             message = decode(data)
         except UndecodableMessage:
@@ -276,7 +242,7 @@ class FinnhubFeed:
             trades, skipped = parse_trades(message.get("data"), **self._trade_bounds)
             if skipped:
                 self._skip(f"{skipped} malformed or implausible trade(s)")
-            self.trades_received += len(trades)
+            self.counters.trades += len(trades)
             if trades:
                 await listener.trades_received(trades, received_at)
         elif kind == "ping":
@@ -294,8 +260,8 @@ class FinnhubFeed:
             self._skip(f"unknown type {redact(str(kind), self._api_key)[:40]!r}")
 
     def _skip(self, why: str) -> None:
-        self.malformed_messages += 1
-        logger.warning("upstream message skipped reason=%s total=%d", why, self.malformed_messages)
+        self.counters.malformed += 1
+        logger.warning("upstream message skipped reason=%s total=%d", why, self.counters.malformed)
 
     def _blame(self, text: str) -> str | None:
         """The symbol an upstream error is about, if it can be told; None otherwise."""

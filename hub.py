@@ -24,26 +24,18 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import protocol
-from access.capacity import UpstreamCapacity
-from delivery.outbox import (
-    UNRESTRICTED,
-    ClientConnection,
-    ClientSocket,
-    Entitlements,
-    FanoutStats,
-    FrameWriter,
-)
+from access.entitlements import UNRESTRICTED, Entitlements
+from access.holds import RefusedSymbols, SymbolHolds
+from bars.delivery import BarDelivery
+from delivery.outbox import ClientConnection, ClientSocket, FanoutStats, FrameWriter
 from delivery.pacing import DeliveryClock, DeliveryGroups
 from delivery.quotes import QuoteDelivery
-from market_data.model import MarketStatus, Trade
+from market_data.model import MarketStatus, UpstreamState
 from market_data.quotes import QuoteService
-from protocol import DeliveryOptions, ErrorCode, Frame, UpstreamState
-
-if TYPE_CHECKING:
-    from bars.delivery import BarDelivery
+from protocol import DeliveryOptions, Frame
 
 # Hand-offs between two yields to the event loop inside one upstream message (~a few ms).
 OFFERS_PER_SLICE = 5000
@@ -67,21 +59,45 @@ class UpdateBatch:
     live: bool = True
 
 
+class LatestPrices:
+    """The last `price_update` of each symbol the upstream carries: a new subscriber's
+    snapshot. Forgotten when the upstream stops carrying the symbol (it would only go
+    stale), which the capacity reports (`UpstreamCapacity(on_release=...)`)."""
+
+    def __init__(self) -> None:
+        self._frames: dict[str, Frame] = {}
+
+    def __contains__(self, symbol: str) -> bool:
+        return symbol in self._frames
+
+    def get(self, symbol: str) -> Frame | None:
+        return self._frames.get(symbol)
+
+    def keep(self, frame: Frame) -> None:
+        self._frames[frame.symbol] = frame
+
+    def forget(self, symbol: str) -> None:
+        self._frames.pop(symbol, None)
+
+
 class Hub:
     """Symbol -> subscribers, upstream reference counts, and the broadcaster."""
 
     def __init__(
         self,
-        capacity: UpstreamCapacity,
+        holds: SymbolHolds,
+        latest: LatestPrices,
         *,
+        bars: BarDelivery | None = None,
+        quotes: QuoteService | None = None,
         outbox_size: int = 256,
         slow_consumer_timeout: float = 10.0,
         queue_size: int = 1024,
-        max_symbols_per_client: int = 50,
         handoff_observer: Observer | None = None,
-        quotes: QuoteService | None = None,
     ) -> None:
         self.stats = FanoutStats()
+        self.holds = holds
+        self.bars = bars  # bar subscriptions, held through the same holds
         self.quotes = quotes
         self.market_status: MarketStatus | None = None
         self._market: Frame | None = None  # the last market status message
@@ -89,23 +105,20 @@ class Hub:
         self.clock = DeliveryClock()  # one timer for every throttled or batched client
         self.groups = DeliveryGroups(self.clock, self._count_conflated)
         self.upstream_state: UpstreamState = "connecting"
-        self.capacity = capacity
-        self.interest = capacity.interest
-        capacity.on_release = self._forget_snapshot
+        self.capacity = holds.capacity
+        self.interest = holds.capacity.interest
         self._outbox_size = outbox_size
         self._slow_consumer_timeout = slow_consumer_timeout
-        self._max_symbols_per_client = max_symbols_per_client
         self._clients: set[ClientConnection] = set()
         self._subscribers: dict[str, set[ClientConnection]] = {}
         # Who gets a symbol's updates how: default-protocol clients one by one, paced
         # clients (throttled or batched) once per delivery group.
         self._immediate: dict[str, set[ClientConnection]] = {}
-        self._latest_update: dict[str, Frame] = {}
+        self._latest = latest
         # Bounded so a stalled broadcaster pushes back on the upstream reader instead
         # of buffering without limit.
         self._batches: asyncio.Queue[UpdateBatch] = asyncio.Queue(maxsize=queue_size)
         self._handoff_observer = handoff_observer
-        self.bars: BarDelivery | None = None  # set by wiring.py: bar subscriptions
 
     # -- what the HTTP side reads ------------------------------------------------------
 
@@ -184,27 +197,28 @@ class Hub:
         """Add symbols (already validated) to a client within the limits, say what was
         refused and why, confirm what it now holds of them, then send snapshots."""
         added: list[str] = []
-        refused: dict[ErrorCode, tuple[str, list[str]]] = {}
+        refused = RefusedSymbols()
         for symbol in symbols:
             if symbol in client.symbols:
                 continue
-            refusal = self.hold(client, symbol)
+            refusal = self.holds.hold(client, symbol)
             if refusal is not None:
-                refused.setdefault(refusal[0], (refusal[1], []))[1].append(symbol)
+                refused.add(refusal, symbol)
                 continue
             self._subscribers.setdefault(symbol, set()).add(client)
             if not client.options.paced:
                 self._immediate.setdefault(symbol, set()).add(client)
             client.symbols.add(symbol)
             added.append(symbol)
-        send_refusals(client, refused)
+        for error in refused.errors():
+            client.send(error)
         if added:
             self.groups.place(client)  # a paced client's symbols changed: its group too
         held = [symbol for symbol in symbols if symbol in client.symbols]
         if held:
             client.send(protocol.subscription_message("subscribed", held))
         for symbol in added:
-            snapshot = self._latest_update.get(symbol)
+            snapshot = self._latest.get(symbol)
             if snapshot is not None:
                 client.offer_snapshot(symbol, snapshot)
             if self._quote_delivery is not None:
@@ -233,33 +247,11 @@ class Hub:
     def _count_conflated(self) -> None:
         self.stats.conflated_updates += 1
 
-    def hold(self, client: ClientConnection, symbol: str) -> tuple[ErrorCode, str] | None:
-        """Count `symbol` as wanted by `client` (for prices or bars, once): within its
-        entitlements and per-client cap and the upstream's capacity; else why not."""
-        if client.wants(symbol):
-            return None
-        entitlements = client.entitlements
-        if not entitlements.allow(symbol):
-            return "forbidden_symbol", "your token does not entitle you to these symbols"
-        cap = entitlements.symbol_cap(self._max_symbols_per_client)
-        if client.wanted_count() >= cap:
-            return "too_many_symbols", f"a client may hold at most {cap} symbols"
-        refusal = self.capacity.refusal(symbol, client.owner)
-        if refusal is not None:
-            return refusal.code, refusal.reason
-        self.capacity.join(symbol, client.owner)
-        return None
-
-    def release(self, client: ClientConnection, symbol: str) -> None:
-        """`client` wants `symbol` for nothing any more: the upstream may let it go."""
-        if not client.wants(symbol):
-            self.capacity.leave(symbol, client.owner)
-
     def entitle(self, client: ClientConnection, entitlements: Entitlements) -> None:
         """A refreshed token's entitlements: symbols (prices or bars) it no longer allows,
         or over its cap, are dropped: `forbidden_symbol`, then the unsubscriptions."""
         client.entitlements = entitlements
-        cap = entitlements.symbol_cap(self._max_symbols_per_client)
+        cap = self.holds.cap_for(entitlements)
         held = sorted(client.symbols | client.bar_intervals.keys())
         dropped = [symbol for symbol in held if not entitlements.allow(symbol)]
         dropped += [symbol for symbol in held if symbol not in dropped][cap:]
@@ -294,14 +286,8 @@ class Hub:
                 immediate.discard(client)
                 if not immediate:
                     del self._immediate[symbol]
-            self.release(client, symbol)
+            self.holds.release(client, symbol)
         self.groups.place(client)
-
-    def _forget_snapshot(self, symbol: str) -> None:
-        """The upstream stopped carrying `symbol`: its snapshot and bars would only go stale."""
-        self._latest_update.pop(symbol, None)
-        if self.bars is not None:
-            self.bars.forget(symbol)
 
     # -- the upstream side -----------------------------------------------------------------
 
@@ -309,17 +295,6 @@ class Hub:
         """The one way in for price updates: queue a batch for the broadcaster (waits
         while the queue is full, which pushes back on whoever reads the upstream)."""
         await self._batches.put(batch)
-
-    async def trades_received(self, trades: list[Trade], received_at: float) -> None:
-        """A single process's feed listener: encode once, then publish."""
-        carried = self.interest
-        trades = [trade for trade in trades if trade.symbol in carried]  # else released
-        if self.bars is not None:
-            await self.bars.trades_received(trades)  # every trade counts in a bar
-        previous_close = self.quotes.previous_close if self.quotes is not None else None
-        updates = protocol.encode_trades(trades, previous_close)
-        if updates:
-            await self.publish(UpdateBatch(updates, received_at))
 
     def upstream_state_changed(self, state: UpstreamState) -> None:
         self.upstream_state = state
@@ -388,11 +363,11 @@ class Hub:
         subscribers = self._subscribers.get(symbol)
         if not subscribers:
             if live and symbol in self.interest:
-                self._latest_update[symbol] = frame  # lingering: fresh for a returning client
+                self._latest.keep(frame)  # lingering: fresh for a returning client
             return 0
-        if not live and symbol in self._latest_update:
+        if not live and symbol in self._latest:
             return 0
-        self._latest_update[symbol] = frame
+        self._latest.keep(frame)
         for group in self.groups.of_symbol(symbol):
             group.pacing.offer(symbol, frame)
         immediate = self._immediate.get(symbol, ())
@@ -406,17 +381,6 @@ class Hub:
                 client.offer_update(symbol, frame)
         self.stats.price_updates_sent += len(subscribers)
         return len(immediate) + len(self.groups.of_symbol(symbol))
-
-
-def send_refusals(
-    client: ClientConnection, refused: dict[ErrorCode, tuple[str, list[str]]]
-) -> None:
-    """One error per code (reason, then the symbols it refused), in a stable order."""
-    for code in protocol.ERROR_CODES:
-        if code in refused:
-            reason, names = refused[code]
-            message = f"{reason}; refused: {', '.join(names)}"
-            client.send(protocol.error_message(code, message, names))
 
 
 def _uncork(corked: list[ClientConnection] | None) -> None:

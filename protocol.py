@@ -18,7 +18,7 @@ import orjson
 
 from bars.book import INTERVALS, BarEvent, Interval
 from market_data.finnhub_wire import newest_per_symbol
-from market_data.model import MarketStatus, Quote, Trade
+from market_data.model import MarketStatus, Quote, Trade, UpstreamState
 
 # Finnhub's symbol forms: stocks (AAPL, BRK.B), indices (^GSPC), crypto
 # (BINANCE:BTCUSDT), forex (OANDA:EUR_USD, and brokers with a space, "IC MARKETS:1").
@@ -29,9 +29,6 @@ SYMBOL_RULE = (
     "1-40 characters: A-Z, 0-9 and . : _ / ^ - or space, starting with a letter, a digit or ^"
 )
 
-# "unauthorized": Finnhub refused the key (HTTP 401/403); retried with backoff.
-UpstreamState = Literal["connecting", "connected", "reconnecting", "unauthorized"]
-UPSTREAM_STATES: tuple[UpstreamState, ...] = get_args(UpstreamState)
 
 # Every error code the server can send (asyncapi.yaml and the README document each;
 # tests/test_docs.py holds all three in agreement).

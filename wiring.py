@@ -2,11 +2,15 @@
 which core tasks the `Supervisor` owns.
 
 ```
-FinnhubFeed --trades--> Hub --frames--> ClientConnection (per client)
-    ^                    |  ^
-    |  SymbolInterest <--+  +-- QuoteService <-- FinnhubRest --> MarketWatch --> Hub
-    +-- (cluster mode: Cluster leads the feed, relays trades and quotes over Redis)
+FinnhubFeed --trades--> Relay --frames--> Hub --frames--> ClientConnection (per client)
+    ^                 (LocalRelay, or         |  ^
+    |                  RedisRelay on a        |  +-- QuoteService <-- FinnhubRest
+    +-- SymbolInterest <-- UpstreamCapacity <-- SymbolHolds (prices and bars)
 ```
+
+Each part is built whole, with every collaborator it needs, in dependency order: no
+part is handed one after construction. Single process or cluster is the choice of one
+relay (and of the shared REST budget and quote cache that go with it).
 
 `start(settings, stack)` builds the parts, registers their clean-up on `stack` (the
 lifespan's), starts the core tasks and returns `Running`. It never serves a request.
@@ -17,21 +21,30 @@ from __future__ import annotations
 import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from functools import partial
 
 from access.admission import Admission
-from access.capacity import SymbolPatterns, UpstreamCapacity
+from access.allowances import Allowances
+from access.capacity import UpstreamCapacity
+from access.entitlements import SymbolPatterns
+from access.holds import SymbolHolds
 from bars.book import BarBook
 from bars.delivery import BarDelivery
 from cluster.bars import MirrorBars, StoredBars
-from cluster.node import Cluster
+from cluster.link import RedisLink
+from cluster.relay import RedisRelay
 from cluster.rest import ClusterQuoteSource, RedisBudget
 from endpoints.ws_session import ClientSessions
-from finnhub_feed import Backoff, FinnhubFeed
-from hub import Hub, Observer, send_refusals
+from finnhub_feed import FinnhubFeed
+from hub import Hub, LatestPrices, Observer
 from market_data.finnhub_rest import CallBudget, FinnhubRest, SlidingWindowBudget
 from market_data.market_watch import MarketWatch
 from market_data.model import SymbolInterest
 from market_data.quotes import QuoteService, QuoteSource
+from market_data.upstream import Upstream
+from relay.base import Relay
+from relay.local import LocalRelay
+from runtime.backoff import Backoff
 from runtime.logs import get_logger
 from runtime.supervisor import Supervisor
 from server.guard import ConnectionGuard, ConnectionLimits
@@ -49,54 +62,53 @@ class Running:
     """What exists while the app is up: built by `start`, torn down with its stack."""
 
     hub: Hub
-    feed: FinnhubFeed
+    upstream: Upstream
+    relay: Relay
     rest: FinnhubRest
-    market: MarketWatch
     sessions: ClientSessions
     supervisor: Supervisor
     admission: Admission
     guard: ConnectionGuard
     started_at: float
-    cluster: Cluster | None = None
 
     def cluster_health(self) -> dict[str, object]:
-        cluster = self.cluster
-        if cluster is None:
-            return {}
-        return {
-            "cluster": "degraded" if cluster.degraded else "ok",
-            "role": cluster.role,
-            "node": cluster.node,
-            "lease_holder": cluster.lease_holder,
-            "cluster_nodes": cluster.nodes,
-            "cluster_symbols": len(cluster.cluster_symbols),
-        }
+        view = self.relay.cluster_view()
+        return view.health() if view is not None else {}
 
 
 async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) -> Running:
-    ws_url, rest_url, key = (
-        settings.finnhub_ws_url,
-        settings.finnhub_rest_url,
-        settings.finnhub_api_key,
+    """Build every part with everything it needs, in dependency order; then start the
+    core tasks. Single process or cluster is the choice of one relay."""
+    ws_url, rest_url, key = await _upstream_endpoints(settings, stack)
+    link = RedisLink(settings.redis_url, settings.redis_prefix) if settings.redis_url else None
+    aggregating = link is None  # on a cluster the leader aggregates bars (cluster/leader.py)
+
+    # What clients want, and who may add a symbol: the upstream follows `wanted` in one
+    # process; on a cluster it follows the cluster-wide union instead.
+    wanted = SymbolInterest()
+    latest = LatestPrices()
+    book = BarBook(history=settings.bar_history, grace=settings.bar_grace)
+
+    def released(symbol: str) -> None:  # the upstream stopped carrying `symbol`
+        latest.forget(symbol)
+        if aggregating:
+            book.forget(symbol)  # a cluster's mirror forgets with this process's interest
+
+    capacity = UpstreamCapacity(
+        wanted,
+        max_symbols=settings.max_upstream_symbols,
+        max_per_owner=settings.max_symbols_per_address,
+        allowed=SymbolPatterns.from_setting(settings.symbols_allowed),
+        linger=settings.symbol_linger_seconds,
+        reject_for=settings.rejected_symbol_seconds,
+        on_release=released,
     )
-    if settings.demo and not key:
-        market_simulator = MarketSimulator(
-            rate=settings.demo_trade_rate, session=settings.demo_session
-        )
-        ws_url = await stack.enter_async_context(serve(market_simulator))
-        rest_url, key = simulator_rest_url(ws_url), DEMO_TOKEN
-        logger.warning(
-            "DEMO MODE: prices are SIMULATED by the simulator package at %s (market %s); "
-            "the live page is /demo on this server",
-            ws_url,
-            settings.demo_session,
-        )
-    wanted = SymbolInterest()  # what this process's clients want
-    feed = FinnhubFeed(
+    stack.callback(capacity.close)
+    holds = SymbolHolds(capacity, max_symbols_per_client=settings.max_symbols_per_client)
+    upstream = FinnhubFeed(
         ws_url,
         key,
-        # In cluster mode the feed follows the cluster-wide union instead.
-        wanted if not settings.redis_url else SymbolInterest(),
+        wanted if link is None else SymbolInterest(),
         backoff=Backoff(settings.reconnect_initial_delay, settings.reconnect_max_delay),
         reset_backoff_after=settings.reconnect_reset_after,
         idle_timeout=settings.upstream_idle_timeout,
@@ -106,88 +118,105 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
         trade_max_age=settings.trade_max_age,
         trade_max_ahead=settings.trade_max_ahead,
     )
-    capacity = UpstreamCapacity(
-        wanted,
-        max_symbols=settings.max_upstream_symbols,
-        max_per_owner=settings.max_symbols_per_address,
-        allowed=SymbolPatterns.from_setting(settings.symbols_allowed),
-        linger=settings.symbol_linger_seconds,
-        reject_for=settings.rejected_symbol_seconds,
-    )
-    stack.callback(capacity.close)
-    cluster = None
-    if settings.redis_url:
-        # The feed runs only while this process holds the lease; trades reach the hub
-        # through Redis, already encoded.
-        cluster = Cluster(
-            settings.redis_url,
-            wanted,
-            feed,
-            prefix=settings.redis_prefix,
-            lease_seconds=settings.leader_lease_seconds,
-        )
+
+    # Finnhub's REST API within the key's budget (shared through Redis on a cluster).
     budget: CallBudget = (
         SlidingWindowBudget(settings.finnhub_rest_rate)
-        if cluster is None
-        else RedisBudget(cluster.client, cluster.key("rest-calls"), settings.finnhub_rest_rate)
+        if link is None
+        else RedisBudget(link.client, link.key("rest-calls"), settings.finnhub_rest_rate)
     )
     rest = await stack.enter_async_context(FinnhubRest(rest_url, key, budget))
     source: QuoteSource = (
         rest
-        if cluster is None
-        else ClusterQuoteSource(cluster.client, cluster.key, rest, ttl=settings.quote_ttl)
+        if link is None
+        else ClusterQuoteSource(link.client, link.key, rest, ttl=settings.quote_ttl)
     )
     quotes = QuoteService(
         source,
+        Allowances(settings.quote_requests_per_address / 60, settings.quote_requests_per_address),
         ttl=settings.quote_ttl,
         wait=settings.quote_wait,
-        per_owner_per_minute=settings.quote_requests_per_address,
+    )
+    mirror = StoredBars(link.client, link.key) if link is not None else None
+    mirrored = MirrorBars(mirror, book) if mirror is not None else None
+    bars = BarDelivery(
+        book,
+        holds,
+        aggregating=aggregating,
+        history_ready=mirrored.wait_loaded if mirrored is not None else None,
     )
     hub = Hub(
-        capacity,
+        holds,
+        latest,
+        bars=bars,
+        quotes=quotes if settings.rest_enabled else None,
         outbox_size=settings.client_outbox_size,
         slow_consumer_timeout=settings.slow_consumer_timeout,
-        max_symbols_per_client=settings.max_symbols_per_client,
         handoff_observer=handoff,
-        quotes=quotes if settings.rest_enabled else None,
     )
-    hub.bars = BarDelivery(
-        BarBook(history=settings.bar_history, grace=settings.bar_grace),
-        hub,
-        send_refusals,
-        aggregating=cluster is None,  # on a cluster the leader aggregates (cluster.py)
-    )
-    market = MarketWatch(
+    watch_market = partial(
+        MarketWatch,
         rest,
-        hub.market_changed,
         exchange=settings.market_exchange,
         interval=settings.market_status_interval,
     )
+    relay: Relay = (
+        LocalRelay(
+            upstream,
+            hub,
+            bars=bars,
+            quotes=quotes,
+            market=watch_market(hub.market_changed) if settings.rest_enabled else None,
+        )
+        if link is None
+        else RedisRelay(
+            link,
+            upstream,
+            hub,
+            lease_seconds=settings.leader_lease_seconds,
+            quotes=quotes,
+            market_watch=watch_market if settings.rest_enabled else None,
+            bars=bars,
+            mirror=mirrored,
+            stored_bars=mirror,
+            bar_history=settings.bar_history,
+            bar_grace=settings.bar_grace,
+        )
+    )
+
+    # The request side.
     guard = ConnectionGuard(connection_limits(settings))
     logger.info("accepting at most %d open sockets", guard.max_connections)
+    admission = Admission(settings)
+    stack.push_async_callback(admission.authenticator.close)
+    sessions = ClientSessions(settings, hub, admission)
+
     supervisor = await stack.enter_async_context(Supervisor())
     supervisor.start("broadcaster", hub.broadcast_forever)
     supervisor.start("clock", hub.clock.run)
     if settings.rest_enabled:
         supervisor.start("quotes", quotes.run)
-    if cluster is not None:
-        cluster.bars = MirrorBars(StoredBars(cluster.client, cluster.key), hub.bars)
-        hub.bars.history_ready = cluster.bars.wait_loaded
-        cluster.bar_history, cluster.bar_grace = settings.bar_history, settings.bar_grace
-        cluster.quotes = quotes
-        cluster.market = market if settings.rest_enabled else None
-        supervisor.start("cluster", lambda: cluster.run(hub))
-    else:
-        supervisor.start("feed", lambda: feed.run(hub))
-        supervisor.start("bars", hub.bars.run)
-        if settings.rest_enabled:
-            supervisor.start("market", market.run)
-    admission = Admission(settings)
-    stack.push_async_callback(admission.authenticator.close)
-    sessions = ClientSessions(settings, hub, admission)
+    for name, duty in relay.duties().items():
+        supervisor.start(name, duty)
     return Running(
-        hub, feed, rest, market, sessions, supervisor, admission, guard, time.monotonic(), cluster
+        hub, upstream, relay, rest, sessions, supervisor, admission, guard, time.monotonic()
     )
+
+
+async def _upstream_endpoints(settings: Settings, stack: AsyncExitStack) -> tuple[str, str, str]:
+    """Finnhub's WebSocket and REST addresses and the key; in demo mode without a key,
+    the simulator's, started in this process."""
+    if not (settings.demo and not settings.finnhub_api_key):
+        return settings.finnhub_ws_url, settings.finnhub_rest_url, settings.finnhub_api_key
+    market_simulator = MarketSimulator(rate=settings.demo_trade_rate, session=settings.demo_session)
+    ws_url = await stack.enter_async_context(serve(market_simulator))
+    logger.warning(
+        "DEMO MODE: prices are SIMULATED by the simulator package at %s (market %s); "
+        "the live page is /demo on this server",
+        ws_url,
+        settings.demo_session,
+    )
+    return ws_url, simulator_rest_url(ws_url), DEMO_TOKEN
 
 
 def connection_limits(settings: Settings) -> ConnectionLimits:

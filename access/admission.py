@@ -27,14 +27,12 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from access.allowances import Allowances
+from access.entitlements import UNRESTRICTED, Entitlements
 from access.tokens import Authenticator, AuthFailed, Identity
-from delivery.outbox import UNRESTRICTED, Entitlements
-from runtime.token_bucket import TokenBucket
 from settings import Settings
 
 USER_PREFIX = "user:"  # a user's key beside the addresses' (no address starts so)
-# Idle per-address state is swept when the table grows past this many addresses.
-SWEEP_AT = 10_000
 
 
 def address_key(host: str) -> str:
@@ -63,9 +61,11 @@ class Admission:
         self._settings = settings
         self.authenticator = Authenticator(settings)
         self._open: dict[str, int] = {}  # address, or "user:<sub>" -> open connections
-        self._buckets: dict[str, TokenBucket] = {}  # address -> handshake budget
+        # Handshakes per address and per user (a user's key: "user:<sub>").
+        self._handshakes = Allowances(
+            settings.address_handshake_rate, settings.address_handshake_burst
+        )
         self.refused: dict[str, int] = {}  # reason -> count, for /metrics
-        self._sweep_at = SWEEP_AT
 
     def connections_from(self, address: str) -> int:
         return self._open.get(address, 0)
@@ -133,7 +133,7 @@ class Admission:
             )
         if now is None:
             return None
-        wait = self._take_handshake(key, now)
+        wait = self._handshakes.take(key, now, keep=self._open)
         if wait > 0:
             rate = self._settings.address_handshake_rate
             return self._refuse(
@@ -183,27 +183,6 @@ class Admission:
 
     def count_refusal(self, reason: str) -> None:
         self.refused[reason] = self.refused.get(reason, 0) + 1
-
-    def _take_handshake(self, address: str, now: float) -> float:
-        """Spend one handshake from the address's bucket: 0, or seconds until one is due."""
-        bucket = self._buckets.get(address)
-        if bucket is None:
-            if len(self._buckets) >= self._sweep_at:
-                self._sweep(now)
-            settings = self._settings
-            bucket = TokenBucket(
-                settings.address_handshake_rate, settings.address_handshake_burst, now
-            )
-            self._buckets[address] = bucket
-        return bucket.take(now)
-
-    def _sweep(self, now: float) -> None:
-        for address, bucket in list(self._buckets.items()):
-            if bucket.full(now) and address not in self._open:
-                del self._buckets[address]
-        # Amortised: under a spread-out attack the table may stay big; sweep it again only
-        # once it has doubled, so each new address costs O(1) on average.
-        self._sweep_at = max(SWEEP_AT, 2 * len(self._buckets))
 
     def _refuse(self, reason: str, refusal: Refusal) -> Refusal:
         self.count_refusal(reason)

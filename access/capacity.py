@@ -22,48 +22,12 @@ the event loop. It never talks to clients or to the upstream except through the 
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 from collections import Counter
-from collections.abc import Callable, Iterable
-from pathlib import Path
-from typing import NamedTuple
+from collections.abc import Callable
 
+from access.entitlements import SymbolPatterns
+from access.refusal import Refusal
 from market_data.model import SymbolInterest
-from protocol import ErrorCode
-
-
-class Refusal(NamedTuple):
-    code: ErrorCode
-    reason: str  # a sentence for the client, naming the limit
-
-
-class SymbolPatterns:
-    """An allow-list: exact symbols and `fnmatch` patterns (`BINANCE:*`, `OANDA:EUR_*`)."""
-
-    def __init__(self, entries: Iterable[str]) -> None:
-        cleaned = [entry.strip().upper() for entry in entries if entry.strip()]
-        self._exact = {entry for entry in cleaned if not any(c in entry for c in "*?[")}
-        self._patterns = [entry for entry in cleaned if entry not in self._exact]
-
-    def __contains__(self, symbol: object) -> bool:
-        if not isinstance(symbol, str):
-            return False
-        return symbol in self._exact or any(fnmatch.fnmatchcase(symbol, p) for p in self._patterns)
-
-    def __len__(self) -> int:
-        return len(self._exact) + len(self._patterns)
-
-    @classmethod
-    def from_setting(cls, value: str) -> SymbolPatterns | None:
-        """`SYMBOLS_ALLOWED`: empty (None: anything), a comma-separated list, or `@path`
-        to a file with one entry per line (`#` starts a comment)."""
-        value = value.strip()
-        if not value:
-            return None
-        if value.startswith("@"):
-            lines = Path(value[1:]).read_text(encoding="utf-8").splitlines()
-            return cls(line.split("#", 1)[0] for line in lines)
-        return cls(value.split(","))
 
 
 class UpstreamCapacity:
@@ -76,10 +40,12 @@ class UpstreamCapacity:
         allowed: SymbolPatterns | None = None,
         linger: float = 0.0,
         reject_for: float = 600.0,
+        on_release: Callable[[str], None] = lambda symbol: None,
     ) -> None:
         self.interest = interest
-        # Called with each symbol the upstream stops carrying (the hub drops its snapshot).
-        self.on_release: Callable[[str], None] = lambda symbol: None
+        # Called with each symbol the upstream stops carrying: its snapshot and bars
+        # would only go stale.
+        self.on_release = on_release
         self._max_symbols = max_symbols
         self._max_per_owner = max_per_owner
         self._allowed = allowed
@@ -100,25 +66,29 @@ class UpstreamCapacity:
     def refusal(self, symbol: str, owner: str) -> Refusal | None:
         """Why `owner` may not become a holder of `symbol` now, or None."""
         if self._allowed is not None and symbol not in self._allowed:
-            return Refusal("forbidden_symbol", "this gateway does not carry these symbols")
+            return Refusal(
+                code="forbidden_symbol", reason="this gateway does not carry these symbols"
+            )
         until = self._rejected.get(symbol)
         if until is not None:
             if asyncio.get_running_loop().time() < until:
-                return Refusal("upstream_error", "the upstream refused these symbols recently")
+                return Refusal(
+                    code="upstream_error", reason="the upstream refused these symbols recently"
+                )
             del self._rejected[symbol]
         if symbol in self._holders:
             return None  # somebody holds it already: sharing costs no capacity
         if self._exclusive[owner] >= self._max_per_owner:
             return Refusal(
-                "symbol_quota",
-                f"one address may hold at most {self._max_per_owner} symbols that no one "
+                code="symbol_quota",
+                reason=f"one address may hold at most {self._max_per_owner} symbols that no one "
                 "else follows",
             )
         carried = len(self.interest)
         if symbol not in self.interest and carried >= self._max_symbols and not self._lingering:
             return Refusal(
-                "symbol_limit",
-                f"the gateway carries at most {self._max_symbols} distinct symbols upstream",
+                code="symbol_limit",
+                reason=f"the gateway carries at most {self._max_symbols} distinct symbols upstream",
             )
         return None
 

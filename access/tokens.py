@@ -31,8 +31,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from access.capacity import SymbolPatterns
-from delivery.outbox import UNRESTRICTED, Entitlements
+from access.entitlements import UNRESTRICTED, Entitlements, SymbolPatterns
 from runtime.logs import get_logger
 from settings import Settings
 

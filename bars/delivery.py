@@ -21,40 +21,30 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Protocol
 
 import protocol
+from access.holds import RefusedSymbols, SymbolHolds
 from bars.book import INTERVALS, BarBook, BarEvent, Interval
 from delivery.outbox import ClientConnection
 from market_data.model import Trade
-from protocol import ErrorCode
 
 TICK_SECONDS = 0.1  # how often closes and live updates are looked for
 TRADES_PER_SLICE = 5000  # trades counted between two yields to the event loop
-
-
-class SymbolHolder(Protocol):
-    """The hub's side: holding and releasing a symbol for a client."""
-
-    def hold(self, client: ClientConnection, symbol: str) -> tuple[ErrorCode, str] | None: ...
-
-    def release(self, client: ClientConnection, symbol: str) -> None: ...
 
 
 class BarDelivery:
     def __init__(
         self,
         book: BarBook,
-        holder: SymbolHolder,
-        send_refusals: Callable[[ClientConnection, dict[ErrorCode, tuple[str, list[str]]]], None],
+        holds: SymbolHolds,
         *,
         aggregating: bool = True,
+        history_ready: Callable[[list[str]], Awaitable[None]] | None = None,
     ) -> None:
-        # On a cluster: wait until the stored history of newly wanted symbols is here.
-        self.history_ready: Callable[[list[str]], Awaitable[None]] | None = None
         self.book = book
-        self._holder = holder
-        self._send_refusals = send_refusals
+        self._holds = holds
+        # On a cluster: wait until the stored history of newly wanted symbols is here.
+        self._history_ready = history_ready
         self._aggregating = aggregating  # False on a cluster: the leader aggregates
         self._subscribers: dict[tuple[str, Interval], set[ClientConnection]] = {}
 
@@ -70,23 +60,24 @@ class BarDelivery:
     async def subscribe(
         self, client: ClientConnection, symbols: list[str], interval: Interval
     ) -> None:
-        refused: dict[ErrorCode, tuple[str, list[str]]] = {}
+        refused = RefusedSymbols()
         added: list[str] = []
         for symbol in symbols:
             if interval in client.bar_intervals.get(symbol, ()):
                 continue
-            refusal = self._holder.hold(client, symbol)
+            refusal = self._holds.hold(client, symbol)
             if refusal is not None:
-                refused.setdefault(refusal[0], (refusal[1], []))[1].append(symbol)
+                refused.add(refusal, symbol)
                 continue
             client.bar_intervals.setdefault(symbol, set()).add(interval)
             added.append(symbol)
-        self._send_refusals(client, refused)
+        for error in refused.errors():
+            client.send(error)
         held = [symbol for symbol in symbols if interval in client.bar_intervals.get(symbol, ())]
         if held:
             client.send(protocol.subscription_message("subscribed", held, interval))
-        if added and self.history_ready is not None:
-            await self.history_ready(added)
+        if added and self._history_ready is not None:
+            await self._history_ready(added)
         for symbol in added:
             if interval not in client.bar_intervals.get(symbol, ()):
                 continue  # unsubscribed (or gone) while the history was on its way
@@ -130,7 +121,7 @@ class BarDelivery:
             subscribers.discard(client)
             if not subscribers:
                 del self._subscribers[(symbol, interval)]
-        self._holder.release(client, symbol)
+        self._holds.release(client, symbol)
 
     # -- bars --------------------------------------------------------------------------------
 
@@ -145,12 +136,6 @@ class BarDelivery:
             chunk = trades[start : start + TRADES_PER_SLICE]
             self.deliver(self.book.add_trades(chunk, _now_ms()))
 
-    def forget(self, symbol: str) -> None:
-        """The upstream no longer carries `symbol`: its bars would only go stale. (On a
-        cluster the mirror forgets when this process's interest does: cluster_bars.py.)"""
-        if self._aggregating:
-            self.book.forget(symbol)
-
     def deliver(self, events: Iterable[BarEvent]) -> None:
         for event in events:
             subscribers = self._subscribers.get((event.symbol, event.interval))
@@ -158,13 +143,6 @@ class BarDelivery:
                 frame = protocol.bar_message(event)
                 for client in subscribers:
                     client.send(frame)
-
-    def apply(self, events: Iterable[BarEvent]) -> None:
-        """Bars aggregated elsewhere (the cluster's leader): keep them, then deliver."""
-        events = list(events)
-        for event in events:
-            self.book.apply(event)
-        self.deliver(events)
 
     async def run(self) -> None:
         """Close bars on the clock and send live updates (single-process mode)."""

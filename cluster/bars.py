@@ -31,7 +31,7 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from bars.book import INTERVALS, Bar, BarBook, BarEvent, Interval
-from bars.delivery import TICK_SECONDS, TRADES_PER_SLICE, BarDelivery
+from bars.delivery import TICK_SECONDS, TRADES_PER_SLICE
 from market_data.model import Trade
 from runtime.cancellation import raise_if_cancelling
 from runtime.logs import get_logger
@@ -199,28 +199,32 @@ class LeaderBars:
 class MirrorBars:
     """This process's copy of the cluster's bars, for its own clients."""
 
-    def __init__(self, stored: StoredBars, delivery: BarDelivery) -> None:
+    def __init__(self, stored: StoredBars, book: BarBook) -> None:
         self._stored = stored
-        self._delivery = delivery
+        self._book = book
         self._loaded: dict[str, asyncio.Event] = {}
 
     async def load(self, symbols: set[str]) -> None:
         """Start mirroring symbols this process's clients began to want."""
         for (symbol, interval), (closed, still_open) in (await self._stored.load(symbols)).items():
-            self._delivery.book.load(symbol, interval, closed, still_open)
+            self._book.load(symbol, interval, closed, still_open)
         for symbol in symbols:
             self._loaded.setdefault(symbol, asyncio.Event()).set()
 
     def forget(self, symbols: set[str]) -> None:
         for symbol in symbols:
             self._loaded.pop(symbol, None)
-            self._delivery.book.forget(symbol)
+            self._book.forget(symbol)
 
-    def received(self, data: bytes) -> None:
+    def received(self, data: bytes) -> list[BarEvent]:
+        """A published event, kept in the book if this process mirrors its symbol: the
+        events to deliver to this process's clients."""
         event = decode_event(data)
         loaded = self._loaded.get(event.symbol) if event is not None else None
-        if event is not None and loaded is not None and loaded.is_set():
-            self._delivery.apply([event])
+        if event is None or loaded is None or not loaded.is_set():
+            return []
+        self._book.apply(event)
+        return [event]
 
     async def wait_loaded(self, symbols: list[str]) -> None:
         """Until these symbols' stored bars are here (bounded: an empty history then)."""

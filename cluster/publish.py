@@ -1,7 +1,8 @@
 """What a cluster's leader publishes through Redis: everything its feed learns (trades,
 encoded once with the day's change; upstream state; refusals) and the market status it
 polls. Every process, the leader included, receives them through its relay
-(cluster.py). This module never publishes or stores the key.
+(cluster/relay.py). The last upstream state and market status are also kept in Redis,
+for processes that start later. This module never publishes or stores the key.
 """
 
 from __future__ import annotations
@@ -10,17 +11,15 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import orjson
-import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 import protocol
-from market_data.model import MarketStatus, Trade
-from protocol import UpstreamState
+from cluster.link import RedisLink
+from market_data.model import MarketStatus, Trade, UpstreamState
 from runtime.cancellation import raise_if_cancelling
 from runtime.logs import get_logger
 
 logger = get_logger(__name__)
-KEPT = {"status": "upstream", "market": "market"}  # channel -> key holding its last value
 
 
 class UpstreamPublisher:
@@ -28,13 +27,12 @@ class UpstreamPublisher:
 
     def __init__(
         self,
-        client: redis.Redis,
-        key: Callable[..., str],
+        link: RedisLink,
         previous_close: Callable[[str], float | None] | None,
         bars: Callable[[list[Trade]], Awaitable[None]] | None = None,
     ) -> None:
-        self._redis = client
-        self._key = key
+        self._redis = link.client()
+        self._key = link.key
         self._previous_close = previous_close
         self._bars = bars  # the leader's bar aggregation (cluster_bars.py)
         self._events: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()

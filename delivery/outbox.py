@@ -24,7 +24,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
-from access.capacity import SymbolPatterns
+from access.entitlements import UNRESTRICTED, Entitlements
 from bars.book import Interval
 from delivery.pacing import DeliveryGroup, Outgoing
 from protocol import CLOSE_TRY_AGAIN_LATER, DeliveryOptions, Frame
@@ -60,24 +60,6 @@ class FrameWriter(Protocol):
     def write(self, data: bytes) -> None: ...
 
     async def wait_ready(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class Entitlements:
-    """What a user's signed token lets it subscribe to (auth.py): symbols or patterns,
-    and a lower per-client cap. None: the server's own limits."""
-
-    symbols: SymbolPatterns | None = None
-    max_symbols: int | None = None
-
-    def allow(self, symbol: str) -> bool:
-        return self.symbols is None or symbol in self.symbols
-
-    def symbol_cap(self, server_cap: int) -> int:
-        return server_cap if self.max_symbols is None else min(server_cap, self.max_symbols)
-
-
-UNRESTRICTED = Entitlements()  # no token, or a token without entitlement claims
 
 
 @dataclass

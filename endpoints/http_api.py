@@ -58,7 +58,7 @@ class HttpApi:
 
     async def health(self, request: Request) -> JSONResponse:
         running = self._running()
-        hub, feed = running.hub, running.feed
+        hub, counters = running.hub, running.upstream.counters
         down = running.supervisor.down
         market = hub.market_status
         body: dict[str, object] = {
@@ -74,13 +74,13 @@ class HttpApi:
             "refusals": dict(sorted(running.admission.refused.items())),
             "symbols": hub.symbols(),
             "symbols_lingering": hub.capacity.lingering,
-            "upstream_messages_received": feed.messages_received,
-            "upstream_trades_received": feed.trades_received,
-            "upstream_messages_malformed": feed.malformed_messages,
+            "upstream_messages_received": counters.messages,
+            "upstream_trades_received": counters.trades,
+            "upstream_messages_malformed": counters.malformed,
             "price_updates_sent": hub.stats.price_updates_sent,
             "conflated_updates": hub.stats.conflated_updates,
             "slow_consumer_disconnects": hub.stats.slow_consumer_disconnects,
-            "reconnects": feed.reconnects,
+            "reconnects": counters.reconnects,
             "rest_calls": running.rest.calls,
             "uptime_seconds": round(time.monotonic() - running.started_at, 3),
             **running.cluster_health(),

@@ -20,11 +20,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from access.admission import Admission
-from cluster.node import Cluster
-from finnhub_feed import FinnhubFeed
 from hub import Hub
 from market_data.finnhub_rest import REST_STATES, FinnhubRest
-from protocol import UPSTREAM_STATES
+from market_data.model import UPSTREAM_STATES
+from market_data.upstream import Upstream
+from relay.base import Relay
 from runtime.supervisor import Supervisor
 from server.guard import ConnectionGuard
 
@@ -60,12 +60,12 @@ METRICS: dict[str, str] = {
 
 class Running(Protocol):
     hub: Hub
-    feed: FinnhubFeed
+    upstream: Upstream
+    relay: Relay
     rest: FinnhubRest
     supervisor: Supervisor
     admission: Admission
     guard: ConnectionGuard
-    cluster: Cluster | None
 
 
 def _gauge(name: str, value: float) -> GaugeMetricFamily:
@@ -85,7 +85,7 @@ class GatewayCollector(Collector):
         running = self._running()
         if running is None:
             return
-        hub, feed = running.hub, running.feed
+        hub, counters = running.hub, running.upstream.counters
         yield _gauge("gateway_clients", hub.client_count)
         yield _gauge("gateway_clients_fast_path", hub.fast_path_count)
         yield _gauge("gateway_authenticated_users", running.admission.users)
@@ -107,7 +107,7 @@ class GatewayCollector(Collector):
         for reason, count in sorted({**running.guard.refused, **running.admission.refused}.items()):
             refusals.add_metric([reason], count)
         yield refusals
-        yield _counter("gateway_upstream_frames_sent_total", feed.upstream_frames_sent)
+        yield _counter("gateway_upstream_frames_sent_total", counters.frames_sent)
         yield _counter("gateway_rest_calls_total", running.rest.calls)
         rest_state = GaugeMetricFamily(
             "gateway_rest_state", METRICS["gateway_rest_state"], labels=["state"]
@@ -120,19 +120,19 @@ class GatewayCollector(Collector):
             yield _counter("gateway_quotes_fetched_total", hub.quotes.fetched)
             yield _counter("gateway_quotes_unavailable_total", hub.quotes.unavailable)
         stats = hub.stats
-        yield _counter("gateway_upstream_messages_total", feed.messages_received)
-        yield _counter("gateway_upstream_trades_total", feed.trades_received)
-        yield _counter("gateway_upstream_malformed_total", feed.malformed_messages)
-        yield _counter("gateway_upstream_reconnects_total", feed.reconnects)
+        yield _counter("gateway_upstream_messages_total", counters.messages)
+        yield _counter("gateway_upstream_trades_total", counters.trades)
+        yield _counter("gateway_upstream_malformed_total", counters.malformed)
+        yield _counter("gateway_upstream_reconnects_total", counters.reconnects)
         yield _counter("gateway_price_updates_sent_total", stats.price_updates_sent)
         yield _counter("gateway_conflated_updates_total", stats.conflated_updates)
         yield _counter("gateway_slow_consumer_disconnects_total", stats.slow_consumer_disconnects)
-        cluster = running.cluster
+        cluster = running.relay.cluster_view()
         if cluster is not None:
             yield _gauge("gateway_cluster_leader", 1.0 if cluster.role == "leader" else 0.0)
             yield _gauge("gateway_cluster_degraded", 1.0 if cluster.degraded else 0.0)
             yield _gauge("gateway_cluster_nodes", cluster.nodes)
-            yield _gauge("gateway_cluster_symbols", len(cluster.cluster_symbols))
+            yield _gauge("gateway_cluster_symbols", cluster.symbols)
 
 
 def create_registry(running: Callable[[], Running | None]) -> tuple[CollectorRegistry, Histogram]:

@@ -29,9 +29,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 import protocol
 from access.admission import Refusal, address_key, request_token, user_key
+from access.entitlements import UNRESTRICTED
 from access.token_session import ClientAuth
 from access.tokens import AuthFailed, Identity
-from delivery.outbox import UNRESTRICTED
 from protocol import Frame
 from runtime.logs import get_logger
 from settings import Settings

@@ -31,9 +31,10 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 import protocol
 from access.admission import Admission, Refusal, address_key, user_key
+from access.entitlements import UNRESTRICTED
 from access.token_session import ClientAuth
 from access.tokens import AuthFailed, Identity
-from delivery.outbox import UNRESTRICTED, ClientConnection, FrameWriter
+from delivery.outbox import ClientConnection, FrameWriter
 from endpoints.ws_io import AsgiClientSocket, Ended, RequestReader
 from hub import Hub
 from protocol import (

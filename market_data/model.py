@@ -1,7 +1,8 @@
 """What the upstream side and the fan-out side share, so that neither imports the other.
 
 - `Trade`: one valid trade, as Finnhub reports it; `Quote`: a price from Finnhub's
-  REST `/quote`; `MarketStatus`: the market's session.
+  REST `/quote`; `MarketStatus`: the market's session; `UpstreamState`: how the
+  upstream connection is doing.
 - `SymbolInterest`: the symbols somebody wants carried upstream, plus an event that
   fires on every change. The hub edits it (`want` / `release`); exactly one follower
   acts on it: the feed in a single process, the cluster's interest publisher in
@@ -15,10 +16,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 Session = Literal["closed", "pre-market", "regular", "post-market"]
 SESSIONS: tuple[Session, ...] = ("closed", "pre-market", "regular", "post-market")
+# "unauthorized": Finnhub refused the key (HTTP 401/403); retried with backoff.
+UpstreamState = Literal["connecting", "connected", "reconnecting", "unauthorized"]
+UPSTREAM_STATES: tuple[UpstreamState, ...] = get_args(UpstreamState)
 
 
 class Trade(NamedTuple):

@@ -24,10 +24,10 @@ import asyncio
 from collections import OrderedDict
 from typing import Protocol
 
+from access.allowances import Allowances
 from market_data.finnhub_rest import RestUnavailable
 from market_data.model import Quote
 from runtime.logs import get_logger
-from runtime.token_bucket import TokenBucket
 
 logger = get_logger(__name__)
 
@@ -51,16 +51,14 @@ class QuoteService:
     def __init__(
         self,
         source: QuoteSource,
+        shares: Allowances,
         *,
         ttl: float = 60.0,
         wait: float = 10.0,
         max_queued: int = 256,
-        per_owner_per_minute: float = 20.0,
     ) -> None:
         self._source = source
-        self._per_owner = per_owner_per_minute
-        self._owners: dict[str, TokenBucket] = {}
-        self._sweep_at = 10_000
+        self._shares = shares  # each owner's share of the key's budget
         self._ttl = ttl
         self._wait = wait
         self._max_queued = max_queued
@@ -97,7 +95,7 @@ class QuoteService:
         future = self._pending.get(symbol)
         if future is not None:
             return future  # in flight: joining costs nothing
-        wait = self._take_share(owner, loop.time())
+        wait = self._shares.take(owner, loop.time())
         if wait:
             self.unavailable += 1
             spent = QuoteUnavailable("too many quotes asked for", wait, share_spent=True)
@@ -112,16 +110,6 @@ class QuoteService:
     async def get(self, symbol: str, owner: str = "-") -> Quote | None:
         """Wait for the quote (QuoteUnavailable past the bound)."""
         return await asyncio.shield(self.request(symbol, owner))
-
-    def _take_share(self, owner: str, now: float) -> float:
-        bucket = self._owners.get(owner)
-        if bucket is None:
-            if len(self._owners) >= self._sweep_at:
-                self._owners = {o: b for o, b in self._owners.items() if not b.full(now)}
-                self._sweep_at = max(10_000, 2 * len(self._owners))  # amortised
-            per_minute = self._per_owner
-            bucket = self._owners[owner] = TokenBucket(per_minute / 60, max(per_minute, 1), now)
-        return bucket.take(now)
 
     def remember(self, symbol: str, quote: Quote | None) -> None:
         """A quote learned elsewhere (another process of the cluster)."""

@@ -12,6 +12,7 @@ import pytest
 import protocol
 from endpoints.docs import load_asyncapi, render_docs
 from endpoints.metrics import METRICS
+from market_data.model import UPSTREAM_STATES
 from settings import documented_defaults
 from tests.contract import assert_server_message, validator
 from tests.helpers import GatewayUnderTest
@@ -49,7 +50,7 @@ def test_the_schemas_agree_with_the_code() -> None:
     assert schemas["Symbol"]["pattern"] == f"^{protocol.SYMBOL_PATTERN.pattern}$"
     documented_codes = set(schemas["Error"]["properties"]["code"]["enum"])
     assert documented_codes == set(DOCUMENT["info"]["x-error-codes"])
-    assert set(schemas["Status"]["properties"]["upstream"]["enum"]) == set(protocol.UPSTREAM_STATES)
+    assert set(schemas["Status"]["properties"]["upstream"]["enum"]) == set(UPSTREAM_STATES)
     # Messages the code builds are valid as built.
     for frame in (
         protocol.connection_message("6f1c1f9e-3c4e-4a4e-9a55-2b7f0d0c3a11"),

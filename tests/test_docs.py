@@ -11,6 +11,7 @@ import pytest
 import protocol
 from endpoints.docs import load_asyncapi, render_docs
 from endpoints.metrics import METRICS
+from market_data.model import UPSTREAM_STATES
 from settings import documented_defaults, environment_names
 from tests.helpers import PROJECT
 
@@ -38,7 +39,7 @@ def test_close_codes_agree_everywhere() -> None:
 
 
 def test_upstream_states_are_documented() -> None:
-    for state in protocol.UPSTREAM_STATES:
+    for state in UPSTREAM_STATES:
         assert f"`{state}`" in README, state
 
 

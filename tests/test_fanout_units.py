@@ -20,11 +20,15 @@ import pytest
 
 import protocol
 from access.capacity import UpstreamCapacity
+from access.holds import SymbolHolds
 from delivery import outbox
 from delivery.outbox import ClientConnection, FanoutStats
-from hub import Hub, Observer, UpdateBatch
+from finnhub_feed import FinnhubFeed
+from hub import Hub, LatestPrices, Observer, UpdateBatch
 from market_data.model import SymbolInterest, Trade
 from protocol import CLOSE_TRY_AGAIN_LATER, Frame
+from relay.local import LocalRelay
+from runtime.backoff import Backoff
 
 WAIT = 1.0  # the longest any awaited event may take before a test fails
 GRACE = 0.05  # CLOSE_GRACE_SECONDS, shortened
@@ -184,12 +188,19 @@ def make_hub(
 ) -> Hub:
     """The one place a `Hub` is built (and `upstream_refused` called, below), so a change
     of its constructor is a change here."""
-    return Hub(
-        # Refused symbols may be asked for again at once: these tests are about counts.
-        UpstreamCapacity(SymbolInterest(), max_symbols=max_upstream_symbols, reject_for=0),
-        max_symbols_per_client=max_symbols_per_client,
-        handoff_observer=handoff_observer,
+    latest = LatestPrices()
+    # Refused symbols may be asked for again at once: these tests are about counts.
+    capacity = UpstreamCapacity(
+        SymbolInterest(), max_symbols=max_upstream_symbols, reject_for=0, on_release=latest.forget
     )
+    holds = SymbolHolds(capacity, max_symbols_per_client=max_symbols_per_client)
+    return Hub(holds, latest, handoff_observer=handoff_observer)
+
+
+def local_relay(hub: Hub) -> LocalRelay:
+    """The single-process relay in front of `hub`, its upstream never started."""
+    feed = FinnhubFeed("ws://127.0.0.1:9", "unused", hub.interest, backoff=Backoff(1, 1))
+    return LocalRelay(feed, hub)
 
 
 def refuse_upstream(hub: Hub, symbol: str) -> None:
@@ -802,13 +813,14 @@ async def test_trades_are_encoded_as_seed_price_updates_and_unheld_symbols_skipp
         async with hub.connect(FakeSocket(), writer := FakeWriter()) as client:
             hub.subscribe(client, ["AAPL"])
             # Only symbols nobody holds: nothing is published at all.
-            await hub.trades_received([Trade("MSFT", 1.0, 1.0, 1)], time.perf_counter())
+            relay = local_relay(hub)
+            await relay.trades_received([Trade("MSFT", 1.0, 1.0, 1)], time.perf_counter())
             trades = [
                 Trade("AAPL", 189.5, 100.0, 1_700_000_000_000),
                 Trade("MSFT", 2.0, 1.0, 2),
                 Trade("AAPL", 189.25, 0.5, 1_700_000_000_001),
             ]
-            await hub.trades_received(trades, time.perf_counter() - 1.0)
+            await relay.trades_received(trades, time.perf_counter() - 1.0)
             await wait_until(writer.changed, lambda: len(updates_seen(writer.payloads())) == 2)
             prices = [m for m in writer.messages() if m["type"] == "price_update"]
             assert prices == [

@@ -69,7 +69,7 @@ class ThreadedGateway:
         async def inspect() -> tuple[set[str], set[str]]:
             running = self.gateway.running
             running.hub.check_consistency()
-            return set(running.hub.symbols()), set(running.feed.interest.symbols)
+            return set(running.hub.symbols()), set(running.upstream.interest.symbols)
 
         return asyncio.run_coroutine_threadsafe(inspect(), self.loop).result(timeout=5)
 

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from access.admission import Admission, address_key
-from access.capacity import SymbolPatterns, UpstreamCapacity
+from access.allowances import Allowances
+from access.capacity import UpstreamCapacity
+from access.entitlements import SymbolPatterns
 from market_data.finnhub_rest import SlidingWindowBudget
 from market_data.finnhub_wire import decode, newest_per_symbol, parse_trades, redact
 from market_data.model import Quote, SymbolInterest, Trade
@@ -193,7 +195,7 @@ class _SlowSource:
 
 async def test_quote_requests_are_bounded_per_owner_and_in_all() -> None:
     source = _SlowSource()
-    service = QuoteService(source, wait=5, max_queued=3, per_owner_per_minute=2)
+    service = QuoteService(source, Allowances(2 / 60, 2), wait=5, max_queued=3)
     worker = asyncio.create_task(service.run())
     try:
         mine = [service.request(f"S{index}", "alice") for index in range(3)]

@@ -6,10 +6,10 @@ import math
 
 import pytest
 
-from finnhub_feed import Backoff
 from market_data.finnhub_wire import parse_trades, redact
 from market_data.model import Trade
 from protocol import ProtocolError, normalize_symbol, parse_client_message, split_symbols
+from runtime.backoff import Backoff
 
 
 @pytest.mark.parametrize(

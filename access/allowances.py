@@ -1,0 +1,43 @@
+"""Allowances per key (an address, a user, an owner of symbols): one `TokenBucket` per key,
+created on first use and forgotten once full again, so memory stays bounded however
+many keys an attacker invents. Handshakes per address and per user, and quote requests
+per owner, are spent from one of these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container
+
+from runtime.token_bucket import TokenBucket
+
+# Idle keys are swept when the table grows past this many.
+SWEEP_AT = 10_000
+
+
+class Allowances:
+    def __init__(self, rate: float, burst: float) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._buckets: dict[str, TokenBucket] = {}
+        self._sweep_at = SWEEP_AT
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def take(self, key: str, now: float, keep: Container[str] = ()) -> float:
+        """Spend one from `key`'s allowance: 0, or the seconds until one is due. Keys in
+        `keep` are never swept (say, addresses with open connections)."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= self._sweep_at:
+                self._sweep(now, keep)
+            bucket = self._buckets[key] = TokenBucket(self._rate, self._burst, now)
+        return bucket.take(now)
+
+    def _sweep(self, now: float, keep: Container[str]) -> None:
+        for key, bucket in list(self._buckets.items()):
+            if bucket.full(now) and key not in keep:
+                del self._buckets[key]
+        # Amortised: under a spread-out attack the table may stay big; sweep it again only
+        # once it has doubled, so each new key costs O(1) on average.
+        self._sweep_at = max(SWEEP_AT, 2 * len(self._buckets))

@@ -1,0 +1,170 @@
+"""Leadership: exactly one process of the cluster holds the Finnhub socket.
+
+The lease is `SET {prefix}:leader {node} NX PX lease`, renewed every third of the lease
+by a check-and-extend script and released on a clean exit by a check-and-delete. While
+it holds the lease, `Leadership` runs the upstream (following the cluster-wide union of
+interest), an `UpstreamPublisher` as its listener (trades encoded once, out through
+Redis), the bar aggregation (`LeaderBars`) and the market watch. A duty that ends (a
+crash) gives the lease up, so a healthy process can take over; a leader that cannot
+renew stops its upstream before the lease can pass to anybody else, and waits a
+backoff before it competes again, so a crash-looping leader cannot open upstream
+sockets in a tight loop.
+
+This module never talks to clients and never publishes the key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from collections.abc import Set as AbstractSet
+
+from redis.exceptions import RedisError
+
+from cluster.bars import LeaderBars, StoredBars
+from cluster.link import RedisLink
+from cluster.publish import UpstreamPublisher
+from market_data.market_watch import MarketWatch
+from market_data.model import MarketStatus
+from market_data.upstream import Upstream
+from runtime.backoff import Backoff
+from runtime.cancellation import raise_if_cancelling
+from runtime.logs import get_logger
+
+logger = get_logger(__name__)
+
+# Renew or release the lease only if this node still holds it.
+RENEW_LEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+"""
+RELEASE_LEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('del', KEYS[1])
+end
+return 0
+"""
+STOP_WAIT_SECONDS = 5.0  # a leader's duties must stop within this before anyone else leads
+
+MarketWatchFactory = Callable[[Callable[[MarketStatus], None]], MarketWatch]
+
+
+class Leadership:
+    def __init__(
+        self,
+        link: RedisLink,
+        node: str,
+        upstream: Upstream,
+        union: Callable[[], AbstractSet[str]],
+        *,
+        lease_seconds: float,
+        previous_close: Callable[[str], float | None] | None,
+        stored_bars: StoredBars | None,
+        bar_history: int,
+        bar_grace: float,
+        market_watch: MarketWatchFactory | None,
+    ) -> None:
+        self.role = "follower"
+        self._link = link
+        self._node = node
+        self._upstream = upstream
+        self._union = union  # the cluster-wide interest, as the relay last saw it
+        self._lease_ms = int(lease_seconds * 1000)
+        self._previous_close = previous_close
+        self._stored_bars = stored_bars
+        self._bar_history, self._bar_grace = bar_history, bar_grace
+        self._market_watch = market_watch
+        # After a leadership that ended badly, wait longer before leading again.
+        self._backoff = Backoff(lease_seconds, 30 * lease_seconds, floor=0.5)
+
+    def follow(self, symbols: AbstractSet[str]) -> None:
+        """The cluster-wide interest changed: the upstream follows it while we lead."""
+        if self.role == "leader":
+            self._upstream.interest.replace(symbols)
+
+    async def run(self) -> None:
+        """Take the lease whenever it is free, and lead while it holds."""
+        redis = self._link.client
+        key = self._link.key("leader")
+        while True:
+            raise_if_cancelling()
+            if await redis().set(key, self._node, nx=True, px=self._lease_ms):
+                logger.warning("cluster leadership taken node=%s", self._node)
+                lost_cleanly = await self._lead()
+                logger.warning("cluster leadership lost node=%s", self._node)
+                if not lost_cleanly:
+                    await asyncio.sleep(self._backoff.next_delay())
+                else:
+                    self._backoff.reset()
+            await asyncio.sleep(self._lease_ms / 3000)
+
+    async def release(self) -> None:
+        await self._link.client().eval(RELEASE_LEASE, 1, self._link.key("leader"), self._node)
+
+    async def _lead(self) -> bool:
+        """Run the upstream for as long as the lease can be renewed: True if it ended by
+        losing the lease, False if a duty crashed (the lease is given up)."""
+        self.role = "leader"
+        self._upstream.interest.replace(self._union())
+        bars = None
+        if self._stored_bars is not None:
+            bars = LeaderBars(
+                self._stored_bars,
+                lambda: self._upstream.interest.symbols,  # what the feed carries: what trades
+                history=self._bar_history,
+                grace=self._bar_grace,
+            )
+        publisher = UpstreamPublisher(
+            self._link, self._previous_close, bars.trades_received if bars else None
+        )
+        duties = [
+            asyncio.create_task(self._upstream.run(publisher), name="cluster-feed"),
+            asyncio.create_task(publisher.forward_events(), name="cluster-events"),
+        ]
+        if bars is not None:
+            duties.append(asyncio.create_task(bars.run(), name="cluster-bars"))
+        if self._market_watch is not None:  # one poll of the market status for the cluster
+            market = self._market_watch(publisher.market_changed)
+            duties.append(asyncio.create_task(market.run(), name="cluster-market"))
+        renewing = asyncio.create_task(self._keep_lease(), name="cluster-lease")
+        crashed = False
+        try:
+            done, _ = await asyncio.wait([renewing, *duties], return_when=asyncio.FIRST_COMPLETED)
+            for ended in done - {renewing}:
+                crashed = True
+                if not ended.cancelled() and ended.exception() is not None:
+                    logger.error(
+                        "cluster leader duty crashed duty=%s; giving up the lease",
+                        ended.get_name(),
+                        exc_info=ended.exception(),
+                    )
+        finally:
+            # Stop the upstream before anyone else can hold the lease.
+            self.role = "follower"
+            for task in (renewing, *duties):
+                task.cancel()
+            _, stuck = await asyncio.wait([renewing, *duties], timeout=STOP_WAIT_SECONDS)
+            if stuck:
+                logger.error("cluster feed did not stop within 5 s tasks=%d", len(stuck))
+        if not crashed:
+            return True  # the lease was lost
+        await self.release()
+        return False
+
+    async def _keep_lease(self) -> None:
+        while await self._renew_lease():
+            raise_if_cancelling()
+
+    async def _renew_lease(self) -> bool:
+        """Wait a third of the lease, then extend it; False once it cannot be proven ours."""
+        await asyncio.sleep(self._lease_ms / 3000)
+        try:
+            renewed = await self._link.client().eval(
+                RENEW_LEASE, 1, self._link.key("leader"), self._node, str(self._lease_ms)
+            )
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise_if_cancelling(exc)
+            return False
+        return bool(renewed)

@@ -1,0 +1,307 @@
+"""`RedisRelay`: any number of gateway processes, exactly one Finnhub socket.
+
+With `REDIS_URL` set, `wiring.py` builds this relay instead of the local one. Its
+duties, run under one supervised task (`cluster`), each retried through Redis outages:
+
+- **interest**: the symbols this process's clients want, as the set
+  `{prefix}:interest:{node}`, which expires unless refreshed (a crashed process's
+  symbols are released by themselves); every change is announced on
+  `{prefix}:interest-changed`.
+- **view**: who leads, how many nodes, the union of every node's interest. It is
+  re-read at once when any node announces a change (so a follower's subscribe reaches
+  Finnhub within milliseconds) and every `VIEW_SECONDS` as a safety net; the leader's
+  upstream follows the union.
+- **leadership** (cluster/leader.py): the lease, and while it holds, the upstream, the
+  publisher, the bar aggregation and the market watch.
+- **relay**: subscribes to the trades of this process's symbols (published encoded,
+  once, by the leader on `{prefix}:trades:{symbol}`, the last kept in
+  `{prefix}:last:{symbol}` for snapshots) and to status, refusals, market status,
+  quotes and bars, and publishes what arrives into the local hub, as the feed would
+  in a single process.
+
+When Redis is unreachable, clients stay connected, `/health` says `"cluster":
+"degraded"`, and every duty retries until Redis returns. This module never publishes
+or stores the API key, and never talks to clients except through the hub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+import orjson
+from redis.exceptions import RedisError
+
+import protocol
+from bars.delivery import BarDelivery
+from cluster.bars import MirrorBars, StoredBars
+from cluster.leader import Leadership, MarketWatchFactory
+from cluster.link import RedisLink
+from cluster.rest import decode_announcement
+from hub import Hub, UpdateBatch
+from market_data.model import UPSTREAM_STATES, MarketStatus, UpstreamState
+from market_data.quotes import QuoteService
+from market_data.upstream import Upstream
+from relay.base import ClusterView, Duty
+from runtime.cancellation import raise_if_cancelling
+from runtime.logs import get_logger
+
+logger = get_logger(__name__)
+
+RETRY_SECONDS = 0.5
+ALIVE = b""  # marker member of every interest set; never a symbol
+VIEW_SECONDS = 2.0  # the safety net: the view is re-read this often even with no news
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
+
+
+class RedisRelay:
+    """This process's part in the cluster: `hub` is fed from Redis; `upstream` runs only
+    while this process leads, following the cluster-wide union."""
+
+    def __init__(
+        self,
+        link: RedisLink,
+        upstream: Upstream,
+        hub: Hub,
+        *,
+        lease_seconds: float = 5.0,
+        quotes: QuoteService | None = None,
+        market_watch: MarketWatchFactory | None = None,
+        bars: BarDelivery | None = None,
+        mirror: MirrorBars | None = None,
+        stored_bars: StoredBars | None = None,
+        bar_history: int = 240,
+        bar_grace: float = 0.5,
+    ) -> None:
+        self.node = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.interest = hub.interest  # this process's clients' symbols
+        self.lease_holder: str | None = None
+        self.cluster_symbols: set[str] = set()
+        self.nodes = 0
+        self.degraded = False
+        self._link = link
+        self._hub = hub
+        self._lease_ms = int(lease_seconds * 1000)
+        self._quotes = quotes  # remembers every quote announced
+        self._bars = bars
+        self._mirror = mirror  # this process's copy of the cluster's bars
+        self._view_stale = asyncio.Event()
+        self.leadership = Leadership(
+            link,
+            self.node,
+            upstream,
+            lambda: self.cluster_symbols,
+            lease_seconds=lease_seconds,
+            previous_close=quotes.previous_close if quotes is not None else None,
+            stored_bars=stored_bars,
+            bar_history=bar_history,
+            bar_grace=bar_grace,
+            market_watch=market_watch,
+        )
+
+    @property
+    def role(self) -> str:
+        return self.leadership.role
+
+    def duties(self) -> dict[str, Duty]:
+        return {"cluster": self.run}
+
+    def cluster_view(self) -> ClusterView:
+        return ClusterView(
+            self.node,
+            self.role,
+            self.lease_holder,
+            self.nodes,
+            len(self.cluster_symbols),
+            self.degraded,
+        )
+
+    @property
+    def _interest_key(self) -> str:
+        return self._link.key("interest", self.node)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run every cluster duty until cancelled; then leave the cluster cleanly (so a
+        supervisor may run it again)."""
+        self._link.reconnect()  # restarted after a crash: _leave() closed the old client
+        try:
+            async with asyncio.TaskGroup() as duties:
+                duties.create_task(self._retrying("interest", self._publish_interest))
+                duties.create_task(self._retrying("relay", self._relay))
+                duties.create_task(self._retrying("view", self._watch_cluster))
+                duties.create_task(self._retrying("leadership", self.leadership.run))
+        finally:
+            await self._leave()
+
+    async def _leave(self) -> None:
+        redis = self._link.client()
+        try:
+            async with asyncio.timeout(2):
+                try:
+                    await self.leadership.release()
+                    await redis.delete(self._interest_key)
+                    await redis.publish(self._link.key("interest-changed"), self.node)
+                finally:
+                    await self._link.close()
+        except (RedisError, OSError, TimeoutError) as exc:
+            logger.warning("cluster could not leave cleanly error=%s", type(exc).__name__)
+
+    async def _retrying(self, name: str, duty: Callable[[], Awaitable[None]]) -> None:
+        """Run a duty forever, through Redis outages, marking the cluster degraded."""
+        while True:
+            try:
+                await duty()
+            except (RedisError, OSError, TimeoutError) as exc:
+                raise_if_cancelling(exc)
+                if not self.degraded:
+                    logger.warning("cluster degraded duty=%s error=%s", name, type(exc).__name__)
+                self.degraded = True
+            except Exception as exc:  # a duty must outlive any surprise
+                raise_if_cancelling(exc)
+                logger.exception("cluster duty crashed duty=%s; restarting it", name)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is None or task.cancelling():
+                    raise  # we are being stopped
+                # Nobody asked to cancel this task: a client library leaked a cancellation
+                # while its connection was torn down. Keep the duty alive.
+                logger.warning("cluster duty interrupted duty=%s; restarting it", name)
+            await asyncio.sleep(RETRY_SECONDS)
+
+    # -- this process's interest, and the cluster's -----------------------------------------
+
+    async def _publish_interest(self) -> None:
+        """Keep `{prefix}:interest:{node}` equal to this process's symbols, and alive;
+        announce each change so the leader re-reads the union at once."""
+        refresh = self._lease_ms / 3000
+        while True:
+            raise_if_cancelling()
+            symbols = sorted(self.interest.symbols)
+            async with self._link.client().pipeline(transaction=True) as pipe:
+                pipe.delete(self._interest_key)
+                pipe.sadd(self._interest_key, ALIVE)  # the key exists even with no symbols
+                if symbols:
+                    pipe.sadd(self._interest_key, *[symbol.encode() for symbol in symbols])
+                pipe.pexpire(self._interest_key, self._lease_ms)
+                pipe.publish(self._link.key("interest-changed"), self.node)
+                await pipe.execute()
+            try:
+                async with asyncio.timeout(refresh):
+                    await self.interest.wait_changed()
+            except TimeoutError as timeout:
+                raise_if_cancelling(timeout)
+
+    async def _watch_cluster(self) -> None:
+        """The cluster-wide view: who leads, how many nodes, the union of interest."""
+        redis = self._link.client
+        while True:
+            raise_if_cancelling()
+            self._view_stale.clear()
+            holder = await redis().get(self._link.key("leader"))
+            self.lease_holder = _text(holder) if holder else None
+            keys = [key async for key in redis().scan_iter(self._link.key("interest", "*"))]
+            members = await redis().sunion(keys) if keys else set()
+            self.nodes = len(keys)
+            self.cluster_symbols = {_text(member) for member in members if member != ALIVE}
+            self.degraded = False
+            self.leadership.follow(self.cluster_symbols)
+            try:
+                async with asyncio.timeout(VIEW_SECONDS):
+                    await self._view_stale.wait()  # a node announced a change
+            except TimeoutError as timeout:
+                raise_if_cancelling(timeout)
+
+    # -- the relay into this process's hub ---------------------------------------------------
+
+    async def _relay(self) -> None:
+        """Subscribe to this process's symbols and publish what arrives into the local hub."""
+        hub, key = self._hub, self._link.key
+        redis = self._link.client()
+        pubsub = redis.pubsub()
+        try:
+            await pubsub.subscribe(
+                key("status"),
+                key("refused"),
+                key("market"),
+                key("quotes"),
+                key("bars"),
+                key("interest-changed"),
+            )
+            state = await redis.get(key("upstream"))
+            if state and _text(state) in UPSTREAM_STATES:
+                hub.upstream_state_changed(cast(UpstreamState, _text(state)))
+            market = await redis.get(key("market"))
+            if market:
+                hub.market_changed(MarketStatus(**orjson.loads(market)))
+            subscribed: set[str] = set()
+            prefix = key("trades", "")
+            while True:
+                raise_if_cancelling()
+                wanted = set(self.interest.symbols)
+                if wanted != subscribed:
+                    added, removed = wanted - subscribed, subscribed - wanted
+                    if added:
+                        await pubsub.subscribe(*[prefix + symbol for symbol in added])
+                        await self._seed_snapshots(added)
+                        if self._mirror is not None:
+                            await self._mirror.load(added)
+                    if removed:
+                        await pubsub.unsubscribe(*[prefix + symbol for symbol in removed])
+                        if self._mirror is not None:
+                            self._mirror.forget(removed)
+                    subscribed = wanted
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.05)
+                if message is not None:
+                    await self._deliver(_text(message["channel"]), message["data"], prefix)
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _seed_snapshots(self, symbols: set[str]) -> None:
+        ordered = sorted(symbols)
+        keys = [self._link.key("last", symbol) for symbol in ordered]
+        payloads = await self._link.client().mget(keys)
+        snapshots = [
+            protocol.price_update_frame(symbol, _bytes(payload))
+            for symbol, payload in zip(ordered, payloads, strict=True)
+            if payload
+        ]
+        if snapshots:
+            await self._hub.publish(UpdateBatch(snapshots, time.perf_counter(), live=False))
+
+    async def _deliver(self, channel: str, data: bytes, trades_prefix: str) -> None:
+        hub, key = self._hub, self._link.key
+        if channel.startswith(trades_prefix):
+            update = protocol.price_update_frame(channel[len(trades_prefix) :], data)
+            await hub.publish(UpdateBatch([update], time.perf_counter()))
+        elif channel == key("interest-changed"):
+            self._view_stale.set()
+        elif channel == key("status"):
+            state = data.decode()
+            if state in UPSTREAM_STATES:
+                hub.upstream_state_changed(state)
+        elif channel == key("bars"):
+            if self._mirror is not None and self._bars is not None:
+                self._bars.deliver(self._mirror.received(data))
+        elif channel == key("market"):
+            hub.market_changed(MarketStatus(**orjson.loads(data)))
+        elif channel == key("quotes"):
+            if self._quotes is not None:
+                self._quotes.remember(*decode_announcement(data))
+        elif channel == key("refused"):
+            refusal: dict[str, Any] = orjson.loads(data)
+            symbol = refusal.get("symbol")
+            hub.upstream_refused(symbol if isinstance(symbol, str) else None)
