@@ -1,21 +1,30 @@
-"""Who may open a `/ws` connection now: the handshake checks, in the order they run.
+"""May this client do this? `Admission.admit` answers for every endpoint: a connection
+(`/ws`, `/stream`) or a request (`/quote`, `/bars`), with who the client is
+(`Admitted`: its address, its user and entitlements with signed tokens, whose share
+its symbols use) or a `Refusal` carrying its HTTP status, close code, error code and
+`Retry-After`. The checks, in the order they run:
 
-1. **Origin**: CORS does not cover WebSockets, so the browser's `Origin` is checked
-   against configured values only (never the request's own Host header, which a
-   DNS-rebinding page sets). 403.
-2. **Token** (`GATEWAY_TOKEN`), compared in constant time. 401.
-3. **Per address**: at most `MAX_CONNECTIONS_PER_ADDRESS` open connections and
-   `ADDRESS_HANDSHAKE_RATE` handshakes per second (bursts of `ADDRESS_HANDSHAKE_BURST`)
-   from one client address. 429 with `Retry-After`. The address is the ASGI scope's
-   client, which uvicorn takes from `X-Forwarded-For` only when the peer is a trusted
-   proxy (`FORWARDED_ALLOW_IPS`).
-4. **Per user**, with signed tokens (`identify`, auth.py): once a token names its user,
-   at most `MAX_CONNECTIONS_PER_USER` open connections and the same handshake rate per
-   user as per address (`user_refusal`, then `holding_user`).
+1. **Origin** (connections): CORS does not cover WebSockets, so the browser's `Origin`
+   is checked against configured values only (never the request's own Host header,
+   which a DNS-rebinding page sets). 403.
+2. **Token**: `GATEWAY_TOKEN`, compared in constant time; or with signed tokens
+   (`identify`, access/tokens.py) the user it proves. 401.
+3. **Per address** (connections): at most `MAX_CONNECTIONS_PER_ADDRESS` open
+   connections and `ADDRESS_HANDSHAKE_RATE` handshakes per second (bursts of
+   `ADDRESS_HANDSHAKE_BURST`) from one client address. 429 with `Retry-After`. The
+   address is the ASGI scope's client, which uvicorn takes from `X-Forwarded-For` only
+   when the peer is a trusted proxy (`FORWARDED_ALLOW_IPS`).
+4. **Per user** (connections, signed tokens): at most `MAX_CONNECTIONS_PER_USER` open
+   connections and the same handshake rate per user as per address.
+5. **Server full** (connections): `MAX_CLIENTS` open in all. 503, or 1013 on a socket.
+6. **Entitlements** (requests about a symbol): the token's symbols. 403.
 
-`Admission` keeps the per-address and per-user counters, and counts every refusal by
-reason for /metrics; memory is bounded by forgetting keys with no open connection and
-a full bucket. It never reads message bodies and never logs a token.
+An admitted connection is counted while it is open (`open`, which checks the counts
+once more with nothing awaited in between, so parallel handshakes cannot all pass);
+a `/ws` client that authenticates with its first message is counted as its user then
+(`admit_user`). `Admission` counts every refusal by reason for /metrics; memory is
+bounded by forgetting keys with no open connection and a full allowance. It never
+reads message bodies and never logs a token.
 """
 
 from __future__ import annotations
@@ -23,13 +32,16 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import math
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 from access.allowances import Allowances
 from access.entitlements import UNRESTRICTED, Entitlements
+from access.refusal import Refusal
 from access.tokens import Authenticator, AuthFailed, Identity
+from protocol import CLOSE_AUTH_FAILED, CLOSE_TOO_MANY_FOR_USER, CLOSE_TRY_AGAIN_LATER
 from settings import Settings
 
 USER_PREFIX = "user:"  # a user's key beside the addresses' (no address starts so)
@@ -50,10 +62,57 @@ def address_key(host: str) -> str:
 
 
 @dataclass(frozen=True)
-class Refusal:
-    status: int
-    reason: str
-    retry_after: int | None = None
+class Admitted:
+    """Who an admitted client is."""
+
+    address: str
+    identity: Identity | None = None  # with signed tokens, once known
+
+    @property
+    def user(self) -> str:
+        return self.identity.user if self.identity is not None else "-"
+
+    @property
+    def owner(self) -> str:
+        """Whose fair share its symbols and quotes use: its user's, else its address's."""
+        return user_key(self.identity.user) if self.identity is not None else self.address
+
+    @property
+    def entitlements(self) -> Entitlements:
+        return self.identity.entitlements if self.identity is not None else UNRESTRICTED
+
+
+class OpenConnection:
+    """One admitted connection, counted (address, user, in all) until `close()`."""
+
+    def __init__(self, admission: Admission, admitted: Admitted) -> None:
+        self.admitted = admitted
+        self._admission = admission
+        self._keys = [admitted.address]
+        if admitted.identity is not None:
+            self._keys.append(user_key(admitted.identity.user))
+        for key in self._keys:
+            admission._count(key, +1)
+        admission.open_connections += 1
+
+    def as_user(self, identity: Identity) -> None:
+        """The connection's user became known (a `/ws` first-message auth)."""
+        self.admitted = Admitted(self.admitted.address, identity)
+        key = user_key(identity.user)
+        self._keys.append(key)
+        self._admission._count(key, +1)
+
+    def close(self) -> None:
+        for key in self._keys:
+            self._admission._count(key, -1)
+        self._keys = []
+        self._admission.open_connections -= 1
+
+    def __enter__(self) -> OpenConnection:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 class Admission:
@@ -61,30 +120,12 @@ class Admission:
         self._settings = settings
         self.authenticator = Authenticator(settings)
         self._open: dict[str, int] = {}  # address, or "user:<sub>" -> open connections
+        self.open_connections = 0
         # Handshakes per address and per user (a user's key: "user:<sub>").
         self._handshakes = Allowances(
             settings.address_handshake_rate, settings.address_handshake_burst
         )
         self.refused: dict[str, int] = {}  # reason -> count, for /metrics
-
-    def connections_from(self, address: str) -> int:
-        return self._open.get(address, 0)
-
-    def refusal(
-        self, origin: str | None, token: str | None, address: str, now: float
-    ) -> Refusal | None:
-        """Why this handshake must be refused, or None (and the handshake is counted)."""
-        settings = self._settings
-        if origin is None:
-            if settings.require_origin:
-                return self._refuse("origin", Refusal(403, "an Origin header is required"))
-        elif not (settings.any_origin or origin in settings.allowed_origins):
-            return self._refuse("origin", Refusal(403, "origin not allowed"))
-        if settings.gateway_token and not _same(token or "", settings.gateway_token):
-            return self._refuse("token", Refusal(401, "missing or wrong token"))
-        return self._over_limits(
-            address, settings.max_connections_per_address, "from your address", "address", now
-        )
 
     @property
     def verifies_tokens(self) -> bool:
@@ -96,6 +137,75 @@ class Admission:
         """Distinct users with an open connection (read by /health and /metrics only)."""
         return sum(1 for key in self._open if key.startswith(USER_PREFIX))
 
+    def connections_from(self, address: str) -> int:
+        return self._open.get(address, 0)
+
+    async def admit(
+        self,
+        kind: Literal["connection", "request"],
+        *,
+        address: str,
+        origin: str | None = None,
+        token: str | None = None,
+        symbol: str | None = None,
+        token_later: bool = False,
+        now: float | None = None,
+    ) -> Admitted | Refusal:
+        """May this client open a connection, or make a request (about `symbol`)? Who it
+        is, or why not. A connection's handshake is spent from its allowances here; with
+        `token_later` (`/ws`) a signed token may still come in the first message."""
+        settings = self._settings
+        now = time.monotonic() if now is None else now
+        if kind == "connection":
+            refusal = self._origin_refusal(origin)
+            if refusal is None:
+                refusal = self._over_limits(address, "address", now)
+            if refusal is not None:
+                return refusal
+        identity: Identity | None = None
+        if self.verifies_tokens and (token is not None or not token_later):
+            try:
+                identity = await self.identify(token or "")
+            except AuthFailed as exc:
+                reason = f"token {exc.reason}" if token else "a token is required"
+                return Refusal(reason, "auth_failed", 401, CLOSE_AUTH_FAILED)
+        elif settings.gateway_token and not _same(token or "", settings.gateway_token):
+            return self._refuse("token", Refusal("missing or wrong token", status=401))
+        if kind == "connection":
+            if identity is not None:
+                refusal = self._over_limits(user_key(identity.user), "user", now)
+                if refusal is not None:
+                    return refusal
+            if self.open_connections >= settings.max_clients:
+                return self._refuse("server_full", SERVER_FULL)
+        admitted = Admitted(address, identity)
+        if symbol is not None and not admitted.entitlements.allow(symbol):
+            return Refusal(
+                "your token does not entitle you to this symbol", "forbidden_symbol", 403
+            )
+        return admitted
+
+    def open(self, admitted: Admitted) -> OpenConnection | Refusal:
+        """Count an admitted connection as open, if its address and user still have room
+        (another connection may have opened since `admit`)."""
+        refusal = self._over_limits(admitted.address, "address")
+        if refusal is None and admitted.identity is not None:
+            refusal = self._over_limits(user_key(admitted.identity.user), "user")
+        return refusal if refusal is not None else OpenConnection(self, admitted)
+
+    async def admit_user(self, connection: OpenConnection, token: str) -> Refusal | None:
+        """A `/ws` client's first-message token: its user, within the user's limits, is
+        counted on the open connection; or why not (4003, 4029)."""
+        try:
+            identity = await self.identify(token)
+        except AuthFailed as exc:
+            return Refusal(f"token {exc.reason}", "auth_failed", 401, CLOSE_AUTH_FAILED)
+        refusal = self._over_limits(user_key(identity.user), "user", time.monotonic())
+        if refusal is not None:
+            return refusal
+        connection.as_user(identity)
+        return None
+
     async def identify(self, token: str) -> Identity:
         """The user a signed token proves; AuthFailed (counted) otherwise."""
         try:
@@ -104,89 +214,71 @@ class Admission:
             self.count_refusal(f"auth_{exc.reason}")
             raise
 
-    def user_refusal(self, user: str, now: float) -> Refusal | None:
-        """Why this user may not open another connection now, or None (and counted)."""
-        limit = self._settings.max_connections_per_user
-        return self._over_limits(user_key(user), limit, "for your user", "user", now)
+    def count_refusal(self, reason: str) -> None:
+        self.refused[reason] = self.refused.get(reason, 0) + 1
 
-    def open_refusal(self, address: str, user: str | None) -> Refusal | None:
-        """The connection limits alone, checked again right before a connection is
-        counted where the first check happened in another task (`GET /stream`)."""
+    def _origin_refusal(self, origin: str | None) -> Refusal | None:
         settings = self._settings
-        refusal = self._over_limits(
-            address, settings.max_connections_per_address, "from your address", "address"
-        )
-        if refusal is None and user is not None:
-            limit = settings.max_connections_per_user
-            refusal = self._over_limits(user_key(user), limit, "for your user", "user")
-        return refusal
+        if origin is None:
+            if settings.require_origin:
+                return self._refuse("origin", Refusal("an Origin header is required", status=403))
+        elif not (settings.any_origin or origin in settings.allowed_origins):
+            return self._refuse("origin", Refusal("origin not allowed", status=403))
+        return None
 
     def _over_limits(
-        self, key: str, limit: int, whose: str, kind: str, now: float | None = None
+        self, key: str, kind: Literal["address", "user"], now: float | None = None
     ) -> Refusal | None:
         """Open connections of an address or a user (`key`), and with `now` the
-        handshake rate too."""
+        handshake rate too (one handshake is spent)."""
+        settings = self._settings
+        limit = (
+            settings.max_connections_per_address
+            if kind == "address"
+            else settings.max_connections_per_user
+        )
+        whose = "from your address" if kind == "address" else "for your user"
         if self._open.get(key, 0) >= limit:
             return self._refuse(
                 f"{kind}_connections",
-                Refusal(429, f"too many connections {whose} (at most {limit})", retry_after=10),
+                Refusal(
+                    f"too many connections {whose} (at most {limit})",
+                    "too_many_connections",
+                    close_code=CLOSE_TOO_MANY_FOR_USER,
+                    retry_after=10,
+                ),
             )
         if now is None:
             return None
         wait = self._handshakes.take(key, now, keep=self._open)
         if wait > 0:
-            rate = self._settings.address_handshake_rate
+            rate = settings.address_handshake_rate
             return self._refuse(
                 f"{kind}_handshakes",
                 Refusal(
-                    429,
                     f"too many new connections {whose} (at most {rate:g} per second)",
+                    "too_many_connections",
+                    close_code=CLOSE_TOO_MANY_FOR_USER,
                     retry_after=max(1, math.ceil(wait)),
                 ),
             )
         return None
 
-    async def http_asker(
-        self, token: str | None, address: str
-    ) -> tuple[str, Entitlements] | Refusal:
-        """Who asks over plain HTTP (`GET /quote/...`, `/bars/...`): whose share the
-        request spends (with signed tokens its user's, else its address's) and what it
-        may ask for; or the refusal (401 without a good token)."""
-        if self.verifies_tokens:
-            try:
-                identity = await self.identify(token or "")
-            except AuthFailed as exc:
-                return Refusal(401, f"token {exc.reason}" if token else "a token is required")
-            return user_key(identity.user), identity.entitlements
-        if self._settings.gateway_token and not _same(token or "", self._settings.gateway_token):
-            return self._refuse("token", Refusal(401, "missing or wrong token"))
-        return address, UNRESTRICTED
-
-    @contextmanager
-    def holding(self, address: str) -> Iterator[None]:
-        """Count one open connection from `address` for the length of the block."""
-        self._open[address] = self._open.get(address, 0) + 1
-        try:
-            yield
-        finally:
-            left = self._open[address] - 1
-            if left:
-                self._open[address] = left
-            else:
-                del self._open[address]
-
-    @contextmanager
-    def holding_user(self, user: str) -> Iterator[None]:
-        """Count one open connection of `user` for the length of the block."""
-        with self.holding(user_key(user)):
-            yield
-
-    def count_refusal(self, reason: str) -> None:
-        self.refused[reason] = self.refused.get(reason, 0) + 1
+    def _count(self, key: str, change: int) -> None:
+        left = self._open.get(key, 0) + change
+        if left > 0:
+            self._open[key] = left
+        else:
+            self._open.pop(key, None)
 
     def _refuse(self, reason: str, refusal: Refusal) -> Refusal:
         self.count_refusal(reason)
         return refusal
+
+
+SERVER_FULL = Refusal(
+    "server full, try again later", "too_many_connections", 503, CLOSE_TRY_AGAIN_LATER
+)
 
 
 def request_token(query: Mapping[str, str], headers: Mapping[str, str]) -> str | None:

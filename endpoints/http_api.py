@@ -19,7 +19,8 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 import protocol
-from access.admission import USER_PREFIX, Refusal, address_key, request_token
+from access.admission import USER_PREFIX, address_key, request_token
+from access.refusal import Refusal
 from bars.book import INTERVALS, candles
 from endpoints import docs
 from market_data.quotes import QuoteUnavailable
@@ -132,16 +133,18 @@ class HttpApi:
         symbol = protocol.normalize_symbol(request.path_params["symbol"])
         if symbol is None:
             return JSONResponse({"error": f"a symbol is {protocol.SYMBOL_RULE}"}, 400)
-        address = address_key(request.client.host if request.client else "-")
-        token = request_token(request.query_params, request.headers)
-        asker = await self._running().admission.http_asker(token, address)
-        if isinstance(asker, Refusal):
-            return JSONResponse({"error": asker.reason}, asker.status)
-        owner, entitlements = asker
-        if not entitlements.allow(symbol):
-            message = "your token does not entitle you to this symbol"
-            return JSONResponse({"error": message, "code": "forbidden_symbol"}, 403)
-        return symbol, owner
+        admitted = await self._running().admission.admit(
+            "request",
+            address=address_key(request.client.host if request.client else "-"),
+            token=request_token(request.query_params, request.headers),
+            symbol=symbol,
+        )
+        if isinstance(admitted, Refusal):
+            body = {"error": admitted.reason}
+            if admitted.status == 403:
+                body["code"] = "forbidden_symbol"
+            return JSONResponse(body, admitted.status, admitted.headers())
+        return symbol, admitted.owner
 
     async def metrics(self, request: Request) -> Response:
         return Response(generate_latest(self._registry), media_type=CONTENT_TYPE_LATEST)

@@ -21,17 +21,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import nullcontext
 from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 import protocol
-from access.admission import Refusal, address_key, request_token, user_key
-from access.entitlements import UNRESTRICTED
+from access.admission import Admitted, address_key, request_token
+from access.refusal import Refusal
 from access.token_session import ClientAuth
-from access.tokens import AuthFailed, Identity
 from protocol import Frame
 from runtime.logs import get_logger
 from settings import Settings
@@ -92,21 +90,14 @@ class EventStreams:
         self._running = running
 
     async def stream(self, request: Request) -> Response:
-        settings, running = self._settings, self._running()
-        address = address_key(request.client.host if request.client else "-")
-        token = request_token(request.query_params, request.headers)
-        admission = running.admission
-        refusal = admission.refusal(request.headers.get("origin"), token, address, time.monotonic())
-        identity: Identity | None = None
-        if refusal is None and admission.verifies_tokens:
-            try:
-                identity = await admission.identify(token or "")
-                refusal = admission.user_refusal(identity.user, time.monotonic())
-            except AuthFailed as exc:
-                refusal = Refusal(401, f"token {exc.reason}" if token else "a token is required")
-        if refusal is not None:
-            headers = {"Retry-After": str(refusal.retry_after)} if refusal.retry_after else None
-            return JSONResponse({"error": refusal.reason}, refusal.status, headers=headers)
+        admitted = await self._running().admission.admit(
+            "connection",
+            address=address_key(request.client.host if request.client else "-"),
+            origin=request.headers.get("origin"),
+            token=request_token(request.query_params, request.headers),
+        )
+        if isinstance(admitted, Refusal):
+            return JSONResponse({"error": admitted.reason}, admitted.status, admitted.headers())
         raw = [part for part in request.query_params.get("symbols", "").split(",") if part]
         symbols, rejected = protocol.split_symbols(tuple(raw[:MAX_SYMBOLS_IN_QUERY]))
         if rejected or not symbols:
@@ -117,21 +108,19 @@ class EventStreams:
                 given = protocol.parse_options(request.query_params, from_query=True)
             except protocol.ProtocolError as exc:
                 return JSONResponse({"error": exc.message, "code": exc.code}, 400)
-        if running.hub.client_count >= settings.max_clients:
-            return JSONResponse({"error": "server full, try again later"}, 503)
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        body = self._events(address, identity, symbols, given)
+        body = self._events(admitted, symbols, given)
         return StreamingResponse(body, media_type="text/event-stream", headers=headers)
 
     async def _events(
-        self, address: str, identity: Identity | None, symbols: list[str], given: dict[str, int]
+        self, admitted: Admitted, symbols: list[str], given: dict[str, int]
     ) -> AsyncIterator[bytes]:
         running = self._running()
         hub, admission = running.hub, running.admission
         socket = EventStreamSocket()
         heartbeat = self._settings.heartbeat_interval or 20.0
         started = time.monotonic()
-        user = identity.user if identity is not None else "-"
+        address, identity, user = admitted.address, admitted.identity, admitted.user
         auth = None
         if identity is not None:
             auth = ClientAuth(
@@ -140,21 +129,15 @@ class EventStreams:
                 warning=self._settings.auth_expiry_warning,
                 leeway=self._settings.jwt_leeway,
             )
-        # Counted here, in the response's task: check the counts again first, with
-        # nothing awaited in between (parallel requests passed the first check together).
-        refusal = admission.open_refusal(address, user if identity else None)
-        if refusal is not None:
-            yield event(protocol.error_message("too_many_connections", refusal.reason))
+        # Counted here, in the response's task: `open` checks the counts again first,
+        # with nothing awaited in between (parallel requests passed `admit` together).
+        connection = admission.open(admitted)
+        if isinstance(connection, Refusal):
+            yield event(protocol.error_message("too_many_connections", connection.reason))
             return
-        with (
-            admission.holding(address),
-            admission.holding_user(user) if identity else nullcontext(),
-        ):
+        with connection:
             async with hub.connect(
-                socket,
-                None,
-                owner=user_key(user) if identity is not None else address,
-                entitlements=identity.entitlements if identity is not None else UNRESTRICTED,
+                socket, None, owner=admitted.owner, entitlements=admitted.entitlements
             ) as client:
                 logger.info(
                     "stream opened client_id=%s address=%s user=%s", client.id, address, user

@@ -24,16 +24,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from contextlib import ExitStack
 
 from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 import protocol
-from access.admission import Admission, Refusal, address_key, user_key
-from access.entitlements import UNRESTRICTED
+from access.admission import Admission, Admitted, OpenConnection, address_key
+from access.refusal import Refusal
 from access.token_session import ClientAuth
-from access.tokens import AuthFailed, Identity
+from access.tokens import AuthFailed
 from delivery.outbox import ClientConnection, FrameWriter
 from endpoints.ws_io import AsgiClientSocket, Ended, RequestReader
 from hub import Hub
@@ -42,7 +41,6 @@ from protocol import (
     CLOSE_AUTH_TIMEOUT,
     CLOSE_POLICY_VIOLATION,
     CLOSE_TOKEN_EXPIRED,
-    CLOSE_TOO_MANY_FOR_USER,
     CLOSE_TRY_AGAIN_LATER,
     Frame,
 )
@@ -65,51 +63,39 @@ class ClientSessions:
     async def serve(self, websocket: WebSocket) -> None:
         admission = self._admission
         address = _address(websocket)
-        token = websocket.query_params.get("token")
-        refusal = admission.refusal(
-            websocket.headers.get("origin"), token, address, time.monotonic()
+        admitted = await admission.admit(
+            "connection",
+            address=address,
+            origin=websocket.headers.get("origin"),
+            token=websocket.query_params.get("token"),
+            token_later=True,
         )
-        if refusal is not None:
-            await _refuse(websocket, refusal, address)
+        connection = admission.open(admitted) if isinstance(admitted, Admitted) else admitted
+        if isinstance(connection, Refusal):
+            await _refuse(websocket, connection, address)
             return
-        # Each count is taken right after its check, with nothing awaited in between:
-        # concurrent handshakes cannot all pass one check.
-        with ExitStack() as held:
-            held.enter_context(admission.holding(address))
-            identity: Identity | None = None
-            if token is not None and admission.verifies_tokens:
-                try:
-                    identity = await admission.identify(token)
-                    refusal = admission.user_refusal(identity.user, time.monotonic())
-                except AuthFailed as exc:
-                    refusal = Refusal(401, f"token {exc.reason}")
-                if refusal is not None:
-                    await _refuse(websocket, refusal, address)
-                    return
-                assert identity is not None
-                held.enter_context(admission.holding_user(identity.user))
+        with connection:
             await websocket.accept()
-            if self._hub.client_count >= self._settings.max_clients:
-                await websocket.close(CLOSE_TRY_AGAIN_LATER, "server full, try again later")
-                return
             reader = RequestReader(websocket, self._settings)
-            if admission.verifies_tokens and identity is None:
-                identity = await self._authenticate(websocket, reader)
-                if identity is None:
-                    return
-                held.enter_context(admission.holding_user(identity.user))
-            await self._serve_accepted(websocket, reader, address, identity)
+            # With signed tokens and none at the handshake, the first message brings one.
+            needs_token = admission.verifies_tokens and connection.admitted.identity is None
+            if needs_token and not await self._authenticate(websocket, reader, connection):
+                return
+            await self._serve_accepted(websocket, reader, connection.admitted)
 
-    async def _authenticate(self, websocket: WebSocket, reader: RequestReader) -> Identity | None:
-        """The first message's token within AUTH_TIMEOUT; None once the client is gone
-        or closed (auth_failed 4003, auth_timeout 4008, too_many_connections 4029)."""
+    async def _authenticate(
+        self, websocket: WebSocket, reader: RequestReader, connection: OpenConnection
+    ) -> bool:
+        """The first message's token within AUTH_TIMEOUT, counted as the connection's
+        user; False once the client is gone or closed (auth_failed 4003, auth_timeout
+        4008, too_many_connections 4029)."""
         admission = self._admission
         try:
             async with asyncio.timeout(self._settings.auth_timeout):
                 while True:
                     got = await reader.next()
                     if isinstance(got, Ended):
-                        return None
+                        return False
                     if isinstance(got, Frame):
                         await websocket.send_text(got.text)
                         continue
@@ -124,35 +110,30 @@ class ClientSessions:
                     if request.action == "auth":
                         break
                     await websocket.send_text(AUTH_FIRST.text)
-                identity = await admission.identify(request.token)
+                refusal = await admission.admit_user(connection, request.token)
         except TimeoutError:
             admission.count_refusal("auth_timeout")
             error = protocol.error_message(
                 "auth_timeout", f"no auth message within {self._settings.auth_timeout:g} s"
             )
             await _close_with(websocket, error, CLOSE_AUTH_TIMEOUT, "auth timeout")
-            return None
+            return False
         except AuthFailed as exc:
             error = protocol.error_message("auth_failed", f"token {exc.reason}")
             await _close_with(websocket, error, CLOSE_AUTH_FAILED, "auth failed")
-            return None
+            return False
         except (WebSocketDisconnect, RuntimeError, ConnectionError):
-            return None  # gone while we answered
-        refusal = admission.user_refusal(identity.user, time.monotonic())
+            return False  # gone while we answered
         if refusal is not None:
-            error = protocol.error_message("too_many_connections", refusal.reason)
-            await _close_with(websocket, error, CLOSE_TOO_MANY_FOR_USER, "too many connections")
-            return None
-        return identity
+            await _close_refused(websocket, refusal)
+            return False
+        return True
 
     async def _serve_accepted(
-        self,
-        websocket: WebSocket,
-        reader: RequestReader,
-        address: str,
-        identity: Identity | None,
+        self, websocket: WebSocket, reader: RequestReader, admitted: Admitted
     ) -> None:
         settings, hub = self._settings, self._hub
+        address, identity = admitted.address, admitted.identity
         connection = server_connection(websocket.scope)
         if connection is not None and settings.client_send_buffer:
             connection.limit_send_buffer(settings.client_send_buffer)
@@ -176,10 +157,7 @@ class ClientSessions:
             )
         try:
             async with hub.connect(
-                socket,
-                direct,
-                owner=user_key(identity.user) if identity is not None else address,
-                entitlements=identity.entitlements if identity is not None else UNRESTRICTED,
+                socket, direct, owner=admitted.owner, entitlements=admitted.entitlements
             ) as client:
                 client_id = client.id
                 logger.info(
@@ -348,17 +326,33 @@ async def _close_with(websocket: WebSocket, error: Frame, code: int, reason: str
         pass  # already gone
 
 
+async def _close_refused(websocket: WebSocket, refusal: Refusal) -> None:
+    """An accepted socket refused: the error (when it has a code), then its close code."""
+    code = refusal.close_code or CLOSE_POLICY_VIOLATION
+    if refusal.code is None:
+        await websocket.close(code, refusal.reason)
+        return
+    error = protocol.error_message(refusal.code, refusal.reason)
+    await _close_with(websocket, error, code, refusal.code.replace("_", " "))
+
+
 async def _refuse(websocket: WebSocket, refusal: Refusal, address: str) -> None:
     """Refuse a handshake with an HTTP status and a plain-text reason where the server
-    supports denial responses; otherwise a close before accept (uvicorn answers 403)."""
+    supports denial responses; otherwise a close before accept (uvicorn answers 403).
+    A full server accepts and closes with 1013, which every client can read and retry."""
     origin = websocket.headers.get("origin", "")[:100]
     logger.warning(
         "websocket refused status=%d reason=%r address=%s origin=%r",
         refusal.status, refusal.reason, address, origin,
     )  # fmt: skip
+    if refusal.status == 503 and refusal.close_code is not None:
+        await websocket.accept()
+        await websocket.close(refusal.close_code, refusal.reason)
+        return
     if "websocket.http.response" in websocket.scope.get("extensions", {}):
-        headers = {"Retry-After": str(refusal.retry_after)} if refusal.retry_after else None
-        response = PlainTextResponse(refusal.reason, status_code=refusal.status, headers=headers)
+        response = PlainTextResponse(
+            refusal.reason, status_code=refusal.status, headers=refusal.headers()
+        )
         await websocket.send_denial_response(response)
     else:
         await websocket.close(CLOSE_POLICY_VIOLATION, refusal.reason)

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from access.admission import Admission, address_key
+from access.admission import Admission, Admitted, address_key
 from access.allowances import Allowances
 from access.capacity import UpstreamCapacity
 from access.entitlements import SymbolPatterns
+from access.refusal import Refusal
 from market_data.finnhub_rest import SlidingWindowBudget
 from market_data.finnhub_wire import decode, newest_per_symbol, parse_trades, redact
 from market_data.model import Quote, SymbolInterest, Trade
@@ -95,28 +96,51 @@ def test_allow_list_patterns_and_file(tmp_path: Path) -> None:
     assert SymbolPatterns.from_setting("  ") is None
 
 
-def test_admission_per_address_connections_and_handshake_rate() -> None:
+async def test_admission_per_address_connections_and_handshake_rate() -> None:
     settings = Settings(
         max_connections_per_address=2, address_handshake_rate=1, address_handshake_burst=3
     )
     admission = Admission(settings)
-    with admission.holding("10.0.0.1"), admission.holding("10.0.0.1"):
-        refusal = admission.refusal(None, None, "10.0.0.1", NOW)
-        assert refusal is not None and refusal.status == 429 and refusal.retry_after
-        assert admission.refusal(None, None, "10.0.0.2", NOW) is None
+
+    async def admit(address: str, now: float = NOW) -> Admitted | Refusal:
+        return await admission.admit("connection", address=address, now=now)
+
+    first, second = await admit("10.0.0.1"), await admit("10.0.0.1")
+    assert isinstance(first, Admitted) and isinstance(second, Admitted)
+    with admission.open(first), admission.open(second):  # type: ignore[union-attr]
+        refusal = await admit("10.0.0.1")
+        assert isinstance(refusal, Refusal) and refusal.status == 429 and refusal.retry_after
+        assert isinstance(await admit("10.0.0.2"), Admitted)
+        # Admitted before the others opened: counted again when it opens, and refused.
+        assert isinstance(admission.open(Admitted("10.0.0.1")), Refusal)
     assert admission.connections_from("10.0.0.1") == 0
-    verdicts = [admission.refusal(None, None, "10.0.0.3", NOW) for _ in range(4)]
-    assert verdicts[:3] == [None, None, None]
-    assert verdicts[3] is not None and verdicts[3].retry_after == 1
-    assert admission.refusal(None, None, "10.0.0.3", NOW + 1.0) is None
-    assert admission.refused == {"address_connections": 1, "address_handshakes": 1}
+    verdicts = [await admit("10.0.0.3") for _ in range(4)]
+    assert all(isinstance(verdict, Admitted) for verdict in verdicts[:3])
+    assert isinstance(verdicts[3], Refusal) and verdicts[3].retry_after == 1
+    assert isinstance(await admit("10.0.0.3", NOW + 1.0), Admitted)
+    assert admission.refused == {"address_connections": 2, "address_handshakes": 1}
 
 
-def test_admission_origin_and_token_come_first() -> None:
+async def test_admission_origin_and_token_come_first() -> None:
     admission = Admission(Settings(frontend_url=("https://app.example",), gateway_token="t"))
-    assert admission.refusal("https://evil.example", "t", "a", NOW).status == 403  # type: ignore[union-attr]
-    assert admission.refusal("https://app.example", "x", "a", NOW).status == 401  # type: ignore[union-attr]
-    assert admission.refusal("https://app.example", "t", "a", NOW) is None
+
+    async def status(origin: str, token: str) -> int:
+        answer = await admission.admit("connection", address="a", origin=origin, token=token)
+        return answer.status if isinstance(answer, Refusal) else 0
+
+    assert await status("https://evil.example", "t") == 403
+    assert await status("https://app.example", "x") == 401
+    assert await status("https://app.example", "t") == 0
+
+
+async def test_admission_refuses_past_max_clients_with_1013() -> None:
+    admission = Admission(Settings(max_clients=1))
+    first = await admission.admit("connection", address="10.0.0.1")
+    assert isinstance(first, Admitted)
+    with admission.open(first):  # type: ignore[union-attr]
+        full = await admission.admit("connection", address="10.0.0.2")
+        assert isinstance(full, Refusal) and (full.status, full.close_code) == (503, 1013)
+    assert isinstance(await admission.admit("connection", address="10.0.0.2"), Admitted)
 
 
 def test_token_bucket_says_how_long_to_wait() -> None:

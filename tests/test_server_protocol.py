@@ -1,4 +1,4 @@
-"""server_protocol.py: our reliance on uvicorn's internals is explicit and guarded.
+"""server/uvicorn_protocols.py: our reliance on uvicorn's internals is explicit and guarded.
 
 The fast path must engage under the documented server options, say once and loudly
 when it cannot, and the frames it writes must be what an independent WebSocket
