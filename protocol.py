@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Literal, get_args
 
 import orjson
 
-from bars.book import INTERVALS, BarEvent, Interval
+from bars.book import BarEvent, Interval
 from market_data.finnhub_wire import newest_per_symbol
 from market_data.model import MarketStatus, Quote, Trade, UpstreamState
 
@@ -76,6 +76,26 @@ CLOSE_CODES = (
 )
 
 
+# Every message type the server sends -> its schema in asyncapi.yaml (a Frame's `kind`).
+# A new message type is a builder below, a row here and a schema there;
+# tests/test_contract.py holds the three together.
+MESSAGE_SCHEMAS = {
+    "connection": "Connection",
+    "status": "Status",
+    "subscription": "Subscription",
+    "price_update": "PriceUpdate",
+    "price_updates": "PriceUpdates",
+    "options": "OptionsConfirmed",
+    "auth": "AuthStatus",
+    "bars": "Bars",
+    "bar": "BarMessage",
+    "quote": "Quote",
+    "market": "Market",
+    "pong": "Pong",
+    "error": "Error",
+}
+
+
 class ProtocolError(Exception):
     """A client message we refuse; `code` is the stable error code sent to the client."""
 
@@ -85,18 +105,6 @@ class ProtocolError(Exception):
         self.message = message
 
 
-Action = Literal[
-    "subscribe", "unsubscribe", "ping", "options", "auth", "subscribe_bars", "unsubscribe_bars"
-]
-_ACTIONS: dict[str, Action] = {
-    "subscribe": "subscribe",
-    "unsubscribe": "unsubscribe",
-    "ping": "ping",
-    "options": "options",
-    "auth": "auth",
-    "subscribe_bars": "subscribe_bars",
-    "unsubscribe_bars": "unsubscribe_bars",
-}
 MAX_OPTION_MS = 60_000  # throttle_ms and batch_ms: 0 (off) up to a minute
 
 
@@ -118,65 +126,10 @@ class DeliveryOptions:
         return replace(self, **given)
 
 
-@dataclass(frozen=True)
-class ClientRequest:
-    action: Action
-    symbols: tuple[str, ...] = ()
-    options: dict[str, int] | None = None  # the option values given, validated
-    token: str = field(default="", repr=False)  # an auth message's token: never shown
-    interval: Interval | None = None  # subscribe_bars / unsubscribe_bars
-
-
 def normalize_symbol(raw: str) -> str | None:
     """The canonical form of a symbol, or None if it is not a symbol."""
     symbol = raw.strip().upper()
     return symbol if SYMBOL_PATTERN.fullmatch(symbol) else None
-
-
-def parse_client_message(text: str) -> ClientRequest:
-    """Decode one text frame from a client, or raise ProtocolError saying why not."""
-    try:
-        message = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        raise ProtocolError("invalid_json", "message is not valid JSON") from None
-    if not isinstance(message, dict):
-        raise ProtocolError("invalid_message", "message must be a JSON object")
-    action = message.get("action")
-    if not isinstance(action, str):
-        raise ProtocolError("invalid_message", 'message must have a string "action"')
-    kind = _ACTIONS.get(action)
-    if kind is None:
-        raise ProtocolError(
-            "unknown_action",
-            f"unknown action {_quoted(action)}; "
-            "expected subscribe, unsubscribe, subscribe_bars, unsubscribe_bars, ping, "
-            "options or auth",
-        )
-    if kind == "ping":
-        return ClientRequest("ping")
-    if kind == "options":
-        return ClientRequest("options", options=parse_options(message))
-    if kind == "auth":
-        token = message.get("token")
-        if not isinstance(token, str) or not token:
-            raise ProtocolError("auth_failed", '"token" must be a non-empty string')
-        return ClientRequest("auth", token=token)
-    symbols = message.get("symbols")
-    if (
-        not isinstance(symbols, list)
-        or not symbols
-        or not all(isinstance(symbol, str) for symbol in symbols)
-    ):
-        raise ProtocolError("invalid_message", '"symbols" must be a non-empty list of strings')
-    if kind in ("subscribe_bars", "unsubscribe_bars"):
-        interval = message.get("interval")
-        if interval not in INTERVALS:
-            raise ProtocolError(
-                "invalid_interval",
-                f"interval {_quoted(str(interval))} is not one of {', '.join(INTERVALS)}",
-            )
-        return ClientRequest(kind, tuple(symbols), interval=interval)
-    return ClientRequest(kind, tuple(symbols))
 
 
 def parse_options(values: Mapping[str, object], *, from_query: bool = False) -> dict[str, int]:
@@ -210,7 +163,7 @@ def split_symbols(raw_symbols: tuple[str, ...]) -> tuple[list[str], list[str]]:
     return list(valid), rejected
 
 
-def _quoted(value: str, limit: int = 40) -> str:
+def quoted(value: str, limit: int = 40) -> str:
     # Echo client input only as escaped JSON, shortened: never raw markup or control bytes.
     shown = value if len(value) <= limit else value[:limit] + "..."
     return orjson.dumps(shown).decode()
@@ -397,7 +350,7 @@ def error_message(code: ErrorCode, message: str, symbols: list[str] | None = Non
 
 
 def invalid_symbols_error(rejected: list[str]) -> Frame:
-    names = ", ".join(_quoted(raw) for raw in rejected[:10])
+    names = ", ".join(quoted(raw) for raw in rejected[:10])
     more = f" and {len(rejected) - 10} more" if len(rejected) > 10 else ""
     return error_message(
         "invalid_symbol",

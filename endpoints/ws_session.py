@@ -35,6 +35,7 @@ from access.token_session import ClientAuth
 from access.tokens import AuthFailed
 from delivery.outbox import ClientConnection, FrameWriter
 from endpoints.ws_io import AsgiClientSocket, Ended, RequestReader
+from endpoints.ws_requests import WsRequests, parse_client_message
 from hub import Hub
 from protocol import (
     CLOSE_AUTH_FAILED,
@@ -58,6 +59,7 @@ class ClientSessions:
         self._settings = settings
         self._hub = hub
         self._admission = admission
+        self._requests = WsRequests(hub)
         self._warned_no_fast_path = False
 
     async def serve(self, websocket: WebSocket) -> None:
@@ -100,7 +102,7 @@ class ClientSessions:
                         await websocket.send_text(got.text)
                         continue
                     try:
-                        request = protocol.parse_client_message(got)
+                        request = parse_client_message(got)
                     except protocol.ProtocolError as exc:
                         if exc.code == "auth_failed":  # an auth message without a token
                             raise AuthFailed("invalid") from None
@@ -250,40 +252,16 @@ class ClientSessions:
     ) -> int | None:
         """Apply one request; a close code when it ended the connection."""
         try:
-            request = protocol.parse_client_message(text)
+            request = parse_client_message(text)
         except protocol.ProtocolError as exc:
             if exc.code == "auth_failed" and auth is not None:  # an auth message, no token
                 return await self._refresh(websocket, client, "", auth)
             client.send(protocol.error_message(exc.code, exc.message))
             return None
-        if request.action == "ping":
-            client.send(protocol.PONG)
-        elif request.action == "options":
-            assert request.options is not None
-            self._hub.set_options(client, client.options.changed(request.options))
-        elif request.action == "auth":
+        if request.action == "auth":  # the session's own: it may close the socket
             return await self._refresh(websocket, client, request.token, auth)
-        else:
-            symbols, rejected = protocol.split_symbols(request.symbols)
-            if rejected:
-                client.send(protocol.invalid_symbols_error(rejected))
-            if symbols:
-                await self._subscription(client, request, symbols)
+        await self._requests.handle(client, request)
         return None
-
-    async def _subscription(
-        self, client: ClientConnection, request: protocol.ClientRequest, symbols: list[str]
-    ) -> None:
-        hub, bars = self._hub, self._hub.bars
-        if request.action == "subscribe":
-            hub.subscribe(client, symbols)
-        elif request.action == "unsubscribe":
-            hub.unsubscribe(client, symbols)
-        elif bars is not None and request.interval is not None:
-            if request.action == "subscribe_bars":
-                await bars.subscribe(client, symbols, request.interval)
-            else:
-                bars.unsubscribe(client, symbols, request.interval)
 
     async def _refresh(
         self, websocket: WebSocket, client: ClientConnection, token: str, auth: ClientAuth | None

@@ -12,10 +12,12 @@ import pytest
 import protocol
 from endpoints.docs import load_asyncapi, render_docs
 from endpoints.metrics import METRICS
+from endpoints.ws_requests import PARSERS, WsRequests, parse_client_message
 from market_data.model import UPSTREAM_STATES
 from settings import documented_defaults
 from tests.contract import assert_server_message, validator
 from tests.helpers import GatewayUnderTest
+from tests.test_fanout_units import make_hub
 
 DOCUMENT = load_asyncapi()
 MESSAGES = DOCUMENT["components"]["messages"]
@@ -39,7 +41,7 @@ def test_every_documented_example_is_valid(name: str, payload: Any) -> None:
     if name in CLIENT_MESSAGES:
         errors = list(validator("ClientMessage").iter_errors(payload))
         assert not errors, errors[0].message
-        request = protocol.parse_client_message(orjson.dumps(payload).decode())
+        request = parse_client_message(orjson.dumps(payload).decode())
         assert request.action == payload["action"]
     else:
         assert_server_message(payload)
@@ -81,3 +83,22 @@ async def test_docs_page_is_rendered_from_the_protocol_file(gateway: GatewayUnde
     async with gateway.session.get(gateway.base_url + "/asyncapi.yaml") as response:
         assert response.status == 200
         assert (await response.text()).startswith("asyncapi: 3.0.0")
+
+
+def _one_of(name: str) -> list[str]:
+    schemas = DOCUMENT["components"]["schemas"]
+    return [ref["$ref"].rsplit("/", 1)[-1] for ref in schemas[name]["oneOf"]]
+
+
+def test_the_message_tables_agree_with_the_schemas() -> None:
+    """Server message type -> schema, and client action -> parser and handler: a message
+    type or action added to the code without its schema (or the other way) fails here."""
+    schemas = DOCUMENT["components"]["schemas"]
+    documented = {
+        schemas[name]["properties"]["type"]["const"]: name for name in _one_of("ServerMessage")
+    }
+    assert documented == protocol.MESSAGE_SCHEMAS
+    actions = {schemas[name]["properties"]["action"]["const"] for name in _one_of("ClientMessage")}
+    assert actions == set(PARSERS)
+    handled = set(WsRequests(make_hub()).handlers) | {"auth"}  # auth: the session's own
+    assert handled == set(PARSERS)

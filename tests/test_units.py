@@ -6,9 +6,10 @@ import math
 
 import pytest
 
+from endpoints.ws_requests import parse_client_message
 from market_data.finnhub_wire import parse_trades, redact
 from market_data.model import Trade
-from protocol import ProtocolError, normalize_symbol, parse_client_message, split_symbols
+from protocol import ProtocolError, normalize_symbol, split_symbols
 from runtime.backoff import Backoff
 
 
