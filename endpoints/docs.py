@@ -105,7 +105,7 @@ def render_docs(
         f"<h2>Handshake refusals</h2>{_table(info['x-handshake-refusals'], ('HTTP', 'when'))}"
         f"<h2>Metrics (<code>GET /metrics</code>)</h2>{_table(metrics, ('metric', 'meaning'))}"
         "<h2>Settings</h2><p>Environment variables (or <code>.env</code>) and their "
-        "defaults; README.md and .env.example say what each one does.</p>"
+        "defaults; docs/configuration.md and .env.example say what each one does.</p>"
         f"{_table(settings, ('variable', 'default'))}"
         "<p>Machine-readable: <a href='/asyncapi.yaml'>asyncapi.yaml</a> (AsyncAPI 3).</p>"
         "</body></html>"
