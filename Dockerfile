@@ -20,7 +20,7 @@ EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=2).status != 200)"]
 
-# Finnhub allows one socket per key: run exactly one of these per key (README "Deploy").
+# Finnhub allows one socket per key: run exactly one of these per key (docs/deploy.md).
 # Behind a proxy or load balancer, set FORWARDED_ALLOW_IPS to its addresses (uvicorn
 # reads it) so per-address limits see the real clients; never "*" if the container is
 # reachable directly.

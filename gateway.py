@@ -8,7 +8,7 @@ parts and hand their tasks to a `Supervisor`; requests are routed to `client_ses
 and never exposes the Finnhub key.
 
 Run it with `python gateway.py [--demo]`, or `uvicorn gateway:app` with the flags in
-README "Deploy".
+docs/deploy.md.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
-    """Server options we run with; see README "Deploy" for why each is chosen."""
+    """Server options we run with; see docs/deploy.md for why each is chosen."""
     return {
         # Our subclasses of uvicorn's protocols: the limits below the app, the fast path.
         "http": HTTP_IMPORT_PATH,

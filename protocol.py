@@ -1,7 +1,7 @@
 """The client protocol on `/ws`: what browsers may send, and the frames we send back.
 
 This is the seed's contract (`connection`, `subscription`, `price_update`) plus the
-additions documented in asyncapi.yaml and README.md (`status`, `pong`, `error`, and
+additions documented in asyncapi.yaml and docs/protocol.md (`status`, `pong`, `error`, and
 the error and close codes listed here). Message shapes live here and nowhere else, so
 a change to the contract is a change to this file. Pure functions only: no I/O, no
 state, never anything from the upstream's credentials.
@@ -30,7 +30,7 @@ SYMBOL_RULE = (
 )
 
 
-# Every error code the server can send (asyncapi.yaml and the README document each;
+# Every error code the server can send (asyncapi.yaml and docs/protocol.md document each;
 # tests/test_docs.py holds all three in agreement).
 ErrorCode = Literal[
     "invalid_json",

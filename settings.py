@@ -62,7 +62,7 @@ class Settings:
     # Trades stamped further than this in the past or the future are skipped (seconds).
     trade_max_age: float = setting(7 * 86400.0, minimum=1)
     trade_max_ahead: float = setting(3600.0, minimum=1)
-    # -- Finnhub's REST API: quotes and the market's session (README "Market hours") --
+    # -- Finnhub's REST API: quotes and the market's session (docs/market-hours.md) ---
     rest_enabled: bool = setting(True)  # false: no REST calls, no quotes, no market status
     finnhub_rest_url: str = setting("https://finnhub.io/api/v1")
     finnhub_rest_rate: int = setting(60, minimum=1)  # calls per minute: the plan's limit
@@ -91,7 +91,7 @@ class Settings:
     client_send_buffer: int = setting(262_144, minimum=0)
     # Write pre-built frames straight to the transport where that is safe.
     direct_writes: bool = setting(True)
-    # -- who may connect, and how much they may ask (README "Security and limits") ----
+    # -- who may connect, and how much they may ask (docs/limits.md) -------------------
     require_origin: bool = setting(False)
     gateway_token: str = setting("", secret=True)
     max_clients: int = setting(10_000, minimum=1)
@@ -108,10 +108,10 @@ class Settings:
     rate_limit_close_after: float = setting(5.0, minimum=0)  # seconds over budget before 1008
     heartbeat_interval: float = setting(20.0, minimum=0)  # server pings; 0 disables
     heartbeat_timeout: float = setting(20.0, minimum=0)
-    # -- bars (README "Live candles") ---------------------------------------------------
+    # -- bars (docs/bars.md) -----------------------------------------------------------
     bar_history: int = setting(240, minimum=1)  # closed bars kept per symbol and interval
     bar_grace: float = setting(0.5, minimum=0)  # seconds after a boundary for stragglers
-    # -- per user: signed tokens (README "Per-user access"); none set: no JWT ----------
+    # -- per user: signed tokens (docs/access.md); none set: no JWT --------------------
     jwt_secret: str = setting("", secret=True)  # HS256
     jwt_public_key: str = setting("")  # PEM (RSA: RS256, P-256: ES256); \n may be escaped
     jwt_jwks_url: str = setting("")  # an identity provider's JWKS endpoint
@@ -121,7 +121,7 @@ class Settings:
     auth_timeout: float = setting(5.0, minimum=0.1)  # seconds for the first message's token
     auth_expiry_warning: float = setting(60.0, minimum=1)  # "expiring" this long before exp
     max_connections_per_user: int = setting(5, minimum=1)
-    # -- per address (README "Security and limits") -----------------------------------
+    # -- per address (docs/limits.md) --------------------------------------------------
     max_connections_per_address: int = setting(200, minimum=1)
     address_handshake_rate: float = setting(10.0, minimum=0.01)  # per second
     address_handshake_burst: int = setting(50, minimum=1)
@@ -135,7 +135,7 @@ class Settings:
     client_frame_rate: float = setting(20.0, minimum=0.1)  # any WebSocket frame, per second
     client_frame_burst: int = setting(100, minimum=1)
     max_unread_output: int = setting(1_048_576, minimum=65_536)  # bytes a peer leaves unread
-    # -- scale-out (README "Scale-out"); unset: one process, no Redis -----------------
+    # -- scale-out (docs/scale-out.md); unset: one process, no Redis ------------------
     redis_url: str = setting("", secret=True)  # may carry a password
     redis_prefix: str = setting("stockgw")
     leader_lease_seconds: float = setting(5.0, minimum=0.1)

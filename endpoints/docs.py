@@ -19,14 +19,22 @@ ASYNCAPI = Path(__file__).resolve().parent.parent / "asyncapi.yaml"
 _INLINE_CODE = re.compile(r"`([^`]+)`")
 
 STYLE = """
+*, *::before, *::after { box-sizing: border-box; }
 body { font: 15px/1.5 system-ui, sans-serif; max-width: 56rem; margin: 2rem auto;
-       padding: 0 1rem; color: #1b1f24; }
+       padding: 0 1rem; color: #1b1f24; overflow-wrap: anywhere; }
 code, pre { font: 13px/1.4 ui-monospace, monospace; background: #f3f4f6; border-radius: 4px; }
-pre { padding: .6rem .8rem; overflow-x: auto; }
-table { border-collapse: collapse; width: 100%; }
+pre { padding: .6rem .8rem; white-space: pre-wrap; overflow-wrap: anywhere; }
+table { border-collapse: collapse; width: 100%; table-layout: fixed; }
+th:first-child { width: 35%; }
+.endpoints th:first-child { width: 25%; }
 td, th { border-bottom: 1px solid #e5e7eb; padding: .3rem .5rem; text-align: left;
          vertical-align: top; }
 h2 { margin-top: 2rem; border-bottom: 1px solid #e5e7eb; }
+@media (max-width: 40rem) {
+  table, tbody, tr, th, td { display: block; width: auto; }
+  th { display: none; }
+  td:first-child { border-bottom: none; padding-bottom: 0; font-weight: 600; }
+}
 """
 
 
@@ -83,11 +91,12 @@ def render_docs(
     channel = document["channels"]["prices"]["address"]
     return (
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
         f"<title>{html.escape(info['title'])}: API</title><style>{STYLE}</style></head><body>"
         f"<h1>{html.escape(info['title'])} <small>{html.escape(info['version'])}</small></h1>"
         f"<p>{_text(info['description'])}</p>"
         "<h2>HTTP endpoints</h2>"
-        f"<table><tr><th>endpoint</th><th>answer</th></tr>{endpoints}</table>"
+        f"<table class='endpoints'><tr><th>endpoint</th><th>answer</th></tr>{endpoints}</table>"
         f"<h2>WebSocket <code>{html.escape(channel)}</code></h2>"
         f"<h3>Client &rarr; server</h3>{_messages(document, 'clientRequests')}"
         f"<h3>Server &rarr; client</h3>{_messages(document, 'serverMessages')}"
@@ -96,7 +105,7 @@ def render_docs(
         f"<h2>Handshake refusals</h2>{_table(info['x-handshake-refusals'], ('HTTP', 'when'))}"
         f"<h2>Metrics (<code>GET /metrics</code>)</h2>{_table(metrics, ('metric', 'meaning'))}"
         "<h2>Settings</h2><p>Environment variables (or <code>.env</code>) and their "
-        "defaults; README.md and .env.example say what each one does.</p>"
+        "defaults; docs/configuration.md and .env.example say what each one does.</p>"
         f"{_table(settings, ('variable', 'default'))}"
         "<p>Machine-readable: <a href='/asyncapi.yaml'>asyncapi.yaml</a> (AsyncAPI 3).</p>"
         "</body></html>"

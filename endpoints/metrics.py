@@ -4,7 +4,7 @@ observation per upstream message is the only exception). One registry per app: t
 run many.
 
 Every metric is declared once in `METRICS` (name and help text); the collector can only
-emit names from it, and asyncapi.yaml and the README must list the same names
+emit names from it, and /docs and docs/operations.md must list the same names
 (tests/test_docs.py).
 
 This module must never export anything that could carry the API key or a client token.
@@ -33,7 +33,7 @@ METRICS: dict[str, str] = {
     "gateway_clients_fast_path": "Clients whose frames are written straight to their transport",
     "gateway_upstream_symbols": "Symbols the upstream carries",
     "gateway_upstream_state": "1 for the upstream's current state (label state)",
-    "gateway_core_tasks_down": "Core tasks (feed, broadcaster, cluster) waiting to restart",
+    "gateway_core_tasks_down": "Core tasks waiting to restart (/health's down)",
     "gateway_client_send_queue_bytes": "Output queued for clients in server and kernel buffers",
     "gateway_upstream_lingering_symbols": "Symbols kept upstream after their last client left",
     "gateway_authenticated_users": "Distinct users connected with a verified signed token",

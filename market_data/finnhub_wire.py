@@ -80,7 +80,8 @@ def parse_trades(
     return trades, skipped
 
 
-# Price updates delivered per symbol from one upstream message: the newest ones (README).
+# Price updates delivered per symbol from one upstream message: the newest ones
+# (docs/protocol.md).
 # Bars count every trade.
 MAX_TRADES_PER_SYMBOL_PER_MESSAGE = 100
 

@@ -1,5 +1,5 @@
 """Supervision of the gateway's core tasks (the feed, the broadcaster, the delivery clock,
-the quote fetcher, the market watch, the cluster).
+the quote fetcher, the market watch, the bars, the cluster).
 
 A `Supervisor` is an async context manager that owns its tasks: `start()` runs a part,
 an unexpected crash is logged with its traceback and the part is restarted after a

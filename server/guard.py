@@ -1,7 +1,7 @@
 """Limits below the application, and the counters that enforce them, per process.
 
-`ConnectionLimits` are the socket- and frame-level limits (README "Security and
-limits"); a `ConnectionGuard` holds them plus what every connection's protocol shares:
+`ConnectionLimits` are the socket- and frame-level limits (docs/limits.md, "Below the
+application"); a `ConnectionGuard` holds them plus what every connection's protocol shares:
 sockets per peer address still sending their request, refusal counts for `/metrics`,
 and a rate-limited log line when a limit bites. The lifespan builds one from the
 settings and hands it to the server protocols (server_protocol.py) through uvicorn's

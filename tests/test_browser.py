@@ -254,3 +254,34 @@ async def test_demo_page_draws_live_candles() -> None:
             await page.screenshot(path=str(ARTIFACTS / "demo-candles.png"))
             candles = await gateway.get_json("/bars/AAPL?interval=1s")
             assert candles["s"] == "ok" and len(candles["t"]) >= 5
+
+
+# Everything the page can show, shown: collapsed schemas would hide their own width.
+WIDEST_ELEMENT = """() => {
+    document.querySelectorAll("details").forEach((details) => { details.open = true; });
+    let right = 0;
+    for (const element of document.querySelectorAll("body *")) {
+        right = Math.max(right, element.getBoundingClientRect().right);
+    }
+    return { scrollWidth: document.documentElement.scrollWidth, right };
+}"""
+
+
+@pytest.mark.parametrize("width", [1280, 400])
+async def test_docs_page_fits_the_window(width: int) -> None:
+    """/docs is read in a browser: no horizontal scrolling of the page, and no element
+    (an endpoint's example, a schema, a long name) reaching past the window's edge."""
+    simulator = MarketSimulator(token=TEST_KEY)
+    async with (
+        serve(simulator) as url,
+        chromium_page() as page,
+        run_gateway(settings_for(Market(simulator, url))) as gateway,
+    ):
+        await page.set_viewport_size({"width": width, "height": 900})
+        await page.goto(gateway.base_url + "/docs")
+        await expect(page.locator("h2").first).to_be_visible()
+        measured = await page.evaluate(WIDEST_ELEMENT)
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / f"docs-{width}.png"), full_page=True)
+    assert measured["scrollWidth"] <= width, measured
+    assert measured["right"] <= width, measured
