@@ -70,6 +70,7 @@ class Running:
             "lease_holder": cluster.lease_holder,
             "cluster_nodes": cluster.nodes,
             "cluster_symbols": len(cluster.cluster_symbols),
+            "bars_skipped": cluster.bars.stored.skipped if cluster.bars is not None else 0,
         }
 
 
@@ -177,6 +178,7 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
         cluster.quotes = quotes
         cluster.market = market if settings.rest_enabled else None
         supervisor.start("cluster", lambda: cluster.run(hub))
+        supervisor.watch(lambda: cluster.failing)  # its duties restart themselves
     else:
         supervisor.start("feed", lambda: feed.run(hub))
         supervisor.start("bars", hub.bars.run)

@@ -24,7 +24,10 @@ directly:
 
 When Redis is unreachable, clients stay connected, `/health` says `"cluster":
 "degraded"`, and every loop retries until Redis returns; a leader that cannot renew its
-lease stops its feed before the lease can pass to anybody else.
+lease stops its feed before the lease can pass to anybody else. A duty that crashes
+(a bug, not Redis) is restarted with a doubling delay, and so is leadership after a
+leader's duty crashed (each leadership opens an upstream socket, and Finnhub allows one
+per key); while either crash-loops, `failing` names it and `/health` answers 503.
 
 This module must never publish or store the API key, and never talks to clients.
 """
@@ -44,7 +47,7 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 import protocol
-from cluster.bars import LeaderBars, MirrorBars, StoredBars
+from cluster.bars import LeaderBars, MirrorBars
 from cluster.publish import UpstreamPublisher
 from cluster.rest import decode_announcement
 from finnhub_feed import FinnhubFeed
@@ -55,10 +58,12 @@ from market_data.quotes import QuoteService
 from protocol import UPSTREAM_STATES, UpstreamState
 from runtime.cancellation import raise_if_cancelling
 from runtime.logs import get_logger
+from runtime.supervisor import Restarts
 
 logger = get_logger(__name__)
 
 RETRY_SECONDS = 0.5
+CRASH_MAX_DELAY = 30.0  # the longest wait before a crashed duty or leadership runs again
 ALIVE = b""  # marker member of every interest set; never a symbol
 VIEW_SECONDS = 0.5  # how often the cluster-wide view (holder, union) is refreshed
 
@@ -116,6 +121,12 @@ class Cluster:
         self.market: MarketWatch | None = None  # polled by the leader only
         self.bars: MirrorBars | None = None  # this process's copy of the cluster's bars
         self.bar_history, self.bar_grace = 240, 0.5  # the leader's aggregation
+        self._restarts: dict[str, Restarts] = {}  # duty -> its crashes in a row
+
+    @property
+    def failing(self) -> dict[str, str]:
+        """Duties crash-looping (`cluster.<duty>` -> what ended them), for `/health`."""
+        return {f"cluster.{name}": r.reason for name, r in self._restarts.items() if r.looping}
 
     # -- keys --------------------------------------------------------------------------------
 
@@ -169,7 +180,10 @@ class Cluster:
 
     async def _retrying(self, name: str, duty: Callable[[], Awaitable[None]]) -> None:
         """Run a duty forever, through Redis outages, marking the cluster degraded."""
+        restarts = self._restarts.setdefault(name, Restarts())
         while True:
+            delay = RETRY_SECONDS
+            restarts.started()
             try:
                 await duty()
             except (RedisError, OSError, TimeoutError) as exc:
@@ -179,7 +193,10 @@ class Cluster:
                 self.degraded = True
             except Exception as exc:  # a duty must outlive any surprise
                 raise_if_cancelling(exc)
-                logger.exception("cluster duty crashed duty=%s; restarting it", name)
+                restarts.crashed(type(exc).__name__)
+                delay = max(restarts.delay(RETRY_SECONDS, CRASH_MAX_DELAY), RETRY_SECONDS)
+                logger.exception("cluster duty crashed duty=%s in_a_row=%d; restarting it",
+                                 name, restarts.in_a_row)  # fmt: skip
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if task is None or task.cancelling():
@@ -187,7 +204,7 @@ class Cluster:
                 # Nobody asked to cancel this task: a client library leaked a cancellation
                 # while its connection was torn down. Keep the duty alive.
                 logger.warning("cluster duty interrupted duty=%s; restarting it", name)
-            await asyncio.sleep(RETRY_SECONDS)
+            await asyncio.sleep(delay)
 
     # -- this process's interest -------------------------------------------------------------
 
@@ -305,24 +322,37 @@ class Cluster:
     # -- leadership --------------------------------------------------------------------------
 
     async def _lead_when_possible(self) -> None:
+        restarts = self._restarts.setdefault("leadership", Restarts())
+        restarts.started()
         while True:
             raise_if_cancelling()
+            wait = self._lease_ms / 3000
             won = await self._redis.set(self._key("leader"), self.node, nx=True, px=self._lease_ms)
             if won:
                 logger.warning("cluster leadership taken node=%s", self.node)
-                await self._lead()
+                crashed = await self._lead()
                 logger.warning("cluster leadership lost node=%s", self.node)
-            await asyncio.sleep(self._lease_ms / 3000)
+                if crashed is not None:
+                    # Not at once again: every leadership opens an upstream socket.
+                    restarts.crashed(crashed)
+                    wait = max(wait, restarts.delay(RETRY_SECONDS, CRASH_MAX_DELAY))
+                    logger.warning("cluster leadership paused seconds=%.1f in_a_row=%d",
+                                   wait, restarts.in_a_row)  # fmt: skip
+                    await asyncio.sleep(wait)
+                    restarts.started()
+                    continue
+            await asyncio.sleep(wait)
 
-    async def _lead(self) -> None:
-        """Run the feed for as long as the lease can be renewed."""
+    async def _lead(self) -> str | None:
+        """Run the feed for as long as the lease can be renewed; what ended a duty
+        that crashed (or returned), None when the lease ended the leadership."""
         self.role = "leader"
         self._feed.interest.replace(self.cluster_symbols)
         previous_close = self.quotes.previous_close if self.quotes is not None else _unknown
         bars = None
         if self.bars is not None:
             bars = LeaderBars(
-                StoredBars(self.client, self._key),
+                self.bars.stored,  # one count of malformed stored bars per process
                 lambda: self._feed.interest.symbols,  # what the feed carries: what trades
                 history=self.bar_history,
                 grace=self.bar_grace,
@@ -340,12 +370,15 @@ class Cluster:
             self.market.on_change, self.market.status = publisher.market_changed, None
             duties.append(asyncio.create_task(self.market.run(), name="cluster-market"))
         renewing = asyncio.create_task(self._keep_lease(), name="cluster-lease")
+        crashed: str | None = None
         try:
             # Lead while the lease holds and every duty runs: a duty that ends (a crash)
             # gives the lease up, so a healthy process can take over.
             done, _ = await asyncio.wait([renewing, *duties], return_when=asyncio.FIRST_COMPLETED)
             for ended in done - {renewing}:
-                if not ended.cancelled() and ended.exception() is not None:
+                error = None if ended.cancelled() else ended.exception()
+                crashed = type(error).__name__ if error is not None else "returned"
+                if error is not None:
                     logger.error(
                         "cluster leader duty crashed duty=%s; giving up the lease",
                         ended.get_name(),
@@ -360,8 +393,9 @@ class Cluster:
             if stuck:
                 logger.error("cluster feed did not stop within 5 s tasks=%d", len(stuck))
         if not renewing.cancelled() and renewing.done() and renewing.exception() is None:
-            return  # the lease was lost
+            return crashed  # the lease was lost
         await self._redis.eval(RELEASE_LEASE, 1, self._key("leader"), self.node)
+        return crashed
 
     async def _keep_lease(self) -> None:
         while await self._renew_lease():
