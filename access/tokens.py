@@ -153,8 +153,12 @@ class Authenticator:
         timeout = aiohttp.ClientTimeout(total=JWKS_TIMEOUT_SECONDS)
         try:
             async with (
-                aiohttp.ClientSession(timeout=timeout) as session,
-                session.get(self._settings.jwt_jwks_url) as response,
+                # Bytes as sent, counted as sent: no compressed answer can expand past
+                # the bound in memory (a compressed one is simply not JSON).
+                aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as session,
+                session.get(
+                    self._settings.jwt_jwks_url, headers={"Accept-Encoding": "identity"}
+                ) as response,
             ):
                 response.raise_for_status()
                 body = await _bounded_body(response)
