@@ -57,9 +57,10 @@ async def test_a_malformed_stored_bar_is_skipped_and_the_symbol_still_served(
         await poll_until(lambda: _has_leader(session, [first, second]), timeout=15)
         follower = await _follower(session, [first, second])
         leader = first if follower == second else second
+        chart = await connect(session, follower)
+        assert await subscribe_bars(chart, "AAPL", "1m") == [good]
         client = await connect(session, follower)
         await client.subscribe("AAPL")
-        assert await subscribe_bars(client, "AAPL", "1m") == [good]
         await simulator.wait_for(lambda: "AAPL" in simulator.subscribed_symbols(), timeout=15)
         # The leader loads the same stored bars on AAPL's first trade: skipped there too.
         await warm_up(simulator, [client], "AAPL")
