@@ -2,7 +2,8 @@
 
 `FinnhubFeed.run()` connects, keeps the upstream's subscriptions equal to the
 `SymbolInterest` it follows, parses trade frames once and hands valid trades to its
-listener (the hub, or in cluster mode the Redis publisher). When the socket drops it
+`UpstreamListener` (a relay: relay/local.py, or a cluster leader's publisher). It is
+the gateway's one `Upstream` (market_data/upstream.py). When the socket drops it
 reconnects forever with jittered exponential backoff, and resubscribes every wanted
 symbol in one burst.
 

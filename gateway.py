@@ -1,10 +1,11 @@
 """The Starlette application: its routes, the lifespan that owns every part while the
 app is up, and the command line.
 
-Data flows one way: Finnhub -> `finnhub_feed` -> `Hub` queue -> broadcaster -> each
-client's `ClientConnection` -> its socket. The lifespan has `wiring.start` build those
-parts and hand their tasks to a `Supervisor`; requests are routed to `client_session`
-(`/ws`) and `http_api` (everything else). This module never sends to a client itself
+Data flows one way: Finnhub -> `finnhub_feed` -> a relay -> `Hub` queue -> broadcaster
+-> each client's `ClientConnection` -> its socket. The lifespan has `wiring.start` build
+those parts and hand their tasks to a `Supervisor`; requests are routed to
+`endpoints/ws_session.py` (`/ws`), `endpoints/sse.py` (`/stream`) and
+`endpoints/http_api.py` (everything else). This module never sends to a client itself
 and never exposes the Finnhub key.
 
 Run it with `python gateway.py [--demo]`, or `uvicorn gateway:app` with the flags in

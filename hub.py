@@ -2,19 +2,20 @@
 
 The `Hub` holds the symbol -> clients map and a bounded queue of `UpdateBatch`es that
 one broadcaster coroutine drains. Everything enters through `publish()`, already
-encoded, in both modes: a single process encodes the feed's trades
-(`trades_received`), a cluster process receives them encoded from Redis. So the hot
-path and its accounting (sent counts, snapshots, hand-off timing) are one piece of
-code. Each frame is handed to every subscriber's `ClientConnection` without awaiting.
+encoded, from the relay (relay/local.py in one process, cluster/relay.py from Redis),
+so the hot path and its accounting (sent counts, snapshots, hand-off timing) are one
+piece of code. Each frame is handed to every subscriber's `ClientConnection` without
+awaiting.
 
-The hub tells its `UpstreamCapacity` about every client joining or leaving a symbol;
-that decides what the upstream carries (the cap, fair shares, linger). All of this
+The hub holds symbols for its clients through `SymbolHolds` (access/holds.py:
+entitlements, the per-client cap, the upstream's capacity and fair shares), which
+decides what the upstream carries. All of this
 happens in synchronous code on the event loop, so no interleaving can make the counts
 wrong. The broadcaster yields to the event loop every few thousand hand-offs, so one
 huge upstream message cannot freeze `/health` or the other sockets.
 
 This module must never await a client's socket from the broadcaster, and never talks
-to the upstream except through the capacity's `SymbolInterest`.
+to the upstream except through the holds' `SymbolInterest`.
 """
 
 from __future__ import annotations

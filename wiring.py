@@ -191,7 +191,8 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
     stack.push_async_callback(admission.authenticator.close)
     sessions = ClientSessions(settings, hub, admission)
 
-    supervisor = await stack.enter_async_context(Supervisor())
+    # A relay's duties that restart themselves count as down while they crash-loop.
+    supervisor = await stack.enter_async_context(Supervisor(watched=[relay.failing]))
     supervisor.start("broadcaster", hub.broadcast_forever)
     supervisor.start("clock", hub.clock.run)
     if settings.rest_enabled:

@@ -42,7 +42,7 @@ class SymbolPatterns:
 
 @dataclass(frozen=True)
 class Entitlements:
-    """What a user's signed token lets it subscribe to (auth.py): symbols or patterns,
+    """What a user's signed token lets it subscribe to (access/tokens.py): symbols or patterns,
     and a lower per-client cap. None: the server's own limits."""
 
     symbols: SymbolPatterns | None = None

@@ -1,6 +1,6 @@
 """A connected user's token over time, when the gateway verifies signed tokens.
 
-Once a client is in (auth.py verified its token), `ClientAuth` says what comes next:
+Once a client is in (access/tokens.py verified its token), `ClientAuth` says what comes next:
 an "expiring" warning `AUTH_EXPIRY_WARNING` seconds before the token's `exp` (or half
 way through a token that lives shorter than twice that, so short tokens are refreshed
 in time and never in a storm), then the expiry itself (plus `JWT_LEEWAY`, as long as

@@ -5,7 +5,11 @@ The mode follows the configuration: `JWT_SECRET` (HS256), `JWT_PUBLIC_KEY` (a PE
 RS256 for RSA, ES256 for P-256), or `JWT_JWKS_URL` (keys fetched with aiohttp, cached,
 refetched on an unknown `kid` at most once a minute and when older than ten minutes,
 so a revoked key stops verifying, with a timeout; an outage keeps the cached keys, so
-connected users are not dropped). The accepted algorithms come
+connected users are not dropped). A key set is read as hostile input: at most
+JWKS_MAX_BYTES of body (a longer one is refused without reading it all) and
+JWKS_MAX_KEYS keys; anything else (not JSON, nested too deep, not a key set) fails
+that fetch like an outage, and the client whose token needed it is refused as
+"invalid", never with a server error. The accepted algorithms come
 from the configuration (for JWKS, from each key's type), never from the token: `alg:
 none` and HS/RS confusion are refused by construction. `exp` and `sub` are required;
 `aud` and `iss` are checked when `JWT_AUDIENCE` / `JWT_ISSUER` are set; clocks may
@@ -28,6 +32,7 @@ from typing import Any, Literal
 
 import aiohttp
 import jwt
+import orjson
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
@@ -40,8 +45,14 @@ logger = get_logger(__name__)
 JWKS_REFRESH_SECONDS = 60.0  # at most one refetch a minute for an unknown kid
 JWKS_TIMEOUT_SECONDS = 5.0
 JWKS_MAX_AGE_SECONDS = 600.0  # keys older than this are refetched (a revoked key goes)
+JWKS_MAX_BYTES = 1_048_576  # a real key set is a few KiB
+JWKS_MAX_KEYS = 100  # a provider publishes a handful (the current and the next ones)
 MAX_TOKEN_CHARS = 8192
 MAX_USER_CHARS = 200  # a longer `sub` is refused
+
+
+class JwksRefused(Exception):
+    """A key set the gateway will not read: too large, too many keys, not a key set."""
 
 
 class AuthFailed(Exception):
@@ -141,14 +152,21 @@ class Authenticator:
         timeout = aiohttp.ClientTimeout(total=JWKS_TIMEOUT_SECONDS)
         try:
             async with (
-                aiohttp.ClientSession(timeout=timeout) as session,
-                session.get(self._settings.jwt_jwks_url) as response,
+                # Bytes as sent, counted as sent: no compressed answer can expand past
+                # the bound in memory (a compressed one is simply not JSON).
+                aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as session,
+                session.get(
+                    self._settings.jwt_jwks_url, headers={"Accept-Encoding": "identity"}
+                ) as response,
             ):
                 response.raise_for_status()
-                document = await response.json(content_type=None)
-            self._jwks = _keys_of(document)
+                body = await _bounded_body(response)
+            self._jwks = _keys_of(orjson.loads(body))  # orjson: depth-limited, no recursion
             logger.info("JWKS fetched keys=%d", len(self._jwks))
-        except (aiohttp.ClientError, TimeoutError, ValueError, TypeError) as exc:
+        except (
+            aiohttp.ClientError, TimeoutError, JwksRefused,
+            ValueError, TypeError, KeyError, RecursionError, OverflowError,
+        ) as exc:  # fmt: skip
             logger.warning("JWKS unavailable (keeping %d cached keys) error=%s",
                            len(self._jwks), type(exc).__name__)  # fmt: skip
         finally:
@@ -175,10 +193,29 @@ def _load_pem(pem: str) -> Any:
     raise ValueError("JWT_PUBLIC_KEY must be an RSA or a P-256 (ES256) public key")
 
 
+async def _bounded_body(response: aiohttp.ClientResponse) -> bytes:
+    """The body, if it is at most JWKS_MAX_BYTES; JwksRefused as soon as it is not (a
+    declared length is believed, so a huge one is refused before reading a byte)."""
+    if response.content_length is not None and response.content_length > JWKS_MAX_BYTES:
+        raise JwksRefused("key set too large")
+    body = bytearray()
+    async for chunk in response.content.iter_chunked(65_536):
+        body += chunk
+        if len(body) > JWKS_MAX_BYTES:
+            raise JwksRefused("key set too large")
+    return bytes(body)
+
+
 def _keys_of(document: Any) -> dict[str, tuple[Any, str]]:
-    """kid -> (public key, the one algorithm its type allows): RSA RS256, EC P-256 ES256."""
+    """kid -> (public key, the one algorithm its type allows): RSA RS256, EC P-256 ES256.
+    JwksRefused for a document that is not a key set, or has more than JWKS_MAX_KEYS."""
+    entries = document.get("keys") if isinstance(document, dict) else None
+    if not isinstance(entries, list):
+        raise JwksRefused("not a key set")
+    if len(entries) > JWKS_MAX_KEYS:
+        raise JwksRefused("too many keys")
     keys: dict[str, tuple[Any, str]] = {}
-    for entry in document.get("keys", []) if isinstance(document, dict) else []:
+    for entry in entries:
         if not isinstance(entry, dict) or not isinstance(entry.get("kid"), str):
             continue
         kind = entry.get("kty")
@@ -193,7 +230,7 @@ def _keys_of(document: Any) -> dict[str, tuple[Any, str]]:
             continue
         try:
             keys[entry["kid"]] = (jwt.PyJWK(entry, algorithm).key, algorithm)
-        except (jwt.InvalidKeyError, jwt.PyJWKError, ValueError, TypeError):
+        except (jwt.InvalidKeyError, jwt.PyJWKError, ValueError, TypeError, KeyError):
             continue
     return keys
 

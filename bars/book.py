@@ -12,7 +12,13 @@ the bar it lacked. An interval with no trades has no bar. While a bar is open,
 Open and close are the prices of the earliest and latest trade by time (a straggler
 that is earlier than the open becomes the open). Volume is a float64 sum (about 15
 significant digits: crypto's fractional volumes stay exact to far below a satoshi),
-rounded to 8 decimal places when sent.
+rounded to 8 decimal places when sent, and always finite: a sum that would overflow
+stays at the largest float (JSON has no infinity; a stored `null` breaks every reader).
+
+A trade stamped more than `max_ahead` seconds (BAR_MAX_AHEAD_SECONDS) past the clock
+counts in no bar (its price is still delivered), and a series holds at most
+MAX_OPEN_BARS open bars: an upstream's clock may be a little ahead of ours, but one
+message of trades stamped up to an hour ahead must not make thousands of future bars.
 
 At most `history` closed bars are kept per symbol and interval, plus the open one(s);
 `forget(symbol)` drops a symbol the upstream no longer carries. This module is pure
@@ -21,6 +27,8 @@ bookkeeping: it never talks to clients, Redis or the clock (times are passed in)
 
 from __future__ import annotations
 
+import math
+import sys
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -32,6 +40,8 @@ Interval = Literal["1s", "1m", "5m"]
 INTERVALS: tuple[Interval, ...] = get_args(Interval)
 INTERVAL_MS: dict[Interval, int] = {"1s": 1_000, "1m": 60_000, "5m": 300_000}
 MAX_GRACE_SECONDS = 1.0
+BAR_MAX_AHEAD_SECONDS = 5.0  # README "Live candles"
+MAX_OPEN_BARS = 16  # per symbol and interval; the clock allows ~7 (1s bars, 5 s ahead)
 
 
 @dataclass(slots=True)
@@ -59,7 +69,7 @@ class Bar:
             self.o, self.first_t = price, t
         if t >= self.last_t:  # the same millisecond: the later arrival closes
             self.c, self.last_t = price, t
-        self.v += volume
+        self.v = min(self.v + volume, sys.float_info.max)  # inf would be stored as null
         self.n += 1
 
     def as_dict(self) -> dict[str, Any]:
@@ -75,11 +85,26 @@ class Bar:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Bar:
-        return cls(
-            int(data["t"]), float(data["o"]), float(data["h"]), float(data["l"]),
-            float(data["c"]), float(data["v"]), int(data["n"]), int(data["t"]),
-            int(data["t"]),
-        )  # fmt: skip
+        """A bar from its `as_dict()`, as stored or published; ValueError (or KeyError,
+        TypeError) for anything else, so a reader can skip it: a non-finite or missing
+        number, or prices that are not a candle (low <= open, close <= high)."""
+        t, n = data["t"], data["n"]
+        if not (_is_int(t) and _is_int(n) and n >= 1):
+            raise ValueError("a bar's t and n are integers")
+        first, high, low, last, volume = (data[name] for name in ("o", "h", "l", "c", "v"))
+        if not all(_is_finite(value) for value in (first, high, low, last, volume)):
+            raise ValueError("a bar's prices and volume are finite numbers")
+        if not (0 < low <= min(first, last) and max(first, last) <= high and volume >= 0):
+            raise ValueError("not a candle")
+        return cls(t, float(first), float(high), float(low), float(last), float(volume), n, t, t)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,12 +148,20 @@ class _Series:
 
 
 class BarBook:
-    def __init__(self, *, history: int = 240, grace: float = 0.5, live_every: float = 1.0) -> None:
+    def __init__(
+        self,
+        *,
+        history: int = 240,
+        grace: float = 0.5,
+        live_every: float = 1.0,
+        max_ahead: float = BAR_MAX_AHEAD_SECONDS,
+    ) -> None:
         if not 0 <= grace <= MAX_GRACE_SECONDS:
             raise ValueError(f"grace must be 0 to {MAX_GRACE_SECONDS:g} s")
         self._history = history
         self._grace_ms = round(grace * 1000)
         self._live_every = live_every
+        self._max_ahead_ms = round(max_ahead * 1000)
         self._series: dict[tuple[str, Interval], _Series] = {}
 
     @property
@@ -152,8 +185,11 @@ class BarBook:
         """Count trades into their bars; returns the revised finals late trades caused
         (one per bar, however many late trades it got)."""
         revised: dict[tuple[str, Interval, int], BarEvent] = {}
+        newest = now_ms + self._max_ahead_ms
         for trade in trades:
             symbol, price, volume, t = trade
+            if t > newest:
+                continue  # its price is delivered; a bar in the future it may not make
             for interval in INTERVALS:
                 event = self._add(symbol, interval, price, volume, t, now_ms)
                 if event is not None:
@@ -174,6 +210,8 @@ class BarBook:
             series.changed.add(start)
             return None
         if start + length + self._grace_ms > now_ms:  # still open by the clock
+            if len(series.open) >= MAX_OPEN_BARS:
+                return None
             series.open[start] = Bar.of(start, price, volume, t)
             series.changed.add(start)
             return None

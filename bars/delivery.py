@@ -12,7 +12,7 @@ encoded once.
 Where the events come from depends on the mode: in one process, `trades_received`
 feeds the local `BarBook` and `run()` reports what is due every `TICK_SECONDS`; in a
 cluster, the leader aggregates and every node `apply`s the events it publishes
-(cluster.py), so the book here is a mirror that serves history. This module never
+(cluster/relay.py), so the book here is a mirror that serves history. This module never
 reads the upstream or the clock except through those calls.
 """
 

@@ -14,8 +14,11 @@
   wanting it, then applies the published events to a local book, which serves history
   on `subscribe_bars` and `GET /bars` without aggregating anything.
 
-Stored bars of symbols nobody in the cluster wants are deleted by the leader. This
-module never talks to clients and never stores anything but bars.
+Stored bars of symbols nobody in the cluster wants are deleted by the leader. A stored
+or published bar that is not a well-formed candle (another version's, or a damaged row)
+is skipped and counted (`StoredBars.skipped`: `bars_skipped` in `/health`), never
+raised: one bad row must not stop a process from serving the symbol. This module never
+talks to clients and never stores anything but bars.
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ class StoredBars:
     def __init__(self, client: Callable[[], redis.Redis], key: Callable[..., str]) -> None:
         self._client = client
         self._key = key
+        self.skipped = 0  # malformed bars read (stored rows and published events)
 
     def series_key(self, symbol: str, interval: Interval) -> str:
         return self._key("bars", interval, symbol)
@@ -98,14 +102,25 @@ class StoredBars:
             pipe.hmget(self.open_key, [f"{interval}:{symbol}" for symbol, interval in pairs])
             replies = await pipe.execute()
         opened = replies[-1]
+        skipped_before = self.skipped
         loaded: dict[tuple[str, Interval], tuple[list[Bar], Bar | None]] = {}
         for (symbol, interval), members, open_bar in zip(pairs, replies, opened, strict=False):
-            closed = [Bar.from_dict(orjson.loads(member)) for member in members]
-            still_open = Bar.from_dict(orjson.loads(open_bar)) if open_bar else None
+            closed = [bar for bar in map(self._read, members) if bar is not None]
+            still_open = self._read(open_bar) if open_bar else None
             if still_open is not None and closed and still_open.t <= closed[-1].t:
                 still_open = None  # closed meanwhile (its final is stored)
             loaded[(symbol, interval)] = (closed, still_open)
+        if self.skipped > skipped_before:
+            logger.warning("cluster bars skipped malformed stored bars count=%d total=%d",
+                           self.skipped - skipped_before, self.skipped)  # fmt: skip
         return loaded
+
+    def _read(self, stored: bytes) -> Bar | None:
+        try:
+            return Bar.from_dict(orjson.loads(stored))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            self.skipped += 1
+            return None
 
     async def store(self, events: list[BarEvent], history: int) -> None:
         """Keep and publish the leader's events, in one transaction."""
@@ -220,6 +235,8 @@ class MirrorBars:
         """A published event, kept in the book if this process mirrors its symbol: the
         events to deliver to this process's clients."""
         event = decode_event(data)
+        if event is None:
+            self._stored.skipped += 1
         loaded = self._loaded.get(event.symbol) if event is not None else None
         if event is None or loaded is None or not loaded.is_set():
             return []

@@ -6,9 +6,10 @@ it holds the lease, `Leadership` runs the upstream (following the cluster-wide u
 interest), an `UpstreamPublisher` as its listener (trades encoded once, out through
 Redis), the bar aggregation (`LeaderBars`) and the market watch. A duty that ends (a
 crash) gives the lease up, so a healthy process can take over; a leader that cannot
-renew stops its upstream before the lease can pass to anybody else, and waits a
-backoff before it competes again, so a crash-looping leader cannot open upstream
-sockets in a tight loop.
+renew stops its upstream before the lease can pass to anybody else. A leadership that
+ended in a crash waits a doubling pause before competing again, so a crash-looping
+leader cannot open upstream sockets in a tight loop; after three in a row `/health`
+names it (`cluster.leadership`).
 
 This module never talks to clients and never publishes the key.
 """
@@ -27,9 +28,9 @@ from cluster.publish import UpstreamPublisher
 from market_data.market_watch import MarketWatch
 from market_data.model import MarketStatus
 from market_data.upstream import Upstream
-from runtime.backoff import Backoff
 from runtime.cancellation import raise_if_cancelling
 from runtime.logs import get_logger
+from runtime.supervisor import Restarts
 
 logger = get_logger(__name__)
 
@@ -65,6 +66,7 @@ class Leadership:
         bar_history: int,
         bar_grace: float,
         market_watch: MarketWatchFactory | None,
+        restarts: Restarts,
     ) -> None:
         self.role = "follower"
         self._link = link
@@ -76,8 +78,9 @@ class Leadership:
         self._stored_bars = stored_bars
         self._bar_history, self._bar_grace = bar_history, bar_grace
         self._market_watch = market_watch
-        # After a leadership that ended badly, wait longer before leading again.
-        self._backoff = Backoff(lease_seconds, 30 * lease_seconds, floor=0.5)
+        # Leaderships that crashed in a row: each waits longer before competing again
+        # (every leadership opens an upstream socket; Finnhub allows one per key).
+        self._restarts = restarts
 
     def follow(self, symbols: AbstractSet[str]) -> None:
         """The cluster-wide interest changed: the upstream follows it while we lead."""
@@ -88,24 +91,31 @@ class Leadership:
         """Take the lease whenever it is free, and lead while it holds."""
         redis = self._link.client
         key = self._link.key("leader")
+        restarts = self._restarts
+        restarts.started()
         while True:
             raise_if_cancelling()
+            wait = self._lease_ms / 3000
             if await redis().set(key, self._node, nx=True, px=self._lease_ms):
                 logger.warning("cluster leadership taken node=%s", self._node)
-                lost_cleanly = await self._lead()
+                crashed = await self._lead()
                 logger.warning("cluster leadership lost node=%s", self._node)
-                if not lost_cleanly:
-                    await asyncio.sleep(self._backoff.next_delay())
-                else:
-                    self._backoff.reset()
-            await asyncio.sleep(self._lease_ms / 3000)
+                if crashed is not None:
+                    restarts.crashed(crashed)
+                    wait = max(wait, restarts.delay())
+                    logger.warning("cluster leadership paused seconds=%.1f in_a_row=%d",
+                                   wait, restarts.in_a_row)  # fmt: skip
+                    await asyncio.sleep(wait)
+                    restarts.started()
+                    continue
+            await asyncio.sleep(wait)
 
     async def release(self) -> None:
         await self._link.client().eval(RELEASE_LEASE, 1, self._link.key("leader"), self._node)
 
-    async def _lead(self) -> bool:
-        """Run the upstream for as long as the lease can be renewed: True if it ended by
-        losing the lease, False if a duty crashed (the lease is given up)."""
+    async def _lead(self) -> str | None:
+        """Run the upstream for as long as the lease can be renewed: None if it ended by
+        losing the lease, else what ended the duty that crashed (the lease is given up)."""
         self.role = "leader"
         self._upstream.interest.replace(self._union())
         bars = None
@@ -129,12 +139,13 @@ class Leadership:
             market = self._market_watch(publisher.market_changed)
             duties.append(asyncio.create_task(market.run(), name="cluster-market"))
         renewing = asyncio.create_task(self._keep_lease(), name="cluster-lease")
-        crashed = False
+        crashed: str | None = None
         try:
             done, _ = await asyncio.wait([renewing, *duties], return_when=asyncio.FIRST_COMPLETED)
             for ended in done - {renewing}:
-                crashed = True
-                if not ended.cancelled() and ended.exception() is not None:
+                error = None if ended.cancelled() else ended.exception()
+                crashed = type(error).__name__ if error is not None else "returned"
+                if error is not None:
                     logger.error(
                         "cluster leader duty crashed duty=%s; giving up the lease",
                         ended.get_name(),
@@ -148,10 +159,10 @@ class Leadership:
             _, stuck = await asyncio.wait([renewing, *duties], timeout=STOP_WAIT_SECONDS)
             if stuck:
                 logger.error("cluster feed did not stop within 5 s tasks=%d", len(stuck))
-        if not crashed:
-            return True  # the lease was lost
+        if crashed is None:
+            return None  # the lease was lost
         await self.release()
-        return False
+        return crashed
 
     async def _keep_lease(self) -> None:
         while await self._renew_lease():

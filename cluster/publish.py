@@ -34,7 +34,7 @@ class UpstreamPublisher:
         self._redis = link.client()
         self._key = link.key
         self._previous_close = previous_close
-        self._bars = bars  # the leader's bar aggregation (cluster_bars.py)
+        self._bars = bars  # the leader's bar aggregation (cluster/bars.py)
         self._events: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
 
     async def trades_received(self, trades: list[Trade], received_at: float) -> None:

@@ -48,12 +48,15 @@ from market_data.model import UPSTREAM_STATES, MarketStatus, UpstreamState
 from market_data.quotes import QuoteService
 from market_data.upstream import Upstream
 from relay.base import ClusterView, Duty
+from runtime.backoff import Backoff
 from runtime.cancellation import raise_if_cancelling
 from runtime.logs import get_logger
+from runtime.supervisor import Restarts
 
 logger = get_logger(__name__)
 
 RETRY_SECONDS = 0.5
+CRASH_MAX_DELAY = 30.0  # the longest pause before a crashed duty or leadership runs again
 ALIVE = b""  # marker member of every interest set; never a symbol
 VIEW_SECONDS = 2.0  # the safety net: the view is re-read this often even with no news
 
@@ -97,7 +100,13 @@ class RedisRelay:
         self._quotes = quotes  # remembers every quote announced
         self._bars = bars
         self._mirror = mirror  # this process's copy of the cluster's bars
+        self._stored_bars = stored_bars
         self._view_stale = asyncio.Event()
+        # Each duty's crashes in a row (not Redis outages: those are `degraded`).
+        self._restarts = {
+            name: Restarts(Backoff(RETRY_SECONDS, CRASH_MAX_DELAY, floor=0.5))
+            for name in ("interest", "relay", "view", "leadership")
+        }
         self.leadership = Leadership(
             link,
             self.node,
@@ -109,6 +118,7 @@ class RedisRelay:
             bar_history=bar_history,
             bar_grace=bar_grace,
             market_watch=market_watch,
+            restarts=self._restarts["leadership"],
         )
 
     @property
@@ -126,7 +136,12 @@ class RedisRelay:
             self.nodes,
             len(self.cluster_symbols),
             self.degraded,
+            self._stored_bars.skipped if self._stored_bars is not None else 0,
         )
+
+    def failing(self) -> dict[str, str]:
+        """Duties crash-looping (`cluster.<duty>` -> what ended them), for `/health`."""
+        return {f"cluster.{name}": r.reason for name, r in self._restarts.items() if r.looping}
 
     @property
     def _interest_key(self) -> str:
@@ -161,8 +176,12 @@ class RedisRelay:
             logger.warning("cluster could not leave cleanly error=%s", type(exc).__name__)
 
     async def _retrying(self, name: str, duty: Callable[[], Awaitable[None]]) -> None:
-        """Run a duty forever, through Redis outages, marking the cluster degraded."""
+        """Run a duty forever, through Redis outages (marking the cluster degraded) and
+        crashes (after a doubling pause: a bug is not retried at full speed)."""
+        restarts = self._restarts[name]
         while True:
+            delay = RETRY_SECONDS
+            restarts.started()
             try:
                 await duty()
             except (RedisError, OSError, TimeoutError) as exc:
@@ -172,7 +191,10 @@ class RedisRelay:
                 self.degraded = True
             except Exception as exc:  # a duty must outlive any surprise
                 raise_if_cancelling(exc)
-                logger.exception("cluster duty crashed duty=%s; restarting it", name)
+                restarts.crashed(type(exc).__name__)
+                delay = max(restarts.delay(), RETRY_SECONDS)
+                logger.exception("cluster duty crashed duty=%s in_a_row=%d; restarting it",
+                                 name, restarts.in_a_row)  # fmt: skip
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if task is None or task.cancelling():
@@ -180,7 +202,7 @@ class RedisRelay:
                 # Nobody asked to cancel this task: a client library leaked a cancellation
                 # while its connection was torn down. Keep the duty alive.
                 logger.warning("cluster duty interrupted duty=%s; restarting it", name)
-            await asyncio.sleep(RETRY_SECONDS)
+            await asyncio.sleep(delay)
 
     # -- this process's interest, and the cluster's -----------------------------------------
 

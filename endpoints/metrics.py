@@ -33,7 +33,7 @@ METRICS: dict[str, str] = {
     "gateway_clients_fast_path": "Clients whose frames are written straight to their transport",
     "gateway_upstream_symbols": "Symbols the upstream carries",
     "gateway_upstream_state": "1 for the upstream's current state (label state)",
-    "gateway_core_tasks_down": "Core tasks waiting to restart (/health's down)",
+    "gateway_core_tasks_down": "Core tasks (or cluster duties) waiting to restart or crash-looping",
     "gateway_client_send_queue_bytes": "Output queued for clients in server and kernel buffers",
     "gateway_upstream_lingering_symbols": "Symbols kept upstream after their last client left",
     "gateway_authenticated_users": "Distinct users connected with a verified signed token",
@@ -55,6 +55,7 @@ METRICS: dict[str, str] = {
     "gateway_cluster_degraded": "1 while Redis is unreachable (cluster mode)",
     "gateway_cluster_nodes": "Gateway processes in the cluster (cluster mode)",
     "gateway_cluster_symbols": "Symbols wanted cluster-wide (cluster mode)",
+    "gateway_cluster_bars_skipped_total": "Malformed stored or published bars skipped (cluster)",
 }
 
 
@@ -133,6 +134,7 @@ class GatewayCollector(Collector):
             yield _gauge("gateway_cluster_degraded", 1.0 if cluster.degraded else 0.0)
             yield _gauge("gateway_cluster_nodes", cluster.nodes)
             yield _gauge("gateway_cluster_symbols", cluster.symbols)
+            yield _counter("gateway_cluster_bars_skipped_total", cluster.bars_skipped)
 
 
 def create_registry(running: Callable[[], Running | None]) -> tuple[CollectorRegistry, Histogram]:

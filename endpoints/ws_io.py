@@ -1,12 +1,12 @@
 """A client's WebSocket through ASGI, as its session uses it: frames out (`AsgiClientSocket`,
 the hub's `ClientSocket`) and frames in (`RequestReader`: text requests within the
-client's frame size and message budget, a token bucket).
+client's frame size and its message budget, access/message_budget.py).
 
 The reader closes a connection itself for the two reasons it owns (1009 frame too big,
 1008 over the message budget for longer than RATE_LIMIT_CLOSE_AFTER); everything else
 it returns to the session: a request's text, an error to send back, or the end. This
 module never interprets a request and never reads uvicorn's internals except through
-`server_protocol`'s `ServerConnection`.
+server/uvicorn_protocols.py's `ServerConnection`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 import protocol
+from access.message_budget import MessageBudget
 from protocol import CLOSE_MESSAGE_TOO_BIG, CLOSE_POLICY_VIOLATION, Frame
-from runtime.token_bucket import TokenBucket
 from server.uvicorn_protocols import ServerConnection
 from settings import Settings
 
@@ -70,7 +70,11 @@ class RequestReader:
     def __init__(self, websocket: WebSocket, settings: Settings) -> None:
         self._websocket = websocket
         self._settings = settings
-        self._budget = TokenBucket(settings.client_message_rate, settings.client_message_burst)
+        self._budget = MessageBudget(
+            settings.client_message_rate,
+            settings.client_message_burst,
+            settings.rate_limit_close_after,
+        )
 
     async def next(self) -> str | Frame | Ended:
         settings, websocket = self._settings, self._websocket
@@ -83,11 +87,11 @@ class RequestReader:
             reason = f"message over {settings.max_message_size} bytes"
             await websocket.close(CLOSE_MESSAGE_TOO_BIG, reason)
             return Ended(CLOSE_MESSAGE_TOO_BIG)
-        now = time.monotonic()
-        if not self._budget.allow(now):
-            if self._budget.limited_for(now) > settings.rate_limit_close_after:
-                await websocket.close(CLOSE_POLICY_VIOLATION, "rate limit exceeded")
-                return Ended(CLOSE_POLICY_VIOLATION)
+        verdict = self._budget.spend(time.monotonic())
+        if verdict == "close":
+            await websocket.close(CLOSE_POLICY_VIOLATION, "rate limit exceeded")
+            return Ended(CLOSE_POLICY_VIOLATION)
+        if verdict == "refuse":
             return protocol.error_message(
                 "rate_limited",
                 f"over {settings.client_message_rate:g} messages per second; message ignored",

@@ -7,7 +7,7 @@ from a first message `{"action":"auth","token":...}` within `AUTH_TIMEOUT` (else
 `auth_required` to anything sent before it, and `auth_failed` / `auth_timeout` then a
 close with 4003 / 4008). It then registers the client with the hub for the length of
 the connection (its user, else its address, is whose fair share its symbols use) and
-turns each request its `RequestReader` (client_io.py: frame size and message budget)
+turns each request its `RequestReader` (ws_io.py: frame size and message budget)
 returns into a hub call, while it waits for the token's next deadline: "expiring", then a close with
 4001 unless a fresh token came. It closes a connection itself only for the reasons it
 owns (1013 server full, 4001/4003/4008/4029 tokens; its reader: 1008 rate limit, 1009
@@ -16,7 +16,7 @@ frame too big); everything else a client receives is sent through its
 One line is logged per connect and per disconnect, naming the user, never the token.
 
 This module must never write price updates (the hub does) and never reads uvicorn's
-internals except through `server_protocol.server_connection()`.
+internals except through `server/uvicorn_protocols.server_connection()`.
 """
 
 from __future__ import annotations

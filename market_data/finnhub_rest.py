@@ -8,6 +8,8 @@ the limit through in its first minute), plus Finnhub's 30 calls a second on ever
 plan. Slots are granted in the order they were asked for. A 429 pauses every call
 (honouring `Retry-After`), a 401/403 marks the REST side unauthorized (logged once),
 network errors and 5xx are retried with backoff, all within the caller's deadline.
+Redirects are never followed: the key header would go wherever the `Location` points,
+so a 3xx is an error (logged with its status, not where it pointed).
 
 This module never logs the key or a URL carrying it, and knows nothing of clients.
 """
@@ -172,7 +174,18 @@ class FinnhubRest:
         headers = {"X-Finnhub-Token": self._api_key}
         try:
             url = self._base + path
-            async with self._session.get(url, params=params, headers=headers) as answer:
+            async with self._session.get(
+                url, params=params, headers=headers, allow_redirects=False
+            ) as answer:
+                if 300 <= answer.status < 400:
+                    logger.warning(
+                        "Finnhub REST answered a redirect status=%d path=%s; not followed "
+                        "(the key is never sent elsewhere): check FINNHUB_REST_URL",
+                        answer.status,
+                        path,
+                    )
+                    self._set_state("unreachable")
+                    raise RestUnavailable(f"Finnhub answered HTTP {answer.status} (a redirect)")
                 if answer.status == 200:
                     body = await answer.json(content_type=None)
                     self._set_state("ok")

@@ -19,6 +19,11 @@ import orjson
 from market_data.model import SESSIONS, MarketStatus, Quote, Session, Trade
 
 _TOKEN_IN_TEXT = re.compile(r"(token=)[^&\s'\"]+", re.IGNORECASE)
+# Plausible trades only (README "Security and limits"): no listed instrument trades
+# near these, and a volume near float64's limit makes every sum of volumes infinite,
+# which JSON cannot carry (a bar stored as `null` stopped a whole cluster).
+MAX_TRADE_PRICE = 1e9
+MAX_TRADE_VOLUME = 1e12
 
 
 class UndecodableMessage(ValueError):
@@ -48,9 +53,9 @@ def parse_trades(
 ) -> tuple[list[Trade], int]:
     """Valid trades from a trade frame's `data`, and how many entries were skipped.
 
-    Valid: a string symbol, a finite positive price, a finite non-negative volume, and
-    an integer millisecond timestamp no more than `max_age` seconds old and no more
-    than `max_ahead` seconds in the future.
+    Valid: a string symbol, a positive price up to MAX_TRADE_PRICE, a non-negative
+    volume up to MAX_TRADE_VOLUME, and an integer millisecond timestamp no more than
+    `max_age` seconds old and no more than `max_ahead` seconds in the future.
     """
     if not isinstance(data, list):
         return [], 1
@@ -67,9 +72,9 @@ def parse_trades(
         if (
             isinstance(symbol, str)
             and _is_number(price)
-            and price > 0
+            and 0 < price <= MAX_TRADE_PRICE
             and _is_number(volume)
-            and volume >= 0
+            and 0 <= volume <= MAX_TRADE_VOLUME
             and isinstance(timestamp, int)
             and not isinstance(timestamp, bool)
             and oldest <= timestamp <= newest

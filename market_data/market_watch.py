@@ -3,7 +3,7 @@ polled from Finnhub's `/stock/market-status` at a modest interval within the RES
 budget, and announced to the hub whenever it changes.
 
 In a single process `MarketWatch.run()` polls; in a cluster only the leader polls and
-the others learn the status through Redis (cluster.py), so one key pays for one poll.
+the others learn the status through Redis (cluster/leader.py), so one key pays for one poll.
 This module never talks to clients itself.
 """
 

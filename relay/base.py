@@ -26,6 +26,7 @@ class ClusterView:
     nodes: int
     symbols: int  # wanted cluster-wide
     degraded: bool  # Redis unreachable
+    bars_skipped: int  # malformed stored or published bars skipped
 
     def health(self) -> dict[str, object]:
         return {
@@ -35,6 +36,7 @@ class ClusterView:
             "lease_holder": self.lease_holder,
             "cluster_nodes": self.nodes,
             "cluster_symbols": self.symbols,
+            "bars_skipped": self.bars_skipped,
         }
 
 
@@ -45,4 +47,9 @@ class Relay(Protocol):
 
     def cluster_view(self) -> ClusterView | None:
         """None in a single process."""
+        ...
+
+    def failing(self) -> dict[str, str]:
+        """Pieces it restarts by itself that crash-loop (name -> what ended them), which
+        the supervisor counts as down."""
         ...

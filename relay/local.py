@@ -46,6 +46,9 @@ class LocalRelay:
     def cluster_view(self) -> ClusterView | None:
         return None
 
+    def failing(self) -> dict[str, str]:
+        return {}  # every duty is a supervised core task of its own
+
     # -- the upstream's listener ------------------------------------------------------------
 
     async def trades_received(self, trades: list[Trade], received_at: float) -> None:

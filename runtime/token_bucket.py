@@ -1,8 +1,8 @@
 """A token bucket: `rate` tokens per second, holding at most `burst`; starts full.
 
 One small class for every budget in the gateway: a client's messages
-(client_session), a connection's frames (server_protocol), handshakes per address
-(admission) and the upstream's subscribe frames (finnhub_feed). Time is passed in, so
+(access/message_budget.py), a connection's frames (server/), handshakes per address
+(access/allowances.py) and the upstream's subscribe frames (finnhub_feed). Time is passed in, so
 callers use their loop's clock and tests need no sleeps. No I/O, no logging.
 """
 

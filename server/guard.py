@@ -4,7 +4,7 @@
 application"); a `ConnectionGuard` holds them plus what every connection's protocol shares:
 sockets per peer address still sending their request, refusal counts for `/metrics`,
 and a rate-limited log line when a limit bites. The lifespan builds one from the
-settings and hands it to the server protocols (server_protocol.py) through uvicorn's
+settings and hands it to the server protocols (uvicorn_protocols.py) through uvicorn's
 lifespan state. Plain data and counters: this module never touches a socket.
 """
 

@@ -1,7 +1,7 @@
 """A Finnhub-compatible market simulator: the upstream for demo mode, tests and benchmarks.
 
 It speaks Finnhub's real WebSocket wire protocol over a real socket (aiohttp.web), and
-its REST API too (`/api/v1/quote`, `/api/v1/stock/market-status`: simulator_rest.py):
+its REST API too (`/api/v1/quote`, `/api/v1/stock/market-status`: simulator/rest.py):
 the handshake needs a `token` query parameter (401 without it, or with the wrong one
 when a token is configured), clients send `{"type":"subscribe","symbol":...}` and
 `unsubscribe`, and receive `{"type":"trade","data":[...]}` batches for their

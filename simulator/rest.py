@@ -3,9 +3,13 @@
 
 The key comes in the `X-Finnhub-Token` header (or a `token` query parameter); a
 missing or wrong one gets 401 `{"error":"Invalid API key."}`. Past `rest_rate` calls in
-any 60 seconds the answer is 429 with `Retry-After`. An unknown symbol gets all zeros.
-Quotes agree with the trade stream: `c` is the last simulated price, `pc` a fixed
-previous close per symbol and simulated (UTC) day, `d`/`dp` the change against it.
+any 60 seconds the answer is 429 with `Retry-After`. An unknown symbol gets all zeros:
+a trading simulator (`rate` > 0) streams any symbol subscribed, so it knows every
+symbol; a scripted one (rate 0, the tests' fake) knows its reference symbols and those
+it traded. Quotes agree with the trade stream: the day opens at the price the random
+walk starts from, `c` is the last simulated price (low <= open, close <= high), `t`
+the last trade's time or now (seconds), `pc` a fixed previous close per symbol and
+simulated (UTC) day, `d`/`dp` the change against it.
 Every call is recorded (`rest_calls`) so tests can count them per minute.
 This module never logs the key.
 """
@@ -66,18 +70,20 @@ class QuoteBook:
         self._days: dict[str, tuple[float, float, float, int]] = {}
 
     def traded(self, symbol: str, price: float, at_ms: int) -> None:
-        day_open, high, low, _ = self._days.get(symbol, (price, price, price, 0))
+        start = reference_price(symbol)  # where the walk starts: the day's open
+        day_open, high, low, _ = self._days.get(symbol, (start, start, start, 0))
         self._days[symbol] = (day_open, max(high, price), min(low, price), at_ms)
 
-    def quote_of(self, symbol: str) -> dict[str, float | int | None]:
-        """Finnhub's `/quote`: zeros unless the symbol is known (a reference price, or it
-        has traded), else consistent with the trade stream."""
-        if symbol not in REFERENCE_PRICES and symbol not in self._prices:
+    def quote_of(self, symbol: str, *, streamed: bool = False) -> dict[str, float | int | None]:
+        """Finnhub's `/quote`: zeros unless the symbol is known (`streamed`: the
+        simulator would trade it; a reference price; or it has traded), else consistent
+        with the trade stream."""
+        if not streamed and symbol not in REFERENCE_PRICES and symbol not in self._prices:
             return {"c": 0, "d": None, "dp": None, "h": 0, "l": 0, "o": 0, "pc": 0, "t": 0}
         reference = reference_price(symbol)
         close = previous_close(symbol, reference)
         last = self._prices.get(symbol, reference)
-        day_open, high, low, last_ms = self._days.get(symbol, (close, last, last, 0))
+        day_open, high, low, last_ms = self._days.get(symbol, (reference, reference, reference, 0))
         decimals = 5 if last < 10 else 2
         return {
             "c": round(last, decimals),
@@ -87,7 +93,7 @@ class QuoteBook:
             "l": round(min(low, last), decimals),
             "o": round(day_open, decimals),
             "pc": close,
-            "t": (last_ms // 1000) or int(time.time()) - 3600,
+            "t": (last_ms // 1000) or int(time.time()),
         }
 
 
@@ -99,7 +105,7 @@ def add_rest_routes(app: web.Application, market: MarketSimulator) -> None:
         symbol = request.query.get("symbol", "").strip().upper()
         _record(market, request, symbol, 200)
         await market.notify()
-        return web.json_response(market.book.quote_of(symbol))
+        return web.json_response(market.book.quote_of(symbol, streamed=market.rate > 0))
 
     async def market_status(request: web.Request) -> web.Response:
         refusal = _refusal(request, market)

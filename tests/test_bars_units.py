@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from bars.book import Bar, BarBook, BarEvent, candles
+from bars.book import BAR_MAX_AHEAD_SECONDS, MAX_OPEN_BARS, Bar, BarBook, BarEvent, candles
 from market_data.model import Trade
 
 MINUTE = 60_000
@@ -23,7 +23,7 @@ def finals(events: list[BarEvent], interval: str = "1m") -> list[BarEvent]:
 
 
 def test_bars_align_to_utc_boundaries_by_trade_time_and_close_on_the_clock() -> None:
-    book = BarBook(grace=0.5)
+    book = BarBook(grace=0.5, max_ahead=60.0)  # these trades run up to a minute ahead of now
     now = T + 10
     assert book.add_trades([trade(10.0, T + 5), trade(12.0, T + 30_000)], now) == []
     assert book.add_trades([trade(9.0, T + 59_999), trade(11.0, T + MINUTE)], now) == []
@@ -154,3 +154,59 @@ def test_loading_stored_bars_reopens_the_open_one_and_a_late_tick_closes_it() ->
     assert [(e.bar["t"], e.final) for e in later.due(T + 10 * MINUTE) if e.interval == "1m"] == [
         (T, True)
     ]
+
+
+def test_trades_stamped_ahead_of_the_clock_make_no_future_bars() -> None:
+    book = BarBook(grace=0.5)
+    now = T + 10
+    ahead = round(BAR_MAX_AHEAD_SECONDS * 1000)
+    # One message of trades stamped up to an hour ahead, one second apart.
+    future = [trade(10.0, now + ahead + 1 + second * 1000) for second in range(3600)]
+    assert book.add_trades([*future, trade(11.0, now), trade(12.0, now + ahead)], now) == []
+    for interval in ("1s", "1m", "5m"):
+        assert all(bar.t <= now + ahead for bar in book.bars("AAPL", interval)), interval
+    assert sum(bar.n for bar in book.bars("AAPL", "1m")) == 2
+    assert len(book.bars("AAPL", "1s")) == 2
+
+
+def test_open_bars_per_series_are_capped() -> None:
+    book = BarBook(grace=0.5, max_ahead=3600.0)  # a clock far behind its trades
+    book.add_trades([trade(10.0, T + second * 1000) for second in range(3600)], T)
+    assert len(book.bars("AAPL", "1s")) == MAX_OPEN_BARS
+    assert len(book.bars("AAPL", "1m")) == MAX_OPEN_BARS
+
+
+def test_a_volume_sum_that_would_overflow_stays_finite() -> None:
+    book = BarBook()
+    book.add_trades([trade(10.0, T, volume=1e308), trade(10.0, T + 1, volume=1e308)], T)
+    bar = book.bars("AAPL", "1m")[0]
+    assert bar.v == sys.float_info.max and bar.n == 2
+    assert Bar.from_dict(bar.as_dict()).v == sys.float_info.max  # what is stored, reads back
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"v": None},  # what an infinite volume became in JSON
+        {"o": float("nan")},
+        {"h": float("inf")},
+        {"l": 12.0},  # low above the open
+        {"h": 9.0},  # high below the close
+        {"l": 0},
+        {"v": -1},
+        {"t": 1.5},
+        {"n": True},
+        {"n": 0},
+        {"c": "10"},
+    ],
+)
+def test_a_malformed_bar_is_refused_by_from_dict(change: dict[str, object]) -> None:
+    good = Bar.of(T, 10.0, 1.0, T)
+    good.add(11.0, 2.0, T + 1)
+    assert Bar.from_dict(good.as_dict()) == Bar(T, 10.0, 11.0, 10.0, 11.0, 3.0, 2, T, T)
+    with pytest.raises(ValueError):
+        Bar.from_dict({**good.as_dict(), **change})
+    incomplete = good.as_dict()
+    del incomplete["c"]
+    with pytest.raises(KeyError):
+        Bar.from_dict(incomplete)

@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from server.uvicorn_protocols import HTTP_IMPORT_PATH
 from simulator.market import MarketSimulator, rest_url
 from tests.helpers import (
     PROJECT,
@@ -41,7 +42,7 @@ async def gateway_process(
     port = free_port()
     command = (
         sys.executable, "-m", "uvicorn", "--app-dir", str(PROJECT), "gateway:app",
-        "--http", "server.uvicorn_protocols:GatewayHttpProtocol", *extra,
+        "--http", HTTP_IMPORT_PATH, *extra,
     )  # fmt: skip
     env = {
         "FINNHUB_WS_URL": upstream,

@@ -1,5 +1,6 @@
 """Core tasks are supervised: a crash is logged with its traceback, /health answers 503
-"degraded" naming the part while it is down, and the part is restarted by itself."""
+"degraded" naming the part while it is down, and the part is restarted by itself; a
+part that crash-loops stays named between its crashes until it has run long enough."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from typing import Any, cast
 import pytest
 
 from hub import UpdateBatch
-from runtime.supervisor import Supervisor
+from runtime.backoff import Backoff
+from runtime.supervisor import CRASH_LOOP_AFTER, Restarts, Supervisor
 from tests.helpers import GatewayUnderTest, Market, poll_until, run_gateway, settings_for, trade
 
 
@@ -83,3 +85,58 @@ async def test_a_part_that_returns_is_restarted_and_exit_cancels_every_part() ->
                 await asyncio.sleep(0.001)
         assert supervisor.restarts["steady"] == 0
     assert cancelled.is_set()
+
+
+async def test_a_crash_looping_part_stays_down_while_it_runs_between_crashes(
+    market: Market,
+) -> None:
+    async with run_gateway(settings_for(market)) as gateway:
+        client = await gateway.connect()
+        await client.subscribe("AAPL")
+        await market.simulator.wait_for(lambda: "AAPL" in market.simulator.subscribed_symbols())
+        supervisor = gateway.gateway.running.supervisor
+        supervisor.initial_delay = 0.01
+        for crash in range(1, CRASH_LOOP_AFTER + 1):
+            await gateway.gateway.running.hub.publish(cast(UpdateBatch, object()))
+
+            async def restarted(count: int = crash) -> bool:
+                return supervisor.restarts["broadcaster"] == count
+
+            await poll_until(restarted)
+        # Running again (it delivers), yet it crashed three times in a row: not healthy.
+        await market.simulator.send_trades([trade("AAPL", 6.0)])
+        assert (await client.expect("price_update"))["data"]["price"] == 6.0
+        status, body = await health_response(gateway)
+        assert (status, body["status"]) == (503, "degraded")
+        assert body["down"] == {"broadcaster": "AttributeError"}
+
+
+def test_restarts_count_crashes_in_a_row_until_a_healthy_run() -> None:
+    now = [0.0]
+    restarts = Restarts(Backoff(1.0, 60.0, floor=0.5), healthy_after=30.0, clock=lambda: now[0])
+    for crash in range(1, CRASH_LOOP_AFTER + 1):
+        restarts.started()
+        now[0] += 1.0
+        restarts.crashed("ValueError")
+        assert restarts.in_a_row == crash
+        assert restarts.looping is (crash == CRASH_LOOP_AFTER)
+    assert restarts.reason == "ValueError"
+    # Doubling per crash in a row, jittered between half and all of it, capped.
+    assert 2.0 <= restarts.delay() <= 4.0
+    assert 1.5 <= Backoff(1.0, 3.0, floor=0.5).delay_after(restarts.in_a_row) <= 3.0
+    restarts.started()
+    now[0] += 29.0
+    assert restarts.looping  # running, but not yet for long enough
+    now[0] += 1.0
+    assert not restarts.looping
+    restarts.crashed("KeyError")  # after a healthy run: the first of a new row
+    assert restarts.in_a_row == 1 and not restarts.looping
+    assert 0.5 <= restarts.delay() <= 1.0
+
+
+async def test_watched_parts_count_as_down() -> None:
+    failing = {"cluster.relay": "TypeError"}
+    async with Supervisor(watched=[lambda: dict(failing)]) as supervisor:
+        assert supervisor.down == {"cluster.relay": "TypeError"}
+        failing.clear()
+        assert supervisor.down == {}

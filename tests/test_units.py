@@ -7,7 +7,7 @@ import math
 import pytest
 
 from endpoints.ws_requests import parse_client_message
-from market_data.finnhub_wire import parse_trades, redact
+from market_data.finnhub_wire import MAX_TRADE_PRICE, MAX_TRADE_VOLUME, parse_trades, redact
 from market_data.model import Trade
 from protocol import ProtocolError, normalize_symbol, split_symbols
 from runtime.backoff import Backoff
@@ -98,6 +98,24 @@ def test_parse_trades_keeps_valid_and_counts_malformed() -> None:
     ]
     assert malformed == 7
     assert parse_trades({"s": "AAPL"}) == ([], 1)
+
+
+def test_parse_trades_refuses_implausible_prices_and_volumes() -> None:
+    at = 1700000000000
+    data = [
+        {"s": "AAPL", "p": 150.25, "t": at, "v": MAX_TRADE_VOLUME},
+        {"s": "BRK.A", "p": MAX_TRADE_PRICE, "t": at, "v": 1},
+        {"s": "AAPL", "p": 150.25, "t": at, "v": 1e308},  # finite, but two overflow a sum
+        {"s": "AAPL", "p": 150.25, "t": at, "v": MAX_TRADE_VOLUME * 1.5},
+        {"s": "AAPL", "p": 1e308, "t": at, "v": 1},
+        {"s": "AAPL", "p": MAX_TRADE_PRICE * 1.5, "t": at, "v": 1},
+    ]
+    trades, skipped = parse_trades(data, now=at / 1000)
+    assert [(t.symbol, t.price, t.volume) for t in trades] == [
+        ("AAPL", 150.25, MAX_TRADE_VOLUME),
+        ("BRK.A", MAX_TRADE_PRICE, 1),
+    ]
+    assert skipped == 4
 
 
 def test_backoff_doubles_to_the_cap_and_resets() -> None:
