@@ -34,6 +34,7 @@ from bars.delivery import BarDelivery
 from delivery.outbox import ClientConnection, ClientSocket, FanoutStats, FrameWriter
 from delivery.pacing import DeliveryClock, DeliveryGroups
 from delivery.quotes import QuoteDelivery
+from delivery.snapshots import LatestPrices
 from market_data.model import MarketStatus, UpstreamState
 from market_data.quotes import QuoteService
 from protocol import DeliveryOptions, Frame
@@ -58,27 +59,6 @@ class UpdateBatch:
     # False for a last price learned elsewhere (a cluster snapshot): it only fills in
     # for symbols that have no live update yet, and never replaces one.
     live: bool = True
-
-
-class LatestPrices:
-    """The last `price_update` of each symbol the upstream carries: a new subscriber's
-    snapshot. Forgotten when the upstream stops carrying the symbol (it would only go
-    stale), which the capacity reports (`UpstreamCapacity(on_release=...)`)."""
-
-    def __init__(self) -> None:
-        self._frames: dict[str, Frame] = {}
-
-    def __contains__(self, symbol: str) -> bool:
-        return symbol in self._frames
-
-    def get(self, symbol: str) -> Frame | None:
-        return self._frames.get(symbol)
-
-    def keep(self, frame: Frame) -> None:
-        self._frames[frame.symbol] = frame
-
-    def forget(self, symbol: str) -> None:
-        self._frames.pop(symbol, None)
 
 
 class Hub:

@@ -63,6 +63,9 @@ CLOSE_TOKEN_EXPIRED = 4001  # signed tokens (access/token_session.py): unrenewed
 CLOSE_AUTH_FAILED = 4003
 CLOSE_AUTH_TIMEOUT = 4008
 CLOSE_TOO_MANY_FOR_USER = 4029  # MAX_CONNECTIONS_PER_USER
+# How long a client we close gets to read the close frame (and its reason) before the
+# connection is cut: one that does not read would otherwise hold its buffers forever.
+CLOSE_GRACE_SECONDS = 1.0
 CLOSE_CODES = (
     CLOSE_POLICY_VIOLATION,
     CLOSE_MESSAGE_TOO_BIG,

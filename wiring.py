@@ -34,9 +34,10 @@ from cluster.bars import MirrorBars, StoredBars
 from cluster.link import RedisLink
 from cluster.relay import RedisRelay
 from cluster.rest import ClusterQuoteSource, RedisBudget
+from delivery.snapshots import LatestPrices
 from endpoints.ws_session import ClientSessions
 from finnhub_feed import FinnhubFeed
-from hub import Hub, LatestPrices, Observer
+from hub import Hub, Observer
 from market_data.finnhub_rest import CallBudget, FinnhubRest, SlidingWindowBudget
 from market_data.market_watch import MarketWatch
 from market_data.model import SymbolInterest

@@ -10,7 +10,7 @@ sends each bar event (live, final, revised) to that symbol and interval's subscr
 encoded once.
 
 Where the events come from depends on the mode: in one process, `trades_received`
-feeds the local `BarBook` and `run()` reports what is due every `TICK_SECONDS`; in a
+feeds the local `BarBook` and `run()` reports what is due every `BAR_CLOCK_SECONDS`; in a
 cluster, the leader aggregates and every node `apply`s the events it publishes
 (cluster/relay.py), so the book here is a mirror that serves history. This module never
 reads the upstream or the clock except through those calls.
@@ -28,7 +28,7 @@ from bars.book import INTERVALS, BarBook, BarEvent, Interval
 from delivery.outbox import ClientConnection
 from market_data.model import Trade
 
-TICK_SECONDS = 0.1  # how often closes and live updates are looked for
+BAR_CLOCK_SECONDS = 0.1  # how often closes and live updates are looked for
 TRADES_PER_SLICE = 5000  # trades counted between two yields to the event loop
 
 
@@ -147,7 +147,7 @@ class BarDelivery:
     async def run(self) -> None:
         """Close bars on the clock and send live updates (single-process mode)."""
         while True:
-            await asyncio.sleep(TICK_SECONDS)
+            await asyncio.sleep(BAR_CLOCK_SECONDS)
             self.deliver(self.book.due(_now_ms()))
 
 

@@ -1,7 +1,7 @@
 """Bars on a cluster: the leader aggregates, Redis keeps them, every process mirrors them.
 
 - **The leader** (`LeaderBars`, one per leadership) counts the trades its feed parsed
-  into a `BarBook`, every `TICK_SECONDS` closes what is due, and writes each event to
+  into a `BarBook`, every `BAR_CLOCK_SECONDS` closes what is due, and writes each event to
   Redis in one transaction: a closed bar replaces any bar with the same start in the
   sorted set `{prefix}:bars:{interval}:{symbol}` (score: its start; at most
   BAR_HISTORY kept), an open bar goes to the hash `{prefix}:bars-open`, and the event
@@ -34,7 +34,7 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from bars.book import INTERVALS, Bar, BarBook, BarEvent, Interval
-from bars.delivery import TICK_SECONDS, TRADES_PER_SLICE
+from bars.delivery import BAR_CLOCK_SECONDS, TRADES_PER_SLICE
 from market_data.model import Trade
 from runtime.cancellation import raise_if_cancelling
 from runtime.logs import get_logger
@@ -192,7 +192,7 @@ class LeaderBars:
         A Redis error costs this tick's events (logged), never the leadership."""
         pending: list[BarEvent] = []  # due but not yet stored: retried next tick
         while True:
-            await asyncio.sleep(TICK_SECONDS)
+            await asyncio.sleep(BAR_CLOCK_SECONDS)
             async with self._lock:
                 pending += self._book.due(_now_ms())
                 unwanted = self._book.symbols - self._carried()

@@ -27,12 +27,10 @@ from typing import Protocol
 from access.entitlements import UNRESTRICTED, Entitlements
 from bars.book import Interval
 from delivery.pacing import DeliveryGroup, Outgoing
-from protocol import CLOSE_TRY_AGAIN_LATER, DeliveryOptions, Frame
+from protocol import CLOSE_GRACE_SECONDS, CLOSE_TRY_AGAIN_LATER, DeliveryOptions, Frame
 from runtime.logs import get_logger
 
 logger = get_logger(__name__)
-
-CLOSE_GRACE_SECONDS = 1.0
 
 
 class ClientSocket(Protocol):

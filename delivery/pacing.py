@@ -10,7 +10,7 @@ so they form one `DeliveryGroup`: the broadcaster offers each update once per gr
 not once per client, the group's `Pacing` decides what is due, a batch is encoded once
 (the updates' pre-encoded bytes joined) and the same bytes are written to every member.
 The gateway's cost follows the frames it writes, not the trades it receives.
-`DeliveryClock` is the one timer: a wheel of `TICK_SECONDS` slots, driven by one
+`DeliveryClock` is the one timer: a wheel of `PACING_TICK_SECONDS` slots, driven by one
 supervised coroutine; nothing is held longer than its interval plus one tick.
 
 A member that changes its symbols or options moves to another group, taking with it
@@ -28,7 +28,7 @@ from typing import Protocol
 
 from protocol import DeliveryOptions, Frame, price_updates_message
 
-TICK_SECONDS = 0.01
+PACING_TICK_SECONDS = 0.01
 # What a pacing hands on: single price updates (each naming its symbol), or one batch.
 Outgoing = list[Frame]
 
@@ -36,7 +36,7 @@ Outgoing = list[Frame]
 class DeliveryClock:
     """One timer for every paced group: flushes each when it is due."""
 
-    def __init__(self, tick: float = TICK_SECONDS) -> None:
+    def __init__(self, tick: float = PACING_TICK_SECONDS) -> None:
         self.tick = tick
         self._slots: dict[int, set[Pacing]] = {}
         self._woken = asyncio.Event()

@@ -19,7 +19,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 import protocol
 from access.message_budget import MessageBudget
 from protocol import CLOSE_MESSAGE_TOO_BIG, CLOSE_POLICY_VIOLATION, Frame
-from server.uvicorn_protocols import ServerConnection
+from server.connection import ServerConnection
 from settings import Settings
 
 

@@ -40,13 +40,15 @@ from hub import Hub
 from protocol import (
     CLOSE_AUTH_FAILED,
     CLOSE_AUTH_TIMEOUT,
+    CLOSE_GRACE_SECONDS,
     CLOSE_POLICY_VIOLATION,
     CLOSE_TOKEN_EXPIRED,
     CLOSE_TRY_AGAIN_LATER,
     Frame,
 )
 from runtime.logs import get_logger
-from server.uvicorn_protocols import FAST_PATH_FLAGS, ServerConnection, server_connection
+from server.connection import ServerConnection, server_connection
+from server.uvicorn_protocols import FAST_PATH_FLAGS
 from settings import Settings
 
 logger = get_logger(__name__)
@@ -287,7 +289,6 @@ class ClientSessions:
 AUTH_FIRST = protocol.error_message(
     "auth_required", 'send {"action":"auth","token":"..."} first; nothing else is served before it'
 )
-CLOSE_GRACE_SECONDS = 1.0
 
 
 async def _close_with(websocket: WebSocket, error: Frame, code: int, reason: str) -> None:

@@ -16,14 +16,10 @@ lifespan from the settings and handed over in uvicorn's lifespan state):
   continuation frames included; 1008 past it), and a cap on output the peer leaves
   unread (the connection is aborted at once, its buffers released).
 
-For each accepted handshake the app finds a `ServerConnection` in the ASGI scope
-(`scope["extensions"]["gateway.connection"]`) through which it can write pre-built
-frames straight to the transport (`frame_writer()`, the fast path, unless an extension
-such as permessage-deflate was negotiated), `abort()`, see whether the peer `stalled()`,
-cap the kernel's send buffer and read how much output is queued. Under any other server
-or protocol these are absent and the app falls back to plain ASGI sends.
+For each accepted handshake the app finds a `ServerConnection` (server/connection.py)
+in the ASGI scope, its handle on the connection below ASGI (the fast path among it).
 
-This module is the only place that reads uvicorn's attributes; the version range it was
+This package is the only place that reads uvicorn's attributes; the version range it was
 written against is pinned in setup.cfg and tests/test_server_protocol.py fails loudly
 if the fast path stops engaging. It must never parse application messages.
 """
@@ -31,10 +27,6 @@ if the fast path stops engaging. It must never parse application messages.
 from __future__ import annotations
 
 import asyncio
-import fcntl
-import socket
-import struct
-import termios
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -48,11 +40,11 @@ from websockets.http11 import Request
 
 from runtime.logs import get_logger
 from runtime.token_bucket import TokenBucket
+from server.connection import SCOPE_EXTENSION, ServerConnection
 from server.guard import ConnectionGuard
 
 logger = get_logger(__name__)
 
-SCOPE_EXTENSION = "gateway.connection"
 STATE_KEY = "gateway.connection_guard"
 HTTP_IMPORT_PATH = "server.uvicorn_protocols:GatewayHttpProtocol"
 WS_IMPORT_PATH = "server.uvicorn_protocols:GatewayWebSocketProtocol"
@@ -312,88 +304,6 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
 
 def _peer(client: tuple[str, int] | None) -> str:
     return client[0] if client else "-"
-
-
-class DirectFrameWriter:
-    """The fast path: whole, pre-built frames written straight to the transport.
-
-    Server frames are unmasked, so one encoded frame can be written as-is to every
-    subscriber. It never writes after a close frame went out or once the transport
-    started closing; `ready()` is false while the send buffer is over its high-water
-    mark, and `wait_ready()` raises ConnectionError once the connection is gone.
-    """
-
-    def __init__(self, protocol: GatewayWebSocketProtocol) -> None:
-        self._protocol = protocol
-        self._transport = protocol.transport
-        self._writable = protocol.writable
-
-    def ready(self) -> bool:
-        return (
-            self._writable.is_set()
-            and not self._protocol.close_sent
-            and not self._transport.is_closing()
-        )
-
-    def write(self, data: bytes) -> None:
-        self._transport.write(data)
-
-    async def wait_ready(self) -> None:
-        await self._writable.wait()
-        if self._protocol.close_sent or self._transport.is_closing():
-            raise ConnectionError("client socket closed")
-
-
-class ServerConnection:
-    """What the app may do with one client's connection below the ASGI interface."""
-
-    def __init__(self, protocol: GatewayWebSocketProtocol) -> None:
-        self._protocol = protocol
-
-    def frame_writer(self) -> DirectFrameWriter | None:
-        """A writer for pre-built frames, or None when a negotiated extension forbids it."""
-        if self._protocol.conn.extensions:
-            return None
-        return DirectFrameWriter(self._protocol)
-
-    def stalled(self) -> bool:
-        """The peer is not reading: the send buffer is above its high-water mark."""
-        return not self._protocol.writable.is_set()
-
-    def abort(self) -> None:
-        """Drop the connection at once, discarding unsent bytes: a peer that never reads
-        would otherwise keep a graceful close (and its buffered bytes) pending forever."""
-        self._protocol.transport.abort()
-
-    def limit_send_buffer(self, size: int) -> None:
-        """Cap the kernel's send buffer for this socket (SO_SNDBUF), so a stalled
-        client holds little kernel memory."""
-        sock = self._socket()
-        if sock is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
-
-    def queued_bytes(self) -> int:
-        """Output not yet taken by the peer: the transport's buffer plus the kernel's
-        send queue for the socket (Linux SIOCOUTQ)."""
-        queued = self._protocol.transport.get_write_buffer_size()
-        sock = self._socket()
-        if sock is not None and sock.fileno() >= 0:
-            try:
-                raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
-                queued += struct.unpack("i", raw)[0]
-            except OSError:
-                pass
-        return queued
-
-    def _socket(self) -> socket.socket | None:
-        sock: socket.socket | None = self._protocol.transport.get_extra_info("socket")
-        return sock
-
-
-def server_connection(scope: Mapping[str, Any]) -> ServerConnection | None:
-    """The connection handle our protocol put in the scope, or None under another server."""
-    connection = scope.get("extensions", {}).get(SCOPE_EXTENSION)
-    return connection if isinstance(connection, ServerConnection) else None
 
 
 _TRUST_RULES: dict[str, _TrustedHosts] = {}

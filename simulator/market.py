@@ -28,7 +28,6 @@ This module must never log the token it is given.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import random
@@ -46,7 +45,7 @@ from simulator.rest import REST_PREFIX, QuoteBook, RestCalls, add_rest_routes
 
 logger = logging.getLogger(__name__)
 
-TICK_SECONDS = 0.05
+MESSAGE_INTERVAL_SECONDS = 0.05
 MAX_TRADES_PER_SYMBOL_PER_FRAME = 4
 
 
@@ -69,7 +68,7 @@ class MarketSimulator:
         token: str | None = None,
         max_symbols: int = 50,
         seed: int | None = None,
-        tick: float = TICK_SECONDS,
+        tick: float = MESSAGE_INTERVAL_SECONDS,
         sequenced: bool = False,
         session: Session = "regular",
         rest_rate: float = 60.0,
@@ -320,42 +319,3 @@ async def serve(
 def rest_url(ws_url: str) -> str:
     """The REST base URL (FINNHUB_REST_URL) of a simulator served at `ws_url`."""
     return ws_url.replace("ws://", "http://", 1).rstrip("/") + REST_PREFIX
-
-
-async def _main(args: argparse.Namespace) -> None:
-    simulator = MarketSimulator(
-        rate=args.rate,
-        ping_interval=args.ping_interval,
-        tick=args.tick,
-        sequenced=args.sequenced,
-        max_symbols=args.max_symbols,
-        session=args.session,
-        rest_rate=args.rest_rate,
-    )
-    host, port, rate = args.host, args.port, args.rate
-    async with serve(simulator, host, port) as url:
-        logger.info("simulated Finnhub listening on %s (rate %.0f trades/s)", url, rate)
-        await asyncio.Event().wait()
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description="A Finnhub-compatible market simulator")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8765)
-    parser.add_argument("--rate", type=float, default=20.0, help="trades per second per connection")
-    parser.add_argument("--ping-interval", type=float, default=60.0)
-    parser.add_argument("--max-symbols", type=int, default=50, help="per connection, as Finnhub")
-    parser.add_argument("--tick", type=float, default=TICK_SECONDS, help="seconds between frames")
-    parser.add_argument(
-        "--sequenced", action="store_true", help="benchmark mode: volume = per-symbol sequence"
-    )
-    parser.add_argument("--session", choices=SESSIONS, default="regular", help="market hours")
-    parser.add_argument("--rest-rate", type=float, default=60.0, help="REST calls per minute")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    with suppress(KeyboardInterrupt):
-        asyncio.run(_main(args))
-
-
-if __name__ == "__main__":
-    main()

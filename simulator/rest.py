@@ -20,14 +20,12 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
+from market_data.model import Session
 from simulator.prices import REFERENCE_PRICES, reference_price
-
-if TYPE_CHECKING:
-    from simulator.market import MarketSimulator
 
 REST_PREFIX = "/api/v1"
 
@@ -97,7 +95,20 @@ class QuoteBook:
         }
 
 
-def add_rest_routes(app: web.Application, market: MarketSimulator) -> None:
+class Market(Protocol):
+    """What the REST side reads of the simulated market (simulator/market.py)."""
+
+    book: QuoteBook
+    rate: float
+    session: Session
+    rest_calls: RestCalls
+    token: str | None
+    rest_rate: float
+
+    async def notify(self) -> None: ...
+
+
+def add_rest_routes(app: web.Application, market: Market) -> None:
     async def quote(request: web.Request) -> web.Response:
         refusal = _refusal(request, market)
         if refusal is not None:
@@ -128,7 +139,7 @@ def add_rest_routes(app: web.Application, market: MarketSimulator) -> None:
     app.router.add_get(f"{REST_PREFIX}/stock/market-status", market_status)
 
 
-def _refusal(request: web.Request, market: MarketSimulator) -> web.Response | None:
+def _refusal(request: web.Request, market: Market) -> web.Response | None:
     market.rest_calls.tokens_in_urls += "token" in request.query
     token = request.headers.get("X-Finnhub-Token") or request.query.get("token", "")
     if not token or (market.token is not None and token != market.token):
@@ -147,6 +158,6 @@ def _refusal(request: web.Request, market: MarketSimulator) -> web.Response | No
     return None
 
 
-def _record(market: MarketSimulator, request: web.Request, symbol: str, status: int) -> None:
+def _record(market: Market, request: web.Request, symbol: str, status: int) -> None:
     path = request.path.removeprefix(REST_PREFIX)
     market.rest_calls.log.append((time.monotonic(), path, symbol.upper(), status))

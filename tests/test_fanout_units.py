@@ -23,8 +23,9 @@ from access.capacity import UpstreamCapacity
 from access.holds import SymbolHolds
 from delivery import outbox
 from delivery.outbox import ClientConnection, FanoutStats
+from delivery.snapshots import LatestPrices
 from finnhub_feed import FinnhubFeed
-from hub import Hub, LatestPrices, Observer, UpdateBatch
+from hub import Hub, Observer, UpdateBatch
 from market_data.model import SymbolInterest, Trade
 from protocol import CLOSE_TRY_AGAIN_LATER, Frame
 from relay.local import LocalRelay

@@ -1,0 +1,107 @@
+"""One client's WebSocket below the ASGI interface: `ServerConnection`, which the
+gateway's WebSocket protocol puts in the ASGI scope (`scope["extensions"]
+["gateway.connection"]`) for each accepted handshake.
+
+Through it the app can write pre-built frames straight to the transport
+(`frame_writer()`, the fast path, unless an extension such as permessage-deflate was
+negotiated), `abort()`, see whether the peer `stalled()`, cap the kernel's send buffer
+and read how much output is queued. Under any other server or protocol it is absent
+(`server_connection()` is None) and the app falls back to plain ASGI sends. It reads
+uvicorn's sans-I/O protocol's attributes (pinned with the rest of this package) and
+never parses application messages.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import socket
+import struct
+import termios
+from collections.abc import Mapping
+from typing import Any
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+SCOPE_EXTENSION = "gateway.connection"
+
+
+class DirectFrameWriter:
+    """The fast path: whole, pre-built frames written straight to the transport.
+
+    Server frames are unmasked, so one encoded frame can be written as-is to every
+    subscriber. It never writes after a close frame went out or once the transport
+    started closing; `ready()` is false while the send buffer is over its high-water
+    mark, and `wait_ready()` raises ConnectionError once the connection is gone.
+    """
+
+    def __init__(self, protocol: WebSocketsSansIOProtocol) -> None:
+        self._protocol = protocol
+        self._transport = protocol.transport
+        self._writable = protocol.writable
+
+    def ready(self) -> bool:
+        return (
+            self._writable.is_set()
+            and not self._protocol.close_sent
+            and not self._transport.is_closing()
+        )
+
+    def write(self, data: bytes) -> None:
+        self._transport.write(data)
+
+    async def wait_ready(self) -> None:
+        await self._writable.wait()
+        if self._protocol.close_sent or self._transport.is_closing():
+            raise ConnectionError("client socket closed")
+
+
+class ServerConnection:
+    """What the app may do with one client's connection below the ASGI interface."""
+
+    def __init__(self, protocol: WebSocketsSansIOProtocol) -> None:
+        self._protocol = protocol
+
+    def frame_writer(self) -> DirectFrameWriter | None:
+        """A writer for pre-built frames, or None when a negotiated extension forbids it."""
+        if self._protocol.conn.extensions:
+            return None
+        return DirectFrameWriter(self._protocol)
+
+    def stalled(self) -> bool:
+        """The peer is not reading: the send buffer is above its high-water mark."""
+        return not self._protocol.writable.is_set()
+
+    def abort(self) -> None:
+        """Drop the connection at once, discarding unsent bytes: a peer that never reads
+        would otherwise keep a graceful close (and its buffered bytes) pending forever."""
+        self._protocol.transport.abort()
+
+    def limit_send_buffer(self, size: int) -> None:
+        """Cap the kernel's send buffer for this socket (SO_SNDBUF), so a stalled
+        client holds little kernel memory."""
+        sock = self._socket()
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+
+    def queued_bytes(self) -> int:
+        """Output not yet taken by the peer: the transport's buffer plus the kernel's
+        send queue for the socket (Linux SIOCOUTQ)."""
+        queued = self._protocol.transport.get_write_buffer_size()
+        sock = self._socket()
+        if sock is not None and sock.fileno() >= 0:
+            try:
+                raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+                queued += struct.unpack("i", raw)[0]
+            except OSError:
+                pass
+        return queued
+
+    def _socket(self) -> socket.socket | None:
+        sock: socket.socket | None = self._protocol.transport.get_extra_info("socket")
+        return sock
+
+
+def server_connection(scope: Mapping[str, Any]) -> ServerConnection | None:
+    """The connection handle our protocol put in the scope, or None under another server."""
+    connection = scope.get("extensions", {}).get(SCOPE_EXTENSION)
+    return connection if isinstance(connection, ServerConnection) else None
