@@ -391,3 +391,33 @@ async def warm_up_batched(simulator: MarketSimulator, client: Client) -> None:
                 return
             except TimeoutError:
                 continue
+
+
+async def test_a_followers_subscribe_reaches_finnhub_at_once(
+    tmp_path: Path, redis_server: RedisServer, market: Market, prefix: str
+) -> None:
+    """The follower announces its interest on Redis Pub/Sub and the leader re-reads the
+    union at once: each subscribe reaches the upstream well inside the leader's 2 s
+    safety-net re-read (which alone would need a second on average)."""
+    simulator, upstream = market.simulator, market.url
+    async with (
+        gateway_process(tmp_path, upstream, redis_server.url, prefix) as (_, first),
+        gateway_process(tmp_path, upstream, redis_server.url, prefix) as (_, second),
+        aiohttp.ClientSession() as session,
+    ):
+        await poll_until(lambda: _has_leader(session, [first, second]), timeout=15)
+        # Both nodes in the leader's view, so a fresh announcement is all that is missing.
+        await poll_until(lambda: _nodes_seen(session, [first, second], 2), timeout=15)
+        client = await connect(session, await _follower(session, [first, second]))
+        loop = asyncio.get_running_loop()
+        took: list[float] = []
+        for symbol in ("NVDA", "AMD", "INTC", "TSLA", "META"):
+            started = loop.time()
+            await client.subscribe(symbol)
+            await simulator.wait_for(lambda s=symbol: s in simulator.subscribed_symbols())
+            took.append(loop.time() - started)
+        assert max(took) < 1.0, took
+
+
+async def _nodes_seen(session: aiohttp.ClientSession, ports: list[int], nodes: int) -> bool:
+    return all([(await health(session, port))["cluster_nodes"] == nodes for port in ports])

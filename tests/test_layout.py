@@ -1,0 +1,132 @@
+"""The house's rules, read from the code: no import cycle (the simulator's included), no
+import up into the spine or the endpoints from the packages below them, one home for
+`redis` and for uvicorn's internals, the simulator standing apart, modules of a size a
+newcomer reads in one sitting, and every logger under the one root."""
+
+from __future__ import annotations
+
+import ast
+import logging
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+from runtime.logs import LEVELLED_LOGGERS, configure_logging
+from tests.helpers import PROJECT
+
+SPINE = {"gateway", "wiring", "hub", "finnhub_feed"}
+# Packages below the spine: they may import one another, `protocol` and `settings`,
+# never the spine, the endpoints, the relays or the cluster.
+LOWER = ("access", "delivery", "bars", "market_data", "server", "runtime")
+UPPER = SPINE | {"endpoints", "relay", "cluster"}
+MAX_LINES = 375  # "about 350": a module longer than this wants splitting
+
+
+def _modules() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for path in sorted(PROJECT.glob("*.py")) + sorted(PROJECT.glob("*/*.py")):
+        relative = path.relative_to(PROJECT)
+        if relative.parts[0] in ("tests", "bench", ".venv", "build"):
+            continue
+        name = ".".join(relative.with_suffix("").parts)
+        found[name.removesuffix(".__init__")] = path
+    return found
+
+
+MODULES = _modules()
+
+
+@cache
+def imports_of(module: str) -> frozenset[str]:
+    """Every name a module imports (TYPE_CHECKING blocks included), as dotted paths."""
+    tree = ast.parse(MODULES[module].read_text(encoding="utf-8"))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return frozenset(names)
+
+
+def project_imports(module: str) -> set[str]:
+    return {name for name in imports_of(module) if name in MODULES and name != module}
+
+
+def test_the_import_graph_has_no_cycle() -> None:
+    state: dict[str, str] = {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = "open"
+        for imported in sorted(project_imports(module)):
+            if state.get(imported) == "open":
+                cycle = [*path[path.index(imported) :], imported] if imported in path else path
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if imported not in state:
+                visit(imported, [*path, imported])
+        state[module] = "done"
+
+    for module in MODULES:
+        if module not in state:
+            visit(module, [module])
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m.split(".")[0] in LOWER))
+def test_the_lower_packages_never_import_upwards(module: str) -> None:
+    upward = {name for name in project_imports(module) if name.split(".")[0] in UPPER}
+    assert not upward, f"{module} imports {sorted(upward)}"
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_redis_and_uvicorn_internals_have_one_home_each(module: str) -> None:
+    top = module.split(".")[0]
+    external = {name.split(".")[0] for name in imports_of(module)}
+    if "redis" in external:
+        assert top == "cluster", f"{module} imports redis"
+    internals = {
+        name for name in imports_of(module) if name.startswith("uvicorn.") and name != "uvicorn"
+    }
+    if internals:
+        assert top == "server", f"{module} reaches into {sorted(internals)}"
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith("simulator")))
+def test_the_simulator_never_imports_the_gateway(module: str) -> None:
+    outside = {
+        name
+        for name in project_imports(module)
+        if not name.startswith("simulator") and not name.startswith("market_data.model")
+    }
+    assert not outside, f"{module} imports {sorted(outside)}"
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_modules_stay_short(module: str) -> None:
+    lines = len(MODULES[module].read_text(encoding="utf-8").splitlines())
+    assert lines <= MAX_LINES, f"{module}: {lines} lines"
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_every_logger_hangs_under_the_root(module: str) -> None:
+    """`get_logger(__name__)` (or the root itself), so LOG_LEVEL reaches every line:
+    once, `access/tokens.py`'s JWKS lines were missed for want of a list entry."""
+    if module.startswith("simulator"):
+        return  # a stand-in Finnhub: its own logger, "simulator"
+    source = MODULES[module].read_text(encoding="utf-8")
+    assert "getLogger(__name__)" not in source, f"{module} logs outside the root"
+
+
+def test_log_level_reaches_every_module_logger() -> None:
+    levelled = [logging.getLogger(name) for name in LEVELLED_LOGGERS]
+    before = [logger.level for logger in levelled]
+    try:
+        configure_logging("DEBUG")
+        assert logging.getLogger("gateway.access.tokens").isEnabledFor(logging.DEBUG)
+        configure_logging("WARNING")
+        assert not logging.getLogger("gateway.access.tokens").isEnabledFor(logging.INFO)
+        assert logging.getLogger("gateway.cluster.relay").isEnabledFor(logging.WARNING)
+    finally:
+        for logger, level in zip(levelled, before, strict=True):
+            logger.setLevel(level)
