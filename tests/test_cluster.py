@@ -41,7 +41,7 @@ async def gateway_process(
     port = free_port()
     command = (
         sys.executable, "-m", "uvicorn", "--app-dir", str(PROJECT), "gateway:app",
-        "--http", "server_protocol:GatewayHttpProtocol", *extra,
+        "--http", "server.uvicorn_protocols:GatewayHttpProtocol", *extra,
     )  # fmt: skip
     env = {
         "FINNHUB_WS_URL": upstream,

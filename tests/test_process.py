@@ -131,7 +131,7 @@ async def test_uvicorn_command_line_serves_the_app(tmp_path: Path) -> None:
 
 DEPLOYED = (
     sys.executable, "-m", "uvicorn", "--app-dir", str(PROJECT), "gateway:app",
-    "--http", "server_protocol:GatewayHttpProtocol", "--ws-per-message-deflate", "false",
+    "--http", "server.uvicorn_protocols:GatewayHttpProtocol", "--ws-per-message-deflate", "false",
 )  # fmt: skip
 FIFTY_SYMBOLS = [f"S{index:02d}" for index in range(50)]
 
