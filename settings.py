@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import ipaddress
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, fields, replace
@@ -33,9 +35,16 @@ class ConfigError(Exception):
     """The configuration cannot run a gateway; the message says what to change."""
 
 
-def setting(default: Any, *, minimum: float | None = None, secret: bool = False) -> Any:
-    """A field of `Settings`: its default, an optional lower bound, and whether it is secret."""
-    return dataclasses.field(default=default, repr=not secret, metadata={"minimum": minimum})
+def setting(
+    default: Any,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    secret: bool = False,
+) -> Any:
+    """A field of `Settings`: its default, optional bounds, and whether it is secret."""
+    metadata = {"minimum": minimum, "maximum": maximum}
+    return dataclasses.field(default=default, repr=not secret, metadata=metadata)
 
 
 @dataclass(frozen=True)
@@ -73,7 +82,7 @@ class Settings:
     market_status_interval: float = setting(120.0, minimum=0.5)  # seconds between polls
     # -- serving -----------------------------------------------------------------------
     host: str = setting("0.0.0.0")
-    port: int = setting(8000, minimum=0)
+    port: int = setting(8000, minimum=1, maximum=65535)
     frontend_url: tuple[str, ...] = setting(("http://localhost:3000",))
     log_level: LogLevel = setting("INFO")
     log_format: LogFormat = setting("text")
@@ -146,11 +155,18 @@ class Settings:
             value = getattr(self, spec.name)
             if minimum is not None and value < minimum:
                 raise ConfigError(f"{spec.name.upper()} must be at least {minimum:g}; got {value}")
+            maximum = spec.metadata.get("maximum")
+            if maximum is not None and value > maximum:
+                raise ConfigError(f"{spec.name.upper()} must be at most {maximum:g}; got {value}")
             choices = _choices(_field_type(spec))
             if choices and value not in choices:
                 raise ConfigError(
                     f"{spec.name.upper()} must be one of {', '.join(choices)}; got {value!r}"
                 )
+        if not _is_host(self.host):
+            raise ConfigError(
+                f"HOST must be an IP address or a host name (no scheme, no port); got {self.host!r}"
+            )
         if self.bar_grace > 1:
             raise ConfigError(f"BAR_GRACE must be at most 1 (second); got {self.bar_grace}")
         # One way to say who a client is: a shared token, or one source of JWT keys.
@@ -221,6 +237,20 @@ def load_settings(env_file: str = ".env", **overrides: Any) -> Settings:
         return replace(Settings(**values), **overrides)
     except TypeError as exc:  # an unknown override: a programming error, say which
         raise ConfigError(str(exc)) from None
+
+
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def _is_host(host: str) -> bool:
+    """An address uvicorn can bind: an IP address, or a host name (RFC 1123 labels)."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    labels = host.removesuffix(".").split(".")
+    return len(host) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in labels)
 
 
 @functools.cache
