@@ -79,7 +79,14 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
         settings.finnhub_rest_url,
         settings.finnhub_api_key,
     )
-    if settings.demo and not key:
+    if settings.demo:
+        # Demo mode means simulated prices, whatever else is configured: /health says
+        # "demo": true, so a key (say, left in .env) must not quietly stream the real feed.
+        if key:
+            logger.warning(
+                "DEMO MODE: FINNHUB_API_KEY is set (environment or .env) but ignored in demo "
+                "mode; unset DEMO and drop --demo (./dev run passes it) for the real feed"
+            )
         market_simulator = MarketSimulator(
             rate=settings.demo_trade_rate, session=settings.demo_session
         )
