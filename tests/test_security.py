@@ -77,7 +77,7 @@ async def test_client_token(market: Market, caplog: pytest.LogCaptureFixture) ->
         # The same parameter, percent-encoded: accepted, and still never logged.
         assert await handshake_status(gateway, f"/ws?tok%65n={secret}", encoded=True) == 101
         health = await gateway.health()
-    assert "/ws?***" in caplog.text  # the server's own access lines, query redacted
+    assert "/ws?token=***" in caplog.text  # the server's own access lines, token redacted
     assert secret not in caplog.text
     assert secret not in repr(health)
 
