@@ -22,6 +22,7 @@ import types
 import typing
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal, Union, get_args, get_origin
+from urllib.parse import urlsplit
 
 from decouple import Config, RepositoryEmpty, RepositoryEnv
 
@@ -150,6 +151,9 @@ class Settings:
     leader_lease_seconds: float = setting(5.0, minimum=0.1)
 
     def __post_init__(self) -> None:
+        # Browsers send an origin (scheme://host[:port]): "http://localhost:3000/" as
+        # written in .env would otherwise match no Origin header, for CORS and /ws alike.
+        object.__setattr__(self, "frontend_url", tuple(map(_origin_of, self.frontend_url)))
         for spec in fields(self):
             minimum = spec.metadata.get("minimum")
             value = getattr(self, spec.name)
@@ -237,6 +241,15 @@ def load_settings(env_file: str = ".env", **overrides: Any) -> Settings:
         return replace(Settings(**values), **overrides)
     except TypeError as exc:  # an unknown override: a programming error, say which
         raise ConfigError(str(exc)) from None
+
+
+def _origin_of(url: str) -> str:
+    """A FRONTEND_URL entry as the Origin a browser sends: "https://App.example/x/" ->
+    "https://app.example"; anything that is not a URL ("*") as it is."""
+    parts = urlsplit(url)
+    if parts.scheme and parts.netloc:
+        return f"{parts.scheme.lower()}://{parts.netloc.lower()}"
+    return url
 
 
 _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")

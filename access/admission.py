@@ -79,7 +79,7 @@ class Admission:
             if settings.require_origin:
                 return self._refuse("origin", Refusal(403, "an Origin header is required"))
         elif not (settings.any_origin or origin in settings.allowed_origins):
-            return self._refuse("origin", Refusal(403, "origin not allowed"))
+            return self._refuse("origin", Refusal(403, "origin not allowed: not in FRONTEND_URL"))
         if settings.gateway_token and not _same(token or "", settings.gateway_token):
             return self._refuse("token", Refusal(401, "missing or wrong token"))
         return self._over_limits(

@@ -82,6 +82,13 @@ def test_addresses_and_host_names_are_valid_hosts(
     assert settings.host == host and settings.port == 65535
 
 
+def test_frontend_urls_are_read_as_the_origins_browsers_send(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FRONTEND_URL", "http://localhost:3000/, https://App.Example/app, *")
+    assert load_settings().frontend_url == ("http://localhost:3000", "https://app.example", "*")
+
+
 def test_settings_built_in_code_are_validated_too() -> None:
     with pytest.raises(ConfigError, match="LOG_LEVEL must be one of"):
         Settings(log_level="verbose")  # type: ignore[arg-type]
