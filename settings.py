@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import ipaddress
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal, Union, get_args, get_origin
+from urllib.parse import urlsplit
 
 from decouple import Config, RepositoryEmpty, RepositoryEnv
 
@@ -33,9 +36,16 @@ class ConfigError(Exception):
     """The configuration cannot run a gateway; the message says what to change."""
 
 
-def setting(default: Any, *, minimum: float | None = None, secret: bool = False) -> Any:
-    """A field of `Settings`: its default, an optional lower bound, and whether it is secret."""
-    return dataclasses.field(default=default, repr=not secret, metadata={"minimum": minimum})
+def setting(
+    default: Any,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    secret: bool = False,
+) -> Any:
+    """A field of `Settings`: its default, optional bounds, and whether it is secret."""
+    metadata = {"minimum": minimum, "maximum": maximum}
+    return dataclasses.field(default=default, repr=not secret, metadata=metadata)
 
 
 @dataclass(frozen=True)
@@ -73,7 +83,7 @@ class Settings:
     market_status_interval: float = setting(120.0, minimum=0.5)  # seconds between polls
     # -- serving -----------------------------------------------------------------------
     host: str = setting("0.0.0.0")
-    port: int = setting(8000, minimum=0)
+    port: int = setting(8000, minimum=1, maximum=65535)
     frontend_url: tuple[str, ...] = setting(("http://localhost:3000",))
     log_level: LogLevel = setting("INFO")
     log_format: LogFormat = setting("text")
@@ -141,16 +151,26 @@ class Settings:
     leader_lease_seconds: float = setting(5.0, minimum=0.1)
 
     def __post_init__(self) -> None:
+        # Browsers send an origin (scheme://host[:port]): "http://localhost:3000/" as
+        # written in .env would otherwise match no Origin header, for CORS and /ws alike.
+        object.__setattr__(self, "frontend_url", tuple(map(_origin_of, self.frontend_url)))
         for spec in fields(self):
             minimum = spec.metadata.get("minimum")
             value = getattr(self, spec.name)
             if minimum is not None and value < minimum:
                 raise ConfigError(f"{spec.name.upper()} must be at least {minimum:g}; got {value}")
+            maximum = spec.metadata.get("maximum")
+            if maximum is not None and value > maximum:
+                raise ConfigError(f"{spec.name.upper()} must be at most {maximum:g}; got {value}")
             choices = _choices(_field_type(spec))
             if choices and value not in choices:
                 raise ConfigError(
                     f"{spec.name.upper()} must be one of {', '.join(choices)}; got {value!r}"
                 )
+        if not _is_host(self.host):
+            raise ConfigError(
+                f"HOST must be an IP address or a host name (no scheme, no port); got {self.host!r}"
+            )
         if self.bar_grace > 1:
             raise ConfigError(f"BAR_GRACE must be at most 1 (second); got {self.bar_grace}")
         # One way to say who a client is: a shared token, or one source of JWT keys.
@@ -221,6 +241,29 @@ def load_settings(env_file: str = ".env", **overrides: Any) -> Settings:
         return replace(Settings(**values), **overrides)
     except TypeError as exc:  # an unknown override: a programming error, say which
         raise ConfigError(str(exc)) from None
+
+
+def _origin_of(url: str) -> str:
+    """A FRONTEND_URL entry as the Origin a browser sends: "https://App.example/x/" ->
+    "https://app.example"; anything that is not a URL ("*") as it is."""
+    parts = urlsplit(url)
+    if parts.scheme and parts.netloc:
+        return f"{parts.scheme.lower()}://{parts.netloc.lower()}"
+    return url
+
+
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def _is_host(host: str) -> bool:
+    """An address uvicorn can bind: an IP address, or a host name (RFC 1123 labels)."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    labels = host.removesuffix(".").split(".")
+    return len(host) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in labels)
 
 
 @functools.cache

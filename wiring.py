@@ -206,10 +206,17 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
 
 
 async def _upstream_endpoints(settings: Settings, stack: AsyncExitStack) -> tuple[str, str, str]:
-    """Finnhub's WebSocket and REST addresses and the key; in demo mode without a key,
-    the simulator's, started in this process."""
-    if not (settings.demo and not settings.finnhub_api_key):
+    """Finnhub's WebSocket and REST addresses and the key; in demo mode the simulator's,
+    started in this process."""
+    if not settings.demo:
         return settings.finnhub_ws_url, settings.finnhub_rest_url, settings.finnhub_api_key
+    # Demo mode means simulated prices, whatever else is configured: /health says
+    # "demo": true, so a key (say, left in .env) must not quietly stream the real feed.
+    if settings.finnhub_api_key:
+        logger.warning(
+            "DEMO MODE: FINNHUB_API_KEY is set (environment or .env) but ignored in demo "
+            "mode; unset DEMO and drop --demo (./dev run passes it) for the real feed"
+        )
     market_simulator = MarketSimulator(rate=settings.demo_trade_rate, session=settings.demo_session)
     ws_url = await stack.enter_async_context(serve(market_simulator))
     logger.warning(

@@ -223,7 +223,9 @@ class Admission:
             if settings.require_origin:
                 return self._refuse("origin", Refusal("an Origin header is required", status=403))
         elif not (settings.any_origin or origin in settings.allowed_origins):
-            return self._refuse("origin", Refusal("origin not allowed", status=403))
+            return self._refuse(
+                "origin", Refusal("origin not allowed: not in FRONTEND_URL", status=403)
+            )
         return None
 
     def _over_limits(

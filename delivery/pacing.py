@@ -154,6 +154,10 @@ class Pacing:
     def _schedule(self, when: float, now: float) -> None:
         """Flush at `when`: now, inline, if it is due already; else on the clock."""
         if when <= now:
+            if self._slot is not None:
+                # A flush due on the clock but not yet run (the wheel wakes a little
+                # late): left there, it would send a second frame right after this one.
+                self._clock.cancel(self._slot, self)
             self.flush(now)
             return
         slot = math.ceil(when / self._clock.tick)

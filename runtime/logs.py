@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+from urllib.parse import unquote_plus
 
 # Every logger of the gateway hangs under this one (`gateway.hub`, `gateway.access.tokens`,
 # ...), so LOG_LEVEL set on it reaches them all; the simulator, a stand-in Finnhub, has
@@ -22,15 +24,46 @@ LEVELLED_LOGGERS = (ROOT_LOGGER, "simulator")
 SECRET_HEADERS = frozenset({"authorization", "cookie", "set-cookie", "sec-websocket-protocol"})
 
 
-def _without_query(value: object) -> object:
-    """A request target with its query string replaced: `/ws?token=x` -> `/ws?***`.
+# A query parameter whose name (decoded, any case) holds one of these carries a credential.
+CREDENTIAL_NAME = re.compile(r"token|key|secret|pass|auth|jwt|session|credential", re.IGNORECASE)
+# The same inside a value that itself spells parameters (`x=1%26token%3Dabc`).
+EMBEDDED_CREDENTIAL = re.compile(rf"(?:{CREDENTIAL_NAME.pattern})[^=&;]*=", re.IGNORECASE)
+_QUERY_SEPARATOR = re.compile(r"([&;])")
+
+
+def _decoded(text: str) -> str:
+    """`text` percent- and plus-decoded until it stops changing (`%256B` is `%6B` is `k`)."""
+    for _ in range(4):
+        decoded = unquote_plus(text)
+        if decoded == text:
+            break
+        text = decoded
+    return text
+
+
+def _redact_parameter(parameter: str) -> str:
+    name, equals, value = parameter.partition("=")
+    decoded_value = _decoded(value)
+    if CREDENTIAL_NAME.search(_decoded(name)) or EMBEDDED_CREDENTIAL.search(decoded_value):
+        return f"{name}=***" if equals else "***"
+    return parameter
+
+
+def _without_credentials(value: object) -> object:
+    """A request target with its credential-bearing query parameters' values replaced:
+    `/bars/GOOG?token=x&interval=1m` -> `/bars/GOOG?token=***&interval=1m`.
 
     uvicorn passes the parsed path (with its query) as one argument of its access and
-    WebSocket log lines; the query is cut from that argument, so no spelling of the
-    token (percent-encoded, quoted, in an absolute URL) can survive.
+    WebSocket log lines. Names are judged decoded and in any case (`TOKEN`, `to%6Ben`,
+    `api_key`), every occurrence of a repeated one is replaced, and the raw text after
+    the first `?` is split on both `&` and `;`, so no spelling of a token the server
+    would accept (percent-encoded, quoted, in an absolute URL) survives.
     """
     if isinstance(value, str) and "?" in value:
-        return value.split("?", 1)[0] + "?***"
+        target, query = value.split("?", 1)
+        parts = _QUERY_SEPARATOR.split(query)
+        parts[::2] = [_redact_parameter(part) for part in parts[::2]]
+        return f"{target}?{''.join(parts)}"
     return value
 
 
@@ -40,18 +73,19 @@ def get_logger(module: str) -> logging.Logger:
 
 
 class RedactTokens(logging.Filter):
-    """On the server's loggers: drop the query string from every request-target
-    argument, and the value of every credential-bearing header argument."""
+    """On the server's loggers: drop the credential-bearing query parameters' values
+    from every request-target argument, and the value of every credential-bearing
+    header argument."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
         if isinstance(args, tuple) and args:
-            redacted = tuple(_without_query(arg) for arg in args)
+            redacted = tuple(_without_credentials(arg) for arg in args)
             if len(redacted) == 2 and str(redacted[0]).lower() in SECRET_HEADERS:
                 redacted = (redacted[0], "***")  # a websockets-style "< %s: %s" header line
             record.args = redacted
         elif isinstance(record.msg, str) and "?" in record.msg and not args:
-            record.msg = " ".join(str(_without_query(part)) for part in record.msg.split(" "))
+            record.msg = " ".join(str(_without_credentials(part)) for part in record.msg.split(" "))
         return True
 
 

@@ -16,6 +16,11 @@ lifespan from the settings and handed over in uvicorn's lifespan state):
   continuation frames included; 1008 past it), and a cap on output the peer leaves
   unread (the connection is aborted at once, its buffers released).
 
+After the 1008 close frame the connection waits for the peer's close frame (the closing
+handshake), reading and ignoring what comes first within LINGER_SECONDS and LINGER_BYTES,
+so that the kernel never answers those late frames with a reset that overtakes the close
+frame on the peer's side.
+
 For each accepted handshake the app finds a `ServerConnection` (server/connection.py)
 in the ASGI scope, its handle on the connection below ASGI (the fast path among it).
 
@@ -37,6 +42,7 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from uvicorn.server import ServerState
 from websockets.frames import Frame
 from websockets.http11 import Request
+from websockets.protocol import State
 
 from runtime.logs import get_logger
 from runtime.token_bucket import TokenBucket
@@ -52,6 +58,10 @@ WS_IMPORT_PATH = "server.uvicorn_protocols:GatewayWebSocketProtocol"
 FAST_PATH_FLAGS = f"--http {HTTP_IMPORT_PATH} --ws-per-message-deflate false"
 _FALLBACK_GUARD = ConnectionGuard()  # before the lifespan hands over the real one
 WRITE_BUFFER_HIGH = 4_096  # bytes in the transport before a client counts as stalled
+# A peer that reads sees our close frame within a round trip and answers it; one still
+# sending past either bound is flooding and is cut at once.
+LINGER_SECONDS = 1.0
+LINGER_BYTES = 65_536
 
 
 def _guard(app_state: Mapping[str, Any]) -> ConnectionGuard:
@@ -193,6 +203,7 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
         limits = self._guard.limits
         self._frame_budget = TokenBucket(limits.frame_rate, limits.frame_burst, self.loop.time())
         self._failed = False
+        self._read_after_failing = 0
         self._deadline: asyncio.TimerHandle | None = None
         # websockets logs every header and frame at DEBUG: tokens and cookies included.
         self.conn.debug = False
@@ -210,6 +221,14 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
         if self._deadline is not None:
             self._deadline.cancel()
         super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._failed:  # waiting for the peer's close frame (see _fail), within bounds
+            self._read_after_failing += len(data)
+            if self._read_after_failing > LINGER_BYTES:
+                self.transport.abort()
+                return
+        super().data_received(data)
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
@@ -283,13 +302,27 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.abort()
 
     def _fail(self, code: int, reason: str) -> None:
+        """Close with `code` by the closing handshake, not by closing the socket at once:
+        frames the peer sent before it read our close frame would reach a closed socket,
+        and the reset the kernel answers with can overtake the close frame. Nor by a
+        half-close: a client (aiohttp's) whose transport sees our FIN before it replies
+        reports 1006. Meanwhile its frames are parsed and ignored; the reply closes the
+        connection (uvicorn's handle_close, as close_timer is set); a peer that never
+        replies, or sends LINGER_BYTES first, is aborted."""
         self._failed = True
-        self.conn.fail(code, reason)
+        if self.conn.state is not State.OPEN:  # our close frame went out already
+            self.transport.abort()
+            return
+        self.conn.send_close(code, reason)
         self.transport.write(b"".join(self.conn.data_to_send()))
         self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
         self.close_sent = True
         self._abort_if_unread()
-        self.transport.close()
+        if not self.transport.is_closing():
+            if self.read_paused:
+                self.read_paused = False
+                self.transport.resume_reading()
+            self.close_timer = self.loop.call_later(LINGER_SECONDS, self.transport.abort)
 
     def _abort_if_unread(self) -> None:
         if self.transport.get_write_buffer_size() > 0:

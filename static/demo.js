@@ -3,11 +3,15 @@
 // time, an up/down flash and a live candle chart per symbol (1-second bars built by the
 // gateway: history on subscribe, then live and final bars, drawn on a <canvas>). Before
 // a symbol trades (say the market is closed) its card shows the quote's price, labelled
-// as such; the header shows the market's session.
+// as such; the header shows the market's session. It starts with a few symbols the
+// simulator trades (crypto even while the stock market is closed) and remembers the
+// visitor's own list in localStorage.
 import { StockClient } from "/static/stock-client.js";
 
 const CHART_BARS = 60; // the last minute of 1-second bars
 const BAR_INTERVAL = "1s";
+const DEFAULT_SYMBOLS = ["AAPL", "MSFT", "BINANCE:BTCUSDT"];
+const SAVED_SYMBOLS = "stock-gateway.demo.symbols"; // localStorage key
 const cards = new Map(); // symbol -> { element, first, last, live, bars }
 const grid = document.getElementById("cards");
 const wsUrl = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws${location.search}`;
@@ -57,13 +61,37 @@ fetch("/health")
 document.getElementById("add").addEventListener("submit", (event) => {
   event.preventDefault();
   const input = document.getElementById("symbol");
-  const symbols = input.value.split(",").map((s) => s.trim().toUpperCase()).filter(Boolean);
-  symbols.forEach(addCard);
-  client.subscribe(symbols);
-  client.subscribeBars(symbols, BAR_INTERVAL);
+  watch(input.value.split(",").map((s) => s.trim().toUpperCase()).filter(Boolean));
   input.value = "";
   document.getElementById("message").textContent = "";
 });
+watch(savedSymbols());
+
+function watch(symbols) {
+  if (!symbols.length) return;
+  symbols.forEach(addCard);
+  client.subscribe(symbols);
+  client.subscribeBars(symbols, BAR_INTERVAL);
+}
+
+// The visitor's list from an earlier visit, or the defaults on a first one.
+function savedSymbols() {
+  try {
+    const saved = JSON.parse(localStorage.getItem(SAVED_SYMBOLS) ?? "null");
+    if (Array.isArray(saved) && saved.every((symbol) => typeof symbol === "string")) return saved;
+  } catch {
+    // storage blocked, or something else under our key: start from the defaults
+  }
+  return DEFAULT_SYMBOLS;
+}
+
+function saveSymbols() {
+  try {
+    localStorage.setItem(SAVED_SYMBOLS, JSON.stringify([...cards.keys()]));
+  } catch {
+    // storage blocked or full: the page works, it just forgets
+  }
+}
 
 function pill(id, text, good) {
   const element = document.getElementById(id);
@@ -93,11 +121,14 @@ function addCard(symbol) {
   });
   grid.append(element);
   cards.set(symbol, { element, first: null, last: undefined, live: false, bars: new Map() });
+  saveSymbols();
 }
 
+// Also for a symbol the gateway refused, which is then not remembered either.
 function removeCard(symbol) {
   cards.get(symbol)?.element.remove();
   cards.delete(symbol);
+  saveSymbols();
 }
 
 function digitsFor(price) {

@@ -56,7 +56,7 @@ def settings_for(market: Market, **overrides: Any) -> Settings:
         finnhub_ws_url=market.url,
         finnhub_rest_url=rest_url(market.url),
         host="127.0.0.1",
-        port=0,
+        port=8000,  # run_gateway binds its own free port; this one is unused
         log_level="DEBUG",
         reconnect_initial_delay=0.02,
         reconnect_max_delay=0.2,

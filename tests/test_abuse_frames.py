@@ -86,10 +86,17 @@ async def test_a_reading_client_that_pings_nonstop_is_closed_with_1008() -> None
 
                 reading = asyncio.create_task(read())
                 while not ws.closed:
-                    await ws.ping(b"x")
+                    try:
+                        await ws.ping(b"x")
+                    except ConnectionError:
+                        # Our own reader closed the socket while this ping waited to
+                        # be written: the close frame it read decides the verdict.
+                        break
                     await asyncio.sleep(0)
                 return await reading
 
         measure, code = await rig.measure(pinger, seconds=3)
+        # The gateway keeps reading after its close frame until this client's reply (the
+        # closing handshake), so no reset can overtake the frame: 1008 is always read.
         assert code == 1008
         assert_absorbed(measure)

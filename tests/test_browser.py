@@ -105,6 +105,30 @@ async def test_demo_page_streams_and_survives_upstream_and_gateway_restarts() ->
             await browser.close()
 
 
+async def test_demo_page_starts_with_symbols_and_remembers_the_visitors_list() -> None:
+    simulator = MarketSimulator(rate=40, token=TEST_KEY)
+    async with (
+        serve(simulator) as url,
+        chromium_page() as page,
+        run_gateway(settings_for(Market(simulator, url)), allow_own_origin=True) as gw,
+    ):
+        cards = page.locator("article[data-symbol]")
+        await page.goto(gw.base_url + "/demo")
+        await expect(cards).to_have_count(3, timeout=10_000)  # a first visit: the defaults
+        shown = await cards.evaluate_all("(cards) => cards.map((c) => c.dataset.symbol)")
+        assert shown == ["AAPL", "MSFT", "BINANCE:BTCUSDT"]
+        await price_keeps_changing(page, "BINANCE:BTCUSDT")  # the simulator trades them
+
+        await page.fill("#symbol", "goog")
+        await page.click("button[type=submit]")
+        await page.click('article[data-symbol="MSFT"] .remove')
+        await page.reload()
+        await expect(page.locator('article[data-symbol="GOOG"]')).to_be_visible(timeout=10_000)
+        await expect(page.locator('article[data-symbol="MSFT"]')).to_have_count(0)
+        await expect(cards).to_have_count(3)  # AAPL, BINANCE:BTCUSDT, GOOG
+        await price_keeps_changing(page, "GOOG")  # and it subscribed again
+
+
 async def test_demo_mode_says_its_prices_are_simulated() -> None:
     async with playwright_api.async_playwright() as playwright:
         settings = replace(

@@ -107,6 +107,38 @@ async def test_batches_keep_every_update_in_order_in_few_frames(
     assert statistics.median(gaps) >= 0.095, gaps
 
 
+@pytest.mark.parametrize("throttle_ms", [0, 50])
+async def test_a_batched_client_gets_at_most_one_frame_per_interval(
+    market: Market, gateway: GatewayUnderTest, throttle_ms: int
+) -> None:
+    """Trades for several symbols every few milliseconds: each batch frame carries
+    everything pending, so frames are never closer than batch_ms (with or without a
+    throttle). Counted from before the first trade to the last frame's arrival, n frames
+    at least 100 ms apart need (n - 1) * 100 ms: nothing here depends on jitter."""
+    symbols = ["AAPL", "MSFT", "GOOG", "TSLA"]
+    query = {"batch_ms": 100, **({"throttle_ms": throttle_ms} if throttle_ms else {})}
+    client = await subscribed(gateway, market, symbols, **query)
+    loop = asyncio.get_running_loop()
+
+    async def send() -> None:
+        for index in range(500):  # ~1.5 s; offers land at every point of an interval
+            symbol = symbols[index % len(symbols)]
+            await market.simulator.send_trades([trade(symbol, 100 + index / 100)])
+            await asyncio.sleep(0.003)
+
+    started = loop.time()
+    sending = asyncio.create_task(send())
+    batches = await collect(client, "price_updates", started + 2.5)
+    await sending
+    assert len(batches) >= 5, batches
+    elapsed_ms = int((batches[-1][0] - started) * 1000)  # whole ms: no float edge cases
+    assert len(batches) <= elapsed_ms // 100 + 1, (len(batches), elapsed_ms)
+    if throttle_ms:
+        for _, batch in batches:
+            names = [update["symbol"] for update in batch["updates"]]
+            assert len(names) == len(set(names))  # the throttle still keeps one per symbol
+
+
 async def test_batch_and_throttle_send_the_newest_per_symbol(
     market: Market, gateway: GatewayUnderTest
 ) -> None:

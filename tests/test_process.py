@@ -15,7 +15,15 @@ import orjson
 import pytest
 
 from bench.stuck import open_never_reading_client
-from tests.helpers import PROJECT, GatewayProcess, free_port, gateway_subprocess, run_to_exit
+from simulator.market import MarketSimulator, rest_url, serve
+from tests.helpers import (
+    PROJECT,
+    TEST_KEY,
+    GatewayProcess,
+    free_port,
+    gateway_subprocess,
+    run_to_exit,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -114,6 +122,30 @@ async def test_demo_mode_end_to_end(tmp_path: Path) -> None:
         assert "Application shutdown complete" in gateway.output
         for complaint in ("Task was destroyed", "Unclosed", "Traceback"):
             assert complaint not in gateway.output, gateway.output
+
+
+async def test_demo_mode_simulates_prices_even_with_a_key_in_dotenv(tmp_path: Path) -> None:
+    """`./dev run` passes --demo: a key left in .env must not switch it to the real feed
+    while /health says demo (here the "real feed" is a scripted market that never trades)."""
+    real = MarketSimulator(rate=0, token=TEST_KEY)
+    async with serve(real) as real_url:
+        (tmp_path / ".env").write_text(
+            f"FINNHUB_API_KEY={TEST_KEY}\nFINNHUB_WS_URL={real_url}\n"
+            f"FINNHUB_REST_URL={rest_url(real_url)}\n"
+        )
+        port = free_port()
+        async with demo_gateway(tmp_path, port) as gateway, aiohttp.ClientSession() as session:
+            assert (await health_of(session, port))["demo"] is True
+            async with session.ws_connect(f"ws://127.0.0.1:{port}/ws") as ws:
+                await ws.send_str(
+                    orjson.dumps({"action": "subscribe", "symbols": ["AAPL"]}).decode()
+                )
+                async with asyncio.timeout(10):
+                    while (await ws.receive_json())["type"] != "price_update":
+                        pass
+            assert not real.connections, "demo mode connected to the configured feed"
+            assert "FINNHUB_API_KEY is set (environment or .env) but ignored" in gateway.output
+            assert TEST_KEY not in gateway.output
 
 
 async def test_uvicorn_command_line_serves_the_app(tmp_path: Path) -> None:

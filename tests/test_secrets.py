@@ -105,5 +105,37 @@ async def test_client_tokens_and_credential_headers_never_reach_the_logs(
             assert (await reader.readline()).startswith(b"HTTP/1.1 ")
             writer.close()
             await writer.wait_closed()
-    assert "/ws?***" in caplog.text  # the lines are there, minus their query strings
+    assert '/ws?x="&token=***' in caplog.text  # the lines are there, minus the token
+    assert secret not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("target", "logged"),
+    [
+        ("/bars/GOOG?token={s}&interval=1m", "/bars/GOOG?token=***&interval=1m"),
+        ("/health?TOKEN={s}", "/health?TOKEN=***"),
+        ("/health?to%6Ben={s}&x=1", "/health?to%6Ben=***&x=1"),
+        ("/health?to%256Ben={s}", "/health?to%256Ben=***"),
+        ("/health?token=a&token={s}&token={s}", "/health?token=***&token=***&token=***"),
+        ("/health?api_key={s}&symbol=AAPL", "/health?api_key=***&symbol=AAPL"),
+        ("/health?Authorization=Bearer+{s}", "/health?Authorization=***"),
+        ("/health?client_secret={s};password={s}", "/health?client_secret=***;password=***"),
+        ("/health?x=1%26token%3D{s}", "/health?x=***"),
+        ("/health?symbols=AAPL,MSFT&interval=1m", "/health?symbols=AAPL,MSFT&interval=1m"),
+    ],
+)
+async def test_access_logs_keep_harmless_query_parameters_and_hide_credentials(
+    market: Market, caplog: pytest.LogCaptureFixture, target: str, logged: str
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    secret = "gw-token-77c0d2"
+    async with run_gateway(settings_for(market)) as gateway:
+        port = int(gateway.base_url.rsplit(":", 1)[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"GET {target.format(s=secret)} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        await writer.drain()
+        assert (await reader.readline()).startswith(b"HTTP/1.1 ")
+        writer.close()
+        await writer.wait_closed()
+    assert logged in caplog.text
     assert secret not in caplog.text

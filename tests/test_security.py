@@ -67,6 +67,40 @@ async def test_origin_check(market: Market) -> None:
         assert await handshake_status(anyone, origin="https://whatever.example") == 101
 
 
+async def test_a_refused_origin_is_logged_with_the_setting_that_allows_it(
+    market: Market, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    settings = settings_for(market, frontend_url=("https://app.example",))
+    async with run_gateway(settings) as gateway:
+        assert await handshake_status(gateway, origin="http://localhost:5173") == 403
+    refused = [r.getMessage() for r in caplog.records if "websocket refused" in r.getMessage()]
+    assert len(refused) == 1, refused
+    assert "http://localhost:5173" in refused[0] and "FRONTEND_URL" in refused[0]
+
+
+async def test_static_files_answer_cors_for_the_frontend_origins(market: Market) -> None:
+    """A page on FRONTEND_URL imports /static/stock-client.js across origins: GET and
+    its preflight carry Access-Control-Allow-Origin; FRONTEND_URL written as a URL (a
+    trailing slash, a path) means its origin, for CORS and the /ws check alike."""
+    settings = settings_for(market, frontend_url=("https://App.example/dashboard/",))
+    async with run_gateway(settings) as gateway:
+        script = gateway.base_url + "/static/stock-client.js"
+        allowed = {"Origin": "https://app.example"}
+        async with gateway.session.get(script, headers=allowed) as response:
+            assert response.status == 200
+            assert response.headers.get("Access-Control-Allow-Origin") == "https://app.example"
+        preflight = {**allowed, "Access-Control-Request-Method": "GET"}
+        async with gateway.session.options(script, headers=preflight) as response:
+            assert response.status == 200
+            assert response.headers.get("Access-Control-Allow-Origin") == "https://app.example"
+        async with gateway.session.get(
+            script, headers={"Origin": "https://evil.example"}
+        ) as response:
+            assert "Access-Control-Allow-Origin" not in response.headers
+        assert await handshake_status(gateway, origin="https://app.example") == 101
+
+
 async def test_client_token(market: Market, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     secret = "gw-token-3f9a1c"
@@ -77,7 +111,7 @@ async def test_client_token(market: Market, caplog: pytest.LogCaptureFixture) ->
         # The same parameter, percent-encoded: accepted, and still never logged.
         assert await handshake_status(gateway, f"/ws?tok%65n={secret}", encoded=True) == 101
         health = await gateway.health()
-    assert "/ws?***" in caplog.text  # the server's own access lines, query redacted
+    assert "/ws?token=***" in caplog.text  # the server's own access lines, token redacted
     assert secret not in caplog.text
     assert secret not in repr(health)
 

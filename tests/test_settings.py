@@ -52,7 +52,12 @@ def test_the_environment_wins_over_the_env_file(
         ("LOG_FORMAT", "xml", "LOG_FORMAT must be one of text, json"),
         ("DEMO", "maybe", "DEMO must be true or false"),
         ("PORT", "eighty", "PORT must be a number"),
-        ("PORT", "-1", "PORT must be at least 0"),
+        ("PORT", "-1", "PORT must be at least 1"),
+        ("PORT", "0", "PORT must be at least 1"),
+        ("PORT", "70000", "PORT must be at most 65535"),
+        ("HOST", "http://0.0.0.0", "HOST must be an IP address or a host name"),
+        ("HOST", "0.0.0.0:8000", "HOST must be an IP address or a host name"),
+        ("HOST", "my host", "HOST must be an IP address or a host name"),
         ("MAX_CLIENTS", "0", "MAX_CLIENTS must be at least 1"),
         ("CLIENT_MESSAGE_RATE", "nan-ish", "CLIENT_MESSAGE_RATE must be a number"),
     ],
@@ -65,6 +70,23 @@ def test_bad_values_fail_naming_the_variable(
         load_settings()
     assert complaint in str(raised.value)
     assert repr(value) in str(raised.value) or value in str(raised.value)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "127.0.0.1", "localhost", "gateway-1.internal"])
+def test_addresses_and_host_names_are_valid_hosts(
+    monkeypatch: pytest.MonkeyPatch, host: str
+) -> None:
+    monkeypatch.setenv("HOST", host)
+    monkeypatch.setenv("PORT", "65535")
+    settings = load_settings()
+    assert settings.host == host and settings.port == 65535
+
+
+def test_frontend_urls_are_read_as_the_origins_browsers_send(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FRONTEND_URL", "http://localhost:3000/, https://App.Example/app, *")
+    assert load_settings().frontend_url == ("http://localhost:3000", "https://app.example", "*")
 
 
 def test_settings_built_in_code_are_validated_too() -> None:
