@@ -59,7 +59,9 @@ METRICS: dict[str, str] = {
 }
 
 
-class Running(Protocol):
+class MeteredParts(Protocol):
+    """What the collector reads of the running gateway (`wiring.Running` has it all)."""
+
     hub: Hub
     upstream: Upstream
     relay: Relay
@@ -79,7 +81,7 @@ def _counter(name: str, value: float) -> CounterMetricFamily:
 
 
 class GatewayCollector(Collector):
-    def __init__(self, running: Callable[[], Running | None]) -> None:
+    def __init__(self, running: Callable[[], MeteredParts | None]) -> None:
         self._running = running
 
     def collect(self) -> Iterator[Metric]:
@@ -137,7 +139,9 @@ class GatewayCollector(Collector):
             yield _counter("gateway_cluster_bars_skipped_total", cluster.bars_skipped)
 
 
-def create_registry(running: Callable[[], Running | None]) -> tuple[CollectorRegistry, Histogram]:
+def create_registry(
+    running: Callable[[], MeteredParts | None],
+) -> tuple[CollectorRegistry, Histogram]:
     """A registry with the gateway's collector, and the hand-off histogram to feed the hub."""
     registry = CollectorRegistry()
     registry.register(GatewayCollector(running))
