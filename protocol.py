@@ -314,8 +314,11 @@ def encode_trades(
     close is known). Bars count every trade; prices only need the newest."""
     newest, _ = newest_per_symbol(trades)
     if previous_close is None:
-        return [price_update_message(*trade) for trade in newest]
-    return [price_update_message(*trade, previous_close(trade.symbol)) for trade in newest]
+        return [price_update_message(t.symbol, t.price, t.volume, t.timestamp) for t in newest]
+    return [
+        price_update_message(t.symbol, t.price, t.volume, t.timestamp, previous_close(t.symbol))
+        for t in newest
+    ]
 
 
 def quote_body(symbol: str, quote: Quote) -> dict[str, object]:

@@ -187,7 +187,7 @@ class BarBook:
         revised: dict[tuple[str, Interval, int], BarEvent] = {}
         newest = now_ms + self._max_ahead_ms
         for trade in trades:
-            symbol, price, volume, t = trade
+            symbol, price, volume, t, _ = trade
             if t > newest:
                 continue  # its price is delivered; a bar in the future it may not make
             for interval in INTERVALS:

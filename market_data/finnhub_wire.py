@@ -16,7 +16,15 @@ from typing import Any, cast
 
 import orjson
 
-from market_data.model import SESSIONS, MarketStatus, Quote, Session, Trade
+from market_data.model import (
+    NOT_SENT,
+    SESSIONS,
+    Conditions,
+    MarketStatus,
+    Quote,
+    Session,
+    Trade,
+)
 
 _TOKEN_IN_TEXT = re.compile(r"(token=)[^&\s'\"]+", re.IGNORECASE)
 # Plausible trades only (README "Security and limits"): no listed instrument trades
@@ -79,10 +87,31 @@ def parse_trades(
             and not isinstance(timestamp, bool)
             and oldest <= timestamp <= newest
         ):
-            trades.append(Trade(symbol, price, volume, timestamp))
+            trades.append(Trade(symbol, price, volume, timestamp, _conditions(item)))
         else:
             skipped += 1
     return trades, skipped
+
+
+MAX_CONDITIONS = 16  # codes per trade; Finnhub sends a handful
+MAX_CONDITION_LENGTH = 8
+
+
+def _conditions(item: dict[str, Any]) -> Conditions:
+    """A trade's `c` as sent when it is a plausible list of codes or `null`; anything
+    else (absent, or not what Finnhub sends) stays out: it would reach every client."""
+    if "c" not in item:
+        return NOT_SENT
+    codes = item["c"]
+    if codes is None:
+        return None
+    if (
+        isinstance(codes, list)
+        and len(codes) <= MAX_CONDITIONS
+        and all(isinstance(code, str) and len(code) <= MAX_CONDITION_LENGTH for code in codes)
+    ):
+        return tuple(codes)
+    return NOT_SENT
 
 
 # Price updates delivered per symbol from one upstream message: the newest ones

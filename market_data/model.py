@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from enum import Enum
 from typing import Any, Literal, NamedTuple, get_args
 
 Session = Literal["closed", "pre-market", "regular", "post-market"]
@@ -25,11 +26,23 @@ UpstreamState = Literal["connecting", "connected", "reconnecting", "unauthorized
 UPSTREAM_STATES: tuple[UpstreamState, ...] = get_args(UpstreamState)
 
 
+class NotSent(Enum):
+    """A trade field the upstream left out (`c` may be absent: then it stays absent)."""
+
+    NOT_SENT = "not sent"
+
+
+NOT_SENT = NotSent.NOT_SENT
+# Finnhub's trade conditions (`c`): a list of codes, `null` (crypto), or absent.
+Conditions = tuple[str, ...] | None | NotSent
+
+
 class Trade(NamedTuple):
     symbol: str
     price: float
     volume: float
     timestamp: int  # Unix milliseconds, as Finnhub sends it
+    conditions: Conditions = NOT_SENT  # kept for clients that speak Finnhub's protocol
 
 
 @dataclass(frozen=True)

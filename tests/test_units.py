@@ -8,7 +8,7 @@ import pytest
 
 from endpoints.ws_requests import parse_client_message
 from market_data.finnhub_wire import MAX_TRADE_PRICE, MAX_TRADE_VOLUME, parse_trades, redact
-from market_data.model import Trade
+from market_data.model import NOT_SENT, Trade
 from protocol import ProtocolError, normalize_symbol, split_symbols
 from runtime.backoff import Backoff
 
@@ -92,11 +92,25 @@ def test_parse_trades_keeps_valid_and_counts_malformed() -> None:
     ]
     trades, malformed = parse_trades(data, now=1_700_000_000)
     assert trades == [
-        Trade("AAPL", 150.25, 100, 1700000000000),
-        Trade("BINANCE:BTCUSDT", 65000, 0.011467, 1700000000001),
-        Trade("MSFT", 1.0, 0, 1700000000002),
+        Trade("AAPL", 150.25, 100, 1700000000000, ("1",)),
+        Trade("BINANCE:BTCUSDT", 65000, 0.011467, 1700000000001, None),
+        Trade("MSFT", 1.0, 0, 1700000000002, NOT_SENT),  # no `c`: it stays absent
     ]
     assert malformed == 7
+
+
+def test_trade_conditions_are_kept_only_as_finnhub_sends_them() -> None:
+    def conditions(value: object) -> object:
+        item = {"s": "AAPL", "p": 1.0, "t": 1700000000000, "v": 1, "c": value}
+        return parse_trades([item], now=1_700_000_000)[0][0].conditions
+
+    assert conditions([]) == ()
+    assert conditions(["1", "12"]) == ("1", "12")
+    # Not what Finnhub sends: the trade is kept, its `c` is not (it would reach clients).
+    assert conditions("<script>") is NOT_SENT
+    assert conditions([1, 2]) is NOT_SENT
+    assert conditions(["x" * 100]) is NOT_SENT
+    assert conditions(["1"] * 1000) is NOT_SENT
     assert parse_trades({"s": "AAPL"}) == ([], 1)
 
 
