@@ -91,6 +91,13 @@ class Gateway:
             return
         await self._running.sessions.serve(websocket)
 
+    async def finnhub_websocket(self, websocket: WebSocket) -> None:
+        """Finnhub's own protocol at `/`, for apps written against Finnhub."""
+        if self._running is None:
+            await websocket.close(CLOSE_SERVICE_RESTART, "the gateway is restarting")
+            return
+        await self._running.finnhub_sessions.serve(websocket)
+
 
 def create_app(settings: Settings | None = None) -> Starlette:
     gateway = Gateway(settings if settings is not None else load_settings())
@@ -109,6 +116,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/docs", http.docs),
             Route("/asyncapi.yaml", http.asyncapi),
             WebSocketRoute("/ws", gateway.websocket),
+            WebSocketRoute("/", gateway.finnhub_websocket),
         ],
         middleware=[
             Middleware(

@@ -24,7 +24,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import protocol
@@ -35,7 +35,8 @@ from delivery.outbox import ClientConnection, ClientSocket, FanoutStats, FrameWr
 from delivery.pacing import DeliveryClock, DeliveryGroups
 from delivery.quotes import QuoteDelivery
 from delivery.snapshots import LatestPrices
-from market_data.model import MarketStatus, UpstreamState
+from delivery.trade_groups import TradeDialect, TradeGroups
+from market_data.model import MarketStatus, Trade, UpstreamState
 from market_data.quotes import QuoteService
 from protocol import DeliveryOptions, Frame
 
@@ -59,6 +60,8 @@ class UpdateBatch:
     # False for a last price learned elsewhere (a cluster snapshot): it only fills in
     # for symbols that have no live update yet, and never replaces one.
     live: bool = True
+    # The message's trades themselves, for clients whose dialect carries raw trades.
+    trades: list[Trade] = field(default_factory=list)
 
 
 class Hub:
@@ -85,6 +88,7 @@ class Hub:
         self._quote_delivery = QuoteDelivery(quotes) if quotes is not None else None
         self.clock = DeliveryClock()  # one timer for every throttled or batched client
         self.groups = DeliveryGroups(self.clock, self._count_conflated)
+        self.trades = TradeGroups()  # clients whose dialect takes raw trades
         self.upstream_state: UpstreamState = "connecting"
         self.capacity = holds.capacity
         self.interest = holds.capacity.interest
@@ -108,13 +112,8 @@ class Hub:
         return len(self._clients)
 
     @property
-    def fast_path_count(self) -> int:
-        """Clients whose frames are written straight to their socket."""
-        return sum(1 for client in self._clients if client.fast_path)
-
-    def send_queue_bytes(self) -> int:
-        """Output queued for every client below the app: what stalled clients pin."""
-        return sum(client.queued_bytes() for client in self._clients)
+    def clients(self) -> frozenset[ClientConnection]:
+        return frozenset(self._clients)
 
     def symbols(self) -> list[str]:
         """Every symbol some client wants (prices or bars): what the upstream should carry."""
@@ -147,9 +146,12 @@ class Hub:
         *,
         owner: str = "-",
         entitlements: Entitlements = UNRESTRICTED,
+        dialect: str = "ws",
+        trade_dialect: TradeDialect | None = None,
     ) -> AsyncIterator[ClientConnection]:
         """Register a client for the length of the block; leaving releases everything.
-        `owner` (its address, or its user) is whose fair share its symbols use."""
+        `owner` (its address, or its user) is whose fair share its symbols use. A client
+        with a `trade_dialect` gets raw trades in that dialect and nothing else."""
         client = ClientConnection(
             socket,
             self.stats,
@@ -158,11 +160,14 @@ class Hub:
             direct=direct,
             outbox_size=self._outbox_size,
             slow_consumer_timeout=self._slow_consumer_timeout,
+            dialect=trade_dialect.name if trade_dialect is not None else dialect,
+            trade_dialect=trade_dialect,
         )
-        client.send(protocol.connection_message(client.id))
-        client.send(protocol.status_message(self.upstream_state))
-        if self._market is not None:
-            client.send(self._market)
+        if trade_dialect is None:
+            client.send(protocol.connection_message(client.id))
+            client.send(protocol.status_message(self.upstream_state))
+            if self._market is not None:
+                client.send(self._market)
         self._clients.add(client)
         try:
             yield client
@@ -176,9 +181,11 @@ class Hub:
 
     def subscribe(self, client: ClientConnection, symbols: list[str]) -> None:
         """Add symbols (already validated) to a client within the limits, say what was
-        refused and why, confirm what it now holds of them, then send snapshots."""
+        refused and why, confirm what it now holds of them, then send snapshots (a raw
+        trade dialect: only what was refused, in its own words)."""
         added: list[str] = []
         refused = RefusedSymbols()
+        dialect = client.trade_dialect
         for symbol in symbols:
             if symbol in client.symbols:
                 continue
@@ -187,10 +194,15 @@ class Hub:
                 refused.add(refusal, symbol)
                 continue
             self._subscribers.setdefault(symbol, set()).add(client)
-            if not client.options.paced:
+            if dialect is None and not client.options.paced:
                 self._immediate.setdefault(symbol, set()).add(client)
             client.symbols.add(symbol)
             added.append(symbol)
+        if dialect is not None:
+            for reason, names in refused.reasons():
+                client.send(dialect.error(f"{reason}; refused: {', '.join(names)}"))
+            self.trades.place(client, dialect)
+            return
         for error in refused.errors():
             client.send(error)
         if added:
@@ -211,7 +223,8 @@ class Hub:
         self.market_status = status
         self._market = protocol.market_message(status)
         for client in self._clients:
-            client.send(self._market)
+            if client.trade_dialect is None:
+                client.send(self._market)
 
     def set_options(self, client: ClientConnection, options: DeliveryOptions) -> None:
         """The client's delivery from now on; confirmed with an `options` message."""
@@ -228,29 +241,10 @@ class Hub:
     def _count_conflated(self) -> None:
         self.stats.conflated_updates += 1
 
-    def entitle(self, client: ClientConnection, entitlements: Entitlements) -> None:
-        """A refreshed token's entitlements: symbols (prices or bars) it no longer allows,
-        or over its cap, are dropped: `forbidden_symbol`, then the unsubscriptions."""
-        client.entitlements = entitlements
-        cap = self.holds.cap_for(entitlements)
-        held = sorted(client.symbols | client.bar_intervals.keys())
-        dropped = [symbol for symbol in held if not entitlements.allow(symbol)]
-        dropped += [symbol for symbol in held if symbol not in dropped][cap:]
-        if not dropped:
-            return
-        reason = "your refreshed token no longer entitles you to these symbols"
-        message = f"{reason}: {', '.join(dropped)}"
-        client.send(protocol.error_message("forbidden_symbol", message, dropped))
-        prices = [symbol for symbol in dropped if symbol in client.symbols]
-        if prices:
-            self.unsubscribe(client, prices)
-        if self.bars is not None:
-            for symbol in dropped:
-                self.bars.drop(client, symbol)
-
     def unsubscribe(self, client: ClientConnection, symbols: list[str]) -> None:
         self._leave(client, symbols)
-        client.send(protocol.subscription_message("unsubscribed", symbols))
+        if client.trade_dialect is None:
+            client.send(protocol.subscription_message("unsubscribed", symbols))
 
     def _leave(self, client: ClientConnection, symbols: Iterable[str]) -> None:
         for symbol in symbols:
@@ -269,6 +263,8 @@ class Hub:
                     del self._immediate[symbol]
             self.holds.release(client, symbol)
         self.groups.place(client)
+        if client.trade_dialect is not None:
+            self.trades.place(client, client.trade_dialect)
 
     # -- the upstream side -----------------------------------------------------------------
 
@@ -281,7 +277,8 @@ class Hub:
         self.upstream_state = state
         frame = protocol.status_message(state)
         for client in self._clients:
-            client.send(frame)
+            if client.trade_dialect is None:
+                client.send(frame)
 
     def upstream_refused(self, symbol: str | None) -> None:
         """Finnhub refused something: tell whoever asked (in fixed words: Finnhub's own
@@ -289,7 +286,8 @@ class Hub:
         if symbol is None:
             frame = protocol.error_message("upstream_error", protocol.UPSTREAM_REPORTED_ERROR)
             for client in self._clients:
-                client.send(frame)
+                if client.trade_dialect is None:
+                    client.send(frame)
             return
         self.capacity.rejected(symbol)
         holders = set(self._subscribers.get(symbol, ()))
@@ -298,7 +296,8 @@ class Hub:
         refused = [symbol]
         error = protocol.error_message("upstream_error", protocol.UPSTREAM_REFUSED_SYMBOL, refused)
         for client in holders:  # none: refused, but everyone who asked has already left
-            client.send(error)
+            dialect = client.trade_dialect
+            client.send(error if dialect is None else dialect.error(f"Invalid symbol {symbol}"))
             if symbol in client.symbols:
                 self.unsubscribe(client, refused)
             if self.bars is not None:
@@ -322,6 +321,8 @@ class Hub:
                     _uncork(corked)
                     await asyncio.sleep(0)
             _uncork(corked)
+            if batch.trades:
+                self.trades.deliver(batch.trades)
             if self._handoff_observer is not None:
                 # Upstream arrival to the last hand-off, one observation per message.
                 self._handoff_observer.observe(time.perf_counter() - batch.received_at)
@@ -333,6 +334,8 @@ class Hub:
         """Hand a whole batch over at once (tests and tools; the broadcaster slices)."""
         for update in batch.updates:
             self._deliver_one(update, batch.live)
+        if batch.trades:
+            self.trades.deliver(batch.trades)
 
     def _deliver_one(
         self, frame: Frame, live: bool, corked: list[ClientConnection] | None = None
@@ -360,7 +363,7 @@ class Hub:
         else:
             for client in immediate:
                 client.offer_update(symbol, frame)
-        self.stats.price_updates_sent += len(subscribers)
+        self.stats.price_updates_sent += len(subscribers) - self.trades.followers_of(symbol)
         return len(immediate) + len(self.groups.of_symbol(symbol))
 
 

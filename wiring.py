@@ -35,6 +35,7 @@ from cluster.link import RedisLink
 from cluster.relay import RedisRelay
 from cluster.rest import ClusterQuoteSource, RedisBudget
 from delivery.snapshots import LatestPrices
+from endpoints.finnhub_ws import FinnhubSessions
 from endpoints.ws_session import ClientSessions
 from finnhub_feed import FinnhubFeed
 from hub import Hub, Observer
@@ -67,6 +68,7 @@ class Running:
     relay: Relay
     rest: FinnhubRest
     sessions: ClientSessions
+    finnhub_sessions: FinnhubSessions
     supervisor: Supervisor
     admission: Admission
     guard: ConnectionGuard
@@ -191,6 +193,7 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
     admission = Admission(settings)
     stack.push_async_callback(admission.authenticator.close)
     sessions = ClientSessions(settings, hub, admission)
+    finnhub_sessions = FinnhubSessions(settings, hub, admission)
 
     # A relay's duties that restart themselves count as down while they crash-loop.
     supervisor = await stack.enter_async_context(Supervisor(watched=[relay.failing]))
@@ -201,7 +204,16 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
     for name, duty in relay.duties().items():
         supervisor.start(name, duty)
     return Running(
-        hub, upstream, relay, rest, sessions, supervisor, admission, guard, time.monotonic()
+        hub,
+        upstream,
+        relay,
+        rest,
+        sessions,
+        finnhub_sessions,
+        supervisor,
+        admission,
+        guard,
+        time.monotonic(),
     )
 
 

@@ -36,6 +36,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import urlsplit
 
 from access.allowances import Allowances
 from access.entitlements import UNRESTRICTED, Entitlements
@@ -146,6 +147,7 @@ class Admission:
         *,
         address: str,
         origin: str | None = None,
+        host: str | None = None,
         token: str | None = None,
         symbol: str | None = None,
         token_later: bool = False,
@@ -157,7 +159,7 @@ class Admission:
         settings = self._settings
         now = time.monotonic() if now is None else now
         if kind == "connection":
-            refusal = self._origin_refusal(origin)
+            refusal = self._origin_refusal(origin, host)
             if refusal is None:
                 refusal = self._over_limits(address, "address", now)
             if refusal is not None:
@@ -217,12 +219,14 @@ class Admission:
     def count_refusal(self, reason: str) -> None:
         self.refused[reason] = self.refused.get(reason, 0) + 1
 
-    def _origin_refusal(self, origin: str | None) -> Refusal | None:
+    def _origin_refusal(self, origin: str | None, host: str | None) -> Refusal | None:
         settings = self._settings
         if origin is None:
             if settings.require_origin:
                 return self._refuse("origin", Refusal("an Origin header is required", status=403))
-        elif not (settings.any_origin or origin in settings.allowed_origins):
+        elif not (
+            settings.any_origin or origin in settings.allowed_origins or own_origin(origin, host)
+        ):
             return self._refuse(
                 "origin", Refusal("origin not allowed: not in FRONTEND_URL", status=403)
             )
@@ -281,6 +285,24 @@ class Admission:
 SERVER_FULL = Refusal(
     "server full, try again later", "too_many_connections", 503, CLOSE_TRY_AGAIN_LATER
 )
+
+
+def own_origin(origin: str, host: str | None) -> bool:
+    """The gateway's own origin: its pages, and clients such as `websocket-client` that
+    send `Origin: http://<host>:<port>` naming the gateway itself. Trusted only when the
+    Host asked for is an IP address or `localhost`: DNS rebinding (a hostile page whose
+    name is re-pointed at the gateway, so Origin and Host agree) needs a DNS name, and a
+    DNS name is trusted only when listed in FRONTEND_URL."""
+    if not host or origin.lower() not in (f"http://{host.lower()}", f"https://{host.lower()}"):
+        return False
+    hostname = urlsplit(f"//{host}").hostname or ""
+    if hostname == "localhost" or hostname.endswith(".localhost"):
+        return True  # browsers resolve these to loopback themselves, never through DNS
+    try:
+        ipaddress.ip_address(hostname)
+    except ValueError:
+        return False
+    return True
 
 
 def request_token(query: Mapping[str, str], headers: Mapping[str, str]) -> str | None:

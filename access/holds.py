@@ -75,6 +75,10 @@ class RefusedSymbols:
         code = refusal.code or "invalid_message"
         self._by_code.setdefault(code, (refusal.reason, []))[1].append(symbol)
 
+    def reasons(self) -> list[tuple[str, list[str]]]:
+        """Each code's first reason and its symbols, in a stable order."""
+        return [self._by_code[code] for code in protocol.ERROR_CODES if code in self._by_code]
+
     def errors(self) -> list[Frame]:
         """One error per code (the first reason, then the symbols), in a stable order."""
         return [

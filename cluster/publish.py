@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 
 import protocol
 from cluster.link import RedisLink
+from market_data.finnhub_wire import encode_trade_message
 from market_data.model import MarketStatus, Trade, UpstreamState
 from runtime.cancellation import raise_if_cancelling
 from runtime.logs import get_logger
@@ -43,6 +44,8 @@ class UpstreamPublisher:
                 for frame in protocol.encode_trades(trades, self._previous_close):
                     pipe.publish(self._key("trades", frame.symbol), frame.payload)  # encoded once
                     pipe.set(self._key("last", frame.symbol), frame.payload, ex=86_400)
+                # The message's trades as Finnhub sent them, for clients of its dialect.
+                pipe.publish(self._key("ticks"), encode_trade_message(trades))
                 await pipe.execute()
         except (RedisError, OSError, TimeoutError) as exc:
             raise_if_cancelling(exc)

@@ -44,6 +44,7 @@ from cluster.leader import Leadership, MarketWatchFactory
 from cluster.link import RedisLink
 from cluster.rest import decode_announcement
 from hub import Hub, UpdateBatch
+from market_data.finnhub_wire import UndecodableMessage, decode, parse_trades
 from market_data.model import UPSTREAM_STATES, MarketStatus, UpstreamState
 from market_data.quotes import QuoteService
 from market_data.upstream import Upstream
@@ -262,6 +263,7 @@ class RedisRelay:
                 key("quotes"),
                 key("bars"),
                 key("interest-changed"),
+                key("ticks"),
             )
             state = await redis.get(key("upstream"))
             if state and _text(state) in UPSTREAM_STATES:
@@ -292,6 +294,19 @@ class RedisRelay:
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
 
+    async def _relay_trades(self, data: bytes) -> None:
+        """A leader's upstream message, as Finnhub sent it: read like any upstream data
+        (checked trade by trade), this process's symbols to the hub."""
+        try:
+            message = decode(data.decode())
+        except (UndecodableMessage, UnicodeDecodeError):
+            return
+        trades, _ = parse_trades(message.get("data") if isinstance(message, dict) else None)
+        wanted = self.interest
+        trades = [trade for trade in trades if trade.symbol in wanted]
+        if trades:
+            await self._hub.publish(UpdateBatch([], time.perf_counter(), trades=trades))
+
     async def _seed_snapshots(self, symbols: set[str]) -> None:
         ordered = sorted(symbols)
         keys = [self._link.key("last", symbol) for symbol in ordered]
@@ -311,6 +326,9 @@ class RedisRelay:
             await hub.publish(UpdateBatch([update], time.perf_counter()))
         elif channel == key("interest-changed"):
             self._view_stale.set()
+        elif channel == key("ticks"):
+            if hub.trades:  # read only while a client here follows raw trades
+                await self._relay_trades(data)
         elif channel == key("status"):
             state = data.decode()
             if state in UPSTREAM_STATES:

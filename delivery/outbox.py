@@ -21,12 +21,14 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
 from access.entitlements import UNRESTRICTED, Entitlements
 from bars.book import Interval
 from delivery.pacing import DeliveryGroup, Outgoing
+from delivery.trade_groups import TradeDialect, TradeGroup
 from protocol import CLOSE_GRACE_SECONDS, CLOSE_TRY_AGAIN_LATER, DeliveryOptions, Frame
 from runtime.logs import get_logger
 
@@ -60,6 +62,25 @@ class FrameWriter(Protocol):
     async def wait_ready(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class ClientCounts:
+    """What /health and /metrics show of the connected clients."""
+
+    fast_path: int  # written straight to their socket
+    by_dialect: dict[str, int]
+    send_queue_bytes: int  # output queued below the app: what stalled clients pin
+
+    @classmethod
+    def of(cls, clients: Iterable[ClientConnection]) -> ClientCounts:
+        fast_path = queued = 0
+        by_dialect: dict[str, int] = {}
+        for client in clients:
+            fast_path += client.fast_path
+            queued += client.queued_bytes()
+            by_dialect[client.dialect] = by_dialect.get(client.dialect, 0) + 1
+        return cls(fast_path, by_dialect, queued)
+
+
 @dataclass
 class FanoutStats:
     price_updates_sent: int = 0
@@ -89,8 +110,14 @@ class ClientConnection:
         direct: FrameWriter | None = None,
         outbox_size: int,
         slow_consumer_timeout: float,
+        dialect: str = "ws",
+        trade_dialect: TradeDialect | None = None,
     ) -> None:
         self.id = str(uuid.uuid4())
+        self.dialect = dialect  # "ws" (the gateway's protocol), "sse", "finnhub", ...
+        # A dialect that takes raw trades instead of the gateway's messages (Finnhub's).
+        self.trade_dialect = trade_dialect
+        self.trade_group: TradeGroup | None = None  # set by the hub's TradeGroups
         self.owner = owner  # whose fair share of the upstream its symbols use
         self.entitlements = entitlements  # a refreshed token may change them
         self.symbols: set[str] = set()  # price updates

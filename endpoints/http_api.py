@@ -22,6 +22,7 @@ import protocol
 from access.admission import USER_PREFIX, address_key, request_token
 from access.refusal import Refusal
 from bars.book import INTERVALS, candles
+from delivery.outbox import ClientCounts
 from endpoints import docs
 from market_data.quotes import QuoteUnavailable
 from settings import Settings
@@ -60,6 +61,7 @@ class HttpApi:
     async def health(self, request: Request) -> JSONResponse:
         running = self._running()
         hub, counters = running.hub, running.upstream.counters
+        counts = ClientCounts.of(hub.clients)
         down = running.supervisor.down
         market = hub.market_status
         body: dict[str, object] = {
@@ -69,7 +71,8 @@ class HttpApi:
             "market": market.as_dict() if market is not None else None,
             "demo": self._settings.demo,
             "clients": hub.client_count,
-            "clients_fast_path": hub.fast_path_count,
+            "clients_fast_path": counts.fast_path,
+            "clients_by_dialect": counts.by_dialect,
             "auth": self._settings.auth_mode,
             "users": running.admission.users,
             "refusals": dict(sorted(running.admission.refused.items())),

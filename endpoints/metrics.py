@@ -20,6 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from access.admission import Admission
+from delivery.outbox import ClientCounts
 from hub import Hub
 from market_data.finnhub_rest import REST_STATES, FinnhubRest
 from market_data.model import UPSTREAM_STATES
@@ -31,6 +32,7 @@ from server.guard import ConnectionGuard
 METRICS: dict[str, str] = {
     "gateway_clients": "Connected WebSocket clients",
     "gateway_clients_fast_path": "Clients whose frames are written straight to their transport",
+    "gateway_clients_by_dialect": "Clients by dialect (label dialect: ws, sse, finnhub)",
     "gateway_upstream_symbols": "Symbols the upstream carries",
     "gateway_upstream_state": "1 for the upstream's current state (label state)",
     "gateway_core_tasks_down": "Core tasks (or cluster duties) waiting to restart or crash-looping",
@@ -71,6 +73,9 @@ class MeteredParts(Protocol):
     guard: ConnectionGuard
 
 
+DIALECTS = ("ws", "sse", "finnhub")  # always reported, zero included
+
+
 def _gauge(name: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, METRICS[name], value)
 
@@ -90,7 +95,14 @@ class GatewayCollector(Collector):
             return
         hub, counters = running.hub, running.upstream.counters
         yield _gauge("gateway_clients", hub.client_count)
-        yield _gauge("gateway_clients_fast_path", hub.fast_path_count)
+        counts = ClientCounts.of(hub.clients)
+        yield _gauge("gateway_clients_fast_path", counts.fast_path)
+        dialects = GaugeMetricFamily(
+            "gateway_clients_by_dialect", METRICS["gateway_clients_by_dialect"], labels=["dialect"]
+        )
+        for dialect in DIALECTS:
+            dialects.add_metric([dialect], counts.by_dialect.get(dialect, 0))
+        yield dialects
         yield _gauge("gateway_authenticated_users", running.admission.users)
         yield _gauge("gateway_upstream_symbols", len(hub.symbols()))
         state = GaugeMetricFamily(
@@ -102,7 +114,7 @@ class GatewayCollector(Collector):
             state.add_metric([state_name], 1.0 if hub.upstream_state == state_name else 0.0)
         yield state
         yield _gauge("gateway_core_tasks_down", len(running.supervisor.down))
-        yield _gauge("gateway_client_send_queue_bytes", hub.send_queue_bytes())
+        yield _gauge("gateway_client_send_queue_bytes", counts.send_queue_bytes)
         yield _gauge("gateway_upstream_lingering_symbols", len(hub.capacity.lingering))
         refusals = CounterMetricFamily(
             "gateway_refusals", METRICS["gateway_refusals_total"], labels=["reason"]

@@ -94,6 +94,7 @@ class EventStreams:
             "connection",
             address=address_key(request.client.host if request.client else "-"),
             origin=request.headers.get("origin"),
+            host=request.headers.get("host"),
             token=request_token(request.query_params, request.headers),
         )
         if isinstance(admitted, Refusal):
@@ -137,7 +138,11 @@ class EventStreams:
             return
         with connection:
             async with hub.connect(
-                socket, None, owner=admitted.owner, entitlements=admitted.entitlements
+                socket,
+                None,
+                owner=admitted.owner,
+                entitlements=admitted.entitlements,
+                dialect="sse",
             ) as client:
                 logger.info(
                     "stream opened client_id=%s address=%s user=%s", client.id, address, user

@@ -16,11 +16,15 @@ from dataclasses import dataclass
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-import protocol
 from access.message_budget import MessageBudget
-from protocol import CLOSE_MESSAGE_TOO_BIG, CLOSE_POLICY_VIOLATION, Frame
+from delivery.outbox import FrameWriter
+from protocol import CLOSE_MESSAGE_TOO_BIG, CLOSE_POLICY_VIOLATION, Frame, ProtocolError
+from runtime.logs import get_logger
 from server.connection import ServerConnection
+from server.uvicorn_protocols import FAST_PATH_FLAGS
 from settings import Settings
+
+logger = get_logger(__name__)
 
 
 class AsgiClientSocket:
@@ -76,7 +80,7 @@ class RequestReader:
             settings.rate_limit_close_after,
         )
 
-    async def next(self) -> str | Frame | Ended:
+    async def next(self) -> str | ProtocolError | Ended:
         settings, websocket = self._settings, self._websocket
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
@@ -92,12 +96,40 @@ class RequestReader:
             await websocket.close(CLOSE_POLICY_VIOLATION, "rate limit exceeded")
             return Ended(CLOSE_POLICY_VIOLATION)
         if verdict == "refuse":
-            return protocol.error_message(
+            return ProtocolError(
                 "rate_limited",
                 f"over {settings.client_message_rate:g} messages per second; message ignored",
             )
         if text is None:
-            return protocol.error_message(
+            return ProtocolError(
                 "invalid_message", "binary frames are not supported; send JSON text"
             )
         return str(text)
+
+
+class FastPath:
+    """Whether a client's frames go straight to its transport: where the server allows
+    it (our protocol class, no permessage-deflate) unless DIRECT_WRITES=false; says once,
+    loudly, when it does not."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._enabled = settings.direct_writes
+        self._warned = False
+
+    def writer(self, connection: ServerConnection | None) -> FrameWriter | None:
+        if not self._enabled:
+            return None
+        writer = connection.frame_writer() if connection is not None else None
+        if writer is None and not self._warned:
+            self._warned = True
+            why = (
+                "this server does not run the gateway's WebSocket protocol"
+                if connection is None
+                else "the client negotiated permessage-deflate"
+            )
+            logger.warning(
+                "fast path off: %s, so clients get plain ASGI sends (2-3x the CPU per "
+                "update); run `python gateway.py`, or uvicorn with %s",
+                why, FAST_PATH_FLAGS,
+            )  # fmt: skip
+        return writer

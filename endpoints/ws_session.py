@@ -30,11 +30,12 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 import protocol
 from access.admission import Admission, Admitted, OpenConnection, address_key
+from access.entitlements import Entitlements
 from access.refusal import Refusal
 from access.token_session import ClientAuth
 from access.tokens import AuthFailed
-from delivery.outbox import ClientConnection, FrameWriter
-from endpoints.ws_io import AsgiClientSocket, Ended, RequestReader
+from delivery.outbox import ClientConnection
+from endpoints.ws_io import AsgiClientSocket, Ended, FastPath, RequestReader
 from endpoints.ws_requests import WsRequests, parse_client_message
 from hub import Hub
 from protocol import (
@@ -47,8 +48,7 @@ from protocol import (
     Frame,
 )
 from runtime.logs import get_logger
-from server.connection import ServerConnection, server_connection
-from server.uvicorn_protocols import FAST_PATH_FLAGS
+from server.connection import server_connection
 from settings import Settings
 
 logger = get_logger(__name__)
@@ -62,7 +62,7 @@ class ClientSessions:
         self._hub = hub
         self._admission = admission
         self._requests = WsRequests(hub)
-        self._warned_no_fast_path = False
+        self._fast_path = FastPath(settings)
 
     async def serve(self, websocket: WebSocket) -> None:
         admission = self._admission
@@ -71,12 +71,13 @@ class ClientSessions:
             "connection",
             address=address,
             origin=websocket.headers.get("origin"),
+            host=websocket.headers.get("host"),
             token=websocket.query_params.get("token"),
             token_later=True,
         )
         connection = admission.open(admitted) if isinstance(admitted, Admitted) else admitted
         if isinstance(connection, Refusal):
-            await _refuse(websocket, connection, address)
+            await refuse_handshake(websocket, connection, address)
             return
         with connection:
             await websocket.accept()
@@ -100,8 +101,10 @@ class ClientSessions:
                     got = await reader.next()
                     if isinstance(got, Ended):
                         return False
-                    if isinstance(got, Frame):
-                        await websocket.send_text(got.text)
+                    if isinstance(got, protocol.ProtocolError):
+                        await websocket.send_text(
+                            protocol.error_message(got.code, got.message).text
+                        )
                         continue
                     try:
                         request = parse_client_message(got)
@@ -141,7 +144,7 @@ class ClientSessions:
         connection = server_connection(websocket.scope)
         if connection is not None and settings.client_send_buffer:
             connection.limit_send_buffer(settings.client_send_buffer)
-        direct = self._frame_writer(connection)
+        direct = self._fast_path.writer(connection)
         started = time.monotonic()
         close_code: int | None = None
         client_id = "-"
@@ -182,25 +185,6 @@ class ClientSessions:
                 client_id, address, user, close_code, time.monotonic() - started,
             )  # fmt: skip
 
-    def _frame_writer(self, connection: ServerConnection | None) -> FrameWriter | None:
-        """The fast path where the server allows it; say once, loudly, when it does not."""
-        if not self._settings.direct_writes:
-            return None
-        writer = connection.frame_writer() if connection is not None else None
-        if writer is None and not self._warned_no_fast_path:
-            self._warned_no_fast_path = True
-            why = (
-                "this server does not run the gateway's WebSocket protocol"
-                if connection is None
-                else "the client negotiated permessage-deflate"
-            )
-            logger.warning(
-                "fast path off: %s, so clients get plain ASGI sends (2-3x the CPU per "
-                "update); run `python gateway.py`, or uvicorn with %s",
-                why, FAST_PATH_FLAGS,
-            )  # fmt: skip
-        return writer
-
     async def _serve_requests(
         self,
         websocket: WebSocket,
@@ -230,8 +214,8 @@ class ClientSessions:
                     return CLOSE_TOKEN_EXPIRED
             if isinstance(got, Ended):
                 return got.code
-            if isinstance(got, Frame):
-                client.send(got)
+            if isinstance(got, protocol.ProtocolError):
+                client.send(protocol.error_message(got.code, got.message))
                 continue
             code = await self._handle_request(websocket, client, got, auth)
             if code is not None:
@@ -281,9 +265,30 @@ class ClientSessions:
             await _close_with(websocket, error, CLOSE_AUTH_FAILED, "auth failed")
             return CLOSE_AUTH_FAILED
         if identity.entitlements != client.entitlements:
-            self._hub.entitle(client, identity.entitlements)
+            self._entitle(client, identity.entitlements)
         client.send(protocol.auth_message("authenticated", identity.user, auth.expires_in()))
         return None
+
+    def _entitle(self, client: ClientConnection, entitlements: Entitlements) -> None:
+        """A refreshed token's entitlements: symbols (prices or bars) it no longer allows,
+        or over its cap, are dropped: `forbidden_symbol`, then the unsubscriptions."""
+        hub = self._hub
+        client.entitlements = entitlements
+        cap = hub.holds.cap_for(entitlements)
+        held = sorted(client.symbols | client.bar_intervals.keys())
+        dropped = [symbol for symbol in held if not entitlements.allow(symbol)]
+        dropped += [symbol for symbol in held if symbol not in dropped][cap:]
+        if not dropped:
+            return
+        reason = "your refreshed token no longer entitles you to these symbols"
+        message = f"{reason}: {', '.join(dropped)}"
+        client.send(protocol.error_message("forbidden_symbol", message, dropped))
+        prices = [symbol for symbol in dropped if symbol in client.symbols]
+        if prices:
+            hub.unsubscribe(client, prices)
+        if hub.bars is not None:
+            for symbol in dropped:
+                hub.bars.drop(client, symbol)
 
 
 AUTH_FIRST = protocol.error_message(
@@ -315,7 +320,7 @@ async def _close_refused(websocket: WebSocket, refusal: Refusal) -> None:
     await _close_with(websocket, error, code, refusal.code.replace("_", " "))
 
 
-async def _refuse(websocket: WebSocket, refusal: Refusal, address: str) -> None:
+async def refuse_handshake(websocket: WebSocket, refusal: Refusal, address: str) -> None:
     """Refuse a handshake with an HTTP status and a plain-text reason where the server
     supports denial responses; otherwise a close before accept (uvicorn answers 403).
     A full server accepts and closes with 1013, which every client can read and retry."""

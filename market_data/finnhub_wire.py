@@ -12,6 +12,7 @@ import json
 import math
 import re
 import time
+from collections.abc import Sequence
 from typing import Any, cast
 
 import orjson
@@ -112,6 +113,23 @@ def _conditions(item: dict[str, Any]) -> Conditions:
     ):
         return tuple(codes)
     return NOT_SENT
+
+
+def encode_trade_message(trades: Sequence[Trade]) -> bytes:
+    """Trades as Finnhub sends them: `{"type":"trade","data":[{"s","p","t","v","c"}]}`,
+    in the order given, `c` as it came (a list, `null`, or left out)."""
+    data: list[dict[str, Any]] = []
+    for trade in trades:
+        item: dict[str, Any] = {
+            "s": trade.symbol,
+            "p": trade.price,
+            "t": trade.timestamp,
+            "v": trade.volume,
+        }
+        if trade.conditions is not NOT_SENT:
+            item["c"] = trade.conditions
+        data.append(item)
+    return orjson.dumps({"type": "trade", "data": data})
 
 
 # Price updates delivered per symbol from one upstream message: the newest ones

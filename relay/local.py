@@ -58,7 +58,7 @@ class LocalRelay:
             await self._bars.trades_received(trades)  # every trade counts in a bar
         updates = protocol.encode_trades(trades, self._previous_close)
         if updates:
-            await self._hub.publish(UpdateBatch(updates, received_at))
+            await self._hub.publish(UpdateBatch(updates, received_at, trades=trades))
 
     def upstream_state_changed(self, state: UpstreamState) -> None:
         self._hub.upstream_state_changed(state)

@@ -1,0 +1,154 @@
+"""Finnhub's own WebSocket protocol, at `/`: existing Finnhub apps and scripts point
+`wss://ws.finnhub.io?token=...` at `ws://gateway:8000?token=...` and keep working, all
+of them on the gateway's one upstream socket.
+
+In: `{"type":"subscribe","symbol":"AAPL"}` and `{"type":"unsubscribe","symbol":"AAPL"}`.
+Out: for each upstream message, one `{"type":"trade","data":[{"s","p","t","v","c"},...]}`
+with this client's trades of it in upstream order, each as Finnhub sent it;
+`{"type":"ping"}` every `HEARTBEAT_INTERVAL`; `{"type":"error","msg":"..."}` for a
+refused request, after which the connection stays open. Nothing of the gateway's own
+protocol, and nothing Finnhub sent but trades, ever reaches these clients.
+
+Everything else is shared with `/ws`: admission (Origin, per-address and per-user
+limits, `MAX_CLIENTS`), the holds (symbol caps, fair shares, entitlements), one
+upstream subscription per symbol whoever holds it, the linger, slow-consumer handling,
+the fast path. `?token=` is the gateway's own credential when one is configured
+(`GATEWAY_TOKEN` or signed tokens: 401 at the handshake when it does not verify) and is
+ignored otherwise: a client that still sends its own Finnhub key has it dropped, never
+forwarded, never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+import orjson
+from starlette.websockets import WebSocket
+
+import protocol
+from access.admission import Admission, Admitted, address_key
+from access.refusal import Refusal
+from delivery.outbox import ClientConnection
+from endpoints.ws_io import AsgiClientSocket, Ended, FastPath, RequestReader
+from endpoints.ws_session import refuse_handshake
+from hub import Hub
+from market_data.finnhub_wire import encode_trade_message
+from market_data.model import Trade
+from protocol import Frame, ProtocolError
+from runtime.logs import get_logger
+from server.connection import server_connection
+from settings import Settings
+
+logger = get_logger(__name__)
+
+
+class FinnhubDialect:
+    """How the hub speaks to a Finnhub-dialect client (delivery/trade_groups.py)."""
+
+    name = "finnhub"
+
+    def trades(self, trades: Sequence[Trade]) -> Frame:
+        return Frame(encode_trade_message(trades), "trade")
+
+    def error(self, message: str) -> Frame:
+        return Frame(orjson.dumps({"type": "error", "msg": message}), "error")
+
+
+FINNHUB = FinnhubDialect()
+PING = Frame(b'{"type":"ping"}', "ping")
+
+
+class FinnhubSessions:
+    """Serves every Finnhub-dialect connection of one app."""
+
+    def __init__(self, settings: Settings, hub: Hub, admission: Admission) -> None:
+        self._settings = settings
+        self._hub = hub
+        self._admission = admission
+        self._fast_path = FastPath(settings)
+
+    async def serve(self, websocket: WebSocket) -> None:
+        admission, settings = self._admission, self._settings
+        client_address = websocket.client.host if websocket.client is not None else "-"
+        address = address_key(client_address)
+        credential = settings.gateway_token or admission.verifies_tokens
+        admitted = await admission.admit(
+            "connection",
+            address=address,
+            origin=websocket.headers.get("origin"),
+            host=websocket.headers.get("host"),
+            # Finnhub's clients send their key here: the gateway's own credential when
+            # it has one, else dropped on the floor.
+            token=websocket.query_params.get("token") if credential else None,
+        )
+        connection = admission.open(admitted) if isinstance(admitted, Admitted) else admitted
+        if isinstance(connection, Refusal):
+            await refuse_handshake(websocket, connection, address)
+            return
+        with connection:
+            await websocket.accept()
+            await self._serve_accepted(websocket, connection.admitted)
+
+    async def _serve_accepted(self, websocket: WebSocket, admitted: Admitted) -> None:
+        server = server_connection(websocket.scope)
+        if server is not None and self._settings.client_send_buffer:
+            server.limit_send_buffer(self._settings.client_send_buffer)
+        reader = RequestReader(websocket, self._settings)
+        started = time.monotonic()
+        async with self._hub.connect(
+            AsgiClientSocket(websocket, server),
+            self._fast_path.writer(server),
+            owner=admitted.owner,
+            entitlements=admitted.entitlements,
+            trade_dialect=FINNHUB,
+        ) as client:
+            logger.info(
+                "finnhub client connected client_id=%s address=%s user=%s",
+                client.id, admitted.address, admitted.user,
+            )  # fmt: skip
+            try:
+                await self._serve_requests(reader, client)
+            finally:
+                if server is not None and server.stalled():
+                    server.abort()  # its unread output would hold the close forever
+                logger.info(
+                    "finnhub client disconnected client_id=%s address=%s duration=%.1fs",
+                    client.id, admitted.address, time.monotonic() - started,
+                )  # fmt: skip
+
+    async def _serve_requests(self, reader: RequestReader, client: ClientConnection) -> None:
+        heartbeat = self._settings.heartbeat_interval or None
+        while not client.evicted:
+            try:
+                async with asyncio.timeout(heartbeat):
+                    got = await reader.next()
+            except TimeoutError:
+                client.send(PING)  # Finnhub's keep-alive, about once a heartbeat
+                continue
+            if isinstance(got, Ended):
+                return
+            if isinstance(got, ProtocolError):
+                client.send(FINNHUB.error(got.message))
+                continue
+            self._handle(client, got)
+
+    def _handle(self, client: ClientConnection, text: str) -> None:
+        try:
+            message = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            client.send(FINNHUB.error("Invalid JSON"))
+            return
+        kind = message.get("type") if isinstance(message, dict) else None
+        raw = message.get("symbol") if isinstance(message, dict) else None
+        if kind not in ("subscribe", "unsubscribe") or not isinstance(raw, str):
+            client.send(FINNHUB.error('Send {"type":"subscribe","symbol":"AAPL"} or unsubscribe'))
+            return
+        symbol = protocol.normalize_symbol(raw)
+        if symbol is None:
+            client.send(FINNHUB.error(f"Invalid symbol {raw[:40]}"))
+        elif kind == "subscribe":
+            self._hub.subscribe(client, [symbol])
+        else:
+            self._hub.unsubscribe(client, [symbol])
