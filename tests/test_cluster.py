@@ -421,3 +421,35 @@ async def test_a_followers_subscribe_reaches_finnhub_at_once(
 
 async def _nodes_seen(session: aiohttp.ClientSession, ports: list[int], nodes: int) -> bool:
     return all([(await health(session, port))["cluster_nodes"] == nodes for port in ports])
+
+
+async def test_a_finnhub_client_on_a_follower_gets_the_leaders_trades_as_sent(
+    tmp_path: Path, redis_server: RedisServer, market: Market, prefix: str
+) -> None:
+    """Finnhub's protocol on a follower: the trades come through Redis (the leader
+    publishes each upstream message), read again like upstream data, `c` as sent."""
+    simulator, upstream = market.simulator, market.url
+    async with (
+        gateway_process(tmp_path, upstream, redis_server.url, prefix) as (_, first),
+        gateway_process(tmp_path, upstream, redis_server.url, prefix) as (_, second),
+        aiohttp.ClientSession() as session,
+    ):
+        await poll_until(lambda: _has_leader(session, [first, second]), timeout=15)
+        follower = await _follower(session, [first, second])
+        async with session.ws_connect(f"ws://127.0.0.1:{follower}/") as ws:
+            await ws.send_json({"type": "subscribe", "symbol": "AMD"})
+            await simulator.wait_for(lambda: "AMD" in simulator.subscribed_symbols(), timeout=15)
+            sent = {"s": "AMD", "p": 150.5, "t": trade("AMD", 1.0)["t"], "v": 3, "c": None}
+            # The follower's relay may subscribe a moment after the leader carries AMD:
+            # send until a frame comes (each send is a whole upstream message).
+            async with asyncio.timeout(15):
+                while True:
+                    await simulator.send_trades([trade("MSFT", 1.0), sent])
+                    try:
+                        message = await ws.receive_json(timeout=0.5)
+                    except TimeoutError:
+                        continue
+                    if message.get("type") == "trade":
+                        break
+        assert message == {"type": "trade", "data": [sent]}
+        assert simulator.connection_count == 1
