@@ -85,6 +85,7 @@ class ClientConnection:
         stats: FanoutStats,
         *,
         owner: str = "-",
+        address: str = "-",
         entitlements: Entitlements = UNRESTRICTED,
         direct: FrameWriter | None = None,
         outbox_size: int,
@@ -92,6 +93,7 @@ class ClientConnection:
     ) -> None:
         self.id = str(uuid.uuid4())
         self.owner = owner  # whose fair share of the upstream its symbols use
+        self.address = address  # its address (or /64): quote fetches are charged to it too
         self.entitlements = entitlements  # a refreshed token may change them
         self.symbols: set[str] = set()  # price updates
         self.bar_intervals: dict[str, set[Interval]] = {}  # symbol -> bar subscriptions

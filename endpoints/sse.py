@@ -137,7 +137,11 @@ class EventStreams:
             return
         with connection:
             async with hub.connect(
-                socket, None, owner=admitted.owner, entitlements=admitted.entitlements
+                socket,
+                None,
+                owner=admitted.owner,
+                address=admitted.address,
+                entitlements=admitted.entitlements,
             ) as client:
                 logger.info(
                     "stream opened client_id=%s address=%s user=%s", client.id, address, user
