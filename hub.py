@@ -35,7 +35,7 @@ from delivery.outbox import ClientConnection, ClientSocket, FanoutStats, FrameWr
 from delivery.pacing import DeliveryClock, DeliveryGroups
 from delivery.quotes import QuoteDelivery
 from delivery.snapshots import LatestPrices
-from market_data.model import MarketStatus, Quote, UpstreamState
+from market_data.model import MarketStatus, UpstreamState
 from market_data.quotes import QuoteService
 from protocol import DeliveryOptions, Frame
 
@@ -82,9 +82,7 @@ class Hub:
         self.quotes = quotes
         self.market_status: MarketStatus | None = None
         self._market: Frame | None = None  # the last market status message
-        self._quote_delivery = QuoteDelivery(quotes) if quotes is not None else None
-        if quotes is not None:
-            quotes.on_new_close(self._new_close)
+        self._quote_delivery = QuoteDelivery(quotes, self.subscribers_of) if quotes else None
         self.clock = DeliveryClock()  # one timer for every throttled or batched client
         self.groups = DeliveryGroups(self.clock, self._count_conflated)
         self.upstream_state: UpstreamState = "connecting"
@@ -152,8 +150,7 @@ class Hub:
         entitlements: Entitlements = UNRESTRICTED,
     ) -> AsyncIterator[ClientConnection]:
         """Register a client for the length of the block; leaving releases everything.
-        `owner` (its address, or its user) is whose fair share its symbols use; the
-        quotes it causes are charged to its owner and its `address`."""
+        `owner` (its address, or its user) is whose fair share its symbols use."""
         client = ClientConnection(
             socket,
             self.stats,
@@ -217,16 +214,8 @@ class Hub:
         self._market = protocol.market_message(status)
         for client in self._clients:
             client.send(self._market)
-        if self.quotes is not None:
-            # A new session may begin a new trading day, with a new previous close behind
-            # every update's change: quotes older than QUOTE_TTL are fetched again.
-            subscribed = sorted(self._subscribers)
-            others = sorted(self.interest.symbols - self._subscribers.keys())
-            self.quotes.refresh([*subscribed, *others])
-
-    def _new_close(self, symbol: str, quote: Quote) -> None:
-        if self._quote_delivery is not None:
-            self._quote_delivery.new_close(symbol, quote, self._subscribers.get(symbol, ()))
+        if self._quote_delivery is not None:  # perhaps a new day: new previous closes
+            self._quote_delivery.refresh(self._subscribers.keys(), self.interest.symbols)
 
     def set_options(self, client: ClientConnection, options: DeliveryOptions) -> None:
         """The client's delivery from now on; confirmed with an `options` message."""

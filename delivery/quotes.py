@@ -7,8 +7,10 @@ answer to every client that asked while that fetch was under way and still holds
 symbol: one fetch, one frame, many clients. A fetch that fails in time becomes a
 `quote_unavailable` error for those clients, except `quiet` ones (they have a live
 snapshot already, so a stale quote being refreshed is no error to them); "no quote"
-(an unknown symbol) sends nothing. `new_close` sends a quote that brought a new
-previous close (a new trading day) to the symbol's subscribers not waiting for it.
+(an unknown symbol) sends nothing. At a market-session change `refresh` has the
+carried symbols' stale quotes fetched again, subscribed ones first; a quote that
+brings a new previous close (a new trading day) goes to every subscriber of its
+symbol.
 
 This module never fetches anything itself (the `QuoteService` does) and never blocks:
 answers arrive by future callbacks on the event loop.
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable
 
 import protocol
 from delivery.outbox import ClientConnection
@@ -30,9 +32,15 @@ Waiting = tuple["asyncio.Future[Quote | None]", dict[ClientConnection, bool]]
 
 
 class QuoteDelivery:
-    def __init__(self, quotes: QuoteService) -> None:
+    def __init__(
+        self,
+        quotes: QuoteService,
+        subscribers_of: Callable[[str], Iterable[ClientConnection]],
+    ) -> None:
         self._quotes = quotes
+        self._subscribers_of = subscribers_of
         self._waiting: dict[str, Waiting] = {}  # symbol -> the fetch under way, its clients
+        quotes.on_new_close(self._new_close)
 
     def send(self, client: ClientConnection, symbol: str, *, quiet: bool) -> None:
         """The symbol's quote: at once if fresh in the cache, else fetched (one fetch for
@@ -47,11 +55,17 @@ class QuoteDelivery:
             future.add_done_callback(functools.partial(self._came, symbol, waiting))
         waiting[1][client] = quiet and waiting[1].get(client, True)
 
-    def new_close(self, symbol: str, quote: Quote, subscribers: Iterable[ClientConnection]) -> None:
+    def refresh(self, subscribed: Collection[str], carried: Iterable[str]) -> None:
+        """A market-session change may begin a new trading day, with a new previous close
+        behind every update's change: quotes older than QUOTE_TTL are fetched again."""
+        others = sorted(set(carried).difference(subscribed))
+        self._quotes.refresh([*sorted(subscribed), *others])
+
+    def _new_close(self, symbol: str, quote: Quote) -> None:
         """A quote with a new previous close: to subscribers not already waiting for it."""
         waiting = self._waiting.get(symbol)
         frame = protocol.quote_message(symbol, quote)
-        for client in subscribers:
+        for client in self._subscribers_of(symbol):
             if waiting is None or client not in waiting[1]:
                 client.send(frame)
 

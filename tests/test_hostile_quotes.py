@@ -85,6 +85,7 @@ async def test_a_subscriber_after_quote_ttl_refreshes_a_trading_symbols_close(
 ) -> None:
     simulator = market.simulator
     async with run_gateway(with_quotes(market, quote_ttl=0.0)) as gateway:
+        await market_known(gateway)  # its first poll would refresh every stale quote
         first = await gateway.connect()
         assert (await first.subscribe("MSFT"))["symbols"] == ["MSFT"]
         yesterday = (await first.expect("quote", skip=SKIP))["data"]["previous_close"]
