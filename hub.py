@@ -7,12 +7,12 @@ so the hot path and its accounting (sent counts, snapshots, hand-off timing) are
 piece of code. Each frame is handed to every subscriber's `ClientConnection` without
 awaiting.
 
-The hub holds symbols for its clients through `SymbolHolds` (access/holds.py:
-entitlements, the per-client cap, the upstream's capacity and fair shares), which
-decides what the upstream carries. All of this
-happens in synchronous code on the event loop, so no interleaving can make the counts
-wrong. The broadcaster yields to the event loop every few thousand hand-offs, so one
-huge upstream message cannot freeze `/health` or the other sockets.
+The hub holds symbols for its clients through `SymbolHolds` (access/holds.py), which
+decides what the upstream carries; all of it synchronous code on the event loop, so no
+interleaving can make the counts wrong. The broadcaster yields to the event loop every
+few thousand hand-offs, so one huge upstream message cannot freeze `/health` or the
+other sockets. Clients of a dialect that carries raw trades (Finnhub's) get those, in
+their dialect, and nothing else (delivery/trade_groups.py).
 
 This module must never await a client's socket from the broadcaster, and never talks
 to the upstream except through the holds' `SymbolInterest`.
@@ -85,7 +85,7 @@ class Hub:
         self.quotes = quotes
         self.market_status: MarketStatus | None = None
         self._market: Frame | None = None  # the last market status message
-        self._quote_delivery = QuoteDelivery(quotes) if quotes is not None else None
+        self._quote_delivery = QuoteDelivery(quotes, self.subscribers_of) if quotes else None
         self.clock = DeliveryClock()  # one timer for every throttled or batched client
         self.groups = DeliveryGroups(self.clock, self._count_conflated)
         self.trades = TradeGroups()  # clients whose dialect takes raw trades
@@ -121,20 +121,12 @@ class Hub:
             return sorted(self._subscribers)
         return sorted(self._subscribers.keys() | self.bars.symbols())
 
+    def subscribed_symbols(self) -> list[str]:
+        """Symbols some client follows for prices (bars aside)."""
+        return list(self._subscribers)
+
     def subscribers_of(self, symbol: str) -> frozenset[ClientConnection]:
         return frozenset(self._subscribers.get(symbol, ()))
-
-    def check_consistency(self) -> None:
-        """Raise AssertionError unless the maps agree with every client's own symbols and
-        with the upstream interest (for tests and debugging; O(clients x symbols))."""
-        expected: dict[str, set[ClientConnection]] = {}
-        for client in self._clients:
-            for symbol in client.symbols:
-                expected.setdefault(symbol, set()).add(client)
-        if expected != self._subscribers:
-            raise AssertionError("hub subscriber map disagrees with its clients' symbols")
-        if set(self.symbols()) | set(self.capacity.lingering) != self.interest.symbols:
-            raise AssertionError("hub subscriber map disagrees with the upstream interest")
 
     # -- clients -------------------------------------------------------------------------
 
@@ -145,6 +137,7 @@ class Hub:
         direct: FrameWriter | None = None,
         *,
         owner: str = "-",
+        address: str = "-",
         entitlements: Entitlements = UNRESTRICTED,
         dialect: str = "ws",
         trade_dialect: TradeDialect | None = None,
@@ -156,6 +149,7 @@ class Hub:
             socket,
             self.stats,
             owner=owner,
+            address=address,
             entitlements=entitlements,
             direct=direct,
             outbox_size=self._outbox_size,
@@ -215,7 +209,7 @@ class Hub:
             if snapshot is not None:
                 client.offer_snapshot(symbol, snapshot)
             if self._quote_delivery is not None:
-                self._quote_delivery.send(client, symbol, fetch=snapshot is None)
+                self._quote_delivery.send(client, symbol, quiet=snapshot is not None)
 
     def market_changed(self, status: MarketStatus) -> None:
         if status == self.market_status:
@@ -225,6 +219,8 @@ class Hub:
         for client in self._clients:
             if client.trade_dialect is None:
                 client.send(self._market)
+        if self._quote_delivery is not None:  # perhaps a new day: new previous closes
+            self._quote_delivery.refresh(self._subscribers.keys(), self.interest.symbols)
 
     def set_options(self, client: ClientConnection, options: DeliveryOptions) -> None:
         """The client's delivery from now on; confirmed with an `options` message."""

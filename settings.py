@@ -79,6 +79,11 @@ class Settings:
     quote_ttl: float = setting(60.0, minimum=0)  # seconds a quote is served from the cache
     quote_wait: float = setting(10.0, minimum=0.1)  # seconds a client waits at most
     quote_requests_per_address: float = setting(20.0, minimum=1)  # quote fetches/min
+    # Seconds a symbol Finnhub has no quote for (junk) is remembered as such.
+    quote_unknown_ttl: float = setting(3600.0, minimum=0)
+    # The share of FINNHUB_REST_RATE one-off GET /quote lookups (symbols nobody
+    # subscribes to) may spend a minute; subscribers keep the rest.
+    quote_lookup_share: float = setting(0.5, minimum=0.01, maximum=1)
     market_exchange: str = setting("US")
     market_status_interval: float = setting(120.0, minimum=0.5)  # seconds between polls
     # -- serving -----------------------------------------------------------------------

@@ -39,7 +39,13 @@ from endpoints.finnhub_ws import FinnhubSessions
 from endpoints.ws_session import ClientSessions
 from finnhub_feed import FinnhubFeed
 from hub import Hub, Observer
-from market_data.finnhub_rest import CallBudget, FinnhubRest, SlidingWindowBudget
+from market_data.finnhub_rest import (
+    WINDOW_SLACK,
+    CallBudget,
+    FinnhubRest,
+    SlidingWindowBudget,
+    usable_rate,
+)
 from market_data.market_watch import MarketWatch
 from market_data.model import SymbolInterest
 from market_data.quotes import QuoteService, QuoteSource
@@ -122,23 +128,34 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
         trade_max_ahead=settings.trade_max_ahead,
     )
 
-    # Finnhub's REST API within the key's budget (shared through Redis on a cluster).
+    # Finnhub's REST API within the key's budget (shared through Redis on a cluster),
+    # a margin under the plan.
+    plan = settings.finnhub_rest_rate
     budget: CallBudget = (
-        SlidingWindowBudget(settings.finnhub_rest_rate)
+        SlidingWindowBudget(usable_rate(plan), slack=WINDOW_SLACK)
         if link is None
-        else RedisBudget(link.client, link.key("rest-calls"), settings.finnhub_rest_rate)
+        else RedisBudget(link.client, link.key("rest-calls"), usable_rate(plan), slack=WINDOW_SLACK)
     )
     rest = await stack.enter_async_context(FinnhubRest(rest_url, key, budget))
     source: QuoteSource = (
         rest
         if link is None
-        else ClusterQuoteSource(link.client, link.key, rest, ttl=settings.quote_ttl)
+        else ClusterQuoteSource(
+            link.client,
+            link.key,
+            rest,
+            ttl=settings.quote_ttl,
+            unknown_ttl=settings.quote_unknown_ttl,
+        )
     )
     quotes = QuoteService(
         source,
         Allowances(settings.quote_requests_per_address / 60, settings.quote_requests_per_address),
         ttl=settings.quote_ttl,
         wait=settings.quote_wait,
+        unknown_ttl=settings.quote_unknown_ttl,
+        lookups_per_minute=int(settings.quote_lookup_share * plan),
+        refreshes_per_minute=plan // 4,  # a session change's refreshes: a quarter of the plan
     )
     mirror = StoredBars(link.client, link.key) if link is not None else None
     mirrored = MirrorBars(mirror, book) if mirror is not None else None

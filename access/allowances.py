@@ -1,12 +1,13 @@
 """Allowances per key (an address, a user, an owner of symbols): one `TokenBucket` per key,
 created on first use and forgotten once full again, so memory stays bounded however
 many keys an attacker invents. Handshakes per address and per user, and quote requests
-per owner, are spent from one of these.
+per owner, are spent from one of these; a quote fetch from several (a user and its
+address) at once, or from none.
 """
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Container, Sequence
 
 from runtime.token_bucket import TokenBucket
 
@@ -27,12 +28,25 @@ class Allowances:
     def take(self, key: str, now: float, keep: Container[str] = ()) -> float:
         """Spend one from `key`'s allowance: 0, or the seconds until one is due. Keys in
         `keep` are never swept (say, addresses with open connections)."""
+        return self._bucket(key, now, keep).take(now)
+
+    def take_all(self, keys: Sequence[str], now: float) -> float:
+        """Spend one from every key's allowance, or from none: 0, or the seconds until
+        each has one."""
+        buckets = [self._bucket(key, now, keys) for key in dict.fromkeys(keys)]
+        wait = max((bucket.due(now) for bucket in buckets), default=0.0)
+        if not wait:
+            for bucket in buckets:
+                bucket.take(now)
+        return wait
+
+    def _bucket(self, key: str, now: float, keep: Container[str]) -> TokenBucket:
         bucket = self._buckets.get(key)
         if bucket is None:
             if len(self._buckets) >= self._sweep_at:
                 self._sweep(now, keep)
             bucket = self._buckets[key] = TokenBucket(self._rate, self._burst, now)
-        return bucket.take(now)
+        return bucket
 
     def _sweep(self, now: float, keep: Container[str]) -> None:
         for key, bucket in list(self._buckets.items()):

@@ -3,15 +3,17 @@
 The budget belongs to the key, so with `REDIS_URL` it is kept in Redis: `RedisBudget`
 is a sliding-window log in a sorted set, checked and extended by one Lua script on
 Redis's own clock, so no 60-second window holds more calls than `FINNHUB_REST_RATE`
-whichever processes make them, across failovers too. Any process may call Finnhub
+whichever processes make them, across failovers too (with the same margin and slack
+as one process's window: market_data/finnhub_rest.py). Any process may call Finnhub
 (a Redis-side limiter rather than leader-only fetching: a follower's client gets its
 quote without a round trip through the leader, and a new leader inherits the window
 instead of starting a fresh one).
 
 `ClusterQuoteSource` serves quotes from `{prefix}:quote:{symbol}` (expiring after
-`QUOTE_TTL`); on a miss one process wins `{prefix}:quote-lock:{symbol}`, fetches, stores
-and announces the quote on `{prefix}:quotes`, which every process's relay hands to its
-`QuoteService` (so each knows every previous close); the others wait for it.
+`QUOTE_TTL`, or `QUOTE_UNKNOWN_TTL` for "no quote"); on a miss one process wins
+`{prefix}:quote-lock:{symbol}`, fetches, stores and announces the quote on
+`{prefix}:quotes`, which every process's relay hands to its `QuoteService` (so each
+knows every previous close); the others wait for it.
 
 This module never stores or publishes the key.
 """
@@ -27,27 +29,29 @@ import orjson
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from market_data.finnhub_rest import FinnhubRest, RestUnavailable
+from market_data.finnhub_rest import MINUTE, FinnhubRest, RestUnavailable
 from market_data.model import Quote
 
-# KEYS[1] the call log; ARGV: limit per minute, limit per second, a unique member.
-# Returns 0 (a slot was taken) or the milliseconds until one frees.
+# KEYS[1] the call log; ARGV: limit per minute, limit per second, a unique member, the
+# minute's length in ms (60 s and the slack). Returns 0 (a slot was taken) or the
+# milliseconds until one frees.
 TAKE_SLOT = """
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms - 60000)
+local span = tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms - span)
 local wait = 0
 local minute = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
 local count = #minute / 2
 if count >= tonumber(ARGV[1]) then
   local oldest = tonumber(minute[(count - tonumber(ARGV[1])) * 2 + 2])
-  wait = math.max(wait, oldest + 60000 - ms)
+  wait = math.max(wait, oldest + span - ms)
 end
 local second = redis.call('ZCOUNT', KEYS[1], ms - 999, '+inf')
 if second >= tonumber(ARGV[2]) then wait = math.max(wait, 1000) end
 if wait > 0 then return wait end
 redis.call('ZADD', KEYS[1], ms, ARGV[3])
-redis.call('PEXPIRE', KEYS[1], 61000)
+redis.call('PEXPIRE', KEYS[1], span + 1000)
 return 0
 """
 RELEASE_IF_OURS = """
@@ -61,9 +65,16 @@ class RedisBudget:
     """A `CallBudget` shared by the cluster; FIFO within this process."""
 
     def __init__(
-        self, client: Callable[[], redis.Redis], key: str, per_minute: int, per_second: int = 30
+        self,
+        client: Callable[[], redis.Redis],
+        key: str,
+        per_minute: int,
+        per_second: int = 30,
+        *,
+        slack: float = 0.0,
     ) -> None:
         self._client = client  # the cluster's current connection (it is remade on restart)
+        self._span_ms = int((MINUTE + slack) * 1000)
         self._key = key
         self._per_minute = per_minute
         self._per_second = per_second
@@ -80,7 +91,13 @@ class RedisBudget:
                     self._serial += 1
                     member = f"{self._name}:{self._serial}"
                     wait_ms = await self._client().eval(
-                        TAKE_SLOT, 1, self._key, self._per_minute, self._per_second, member
+                        TAKE_SLOT,
+                        1,
+                        self._key,
+                        self._per_minute,
+                        self._per_second,
+                        member,
+                        self._span_ms,
                     )
                     if not wait_ms:
                         return
@@ -106,11 +123,13 @@ class ClusterQuoteSource:
         rest: FinnhubRest,
         *,
         ttl: float,
+        unknown_ttl: float,
     ) -> None:
         self._client = client
         self._key = key
         self._rest = rest
         self._ttl_ms = max(int(ttl * 1000), 1)
+        self._unknown_ttl_ms = max(int(unknown_ttl * 1000), 1)
 
     async def quote(self, symbol: str, deadline: float) -> Quote | None:
         loop = asyncio.get_running_loop()
@@ -138,7 +157,8 @@ class ClusterQuoteSource:
     async def store(self, symbol: str, quote: Quote | None) -> None:
         payload = encode_quote(symbol, quote)
         async with self._client().pipeline(transaction=False) as pipe:
-            pipe.set(self._key("quote", symbol), payload, px=self._ttl_ms)
+            ttl_ms = self._ttl_ms if quote is not None else self._unknown_ttl_ms
+            pipe.set(self._key("quote", symbol), payload, px=ttl_ms)
             pipe.publish(self._key("quotes"), payload)
             await pipe.execute()
 

@@ -106,6 +106,7 @@ class ClientConnection:
         stats: FanoutStats,
         *,
         owner: str = "-",
+        address: str = "-",
         entitlements: Entitlements = UNRESTRICTED,
         direct: FrameWriter | None = None,
         outbox_size: int,
@@ -119,6 +120,7 @@ class ClientConnection:
         self.trade_dialect = trade_dialect
         self.trade_group: TradeGroup | None = None  # set by the hub's TradeGroups
         self.owner = owner  # whose fair share of the upstream its symbols use
+        self.address = address  # its address (or /64): quote fetches are charged to it too
         self.entitlements = entitlements  # a refreshed token may change them
         self.symbols: set[str] = set()  # price updates
         self.bar_intervals: dict[str, set[Interval]] = {}  # symbol -> bar subscriptions

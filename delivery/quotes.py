@@ -1,11 +1,16 @@
-"""Quotes on the way to subscribers: a new subscriber's quote, sent when it comes.
+"""Quotes on the way to subscribers: a new subscriber's quote, sent when it comes, and a
+new previous close to every subscriber of its symbol.
 
-`QuoteDelivery.send(client, symbol, fetch=...)` sends a cached quote at once, or (when
-the symbol has no live price) asks the `QuoteService` and sends the answer to every
-client that asked while that fetch was under way and still holds the symbol: one
-fetch, one frame, many clients. A fetch that fails in time becomes a
-`quote_unavailable` error for those clients; "no quote" (an unknown symbol) sends
-nothing.
+`QuoteDelivery.send(client, symbol, quiet=...)` sends a fresh cached quote at once, or
+asks the `QuoteService` (charged to the client's owner and address) and sends the
+answer to every client that asked while that fetch was under way and still holds the
+symbol: one fetch, one frame, many clients. A fetch that fails in time becomes a
+`quote_unavailable` error for those clients, except `quiet` ones (they have a live
+snapshot already, so a stale quote being refreshed is no error to them); "no quote"
+(an unknown symbol) sends nothing. At a market-session change `refresh` has the
+carried symbols' stale quotes fetched again, subscribed ones first; a quote that
+brings a new previous close (a new trading day) goes to every subscriber of its
+symbol.
 
 This module never fetches anything itself (the `QuoteService` does) and never blocks:
 answers arrive by future callbacks on the event loop.
@@ -15,37 +20,54 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Callable, Collection, Iterable
 
 import protocol
 from delivery.outbox import ClientConnection
 from market_data.model import Quote
 from market_data.quotes import QuoteService
 
-Waiting = tuple["asyncio.Future[Quote | None]", set[ClientConnection]]
+# The fetch under way, and its clients (each: whether a failure is no error to it).
+Waiting = tuple["asyncio.Future[Quote | None]", dict[ClientConnection, bool]]
 
 
 class QuoteDelivery:
-    def __init__(self, quotes: QuoteService) -> None:
+    def __init__(
+        self,
+        quotes: QuoteService,
+        subscribers_of: Callable[[str], Iterable[ClientConnection]],
+    ) -> None:
         self._quotes = quotes
+        self._subscribers_of = subscribers_of
         self._waiting: dict[str, Waiting] = {}  # symbol -> the fetch under way, its clients
+        quotes.on_new_close(self._new_close)
 
-    def send(self, client: ClientConnection, symbol: str, *, fetch: bool) -> None:
-        """The symbol's quote: at once if cached; with `fetch`, fetched (one fetch for
+    def send(self, client: ClientConnection, symbol: str, *, quiet: bool) -> None:
+        """The symbol's quote: at once if fresh in the cache, else fetched (one fetch for
         every client waiting) and sent when it comes."""
-        if not fetch:
-            cached = self._quotes.cached(symbol)
-            if cached is not None:
-                client.send(protocol.quote_message(symbol, cached))
-            return
-        future = self._quotes.request(symbol, client.owner)
+        future = self._quotes.request(symbol, (client.owner, client.address))
         if future.done():
-            _deliver(symbol, future, {client})
+            _deliver(symbol, future, {client: quiet})
             return
         waiting = self._waiting.get(symbol)
         if waiting is None or waiting[0] is not future:  # a new fetch: its own waiters
-            waiting = self._waiting[symbol] = (future, set())
+            waiting = self._waiting[symbol] = (future, {})
             future.add_done_callback(functools.partial(self._came, symbol, waiting))
-        waiting[1].add(client)
+        waiting[1][client] = quiet and waiting[1].get(client, True)
+
+    def refresh(self, subscribed: Collection[str], carried: Iterable[str]) -> None:
+        """A market-session change may begin a new trading day, with a new previous close
+        behind every update's change: quotes older than QUOTE_TTL are fetched again."""
+        others = sorted(set(carried).difference(subscribed))
+        self._quotes.refresh([*sorted(subscribed), *others])
+
+    def _new_close(self, symbol: str, quote: Quote) -> None:
+        """A quote with a new previous close: to subscribers not already waiting for it."""
+        waiting = self._waiting.get(symbol)
+        frame = protocol.quote_message(symbol, quote)
+        for client in self._subscribers_of(symbol):
+            if waiting is None or client not in waiting[1]:
+                client.send(frame)
 
     def _came(self, symbol: str, waiting: Waiting, _done: object) -> None:
         if self._waiting.get(symbol) is waiting:
@@ -54,11 +76,12 @@ class QuoteDelivery:
 
 
 def _deliver(
-    symbol: str, future: asyncio.Future[Quote | None], clients: set[ClientConnection]
+    symbol: str, future: asyncio.Future[Quote | None], clients: dict[ClientConnection, bool]
 ) -> None:
     waiting = [client for client in clients if symbol in client.symbols]  # still there
     failure = future.exception()
     if failure is not None:
+        waiting = [client for client in waiting if not clients[client]]
         retry = getattr(failure, "retry_after", 1.0)
         frame = protocol.error_message(
             "quote_unavailable",

@@ -101,6 +101,7 @@ class FinnhubSessions:
             AsgiClientSocket(websocket, server),
             self._fast_path.writer(server),
             owner=admitted.owner,
+            address=admitted.address,
             entitlements=admitted.entitlements,
             trade_dialect=FINNHUB,
         ) as client:

@@ -2,7 +2,8 @@
 `/favicon.ico` and `GET /quote/{symbol}`.
 
 They read what the lifespan built (`Running`) and never change it, except that a quote
-asked for here is fetched (within the REST budget, and a per-address share of it).
+asked for here is fetched (within the REST budget, a share of it per user and per
+address, and for a symbol nobody subscribes to, the one-off lookups' share).
 Nothing here may expose the Finnhub key or a client token.
 """
 
@@ -19,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 import protocol
-from access.admission import USER_PREFIX, address_key, request_token
+from access.admission import Admitted, address_key, request_token
 from access.refusal import Refusal
 from bars.book import INTERVALS, candles
 from delivery.outbox import ClientCounts
@@ -95,19 +96,22 @@ class HttpApi:
 
     async def quote(self, request: Request) -> JSONResponse:
         """The symbol's quote: cached, or fetched within QUOTE_WAIT; 404 when Finnhub has
-        none, 503 with Retry-After when the REST budget or Finnhub cannot answer."""
+        none, 503 with Retry-After when the REST budget or Finnhub cannot answer. A symbol
+        nobody subscribes to is a one-off lookup, within the lookups' share."""
         asker = await self._symbol_and_owner(request)
         if isinstance(asker, JSONResponse):
             return asker
-        symbol, owner = asker
-        quotes = self._running().hub.quotes
+        symbol, admitted = asker
+        hub = self._running().hub
+        quotes = hub.quotes
         if quotes is None:
             return JSONResponse({"error": "quotes are off (REST_ENABLED=false)"}, 404)
+        owners = (admitted.owner, admitted.address)  # a user's share, and its address's
         try:
-            quote = await quotes.get(symbol, owner)
+            quote = await quotes.get(symbol, owners, lookup=symbol not in hub.interest)
         except QuoteUnavailable as exc:
             if exc.share_spent:
-                whose = "your user" if owner.startswith(USER_PREFIX) else "your address"
+                whose = "your user or address" if admitted.identity else "your address"
                 return _retry_later(f"too many quote requests from {whose}", exc.retry_after, 429)
             return _retry_later(f"no quote could be fetched in time ({exc})", exc.retry_after)
         if quote is None:
@@ -129,10 +133,10 @@ class HttpApi:
         held = bars.book.bars(symbol, interval) if bars is not None else []
         return JSONResponse(candles(held))
 
-    async def _symbol_and_owner(self, request: Request) -> tuple[str, str] | JSONResponse:
-        """The path's symbol and whose share the request spends (its user's with signed
-        tokens, else its address's); or the refusal: 400, 401, 403 for a symbol the
-        token's entitlements do not allow."""
+    async def _symbol_and_owner(self, request: Request) -> tuple[str, Admitted] | JSONResponse:
+        """The path's symbol and who asks (whose shares the request spends: its user's
+        with signed tokens, and its address's); or the refusal: 400, 401, 403 for a
+        symbol the token's entitlements do not allow."""
         symbol = protocol.normalize_symbol(request.path_params["symbol"])
         if symbol is None:
             return JSONResponse({"error": f"a symbol is {protocol.SYMBOL_RULE}"}, 400)
@@ -147,7 +151,7 @@ class HttpApi:
             if admitted.status == 403:
                 body["code"] = "forbidden_symbol"
             return JSONResponse(body, admitted.status, admitted.headers())
-        return symbol, admitted.owner
+        return symbol, admitted
 
     async def metrics(self, request: Request) -> Response:
         return Response(generate_latest(self._registry), media_type=CONTENT_TYPE_LATEST)

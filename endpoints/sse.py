@@ -141,6 +141,7 @@ class EventStreams:
                 socket,
                 None,
                 owner=admitted.owner,
+                address=admitted.address,
                 entitlements=admitted.entitlements,
                 dialect="sse",
             ) as client:

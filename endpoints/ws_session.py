@@ -164,7 +164,11 @@ class ClientSessions:
             )
         try:
             async with hub.connect(
-                socket, direct, owner=admitted.owner, entitlements=admitted.entitlements
+                socket,
+                direct,
+                owner=admitted.owner,
+                address=admitted.address,
+                entitlements=admitted.entitlements,
             ) as client:
                 client_id = client.id
                 logger.info(

@@ -5,7 +5,12 @@ One aiohttp `ClientSession` for the process; the key travels only in the
 a slot from a `CallBudget`: a sliding window, so no 60-second window ever holds more
 calls than the plan allows (a token bucket that starts full would let nearly twice
 the limit through in its first minute), plus Finnhub's 30 calls a second on every
-plan. Slots are granted in the order they were asked for. A 429 pauses every call
+plan. The gateway keeps a margin under the plan (`usable_rate`: 5%, at least one call
+a minute, for anything else that uses the key) and counts its minute `WINDOW_SLACK`
+longer: a call counted when its slot was granted reaches Finnhub a little later, and
+without the slack the first call of a minute, slow to arrive, and the first of the next
+minute, quick, could fall into one of Finnhub's 60 s windows with a whole plan's calls
+between them. Slots are granted in the order they were asked for. A 429 pauses every call
 (honouring `Retry-After`), a 401/403 marks the REST side unauthorized (logged once),
 network errors and 5xx are retried with backoff, all within the caller's deadline.
 Redirects are never followed: the key header would go wherever the `Location` points,
@@ -34,6 +39,12 @@ logger = get_logger(__name__)
 RestState = Literal["ok", "unauthorized", "rate_limited", "unreachable"]
 REST_STATES: tuple[RestState, ...] = get_args(RestState)
 MINUTE = 60.0
+WINDOW_SLACK = 1.0  # seconds added to our minute: more than a call's way to Finnhub
+
+
+def usable_rate(plan_rate: int) -> int:
+    """The calls a minute the gateway makes of a plan's `plan_rate`: a margin kept back."""
+    return max(1, plan_rate - max(1, plan_rate // 20))
 
 
 class RestUnavailable(Exception):
@@ -55,19 +66,23 @@ class CallBudget(Protocol):
 
 
 class SlidingWindowBudget:
-    """At most `per_minute` calls in any 60 s and `per_second` in any second, FIFO."""
+    """At most `per_minute` calls in any 60 s (`slack` seconds more, to be safe) and
+    `per_second` in any second, FIFO."""
 
-    def __init__(self, per_minute: int, per_second: int = 30) -> None:
-        self._windows = ((per_minute, MINUTE), (per_second, 1.0))
+    def __init__(self, per_minute: int, per_second: int = 30, *, slack: float = 0.0) -> None:
+        self._minute = MINUTE + slack
+        self._windows = ((per_minute, self._minute), (per_second, 1.0))
         self._calls: deque[float] = deque()  # loop times of the calls of the last minute
         self._turn = asyncio.Lock()  # asyncio.Lock wakes waiters in FIFO order
 
     def _wait(self, now: float) -> float:
-        while self._calls and self._calls[0] <= now - MINUTE:
+        while self._calls and self._calls[0] <= now - self._minute:
             self._calls.popleft()
         wait = 0.0
         for limit, span in self._windows:
-            recent = [t for t in self._calls if t > now - span] if span < MINUTE else self._calls
+            recent = self._calls
+            if span < self._minute:
+                recent = deque(t for t in self._calls if t > now - span)
             if len(recent) >= limit:
                 wait = max(wait, recent[len(recent) - limit] + span - now)
         return wait

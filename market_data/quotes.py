@@ -1,18 +1,33 @@
 """Quotes, for a price on every card when no trade has come (the market is closed, or
 the symbol is quiet), and the previous close behind each update's daily change.
 
-`QuoteService.request(symbol)` returns a future shared by everyone asking for that
-symbol: a fresh cached quote (`QUOTE_TTL`) resolves it at once, otherwise the symbol
-joins a queue that `run()` works through in the order asked, each fetch through the
-REST budget and within `QUOTE_WAIT` of being asked; past that the future fails with
-`QuoteUnavailable` (never a hang). Thousands of subscribers of one symbol cost one
-call. A quote of "no quote" (Finnhub's zeros for an unknown symbol) resolves to None.
-The previous close of every quote seen is kept, bounded, for `change` on trades.
+`QuoteService.request(symbol, owners)` returns a future shared by everyone asking for
+that symbol: a fresh cached quote resolves it at once (market_data/quote_cache.py:
+`QUOTE_TTL`, and `QUOTE_UNKNOWN_TTL` for a symbol Finnhub has no quote for, which
+resolves to None), otherwise the symbol joins a queue that `run()` works through, each
+fetch through the REST budget and within `QUOTE_WAIT` of being asked; past that the
+future fails with `QuoteUnavailable` (never a hang). Thousands of subscribers of one
+symbol cost one call.
 
-The key's budget is tiny (60 calls a minute on the free plan), so each owner (a client
-address) may cause at most `QUOTE_REQUESTS_PER_ADDRESS` fetches a minute, whether it
-subscribes over `/ws` or asks `GET /quote`; cached and in-flight quotes cost nothing.
-At most `max_queued` fetches wait at once; past that, `QuoteUnavailable` at once.
+The key's budget is tiny (60 calls a minute on the free plan), so who gets it is
+decided here, in this order:
+
+1. **a subscriber's ask**: a client subscribing (or `GET /quote` of a symbol some
+   client subscribes to) goes ahead of everything else in the queue;
+2. **a one-off lookup** (`GET /quote` of a symbol nobody subscribes to): at most
+   `lookups_per_minute` (`QUOTE_LOOKUP_SHARE` of the plan) in any 60 s, more are
+   refused at once, so junk lookups can never take the budget from subscribers;
+3. **a refresh**: at a market-session change (`refresh`, a new trading day may have
+   begun) every carried symbol whose quote is older than `QUOTE_TTL` is fetched again,
+   in the order given (subscribed symbols first), one at a time at most
+   `refreshes_per_minute` (a quarter of the plan), and only when no client waits.
+
+At most `IN_FLIGHT` fetches are on their way at once, so a subscriber's ask never
+waits at the budget behind more than those. Each fetch is charged to every owner
+named (a client's user and its address, `QUOTE_REQUESTS_PER_ADDRESS` a minute each);
+cached and in-flight quotes cost nothing. At most `max_queued` fetches wait at once.
+A quote with a new previous close (a new day's) is announced to `on_new_close`
+listeners, so subscribers see the day's change move at once.
 
 This module never talks to clients (the hub does) and never spends the budget itself
 (the `QuoteSource` does).
@@ -21,17 +36,24 @@ This module never talks to clients (the hub does) and never spends the budget it
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
+import heapq
+import itertools
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from access.allowances import Allowances
-from market_data.finnhub_rest import RestUnavailable
+from market_data.finnhub_rest import MINUTE, RestUnavailable
 from market_data.model import Quote
+from market_data.quote_cache import QuoteCache
+from runtime.cancellation import raise_if_cancelling
 from runtime.logs import get_logger
+from runtime.sliding_window import SlidingWindow
 
 logger = get_logger(__name__)
 
-MAX_CACHED = 5000  # symbols whose quote (and previous close) is remembered
+SUBSCRIBER, LOOKUP, REFRESH = 0, 1, 2  # what a fetch is for, first served first
+IN_FLIGHT = 4  # fetches on their way to the budget at once
 
 
 class QuoteUnavailable(Exception):
@@ -47,6 +69,16 @@ class QuoteSource(Protocol):
     async def quote(self, symbol: str, deadline: float) -> Quote | None: ...
 
 
+@dataclass(eq=False)
+class _Ask:
+    """One fetch to make: every asker of the symbol shares its future."""
+
+    future: asyncio.Future[Quote | None]
+    deadline: float  # loop time
+    kind: int  # SUBSCRIBER, LOOKUP or REFRESH
+    timer: asyncio.TimerHandle | None = None  # fails it at the deadline while queued
+
+
 class QuoteService:
     def __init__(
         self,
@@ -55,16 +87,26 @@ class QuoteService:
         *,
         ttl: float = 60.0,
         wait: float = 10.0,
+        unknown_ttl: float = 3600.0,
+        lookups_per_minute: int = 30,
+        refreshes_per_minute: int = 15,
         max_queued: int = 256,
     ) -> None:
         self._source = source
         self._shares = shares  # each owner's share of the key's budget
-        self._ttl = ttl
         self._wait = wait
         self._max_queued = max_queued
-        self._cache: OrderedDict[str, tuple[Quote | None, float]] = OrderedDict()
-        self._pending: dict[str, asyncio.Future[Quote | None]] = {}
-        self._queue: asyncio.Queue[tuple[str, float]] = asyncio.Queue()
+        self._cache = QuoteCache(ttl, unknown_ttl)
+        self._pending: dict[str, _Ask] = {}
+        self._queue: list[tuple[int, int, str, _Ask]] = []  # a heap: kind, then order asked
+        self._order = itertools.count()
+        self._fetching: set[str] = set()
+        self._refreshes: dict[str, None] = {}  # the symbols to refresh, in order
+        self._lookups = SlidingWindow(max(lookups_per_minute, 1), MINUTE)
+        # Refreshes one at a time, evenly spaced: a session change never takes a burst.
+        self._refreshed = SlidingWindow(1, MINUTE / max(refreshes_per_minute, 1))
+        self._work = asyncio.Event()
+        self._listeners: list[Callable[[str, Quote], None]] = []
         self.fetched = 0
         self.unavailable = 0
 
@@ -72,44 +114,64 @@ class QuoteService:
 
     def cached(self, symbol: str) -> Quote | None:
         """A fresh quote, if one is cached (None also for a fresh "no quote")."""
-        entry = self._cache.get(symbol)
-        if entry is None or entry[1] < asyncio.get_running_loop().time() - self._ttl:
-            return None
-        return entry[0]
+        return self._cache.get(symbol) if self.is_fresh(symbol) else None
 
     def is_fresh(self, symbol: str) -> bool:
-        entry = self._cache.get(symbol)
-        return entry is not None and entry[1] >= asyncio.get_running_loop().time() - self._ttl
+        return self._cache.fresh(symbol, asyncio.get_running_loop().time())
 
     def previous_close(self, symbol: str) -> float | None:
-        entry = self._cache.get(symbol)
-        quote = entry[0] if entry is not None else None
-        return quote.previous_close if quote is not None and quote.previous_close > 0 else None
+        return self._cache.previous_close(symbol)
 
-    def request(self, symbol: str, owner: str = "-") -> asyncio.Future[Quote | None]:
-        """The quote for `symbol`: cached, in flight, or fetched now if `owner` still has
-        a share of the budget and the queue has room."""
+    def on_new_close(self, listener: Callable[[str, Quote], None]) -> None:
+        """Call `listener(symbol, quote)` whenever a quote brings a new previous close."""
+        self._listeners.append(listener)
+
+    def request(
+        self, symbol: str, owners: str | Sequence[str] = "-", *, lookup: bool = False
+    ) -> asyncio.Future[Quote | None]:
+        """The quote for `symbol`: cached, in flight, or fetched now if every owner still
+        has a share of the budget (and, for a one-off `lookup`, lookups have theirs)."""
         loop = asyncio.get_running_loop()
-        if self.is_fresh(symbol):
-            return _settled(loop, self._cache[symbol][0])
-        future = self._pending.get(symbol)
-        if future is not None:
-            return future  # in flight: joining costs nothing
-        wait = self._shares.take(owner, loop.time())
-        if wait:
-            self.unavailable += 1
+        now = loop.time()
+        if self._cache.fresh(symbol, now):
+            return _settled(loop, self._cache.get(symbol))
+        ask = self._pending.get(symbol)
+        if ask is not None:  # queued or in flight: joining costs nothing
+            if not lookup and ask.kind != SUBSCRIBER and symbol not in self._fetching:
+                ask.kind = SUBSCRIBER  # a subscriber joined a queued lookup: it goes ahead
+                self._push(symbol, ask)
+            return ask.future
+        if lookup and (wait := self._lookups.wait(now)):
+            why = "one-off lookups have spent their share of the REST budget"
+            return self._refuse(loop, QuoteUnavailable(why, wait))
+        keys = (owners,) if isinstance(owners, str) else owners
+        if wait := self._shares.take_all(keys, now):
             spent = QuoteUnavailable("too many quotes asked for", wait, share_spent=True)
-            return _settled(loop, spent)
+            return self._refuse(loop, spent)
         if len(self._pending) >= self._max_queued:
-            self.unavailable += 1
-            return _settled(loop, QuoteUnavailable("too many quotes asked for at once", 5.0))
-        future = self._pending[symbol] = loop.create_future()
-        self._queue.put_nowait((symbol, loop.time()))
-        return future
+            return self._refuse(loop, QuoteUnavailable("too many quotes asked for at once", 5.0))
+        if lookup:
+            self._lookups.take(now)
+        ask = _Ask(loop.create_future(), now + self._wait, LOOKUP if lookup else SUBSCRIBER)
+        ask.timer = loop.call_at(ask.deadline, self._expire, symbol, ask)
+        self._pending[symbol] = ask
+        self._push(symbol, ask)
+        return ask.future
 
-    async def get(self, symbol: str, owner: str = "-") -> Quote | None:
+    async def get(
+        self, symbol: str, owners: str | Sequence[str] = "-", *, lookup: bool = False
+    ) -> Quote | None:
         """Wait for the quote (QuoteUnavailable past the bound)."""
-        return await asyncio.shield(self.request(symbol, owner))
+        return await asyncio.shield(self.request(symbol, owners, lookup=lookup))
+
+    def refresh(self, symbols: Iterable[str]) -> None:
+        """Fetch again, at the refresh pace, every one of `symbols` (the carried ones,
+        subscribed first) whose quote is older than QUOTE_TTL: a market-session change
+        may have begun a new trading day, with a new previous close."""
+        now = asyncio.get_running_loop().time()
+        self._refreshes = dict.fromkeys(s for s in symbols if not self._cache.fresh(s, now))
+        if self._refreshes:
+            self._work.set()
 
     def remember(self, symbol: str, quote: Quote | None) -> None:
         """A quote learned elsewhere (another process of the cluster)."""
@@ -120,52 +182,121 @@ class QuoteService:
     # -- the worker --------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Fetch queued symbols in order, several at once, until cancelled."""
+        """Fetch what is asked for, most urgent first, a few at once, until cancelled."""
+        in_flight = asyncio.Semaphore(IN_FLIGHT)
         try:
             async with asyncio.TaskGroup() as fetches:
                 while True:
-                    symbol, asked_at = await self._queue.get()
-                    if self.is_fresh(symbol):  # learned meanwhile
-                        self._settle(symbol, self._cache[symbol][0])
-                        continue
-                    fetches.create_task(self._fetch(symbol, asked_at + self._wait))
+                    await in_flight.acquire()
+                    symbol, ask = await self._next()
+                    self._fetching.add(symbol)
+                    fetches.create_task(self._fetch(symbol, ask, in_flight))
                     await asyncio.sleep(0)  # let it take its turn at the budget, in order
         finally:
+            self._fetching.clear()
+            self._queue.clear()
             for symbol in list(self._pending):
                 self._settle(symbol, QuoteUnavailable("the gateway is restarting", 1.0))
 
-    async def _fetch(self, symbol: str, deadline: float) -> None:
+    async def _next(self) -> tuple[str, _Ask]:
+        """The next fetch: a client's ask, else a refresh when its pace allows."""
+        loop = asyncio.get_running_loop()
+        while True:
+            now = loop.time()
+            while self._queue:
+                _, _, symbol, ask = heapq.heappop(self._queue)
+                if self._pending.get(symbol) is not ask or symbol in self._fetching:
+                    continue  # settled meanwhile, or already on its way
+                if self._cache.fresh(symbol, now):  # learned meanwhile
+                    self._settle(symbol, self._cache.get(symbol))
+                    continue
+                return symbol, ask
+            pause: float | None = None
+            if self._refreshes:
+                pause = self._refreshed.wait(now)
+                if not pause:
+                    refresh = self._take_refresh(loop)
+                    if refresh is not None:
+                        return refresh
+                    continue
+            self._work.clear()
+            try:
+                async with asyncio.timeout(pause):
+                    await self._work.wait()  # an ask, or a refresh's turn
+            except TimeoutError as timeout:
+                raise_if_cancelling(timeout)
+
+    def _take_refresh(self, loop: asyncio.AbstractEventLoop) -> tuple[str, _Ask] | None:
+        now = loop.time()
+        while self._refreshes:
+            symbol = next(iter(self._refreshes))
+            del self._refreshes[symbol]
+            if self._cache.fresh(symbol, now) or symbol in self._pending:
+                continue  # fetched meanwhile, or being fetched
+            self._refreshed.take(now)
+            ask = self._pending[symbol] = _Ask(loop.create_future(), now + self._wait, REFRESH)
+            return symbol, ask
+        return None
+
+    async def _fetch(self, symbol: str, ask: _Ask, in_flight: asyncio.Semaphore) -> None:
         try:
-            quote = await self._source.quote(symbol, deadline)
+            quote = await self._source.quote(symbol, ask.deadline)
         except RestUnavailable as exc:
             self.unavailable += 1
             logger.info("quote unavailable symbol=%s reason=%s", symbol, exc)
             self._settle(symbol, QuoteUnavailable(str(exc), exc.retry_after))
+            if ask.kind == REFRESH:  # tried again later, at the refresh pace
+                self._refreshes.setdefault(symbol)
+                self._work.set()
             return
         except Exception:  # one bad answer must not stop every other fetch
             self.unavailable += 1
             logger.exception("quote fetch failed symbol=%s", symbol)
             self._settle(symbol, QuoteUnavailable("the quote could not be read", 5.0))
             return
+        finally:
+            self._fetching.discard(symbol)
+            in_flight.release()
         self.fetched += 1
         self._store(symbol, quote)
         self._settle(symbol, quote)
 
+    # -- the bookkeeping ---------------------------------------------------------------
+
+    def _push(self, symbol: str, ask: _Ask) -> None:
+        heapq.heappush(self._queue, (ask.kind, next(self._order), symbol, ask))
+        self._work.set()
+
+    def _expire(self, symbol: str, ask: _Ask) -> None:
+        """QUOTE_WAIT passed and the fetch has not even started: the budget is taken."""
+        if self._pending.get(symbol) is ask and symbol not in self._fetching:
+            self.unavailable += 1
+            logger.info("quote unavailable symbol=%s reason=not fetched in time", symbol)
+            self._settle(symbol, QuoteUnavailable("the REST budget is taken", self._wait))
+
+    def _refuse(
+        self, loop: asyncio.AbstractEventLoop, refusal: QuoteUnavailable
+    ) -> asyncio.Future[Quote | None]:
+        self.unavailable += 1
+        return _settled(loop, refusal)
+
     def _store(self, symbol: str, quote: Quote | None) -> None:
-        self._cache[symbol] = (quote, asyncio.get_running_loop().time())
-        self._cache.move_to_end(symbol)
-        while len(self._cache) > MAX_CACHED:
-            self._cache.popitem(last=False)
+        if self._cache.store(symbol, quote, asyncio.get_running_loop().time()):
+            assert quote is not None  # only a quote brings a new previous close
+            for listener in self._listeners:
+                listener(symbol, quote)
 
     def _settle(self, symbol: str, outcome: Quote | QuoteUnavailable | None) -> None:
-        future = self._pending.pop(symbol, None)
-        if future is None or future.done():
+        ask = self._pending.pop(symbol, None)
+        if ask is None or ask.future.done():
             return
+        if ask.timer is not None:
+            ask.timer.cancel()
         if isinstance(outcome, QuoteUnavailable):
-            future.set_exception(outcome)
-            future.exception()  # retrieved here: nobody may be waiting any more
+            ask.future.set_exception(outcome)
+            ask.future.exception()  # retrieved here: nobody may be waiting any more
         else:
-            future.set_result(outcome)
+            ask.future.set_result(outcome)
 
 
 def _settled(

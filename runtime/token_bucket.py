@@ -38,6 +38,11 @@ class TokenBucket:
             self._limited_since = now
         return (1 - self.tokens) / self.rate
 
+    def due(self, now: float) -> float:
+        """Seconds until a token is there (0.0: one is), spending nothing."""
+        self._refill(now)
+        return 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.rate
+
     def allow(self, now: float) -> bool:
         return self.take(now) == 0.0
 

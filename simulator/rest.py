@@ -9,7 +9,8 @@ symbol; a scripted one (rate 0, the tests' fake) knows its reference symbols and
 it traded. Quotes agree with the trade stream: the day opens at the price the random
 walk starts from, `c` is the last simulated price (low <= open, close <= high), `t`
 the last trade's time or now (seconds), `pc` a fixed previous close per symbol and
-simulated (UTC) day, `d`/`dp` the change against it.
+simulated (UTC) day (or the one a test scripts: `QuoteBook.previous_closes`), `d`/`dp`
+the change against it.
 Every call is recorded (`rest_calls`) so tests can count them per minute.
 This module never logs the key.
 """
@@ -66,6 +67,8 @@ class QuoteBook:
     def __init__(self, prices: dict[str, float]) -> None:
         self._prices = prices  # the simulator's last price per symbol, shared
         self._days: dict[str, tuple[float, float, float, int]] = {}
+        # Scripted by tests: a new day's previous close for a symbol, from now on.
+        self.previous_closes: dict[str, float] = {}
 
     def traded(self, symbol: str, price: float, at_ms: int) -> None:
         start = reference_price(symbol)  # where the walk starts: the day's open
@@ -79,7 +82,7 @@ class QuoteBook:
         if not streamed and symbol not in REFERENCE_PRICES and symbol not in self._prices:
             return {"c": 0, "d": None, "dp": None, "h": 0, "l": 0, "o": 0, "pc": 0, "t": 0}
         reference = reference_price(symbol)
-        close = previous_close(symbol, reference)
+        close = self.previous_closes.get(symbol) or previous_close(symbol, reference)
         last = self._prices.get(symbol, reference)
         day_open, high, low, last_ms = self._days.get(symbol, (reference, reference, reference, 0))
         decimals = 5 if last < 10 else 2

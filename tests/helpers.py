@@ -24,7 +24,9 @@ import orjson
 import redis.asyncio as redis
 import uvicorn
 
+from delivery.outbox import ClientConnection
 from gateway import Gateway, create_app, uvicorn_options
+from hub import Hub
 from settings import Settings, environment_names
 from simulator.market import MarketSimulator, rest_url
 from tests.contract import assert_server_message
@@ -329,3 +331,16 @@ class RedisServer:
         if self.process is not None and self.process.returncode is None:
             self.process.terminate()
             await self.process.wait()
+
+
+def assert_hub_consistent(hub: Hub) -> None:
+    """The hub's maps agree with every client's own symbols and with the upstream
+    interest (O(clients x symbols): for tests)."""
+    expected: dict[str, set[ClientConnection]] = {}
+    for client in hub.clients:
+        for symbol in client.symbols:
+            expected.setdefault(symbol, set()).add(client)
+    actual = {symbol: set(hub.subscribers_of(symbol)) for symbol in hub.subscribed_symbols()}
+    assert expected == actual, "hub subscriber map disagrees with its clients' symbols"
+    wanted = set(hub.symbols()) | set(hub.capacity.lingering)
+    assert wanted == hub.interest.symbols, "hub subscriber map disagrees with the interest"

@@ -9,7 +9,15 @@ import itertools
 import time
 from typing import Any
 
-from tests.helpers import Client, GatewayUnderTest, Market, poll_until, run_gateway, settings_for
+from tests.helpers import (
+    Client,
+    GatewayUnderTest,
+    Market,
+    assert_hub_consistent,
+    poll_until,
+    run_gateway,
+    settings_for,
+)
 
 BAR_KINDS = ("status", "market", "bars", "bar", "subscription")
 
@@ -135,7 +143,7 @@ async def test_a_symbol_wanted_only_for_bars_is_carried_and_released(
     await client.send({"action": "unsubscribe_bars", "symbols": ["NVDA"], "interval": "1m"})
     await client.expect("subscription")
     await market.simulator.wait_for(lambda: "NVDA" not in market.simulator.subscribed_symbols())
-    gateway.gateway.running.hub.check_consistency()
+    assert_hub_consistent(gateway.gateway.running.hub)
 
 
 async def test_leaving_releases_bar_symbols(market: Market, gateway: GatewayUnderTest) -> None:
@@ -149,7 +157,7 @@ async def test_leaving_releases_bar_symbols(market: Market, gateway: GatewayUnde
         return bool((await gateway.health())["clients"] == 0)
 
     await poll_until(nobody_left)
-    gateway.gateway.running.hub.check_consistency()
+    assert_hub_consistent(gateway.gateway.running.hub)
 
 
 async def test_bars_count_against_the_per_client_symbol_cap(market: Market) -> None:
@@ -191,4 +199,4 @@ async def test_a_symbol_finnhub_refuses_is_dropped_from_bar_subscriptions(
         ("unsubscribed", "5m"),
     }
     assert (await gateway.health())["symbols"] == []
-    gateway.gateway.running.hub.check_consistency()  # nothing still held
+    assert_hub_consistent(gateway.gateway.running.hub)  # nothing still held

@@ -30,6 +30,7 @@ from market_data.model import SymbolInterest, Trade
 from protocol import CLOSE_TRY_AGAIN_LATER, Frame
 from relay.local import LocalRelay
 from runtime.backoff import Backoff
+from tests.helpers import assert_hub_consistent
 
 WAIT = 1.0  # the longest any awaited event may take before a test fails
 GRACE = 0.05  # CLOSE_GRACE_SECONDS, shortened
@@ -620,7 +621,7 @@ async def test_hub_reference_counts_follow_any_interleaving() -> None:
     model: dict[ClientConnection, set[str]] = {}
 
     def check() -> None:
-        hub.check_consistency()
+        assert_hub_consistent(hub)
         union = set().union(*model.values()) if model else set()
         assert hub.interest.symbols == union
         assert hub.symbols() == sorted(union)
@@ -702,7 +703,7 @@ async def test_symbol_limits_are_refused_by_name_then_what_is_held_is_confirmed(
         assert confirmation == {"type": "subscription", "status": "subscribed", "symbols": ["AAPL"]}
         assert hub.interest.symbols == {"AAPL", "MSFT", "TSLA"}
         assert c2.symbols == {"TSLA", "AAPL"}
-        hub.check_consistency()
+        assert_hub_consistent(hub)
 
         # A symbol already held is confirmed again, after the refusal of the others.
         start = len(w1.messages())
@@ -799,7 +800,7 @@ async def test_a_symbol_nobody_holds_forgets_its_snapshot() -> None:
         assert await snapshot_for("MSFT") == [("MSFT", 1)]
         hub.unsubscribe(c1, ["MSFT"])
         assert await snapshot_for("MSFT") == []
-    hub.check_consistency()
+    assert_hub_consistent(hub)
     assert hub.interest.symbols == frozenset()
 
 

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 import protocol
 from gateway import Gateway
 from simulator.market import MarketSimulator, serve
-from tests.helpers import TEST_KEY, Client, Market, run_gateway, settings_for
+from tests.helpers import TEST_KEY, Client, Market, assert_hub_consistent, run_gateway, settings_for
 
 pytestmark = pytest.mark.slow
 
@@ -68,7 +68,7 @@ class ThreadedGateway:
 
         async def inspect() -> tuple[set[str], set[str]]:
             running = self.gateway.running
-            running.hub.check_consistency()
+            assert_hub_consistent(running.hub)
             return set(running.hub.symbols()), set(running.upstream.interest.symbols)
 
         return asyncio.run_coroutine_threadsafe(inspect(), self.loop).result(timeout=5)
