@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,15 @@ CLIENT_JS = (STATIC / "stock-client.js").read_text(encoding="utf-8")
 HOOKS_JS = (STATIC / "stock-hooks.js").read_text(encoding="utf-8")
 CLIENT_TYPES = DECLARATIONS.read_text(encoding="utf-8")
 HOOKS_TYPES = (STATIC / "stock-hooks.d.ts").read_text(encoding="utf-8")
+BROWSER_CLIENT_PAGE = PROJECT / "docs" / "browser-client.md"
+EXAMPLE_PAGE = PROJECT / "examples" / "nextjs" / "app" / "page.tsx"
+_FENCED = re.compile(r"^( *)```(\w+)\n(.*?)^\1```", re.MULTILINE | re.DOTALL)
+
+
+def docs_code_blocks(language: str) -> list[str]:
+    """The fenced blocks of docs/browser-client.md in `language`, dedented."""
+    text = BROWSER_CLIENT_PAGE.read_text(encoding="utf-8")
+    return [textwrap.dedent(body) for _, fence, body in _FENCED.findall(text) if fence == language]
 
 
 def declared_block(text: str, opening: str) -> str:
@@ -108,6 +118,13 @@ def test_every_hook_is_declared_and_the_module_is_a_client_module() -> None:
         assert f"export declare function {hook}(" in HOOKS_TYPES
     # Next.js reads the directive only as the module's first statement.
     assert HOOKS_JS.startswith('"use client";\n')
+
+
+def test_the_documented_page_is_the_example_that_type_checks() -> None:
+    """The Next.js page in docs/browser-client.md is examples/nextjs/app/page.tsx, which
+    tsc checks below and tests/test_react_hooks.py builds and loads."""
+    pages = docs_code_blocks("tsx")
+    assert EXAMPLE_PAGE.read_text(encoding="utf-8") in pages
 
 
 def _examples_module(document: dict[str, Any]) -> str:
