@@ -65,7 +65,7 @@ class RedisBudget:
     ) -> None:
         self._client = client  # the cluster's current connection (it is remade on restart)
         self._key = key
-        self._per_minute = per_minute
+        self.per_minute = per_minute
         self._per_second = per_second
         self._turn = asyncio.Lock()
         self._serial = 0
@@ -80,7 +80,7 @@ class RedisBudget:
                     self._serial += 1
                     member = f"{self._name}:{self._serial}"
                     wait_ms = await self._client().eval(
-                        TAKE_SLOT, 1, self._key, self._per_minute, self._per_second, member
+                        TAKE_SLOT, 1, self._key, self.per_minute, self._per_second, member
                     )
                     if not wait_ms:
                         return

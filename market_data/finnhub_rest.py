@@ -47,6 +47,8 @@ class RestUnavailable(Exception):
 class CallBudget(Protocol):
     """Where call slots come from: this process's window, or a cluster-wide one."""
 
+    per_minute: int  # the key's limit (FINNHUB_REST_RATE), for /metrics
+
     async def acquire(self, deadline: float) -> None:
         """Wait for a slot until `deadline` (loop time); RestUnavailable if none by then."""
 
@@ -58,6 +60,7 @@ class SlidingWindowBudget:
     """At most `per_minute` calls in any 60 s and `per_second` in any second, FIFO."""
 
     def __init__(self, per_minute: int, per_second: int = 30) -> None:
+        self.per_minute = per_minute
         self._windows = ((per_minute, MINUTE), (per_second, 1.0))
         self._calls: deque[float] = deque()  # loop times of the calls of the last minute
         self._turn = asyncio.Lock()  # asyncio.Lock wakes waiters in FIFO order
