@@ -76,7 +76,7 @@ class RedisBudget:
         self._client = client  # the cluster's current connection (it is remade on restart)
         self._span_ms = int((MINUTE + slack) * 1000)
         self._key = key
-        self._per_minute = per_minute
+        self.per_minute = per_minute
         self._per_second = per_second
         self._turn = asyncio.Lock()
         self._serial = 0
@@ -94,7 +94,7 @@ class RedisBudget:
                         TAKE_SLOT,
                         1,
                         self._key,
-                        self._per_minute,
+                        self.per_minute,
                         self._per_second,
                         member,
                         self._span_ms,

@@ -43,6 +43,7 @@ METRICS: dict[str, str] = {
     "gateway_upstream_frames_sent_total": "Subscribe and unsubscribe frames sent to Finnhub",
     "gateway_rest_calls_total": "Calls made to Finnhub's REST API (quotes, market status)",
     "gateway_rest_state": "1 for the REST side's current state (label state)",
+    "gateway_rest_budget_per_minute": "REST calls a minute the gateway allows itself",
     "gateway_quotes_fetched_total": "Quotes fetched from Finnhub",
     "gateway_quotes_unavailable_total": "Quotes that could not be fetched within QUOTE_WAIT",
     "gateway_upstream_messages_total": "Upstream messages received",
@@ -131,6 +132,7 @@ class GatewayCollector(Collector):
             matches = running.rest.state == rest_state_name
             rest_state.add_metric([rest_state_name], 1.0 if matches else 0.0)
         yield rest_state
+        yield _gauge("gateway_rest_budget_per_minute", running.rest.budget.per_minute)
         if hub.quotes is not None:
             yield _counter("gateway_quotes_fetched_total", hub.quotes.fetched)
             yield _counter("gateway_quotes_unavailable_total", hub.quotes.unavailable)

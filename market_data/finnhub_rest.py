@@ -58,6 +58,8 @@ class RestUnavailable(Exception):
 class CallBudget(Protocol):
     """Where call slots come from: this process's window, or a cluster-wide one."""
 
+    per_minute: int  # the key's limit (FINNHUB_REST_RATE), for /metrics
+
     async def acquire(self, deadline: float) -> None:
         """Wait for a slot until `deadline` (loop time); RestUnavailable if none by then."""
 
@@ -70,6 +72,7 @@ class SlidingWindowBudget:
     `per_second` in any second, FIFO."""
 
     def __init__(self, per_minute: int, per_second: int = 30, *, slack: float = 0.0) -> None:
+        self.per_minute = per_minute
         self._minute = MINUTE + slack
         self._windows = ((per_minute, self._minute), (per_second, 1.0))
         self._calls: deque[float] = deque()  # loop times of the calls of the last minute

@@ -18,7 +18,8 @@
 // (browsers cannot send protocol pings). When the gateway verifies signed tokens, it
 // calls `getToken()` on every connect (the token goes in the first message, never in
 // the URL) and again when the server says the token is expiring, so the stream goes on
-// with no gap. No dependencies, no build step.
+// with no gap. No dependencies, no build step. Types: stock-client.d.ts beside this
+// file; React hooks over it: stock-hooks.js.
 
 // Error codes that mean "these symbols were not subscribed" (see /docs).
 const REFUSALS = new Set([
