@@ -108,7 +108,7 @@ class Settings:
     max_message_size: int = setting(4096, minimum=64)
     max_symbols_per_client: int = setting(50, minimum=1)
     max_upstream_symbols: int = setting(50, minimum=1)
-    # Symbols one address (or user) may hold that no other client holds.
+    # Symbols one address (or user) may hold, one that n owners hold counting 1/n.
     max_symbols_per_address: int = setting(10, minimum=1)
     # Only these symbols or fnmatch patterns (comma-separated, or @/path/to/file with one
     # per line); empty: any valid symbol.
