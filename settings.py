@@ -135,6 +135,10 @@ class Settings:
     max_connections_per_address: int = setting(200, minimum=1)
     address_handshake_rate: float = setting(10.0, minimum=0.01)  # per second
     address_handshake_burst: int = setting(50, minimum=1)
+    # Plain HTTP requests per second (burst) from one address: every route but /ws,
+    # /stream (counted as connections) and /health (the healthcheck's).
+    http_requests_per_address: float = setting(20.0, minimum=0.01)
+    http_request_burst: int = setting(100, minimum=1)
     # Proxies whose X-Forwarded-For is believed (uvicorn's rule; "*" trusts anyone).
     forwarded_allow_ips: str = setting("127.0.0.1,::1")
     # -- below the application: sockets, requests and frames ---------------------------
