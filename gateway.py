@@ -39,8 +39,10 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
 import wiring
+from access.admission import Admission
 from endpoints import docs, metrics
 from endpoints.http_api import STATIC, HttpApi
+from endpoints.request_rate import RequestRate
 from endpoints.sse import EventStreams
 from protocol import CLOSE_SERVICE_RESTART
 from runtime.logs import ROOT_LOGGER, configure_logging
@@ -67,6 +69,10 @@ class Gateway:
         if self._running is None:
             raise RuntimeError("the gateway is not running (lifespan not started)")
         return self._running
+
+    def admission(self) -> Admission | None:
+        """The admission while the app is running (for the middleware), else None."""
+        return self._running.admission if self._running is not None else None
 
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -124,7 +130,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 allow_origins=list(gateway.settings.frontend_url),
                 allow_methods=["GET"],
                 allow_headers=["*"],
-            )
+            ),
+            Middleware(RequestRate, admission=gateway.admission),
         ],
         lifespan=gateway.lifespan,
     )

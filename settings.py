@@ -113,7 +113,7 @@ class Settings:
     max_message_size: int = setting(4096, minimum=64)
     max_symbols_per_client: int = setting(50, minimum=1)
     max_upstream_symbols: int = setting(50, minimum=1)
-    # Symbols one address (or user) may hold that no other client holds.
+    # Symbols one address (or user) may hold, one that n owners hold counting 1/n.
     max_symbols_per_address: int = setting(10, minimum=1)
     # Only these symbols or fnmatch patterns (comma-separated, or @/path/to/file with one
     # per line); empty: any valid symbol.
@@ -140,6 +140,10 @@ class Settings:
     max_connections_per_address: int = setting(200, minimum=1)
     address_handshake_rate: float = setting(10.0, minimum=0.01)  # per second
     address_handshake_burst: int = setting(50, minimum=1)
+    # Plain HTTP requests per second (burst) from one address: every route but /ws,
+    # /stream (counted as connections) and /health (the healthcheck's).
+    http_requests_per_address: float = setting(20.0, minimum=0.01)
+    http_request_burst: int = setting(100, minimum=1)
     # Proxies whose X-Forwarded-For is believed (uvicorn's rule; "*" trusts anyone).
     forwarded_allow_ips: str = setting("127.0.0.1,::1")
     # -- below the application: sockets, requests and frames ---------------------------

@@ -266,4 +266,5 @@ def connection_limits(settings: Settings) -> ConnectionLimits:
         frame_rate=settings.client_frame_rate,
         frame_burst=settings.client_frame_burst,
         max_unread_output=settings.max_unread_output,
+        write_timeout=settings.slow_consumer_timeout,
     )

@@ -19,6 +19,11 @@ its symbols use) or a `Refusal` carrying its HTTP status, close code, error code
 5. **Server full** (connections): `MAX_CLIENTS` open in all. 503, or 1013 on a socket.
 6. **Entitlements** (requests about a symbol): the token's symbols. 403.
 
+Plain HTTP requests (every route but `/ws`, `/stream` and `/health`) are paced per
+address before their route runs (`pace_request`, asked once per request by
+endpoints/request_rate.py): `HTTP_REQUESTS_PER_ADDRESS` a second, bursts of
+`HTTP_REQUEST_BURST`. 429 with `Retry-After`.
+
 An admitted connection is counted while it is open (`open`, which checks the counts
 once more with nothing awaited in between, so parallel handshakes cannot all pass);
 a `/ws` client that authenticates with its first message is counted as its user then
@@ -126,6 +131,7 @@ class Admission:
         self._handshakes = Allowances(
             settings.address_handshake_rate, settings.address_handshake_burst
         )
+        self._requests = Allowances(settings.http_requests_per_address, settings.http_request_burst)
         self.refused: dict[str, int] = {}  # reason -> count, for /metrics
 
     @property
@@ -186,6 +192,21 @@ class Admission:
                 "your token does not entitle you to this symbol", "forbidden_symbol", 403
             )
         return admitted
+
+    def pace_request(self, address: str, now: float | None = None) -> Refusal | None:
+        """May `address` make one more plain HTTP request now? One is spent if so."""
+        now = time.monotonic() if now is None else now
+        wait = self._requests.take(address, now)
+        if wait <= 0:
+            return None
+        rate = self._settings.http_requests_per_address
+        return self._refuse(
+            "address_requests",
+            Refusal(
+                f"too many requests from your address (at most {rate:g} per second)",
+                retry_after=max(1, math.ceil(wait)),
+            ),
+        )
 
     def open(self, admitted: Admitted) -> OpenConnection | Refusal:
         """Count an admitted connection as open, if its address and user still have room

@@ -5,8 +5,11 @@ scarce resource. `UpstreamCapacity` keeps the upstream `SymbolInterest` and deci
 
 - **the cap** (`MAX_UPSTREAM_SYMBOLS`): no more distinct symbols than that;
 - **a fair share** (`MAX_SYMBOLS_PER_ADDRESS`): one owner (a client address, or a user
-  once users are known) may hold at most that many symbols *nobody else holds*, so one
-  party cannot fill the cap with symbols only it wants;
+  once users are known) is charged for the symbols it holds, a symbol that n owners
+  hold costing each of them 1/n, and may not go over that many. The charges of all
+  owners add up to the number of symbols held, so a party of k owners holds at most k
+  shares whatever they do together (two addresses subscribing the same symbols in turn
+  cannot fill the cap), while a popular symbol costs each of its holders little;
 - **the allow-list** (`SYMBOLS_ALLOWED`, optional): symbols or `fnmatch` patterns;
 - **recent rejections**: a symbol Finnhub refused is released upstream at once and
   refused to everyone for `REJECTED_SYMBOL_SECONDS`;
@@ -28,6 +31,10 @@ from collections.abc import Callable
 from access.entitlements import SymbolPatterns
 from access.refusal import Refusal
 from market_data.model import SymbolInterest
+
+# Charges are sums of 1/n in floating point: a share filled exactly (say 10 halves and
+# 5 whole symbols) must not be refused over a rounding error.
+CHARGE_TOLERANCE = 1e-9
 
 
 class UpstreamCapacity:
@@ -52,7 +59,7 @@ class UpstreamCapacity:
         self._linger = linger
         self._reject_for = reject_for
         self._holders: dict[str, Counter[str]] = {}  # symbol -> owner -> clients holding it
-        self._exclusive: Counter[str] = Counter()  # owner -> symbols only it holds
+        self._held: dict[str, set[str]] = {}  # owner -> the symbols it holds
         self._lingering: dict[str, asyncio.TimerHandle] = {}  # insertion order: oldest first
         self._rejected: dict[str, float] = {}  # symbol -> loop time the refusal ends
 
@@ -60,8 +67,12 @@ class UpstreamCapacity:
     def lingering(self) -> list[str]:
         return sorted(self._lingering)
 
-    def exclusive_count(self, owner: str) -> int:
-        return self._exclusive[owner]
+    def charge(self, owner: str) -> float:
+        """What `owner`'s symbols use of its share: 1/n for each, n owners holding it.
+        Computed when asked, so a join or leave costs O(1) however popular the symbol;
+        an owner holds at most MAX_UPSTREAM_SYMBOLS symbols, so this is bounded too."""
+        holders = self._holders
+        return sum(1 / len(holders[symbol]) for symbol in self._held.get(owner, ()))
 
     def refusal(self, symbol: str, owner: str) -> Refusal | None:
         """Why `owner` may not become a holder of `symbol` now, or None."""
@@ -76,14 +87,18 @@ class UpstreamCapacity:
                     code="upstream_error", reason="the upstream refused these symbols recently"
                 )
             del self._rejected[symbol]
-        if symbol in self._holders:
-            return None  # somebody holds it already: sharing costs no capacity
-        if self._exclusive[owner] >= self._max_per_owner:
+        holders = self._holders.get(symbol)
+        if holders is not None and owner in holders:
+            return None  # another client of the same owner: already paid for
+        cost = 1 / (len(holders) + 1) if holders is not None else 1.0
+        if self.charge(owner) + cost > self._max_per_owner + CHARGE_TOLERANCE:
             return Refusal(
                 code="symbol_quota",
-                reason=f"one address may hold at most {self._max_per_owner} symbols that no one "
-                "else follows",
+                reason=f"one address may hold at most {self._max_per_owner} symbols, a symbol "
+                "that n addresses hold counting 1/n for each",
             )
+        if holders is not None:
+            return None  # carried already: sharing costs no upstream capacity
         carried = len(self.interest)
         if symbol not in self.interest and carried >= self._max_symbols and not self._lingering:
             return Refusal(
@@ -105,11 +120,7 @@ class UpstreamCapacity:
                     self._release(next(iter(self._lingering)))  # make room: oldest linger
                 self.interest.want(symbol)
         if holders[owner] == 0:
-            if not holders:
-                self._exclusive[owner] += 1
-            elif len(holders) == 1:
-                (previous,) = holders
-                self._exclusive_less(previous)  # not exclusive to them any more
+            self._held.setdefault(owner, set()).add(symbol)
         holders[owner] += 1
 
     def leave(self, symbol: str, owner: str) -> None:
@@ -118,24 +129,17 @@ class UpstreamCapacity:
         if holders[owner] > 0:
             return
         del holders[owner]
+        held = self._held[owner]
+        held.discard(symbol)
+        if not held:
+            del self._held[owner]  # an owner with no symbol costs no memory
         if len(holders) == 0:
-            self._exclusive_less(owner)
             del self._holders[symbol]
             if self._linger > 0 and symbol in self.interest:
                 loop = asyncio.get_running_loop()
                 self._lingering[symbol] = loop.call_later(self._linger, self._release, symbol)
             else:
                 self._release(symbol)
-        elif len(holders) == 1:
-            (remaining,) = holders
-            self._exclusive[remaining] += 1
-
-    def _exclusive_less(self, owner: str) -> None:
-        left = self._exclusive[owner] - 1
-        if left > 0:
-            self._exclusive[owner] = left
-        else:
-            del self._exclusive[owner]  # an owner with no exclusive symbol costs nothing
 
     def rejected(self, symbol: str) -> None:
         """Finnhub refused `symbol`: refuse it for a while (holders are removed by the hub,

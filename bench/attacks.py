@@ -15,7 +15,10 @@ import os
 import socket
 import struct
 import time
+from collections import Counter
 from dataclasses import dataclass
+
+import aiohttp
 
 OP_CONT, OP_TEXT, OP_PING, OP_PONG = 0x0, 0x1, 0x9, 0xA
 
@@ -213,3 +216,23 @@ def closed_by_peer(sock: socket.socket) -> bool:
     except OSError:
         return True  # reset
     return True  # end of stream
+
+
+async def http_hammer(
+    base_url: str, local: str, path: str, *, concurrency: int, statuses: Counter[int]
+) -> None:
+    """`concurrency` kept-alive connections from `local` requesting `path` back to back,
+    forever (the caller cancels it); each response's status is counted in `statuses`, a
+    429's `Retry-After` as key -1 when it is missing."""
+    connector = aiohttp.TCPConnector(local_addr=(local, 0), limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one() -> None:
+            while True:
+                async with session.get(base_url + path) as response:
+                    await response.read()
+                    statuses[response.status] += 1
+                    if response.status == 429 and "Retry-After" not in response.headers:
+                        statuses[-1] += 1
+
+        await asyncio.gather(*(one() for _ in range(concurrency)))

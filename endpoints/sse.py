@@ -13,18 +13,25 @@ first; a client that cannot keep up is conflated, then dropped; leaving releases
 symbol.
 
 This module never reads a request body, and never blocks the broadcaster: events wait
-in a small per-stream queue that the response drains.
+in a small per-stream queue that the response drains. A stream whose client stopped
+reading is blocked in its response's send, where no event can reach it: it is ended
+from below. Its socket gets the WebSocket's kernel send buffer (`CLIENT_SEND_BUFFER`),
+the server aborts it when its writes stay paused for `SLOW_CONSUMER_TIMEOUT`, and a
+stream closed as a slow consumer has its socket aborted after the close's grace (the
+`HttpConnection` the server puts in the scope). However the response ends, its events
+are closed at once, releasing its symbols and its per-address slot.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 import protocol
 from access.admission import Admitted, address_key, request_token
@@ -32,6 +39,7 @@ from access.refusal import Refusal
 from access.token_session import ClientAuth
 from protocol import Frame
 from runtime.logs import get_logger
+from server.connection import HttpConnection, http_connection
 from settings import Settings
 
 if TYPE_CHECKING:
@@ -44,12 +52,16 @@ MAX_SYMBOLS_IN_QUERY = 200
 
 
 class EventStreamSocket:
-    """A stream's end of the hub's `ClientSocket`: each frame becomes one SSE event."""
+    """A stream's end of the hub's `ClientSocket`: each frame becomes one SSE event.
+    `close` ends the stream after the events before it; `abort` also drops the
+    connection below (when the server gave a handle), so that a response blocked on a
+    client that does not read ends too."""
 
-    def __init__(self) -> None:
+    def __init__(self, connection: HttpConnection | None = None) -> None:
         self._events: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUED_EVENTS)
         self._queued = 0
         self._closed = False
+        self._connection = connection
 
     async def send(self, frame: Frame) -> None:
         if self._closed:
@@ -66,9 +78,19 @@ class EventStreamSocket:
         return item
 
     async def close(self, code: int, reason: str) -> None:
-        self.abort()
+        self._end()
 
     def abort(self) -> None:
+        self._end()
+        if self._connection is not None:
+            self._connection.abort()
+
+    def finished(self) -> None:
+        """The response is over: the connection may carry the next request, and is no
+        longer this stream's to abort."""
+        self._connection = None
+
+    def _end(self) -> None:
         if not self._closed:
             self._closed = True
             if self._events.full():
@@ -76,7 +98,26 @@ class EventStreamSocket:
             self._events.put_nowait(None)
 
     def queued_bytes(self) -> int:
-        return self._queued
+        """Events not yet handed to the response, and what the server and the kernel
+        still hold for the client."""
+        below = self._connection.queued_bytes() if self._connection is not None else 0
+        return self._queued + below
+
+
+class EventStreamResponse(StreamingResponse):
+    """A streaming response that closes its events however it ends: a response cut
+    while its generator waits in `yield` (the client went away, or was aborted) would
+    otherwise leave the generator, its symbols and its slot to the garbage collector."""
+
+    def __init__(self, events: AsyncGenerator[bytes, None], headers: dict[str, str]) -> None:
+        super().__init__(events, media_type="text/event-stream", headers=headers)
+        self._generator = events
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._generator.aclose()
 
 
 def event(frame: Frame) -> bytes:
@@ -110,15 +151,22 @@ class EventStreams:
             except protocol.ProtocolError as exc:
                 return JSONResponse({"error": exc.message, "code": exc.code}, 400)
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        body = self._events(admitted, symbols, given)
-        return StreamingResponse(body, media_type="text/event-stream", headers=headers)
+        connection = http_connection(request.scope)
+        if connection is not None and self._settings.client_send_buffer:
+            # As for a WebSocket: what a client that stops reading pins in the kernel.
+            connection.limit_send_buffer(self._settings.client_send_buffer)
+        body = self._events(admitted, symbols, given, EventStreamSocket(connection))
+        return EventStreamResponse(body, headers)
 
     async def _events(
-        self, admitted: Admitted, symbols: list[str], given: dict[str, int]
-    ) -> AsyncIterator[bytes]:
+        self,
+        admitted: Admitted,
+        symbols: list[str],
+        given: dict[str, int],
+        socket: EventStreamSocket,
+    ) -> AsyncGenerator[bytes, None]:
         running = self._running()
         hub, admission = running.hub, running.admission
-        socket = EventStreamSocket()
         heartbeat = self._settings.heartbeat_interval or 20.0
         started = time.monotonic()
         address, identity, user = admitted.address, admitted.identity, admitted.user
@@ -176,6 +224,7 @@ class EventStreams:
                             return  # closed by the gateway (a slow consumer)
                         yield item
                 finally:
+                    socket.finished()
                     logger.info(
                         "stream closed client_id=%s address=%s user=%s duration=%.1fs",
                         client.id, address, user, time.monotonic() - started,

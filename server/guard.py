@@ -32,6 +32,7 @@ class ConnectionLimits:
     frame_rate: float = 20.0  # incoming WebSocket frames per second, any kind
     frame_burst: int = 100
     max_unread_output: int = 1 << 20  # bytes buffered for a peer that does not read
+    write_timeout: float = 10.0  # seconds an HTTP response's writes may stay paused
 
 
 def open_file_limit() -> int:
@@ -72,6 +73,9 @@ class ConnectionGuard:
             )
             return "too many unfinished requests from your address"
         return None
+
+    def count_write_timeout(self) -> None:
+        self.count("write_timeout", "aborting HTTP clients that stopped reading")
 
     def release_pending(self, peer: str) -> None:
         self.pending[peer] -= 1

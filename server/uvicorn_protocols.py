@@ -12,6 +12,10 @@ lifespan from the settings and handed over in uvicorn's lifespan state):
   peer address that have not completed their request, a deadline for the request
   headers and the WebSocket handshake (408), and a cap on request-line plus header
   bytes (431);
+- every HTTP response: a write deadline. A peer that leaves the transport's buffer
+  over its high-water mark (writes paused) for `write_timeout` (SLOW_CONSUMER_TIMEOUT)
+  is aborted, so that a response blocked on a peer that never reads (an SSE stream,
+  above all) ends, and with it whatever the app holds for it;
 - every WebSocket: a budget of incoming frames of any kind (pings, pongs and
   continuation frames included; 1008 past it), and a cap on output the peer leaves
   unread (the connection is aborted at once, its buffers released).
@@ -22,7 +26,8 @@ so that the kernel never answers those late frames with a reset that overtakes t
 frame on the peer's side.
 
 For each accepted handshake the app finds a `ServerConnection` (server/connection.py)
-in the ASGI scope, its handle on the connection below ASGI (the fast path among it).
+in the ASGI scope, its handle on the connection below ASGI (the fast path among it);
+for each plain HTTP request an `HttpConnection` (abort, send-buffer cap, queued bytes).
 
 This package is the only place that reads uvicorn's attributes; the version range it was
 written against is pinned in setup.cfg and tests/test_server_protocol.py fails loudly
@@ -46,7 +51,7 @@ from websockets.protocol import State
 
 from runtime.logs import get_logger
 from runtime.token_bucket import TokenBucket
-from server.connection import SCOPE_EXTENSION, ServerConnection
+from server.connection import SCOPE_EXTENSION, HttpConnection, ServerConnection
 from server.guard import ConnectionGuard
 
 logger = get_logger(__name__)
@@ -95,9 +100,13 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._pending_peer: str | None = None
         self._trusted = False
+        self._handle: HttpConnection  # once connected
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._handle = HttpConnection(
+            transport, self._guard.limits.write_timeout, self._guard.count_write_timeout
+        )
         guard, peer = self._guard, self.client[0] if self.client else ""
         self._trusted = bool(peer) and is_trusted_proxy(peer, self.config)
         refusal = guard.refuse_socket(len(self.connections), peer, self._trusted)
@@ -119,6 +128,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        cast(dict[str, Any], self.scope)["extensions"] = {SCOPE_EXTENSION: self._handle}
         self._in_headers = True
         self._header_bytes = 0
         # A request after the first one on a kept-alive connection has the same
@@ -143,13 +153,23 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def handle_websocket_upgrade(self) -> None:
         self._cancel_deadline()  # the WebSocket protocol keeps its own handshake deadline
+        self._handle.writes_resumed()  # and its own limit on unread output
         self._release_pending()
         super().handle_websocket_upgrade()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_deadline()
+        self._handle.writes_resumed()
         self._release_pending()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._handle.writes_paused()
+
+    def resume_writing(self) -> None:
+        self._handle.writes_resumed()
+        super().resume_writing()
 
     def _begin_request(self) -> None:
         peer = self.client[0] if self.client else ""

@@ -70,6 +70,8 @@ def settings_for(market: Market, **overrides: Any) -> Settings:
         max_connections_per_address=100_000,
         address_handshake_rate=1e6,
         address_handshake_burst=1_000_000,
+        http_requests_per_address=1e6,
+        http_request_burst=1_000_000,
         # Quotes and market status add messages at their own moments: the tests of the
         # stream's exact order leave them off; tests/test_market_hours.py turns them on.
         rest_enabled=False,

@@ -1,17 +1,27 @@
 """Attacks before any WebSocket exists: a giant header, a request sent a byte at a time,
-sockets that connect and never send, and enough of them to exhaust file descriptors.
-Each is refused with a clear status or closed in bounded time, while a normal client
-on another address keeps streaming and /health answers within a second."""
+sockets that connect and never send, enough of them to exhaust file descriptors, and
+plain HTTP requests back to back. Each is refused with a clear status or closed in
+bounded time, while a normal client on another address keeps streaming and /health
+answers within a second."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import time
+from collections import Counter
 
+import aiohttp
 import pytest
 
 from bench.abuse import abuse_rig
-from bench.attacks import closed_by_peer, huge_header, open_idle_sockets, slowloris
+from bench.attacks import (
+    closed_by_peer,
+    http_hammer,
+    huge_header,
+    open_idle_sockets,
+    slowloris,
+)
 from tests.test_abuse_frames import assert_absorbed
 
 pytestmark = pytest.mark.slow
@@ -138,3 +148,43 @@ async def test_a_kept_alive_connection_cannot_trickle_its_next_request() -> None
             assert not answer or answer.startswith(b"HTTP/1.1 408"), answer
         finally:
             writer.close()
+
+
+async def test_an_address_hammering_metrics_gets_429_while_others_are_served() -> None:
+    async with abuse_rig() as rig:
+        statuses: Counter[int] = Counter()
+        slowest = {"/quote/AAPL": 0.0, "/health": 0.0}
+        answered: Counter[int] = Counter()
+        local = aiohttp.TCPConnector(local_addr=("127.0.0.4", 0))
+
+        async def attack() -> None:
+            hammer = http_hammer(
+                rig.base_url, "127.0.0.3", "/metrics", concurrency=8, statuses=statuses
+            )
+            hammering = asyncio.create_task(hammer)
+            try:
+                async with aiohttp.ClientSession(connector=local) as other:
+                    while True:  # another address, meanwhile, a few times a second
+                        for path in slowest:
+                            started = time.perf_counter()
+                            async with other.get(rig.base_url + path) as response:
+                                await response.read()
+                                answered[response.status] += 1
+                            slowest[path] = max(slowest[path], time.perf_counter() - started)
+                        await asyncio.sleep(0.2)
+            finally:
+                hammering.cancel()
+                await asyncio.wait([hammering])
+
+        measure, _ = await rig.measure(attack, seconds=4)
+        assert_absorbed(measure)
+        # The default allowance (20 a second, bursts of 100) and no more; every 429 says
+        # when to come back.
+        assert statuses[429] > 10 * statuses[200] and statuses[200] <= 100 + 20 * 5, statuses
+        assert statuses[-1] == 0, statuses
+        assert set(answered) == {200} and answered[200] >= 20, answered
+        assert max(slowest.values()) < 1, slowest
+        metrics = await rig.metrics()
+        # (at most one per connection was answered after the attacker stopped counting)
+        refused = metrics['gateway_refusals_total{reason="address_requests"}']
+        assert statuses[429] <= refused <= statuses[429] + 8

@@ -1,7 +1,7 @@
 """The upstream's symbol capacity is shared fairly, and no client can make the gateway
-churn Finnhub: a per-address share of symbols nobody else wants, an optional
-allow-list, rejected symbols refused for a while, and linger plus pacing on what is
-sent upstream."""
+churn Finnhub: a per-address share of symbols (a symbol n addresses hold costs each
+1/n, so cooperating addresses gain nothing), an optional allow-list, rejected symbols
+refused for a while, and linger plus pacing on what is sent upstream."""
 
 from __future__ import annotations
 
@@ -27,17 +27,48 @@ async def test_one_address_cannot_fill_the_upstream_cap(market: Market) -> None:
         await hog.send({"action": "subscribe", "symbols": ZZ})
         quota = await hog.expect("error")
         assert quota["code"] == "symbol_quota" and quota["symbols"] == ZZ[10:]
-        assert "10 symbols that no one else follows" in quota["message"]
+        assert "at most 10 symbols, a symbol that n addresses hold counting 1/n" in quota["message"]
         assert (await hog.expect("subscription"))["symbols"] == ZZ[:10]
-        # Symbols somebody else follows cost no share: still available to the hog.
-        assert (await hog.subscribe("AAPL"))["symbols"] == ["AAPL"]
+        # At its full share, even a symbol somebody else follows costs its fraction.
+        await hog.send({"action": "subscribe", "symbols": ["AAPL"]})
+        assert (await hog.expect("error"))["code"] == "symbol_quota"
         # And everyone else still gets new symbols, up to the cap.
         third = await gateway.connect(local="127.0.0.5")
         assert (await third.subscribe("MSFT", "NVDA"))["symbols"] == ["MSFT", "NVDA"]
         assert len((await gateway.health())["symbols"]) == 1 + 10 + 2
-        # A symbol the hog shares stops counting against it; one it leaves frees a slot.
+        # A symbol it leaves frees a slot; one it comes to share costs it half.
         await hog.unsubscribe("ZZ0")
         assert (await hog.subscribe("ZZ10"))["symbols"] == ["ZZ10"]
+        await others.subscribe("ZZ1")
+        assert (await hog.subscribe("AAPL"))["symbols"] == ["AAPL"]
+
+
+async def test_two_cooperating_addresses_hold_no_more_than_their_two_shares(
+    market: Market,
+) -> None:
+    settings = settings_for(
+        market, max_symbols_per_address=10, max_upstream_symbols=50, client_message_burst=100
+    )
+    async with run_gateway(settings) as gateway:
+        pair = [await gateway.connect(local="127.0.0.3"), await gateway.connect(local="127.0.0.4")]
+        held: list[set[str]] = [set(), set()]
+        # Each takes, in turn and in chunks of 10, whatever it is given: sharing the
+        # other's symbols used to cost neither anything, so together they took all 50.
+        for _round in range(3):
+            for client, mine in zip(pair, held, strict=True):
+                for start in range(0, 50, 10):
+                    await client.send({"action": "subscribe", "symbols": ZZ[start : start + 10]})
+                    await client.send({"action": "ping"})
+                    while (message := await client.receive())["type"] != "pong":
+                        if message["type"] == "subscription":
+                            mine.update(message["symbols"])
+                        elif message["type"] == "error":
+                            assert message["code"] == "symbol_quota", message
+        carried = set((await gateway.health())["symbols"])
+        assert carried == held[0] | held[1] and 10 < len(carried) <= 20, sorted(carried)
+        third = await gateway.connect(local="127.0.0.5")
+        wanted = [f"YY{index}" for index in range(10)]
+        assert (await third.subscribe(*wanted))["symbols"] == wanted  # a whole share, at once
 
 
 async def test_only_allowed_symbols_are_carried(market: Market) -> None:

@@ -28,21 +28,71 @@ def capacity(**options: object) -> UpstreamCapacity:
     return UpstreamCapacity(SymbolInterest(), **options)  # type: ignore[arg-type]
 
 
-async def test_a_share_counts_only_symbols_nobody_else_holds() -> None:
+async def test_a_share_charges_each_holder_of_a_symbol_its_fraction() -> None:
     table = capacity(max_symbols=50, max_per_owner=2)
     table.join("A", "alice")
     table.join("B", "alice")
     refusal = table.refusal("C", "alice")
     assert refusal is not None and refusal.code == "symbol_quota"
-    table.join("B", "bob")  # shared now: no longer counts against alice
-    assert table.exclusive_count("alice") == 1 and table.exclusive_count("bob") == 0
+    assert "counting 1/n" in refusal.reason
+    assert table.refusal("C", "bob") is None  # an owner's charge is its own
+    table.join("B", "bob")  # shared now: half of it each
+    assert table.charge("alice") == 1.5 and table.charge("bob") == 0.5
+    assert table.refusal("C", "alice") is not None  # a whole new symbol: 2.5 > 2
+    assert table.refusal("A", "alice") is None  # a second client of alice: already paid
+    table.join("A", "bob")  # bob's 1.0 and alice's 1.0 now
     assert table.refusal("C", "alice") is None
-    assert table.refusal("A", "carol") is None  # held by someone: always available
-    table.leave("B", "alice")  # bob alone again
-    assert table.exclusive_count("bob") == 1
-    table.join("B", "bob")  # a second client of the same owner changes nothing
-    table.leave("B", "bob")
-    assert table.exclusive_count("bob") == 1 and "B" in table.interest
+    table.join("B", "carol")
+    assert table.charge("bob") == pytest.approx(0.5 + 1 / 3)
+    table.leave("B", "alice")
+    assert table.charge("alice") == 0.5 and table.charge("bob") == 1.0
+    table.join("A", "bob")  # a second client of the same owner changes nothing
+    table.leave("A", "bob")
+    assert table.charge("bob") == 1.0 and table.charge("carol") == 0.5
+    table.leave("A", "alice")  # bob alone with A again: charged the whole of it
+    assert table.charge("bob") == 1.5 and "A" in table.interest
+
+
+async def test_two_owners_subscribing_the_same_symbols_in_turn_get_two_shares() -> None:
+    table = capacity(max_symbols=50, max_per_owner=10)
+    symbols = [f"Z{index}" for index in range(50)]
+    for _round in range(10):  # each takes, in chunks of 10, all it is given
+        for owner in ("alice", "bob"):
+            for start in range(0, 50, 10):
+                for symbol in symbols[start : start + 10]:
+                    if table.refusal(symbol, owner) is None:
+                        table.join(symbol, owner)
+    assert 18 <= len(table.interest) <= 20  # their two shares (less a half each), no more
+    assert max(table.charge("alice"), table.charge("bob")) < 10.000001
+    assert table.refusal("NEW", "carol") is None  # everyone else still has room
+
+
+async def test_a_popular_symbol_costs_each_holder_little() -> None:
+    table = capacity(max_per_owner=1)
+    for index in range(99):
+        table.join("AAPL", f"owner{index}")
+    table.join("X", "late")
+    refusal = table.refusal("AAPL", "late")  # 1 + 1/100 > 1
+    assert refusal is not None and refusal.code == "symbol_quota"
+    table.leave("X", "late")
+    assert table.refusal("AAPL", "late") is None
+    table.join("AAPL", "late")
+    assert table.charge("late") == pytest.approx(0.01)
+
+
+async def test_a_share_filled_exactly_in_fractions_is_not_refused_by_rounding() -> None:
+    table = capacity(max_per_owner=1)
+    for symbol in ("A", "B", "C"):
+        table.join(symbol, "other")
+    for symbol in ("A", "B", "C"):  # thirds do not add up to 1 in floating point
+        table.join(symbol, "x1")
+        table.join(symbol, "x2")
+    assert table.charge("other") == pytest.approx(1)
+    assert table.refusal("D", "other") is not None
+    for symbol in ("A", "B", "C"):
+        table.leave(symbol, "x2")
+    assert table.charge("x1") == pytest.approx(1.5)  # over: others left, a leave is free
+    assert table.refusal("D", "x1") is not None and table.refusal("D", "x2") is None
 
 
 async def test_the_cap_refuses_unless_a_lingering_symbol_can_make_room() -> None:
@@ -185,14 +235,15 @@ def test_ipv6_clients_are_counted_by_their_slash_64() -> None:
     assert address_key("192.0.2.7") == "192.0.2.7" and address_key("-") == "-"
 
 
-async def test_owners_with_no_exclusive_symbol_are_forgotten() -> None:
+async def test_owners_with_no_symbol_are_forgotten() -> None:
     table = capacity()
     for index in range(1000):
         table.join("A", f"owner{index}")
         table.leave("A", f"owner{index}")
     table.join("B", "x")
-    table.join("B", "y")  # shared: x's count drops to zero
-    assert dict(table._exclusive) == {}
+    table.join("B", "y")
+    table.leave("B", "x")
+    assert table._held == {"y": {"B"}}
 
 
 async def test_the_rest_window_allows_30_a_second_and_the_plan_a_minute() -> None:

@@ -180,6 +180,49 @@ async def test_rate_limit_then_1008(market: Market) -> None:
                 assert message.type is aiohttp.WSMsgType.TEXT
 
 
+async def test_plain_http_requests_are_paced_per_address(market: Market) -> None:
+    settings = settings_for(
+        market,
+        http_requests_per_address=2,
+        http_request_burst=5,
+        rest_enabled=True,
+        frontend_url=("https://app.example",),
+    )
+    async with run_gateway(settings) as gateway:
+        hammer = aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.3", 0)))
+        other = aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.4", 0)))
+        async with hammer, other:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            statuses: list[int] = []
+            for _ in range(20):
+                origin = {"Origin": "https://app.example"}
+                async with hammer.get(f"{gateway.base_url}/metrics", headers=origin) as response:
+                    statuses.append(response.status)
+                    if response.status == 429:
+                        assert int(response.headers["Retry-After"]) >= 1
+                        assert (
+                            "too many requests from your address"
+                            in (await response.json())["error"]
+                        )
+                        # Inside CORS: a page on the frontend can read why.
+                        assert response.headers["Access-Control-Allow-Origin"] == origin["Origin"]
+            elapsed = loop.time() - started
+            assert statuses[:5] == [200] * 5  # the burst
+            assert statuses.count(200) <= 5 + 2 * elapsed + 1 and statuses.count(429) >= 10
+            # Its own /health and a stream still answer: they are not paced here.
+            async with hammer.get(f"{gateway.base_url}/health") as response:
+                assert response.status == 200
+                assert response.headers.get("Retry-After") is None
+            async with hammer.get(f"{gateway.base_url}/stream?symbols=AAPL") as response:
+                assert response.status == 200
+            # Another address has its own allowance.
+            for path in ("/quote/AAPL", "/health", "/bars/AAPL"):
+                async with other.get(gateway.base_url + path) as response:
+                    assert response.status == 200, path
+        assert (await gateway.health())["refusals"]["address_requests"] >= 10
+
+
 async def test_max_clients_closes_the_extra_one_with_1013(market: Market) -> None:
     async with run_gateway(settings_for(market, max_clients=2)) as gateway:
         first, second = await gateway.connect(), await gateway.connect()

@@ -1,5 +1,6 @@
 """`GET /stream`: the same messages as Server-Sent Events, with the same limits, and the
-symbols released when the client goes away. Against the real server with aiohttp."""
+symbols released when the client goes away, or stops reading. Against the real server
+with aiohttp, and raw sockets for clients that never read."""
 
 from __future__ import annotations
 
@@ -7,11 +8,16 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 
+import wiring
+from bench.attacks import closed_by_peer
+from bench.stuck import open_never_reading_stream, send_queues
 from tests.contract import assert_server_message
 from tests.helpers import GatewayUnderTest, Market, poll_until, run_gateway, settings_for, trade
 
@@ -146,3 +152,77 @@ async def test_streams_obey_the_same_limits(market: Market) -> None:
             assert refused["code"] == "too_many_symbols" and refused["symbols"] == ["NVDA"]
             async with session.get(f"{url}?symbols=AAPL&token=tok-9") as second:
                 assert second.status == 429 and second.headers["Retry-After"]
+
+
+@pytest.mark.parametrize("ended_by", ["write_deadline", "eviction"])
+async def test_a_stream_that_stops_reading_is_cut_and_releases_everything(
+    market: Market, monkeypatch: pytest.MonkeyPatch, ended_by: str
+) -> None:
+    if ended_by == "eviction":
+        # Only the hub's slow-consumer eviction may end it: the server's write deadline
+        # (which comes first, as writes pause before the outbox fills) is pushed out.
+        limits = wiring.connection_limits
+        monkeypatch.setattr(
+            wiring, "connection_limits", lambda s: replace(limits(s), write_timeout=600)
+        )
+    settings = settings_for(
+        market,
+        slow_consumer_timeout=0.5,
+        client_send_buffer=16_384,
+        client_outbox_size=8,
+        max_connections_per_address=1,
+    )
+    async with run_gateway(settings) as gateway:
+        port = int(gateway.base_url.rsplit(":", 1)[1])
+        path = "/stream?symbols=AAPL,ZZSTALL"
+        stuck = await open_never_reading_stream("127.0.0.1", port, path, local="127.0.0.3")
+        pump = asyncio.create_task(_pump(market))
+        try:
+            await poll_until(lambda: _clients_are(gateway, 1))
+            assert set((await gateway.health())["symbols"]) == {"AAPL", "ZZSTALL"}
+            # Ended by the server while its client still holds the socket open; till
+            # then the kernel queues what CLIENT_SEND_BUFFER allows, not megabytes.
+            peak = 0
+
+            async def cut() -> bool:
+                nonlocal peak
+                peak = max([peak, *send_queues(port, "127.0.0.3")])
+                return await _clients_are(gateway, 0)
+
+            await poll_until(cut, timeout=10)
+            assert 16_384 / 2 < peak <= 2 * 16_384, peak
+            health = await gateway.health()
+            assert health["symbols"] == []
+            if ended_by == "eviction":
+                assert health["slow_consumer_disconnects"] == 1
+            else:
+                async with gateway.session.get(gateway.base_url + "/metrics") as response:
+                    assert 'gateway_refusals_total{reason="write_timeout"} 1.0' in (
+                        await response.text()
+                    )
+            assert closed_by_peer(stuck)
+            # Its per-address slot is free again.
+            again = aiohttp.TCPConnector(local_addr=("127.0.0.3", 0))
+            async with (
+                aiohttp.ClientSession(connector=again) as session,
+                session.get(gateway.base_url + path) as response,
+            ):
+                assert response.status == 200
+        finally:
+            pump.cancel()
+            await asyncio.wait([pump])
+            stuck.close()
+
+
+async def _clients_are(gateway: GatewayUnderTest, count: int) -> bool:
+    return bool((await gateway.health())["clients"] == count)
+
+
+async def _pump(market: Market) -> None:
+    """Trades as fast as the gateway takes them: a stalled stream's buffers fill."""
+    price = 100.0
+    await market.simulator.wait_for(lambda: "AAPL" in market.simulator.subscribed_symbols())
+    while True:
+        price = round(price + 0.01, 2)
+        await market.simulator.send_trades([trade("AAPL", price)])
+        await asyncio.sleep(0.001)
