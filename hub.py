@@ -31,8 +31,8 @@ import protocol
 from access.entitlements import UNRESTRICTED, Entitlements
 from access.holds import RefusedSymbols, SymbolHolds
 from bars.delivery import BarDelivery
-from delivery.outbox import ClientConnection, ClientSocket, FanoutStats, FrameWriter
-from delivery.pacing import DeliveryClock, DeliveryGroups
+from delivery.outbox import OUTBOX_BYTES, ClientConnection, ClientSocket, FanoutStats, FrameWriter
+from delivery.pacing import MAX_BATCH_BYTES, DeliveryClock, DeliveryGroups
 from delivery.quotes import QuoteDelivery
 from delivery.snapshots import LatestPrices
 from market_data.model import MarketStatus, UpstreamState
@@ -72,6 +72,8 @@ class Hub:
         bars: BarDelivery | None = None,
         quotes: QuoteService | None = None,
         outbox_size: int = 256,
+        outbox_bytes: int = OUTBOX_BYTES,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
         slow_consumer_timeout: float = 10.0,
         queue_size: int = 1024,
         handoff_observer: Observer | None = None,
@@ -84,11 +86,12 @@ class Hub:
         self._market: Frame | None = None  # the last market status message
         self._quote_delivery = QuoteDelivery(quotes) if quotes is not None else None
         self.clock = DeliveryClock()  # one timer for every throttled or batched client
-        self.groups = DeliveryGroups(self.clock, self._count_conflated)
+        self.groups = DeliveryGroups(self.clock, self._count_conflated, max_batch_bytes)
         self.upstream_state: UpstreamState = "connecting"
         self.capacity = holds.capacity
         self.interest = holds.capacity.interest
         self._outbox_size = outbox_size
+        self._outbox_bytes = outbox_bytes
         self._slow_consumer_timeout = slow_consumer_timeout
         self._clients: set[ClientConnection] = set()
         self._subscribers: dict[str, set[ClientConnection]] = {}
@@ -157,6 +160,7 @@ class Hub:
             entitlements=entitlements,
             direct=direct,
             outbox_size=self._outbox_size,
+            outbox_bytes=self._outbox_bytes,
             slow_consumer_timeout=self._slow_consumer_timeout,
         )
         client.send(protocol.connection_message(client.id))

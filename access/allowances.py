@@ -1,7 +1,8 @@
 """Allowances per key (an address, a user, an owner of symbols): one `TokenBucket` per key,
 created on first use and forgotten once full again, so memory stays bounded however
-many keys an attacker invents. Handshakes per address and per user, and quote requests
-per owner, are spent from one of these.
+many keys an attacker invents. Handshakes per address and per user, quote requests
+per owner, and bytes of bar history per client and per owner (a cost per take: one
+handshake, or so many bytes) are spent from one of these.
 """
 
 from __future__ import annotations
@@ -24,15 +25,28 @@ class Allowances:
     def __len__(self) -> int:
         return len(self._buckets)
 
-    def take(self, key: str, now: float, keep: Container[str] = ()) -> float:
-        """Spend one from `key`'s allowance: 0, or the seconds until one is due. Keys in
-        `keep` are never swept (say, addresses with open connections)."""
+    def take(self, key: str, now: float, keep: Container[str] = (), cost: float = 1.0) -> float:
+        """Spend `cost` from `key`'s allowance: 0, or the seconds until it is due (then
+        nothing is spent). Keys in `keep` are never swept (say, addresses with open
+        connections)."""
+        return self._bucket(key, now, keep).take(now, cost)
+
+    def wait(self, key: str, now: float, cost: float = 1.0) -> float:
+        """The seconds until `key` may spend `cost` (0: now); spends nothing."""
+        bucket = self._buckets.get(key)
+        return 0.0 if bucket is None else bucket.wait(now, cost)  # none yet: a full one
+
+    def spend(self, key: str, now: float, cost: float) -> None:
+        """Spend `cost` whether it is there or not (a debt; negative: give it back)."""
+        self._bucket(key, now, ()).spend(now, cost)
+
+    def _bucket(self, key: str, now: float, keep: Container[str]) -> TokenBucket:
         bucket = self._buckets.get(key)
         if bucket is None:
             if len(self._buckets) >= self._sweep_at:
                 self._sweep(now, keep)
             bucket = self._buckets[key] = TokenBucket(self._rate, self._burst, now)
-        return bucket.take(now)
+        return bucket
 
     def _sweep(self, now: float, keep: Container[str]) -> None:
         for key, bucket in list(self._buckets.items()):

@@ -105,7 +105,10 @@ class GatewayCollector(Collector):
         refusals = CounterMetricFamily(
             "gateway_refusals", METRICS["gateway_refusals_total"], labels=["reason"]
         )
-        for reason, count in sorted({**running.guard.refused, **running.admission.refused}.items()):
+        refused = {**running.guard.refused, **running.admission.refused}
+        if hub.bars is not None and hub.bars.budget is not None:
+            refused["history_bytes"] = hub.bars.budget.refused
+        for reason, count in sorted(refused.items()):
             refusals.add_metric([reason], count)
         yield refusals
         yield _counter("gateway_upstream_frames_sent_total", counters.frames_sent)
