@@ -10,13 +10,18 @@
 The histories come from `carried_with_history`: a reading client on another address
 holds the symbols, and the scripted Finnhub sends trades stamped over the last minutes,
 so every 1s series is full. Each attack reports what it saw; judging it is the
-caller's job (tests/test_abuse_bars.py, `python -m bench --scenario abuse`).
+caller's job (tests/test_abuse_bars.py). `python -m bench.bar_attacks ATTACK COUNT
+SECONDS` runs one against a fresh gateway and prints the rig's measure as JSON (the
+figures in BENCHMARKS.md, "Bar histories and batches under attack").
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 import socket
+import sys
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager, suppress
@@ -25,7 +30,7 @@ from dataclasses import dataclass
 import aiohttp
 import orjson
 
-from bench.abuse import PUMP_SYMBOL, AbuseRig
+from bench.abuse import PUMP_SYMBOL, AbuseRig, abuse_rig
 from bench.attacks import OP_TEXT, client_frame, ws_handshake
 
 ATTACKER = "127.0.0.3"
@@ -212,3 +217,42 @@ async def never_reading_bar_subscribers(
     finally:
         for sock in opened:
             sock.close()
+
+
+async def _measured(
+    attack: str, count: int, seconds: float, env: dict[str, str]
+) -> dict[str, object]:
+    if attack == "churners":
+        async with abuse_rig(env, pump_per_second=2000) as rig:
+            measure, result = await rig.measure(
+                lambda: batch_churners(rig, churners=count, seconds=seconds), seconds + 1
+            )
+    else:
+        rigged = abuse_rig({**BAR_ATTACK_ENV, **env})
+        async with rigged as rig, carried_with_history(rig, HISTORY_SYMBOLS):
+            if attack == "flap":
+                measure, result = await rig.measure(
+                    lambda: history_flap(rig, sockets=count, seconds=seconds), seconds + 1
+                )
+            else:
+                measure, result = await rig.measure(
+                    lambda: never_reading_bar_subscribers(rig, clients=count, seconds=seconds),
+                    seconds + 1,
+                )
+    return {"attack": attack, "count": count, **measure.as_dict(), "result": result}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("attack", choices=["flap", "churners", "stuck"])
+    parser.add_argument("count", type=int, help="sockets, churners or stuck clients")
+    parser.add_argument("seconds", type=float)
+    parser.add_argument("--env", action="append", default=[], help="a setting, NAME=VALUE")
+    args = parser.parse_args()
+    env = dict(setting.split("=", 1) for setting in args.env)
+    row = asyncio.run(_measured(args.attack, args.count, args.seconds, env))
+    sys.stdout.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
