@@ -95,7 +95,7 @@ class Settings:
     # Per-client outbox: frames waiting for a slow client before updates are conflated.
     client_outbox_size: int = setting(256, minimum=1)
     # ... and bytes (price updates past it are conflated, other frames evict past twice it).
-    client_outbox_bytes: int = setting(1_048_576, minimum=4096)
+    client_outbox_bytes: int = setting(4_194_304, minimum=4096)
     # A batch of every update (batch_ms without throttle_ms) is sent early at this size.
     max_batch_bytes: int = setting(32_768, minimum=1024)
     # A client that stays behind (conflating) this long is closed with 1013.

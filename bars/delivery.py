@@ -97,6 +97,7 @@ class BarDelivery:
             await self._history_ready(added)
         for symbol in added:
             if interval not in client.bar_intervals.get(symbol, ()):
+                self._refund(client, charged[symbol])
                 continue  # unsubscribed (or gone) while the history was on its way
             # History, then live bars: nothing is awaited between the two, so no event
             # can fall between them.

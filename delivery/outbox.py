@@ -35,7 +35,7 @@ from runtime.logs import get_logger
 
 logger = get_logger(__name__)
 
-OUTBOX_BYTES = 1_048_576  # CLIENT_OUTBOX_BYTES' default: 256 frames of 4 KiB
+OUTBOX_BYTES = 4_194_304  # CLIENT_OUTBOX_BYTES' default: 256 frames of 16 KiB
 # Written at once from a backlog or a cork (more if one frame is larger): well below the
 # least MAX_UNREAD_OUTPUT, so a client that reads is never cut for what we wrote at once.
 WRITE_CHUNK_BYTES = 16_384
