@@ -31,10 +31,11 @@ import protocol
 from access.entitlements import UNRESTRICTED, Entitlements
 from access.holds import RefusedSymbols, SymbolHolds
 from bars.delivery import BarDelivery
-from delivery.outbox import ClientConnection, ClientSocket, FanoutStats, FrameWriter
-from delivery.pacing import DeliveryClock, DeliveryGroups
+from delivery.outbox import OUTBOX_BYTES, ClientConnection, ClientSocket, FrameWriter
+from delivery.pacing import MAX_BATCH_BYTES, DeliveryClock, DeliveryGroups
 from delivery.quotes import QuoteDelivery
 from delivery.snapshots import LatestPrices
+from delivery.stats import FanoutStats
 from delivery.trade_groups import TradeDialect, TradeGroups
 from market_data.model import MarketStatus, Trade, UpstreamState
 from market_data.quotes import QuoteService
@@ -75,6 +76,8 @@ class Hub:
         bars: BarDelivery | None = None,
         quotes: QuoteService | None = None,
         outbox_size: int = 256,
+        outbox_bytes: int = OUTBOX_BYTES,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
         slow_consumer_timeout: float = 10.0,
         queue_size: int = 1024,
         handoff_observer: Observer | None = None,
@@ -87,12 +90,13 @@ class Hub:
         self._market: Frame | None = None  # the last market status message
         self._quote_delivery = QuoteDelivery(quotes, self.subscribers_of) if quotes else None
         self.clock = DeliveryClock()  # one timer for every throttled or batched client
-        self.groups = DeliveryGroups(self.clock, self._count_conflated)
+        self.groups = DeliveryGroups(self.clock, self._count_conflated, max_batch_bytes)
         self.trades = TradeGroups()  # clients whose dialect takes raw trades
         self.upstream_state: UpstreamState = "connecting"
         self.capacity = holds.capacity
         self.interest = holds.capacity.interest
         self._outbox_size = outbox_size
+        self._outbox_bytes = outbox_bytes
         self._slow_consumer_timeout = slow_consumer_timeout
         self._clients: set[ClientConnection] = set()
         self._subscribers: dict[str, set[ClientConnection]] = {}
@@ -153,6 +157,7 @@ class Hub:
             entitlements=entitlements,
             direct=direct,
             outbox_size=self._outbox_size,
+            outbox_bytes=self._outbox_bytes,
             slow_consumer_timeout=self._slow_consumer_timeout,
             dialect=trade_dialect.name if trade_dialect is not None else dialect,
             trade_dialect=trade_dialect,

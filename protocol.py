@@ -269,8 +269,10 @@ def subscription_message(
     return _encode(message)
 
 
-def bars_message(symbol: str, interval: Interval, bars: list[dict[str, object]]) -> Frame:
-    return _encode({"type": "bars", "symbol": symbol, "interval": interval, "bars": bars})
+def bars_message(symbol: str, interval: Interval, bars: bytes = b"[]") -> Frame:
+    """A series' history; `bars` is the JSON array of its bars, encoded by bars/history.py."""
+    head = orjson.dumps({"type": "bars", "symbol": symbol, "interval": interval})
+    return Frame(head[:-1] + b',"bars":' + bars + b"}", "bars", symbol)
 
 
 def bar_message(event: BarEvent) -> Frame:

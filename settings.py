@@ -99,6 +99,10 @@ class Settings:
     # -- fan-out -----------------------------------------------------------------------
     # Per-client outbox: frames waiting for a slow client before updates are conflated.
     client_outbox_size: int = setting(256, minimum=1)
+    # ... and bytes (price updates past it are conflated, other frames evict past twice it).
+    client_outbox_bytes: int = setting(4_194_304, minimum=4096)
+    # A batch of every update (batch_ms without throttle_ms) is sent early at this size.
+    max_batch_bytes: int = setting(32_768, minimum=1024)
     # A client that stays behind (conflating) this long is closed with 1013.
     slow_consumer_timeout: float = setting(10.0, minimum=0.01)
     # Kernel send buffer per client socket in bytes (Linux doubles it for bookkeeping);
@@ -126,6 +130,9 @@ class Settings:
     # -- bars (docs/bars.md) -----------------------------------------------------------
     bar_history: int = setting(240, minimum=1)  # closed bars kept per symbol and interval
     bar_grace: float = setting(0.5, minimum=0)  # seconds after a boundary for stragglers
+    # Bytes of bar history sent per minute to one client, and to one address (or user).
+    history_bytes_per_client: int = setting(8_388_608, minimum=1)
+    history_bytes_per_address: int = setting(33_554_432, minimum=1)
     # -- per user: signed tokens (docs/access.md); none set: no JWT --------------------
     jwt_secret: str = setting("", secret=True)  # HS256
     jwt_public_key: str = setting("")  # PEM (RSA: RS256, P-256: ES256); \n may be escaped
@@ -180,6 +187,9 @@ class Settings:
             raise ConfigError(
                 f"HOST must be an IP address or a host name (no scheme, no port); got {self.host!r}"
             )
+        if self.max_batch_bytes > self.max_unread_output // 2:
+            # A batch is written whole: past the unread-output limit it would cut readers.
+            raise ConfigError("MAX_BATCH_BYTES must be at most half of MAX_UNREAD_OUTPUT")
         if self.bar_grace > 1:
             raise ConfigError(f"BAR_GRACE must be at most 1 (second); got {self.bar_grace}")
         # One way to say who a client is: a shared token, or one source of JWT keys.

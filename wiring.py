@@ -27,8 +27,9 @@ from access.admission import Admission
 from access.allowances import Allowances
 from access.capacity import UpstreamCapacity
 from access.entitlements import SymbolPatterns
+from access.history_budget import HistoryBudget
 from access.holds import SymbolHolds
-from bars.book import BarBook
+from bars.book import MAX_BAR_BYTES, MAX_OPEN_BARS, BarBook
 from bars.delivery import BarDelivery
 from cluster.bars import MirrorBars, StoredBars
 from cluster.link import RedisLink
@@ -97,6 +98,7 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
     wanted = SymbolInterest()
     latest = LatestPrices()
     book = BarBook(history=settings.bar_history, grace=settings.bar_grace)
+    _warn_if_histories_outgrow_unread_output(settings)
 
     def released(symbol: str) -> None:  # the upstream stopped carrying `symbol`
         latest.forget(symbol)
@@ -164,6 +166,7 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
         holds,
         aggregating=aggregating,
         history_ready=mirrored.wait_loaded if mirrored is not None else None,
+        budget=HistoryBudget(settings.history_bytes_per_client, settings.history_bytes_per_address),
     )
     hub = Hub(
         holds,
@@ -171,6 +174,8 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
         bars=bars,
         quotes=quotes if settings.rest_enabled else None,
         outbox_size=settings.client_outbox_size,
+        outbox_bytes=settings.client_outbox_bytes,
+        max_batch_bytes=settings.max_batch_bytes,
         slow_consumer_timeout=settings.slow_consumer_timeout,
         handoff_observer=handoff,
     )
@@ -255,6 +260,21 @@ async def _upstream_endpoints(settings: Settings, stack: AsyncExitStack) -> tupl
         settings.demo_session,
     )
     return ws_url, simulator_rest_url(ws_url), DEMO_TOKEN
+
+
+def _warn_if_histories_outgrow_unread_output(settings: Settings) -> None:
+    # A client is cut once more than MAX_UNREAD_OUTPUT waits for it, and a history is
+    # written whole: one that may not fit would cut readers too (docs/limits.md).
+    largest = (settings.bar_history + MAX_OPEN_BARS) * MAX_BAR_BYTES
+    if largest > settings.max_unread_output // 2:
+        logger.warning(
+            "BAR_HISTORY=%d makes histories of up to %d bytes, over half of "
+            "MAX_UNREAD_OUTPUT=%d: clients may be cut while they read one; raise "
+            "MAX_UNREAD_OUTPUT or lower BAR_HISTORY",
+            settings.bar_history,
+            largest,
+            settings.max_unread_output,
+        )
 
 
 def connection_limits(settings: Settings) -> ConnectionLimits:

@@ -1,8 +1,9 @@
 """Allowances per key (an address, a user, an owner of symbols): one `TokenBucket` per key,
 created on first use and forgotten once full again, so memory stays bounded however
-many keys an attacker invents. Handshakes per address and per user, and quote requests
-per owner, are spent from one of these; a quote fetch from several (a user and its
-address) at once, or from none.
+many keys an attacker invents. Handshakes per address and per user, quote requests
+per owner (a quote fetch from a user and its address at once, or from none), and bytes
+of bar history per client and per owner (a cost per take: one handshake, or so many
+bytes) are spent from one of these.
 """
 
 from __future__ import annotations
@@ -25,10 +26,20 @@ class Allowances:
     def __len__(self) -> int:
         return len(self._buckets)
 
-    def take(self, key: str, now: float, keep: Container[str] = ()) -> float:
-        """Spend one from `key`'s allowance: 0, or the seconds until one is due. Keys in
-        `keep` are never swept (say, addresses with open connections)."""
-        return self._bucket(key, now, keep).take(now)
+    def take(self, key: str, now: float, keep: Container[str] = (), cost: float = 1.0) -> float:
+        """Spend `cost` from `key`'s allowance: 0, or the seconds until it is due (then
+        nothing is spent). Keys in `keep` are never swept (say, addresses with open
+        connections)."""
+        return self._bucket(key, now, keep).take(now, cost)
+
+    def wait(self, key: str, now: float, cost: float = 1.0) -> float:
+        """The seconds until `key` may spend `cost` (0: now); spends nothing."""
+        bucket = self._buckets.get(key)
+        return 0.0 if bucket is None else bucket.wait(now, cost)  # none yet: a full one
+
+    def spend(self, key: str, now: float, cost: float) -> None:
+        """Spend `cost` whether it is there or not (a debt; negative: give it back)."""
+        self._bucket(key, now, ()).spend(now, cost)
 
     def take_all(self, keys: Sequence[str], now: float) -> float:
         """Spend one from every key's allowance, or from none: 0, or the seconds until

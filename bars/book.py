@@ -21,12 +21,16 @@ MAX_OPEN_BARS open bars: an upstream's clock may be a little ahead of ours, but 
 message of trades stamped up to an hour ahead must not make thousands of future bars.
 
 At most `history` closed bars are kept per symbol and interval, plus the open one(s);
-`forget(symbol)` drops a symbol the upstream no longer carries. This module is pure
+`forget(symbol)` drops a symbol the upstream no longer carries. `revision()` names the
+state of a series' closed bars and of its open ones, each changing whenever that part
+does (never reused, even by a series forgotten and started again), so an encoded
+history can be kept until it is out of date (bars/history.py). This module is pure
 bookkeeping: it never talks to clients, Redis or the clock (times are passed in).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 from collections import deque
@@ -42,6 +46,8 @@ INTERVAL_MS: dict[Interval, int] = {"1s": 1_000, "1m": 60_000, "5m": 300_000}
 MAX_GRACE_SECONDS = 1.0
 BAR_MAX_AHEAD_SECONDS = 5.0  # README "Live candles"
 MAX_OPEN_BARS = 16  # per symbol and interval; the clock allows ~7 (1s bars, 5 s ahead)
+MAX_BAR_BYTES = 192  # a bar's JSON at most (typically ~85): 13-digit t, 17-digit floats
+_REVISIONS = itertools.count(1)  # one sequence for every series of every book
 
 
 @dataclass(slots=True)
@@ -124,6 +130,14 @@ class _Series:
     open: dict[int, Bar] = field(default_factory=dict)  # start -> bar
     changed: set[int] = field(default_factory=set)  # open bars changed since last reported
     reported_at: float = float("-inf")  # seconds, of the last live report
+    closed_revision: int = field(default_factory=lambda: next(_REVISIONS))
+    open_revision: int = field(default_factory=lambda: next(_REVISIONS))
+
+    def closed_changed(self) -> None:
+        self.closed_revision = next(_REVISIONS)
+
+    def open_changed(self) -> None:
+        self.open_revision = next(_REVISIONS)
 
     def closed_bar(self, start: int) -> Bar | None:
         for bar in reversed(self.closed):  # a late trade is nearly always for a recent bar
@@ -144,6 +158,7 @@ class _Series:
         while index > 0 and closed[index - 1].t > bar.t:
             index -= 1
         closed.insert(index, bar)
+        self.closed_changed()
         return True
 
 
@@ -177,6 +192,19 @@ class BarBook:
         held.sort(key=lambda bar: bar.t)  # an open bar may be older than a closed one
         return held
 
+    def revision(self, symbol: str, interval: Interval) -> tuple[int, int] | None:
+        """The revisions of the series' closed bars and of its open ones (None: no
+        series); each changes whenever that part of the series does."""
+        series = self._series.get((symbol, interval))
+        return None if series is None else (series.closed_revision, series.open_revision)
+
+    def parts(self, symbol: str, interval: Interval) -> tuple[list[Bar], list[Bar]]:
+        """The closed bars (oldest first) and the open ones (by start), apart."""
+        series = self._series.get((symbol, interval))
+        if series is None:
+            return [], []
+        return list(series.closed), [series.open[start] for start in sorted(series.open)]
+
     def forget(self, symbol: str) -> None:
         for interval in INTERVALS:
             self._series.pop((symbol, interval), None)
@@ -208,16 +236,19 @@ class BarBook:
         if bar is not None:
             bar.add(price, volume, t)
             series.changed.add(start)
+            series.open_changed()
             return None
         if start + length + self._grace_ms > now_ms:  # still open by the clock
             if len(series.open) >= MAX_OPEN_BARS:
                 return None
             series.open[start] = Bar.of(start, price, volume, t)
             series.changed.add(start)
+            series.open_changed()
             return None
         late = series.closed_bar(start)  # its bar has closed: revise it, or make it
         if late is not None:
             late.add(price, volume, t)
+            series.closed_changed()
         else:
             late = Bar.of(start, price, volume, t)
             if not series.insert_closed(late):
@@ -235,6 +266,7 @@ class BarBook:
                 if start + length + self._grace_ms <= now_ms:
                     bar = series.open.pop(start)
                     series.changed.discard(start)
+                    series.open_changed()
                     series.insert_closed(bar)
                     events.append(BarEvent(symbol, interval, bar.as_dict(), final=True))
             if series.changed and now_seconds - series.reported_at >= self._live_every:
@@ -252,6 +284,7 @@ class BarBook:
         if series is None:
             series = self._series[key] = _Series(deque(maxlen=self._history))
         bar = Bar.from_dict(event.bar)
+        series.open_changed()
         if not event.final:
             series.open[bar.t] = bar
             return

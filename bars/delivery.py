@@ -5,9 +5,13 @@ bars to them.
 entitlements, per-client cap and upstream capacity as a price subscription: a symbol
 wanted only for bars is still carried upstream, and counted once per client however
 many intervals it follows), confirms with a `subscription` carrying the interval, then
-sends each symbol's held history as one `bars` message. From then on `deliver(events)`
-sends each bar event (live, final, revised) to that symbol and interval's subscribers,
-encoded once.
+sends each symbol's held history as one `bars` message, encoded once for every client
+until the series changes (bars/history.py). A history costs its bytes from the client's
+and its address's allowances (access/history_budget.py): one that does not fit is
+refused (`rate_limited`, naming the limit) and the symbol is not subscribed; a series
+the client already follows gets the confirmation and no history again, for free. From
+then on `deliver(events)` sends each bar event (live, final, revised) to that symbol and
+interval's subscribers, encoded once.
 
 Where the events come from depends on the mode: in one process, `trades_received`
 feeds the local `BarBook` and `run()` reports what is due every `BAR_CLOCK_SECONDS`; in a
@@ -23,8 +27,11 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 
 import protocol
+from access.history_budget import HistoryBudget
 from access.holds import RefusedSymbols, SymbolHolds
+from access.refusal import Refusal
 from bars.book import INTERVALS, BarBook, BarEvent, Interval
+from bars.history import HistoryFrames
 from delivery.outbox import ClientConnection
 from market_data.model import Trade
 
@@ -40,9 +47,12 @@ class BarDelivery:
         *,
         aggregating: bool = True,
         history_ready: Callable[[list[str]], Awaitable[None]] | None = None,
+        budget: HistoryBudget | None = None,
     ) -> None:
         self.book = book
+        self.histories = HistoryFrames(book)
         self._holds = holds
+        self.budget = budget
         # On a cluster: wait until the stored history of newly wanted symbols is here.
         self._history_ready = history_ready
         self._aggregating = aggregating  # False on a cluster: the leader aggregates
@@ -62,13 +72,20 @@ class BarDelivery:
     ) -> None:
         refused = RefusedSymbols()
         added: list[str] = []
+        charged: dict[str, int] = {}  # symbol -> bytes of history paid for
         for symbol in symbols:
             if interval in client.bar_intervals.get(symbol, ()):
-                continue
-            refusal = self._holds.hold(client, symbol)
+                continue  # it has this history already: confirmed, not sent again
+            cost = len(self.histories.frame(symbol, interval).wire)
+            refusal = self._charge(client, cost)
+            if refusal is None:
+                refusal = self._holds.hold(client, symbol)
+                if refusal is not None:
+                    self._refund(client, cost)
             if refusal is not None:
                 refused.add(refusal, symbol)
                 continue
+            charged[symbol] = cost
             client.bar_intervals.setdefault(symbol, set()).add(interval)
             added.append(symbol)
         for error in refused.errors():
@@ -80,12 +97,24 @@ class BarDelivery:
             await self._history_ready(added)
         for symbol in added:
             if interval not in client.bar_intervals.get(symbol, ()):
+                self._refund(client, charged[symbol])
                 continue  # unsubscribed (or gone) while the history was on its way
             # History, then live bars: nothing is awaited between the two, so no event
             # can fall between them.
-            history = [bar.as_dict() for bar in self.book.bars(symbol, interval)]
-            client.send(protocol.bars_message(symbol, interval, history))
+            history = self.histories.frame(symbol, interval)
+            self._refund(client, charged[symbol] - len(history.wire))  # loaded meanwhile
+            client.send(history)
             self._subscribers.setdefault((symbol, interval), set()).add(client)
+
+    def _charge(self, client: ClientConnection, cost: int) -> Refusal | None:
+        if self.budget is None:
+            return None
+        return self.budget.charge(client.id, client.owner, cost)
+
+    def _refund(self, client: ClientConnection, cost: int) -> None:
+        """Give `cost` bytes back (negative: charge them, in debt if need be)."""
+        if self.budget is not None and cost:
+            self.budget.owe(client.id, client.owner, -cost)
 
     def unsubscribe(self, client: ClientConnection, symbols: list[str], interval: Interval) -> None:
         for symbol in symbols:

@@ -2,9 +2,12 @@
 
 While the client keeps up and nothing is queued, a frame is written straight to its
 socket (`FrameWriter`) from the broadcaster: no task switch, no await. Otherwise
-frames wait in a FIFO of at most `outbox_size`; once that is full, price updates are
-conflated to the newest per symbol. A client that stays behind too long, or keeps
-asking while it does not read, is closed with 1013 (`protocol.CLOSE_TRY_AGAIN_LATER`).
+frames wait in a FIFO of at most `outbox_size` frames and `outbox_bytes` bytes; once
+that is full, price updates are conflated to the newest per symbol. A client that
+stays behind too long, or keeps asking while it does not read (twice either bound), is
+closed with 1013 (`protocol.CLOSE_TRY_AGAIN_LATER`). A backlog goes out WRITE_CHUNK_BYTES
+at a time, so what waits in the server's buffers for a client that is reading stays
+far below what it may leave unread (server/).
 
 A client that chose a throttled or batched stream belongs to a `DeliveryGroup`
 (pacing.py) whose pacing decides what is due, then hands it here as whole frames
@@ -21,18 +24,22 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import deque
-from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Protocol
 
 from access.entitlements import UNRESTRICTED, Entitlements
 from bars.book import Interval
 from delivery.pacing import DeliveryGroup, Outgoing
+from delivery.stats import FanoutStats
 from delivery.trade_groups import TradeDialect, TradeGroup
 from protocol import CLOSE_GRACE_SECONDS, CLOSE_TRY_AGAIN_LATER, DeliveryOptions, Frame
 from runtime.logs import get_logger
 
 logger = get_logger(__name__)
+
+OUTBOX_BYTES = 4_194_304  # CLIENT_OUTBOX_BYTES' default: 256 frames of 16 KiB
+# Written at once from a backlog or a cork (more if one frame is larger): well below the
+# least MAX_UNREAD_OUTPUT, so a client that reads is never cut for what we wrote at once.
+WRITE_CHUNK_BYTES = 16_384
 
 
 class ClientSocket(Protocol):
@@ -62,42 +69,17 @@ class FrameWriter(Protocol):
     async def wait_ready(self) -> None: ...
 
 
-@dataclass(frozen=True)
-class ClientCounts:
-    """What /health and /metrics show of the connected clients."""
-
-    fast_path: int  # written straight to their socket
-    by_dialect: dict[str, int]
-    send_queue_bytes: int  # output queued below the app: what stalled clients pin
-
-    @classmethod
-    def of(cls, clients: Iterable[ClientConnection]) -> ClientCounts:
-        fast_path = queued = 0
-        by_dialect: dict[str, int] = {}
-        for client in clients:
-            fast_path += client.fast_path
-            queued += client.queued_bytes()
-            by_dialect[client.dialect] = by_dialect.get(client.dialect, 0) + 1
-        return cls(fast_path, by_dialect, queued)
-
-
-@dataclass
-class FanoutStats:
-    price_updates_sent: int = 0
-    conflated_updates: int = 0
-    slow_consumer_disconnects: int = 0
-
-
 class ClientConnection:
     """One client: its symbols, and a bounded outbox drained by its own writer task.
 
     While the client keeps up and nothing is queued, a frame is written straight to its
     socket (`FrameWriter`) from the broadcaster: no task switch, no await. Otherwise
-    frames wait in a FIFO of at most `outbox_size`; once that is full, price updates go
-    to `_latest` instead (one per symbol, newest wins). The writer task sends the FIFO
-    first, then those, so updates for one symbol are never reordered and memory stays
-    bounded by the number of symbols. Control frames (confirmations, errors, status)
-    always take the FIFO: they are rare and caused by the client itself.
+    frames wait in a FIFO of at most `outbox_size` frames or `outbox_bytes` bytes; once
+    that is full, price updates go to `_latest` instead (one per symbol, newest wins).
+    The writer task sends the FIFO first, then those, so updates for one symbol are
+    never reordered and memory stays bounded by the number of symbols. Other frames
+    (confirmations, errors, histories, batches) always take the FIFO, up to twice
+    either bound.
     """
 
     def __init__(
@@ -113,6 +95,7 @@ class ClientConnection:
         slow_consumer_timeout: float,
         dialect: str = "ws",
         trade_dialect: TradeDialect | None = None,
+        outbox_bytes: int = OUTBOX_BYTES,
     ) -> None:
         self.id = str(uuid.uuid4())
         self.dialect = dialect  # "ws" (the gateway's protocol), "sse", "finnhub", ...
@@ -129,9 +112,11 @@ class ClientConnection:
         self._direct = direct
         self._stats = stats
         self._outbox_size = outbox_size
+        self._outbox_bytes = outbox_bytes
         self._slow_consumer_timeout = slow_consumer_timeout
         self._frames: deque[Frame] = deque()
         self._latest: dict[str, Frame] = {}
+        self._queued = 0  # bytes in _frames and _latest
         self._lag_timer: asyncio.TimerHandle | None = None
         # The writer task (and its wake-up event) exist only once something had to
         # wait: a client that always keeps up never costs a task.
@@ -142,6 +127,7 @@ class ClientConnection:
         self.options = DeliveryOptions()
         self.group: DeliveryGroup | None = None  # set by the hub's DeliveryGroups
         self._cork: list[bytes] | None = None
+        self._corked = 0  # bytes in _cork
 
     def wants(self, symbol: str) -> bool:
         """True while the client holds `symbol` for prices or bars."""
@@ -159,22 +145,34 @@ class ClientConnection:
         """Output the client has not taken yet, in the server's and the kernel's buffers."""
         return self._socket.queued_bytes()
 
+    @property
+    def outbox_bytes(self) -> int:
+        """Bytes waiting in the outbox, above the server's buffers."""
+        return self._queued
+
     def send(self, frame: Frame) -> None:
         """Send or queue a control frame; never blocks.
 
         Control frames cannot be conflated, so a client that keeps asking while it
-        does not read would queue them without end: past twice the outbox size it is
-        closed as a slow consumer at once.
+        does not read would queue them without end: past twice the outbox size, in
+        frames or in bytes, it is closed as a slow consumer at once.
         """
         direct = self._direct
         if direct is not None and not self._frames and not self._latest and direct.ready():
             direct.write(frame.wire)
             return
-        if len(self._frames) >= 2 * self._outbox_size:
+        if (
+            len(self._frames) >= 2 * self._outbox_size
+            or self._queued + len(frame.payload) > 2 * self._outbox_bytes
+        ):
             self._evict()
             return
-        self._frames.append(frame)
+        self._queue(frame)
         self._wake_writer()
+
+    def _queue(self, frame: Frame) -> None:
+        self._frames.append(frame)
+        self._queued += len(frame.payload)
 
     def offer_update(self, symbol: str, frame: Frame) -> None:
         """Send or queue a price update, conflating it if the client is behind; never blocks."""
@@ -195,7 +193,7 @@ class ClientConnection:
             return False
         if self._frames or self._latest or not direct.ready():
             return False
-        self._cork = []
+        self._cork, self._corked = [], 0
         return True
 
     def uncork(self) -> None:
@@ -224,19 +222,29 @@ class ClientConnection:
         if not self._frames and not self._latest:
             if self._cork is not None:
                 self._cork.append(frame.wire)
+                self._corked += len(frame.wire)
+                if self._corked >= WRITE_CHUNK_BYTES:
+                    self.uncork()  # the rest of this message goes out as it comes
                 return
             if direct is not None and direct.ready():
                 direct.write(frame.wire)
                 if self._lag_timer is not None:  # it took everything: caught up
                     self._stop_lag_timer()
                 return
-            self._frames.append(frame)
-        elif not self._latest and len(self._frames) < self._outbox_size:
-            self._frames.append(frame)
+            self._queue(frame)
+        elif (
+            not self._latest
+            and len(self._frames) < self._outbox_size
+            and self._queued < self._outbox_bytes
+        ):
+            self._queue(frame)
         else:
-            if symbol in self._latest:
+            replaced = self._latest.get(symbol)
+            if replaced is not None:
                 self._stats.conflated_updates += 1
+                self._queued -= len(replaced.payload)
             self._latest[symbol] = frame
+            self._queued += len(frame.payload)
             if self._lag_timer is None and not self.evicted:
                 self._lag_timer = asyncio.get_running_loop().call_later(
                     self._slow_consumer_timeout, self._evict
@@ -245,7 +253,9 @@ class ClientConnection:
 
     def forget_pending(self, symbol: str) -> None:
         """Drop a conflated update for a symbol the client just left."""
-        self._latest.pop(symbol, None)
+        dropped = self._latest.pop(symbol, None)
+        if dropped is not None:
+            self._queued -= len(dropped.payload)
 
     def _wake_writer(self) -> None:
         if self._wakeup is None:
@@ -284,13 +294,20 @@ class ClientConnection:
             if self.evicted:
                 await self._close_slow_consumer()
 
-    def _take_pending(self) -> list[Frame]:
-        """Everything queued, in the order it must be sent: the FIFO, then conflated."""
-        frames = list(self._frames)
-        self._frames.clear()
-        if self._latest:
+    def _take_pending(self, limit: float = float("inf")) -> list[Frame]:
+        """What is queued, in the order it must be sent (the FIFO, then conflated), up
+        to `limit` bytes (at least one frame)."""
+        frames: list[Frame] = []
+        size = 0
+        while self._frames and size < limit:
+            frame = self._frames.popleft()
+            frames.append(frame)
+            size += len(frame.payload)
+        if self._latest and not self._frames and size < limit:
             frames.extend(self._latest.values())
+            size += sum(len(frame.payload) for frame in self._latest.values())
             self._latest = {}
+        self._queued -= size
         return frames
 
     async def _drain_direct(self) -> None:
@@ -298,9 +315,11 @@ class ClientConnection:
         assert direct is not None
         while self._frames or self._latest:
             await direct.wait_ready()
-            # One write for the whole backlog: a lagging client costs one syscall per
-            # wake-up, not one per message.
-            direct.write(b"".join(frame.wire for frame in self._take_pending()))
+            # One write per chunk of the backlog: a lagging client costs one syscall per
+            # wake-up, not one per message, and the transport never holds a backlog of
+            # megabytes for it (which would be over its unread-output limit).
+            chunk = self._take_pending(WRITE_CHUNK_BYTES)
+            direct.write(b"".join(frame.wire for frame in chunk))
 
     async def _drain_asgi(self) -> None:
         while self._frames or self._latest:
@@ -321,6 +340,7 @@ class ClientConnection:
         self._stats.slow_consumer_disconnects += 1
         self._frames.clear()
         self._latest.clear()
+        self._queued = 0
         if self._writer_started:
             assert self._writer is not None
             self._writer.cancel()  # it may be blocked on the socket; its finally closes

@@ -3,7 +3,10 @@
 A client that sets `throttle_ms` gets at most one update per symbol per that many
 milliseconds, always the newest (conflated, never reordered); one that sets `batch_ms`
 gets its updates grouped into one `price_updates` frame at most that often, in arrival
-order (with a throttle too, the newest per symbol).
+order (with a throttle too, the newest per symbol). A batch of every update (no
+throttle) is sent early once it holds `max_batch_bytes` (MAX_BATCH_BYTES): a long
+`batch_ms` on a busy stream must not hold minutes of updates, nor make frames of
+megabytes; the client still gets every update, in order.
 
 Clients with the same options and the same symbols receive exactly the same stream,
 so they form one `DeliveryGroup`: the broadcaster offers each update once per group,
@@ -14,9 +17,14 @@ The gateway's cost follows the frames it writes, not the trades it receives.
 supervised coroutine; nothing is held longer than its interval plus one tick.
 
 A member that changes its symbols or options moves to another group, taking with it
-what its old group still held for it (so it loses nothing; its next update may then
-come sooner than its throttle, once). This module never touches sockets: a group hands
-whole frames to its members' `emit`.
+at once what its old group still held for the symbols it keeps, less what its new
+group holds already and will send it anyway: it loses nothing and, as far as one
+stream shared by many allows, gets nothing twice (its next update may come sooner than
+its throttle, once). It takes them as the single `price_update` frames they are, the
+very objects every other member shares, never re-encoded into a batch of its own: a
+client that moves again and again costs no memory of its own, however long its
+`batch_ms`. This module never touches sockets: a group hands whole frames to its
+members' `emit`.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from typing import Protocol
 from protocol import DeliveryOptions, Frame, price_updates_message
 
 PACING_TICK_SECONDS = 0.01
+MAX_BATCH_BYTES = 32_768  # the setting's default
 # What a pacing hands on: single price updates (each naming its symbol), or one batch.
 Outgoing = list[Frame]
 
@@ -86,14 +95,17 @@ class Pacing:
         clock: DeliveryClock,
         emit: Callable[[Outgoing], None],
         on_conflated: Callable[[], None],
+        max_batch_bytes: int = MAX_BATCH_BYTES,
     ) -> None:
         self._throttle = options.throttle_ms / 1000
         self._batch = options.batch_ms / 1000
+        self._max_batch_bytes = max_batch_bytes
         self._clock = clock
         self._emit = emit
         self._on_conflated = on_conflated
         self._pending: dict[str, Frame] = {}  # throttled: newest per symbol, arrival order
         self._items: list[Frame] = []  # batched without a throttle: every update, in order
+        self._items_bytes = 0
         self._last_sent: dict[str, float] = {}
         self._last_flush = -math.inf
         self._slot: int | None = None
@@ -102,7 +114,9 @@ class Pacing:
         now = self._clock.now()
         if not self._throttle:
             self._items.append(frame)
-            self._schedule(max(now, self._last_flush + self._batch), now)
+            self._items_bytes += len(frame.payload)
+            full = self._items_bytes >= self._max_batch_bytes
+            self._schedule(now if full else max(now, self._last_flush + self._batch), now)
             return
         if symbol in self._pending:
             del self._pending[symbol]  # the newer one takes its place, at the end
@@ -113,9 +127,19 @@ class Pacing:
             due = max(due, self._last_flush + self._batch)
         self._schedule(max(now, due), now)
 
-    def pending(self) -> Outgoing:
-        """What a flush would send now if everything were due (it stays pending)."""
-        return self._encode(list(self._pending.values()) or list(self._items))
+    def held_for(self, symbols: set[str], carried: Pacing | None) -> Outgoing:
+        """The price updates this stream still holds of `symbols` that `carried` (the
+        stream a member moves to) does not hold too, oldest first, as the single frames
+        they are (they stay pending here for the others)."""
+        held = self._pending.values() if self._throttle else self._items
+        frames = [frame for frame in held if frame.symbol in symbols]
+        if carried is not None and frames:
+            # The same update is the same Frame in every group; a newest-per-symbol
+            # stream's pending update is as new as ours, or newer.
+            sent_anyway = {id(frame) for frame in carried._items}
+            newer = carried._pending
+            frames = [f for f in frames if id(f) not in sent_anyway and f.symbol not in newer]
+        return frames
 
     def close(self) -> None:
         if self._slot is not None:
@@ -123,12 +147,13 @@ class Pacing:
             self._slot = None
         self._pending.clear()
         self._items = []
+        self._items_bytes = 0
 
     def flush(self, now: float) -> None:
         """What is due now goes out: one batch frame, or the throttled updates."""
         self._slot = None
         if not self._throttle:
-            frames, self._items = self._items, []
+            frames, self._items, self._items_bytes = self._items, [], 0
         else:
             ready = [symbol for symbol in self._pending if self._window_open(symbol, now)]
             frames = [self._pending.pop(symbol) for symbol in ready]
@@ -186,11 +211,15 @@ class DeliveryGroup:
     """Clients with the same options and symbols: one pacing, the same bytes for all."""
 
     def __init__(
-        self, key: GroupKey, clock: DeliveryClock, on_conflated: Callable[[], None]
+        self,
+        key: GroupKey,
+        clock: DeliveryClock,
+        on_conflated: Callable[[], None],
+        max_batch_bytes: int = MAX_BATCH_BYTES,
     ) -> None:
         self.key = key
         self.members: set[Member] = set()
-        self.pacing = Pacing(key[0], clock, self._emit, on_conflated)
+        self.pacing = Pacing(key[0], clock, self._emit, on_conflated, max_batch_bytes)
 
     def _emit(self, outgoing: Outgoing) -> None:
         for member in self.members:
@@ -200,9 +229,15 @@ class DeliveryGroup:
 class DeliveryGroups:
     """Every paced client's group, and which groups want each symbol."""
 
-    def __init__(self, clock: DeliveryClock, on_conflated: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        clock: DeliveryClock,
+        on_conflated: Callable[[], None],
+        max_batch_bytes: int = MAX_BATCH_BYTES,
+    ) -> None:
         self._clock = clock
         self._on_conflated = on_conflated
+        self._max_batch_bytes = max_batch_bytes
         self._groups: dict[GroupKey, DeliveryGroup] = {}
         self._by_symbol: dict[str, set[DeliveryGroup]] = {}
 
@@ -214,23 +249,26 @@ class DeliveryGroups:
 
     def place(self, member: Member) -> None:
         """Put `member` in the group its options and symbols call for (none if it is not
-        paced or holds nothing), carrying over what its old group held for it."""
+        paced or holds nothing), carrying over what its old group held for it that the
+        new one will not send it."""
         options = member.options
         key = (options, frozenset(member.symbols)) if options.paced and member.symbols else None
         old = member.group
         if old is not None and old.key == key:
             return
+        group = None if key is None else self._groups.get(key)
         if old is not None:
-            held = old.pacing.pending()
+            held = old.pacing.held_for(member.symbols, group.pacing if group else None)
             if held:
                 member.emit(held)  # early rather than lost
             self._leave(old, member)
+        member.group = None
         if key is None:
-            member.group = None
             return
-        group = self._groups.get(key)
         if group is None:
-            group = self._groups[key] = DeliveryGroup(key, self._clock, self._on_conflated)
+            group = self._groups[key] = DeliveryGroup(
+                key, self._clock, self._on_conflated, self._max_batch_bytes
+            )
             for symbol in key[1]:
                 self._by_symbol.setdefault(symbol, set()).add(group)
         group.members.add(member)

@@ -23,7 +23,7 @@ import protocol
 from access.admission import Admitted, address_key, request_token
 from access.refusal import Refusal
 from bars.book import INTERVALS, candles
-from delivery.outbox import ClientCounts
+from delivery.stats import ClientCounts
 from endpoints import docs
 from market_data.quotes import QuoteUnavailable
 from settings import Settings

@@ -20,7 +20,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from access.admission import Admission
-from delivery.outbox import ClientCounts
+from delivery.stats import ClientCounts
 from hub import Hub
 from market_data.finnhub_rest import REST_STATES, FinnhubRest
 from market_data.model import UPSTREAM_STATES
@@ -120,7 +120,10 @@ class GatewayCollector(Collector):
         refusals = CounterMetricFamily(
             "gateway_refusals", METRICS["gateway_refusals_total"], labels=["reason"]
         )
-        for reason, count in sorted({**running.guard.refused, **running.admission.refused}.items()):
+        refused = {**running.guard.refused, **running.admission.refused}
+        if hub.bars is not None and hub.bars.budget is not None:
+            refused["history_bytes"] = hub.bars.budget.refused
+        for reason, count in sorted(refused.items()):
             refusals.add_metric([reason], count)
         yield refusals
         yield _counter("gateway_upstream_frames_sent_total", counters.frames_sent)

@@ -34,13 +34,18 @@ class DirectFrameWriter:
     Server frames are unmasked, so one encoded frame can be written as-is to every
     subscriber. It never writes after a close frame went out or once the transport
     started closing; `ready()` is false while the send buffer is over its high-water
-    mark, and `wait_ready()` raises ConnectionError once the connection is gone.
+    mark, and `wait_ready()` raises ConnectionError once the connection is gone. After
+    each write `after_write` runs: the protocol's check of the output the peer leaves
+    unread, so one huge write to a peer that does not read cuts it at once.
     """
 
-    def __init__(self, protocol: WebSocketsSansIOProtocol) -> None:
+    def __init__(
+        self, protocol: WebSocketsSansIOProtocol, after_write: Callable[[], None] | None = None
+    ) -> None:
         self._protocol = protocol
         self._transport = protocol.transport
         self._writable = protocol.writable
+        self._after_write = after_write
 
     def ready(self) -> bool:
         return (
@@ -51,6 +56,8 @@ class DirectFrameWriter:
 
     def write(self, data: bytes) -> None:
         self._transport.write(data)
+        if self._after_write is not None:
+            self._after_write()
 
     async def wait_ready(self) -> None:
         await self._writable.wait()
@@ -98,15 +105,18 @@ class SocketHandle:
 class ServerConnection(SocketHandle):
     """One accepted WebSocket: the socket's handle, the fast path and its stall."""
 
-    def __init__(self, protocol: WebSocketsSansIOProtocol) -> None:
+    def __init__(
+        self, protocol: WebSocketsSansIOProtocol, after_write: Callable[[], None] | None = None
+    ) -> None:
         super().__init__(protocol.transport)
         self._protocol = protocol
+        self._after_write = after_write
 
     def frame_writer(self) -> DirectFrameWriter | None:
         """A writer for pre-built frames, or None when a negotiated extension forbids it."""
         if self._protocol.conn.extensions:
             return None
-        return DirectFrameWriter(self._protocol)
+        return DirectFrameWriter(self._protocol, self._after_write)
 
     def stalled(self) -> bool:
         """The peer is not reading: the send buffer is above its high-water mark."""

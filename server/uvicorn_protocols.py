@@ -18,7 +18,8 @@ lifespan from the settings and handed over in uvicorn's lifespan state):
   above all) ends, and with it whatever the app holds for it;
 - every WebSocket: a budget of incoming frames of any kind (pings, pongs and
   continuation frames included; 1008 past it), and a cap on output the peer leaves
-  unread (the connection is aborted at once, its buffers released).
+  unread, checked after every pong and every write of the fast path (the connection is
+  aborted at once, its buffers released).
 
 After the 1008 close frame the connection waits for the peer's close frame (the closing
 handshake), reading and ignoring what comes first within LINGER_SECONDS and LINGER_BYTES,
@@ -254,7 +255,7 @@ class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
         super().handle_connect(event)
         if not self.close_sent:  # the handshake is valid and the app is about to run
             extensions = cast(dict[str, Any], self.scope["extensions"])
-            extensions[SCOPE_EXTENSION] = ServerConnection(self)
+            extensions[SCOPE_EXTENSION] = ServerConnection(self, self._check_unread_output)
 
     # Every incoming frame is charged to the connection's frame budget first.
 

@@ -210,7 +210,7 @@ async def _serve(server: uvicorn.Server, listener: socket.socket) -> None:
     await server.startup(sockets=[listener])
     if not server.started:
         return
-    while not server.should_exit:
+    while not server.should_exit:  # noqa: ASYNC110 - uvicorn's flag has no event
         await asyncio.sleep(0.005)
     await server.shutdown(sockets=[listener])
 

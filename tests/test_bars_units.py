@@ -1,14 +1,33 @@
 """The bar aggregator on its own: UTC boundaries, open/close by trade time, out-of-order
-and late trades, empty intervals, revised finals, live-update throttling, bounds."""
+and late trades, empty intervals, revised finals, live-update throttling, bounds; and
+histories: encoded once per series until it changes, shared, charged by their bytes."""
 
 from __future__ import annotations
 
 import sys
+import time
 
+import orjson
 import pytest
 
-from bars.book import BAR_MAX_AHEAD_SECONDS, MAX_OPEN_BARS, Bar, BarBook, BarEvent, candles
-from market_data.model import Trade
+from access.capacity import UpstreamCapacity
+from access.history_budget import HistoryBudget
+from access.holds import SymbolHolds
+from bars.book import (
+    BAR_MAX_AHEAD_SECONDS,
+    MAX_OPEN_BARS,
+    Bar,
+    BarBook,
+    BarEvent,
+    Interval,
+    candles,
+)
+from bars.delivery import BarDelivery
+from bars.history import SWEEP_AT, HistoryFrames
+from delivery.outbox import ClientConnection
+from delivery.stats import FanoutStats
+from market_data.model import SymbolInterest, Trade
+from tests.test_fanout_units import FakeSocket, FakeWriter
 
 MINUTE = 60_000
 T = 1_764_000_000_000 - 1_764_000_000_000 % (5 * MINUTE)  # a whole 5-minute boundary
@@ -210,3 +229,92 @@ def test_a_malformed_bar_is_refused_by_from_dict(change: dict[str, object]) -> N
     del incomplete["c"]
     with pytest.raises(KeyError):
         Bar.from_dict(incomplete)
+
+
+def _encoded_the_old_way(book: BarBook, symbol: str, interval: Interval) -> bytes:
+    bars = [bar.as_dict() for bar in book.bars(symbol, interval)]
+    return orjson.dumps({"type": "bars", "symbol": symbol, "interval": interval, "bars": bars})
+
+
+def test_a_history_is_encoded_once_and_kept_until_its_series_changes() -> None:
+    now = T + 5 * MINUTE
+    book = BarBook()
+    book.add_trades([trade(100.0 + i, T + i * 1_000) for i in range(200)], now)  # closed
+    book.add_trades([trade(150.0, now - 100)], now)  # and the open bar
+    histories = HistoryFrames(book)
+    first = histories.frame("AAPL", "1s")
+    assert first.payload == _encoded_the_old_way(book, "AAPL", "1s")  # byte for byte
+    assert histories.encoded_bars == 201
+    assert histories.frame("AAPL", "1s") is first  # asked again: not encoded again
+    # A trade in the open bar: a new history, the closed bars' encoding kept.
+    book.add_trades([trade(151.0, now - 50)], now)
+    second = histories.frame("AAPL", "1s")
+    assert second.payload == _encoded_the_old_way(book, "AAPL", "1s") != first.payload
+    assert histories.encoded_bars == 202
+    # A bar closes, and a late trade revises a closed one: each is a new history.
+    book.due(now + 2_000)
+    assert histories.frame("AAPL", "1s").payload == _encoded_the_old_way(book, "AAPL", "1s")
+    book.add_trades([trade(1.0, T + 3_000)], now + 2_000)
+    assert histories.frame("AAPL", "1s").payload == _encoded_the_old_way(book, "AAPL", "1s")
+    assert b'"l":1.0' in histories.frame("AAPL", "1s").payload
+    # Forgotten: an empty history; entries of forgotten series are swept.
+    book.forget("AAPL")
+    assert orjson.loads(histories.frame("AAPL", "1s").payload)["bars"] == []
+    for index in range(3 * SWEEP_AT):
+        symbol = f"S{index}"
+        book.add_trades([trade(1.0, now - 100, symbol=symbol)], now)
+        histories.frame(symbol, "1s")
+        book.forget(symbol)
+    assert len(histories) <= SWEEP_AT
+
+
+def test_a_history_keeps_time_order_when_an_open_bar_is_older_than_a_closed_one() -> None:
+    book = BarBook()
+    book.load("AAPL", "1m", [Bar.of(T + MINUTE, 2.0, 1.0, T + MINUTE)], Bar.of(T, 1.0, 1.0, T))
+    payload = HistoryFrames(book).frame("AAPL", "1m").payload
+    assert payload == _encoded_the_old_way(book, "AAPL", "1m")
+    assert [bar["t"] for bar in orjson.loads(payload)["bars"]] == [T, T + MINUTE]
+
+
+async def test_clients_of_one_series_share_its_history_and_a_resubscribe_sends_none() -> None:
+    now = int(time.time() * 1000)
+    book = BarBook()
+    book.add_trades([trade(100.0 + i, now - 300_000 + i * 1_000) for i in range(240)], now)
+    capacity = UpstreamCapacity(SymbolInterest(), max_symbols=50)
+    bars = BarDelivery(book, SymbolHolds(capacity, max_symbols_per_client=50))
+    writers = [FakeWriter(), FakeWriter()]
+    clients = [
+        ClientConnection(
+            FakeSocket(), FanoutStats(), direct=writer, outbox_size=8, slow_consumer_timeout=10
+        )
+        for writer in writers
+    ]
+    for client in clients:
+        await bars.subscribe(client, ["AAPL"], "1s")
+    histories = [
+        [payload for payload in writer.payloads() if payload.startswith(b'{"type":"bars"')]
+        for writer in writers
+    ]
+    assert histories[0] == histories[1] == [_encoded_the_old_way(book, "AAPL", "1s")]
+    assert bars.histories.encoded_bars == 240  # once, for both
+    # Asked again for a series it follows: the confirmation, not the history again.
+    before = len(writers[0].payloads())
+    await bars.subscribe(clients[0], ["AAPL"], "1s")
+    (again,) = writers[0].messages()[before:]
+    assert again == {
+        "type": "subscription", "status": "subscribed", "symbols": ["AAPL"], "interval": "1s"
+    }  # fmt: skip
+    # Its bytes charged to the client and its address: past either, refused by name.
+    budget = HistoryBudget(per_client=len(histories[0][0]) + 200, per_address=10**9)
+    bars.budget = budget
+    bars.unsubscribe(clients[0], ["AAPL"], "1s")
+    await bars.subscribe(clients[0], ["AAPL"], "1s")  # within the client's minute
+    bars.unsubscribe(clients[0], ["AAPL"], "1s")
+    before = len(writers[0].payloads())
+    await bars.subscribe(clients[0], ["AAPL"], "1s")
+    refused, *rest = writers[0].messages()[before:]
+    assert refused["code"] == "rate_limited" and refused["symbols"] == ["AAPL"]
+    assert "bytes a minute per client" in refused["message"] and rest == []
+    assert "AAPL" not in clients[0].bar_intervals and budget.refused == 1
+    for client in clients:
+        await client.stop()

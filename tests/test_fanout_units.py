@@ -22,8 +22,9 @@ import protocol
 from access.capacity import UpstreamCapacity
 from access.holds import SymbolHolds
 from delivery import outbox
-from delivery.outbox import ClientConnection, FanoutStats
+from delivery.outbox import ClientConnection
 from delivery.snapshots import LatestPrices
+from delivery.stats import FanoutStats
 from finnhub_feed import FinnhubFeed
 from hub import Hub, Observer, UpdateBatch
 from market_data.model import SymbolInterest, Trade
@@ -227,16 +228,16 @@ class Rigs:
         writer: FakeWriter | None,
         socket: FakeSocket | None = None,
         outbox_size: int = 3,
+        outbox_bytes: int | None = None,
         slow_consumer_timeout: float = 10.0,
     ) -> Rig:
         stats = FanoutStats()
         socket = socket if socket is not None else FakeSocket()
+        bounds: dict[str, Any] = {"outbox_size": outbox_size}
+        if outbox_bytes is not None:
+            bounds["outbox_bytes"] = outbox_bytes
         client = ClientConnection(
-            socket,
-            stats,
-            direct=writer,
-            outbox_size=outbox_size,
-            slow_consumer_timeout=slow_consumer_timeout,
+            socket, stats, direct=writer, slow_consumer_timeout=slow_consumer_timeout, **bounds
         )
         rig = Rig(client, socket, writer, stats)
         self.made.append(rig)
@@ -397,6 +398,54 @@ async def test_past_twice_the_outbox_of_control_frames_the_client_is_evicted(
     writer.set_ready(True)
     await asyncio.sleep(0)  # let a (wrong) writer take one step
     assert writer.writes == []  # what was queued is dropped, not sent after the close
+
+
+async def test_the_outbox_is_bounded_in_bytes_as_well_as_in_frames(
+    rigs: Rigs, short_grace: float
+) -> None:
+    writer = FakeWriter(ready=False)
+    rig = rigs.make(writer=writer, outbox_size=10_000, outbox_bytes=4096)
+    for seq in range(200):  # ~17 KB of updates for 10 symbols, far fewer than 10,000 frames
+        rig.client.offer_update(f"S{seq % 10}", update(f"S{seq % 10}", seq))
+    assert rig.stats.conflated_updates > 0  # past 4096 bytes: newest per symbol
+    # The FIFO up to its bound (one frame past it at most), then one update per symbol.
+    assert rig.client.outbox_bytes <= 4096 + 11 * len(update("S0", 199).payload)
+    # Frames that cannot be conflated (a history, a batch, a reply) evict past twice it.
+    big = protocol.error_message("rate_limited", "x" * 1900)
+    other = rigs.make(writer=FakeWriter(ready=False), outbox_size=10_000, outbox_bytes=4096)
+    for _ in range(4):
+        other.client.send(big)
+    assert not other.client.evicted and other.client.outbox_bytes == 4 * len(big.payload)
+    other.client.send(big)
+    assert other.client.evicted and other.client.outbox_bytes == 0
+    await wait_for(other.socket.aborted)
+
+
+async def test_a_backlog_is_written_a_chunk_at_a_time(rigs: Rigs) -> None:
+    writer = FakeWriter(ready=False)
+    rig = rigs.make(writer=writer, outbox_size=10_000)
+    frames = [protocol.error_message("rate_limited", f"{n:05d}" + "y" * 500) for n in range(2000)]
+    for frame in frames:  # ~1 MB behind one that does not read
+        rig.client.send(frame)
+    writer.set_ready(True)
+    await wait_until(writer.changed, lambda: len(writer.payloads()) == len(frames))
+    assert writer.payloads() == [frame.payload for frame in frames]  # all, in order
+    # A chunk at a time (16 KiB), never the whole megabyte: the server would hold it
+    # all for the client, over what a client may leave unread (MAX_UNREAD_OUTPUT).
+    assert max(map(len, writer.writes)) < 2**15
+
+
+async def test_a_corked_message_goes_out_a_chunk_at_a_time(rigs: Rigs) -> None:
+    writer = FakeWriter(ready=True)
+    rig = rigs.make(writer=writer, outbox_size=10_000)
+    assert rig.client.cork()
+    offered = [update("AAPL", seq) for seq in range(1000)]  # one huge upstream message
+    for frame in offered:
+        rig.client.offer_update("AAPL", frame)
+    rig.client.uncork()
+    await wait_until(writer.changed, lambda: len(writer.payloads()) == len(offered))
+    assert writer.payloads() == [frame.payload for frame in offered]
+    assert max(map(len, writer.writes)) < 2**15
 
 
 # -- 4. eviction ---------------------------------------------------------------------------

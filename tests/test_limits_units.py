@@ -13,6 +13,7 @@ from access.admission import Admission, Admitted, address_key
 from access.allowances import Allowances
 from access.capacity import UpstreamCapacity
 from access.entitlements import SymbolPatterns
+from access.history_budget import HistoryBudget
 from access.refusal import Refusal
 from market_data.finnhub_rest import SlidingWindowBudget
 from market_data.finnhub_wire import decode, newest_per_symbol, parse_trades, redact
@@ -200,6 +201,38 @@ def test_token_bucket_says_how_long_to_wait() -> None:
     assert bucket.limited_for(0.25) == 0.25
     assert bucket.take(0.5) == 0
     assert not bucket.full(0.5) and bucket.full(2.0)
+
+
+def test_a_token_bucket_of_bytes_charges_each_take_its_cost() -> None:
+    bucket = TokenBucket(rate=10, burst=100, now=0)
+    assert bucket.take(0, cost=60) == 0
+    assert bucket.take(0, cost=60) == pytest.approx(2.0)  # 40 left, 20 short: nothing spent
+    assert bucket.wait(2.0, cost=60) == 0 and bucket.take(2.0, cost=60) == 0
+    # More than the burst: allowed from a full bucket only, which it leaves in debt.
+    assert bucket.wait(2.0, cost=500) == pytest.approx(10.0)  # empty: 100 to wait for
+    assert bucket.take(12.0, cost=500) == 0 and bucket.tokens == pytest.approx(-400)
+    assert bucket.take(12.0) == pytest.approx(40.1)
+    bucket.spend(12.0, -1000)  # given back, up to the burst
+    assert bucket.full(12.0)
+
+
+def test_history_bytes_are_charged_to_the_client_and_to_its_address() -> None:
+    budget = HistoryBudget(per_client=1000, per_address=1500)
+    assert budget.charge("one", "10.0.0.1", 800, now=0) is None
+    own = budget.charge("one", "10.0.0.1", 800, now=0)
+    assert isinstance(own, Refusal) and own.code == "rate_limited"
+    assert own.reason.startswith("bar history is limited to 1000 bytes a minute per client")
+    shared = budget.charge("two", "10.0.0.1", 800, now=0)  # the address has 700 left
+    assert isinstance(shared, Refusal) and "1500 bytes a minute per address" in shared.reason
+    assert shared.retry_after == 4  # 100 bytes short at 25 a second
+    assert budget.charge("three", "10.0.0.2", 800, now=0) is None  # another address
+    assert budget.charge("two", "10.0.0.1", 800, now=4) is None  # refilled meanwhile
+    assert budget.refused == 2
+    # One history larger than a whole allowance is not refused for ever, only made rare.
+    assert budget.charge("four", "10.0.0.3", 5000, now=0) is None
+    assert budget.charge("four", "10.0.0.3", 10, now=60) is not None  # still in debt
+    budget.owe("four", "10.0.0.3", -5000, now=60)  # given back (sent less than charged)
+    assert budget.charge("four", "10.0.0.3", 10, now=60) is None
 
 
 def test_one_message_keeps_the_newest_trades_per_symbol_in_order() -> None:

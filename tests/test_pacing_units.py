@@ -1,6 +1,7 @@
 """Pacing and delivery groups, without sockets: the work of paced clients is shared
 (one offer per group, one encoding per flush), nothing is lost when a client moves
-between groups, and the clock flushes what is due."""
+between groups and moving costs no memory of its own, a batch never outgrows its byte
+cap, and the clock flushes what is due."""
 
 from __future__ import annotations
 
@@ -102,3 +103,63 @@ async def test_the_clock_flushes_a_throttled_symbol_with_its_newest_price() -> N
     finally:
         runner.cancel()
         await asyncio.wait([runner])
+
+
+async def test_a_batch_of_every_update_goes_out_early_at_its_byte_cap() -> None:
+    sent: list[Outgoing] = []
+    options = DeliveryOptions(batch_ms=60_000)
+    pacing = Pacing(options, DeliveryClock(), sent.append, lambda: None, max_batch_bytes=2000)
+    offered = [update("AAPL", 100.0 + n) for n in range(101)]  # ~100 bytes each
+    for frame in offered:  # the first goes at once, the rest would wait a minute
+        pacing.offer("AAPL", frame)
+    seen = prices(sent)
+    assert seen == [100.0 + n for n in range(len(seen))]  # in order, none skipped
+    batches = [frame.payload for outgoing in sent for frame in outgoing]
+    assert len(batches) >= 5  # full ones, without waiting for batch_ms
+    assert all(len(payload) < 2000 + 200 for payload in batches)
+    pacing.flush(0)  # the rest, when due: nothing lost, nothing reordered
+    assert prices(sent) == [100.0 + n for n in range(101)]
+
+
+async def test_a_client_that_moves_again_and_again_takes_shared_frames_not_copies() -> None:
+    groups = DeliveryGroups(DeliveryClock(), lambda: None)
+    options = DeliveryOptions(batch_ms=60_000)
+    anchor = Member(options, "AAPL")
+    movers = [Member(options, "AAPL") for _ in range(20)]
+    for member in [anchor, *movers]:
+        groups.place(member)
+    assert anchor.group is not None
+    offered = [update("AAPL", price) for price in (1.0, 2.0, 3.0)]
+    for frame in offered:  # 1.0 goes at once; 2.0 and 3.0 wait for the batch
+        anchor.group.pacing.offer("AAPL", frame)
+    for _ in range(50):
+        for mover in movers:
+            mover.symbols.add("MSFT")
+            groups.place(mover)
+            mover.symbols.discard("MSFT")
+            groups.place(mover)
+    for mover in movers:
+        # Nothing lost, and what it took on moving is the frames everyone shares, never
+        # a batch encoded for it: moving costs no memory of its own.
+        assert 2.0 in prices(mover.received) and 3.0 in prices(mover.received)
+        handed = [frame for outgoing in mover.received[1:] for frame in outgoing]
+        assert handed and all(any(f is o for o in offered[1:]) for f in handed)
+
+
+async def test_a_mover_is_not_handed_what_its_new_group_will_send_it() -> None:
+    groups = DeliveryGroups(DeliveryClock(), lambda: None)
+    options = DeliveryOptions(batch_ms=60_000)
+    mover, stayer = Member(options, "AAPL"), Member(options, "AAPL")
+    other = Member(options, "AAPL", "MSFT")
+    for member in (mover, stayer, other):
+        groups.place(member)
+    assert mover.group is not None and other.group is not None
+    early, shared = update("AAPL", 1.0), update("AAPL", 2.0)
+    mover.group.pacing.offer("AAPL", update("AAPL", 0.5))  # first batches go at once
+    other.group.pacing.offer("AAPL", update("AAPL", 0.5))
+    mover.group.pacing.offer("AAPL", early)  # before `other`'s window: only here
+    for group in (mover.group, other.group):
+        group.pacing.offer("AAPL", shared)  # in both windows
+    mover.symbols.add("MSFT")
+    groups.place(mover)  # joins `other`'s group, whose batch will carry 2.0
+    assert mover.received[-1] == [early]

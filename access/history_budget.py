@@ -1,0 +1,60 @@
+"""Bytes of bar history a client, and its address, may be sent per minute.
+
+A `bars` history is the largest answer a client can ask for (240 bars a symbol, about
+0.9 MB for 50 symbols' 1s bars; a database-backed store will keep far longer ones),
+and asking again costs the client one small message. So each history sent is charged
+its bytes, the cost it really has, to the client's allowance
+(`HISTORY_BYTES_PER_CLIENT` a minute) and to its owner's (its address, or its user
+with signed tokens: `HISTORY_BYTES_PER_ADDRESS` a minute), token buckets of bytes
+(access/allowances.py). A history that does not fit either is refused with
+`rate_limited`, naming the limit; one bigger than a whole allowance is allowed from a
+full one and leaves it in debt, so it stays possible, only rare. Time is passed in or
+read from the monotonic clock; no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+from access.allowances import Allowances
+from access.refusal import Refusal
+
+MINUTE = 60.0
+
+
+class HistoryBudget:
+    def __init__(self, per_client: float, per_address: float) -> None:
+        self.per_client = per_client
+        self.per_address = per_address
+        self._clients = Allowances(per_client / MINUTE, per_client)
+        self._owners = Allowances(per_address / MINUTE, per_address)
+        self.refused = 0  # histories refused, for /metrics
+
+    def charge(
+        self, client: str, owner: str, cost: int, now: float | None = None
+    ) -> Refusal | None:
+        """Spend `cost` bytes from both allowances, or from neither and say why not."""
+        now = time.monotonic() if now is None else now
+        own = self._clients.wait(client, now, cost)
+        shared = self._owners.wait(owner, now, cost)
+        if own or shared:
+            self.refused += 1
+            limit, whose = (
+                (self.per_client, "client") if own >= shared else (self.per_address, "address")
+            )
+            retry = max(1, math.ceil(max(own, shared)))
+            return Refusal(
+                f"bar history is limited to {limit:.0f} bytes a minute per {whose}; "
+                f"try again in {retry} s",
+                "rate_limited",
+                retry_after=retry,
+            )
+        self.owe(client, owner, cost, now)
+        return None
+
+    def owe(self, client: str, owner: str, cost: int, now: float | None = None) -> None:
+        """Spend `cost` bytes from both, in debt if need be (negative: give them back)."""
+        now = time.monotonic() if now is None else now
+        self._clients.spend(client, now, cost)
+        self._owners.spend(owner, now, cost)
