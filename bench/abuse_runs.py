@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -20,14 +21,18 @@ from bench.abuse import PUMP_SYMBOL, AbuseRig, abuse_rig
 from bench.attacks import (
     OP_TEXT,
     client_frame,
+    closed_by_peer,
     empty_continuations,
     frame_flood,
+    http_hammer,
     huge_header,
     open_idle_sockets,
     ping_batch,
     slowloris,
+    tcp_connect,
     ws_handshake,
 )
+from bench.bar_attacks import measured_bar_attack
 from bench.config import Config
 from bench.stuck import open_never_reading_client
 
@@ -199,6 +204,65 @@ async def _drain(ws: aiohttp.ClientWebSocketResponse) -> None:
         pass
 
 
+async def http_hammering(rig: AbuseRig, seconds: float) -> dict[str, Any]:
+    """Eight kept-alive connections from one address requesting /metrics back to back."""
+    statuses: Counter[int] = Counter()
+    hammer = asyncio.create_task(
+        http_hammer(rig.base_url, "127.0.0.3", "/metrics", concurrency=8, statuses=statuses)
+    )
+    await asyncio.sleep(seconds)
+    hammer.cancel()
+    await asyncio.wait([hammer])
+    return {"ok": statuses[200], "refused_429": statuses[429]}
+
+
+async def stalled_streams(rig: AbuseRig, seconds: float) -> dict[str, Any]:
+    """Streams (`/stream`) opened from one address and never read."""
+    loop = asyncio.get_running_loop()
+    request = f"GET /stream?symbols={PUMP_SYMBOL} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    opened: list[socket.socket] = []
+    try:
+        for _ in range(20):
+            sock = await tcp_connect("127.0.0.1", rig.port, "127.0.0.3", receive_buffer=4096)
+            await loop.sock_sendall(sock, request.encode())
+            opened.append(sock)
+        await asyncio.sleep(seconds)
+        return {"streams": len(opened), "cut": sum(closed_by_peer(sock) for sock in opened)}
+    finally:
+        for sock in opened:
+            sock.close()
+
+
+async def cooperating_addresses(rig: AbuseRig, seconds: float) -> dict[str, Any]:
+    """Two addresses subscribing each other's symbols in chunks, to hold more of the
+    upstream than their shares (each symbol then costs each of them half)."""
+    names = [f"ZC{index:03}" for index in range(120)]
+    sessions = [
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(local, 0)))
+        for local in ("127.0.0.3", "127.0.0.4")
+    ]
+    try:
+        sockets = [await session.ws_connect(rig.ws_url) for session in sessions]
+        readers = [asyncio.create_task(_drain(ws)) for ws in sockets]
+        deadline = time.monotonic() + seconds
+        for start in range(0, len(names), 10):
+            chunk = names[start : start + 10]
+            for ws in sockets:  # the same chunk from both: shared from the start
+                await ws.send_str(orjson.dumps({"action": "subscribe", "symbols": chunk}).decode())
+            if time.monotonic() > deadline:
+                break
+        _, health, _ = await rig.health()
+        held = len([name for name in health["symbols"] if name.startswith("ZC")])
+        await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+        for task in readers:
+            task.cancel()
+        await asyncio.wait(readers)
+        return {"symbols_held": held}
+    finally:
+        for session in sessions:
+            await session.close()
+
+
 ATTACKS: dict[str, Attack] = {
     "ping flood, never reading": _flood(ping_batch()),
     "ping flood, reading pongs": reading_pinger,
@@ -212,6 +276,16 @@ ATTACKS: dict[str, Attack] = {
     "one client churns 50 symbols": symbol_churn,
     "100 never-reading clients": stalled_clients,
     "85,000-trade upstream messages": enormous_messages,
+    "/metrics hammered, 8 connections": http_hammering,
+    "20 never-reading /stream clients": stalled_streams,
+    "two addresses cooperate on symbols": cooperating_addresses,
+}
+# Attacks that need a rig of their own (bench/bar_attacks.py): a paid plan's symbols
+# with full 1s histories, or a fast pump for long batches.
+BAR_ATTACKS = {
+    "history flap, 40 sockets x 50 symbols": ("flap", 40),
+    "40 never-reading batch churners": ("churners", 40),
+    "150 never-reading bar subscribers": ("stuck", 150),
 }
 
 
@@ -228,7 +302,10 @@ async def abuse(config: Config) -> list[dict[str, Any]]:
             await asyncio.sleep(config.abuse_pause)  # let timeouts and evictions settle
         _, health, _ = await rig.health()
         rows.append({"attack": "after all", "clients": health["clients"],
-                     "symbols": health["symbols"], "rss_mib": round(rig.rss_mib(), 1)})  # fmt: skip
+                     "symbols": len(health["symbols"]), "rss_mib": round(rig.rss_mib(), 1)})  # fmt: skip
+    for name, (kind, count) in BAR_ATTACKS.items():
+        measured = await measured_bar_attack(kind, count, config.abuse_seconds, {})
+        rows.append({**measured, "attack": name})
     return rows
 
 

@@ -219,7 +219,7 @@ async def never_reading_bar_subscribers(
             sock.close()
 
 
-async def _measured(
+async def measured_bar_attack(
     attack: str, count: int, seconds: float, env: dict[str, str]
 ) -> dict[str, object]:
     if attack == "churners":
@@ -250,7 +250,7 @@ def main() -> None:
     parser.add_argument("--env", action="append", default=[], help="a setting, NAME=VALUE")
     args = parser.parse_args()
     env = dict(setting.split("=", 1) for setting in args.env)
-    row = asyncio.run(_measured(args.attack, args.count, args.seconds, env))
+    row = asyncio.run(measured_bar_attack(args.attack, args.count, args.seconds, env))
     sys.stdout.write(json.dumps(row) + "\n")
 
 
