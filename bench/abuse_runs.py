@@ -301,8 +301,9 @@ async def abuse(config: Config) -> list[dict[str, Any]]:
             rows.append({"attack": name, **measure.as_dict(), "attack_result": result})
             await asyncio.sleep(config.abuse_pause)  # let timeouts and evictions settle
         _, health, _ = await rig.health()
-        rows.append({"attack": "after all", "clients": health["clients"],
-                     "symbols": len(health["symbols"]), "rss_mib": round(rig.rss_mib(), 1)})  # fmt: skip
+        symbols, rss = len(health["symbols"]), round(rig.rss_mib(), 1)
+        rows.append({"attack": "after all", "clients": health["clients"], "symbols": symbols,
+                     "rss_mib": rss})  # fmt: skip
     for name, (kind, count) in BAR_ATTACKS.items():
         measured = await measured_bar_attack(kind, count, config.abuse_seconds, {})
         rows.append({**measured, "attack": name})

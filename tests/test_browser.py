@@ -198,7 +198,8 @@ async def test_event_source_streams_prices_in_the_browser() -> None:
                 assert update["type"] == "price_update" and update["symbol"] == "AAPL"
 
                 async def released() -> bool:  # EventSource.close() ends the stream
-                    return bool((await gateway.health())["clients"] == 0)
+                    streams = (await gateway.health())["clients_by_dialect"].get("sse", 0)
+                    return bool(streams == 0)  # (the /demo page keeps its own /ws client)
 
                 await poll_until(released)
         finally:
