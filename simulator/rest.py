@@ -65,6 +65,14 @@ class RestCalls:
             most = max(most, last - first + 1)
         return most
 
+    def by_path(self) -> dict[str, dict[str, int]]:
+        """Calls per path, per status."""
+        counts: dict[str, dict[str, int]] = {}
+        for _, path, _, status in self.log:
+            per_status = counts.setdefault(path, {})
+            per_status[str(status)] = per_status.get(str(status), 0) + 1
+        return counts
+
     def of(self, path: str, symbol: str | None = None) -> int:
         return sum(1 for _, p, s, _ in self.log if p == path and (symbol is None or s == symbol))
 
