@@ -42,7 +42,7 @@ METRICS: dict[str, str] = {
     "gateway_authenticated_users": "Distinct users connected with a verified signed token",
     "gateway_refusals_total": "Connections, handshakes and frames refused (label reason)",
     "gateway_upstream_frames_sent_total": "Subscribe and unsubscribe frames sent to Finnhub",
-    "gateway_rest_calls_total": "Calls made to Finnhub's REST API (quotes, market status, forwarded)",
+    "gateway_rest_calls_total": "Calls made to Finnhub's REST API (quotes, status, /api/v1)",
     "gateway_rest_state": "1 for the REST side's current state (label state)",
     "gateway_rest_budget_per_minute": "REST calls a minute the gateway allows itself",
     "gateway_finnhub_rest_forwarded_total": "Calls the REST mirror (/api/v1) forwarded to Finnhub",

@@ -382,3 +382,20 @@ async def test_cors_follows_frontend_url(market: Market) -> None:
         async with gateway.session.get(bad) as response:
             assert response.status == 422 and set(await response.json()) == {"error"}
     assert calls_to(market, "/stock/profile2") == 1
+
+
+async def test_without_rest_calls_the_mirror_says_so_and_candles_still_answer(
+    market: Market,
+) -> None:
+    async with run_gateway(settings_for(market)) as gateway:  # REST_ENABLED=false
+        root = await gateway.get_json("/")
+        assert root["finnhub_rest"] == "/api/v1" and root["finnhub_websocket"] == "/"
+        async with gateway.session.get(gateway.base_url + "/docs") as response:
+            assert "<code>GET /api/v1/{path}</code>" in await response.text()
+        client = finnhub_client(gateway)
+        for method, args in ((client.quote, ("AAPL",)), (client.company_peers, ("AAPL",))):
+            off = await refused(method, *args)
+            assert off.status_code == 503 and "REST_ENABLED" in off.message
+        now = int(time.time())
+        assert await call(client.stock_candles, "AAPL", "5", now - 600, now) == {"s": "no_data"}
+    assert market.simulator.rest_calls.log == []
