@@ -147,7 +147,7 @@ class RestMirror:
         self._share = SlidingWindow(max(calls_per_minute, 1), MINUTE)
         self._in_flight: dict[str, asyncio.Future[RestAnswer]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self.forwarded = 0  # calls made to Finnhub
+        self.forwarded = 0  # calls Finnhub answered
         self.cache_hits = 0
         self.coalesced = 0  # requests that shared another's call
         self.refused: dict[str, int] = {}  # reason -> answers refused, for /metrics
@@ -204,8 +204,8 @@ class RestMirror:
         deadline: float,
     ) -> None:
         try:
-            self.forwarded += 1
             answer = await self._rest.forward("/" + path, sorted(params), deadline)
+            self.forwarded += 1  # answered by Finnhub (tries that were not: rest_calls)
             if answer.status == 200:
                 seconds = CACHE_SECONDS.get(path, DEFAULT_CACHE_SECONDS)
                 await self._cache.put(key, answer.body, seconds)
