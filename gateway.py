@@ -41,6 +41,7 @@ from starlette.websockets import WebSocket
 import wiring
 from access.admission import Admission
 from endpoints import docs, metrics
+from endpoints.finnhub_rest_api import FinnhubRestApi
 from endpoints.http_api import STATIC, HttpApi
 from endpoints.request_rate import RequestRate
 from endpoints.sse import EventStreams
@@ -63,6 +64,7 @@ class Gateway:
         docs_page = docs.render_docs(docs.load_asyncapi(), metrics.METRICS, defaults)
         self.http = HttpApi(settings, lambda: self.running, self.metrics_registry, docs_page)
         self.streams = EventStreams(settings, lambda: self.running)
+        self.finnhub_rest = FinnhubRestApi(settings, lambda: self.running)
 
     @property
     def running(self) -> wiring.Running:
@@ -115,6 +117,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/metrics", http.metrics),
             Route("/quote/{symbol:path}", http.quote),
             Route("/bars/{symbol:path}", http.bars),
+            Route("/api/v1/{path:path}", gateway.finnhub_rest.serve),
             Route("/stream", gateway.streams.stream),
             Route("/demo", http.demo),
             Route("/favicon.ico", http.favicon),

@@ -86,6 +86,17 @@ class Settings:
     quote_lookup_share: float = setting(0.5, minimum=0.01, maximum=1)
     market_exchange: str = setting("US")
     market_status_interval: float = setting(120.0, minimum=0.5)  # seconds between polls
+    # -- the REST mirror, GET /api/v1/... for Finnhub's clients (docs/finnhub.md) -------
+    # The paths forwarded to Finnhub (comma-separated); any other is refused, never sent.
+    finnhub_rest_allow: tuple[str, ...] = setting(
+        ("stock/profile2", "stock/metric", "company-news", "news", "calendar/earnings",
+         "stock/recommendation", "stock/peers", "search", "stock/market-holiday")
+    )  # fmt: skip
+    finnhub_rest_cache_bytes: int = setting(16_777_216, minimum=0)  # answers kept, in bytes
+    finnhub_rest_wait: float = setting(10.0, minimum=0.1)  # seconds a call waits at most
+    # The share of FINNHUB_REST_RATE forwarded calls may spend in any 60 s.
+    finnhub_rest_share: float = setting(0.5, minimum=0.01, maximum=1)
+    finnhub_rest_requests_per_address: float = setting(20.0, minimum=1)  # uncached calls/min
     # -- serving -----------------------------------------------------------------------
     host: str = setting("0.0.0.0")
     port: int = setting(8000, minimum=1, maximum=65535)

@@ -34,7 +34,7 @@ from bars.delivery import BarDelivery
 from cluster.bars import MirrorBars, StoredBars
 from cluster.link import RedisLink
 from cluster.relay import RedisRelay
-from cluster.rest import ClusterQuoteSource, RedisBudget
+from cluster.rest import ClusterQuoteSource, RedisBudget, RedisResponseCache
 from delivery.snapshots import LatestPrices
 from endpoints.finnhub_ws import FinnhubSessions
 from endpoints.ws_session import ClientSessions
@@ -50,6 +50,7 @@ from market_data.finnhub_rest import (
 from market_data.market_watch import MarketWatch
 from market_data.model import SymbolInterest
 from market_data.quotes import QuoteService, QuoteSource
+from market_data.rest_mirror import MemoryResponseCache, ResponseCache, RestMirror
 from market_data.upstream import Upstream
 from relay.base import Relay
 from relay.local import LocalRelay
@@ -74,6 +75,7 @@ class Running:
     upstream: Upstream
     relay: Relay
     rest: FinnhubRest
+    mirror: RestMirror
     sessions: ClientSessions
     finnhub_sessions: FinnhubSessions
     supervisor: Supervisor
@@ -159,6 +161,24 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
         lookups_per_minute=int(settings.quote_lookup_share * plan),
         refreshes_per_minute=plan // 4,  # a session change's refreshes: a quarter of the plan
     )
+    # The REST mirror's forwarded calls (GET /api/v1/...): their answers are kept in
+    # this process, or on a cluster in Redis beside the budget.
+    answers: ResponseCache = (
+        MemoryResponseCache(settings.finnhub_rest_cache_bytes)
+        if link is None
+        else RedisResponseCache(link.client, link.key, settings.finnhub_rest_cache_bytes)
+    )
+    per_address = settings.finnhub_rest_requests_per_address
+    rest_mirror = RestMirror(
+        rest,
+        answers,
+        Allowances(per_address / 60, per_address),
+        allowed=settings.finnhub_rest_allow,
+        wait=settings.finnhub_rest_wait,
+        calls_per_minute=int(settings.finnhub_rest_share * plan),
+    )
+    stack.push_async_callback(rest_mirror.aclose)  # before the REST client closes
+
     mirror = StoredBars(link.client, link.key) if link is not None else None
     mirrored = MirrorBars(mirror, book) if mirror is not None else None
     bars = BarDelivery(
@@ -230,6 +250,7 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
         upstream,
         relay,
         rest,
+        rest_mirror,
         sessions,
         finnhub_sessions,
         supervisor,

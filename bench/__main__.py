@@ -11,6 +11,9 @@ Scenarios (each bounded in time, stopping by itself):
                 a bystander's rate, /health latency and RSS during each
   soak          (only when asked) churning clients plus upstream drops for --soak-seconds,
                 RSS sampled throughout: memory must come back to where it started
+  finnhub       (only when asked) 1,000 dashboard loads through the REST mirror (/api/v1):
+                upstream calls, cache hits, p50/p99; Finnhub's protocol at / beside /ws:
+                deliveries per CPU-second
 
 `--reference DIR` also runs the throughput scenario on the gateway in DIR (another
 revision, e.g. from `git worktree add /tmp/ref <rev>`), with `--reference-flags` for
@@ -54,6 +57,7 @@ def main() -> None:
             "abuse",
             "delivery",
             "bars",
+            "finnhub",
         ],
     )
     parser.add_argument("--soak-seconds", type=float, help="soak duration (default 600)")

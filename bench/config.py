@@ -47,6 +47,13 @@ class Config:
     abuse_seconds: float = 20.0
     abuse_baseline: float = 3.0
     abuse_pause: float = 12.0
+    # The finnhub scenario: dashboard loads through the REST mirror (so many at once),
+    # once per plan (REST calls a minute, Finnhub's and the gateway's), and the trade
+    # rates at which the two dialects are compared.
+    dashboard_loads: int = 1000
+    dashboard_concurrency: int = 50
+    dashboard_plans: tuple[int, ...] = (300, 60)
+    finnhub_rates: tuple[float, ...] = (100, 200)
 
 
 QUICK = Config(
@@ -68,4 +75,8 @@ QUICK = Config(
     abuse_seconds=1.0,
     abuse_baseline=0.5,
     abuse_pause=0.5,
+    dashboard_loads=40,
+    dashboard_concurrency=10,
+    dashboard_plans=(60,),
+    finnhub_rates=(20,),
 )

@@ -10,7 +10,10 @@ reordering is counted too. `--stuck N` adds N clients that subscribe and never r
 `--query batch_ms=50` connects with delivery options; `--sse` makes the clients
 `GET /stream` (Server-Sent Events, aiohttp) instead of WebSockets. `--bars 1m` makes
 the clients `subscribe_bars` instead and count the `bar` frames they receive (a
-gateway without bars answers with an error, which counts as the answer).
+gateway without bars answers with an error, which counts as the answer). `--finnhub`
+makes them speak Finnhub's own protocol (connect to `/`, one
+`{"type":"subscribe","symbol":...}` per symbol) and record each trade of the `trade`
+frames they get, as Finnhub sent it (`t` the send time, `v` the sequence).
 
 Protocol with the controller: prints `ready` once every client is subscribed; on a
 `stop` line on stdin prints one JSON report line and exits. Never logs anything else.
@@ -65,13 +68,16 @@ class Recorder:
         updates = message["updates"] if message["type"] == "price_updates" else (message,)
         for update in updates:
             data = update["data"]
-            sent_ms = data["timestamp"]
-            self.record(sent_ms, now_ms - sent_ms)
-            symbol, sequence = update["symbol"], data["volume"]
-            if sequence <= last.get(symbol, 0):
-                self.reordered += 1
-            else:
-                last[symbol] = sequence
+            self.trade(update["symbol"], data["timestamp"], data["volume"], now_ms, last)
+
+    def trade(
+        self, symbol: str, sent_ms: int, sequence: float, now_ms: float, last: dict[str, float]
+    ) -> None:
+        self.record(sent_ms, now_ms - sent_ms)
+        if sequence <= last.get(symbol, 0):
+            self.reordered += 1
+        else:
+            last[symbol] = sequence
 
     def report(self) -> dict[str, Any]:
         return {
@@ -90,16 +96,28 @@ class Recorder:
 
 class LoadClient(WSListener):
     def __init__(
-        self, recorder: Recorder, symbols: list[str], subscribed: asyncio.Event, bars: str = ""
+        self,
+        recorder: Recorder,
+        symbols: list[str],
+        subscribed: asyncio.Event,
+        bars: str = "",
+        finnhub: bool = False,
     ) -> None:
         self._recorder = recorder
         self._symbols = symbols
         self._subscribed = subscribed
         self._bars = bars  # an interval: subscribe to bars instead of prices
+        self._finnhub = finnhub  # Finnhub's own protocol, at `/`
         self._last_sequence: dict[str, float] = {}
         self._closing = False
 
     def on_ws_connected(self, transport: WSTransport) -> None:
+        if self._finnhub:  # Finnhub confirms nothing: subscribed once asked
+            for symbol in self._symbols:
+                message = {"type": "subscribe", "symbol": symbol}
+                transport.send(WSMsgType.TEXT, orjson.dumps(message))
+            self._subscribed.set()
+            return
         request: dict[str, Any] = {"action": "subscribe", "symbols": self._symbols}
         if self._bars:
             request = {"action": "subscribe_bars", "symbols": self._symbols, "interval": self._bars}
@@ -118,6 +136,11 @@ class LoadClient(WSListener):
         kind = message["type"]
         if kind in ("price_update", "price_updates"):
             self._recorder.received(message, now_ms, self._last_sequence)
+        elif kind == "trade":
+            for trade in message["data"]:
+                self._recorder.trade(
+                    trade["s"], trade["t"], trade["v"], now_ms, self._last_sequence
+                )
         elif kind == "bar":
             self._recorder.record(int(now_ms), 0.0)  # frames counted by when they came
         elif kind == "subscription" or (self._bars and kind == "error"):
@@ -128,7 +151,13 @@ class LoadClient(WSListener):
 
 
 async def connect_all(
-    url: str, clients: int, first_index: int, universe: list[str], per_client: int, bars: str
+    url: str,
+    clients: int,
+    first_index: int,
+    universe: list[str],
+    per_client: int,
+    bars: str,
+    finnhub: bool = False,
 ) -> tuple[Recorder, list[WSTransport], list[LoadClient]]:
     recorder = Recorder()
     transports: list[WSTransport] = []
@@ -138,7 +167,7 @@ async def connect_all(
     async def one(index: int) -> None:
         subscribed = asyncio.Event()
         symbols = symbols_for(index, universe, per_client)
-        listener = LoadClient(recorder, symbols, subscribed, bars)
+        listener = LoadClient(recorder, symbols, subscribed, bars, finnhub)
         async with gate:
             transport, _ = await ws_connect(lambda: listener, url, websocket_handshake_timeout=30)
             transports.append(transport)
@@ -192,6 +221,7 @@ async def main() -> None:
     parser.add_argument("--query", default="", help="delivery options, e.g. batch_ms=50")
     parser.add_argument("--sse", action="store_true", help="GET /stream instead of /ws")
     parser.add_argument("--bars", default="", help="subscribe to bars in this interval")
+    parser.add_argument("--finnhub", action="store_true", help="Finnhub's protocol, at /")
     args = parser.parse_args()
     universe = args.symbols.split(",")
     url = f"{args.url}?{args.query}" if args.query else args.url
@@ -206,8 +236,9 @@ async def main() -> None:
         listeners: list[LoadClient] = []
     else:
         recorder, transports, listeners = await connect_all(
-            url, args.clients, args.first_index, universe, args.per_client, args.bars
-        )
+            url, args.clients, args.first_index, universe, args.per_client, args.bars,
+            args.finnhub,
+        )  # fmt: skip
     parts = urlsplit(args.url)
     subscribe_all = orjson.dumps({"action": "subscribe", "symbols": universe}).decode()
     stuck = [

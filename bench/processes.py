@@ -136,6 +136,7 @@ async def stack(
     workers: int = 1,
     gateway_cpus: set[int] | None = None,
     bare_reference: bool = False,
+    simulator_args: tuple[str, ...] = (),
 ) -> AsyncIterator[Stack]:
     """The simulator and, on its own core, the gateway as deployed (or, with
     `bare_reference`, bench/reference_server.py: picows writing one frame per trade)."""
@@ -149,7 +150,7 @@ async def stack(
                 sys.executable, "-m", "simulator",
                 "--host", "127.0.0.1", "--port", str(simulator_port), "--rate", "0",
                 "--tick", str(config.upstream_tick), "--sequenced", "--ping-interval", "30",
-                "--max-symbols", "100000",
+                "--max-symbols", "100000", *simulator_args,
                 cpus=load_cpus,
             )
         )  # fmt: skip
@@ -254,13 +255,15 @@ async def load(
     query: str = "",
     sse: bool = False,
     bars: str = "",
+    finnhub: bool = False,
 ) -> AsyncIterator[Load]:
-    ws_url = running.gateway_url.replace("http://", "ws://") + "/ws"
+    ws_url = running.gateway_url.replace("http://", "ws://") + ("/" if finnhub else "/ws")
     command = [
         sys.executable, "-m", "bench.load", "--url", ws_url, "--clients", str(clients),
         "--first-index", str(first_index), "--symbols", ",".join(universe),
         "--per-client", str(per_client), "--stuck", str(stuck), "--query", query,
         *(["--sse"] if sse else []), *(["--bars", bars] if bars else []),
+        *(["--finnhub"] if finnhub else []),
     ]  # fmt: skip
     async with process(*command, cpus=running.load_cpus) as child:
         assert child.stdout is not None

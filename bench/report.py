@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.abuse_runs import abuse_table
+from bench.finnhub import finnhub_lines
 
 
 def machine() -> dict[str, Any]:
@@ -61,6 +62,7 @@ def summary(results: dict[str, Any]) -> None:
         *results.get("slow", []),
         *results.get("cluster", []),
         *[row for rows in results.get("delivery", {}).values() for row in rows],
+        *results.get("finnhub", {}).get("dialects", []),
     ]
     if rows:
         sys.stdout.write(table(rows) + "\n")
@@ -102,6 +104,8 @@ def summary(results: dict[str, Any]) -> None:
             f"{row['trades_sent']} trades sent, {row['bar_subscribers']} bar subscribers, "
             f"{row['bar_frames_received']} bar frames, RSS {row['gateway_rss_mib']} MiB\n"
         )
+    for line in finnhub_lines(results.get("finnhub", {})):
+        sys.stdout.write(line + "\n")
     if "soak" in results:
         soak_result = results["soak"]
         sys.stdout.write(

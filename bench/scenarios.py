@@ -18,6 +18,7 @@ import orjson
 
 from bench.abuse_runs import abuse
 from bench.config import Config
+from bench.finnhub import finnhub
 from bench.measure import Window, best_sustained, collect, measure, ramp
 from bench.processes import cpu_seconds, free_port, load, process, rss_kib, stack
 from bench.report import machine
@@ -360,4 +361,6 @@ async def run(
         results["delivery"] = await delivery(config)
     if "bars" in scenarios:
         results["bars"] = await bars(config, reference)
+    if "finnhub" in scenarios:
+        results["finnhub"] = await finnhub(config)
     return results

@@ -1,4 +1,5 @@
-"""Finnhub's REST budget and quote cache, shared by every process of a cluster.
+"""Finnhub's REST budget, quote cache and the REST mirror's answers, shared by every
+process of a cluster.
 
 The budget belongs to the key, so with `REDIS_URL` it is kept in Redis: `RedisBudget`
 is a sliding-window log in a sorted set, checked and extended by one Lua script on
@@ -15,12 +16,21 @@ instead of starting a fresh one).
 `{prefix}:quotes`, which every process's relay hands to its `QuoteService` (so each
 knows every previous close); the others wait for it.
 
+`RedisResponseCache` keeps the REST mirror's answers (market_data/rest_mirror.py) as
+`{prefix}:rest-answer:{sha256 of path and parameters}`, expiring after the endpoint's
+cache time, at most FINNHUB_REST_CACHE_BYTES of them in all: one Lua script stores an
+answer and evicts (the expired first, then those closest to expiring) until it fits,
+keeping each answer's size in `{prefix}:rest-answers`, their expiry times in
+`{prefix}:rest-answer-expiry` and the total in `{prefix}:rest-answer-bytes`. Redis
+unreachable: a miss, and nothing stored (the answer is still served).
+
 This module never stores or publishes the key.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict
@@ -31,6 +41,9 @@ from redis.exceptions import RedisError
 
 from market_data.finnhub_rest import MINUTE, FinnhubRest, RestUnavailable
 from market_data.model import Quote
+from runtime.logs import get_logger
+
+logger = get_logger(__name__)
 
 # KEYS[1] the call log; ARGV: limit per minute, limit per second, a unique member, the
 # minute's length in ms (60 s and the slack). Returns 0 (a slot was taken) or the
@@ -59,6 +72,33 @@ if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) 
 return 0
 """
 POLL_SECONDS = 0.1
+# KEYS: the answer, the sizes (hash: answer key -> bytes), the expiry index (sorted set),
+# the total; ARGV: the body, its lifetime in ms, the bound in bytes. 1 stored, 0 too big.
+PUT_ANSWER = """
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local size, bound = string.len(ARGV[1]), tonumber(ARGV[3])
+local function drop(member)
+  local held = tonumber(redis.call('HGET', KEYS[2], member) or '0')
+  redis.call('HDEL', KEYS[2], member)
+  redis.call('ZREM', KEYS[3], member)
+  redis.call('DEL', member)
+  redis.call('DECRBY', KEYS[4], held)
+end
+drop(KEYS[1])
+if size > bound then return 0 end
+for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ms)) do drop(member) end
+while tonumber(redis.call('GET', KEYS[4]) or '0') + size > bound do
+  local first = redis.call('ZRANGE', KEYS[3], 0, 0)
+  if #first == 0 then break end
+  drop(first[1])
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('HSET', KEYS[2], KEYS[1], size)
+redis.call('ZADD', KEYS[3], ms + tonumber(ARGV[2]), KEYS[1])
+redis.call('INCRBY', KEYS[4], size)
+return 1
+"""
 
 
 class RedisBudget:
@@ -176,3 +216,39 @@ def decode_quote(payload: bytes | str) -> Quote | None:
 def decode_announcement(payload: bytes | str) -> tuple[str, Quote | None]:
     body = orjson.loads(payload)
     return str(body["symbol"]), decode_quote(payload)
+
+
+class RedisResponseCache:
+    """The REST mirror's `ResponseCache` on a cluster: one for every process."""
+
+    def __init__(
+        self, client: Callable[[], redis.Redis], key: Callable[..., str], max_bytes: int
+    ) -> None:
+        self._client = client
+        self._key = key
+        self.max_bytes = max_bytes
+
+    def _answer_key(self, key: str) -> str:
+        return self._key("rest-answer", hashlib.sha256(key.encode()).hexdigest())
+
+    async def get(self, key: str) -> bytes | None:
+        try:
+            body = await self._client().get(self._answer_key(key))
+        except (RedisError, OSError) as exc:
+            logger.info("the cluster's REST answers are unreachable (%s)", type(exc).__name__)
+            return None
+        return body if isinstance(body, bytes) else None
+
+    async def put(self, key: str, body: bytes, seconds: float) -> None:
+        keys = (
+            self._answer_key(key),
+            self._key("rest-answers"),
+            self._key("rest-answer-expiry"),
+            self._key("rest-answer-bytes"),
+        )
+        try:
+            await self._client().eval(
+                PUT_ANSWER, len(keys), *keys, body, max(int(seconds * 1000), 1), self.max_bytes
+            )
+        except (RedisError, OSError) as exc:
+            logger.info("an answer could not be kept in the cluster (%s)", type(exc).__name__)

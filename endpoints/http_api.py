@@ -53,6 +53,8 @@ class HttpApi:
                 "status": "ok",
                 "service": "stock-price-gateway",
                 "websocket": "/ws",
+                "finnhub_websocket": "/",
+                "finnhub_rest": "/api/v1",
                 "health": "/health",
                 "docs": "/docs",
                 "demo": "/demo",
@@ -87,6 +89,13 @@ class HttpApi:
             "slow_consumer_disconnects": hub.stats.slow_consumer_disconnects,
             "reconnects": counters.reconnects,
             "rest_calls": running.rest.calls,
+            "finnhub_rest": {  # the REST mirror, GET /api/v1/...
+                "allowed": sorted(running.mirror.allowed),
+                "forwarded": running.mirror.forwarded,
+                "cache_hits": running.mirror.cache_hits,
+                "coalesced": running.mirror.coalesced,
+                "refusals": dict(sorted(running.mirror.refused.items())),
+            },
             "uptime_seconds": round(time.monotonic() - running.started_at, 3),
             **running.cluster_health(),
         }

@@ -24,6 +24,7 @@ from delivery.stats import ClientCounts
 from hub import Hub
 from market_data.finnhub_rest import REST_STATES, FinnhubRest
 from market_data.model import UPSTREAM_STATES
+from market_data.rest_mirror import RestMirror
 from market_data.upstream import Upstream
 from relay.base import Relay
 from runtime.supervisor import Supervisor
@@ -41,9 +42,13 @@ METRICS: dict[str, str] = {
     "gateway_authenticated_users": "Distinct users connected with a verified signed token",
     "gateway_refusals_total": "Connections, handshakes and frames refused (label reason)",
     "gateway_upstream_frames_sent_total": "Subscribe and unsubscribe frames sent to Finnhub",
-    "gateway_rest_calls_total": "Calls made to Finnhub's REST API (quotes, market status)",
+    "gateway_rest_calls_total": "Calls made to Finnhub's REST API (quotes, status, /api/v1)",
     "gateway_rest_state": "1 for the REST side's current state (label state)",
     "gateway_rest_budget_per_minute": "REST calls a minute the gateway allows itself",
+    "gateway_finnhub_rest_forwarded_total": "Calls the REST mirror (/api/v1) forwarded to Finnhub",
+    "gateway_finnhub_rest_cache_hits_total": "REST mirror requests answered from its cache",
+    "gateway_finnhub_rest_coalesced_total": "REST mirror requests that shared a call in flight",
+    "gateway_finnhub_rest_refusals_total": "REST mirror requests refused (label reason)",
     "gateway_quotes_fetched_total": "Quotes fetched from Finnhub",
     "gateway_quotes_unavailable_total": "Quotes that could not be fetched within QUOTE_WAIT",
     "gateway_upstream_messages_total": "Upstream messages received",
@@ -69,6 +74,7 @@ class MeteredParts(Protocol):
     upstream: Upstream
     relay: Relay
     rest: FinnhubRest
+    mirror: RestMirror
     supervisor: Supervisor
     admission: Admission
     guard: ConnectionGuard
@@ -136,6 +142,18 @@ class GatewayCollector(Collector):
             rest_state.add_metric([rest_state_name], 1.0 if matches else 0.0)
         yield rest_state
         yield _gauge("gateway_rest_budget_per_minute", running.rest.budget.per_minute)
+        mirror = running.mirror
+        yield _counter("gateway_finnhub_rest_forwarded_total", mirror.forwarded)
+        yield _counter("gateway_finnhub_rest_cache_hits_total", mirror.cache_hits)
+        yield _counter("gateway_finnhub_rest_coalesced_total", mirror.coalesced)
+        mirror_refusals = CounterMetricFamily(
+            "gateway_finnhub_rest_refusals",
+            METRICS["gateway_finnhub_rest_refusals_total"],
+            labels=["reason"],
+        )
+        for reason, count in sorted(mirror.refused.items()):
+            mirror_refusals.add_metric([reason], count)
+        yield mirror_refusals
         if hub.quotes is not None:
             yield _counter("gateway_quotes_fetched_total", hub.quotes.fetched)
             yield _counter("gateway_quotes_unavailable_total", hub.quotes.unavailable)

@@ -1,4 +1,5 @@
-"""Finnhub's REST API (`/quote`, `/stock/market-status`), always within the key's budget.
+"""Finnhub's REST API (`/quote`, `/stock/market-status`, and the calls the REST mirror
+forwards: `forward`), always within the key's budget.
 
 One aiohttp `ClientSession` for the process; the key travels only in the
 `X-Finnhub-Token` header, never in a URL that could be logged. Every call first takes
@@ -14,7 +15,9 @@ between them. Slots are granted in the order they were asked for. A 429 pauses e
 (honouring `Retry-After`), a 401/403 marks the REST side unauthorized (logged once),
 network errors and 5xx are retried with backoff, all within the caller's deadline.
 Redirects are never followed: the key header would go wherever the `Location` points,
-so a 3xx is an error (logged with its status, not where it pointed).
+so a 3xx is an error (logged with its status, not where it pointed). A forwarded call's
+answer is passed on as Finnhub sent it (its bytes, and its status for a client error
+such as 403 "You don't have access to this resource", which says nothing of the key).
 
 This module never logs the key or a URL carrying it, and knows nothing of clients.
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, get_args
 
@@ -40,6 +44,8 @@ RestState = Literal["ok", "unauthorized", "rate_limited", "unreachable"]
 REST_STATES: tuple[RestState, ...] = get_args(RestState)
 MINUTE = 60.0
 WINDOW_SLACK = 1.0  # seconds added to our minute: more than a call's way to Finnhub
+MAX_ANSWER_BYTES = 8 * 1024 * 1024  # a forwarded answer larger than this is refused
+Params = Mapping[str, str] | Sequence[tuple[str, str]]
 
 
 def usable_rate(plan_rate: int) -> int:
@@ -53,6 +59,14 @@ class RestUnavailable(Exception):
     def __init__(self, message: str, retry_after: float = 0.0) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class RestAnswer:
+    """A forwarded call's answer as Finnhub sent it: 200, or a client error passed on."""
+
+    status: int
+    body: bytes
 
 
 class CallBudget(Protocol):
@@ -155,16 +169,25 @@ class FinnhubRest:
         except ValueError:
             raise RestUnavailable("Finnhub sent a malformed market status") from None
 
-    async def get(self, path: str, params: dict[str, str], deadline: float) -> Any:
+    async def get(self, path: str, params: Params, deadline: float) -> Any:
         """One call's JSON, within the budget, retried until `deadline` (loop time):
         waiting for a turn, the call itself and its retries all end by then."""
+        return await self._within(path, params, deadline, raw=False)
+
+    async def forward(self, path: str, params: Params, deadline: float) -> RestAnswer:
+        """One call's answer as Finnhub sent it (for the REST mirror): 200, or a client
+        error (4xx but 401 and 429) passed on; within the budget and `deadline` as `get`."""
+        answer: RestAnswer = await self._within(path, params, deadline, raw=True)
+        return answer
+
+    async def _within(self, path: str, params: Params, deadline: float, *, raw: bool) -> Any:
         try:
             async with asyncio.timeout_at(deadline):
-                return await self._get(path, params, deadline)
+                return await self._get(path, params, deadline, raw)
         except TimeoutError:
             raise RestUnavailable("no answer from Finnhub in time", 1.0) from None
 
-    async def _get(self, path: str, params: dict[str, str], deadline: float) -> Any:
+    async def _get(self, path: str, params: Params, deadline: float, raw: bool) -> Any:
         loop = asyncio.get_running_loop()
         attempt = 0
         while True:
@@ -176,7 +199,7 @@ class FinnhubRest:
                 if self._paused_until > loop.time():
                     continue  # paused while we waited for our turn: wait for that first
                 await self.budget.acquire(deadline)
-                retry = await self._call_once(path, params)
+                retry = await self._call_once(path, params, raw)
             if not isinstance(retry, _Retry):
                 return retry
             attempt += 1
@@ -186,7 +209,7 @@ class FinnhubRest:
                 raise RestUnavailable(retry.why, delay)
             await asyncio.sleep(delay)
 
-    async def _call_once(self, path: str, params: dict[str, str]) -> Any:
+    async def _call_once(self, path: str, params: Params, raw: bool) -> Any:
         assert self._session is not None, "use `async with FinnhubRest(...)`"
         self.calls += 1
         headers = {"X-Finnhub-Token": self._api_key}
@@ -205,7 +228,11 @@ class FinnhubRest:
                     self._set_state("unreachable")
                     raise RestUnavailable(f"Finnhub answered HTTP {answer.status} (a redirect)")
                 if answer.status == 200:
-                    body = await answer.json(content_type=None)
+                    body = (
+                        RestAnswer(200, await _read_capped(answer))
+                        if raw
+                        else await answer.json(content_type=None)
+                    )
                     self._set_state("ok")
                     return body
                 if answer.status == 429:
@@ -213,6 +240,9 @@ class FinnhubRest:
                     self._pause(after, "rate limited by Finnhub")
                     self._set_state("rate_limited")
                     return _Retry("rate limited by Finnhub", after)
+                if raw and 400 <= answer.status < 500 and answer.status not in (401, 429):
+                    # The caller's own mistake or a premium endpoint: not the key's.
+                    return RestAnswer(answer.status, await _read_capped(answer))
                 if answer.status in (401, 403):
                     # Asking again at once would only spend the budget on refusals.
                     self._pause(MINUTE, "Finnhub refused the API key")
@@ -244,6 +274,17 @@ class FinnhubRest:
 class _Retry:
     why: str
     after: float = 0.0
+
+
+async def _read_capped(answer: aiohttp.ClientResponse) -> bytes:
+    """The answer's body; RestUnavailable (asking again would not help) past
+    MAX_ANSWER_BYTES."""
+    body = bytearray()
+    async for chunk in answer.content.iter_chunked(65_536):
+        body += chunk
+        if len(body) > MAX_ANSWER_BYTES:
+            raise RestUnavailable("Finnhub's answer is too large to pass on")
+    return bytes(body)
 
 
 def _retry_after(header: str | None) -> float:

@@ -255,6 +255,8 @@ class MarketSimulator:
                 "subscribed": sorted(self.subscribed_symbols()),
                 "sequences": self.sequences,
                 "sent_per_second": {str(k): v for k, v in self.sent_per_second.items()},
+                "rest_calls": self.rest_calls.by_path(),
+                "rest_calls_max_in_a_minute": self.rest_calls.max_in_any_window(),
             },
             dumps=lambda value: orjson.dumps(value).decode(),
         )

@@ -1,5 +1,7 @@
-"""The simulator's REST side, as Finnhub serves it: `GET /api/v1/quote` and
-`GET /api/v1/stock/market-status`, over real HTTP with Finnhub's shapes.
+"""The simulator's REST side, as Finnhub serves it: `GET /api/v1/quote`,
+`GET /api/v1/stock/market-status` and the reference data of simulator/reference_data.py
+(profiles, metrics, news, earnings, ...), over real HTTP with Finnhub's shapes; any
+other path under `/api/v1` gets Finnhub's 403 for a resource the plan does not include.
 
 The key comes in the `X-Finnhub-Token` header (or a `token` query parameter); a
 missing or wrong one gets 401 `{"error":"Invalid API key."}`. Past `rest_rate` calls in
@@ -11,7 +13,8 @@ walk starts from, `c` is the last simulated price (low <= open, close <= high), 
 the last trade's time or now (seconds), `pc` a fixed previous close per symbol and
 simulated (UTC) day (or the one a test scripts: `QuoteBook.previous_closes`), `d`/`dp`
 the change against it.
-Every call is recorded (`rest_calls`) so tests can count them per minute.
+Every call is recorded (`rest_calls`) so tests can count them per minute, and what it
+carried (its query string and headers) so they can see where the key went.
 This module never logs the key.
 """
 
@@ -19,16 +22,27 @@ from __future__ import annotations
 
 import time
 import zlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from aiohttp import web
 
 from market_data.model import Session
 from simulator.prices import REFERENCE_PRICES, reference_price
+from simulator.reference_data import ENDPOINTS, Query
 
 REST_PREFIX = "/api/v1"
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+class Carried(NamedTuple):
+    """What one call carried: its path, query string and headers."""
+
+    path: str
+    query: str
+    headers: dict[str, str]
 
 
 @dataclass
@@ -37,6 +51,7 @@ class RestCalls:
 
     log: list[tuple[float, str, str, int]] = field(default_factory=list)
     tokens_in_urls: int = 0  # calls that carried the key in the query string
+    carried: list[Carried] = field(default_factory=list)
 
     def in_window(self, start: float, seconds: float = 60.0) -> int:
         return sum(1 for at, *_ in self.log if start <= at < start + seconds)
@@ -49,6 +64,14 @@ class RestCalls:
                 first += 1
             most = max(most, last - first + 1)
         return most
+
+    def by_path(self) -> dict[str, dict[str, int]]:
+        """Calls per path, per status."""
+        counts: dict[str, dict[str, int]] = {}
+        for _, path, _, status in self.log:
+            per_status = counts.setdefault(path, {})
+            per_status[str(status)] = per_status.get(str(status), 0) + 1
+        return counts
 
     def of(self, path: str, symbol: str | None = None) -> int:
         return sum(1 for _, p, s, _ in self.log if p == path and (symbol is None or s == symbol))
@@ -138,12 +161,36 @@ def add_rest_routes(app: web.Application, market: Market) -> None:
         }
         return web.json_response(body)
 
+    def reference(answer: Callable[[Query], Any]) -> Handler:
+        async def handle(request: web.Request) -> web.Response:
+            refusal = _refusal(request, market)
+            if refusal is not None:
+                return refusal
+            _record(market, request, request.query.get("symbol", ""), 200)
+            await market.notify()
+            return web.json_response(answer(request.query))
+
+        return handle
+
+    async def not_in_plan(request: web.Request) -> web.Response:
+        refusal = _refusal(request, market)
+        if refusal is not None:
+            return refusal
+        _record(market, request, request.query.get("symbol", ""), 403)
+        await market.notify()
+        return web.json_response({"error": "You don't have access to this resource."}, status=403)
+
     app.router.add_get(f"{REST_PREFIX}/quote", quote)
     app.router.add_get(f"{REST_PREFIX}/stock/market-status", market_status)
+    for path, answer in ENDPOINTS.items():
+        app.router.add_get(f"{REST_PREFIX}/{path}", reference(answer))
+    app.router.add_get(REST_PREFIX + "/{path:.*}", not_in_plan)  # last: anything else
 
 
 def _refusal(request: web.Request, market: Market) -> web.Response | None:
     market.rest_calls.tokens_in_urls += "token" in request.query
+    carried = Carried(request.path, request.query_string, dict(request.headers))
+    market.rest_calls.carried.append(carried)
     token = request.headers.get("X-Finnhub-Token") or request.query.get("token", "")
     if not token or (market.token is not None and token != market.token):
         _record(market, request, request.query.get("symbol", ""), 401)

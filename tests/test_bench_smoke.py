@@ -49,3 +49,28 @@ async def test_quick_abuse_scenario_runs_every_attack(tmp_path: Path) -> None:
     rows = orjson.loads(out.read_bytes())["abuse"]
     assert len(rows) == 11 and rows[-1]["clients"] == 1
     assert all(row["bystander_rate_before"] > 0 for row in rows[:-1])
+
+
+async def test_quick_finnhub_scenario_measures_the_mirror_and_both_dialects(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "finnhub.json"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench", "--quick", "--scenario", "finnhub", "--out", str(out),
+        cwd=PROJECT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    async with asyncio.timeout(180):
+        output, _ = await process.communicate()
+    assert process.returncode == 0, output.decode()[-3000:]
+    results = orjson.loads(out.read_bytes())["finnhub"]
+    (dashboards,) = results["dashboards"]
+    assert dashboards["requests"] == 160 and dashboards["upstream_429s"] == 0
+    assert 0 < dashboards["upstream_calls"] <= 80
+    assert dashboards["cache_hits"] + dashboards["coalesced"] > 0
+    rows = results["dialects"]
+    assert [row["label"].split(" @ ")[0] for row in rows] == [
+        "/ws (gateway protocol)", "/ (Finnhub protocol)",
+    ]  # fmt: skip
+    assert all(row["deliveries_per_s"] > 0 and row["reordered"] == 0 for row in rows)
