@@ -307,6 +307,26 @@ class BarBook:
             series.open[open_bar.t] = open_bar
         self._series[(symbol, interval)] = series
 
+    def restore(
+        self, symbol: str, interval: Interval, closed: Iterable[Bar], open_bar: Bar | None
+    ) -> None:
+        """Add stored bars to a series without replacing what it holds: a bar counted
+        since the process started wins over a stored one with the same start."""
+        key = (symbol, interval)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = _Series(deque(maxlen=self._history))
+        for bar in closed:
+            if bar.t not in series.open and series.closed_bar(bar.t) is None:
+                series.insert_closed(bar)
+        if (
+            open_bar is not None
+            and open_bar.t not in series.open
+            and series.closed_bar(open_bar.t) is None
+        ):
+            series.open[open_bar.t] = open_bar  # due() closes it and reports its final
+            series.open_changed()
+
     def held(self) -> Iterator[tuple[str, Interval]]:
         return iter(self._series)
 

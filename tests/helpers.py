@@ -75,6 +75,8 @@ def settings_for(market: Market, **overrides: Any) -> Settings:
         # Quotes and market status add messages at their own moments: the tests of the
         # stream's exact order leave them off; tests/test_market_hours.py turns them on.
         rest_enabled=False,
+        # Bars are kept in memory unless a test gives a store (tests/test_bar_store.py).
+        bar_store_url="memory://",
     )
     return replace(base, **overrides)
 
