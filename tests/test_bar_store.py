@@ -159,6 +159,12 @@ async def test_a_store_failing_at_run_time_degrades_and_nothing_else_stops(
         assert health["status"] == "ok" and "down" not in health  # nothing else stopped
         candles = await gateway.get_json("/bars/MSFT?interval=1m")
         assert candles["c"] == [50.0]  # served from memory
+        async with gateway.session.get(gateway.base_url + "/metrics") as response:
+            metrics = await response.text()
+        assert "gateway_bar_store_degraded 1.0" in metrics
+        lines = metrics.splitlines()
+        backlog = next(line for line in lines if line.startswith("gateway_bar_store_backlog "))
+        assert float(backlog.split()[1]) >= 1  # the bars it could not write, kept for a retry
 
 
 async def test_retention_deletes_what_is_past_its_time(tmp_path: Path) -> None:
