@@ -299,6 +299,10 @@ def retention(settings: Settings) -> dict[Interval, float]:
         "1s": settings.bar_retention_1s_seconds,
         "1m": settings.bar_retention_1m_days * day,
         "5m": settings.bar_retention_days * day,
+        "15m": settings.bar_retention_days * day,
+        "30m": settings.bar_retention_days * day,
+        "1h": settings.bar_retention_days * day,
+        "1d": settings.bar_retention_1d_days * day,
     }
 
 

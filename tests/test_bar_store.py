@@ -10,6 +10,7 @@ import sqlite3
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import aiohttp
 import pytest
 
 from bars.book import BarEvent
+from bars.intervals import NEW_YORK, day_of
 from bars.recorder import BarRecorder
 from bars.sqlite_store import SqliteStore
 from tests.helpers import (
@@ -121,6 +123,15 @@ async def test_closed_bars_survive_a_restart_for_a_symbol_nobody_follows(
         )
         assert window["c"] == [102.0]  # from=, then the newest `limit`
         assert (await get_json(base, "/health"))["bar_store"] == "ok"
+        # Daily candles: New York calendar days (AAPL is a US stock), closed ones stored.
+        trades = {sent - 2 * DAY: 100.0, sent - DAY: 101.0, sent - 10 * MINUTE: 102.0}
+        days = {day_of("AAPL", t): price for t, price in sorted(trades.items())}
+        daily = await get_json(base, "/bars/AAPL?interval=1d")
+        closed = [(start, price) for (start, end), price in days.items() if end <= now_ms()]
+        assert list(zip(daily["t"], daily["c"], strict=True)) == [
+            (start // 1000, price) for start, price in closed
+        ]
+        assert all(datetime.fromtimestamp(t, NEW_YORK).hour == 0 for t in daily["t"])
 
 
 async def test_a_corrupt_store_fails_start_up_naming_the_setting(
