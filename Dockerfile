@@ -14,8 +14,11 @@ COPY . ./
 RUN pip install . \
     && useradd --system --no-create-home --uid 10001 gateway
 
+RUN mkdir /app/data && chown gateway /app/data
 USER gateway
 EXPOSE 8000
+# The bar store (BAR_STORE_URL unset: sqlite:///data/bars.sqlite3): keep it across deploys.
+VOLUME ["/app/data"]
 
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=2).status != 200)"]

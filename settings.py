@@ -144,6 +144,15 @@ class Settings:
     # Bytes of bar history sent per minute to one client, and to one address (or user).
     history_bytes_per_client: int = setting(8_388_608, minimum=1)
     history_bytes_per_address: int = setting(33_554_432, minimum=1)
+    # Where bars are kept (docs/bars.md "Stored bars"): memory://, sqlite:///<path>,
+    # postgresql://...; unset: sqlite:///data/bars.sqlite3 in one process, Redis's
+    # bounded history on a cluster. May carry a password.
+    bar_store_url: str = setting("", secret=True)
+    # How long stored bars are kept: 1s bars (seconds), 1m bars, 5m to 1h bars, 1d bars.
+    bar_retention_1s_seconds: float = setting(3600.0, minimum=1)
+    bar_retention_1m_days: float = setting(30.0, minimum=0.001)
+    bar_retention_days: float = setting(90.0, minimum=0.001)
+    bar_retention_1d_days: float = setting(3650.0, minimum=0.001)
     # -- per user: signed tokens (docs/access.md); none set: no JWT --------------------
     jwt_secret: str = setting("", secret=True)  # HS256
     jwt_public_key: str = setting("")  # PEM (RSA: RS256, P-256: ES256); \n may be escaped

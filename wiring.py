@@ -29,8 +29,10 @@ from access.capacity import UpstreamCapacity
 from access.entitlements import SymbolPatterns
 from access.history_budget import HistoryBudget
 from access.holds import SymbolHolds
-from bars.book import MAX_BAR_BYTES, MAX_OPEN_BARS, BarBook
+from bars.book import MAX_BAR_BYTES, MAX_OPEN_BARS, BarBook, Interval
 from bars.delivery import BarDelivery
+from bars.recorder import BarRecorder, open_store
+from bars.store import DEFAULT_URL, StoreError
 from cluster.bars import MirrorBars, StoredBars
 from cluster.link import RedisLink
 from cluster.relay import RedisRelay
@@ -58,7 +60,7 @@ from runtime.backoff import Backoff
 from runtime.logs import get_logger
 from runtime.supervisor import Supervisor
 from server.guard import ConnectionGuard, ConnectionLimits
-from settings import Settings
+from settings import ConfigError, Settings
 from simulator.market import MarketSimulator, serve
 from simulator.market import rest_url as simulator_rest_url
 
@@ -106,6 +108,8 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
         latest.forget(symbol)
         if aggregating:
             book.forget(symbol)  # a cluster's mirror forgets with this process's interest
+            if recorder is not None:
+                recorder.forget(symbol)
 
     capacity = UpstreamCapacity(
         wanted,
@@ -179,6 +183,7 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
     )
     stack.push_async_callback(rest_mirror.aclose)  # before the REST client closes
 
+    recorder = await _bar_recorder(settings, stack, book) if link is None else None
     mirror = StoredBars(link.client, link.key) if link is not None else None
     mirrored = MirrorBars(mirror, book) if mirror is not None else None
     bars = BarDelivery(
@@ -187,6 +192,8 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
         aggregating=aggregating,
         history_ready=mirrored.wait_loaded if mirrored is not None else None,
         budget=HistoryBudget(settings.history_bytes_per_client, settings.history_bytes_per_address),
+        recorder=recorder,
+        history=settings.bar_history,
     )
     hub = Hub(
         holds,
@@ -241,6 +248,8 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
     supervisor = await stack.enter_async_context(Supervisor(watched=[relay.failing]))
     supervisor.start("broadcaster", hub.broadcast_forever)
     supervisor.start("clock", hub.clock.run)
+    if recorder is not None:
+        supervisor.start("bar-store", recorder.run)
     if settings.rest_enabled:
         supervisor.start("quotes", quotes.run)
     for name, duty in relay.duties().items():
@@ -281,6 +290,41 @@ async def _upstream_endpoints(settings: Settings, stack: AsyncExitStack) -> tupl
         settings.demo_session,
     )
     return ws_url, simulator_rest_url(ws_url), DEMO_TOKEN
+
+
+async def _bar_recorder(settings: Settings, stack: AsyncExitStack, book: BarBook) -> BarRecorder:
+    """The store BAR_STORE_URL names, opened (ConfigError naming the setting if it
+    cannot be), and its recorder; a clean shutdown writes every bar, open ones too."""
+    store = open_store(settings.bar_store_url or DEFAULT_URL)
+    try:
+        await store.open()
+    except StoreError as exc:
+        raise ConfigError(f"BAR_STORE_URL: the bar store cannot be used: {exc}") from None
+    stack.push_async_callback(store.close)
+    recorder = BarRecorder(store, retention(settings))
+
+    async def flush() -> None:
+        recorder.open_bars_of(book)
+        if not await recorder.flush():
+            logger.error("bar store: %d bars not written at shutdown", recorder.backlog)
+
+    stack.push_async_callback(flush)  # after the core tasks stop, before the store closes
+    logger.info("bar store: %s", store.name)
+    return recorder
+
+
+def retention(settings: Settings) -> dict[Interval, float]:
+    """Seconds stored bars are kept, per interval."""
+    day = 86_400.0
+    return {
+        "1s": settings.bar_retention_1s_seconds,
+        "1m": settings.bar_retention_1m_days * day,
+        "5m": settings.bar_retention_days * day,
+        "15m": settings.bar_retention_days * day,
+        "30m": settings.bar_retention_days * day,
+        "1h": settings.bar_retention_days * day,
+        "1d": settings.bar_retention_1d_days * day,
+    }
 
 
 def _warn_if_histories_outgrow_unread_output(settings: Settings) -> None:

@@ -1,7 +1,8 @@
 """Bars (OHLCV candles) built from trades, per symbol and interval, by trade time.
 
 `BarBook.add_trades(trades, now_ms)` puts each trade in the bar of its interval that
-contains its time `t` (aligned to UTC boundaries: a 1m bar starts at a whole minute).
+contains its time `t` (aligned to UTC boundaries: a 1m bar starts at a whole minute;
+a daily bar is its exchange's calendar day, bars/intervals.py).
 A bar is open until the clock passes its end plus `grace` (stragglers still count);
 then `due(now_ms)` closes it and reports it `final`. A trade that arrives later for a
 closed bar (Finnhub can deliver trades out of order) updates that bar at once and
@@ -36,13 +37,15 @@ import sys
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any
 
+# Re-exported: the intervals are part of the book's vocabulary for every other module.
+from bars.intervals import INTERVAL_MS as INTERVAL_MS
+from bars.intervals import INTERVALS as INTERVALS
+from bars.intervals import Interval as Interval
+from bars.intervals import bar_span
 from market_data.model import Trade
 
-Interval = Literal["1s", "1m", "5m"]
-INTERVALS: tuple[Interval, ...] = get_args(Interval)
-INTERVAL_MS: dict[Interval, int] = {"1s": 1_000, "1m": 60_000, "5m": 300_000}
 MAX_GRACE_SECONDS = 1.0
 BAR_MAX_AHEAD_SECONDS = 5.0  # README "Live candles"
 MAX_OPEN_BARS = 16  # per symbol and interval; the clock allows ~7 (1s bars, 5 s ahead)
@@ -227,8 +230,7 @@ class BarBook:
     def _add(
         self, symbol: str, interval: Interval, price: float, volume: float, t: int, now_ms: int
     ) -> BarEvent | None:
-        length = INTERVAL_MS[interval]
-        start = t - t % length
+        start, end = bar_span(symbol, interval, t)
         series = self._series.get((symbol, interval))
         if series is None:
             series = self._series[(symbol, interval)] = _Series(deque(maxlen=self._history))
@@ -238,7 +240,7 @@ class BarBook:
             series.changed.add(start)
             series.open_changed()
             return None
-        if start + length + self._grace_ms > now_ms:  # still open by the clock
+        if end + self._grace_ms > now_ms:  # still open by the clock
             if len(series.open) >= MAX_OPEN_BARS:
                 return None
             series.open[start] = Bar.of(start, price, volume, t)
@@ -261,9 +263,8 @@ class BarBook:
         events: list[BarEvent] = []
         now_seconds = now_ms / 1000
         for (symbol, interval), series in self._series.items():
-            length = INTERVAL_MS[interval]
             for start in sorted(series.open):
-                if start + length + self._grace_ms <= now_ms:
+                if bar_span(symbol, interval, start)[1] + self._grace_ms <= now_ms:
                     bar = series.open.pop(start)
                     series.changed.discard(start)
                     series.open_changed()
@@ -306,6 +307,26 @@ class BarBook:
         if open_bar is not None:
             series.open[open_bar.t] = open_bar
         self._series[(symbol, interval)] = series
+
+    def restore(
+        self, symbol: str, interval: Interval, closed: Iterable[Bar], open_bar: Bar | None
+    ) -> None:
+        """Add stored bars to a series without replacing what it holds: a bar counted
+        since the process started wins over a stored one with the same start."""
+        key = (symbol, interval)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = _Series(deque(maxlen=self._history))
+        for bar in closed:
+            if bar.t not in series.open and series.closed_bar(bar.t) is None:
+                series.insert_closed(bar)
+        if (
+            open_bar is not None
+            and open_bar.t not in series.open
+            and series.closed_bar(open_bar.t) is None
+        ):
+            series.open[open_bar.t] = open_bar  # due() closes it and reports its final
+            series.open_changed()
 
     def held(self) -> Iterator[tuple[str, Interval]]:
         return iter(self._series)

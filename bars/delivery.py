@@ -32,6 +32,7 @@ from access.holds import RefusedSymbols, SymbolHolds
 from access.refusal import Refusal
 from bars.book import INTERVALS, BarBook, BarEvent, Interval
 from bars.history import HistoryFrames
+from bars.recorder import BarRecorder
 from delivery.outbox import ClientConnection
 from market_data.model import Trade
 
@@ -48,6 +49,8 @@ class BarDelivery:
         aggregating: bool = True,
         history_ready: Callable[[list[str]], Awaitable[None]] | None = None,
         budget: HistoryBudget | None = None,
+        recorder: BarRecorder | None = None,
+        history: int = 240,
     ) -> None:
         self.book = book
         self.histories = HistoryFrames(book)
@@ -56,6 +59,8 @@ class BarDelivery:
         # On a cluster: wait until the stored history of newly wanted symbols is here.
         self._history_ready = history_ready
         self._aggregating = aggregating  # False on a cluster: the leader aggregates
+        self.recorder = recorder  # one process with a store: every event is kept
+        self._history = history
         self._subscribers: dict[tuple[str, Interval], set[ClientConnection]] = {}
 
     def symbols(self) -> set[str]:
@@ -95,6 +100,8 @@ class BarDelivery:
             client.send(protocol.subscription_message("subscribed", held, interval))
         if added and self._history_ready is not None:
             await self._history_ready(added)
+        if added and self.recorder is not None:
+            await self.recorder.load(self.book, added, self._history)
         for symbol in added:
             if interval not in client.bar_intervals.get(symbol, ()):
                 self._refund(client, charged[symbol])
@@ -159,11 +166,13 @@ class BarDelivery:
         at a time: one huge upstream message must not freeze everything else."""
         if not self._aggregating:
             return
+        if self.recorder is not None:  # a symbol's stored bars before its first trade
+            await self.recorder.load(self.book, {trade.symbol for trade in trades}, self._history)
         for start in range(0, len(trades), TRADES_PER_SLICE):
             if start:
                 await asyncio.sleep(0)
             chunk = trades[start : start + TRADES_PER_SLICE]
-            self.deliver(self.book.add_trades(chunk, _now_ms()))
+            self._record_and_deliver(self.book.add_trades(chunk, _now_ms()))
 
     def deliver(self, events: Iterable[BarEvent]) -> None:
         for event in events:
@@ -177,7 +186,12 @@ class BarDelivery:
         """Close bars on the clock and send live updates (single-process mode)."""
         while True:
             await asyncio.sleep(BAR_CLOCK_SECONDS)
-            self.deliver(self.book.due(_now_ms()))
+            self._record_and_deliver(self.book.due(_now_ms()))
+
+    def _record_and_deliver(self, events: list[BarEvent]) -> None:
+        if self.recorder is not None:
+            self.recorder.record(events)
+        self.deliver(events)
 
 
 def _now_ms() -> int:

@@ -45,7 +45,15 @@ if TYPE_CHECKING:
 
 # Finnhub's candle resolutions the gateway builds bars for: one table, so a new
 # interval of bars/book.py is one more row here.
-RESOLUTIONS: dict[str, Interval] = {"1": "1m", "5": "5m"}
+# Finnhub's candle resolutions the gateway builds bars for (bars/intervals.py).
+RESOLUTIONS: dict[str, Interval] = {
+    "1": "1m",
+    "5": "5m",
+    "15": "15m",
+    "30": "30m",
+    "60": "1h",
+    "D": "1d",
+}
 UNKNOWN_QUOTE = {"c": 0, "d": None, "dp": None, "h": 0, "l": 0, "o": 0, "pc": 0, "t": 0}
 TIMEZONES = {"US": "America/New_York"}  # Finnhub's `timezone` of market statuses we follow
 NO_REST = "The gateway makes no calls to Finnhub's REST API (REST_ENABLED=false)."

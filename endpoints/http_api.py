@@ -23,6 +23,7 @@ import protocol
 from access.admission import Admitted, address_key, request_token
 from access.refusal import Refusal
 from bars.book import INTERVALS, candles
+from bars.store import MAX_READ
 from delivery.stats import ClientCounts
 from endpoints import docs
 from market_data.quotes import QuoteUnavailable
@@ -99,6 +100,11 @@ class HttpApi:
             "uptime_seconds": round(time.monotonic() - running.started_at, 3),
             **running.cluster_health(),
         }
+        recorder = hub.bars.recorder if hub.bars is not None else None
+        if recorder is not None:  # ok, or degraded: serving from memory, retrying writes
+            body["bar_store"] = recorder.state
+            body["bar_store_kind"] = recorder.store.name
+            body["bar_store_backlog"] = recorder.backlog
         if down:
             body["down"] = down  # part -> what ended it (an exception's type, never its text)
         return JSONResponse(body, status_code=503 if down else 200)
@@ -128,19 +134,35 @@ class HttpApi:
         return JSONResponse(protocol.quote_body(symbol, quote))
 
     async def bars(self, request: Request) -> JSONResponse:
-        """The bars held for a symbol in Finnhub's candle shape (`t` in seconds), oldest
-        first, the open bar last: `{"s": "no_data"}` with empty lists when there are none
-        (the symbol is not carried, or had no trades). 400 for a bad symbol or interval."""
+        """A symbol's bars in Finnhub's candle shape (`t` in seconds), oldest first, the
+        open bar last: the stored ones (any symbol the gateway ever recorded, followed
+        now or not) with those held in memory, `from` <= t < `to` (seconds), the newest
+        `limit`; `{"s": "no_data"}` with empty lists when there are none. 400 for a bad
+        symbol, interval or bound."""
         interval = request.query_params.get("interval", "1m")
         if interval not in INTERVALS:
             return JSONResponse({"error": f"interval is one of {', '.join(INTERVALS)}"}, 400)
+        try:
+            params = request.query_params
+            start = int(params.get("from", 0)) * 1000
+            end = int(params.get("to", 2**40)) * 1000
+            limit = int(params.get("limit", MAX_READ))
+        except ValueError:
+            return JSONResponse({"error": "from, to and limit are whole numbers"}, 400)
+        if not (0 <= start <= end <= 2**50 and 1 <= limit <= MAX_READ):
+            return JSONResponse({"error": f"0 <= from <= to, 1 <= limit <= {MAX_READ}"}, 400)
         asker = await self._symbol_and_owner(request)
         if isinstance(asker, JSONResponse):
             return asker
         symbol, _ = asker
         bars = self._running().hub.bars
-        held = bars.book.bars(symbol, interval) if bars is not None else []
-        return JSONResponse(candles(held))
+        if bars is None:
+            return JSONResponse(candles([]))
+        if bars.recorder is None:
+            held = [bar for bar in bars.book.bars(symbol, interval) if start <= bar.t < end]
+            return JSONResponse(candles(held[-limit:]))
+        found = await bars.recorder.series(bars.book, symbol, interval, start, end, limit)
+        return JSONResponse(candles(found))
 
     async def _symbol_and_owner(self, request: Request) -> tuple[str, Admitted] | JSONResponse:
         """The path's symbol and who asks (whose shares the request spends: its user's

@@ -64,6 +64,14 @@ METRICS: dict[str, str] = {
     "gateway_cluster_nodes": "Gateway processes in the cluster (cluster mode)",
     "gateway_cluster_symbols": "Symbols wanted cluster-wide (cluster mode)",
     "gateway_cluster_bars_skipped_total": "Malformed stored or published bars skipped (cluster)",
+    "gateway_bar_store_degraded": "1 while the bar store's writes or reads fail (bars in memory)",
+    "gateway_bar_store_backlog": "Bars waiting to be written to the bar store",
+    "gateway_bar_store_last_write_seconds": "How long the bar store's last batch write took",
+    "gateway_bar_store_write_seconds_total": "Time spent writing batches to the bar store",
+    "gateway_bar_store_writes_total": "Batches written to the bar store",
+    "gateway_bar_store_bars_written_total": "Bars written to the bar store",
+    "gateway_bar_store_bars_dropped_total": "Bars not written: the bar store's backlog was full",
+    "gateway_bar_store_bars_skipped_total": "Malformed stored bars skipped when read",
 }
 
 
@@ -172,6 +180,16 @@ class GatewayCollector(Collector):
             yield _gauge("gateway_cluster_nodes", cluster.nodes)
             yield _gauge("gateway_cluster_symbols", cluster.symbols)
             yield _counter("gateway_cluster_bars_skipped_total", cluster.bars_skipped)
+        recorder = hub.bars.recorder if hub.bars is not None else None
+        if recorder is not None:
+            yield _gauge("gateway_bar_store_degraded", 1.0 if recorder.state != "ok" else 0.0)
+            yield _gauge("gateway_bar_store_backlog", recorder.backlog)
+            yield _gauge("gateway_bar_store_last_write_seconds", recorder.last_write_seconds)
+            yield _counter("gateway_bar_store_write_seconds_total", recorder.write_seconds_total)
+            yield _counter("gateway_bar_store_writes_total", recorder.writes)
+            yield _counter("gateway_bar_store_bars_written_total", recorder.written)
+            yield _counter("gateway_bar_store_bars_dropped_total", recorder.dropped)
+            yield _counter("gateway_bar_store_bars_skipped_total", recorder.store.skipped)
 
 
 def create_registry(

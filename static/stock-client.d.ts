@@ -179,7 +179,7 @@ export interface AuthMessage {
 export interface SubscribeBarsMessage {
   action: "subscribe_bars";
   symbols: string[];
-  interval: "1s" | "1m" | "5m";
+  interval: "1s" | "1m" | "5m" | "15m" | "30m" | "1h" | "1d";
 }
 
 /**
@@ -189,7 +189,7 @@ export interface SubscribeBarsMessage {
 export interface UnsubscribeBarsMessage {
   action: "unsubscribe_bars";
   symbols: string[];
-  interval: "1s" | "1m" | "5m";
+  interval: "1s" | "1m" | "5m" | "15m" | "30m" | "1h" | "1d";
 }
 
 export type ClientMessage =
@@ -229,7 +229,7 @@ export interface SubscriptionMessage {
   status: "subscribed" | "unsubscribed";
   symbols: StockSymbol[];
   /** only on a bar subscription's confirmation */
-  interval?: "1s" | "1m" | "5m";
+  interval?: "1s" | "1m" | "5m" | "15m" | "30m" | "1h" | "1d";
 }
 
 /**
@@ -302,7 +302,7 @@ export interface Bar {
 export interface BarsMessage {
   type: "bars";
   symbol: string;
-  interval: "1s" | "1m" | "5m";
+  interval: "1s" | "1m" | "5m" | "15m" | "30m" | "1h" | "1d";
   bars: Bar[];
 }
 
@@ -316,7 +316,7 @@ export interface BarsMessage {
 export interface BarMessage {
   type: "bar";
   symbol: string;
-  interval: "1s" | "1m" | "5m";
+  interval: "1s" | "1m" | "5m" | "15m" | "30m" | "1h" | "1d";
   bar: Bar;
   final: boolean;
   revised?: true;

@@ -82,7 +82,7 @@ export class StockClient {
     if (held.length) this.send({ action: "unsubscribe", symbols: held });
   }
 
-  /** Follow symbols' bars in one interval ("1s", "1m" or "5m"); remembered across reconnects. */
+  /** Follow symbols' bars in one interval ("1s", "1m", "5m", "15m", "30m", "1h" or "1d"); remembered across reconnects. */
   subscribeBars(symbols, interval = "1m") {
     const held = this.barSymbols.get(interval) ?? new Set();
     this.barSymbols.set(interval, held);

@@ -254,7 +254,7 @@ export function useStockPrices(symbols, options = {}) {
   return view;
 }
 
-/** A symbol's candles in one interval ("1s", "1m" or "5m"): the history the gateway
+/** A symbol's candles in one interval ("1s", "1m", "5m", "15m", "30m", "1h" or "1d"): the history the gateway
  * holds, then live and final bars, oldest first. No symbol: none. Options: those of
  * useStockPrices, and maxBars (default 500). */
 export function useCandles(symbol, interval = "1m", options = {}) {

@@ -14,7 +14,7 @@ import signal
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -75,6 +75,8 @@ def settings_for(market: Market, **overrides: Any) -> Settings:
         # Quotes and market status add messages at their own moments: the tests of the
         # stream's exact order leave them off; tests/test_market_hours.py turns them on.
         rest_enabled=False,
+        # Bars are kept in memory unless a test gives a store (tests/test_bar_store.py).
+        bar_store_url="memory://",
     )
     return replace(base, **overrides)
 
@@ -132,6 +134,7 @@ class GatewayUnderTest:
     session: aiohttp.ClientSession
     server: uvicorn.Server
     _extra_sessions: list[aiohttp.ClientSession] = field(default_factory=list)
+    _sockets: list[aiohttp.ClientWebSocketResponse] = field(default_factory=list)
 
     async def connect(self, *, local: str | None = None, **kwargs: Any) -> Client:
         """A client past its `connection` message; from address `local` (127.0.0.x) if
@@ -142,6 +145,7 @@ class GatewayUnderTest:
             session = aiohttp.ClientSession(connector=connector)
             self._extra_sessions.append(session)
         ws = await session.ws_connect(self.ws_url, **kwargs)
+        self._sockets.append(ws)  # closed when the gateway stops, if the test did not
         client = Client(ws)
         assert (await client.receive())["type"] == "connection"
         return client
@@ -191,6 +195,13 @@ async def run_gateway(
             try:
                 yield running
             finally:
+                # A client socket left open and unread when its session closes is a
+                # connection aiohttp never released: it warns when collected, in
+                # whichever later test that happens. Close them while the server runs.
+                for ws in running._sockets:
+                    with suppress(aiohttp.ClientError, ConnectionError, TimeoutError):
+                        async with asyncio.timeout(1):
+                            await ws.close()
                 for extra in running._extra_sessions:
                     await extra.close()
     finally:

@@ -169,7 +169,7 @@ async def test_bars_count_against_the_per_client_symbol_cap(market: Market) -> N
         await client.send({"action": "subscribe_bars", "symbols": ["NVDA"], "interval": "1m"})
         refused = await client.expect("error")
         assert refused["code"] == "too_many_symbols" and refused["symbols"] == ["NVDA"]
-        await client.send({"action": "subscribe_bars", "symbols": ["AAPL"], "interval": "1h"})
+        await client.send({"action": "subscribe_bars", "symbols": ["AAPL"], "interval": "2h"})
         invalid = await client.expect("error")
         assert invalid["code"] == "invalid_interval"
 
@@ -177,7 +177,7 @@ async def test_bars_count_against_the_per_client_symbol_cap(market: Market) -> N
 async def test_bars_over_http_in_finnhubs_candle_shape(gateway: GatewayUnderTest) -> None:
     empty = await gateway.get_json("/bars/ZZZZ?interval=5m")
     assert empty == {"c": [], "h": [], "l": [], "o": [], "t": [], "v": [], "s": "no_data"}
-    async with gateway.session.get(gateway.base_url + "/bars/AAPL?interval=1h") as response:
+    async with gateway.session.get(gateway.base_url + "/bars/AAPL?interval=2h") as response:
         assert response.status == 400
     async with gateway.session.get(gateway.base_url + "/bars/%3Cb%3E") as response:
         assert response.status == 400

@@ -117,8 +117,11 @@ async def test_finnhubs_python_client_reads_quotes_status_profile_news_and_candl
         later = await call(client.stock_candles, "AAPL", "1", now - 60, now + 60)
         assert later["t"] == [(now - 1) // 60 * 60]  # `from` filters, the open candle last
         assert await call(client.stock_candles, "MSFT", "1", now - 3600, now) == {"s": "no_data"}
-        daily = await refused(client.stock_candles, "AAPL", "D", now - 3600, now)
-        assert daily.status_code == 422 and "resolution" in daily.message
+        for resolution in ("15", "30", "60", "D"):  # every interval the gateway builds
+            longer = await call(client.stock_candles, "AAPL", resolution, now - 86400, now + 60)
+            assert longer["s"] == "ok" and longer["c"][-1] == 191.25, resolution
+        weekly = await refused(client.stock_candles, "AAPL", "W", now - 3600, now)
+        assert weekly.status_code == 422 and "resolution" in weekly.message
         assert calls_to(market, "/stock/candle") == 0
 
 

@@ -1,0 +1,122 @@
+"""`postgresql://...`: one shared bar store for a cluster and for long histories.
+
+The only module that imports asyncpg (a maintained async driver: no thread, no
+blocking). A small pool; every statement has COMMAND_TIMEOUT seconds, so a database
+that stops answering is a `StoreError` (the recorder degrades) rather than a hang.
+The schema is bars/sqlite_store.py's, with `final` a boolean; a batch is one
+`INSERT ... ON CONFLICT DO UPDATE` of arrays (unnest), so a flush is one round trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from bars.book import Bar, BarEvent, Interval
+from bars.store import StoreError, bar_of, ended_before, row_of
+
+COMMAND_TIMEOUT = 10.0
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS bars (
+    symbol TEXT NOT NULL,
+    interval TEXT NOT NULL,
+    t BIGINT NOT NULL,
+    o DOUBLE PRECISION NOT NULL, h DOUBLE PRECISION NOT NULL,
+    l DOUBLE PRECISION NOT NULL, c DOUBLE PRECISION NOT NULL,
+    v DOUBLE PRECISION NOT NULL,
+    n INTEGER NOT NULL,
+    final BOOLEAN NOT NULL,
+    PRIMARY KEY (symbol, interval, t)
+)
+"""
+UPSERT = """
+INSERT INTO bars SELECT * FROM unnest(
+    $1::text[], $2::text[], $3::bigint[], $4::float8[], $5::float8[], $6::float8[],
+    $7::float8[], $8::float8[], $9::int[], $10::bool[])
+ON CONFLICT (symbol, interval, t) DO UPDATE SET o = EXCLUDED.o, h = EXCLUDED.h,
+    l = EXCLUDED.l, c = EXCLUDED.c, v = EXCLUDED.v, n = EXCLUDED.n, final = EXCLUDED.final
+"""
+ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
+class PostgresStore:
+    name = "postgresql"
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self.skipped = 0
+        self._pool: Any = None
+
+    async def open(self) -> None:
+        try:
+            async with asyncio.timeout(COMMAND_TIMEOUT):
+                self._pool = await asyncpg.create_pool(
+                    self._url, min_size=1, max_size=4, command_timeout=COMMAND_TIMEOUT
+                )
+                await self._pool.execute(SCHEMA)
+        except (*ERRORS, ValueError) as exc:
+            # The URL is never shown: it may carry a password.
+            raise StoreError(f"postgresql: {type(exc).__name__}: {_safe(exc, self._url)}") from None
+
+    async def _call(self, method: str, query: str, *args: Any) -> Any:
+        if self._pool is None:
+            raise StoreError("the bar store is closed")
+        try:
+            return await getattr(self._pool, method)(query, *args)
+        except ERRORS as exc:
+            raise StoreError(f"postgresql: {type(exc).__name__}: {_safe(exc, self._url)}") from None
+
+    async def write(self, events: Sequence[BarEvent]) -> None:
+        columns = list(zip(*(row_of(event) for event in events), strict=True))
+        if columns:
+            await self._call("execute", UPSERT, *map(list, columns))
+
+    async def read(
+        self, symbol: str, interval: Interval, start_ms: int, end_ms: int, limit: int
+    ) -> list[Bar]:
+        rows = await self._call(
+            "fetch",
+            "SELECT t, o, h, l, c, v, n FROM bars WHERE symbol = $1 AND interval = $2 "
+            "AND (final OR t < $3) AND t >= $4 AND t < $5 ORDER BY t DESC LIMIT $6",
+            symbol, interval, ended_before(interval), start_ms, end_ms, limit,
+        )  # fmt: skip
+        return self._bars(reversed(rows), interval)
+
+    async def open_bars(self, symbol: str) -> list[tuple[Interval, Bar]]:
+        rows = await self._call(
+            "fetch",
+            "SELECT interval, t, o, h, l, c, v, n FROM bars WHERE symbol = $1 AND NOT final",
+            symbol,
+        )
+        found: list[tuple[Interval, Bar]] = []
+        for interval, *row in rows:
+            found.extend((interval, bar) for bar in self._bars([row], interval))
+        return found
+
+    def _bars(self, rows: Any, interval: str) -> list[Bar]:
+        bars: list[Bar] = []
+        for row in rows:
+            try:
+                bars.append(bar_of(tuple(row), interval))
+            except (ValueError, TypeError, KeyError):
+                self.skipped += 1
+        return bars
+
+    async def delete_before(self, interval: Interval, before_ms: int) -> int:
+        status = await self._call(
+            "execute", "DELETE FROM bars WHERE interval = $1 AND t < $2", interval, before_ms
+        )
+        return int(str(status).rsplit(" ", 1)[-1])
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+
+def _safe(exc: BaseException, url: str) -> str:
+    """The error's text without the URL (and so without its password)."""
+    return str(exc).replace(url, "BAR_STORE_URL")

@@ -1,0 +1,177 @@
+"""Getting bars into the store without making the fan-out wait for it.
+
+`record(events)` is called with every bar event the book reports (live, final,
+revised) and only puts them in a pending map keyed by (symbol, interval, start), so a
+bar reported again before it was written is written once, as last reported; the map
+is bounded (MAX_BACKLOG bars: beyond it new events are dropped and counted). `run()`
+(the supervisor's `bar-store` task) writes what is pending every FLUSH_SECONDS, so a
+closed bar reaches the store within about a second; `flush()` on a clean shutdown
+writes the rest, open bars included. A write that fails (disk full, database down)
+keeps its bars pending for the next try and puts the store in `degraded` (bars are
+still built, delivered and served from memory); the next write that succeeds makes it
+`ok` again. `prune()` enforces each interval's retention, once an hour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable, Mapping
+
+from bars.book import INTERVALS, Bar, BarBook, BarEvent, Interval
+from bars.store import BarStore, MemoryStore, StoreError
+from runtime.cancellation import raise_if_cancelling
+from runtime.logs import get_logger
+
+logger = get_logger(__name__)
+FLUSH_SECONDS = 0.5
+MAX_BACKLOG = 200_000  # bars waiting to be written (~200 B each while they wait)
+PRUNE_SECONDS = 3600.0
+
+
+class BarRecorder:
+    def __init__(self, store: BarStore, retention: Mapping[Interval, float]) -> None:
+        self.store = store
+        self._retention = retention  # seconds kept, per interval
+        self._pending: dict[tuple[str, Interval, int], BarEvent] = {}
+        self.state = "ok"
+        self.dropped = 0  # events not kept: the backlog was full
+        self.written = 0
+        self.deleted = 0
+        self.last_write_seconds = 0.0
+        self.write_seconds_total = 0.0
+        self.writes = 0
+        self._loaded: set[str] = set()  # symbols whose stored bars are in the book
+
+    @property
+    def backlog(self) -> int:
+        return len(self._pending)
+
+    def record(self, events: Iterable[BarEvent]) -> None:
+        pending = self._pending
+        for event in events:
+            key = (event.symbol, event.interval, event.bar["t"])
+            if key not in pending and len(pending) >= MAX_BACKLOG:
+                self.dropped += 1
+                continue
+            pending[key] = event
+
+    async def flush(self) -> bool:
+        """Write what is pending; False (and `degraded`) if the store failed."""
+        if not self._pending:
+            return True
+        batch, self._pending = self._pending, {}
+        started = time.perf_counter()
+        try:
+            await self.store.write(list(batch.values()))
+        except (StoreError, OSError, TimeoutError) as exc:
+            raise_if_cancelling(exc)
+            batch.update(self._pending)  # newer reports of the same bars win
+            self._pending = dict(list(batch.items())[-MAX_BACKLOG:])
+            self._failed("writes", exc)
+            return False
+        elapsed = time.perf_counter() - started
+        self.last_write_seconds = elapsed
+        self.write_seconds_total += elapsed
+        self.writes += 1
+        self.written += len(batch)
+        if self.state != "ok":
+            logger.warning("bar store writes succeed again")
+            self.state = "ok"
+        return True
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        if self.state == "ok":
+            logger.error("bar store degraded: %s fail (bars kept in memory) error=%s",
+                         what, exc)  # fmt: skip
+        self.state = "degraded"
+
+    async def run(self) -> None:
+        next_prune = time.monotonic()
+        while True:
+            await asyncio.sleep(FLUSH_SECONDS)
+            await self.flush()
+            if time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + PRUNE_SECONDS
+                await self.prune()
+
+    async def prune(self, now_ms: int | None = None) -> int:
+        """Delete every interval's bars past its retention; how many."""
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        deleted = 0
+        for interval, seconds in self._retention.items():
+            try:
+                deleted += await self.store.delete_before(interval, now_ms - int(seconds * 1000))
+            except (StoreError, OSError, TimeoutError) as exc:
+                raise_if_cancelling(exc)
+                logger.warning("bar store retention failed interval=%s error=%s", interval, exc)
+        self.deleted += deleted
+        return deleted
+
+    # -- reading back ------------------------------------------------------------------
+
+    def forget(self, symbol: str) -> None:
+        """The book dropped `symbol`: load its stored bars again when it comes back."""
+        self._loaded.discard(symbol)
+
+    async def load(self, book: BarBook, symbols: Iterable[str], history: int) -> None:
+        """Put each symbol's stored bars (the newest `history` closed ones per interval
+        and the open ones) in the book before it counts the symbol's first trade, so a
+        late trade revises the stored bar instead of replacing it with a bar of one
+        trade. A store that cannot be read leaves the book as it is (degraded)."""
+        fresh = [symbol for symbol in symbols if symbol not in self._loaded]
+        if not fresh:
+            return
+        self._loaded.update(fresh)
+        end = int(time.time() * 1000) + 86_400_000
+        try:
+            for symbol in fresh:
+                opened: dict[Interval, Bar] = dict(await self.store.open_bars(symbol))
+                for interval in INTERVALS:
+                    closed = await self.store.read(symbol, interval, 0, end, history)
+                    book.restore(symbol, interval, closed, opened.get(interval))
+        except (StoreError, OSError, TimeoutError) as exc:
+            raise_if_cancelling(exc)
+            self._failed("reads", exc)
+
+    def open_bars_of(self, book: BarBook) -> None:
+        """Record every open bar the book holds (a clean shutdown writes them too)."""
+        for symbol, interval in list(book.held()):
+            for bar in book.parts(symbol, interval)[1]:
+                self.record([BarEvent(symbol, interval, bar.as_dict(), final=False)])
+
+    async def series(
+        self, book: BarBook, symbol: str, interval: Interval, start_ms: int, end_ms: int, limit: int
+    ) -> list[Bar]:
+        """A series' stored closed bars with what the book holds (its bars win: they
+        are newer, and the open one is only there), the newest `limit`, oldest first.
+        A store that cannot be read serves the book's alone."""
+        bars = {bar.t: bar for bar in book.bars(symbol, interval) if start_ms <= bar.t < end_ms}
+        try:
+            stored = await self.store.read(symbol, interval, start_ms, end_ms, limit)
+        except (StoreError, OSError, TimeoutError) as exc:
+            raise_if_cancelling(exc)
+            self._failed("reads", exc)
+            stored = []
+        for bar in stored:
+            bars.setdefault(bar.t, bar)
+        return [bars[t] for t in sorted(bars)[-limit:]]
+
+
+def open_store(url: str) -> BarStore:
+    """The store `url` names (not yet opened); StoreError naming BAR_STORE_URL if none."""
+    scheme, _, rest = url.partition("://")
+    if scheme == "memory":
+        return MemoryStore()
+    if scheme == "sqlite" and rest.startswith("/") and len(rest) > 1:
+        from bars.sqlite_store import SqliteStore
+
+        return SqliteStore(rest[1:])
+    if scheme in ("postgresql", "postgres"):
+        from bars.postgres_store import PostgresStore
+
+        return PostgresStore(url)
+    raise StoreError(
+        "BAR_STORE_URL must be memory://, sqlite:///<path> or postgresql://...; got "
+        f"{scheme or url!r}"  # the scheme only: a URL may carry a password
+    )

@@ -1,0 +1,199 @@
+"""Stored bars against the real gateway: late trades (two days, one day and minutes
+ago) stored and served; the same closed bars after SIGTERM and after SIGKILL for a
+symbol nobody follows; retention; a corrupt store fails start-up naming the setting; a
+store that fails at run time degrades with /health saying so."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from bars.book import BarEvent
+from bars.intervals import NEW_YORK, day_of
+from bars.recorder import BarRecorder
+from bars.sqlite_store import SqliteStore
+from tests.helpers import (
+    PROJECT,
+    TEST_KEY,
+    GatewayProcess,
+    Market,
+    free_port,
+    gateway_subprocess,
+    poll_until,
+    run_gateway,
+    run_to_exit,
+    settings_for,
+)
+from tests.test_bars import now_ms, trade_at
+
+MINUTE, DAY = 60_000, 86_400_000
+
+
+def env_for(market: Market, **extra: str) -> dict[str, str]:
+    return {
+        "FINNHUB_API_KEY": TEST_KEY,
+        "FINNHUB_WS_URL": market.url,
+        "REST_ENABLED": "false",
+        "BAR_STORE_URL": "sqlite:///data/bars.sqlite3",  # relative to the working directory
+        **extra,
+    }
+
+
+@asynccontextmanager
+async def gateway_on(
+    tmp_path: Path, market: Market, **extra: str
+) -> AsyncIterator[tuple[GatewayProcess, str]]:
+    port = free_port()
+    command = (sys.executable, str(PROJECT / "gateway.py"))
+    async with gateway_subprocess(tmp_path, port, command, env_for(market, **extra)) as gateway:
+        yield gateway, f"http://127.0.0.1:{port}"
+
+
+def stored_rows(path: Path, symbol: str) -> int:
+    if not path.exists():
+        return 0
+    with sqlite3.connect(path) as db:  # a WAL reader never blocks the gateway's writer
+        return int(
+            db.execute(
+                "SELECT count(*) FROM bars WHERE symbol = ? AND final AND interval IN ('1m', '5m')",
+                (symbol,),
+            ).fetchone()[0]
+        )
+
+
+async def get_json(base: str, path: str) -> Any:
+    async with aiohttp.ClientSession() as session, session.get(base + path) as response:
+        assert response.status == 200, await response.text()
+        return await response.json()
+
+
+async def record_late_trades(market: Market, base: str, db: Path) -> int:
+    """Trades two days, one day and ten minutes ago for AAPL (carried while a client
+    follows its price), stored as their own closed bars; the moment they were sent."""
+    sent = now_ms()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(base.replace("http", "ws") + "/ws") as ws,
+    ):
+        await ws.send_json({"action": "subscribe", "symbols": ["AAPL"]})
+        await market.simulator.wait_for(lambda: "AAPL" in market.simulator.subscribed_symbols())
+        await market.simulator.send_trades(
+            [
+                trade_at("AAPL", 100.0, sent - 2 * DAY),
+                trade_at("AAPL", 101.0, sent - DAY),
+                trade_at("AAPL", 102.0, sent - 10 * MINUTE),
+            ]
+        )
+
+        async def stored() -> bool:  # 1m and 5m bars of each (1s bars: kept an hour)
+            return stored_rows(db, "AAPL") >= 2 * 3
+
+        await poll_until(stored)  # written within about a second, not at shutdown
+    return sent
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL])
+async def test_closed_bars_survive_a_restart_for_a_symbol_nobody_follows(
+    tmp_path: Path, market: Market, stop: signal.Signals
+) -> None:
+    db = tmp_path / "data" / "bars.sqlite3"
+    async with gateway_on(tmp_path, market) as (gateway, base):
+        sent = await record_late_trades(market, base, db)
+        before = await get_json(base, "/bars/AAPL?interval=1m")
+        assert before["s"] == "ok" and len(before["t"]) == 3
+        gateway.process.send_signal(stop)
+        await gateway.process.wait()
+    async with gateway_on(tmp_path, market) as (gateway, base):
+        after = await get_json(base, "/bars/AAPL?interval=1m")
+        assert after == before  # nobody follows AAPL now: from the store alone
+        assert after["c"] == [100.0, 101.0, 102.0]
+        assert after["t"][-1] == (sent - 10 * MINUTE) // MINUTE * 60
+        window = await get_json(
+            base, f"/bars/AAPL?interval=5m&from={(sent - DAY - MINUTE) // 1000}&limit=1"
+        )
+        assert window["c"] == [102.0]  # from=, then the newest `limit`
+        assert (await get_json(base, "/health"))["bar_store"] == "ok"
+        # Daily candles: New York calendar days (AAPL is a US stock), closed ones stored.
+        trades = {sent - 2 * DAY: 100.0, sent - DAY: 101.0, sent - 10 * MINUTE: 102.0}
+        days = {day_of("AAPL", t): price for t, price in sorted(trades.items())}
+        daily = await get_json(base, "/bars/AAPL?interval=1d")
+        closed = [(start, price) for (start, end), price in days.items() if end <= now_ms()]
+        assert list(zip(daily["t"], daily["c"], strict=True)) == [
+            (start // 1000, price) for start, price in closed
+        ]
+        assert all(datetime.fromtimestamp(t, NEW_YORK).hour == 0 for t in daily["t"])
+
+
+async def test_a_corrupt_store_fails_start_up_naming_the_setting(
+    tmp_path: Path, market: Market
+) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "bars.sqlite3").write_bytes(b"not a database, " * 512)
+    code, output = await run_to_exit(
+        sys.executable, str(PROJECT / "gateway.py"), "--port", str(free_port()),
+        cwd=tmp_path, **env_for(market),
+    )  # fmt: skip
+    assert code != 0
+    assert "BAR_STORE_URL" in output and "bar store cannot be used" in output
+
+
+async def test_a_store_failing_at_run_time_degrades_and_nothing_else_stops(
+    tmp_path: Path, market: Market
+) -> None:
+    settings = settings_for(market, bar_store_url=f"sqlite:///{tmp_path}/bars.sqlite3")
+    async with run_gateway(settings) as gateway:
+        bars = gateway.gateway.running.hub.bars
+        assert bars is not None and bars.recorder is not None
+        store = bars.recorder.store
+        assert isinstance(store, SqliteStore)
+        await store.close()  # as good as a disk that refuses every write from now on
+        client = await gateway.connect()
+        await client.subscribe("MSFT")
+        await market.simulator.send_trades([trade_at("MSFT", 50.0, now_ms() - 10 * MINUTE)])
+        assert (await client.expect("price_update"))["data"]["price"] == 50.0
+
+        async def degraded() -> bool:
+            return bool((await gateway.health())["bar_store"] == "degraded")
+
+        await poll_until(degraded)
+        health = await gateway.health()
+        assert health["status"] == "ok" and "down" not in health  # nothing else stopped
+        candles = await gateway.get_json("/bars/MSFT?interval=1m")
+        assert candles["c"] == [50.0]  # served from memory
+        async with gateway.session.get(gateway.base_url + "/metrics") as response:
+            metrics = await response.text()
+        assert "gateway_bar_store_degraded 1.0" in metrics
+        lines = metrics.splitlines()
+        backlog = next(line for line in lines if line.startswith("gateway_bar_store_backlog "))
+        assert float(backlog.split()[1]) >= 1  # the bars it could not write, kept for a retry
+
+
+async def test_retention_deletes_what_is_past_its_time(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "bars.sqlite3"))
+    await store.open()
+    try:
+        recorder = BarRecorder(store, {"1s": 3600.0, "1m": 30 * 86_400.0})
+        now = now_ms() - now_ms() % MINUTE
+
+        def event(interval: Any, t: int) -> BarEvent:
+            bar = {"t": t, "o": 1.0, "h": 1.0, "l": 1.0, "c": 1.0, "v": 1.0, "n": 1}
+            return BarEvent("AAPL", interval, bar, final=True)
+
+        recorder.record([event("1s", now - 7200_000), event("1s", now - 60_000)])
+        recorder.record([event("1m", now - 31 * DAY), event("1m", now - 29 * DAY)])
+        assert await recorder.flush()
+        assert await recorder.prune(now) == 2
+        assert [bar.t for bar in await store.read("AAPL", "1s", 0, now, 10)] == [now - 60_000]
+        assert [bar.t for bar in await store.read("AAPL", "1m", 0, now, 10)] == [now - 29 * DAY]
+    finally:
+        await store.close()

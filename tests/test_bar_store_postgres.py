@@ -1,0 +1,81 @@
+"""The bar store through a real PostgreSQL server the tests start themselves (one per
+module): bars written by one gateway are served by the next for a symbol nobody
+follows, and retention deletes what is past its time. Skipped, loudly, without
+PostgreSQL's server binaries (.ci/run installs Debian's postgresql)."""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bars.book import BarEvent
+from bars.postgres_store import PostgresStore
+from bars.recorder import BarRecorder
+from tests.helpers import Market, poll_until, run_gateway, settings_for
+from tests.postgres_server import PostgresServer, postgres_bin
+from tests.test_bars import now_ms, trade_at
+
+MINUTE, DAY = 60_000, 86_400_000
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[str]:
+    if postgres_bin() is None:
+        message = "NO POSTGRESQL SERVER BINARIES: the PostgreSQL bar store is NOT TESTED"
+        warnings.warn(message, stacklevel=1)
+        pytest.skip(message)
+    with tempfile.TemporaryDirectory(prefix="bars-pg-") as root:
+        server = PostgresServer(Path(root))
+        server.start()
+        try:
+            yield server.url
+        finally:
+            server.stop()
+
+
+async def test_bars_outlive_the_gateway_in_postgresql(market: Market, postgres: str) -> None:
+    settings = settings_for(market, bar_store_url=postgres)
+    sent = now_ms()
+    async with run_gateway(settings) as gateway:
+        client = await gateway.connect()
+        await client.subscribe("IBM")
+        await market.simulator.wait_for(lambda: "IBM" in market.simulator.subscribed_symbols())
+        await market.simulator.send_trades(
+            [trade_at("IBM", 10.0, sent - 2 * DAY), trade_at("IBM", 11.0, sent - 10 * MINUTE)]
+        )
+        store = PostgresStore(postgres)
+        await store.open()
+        try:
+
+            async def stored() -> bool:
+                return len(await store.read("IBM", "1m", 0, sent, 10)) == 2
+
+            await poll_until(stored)  # within about a second, before any shutdown
+        finally:
+            await store.close()
+        before = await gateway.get_json("/bars/IBM?interval=1m")
+    async with run_gateway(settings) as gateway:
+        after = await gateway.get_json("/bars/IBM?interval=1m")
+        assert after == before and after["c"] == [10.0, 11.0]
+        assert (await gateway.health())["bar_store_kind"] == "postgresql"
+
+
+async def test_retention_in_postgresql(postgres: str) -> None:
+    store = PostgresStore(postgres)
+    await store.open()
+    try:
+        recorder = BarRecorder(store, {"5m": 90 * 86_400.0})
+        now = now_ms() - now_ms() % (5 * MINUTE)
+        bar = {"o": 1.0, "h": 1.0, "l": 1.0, "c": 1.0, "v": 1.0, "n": 1}
+        recorder.record(
+            BarEvent("RET", "5m", {"t": t, **bar}, final=True) for t in (now - 91 * DAY, now - DAY)
+        )
+        assert await recorder.flush()
+        assert await recorder.prune(now) == 1
+        assert [b.t for b in await store.read("RET", "5m", 0, now, 10)] == [now - DAY]
+    finally:
+        await store.close()
