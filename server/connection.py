@@ -56,7 +56,9 @@ class DirectFrameWriter:
 
     def write(self, data: bytes) -> None:
         self._transport.write(data)
-        if self._after_write is not None:
+        # Below the high-water mark (writable still set) nothing is left unread to speak
+        # of: the check costs a call per frame on the hot path only when it can matter.
+        if self._after_write is not None and not self._writable.is_set():
             self._after_write()
 
     async def wait_ready(self) -> None:
