@@ -9,6 +9,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from bench.abuse_runs import ATTACKS, BAR_ATTACKS
+
 pytestmark = pytest.mark.slow
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -47,8 +49,12 @@ async def test_quick_abuse_scenario_runs_every_attack(tmp_path: Path) -> None:
         output, _ = await process.communicate()
     assert process.returncode == 0, output.decode()[-3000:]
     rows = orjson.loads(out.read_bytes())["abuse"]
-    assert len(rows) == 11 and rows[-1]["clients"] == 1
-    assert all(row["bystander_rate_before"] > 0 for row in rows[:-1])
+    attacks = [*ATTACKS, "after all", *BAR_ATTACKS]
+    assert [row["attack"] for row in rows] == attacks
+    after_all = rows[len(ATTACKS)]
+    assert after_all["clients"] == 1  # every attacker gone, the bystander still there
+    measured = [row for row in rows if row is not after_all]
+    assert all(row["bystander_rate_before"] > 0 for row in measured)
 
 
 async def test_quick_finnhub_scenario_measures_the_mirror_and_both_dialects(
