@@ -28,11 +28,10 @@ import orjson
 from starlette.websockets import WebSocket
 
 import protocol
-from access.admission import Admission, Admitted, address_key
-from access.refusal import Refusal
+from access.admission import Admission, Admitted
 from delivery.outbox import ClientConnection
 from endpoints.ws_io import AsgiClientSocket, Ended, FastPath, RequestReader
-from endpoints.ws_session import refuse_handshake
+from endpoints.ws_session import open_socket
 from hub import Hub
 from market_data.finnhub_wire import encode_trade_message
 from market_data.model import Trade
@@ -71,21 +70,12 @@ class FinnhubSessions:
 
     async def serve(self, websocket: WebSocket) -> None:
         admission, settings = self._admission, self._settings
-        client_address = websocket.client.host if websocket.client is not None else "-"
-        address = address_key(client_address)
         credential = settings.gateway_token or admission.verifies_tokens
-        admitted = await admission.admit(
-            "connection",
-            address=address,
-            origin=websocket.headers.get("origin"),
-            host=websocket.headers.get("host"),
-            # Finnhub's clients send their key here: the gateway's own credential when
-            # it has one, else dropped on the floor.
-            token=websocket.query_params.get("token") if credential else None,
-        )
-        connection = admission.open(admitted) if isinstance(admitted, Admitted) else admitted
-        if isinstance(connection, Refusal):
-            await refuse_handshake(websocket, connection, address)
+        # Finnhub's clients send their key here: the gateway's own credential when it
+        # has one, else dropped on the floor.
+        token = websocket.query_params.get("token") if credential else None
+        connection = await open_socket(websocket, admission, token)
+        if connection is None:
             return
         with connection:
             await websocket.accept()

@@ -66,18 +66,9 @@ class ClientSessions:
 
     async def serve(self, websocket: WebSocket) -> None:
         admission = self._admission
-        address = _address(websocket)
-        admitted = await admission.admit(
-            "connection",
-            address=address,
-            origin=websocket.headers.get("origin"),
-            host=websocket.headers.get("host"),
-            token=websocket.query_params.get("token"),
-            token_later=True,
-        )
-        connection = admission.open(admitted) if isinstance(admitted, Admitted) else admitted
-        if isinstance(connection, Refusal):
-            await refuse_handshake(websocket, connection, address)
+        token = websocket.query_params.get("token")
+        connection = await open_socket(websocket, admission, token, token_later=True)
+        if connection is None:
             return
         with connection:
             await websocket.accept()
@@ -344,6 +335,27 @@ async def refuse_handshake(websocket: WebSocket, refusal: Refusal, address: str)
         await websocket.send_denial_response(response)
     else:
         await websocket.close(CLOSE_POLICY_VIOLATION, refusal.reason)
+
+
+async def open_socket(
+    websocket: WebSocket, admission: Admission, token: str | None, *, token_later: bool = False
+) -> OpenConnection | None:
+    """A WebSocket handshake through the one admission path: the connection, counted
+    while open; or None once the handshake was refused (its status and reason sent)."""
+    address = _address(websocket)
+    admitted = await admission.admit(
+        "connection",
+        address=address,
+        origin=websocket.headers.get("origin"),
+        host=websocket.headers.get("host"),
+        token=token,
+        token_later=token_later,
+    )
+    connection = admission.open(admitted) if isinstance(admitted, Admitted) else admitted
+    if isinstance(connection, Refusal):
+        await refuse_handshake(websocket, connection, address)
+        return None
+    return connection
 
 
 def _address(websocket: WebSocket) -> str:
