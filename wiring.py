@@ -31,6 +31,7 @@ from access.history_budget import HistoryBudget
 from access.holds import SymbolHolds
 from bars.book import MAX_BAR_BYTES, MAX_OPEN_BARS, BarBook, Interval
 from bars.delivery import BarDelivery
+from bars.outages import Outages
 from bars.recorder import BarRecorder, open_store
 from bars.store import DEFAULT_URL, StoreError
 from cluster.bars import MirrorBars, StoredBars
@@ -101,7 +102,10 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
     # process; on a cluster it follows the cluster-wide union instead.
     wanted = SymbolInterest()
     latest = LatestPrices()
-    book = BarBook(history=settings.bar_history, grace=settings.bar_grace)
+    # The aggregating book is blind until the upstream connects: bars overlapping that
+    # time say so (`gap`); a mirror's bars carry the leader's flags.
+    blind_from = Outages(down_since=int(time.time() * 1000)) if aggregating else None
+    book = BarBook(history=settings.bar_history, grace=settings.bar_grace, outages=blind_from)
     _warn_if_histories_outgrow_unread_output(settings)
 
     def released(symbol: str) -> None:  # the upstream stopped carrying `symbol`

@@ -9,6 +9,8 @@ closed bar (Finnhub can deliver trades out of order) updates that bar at once an
 reports it again, `final` and `revised`; one for an interval that had no trades makes
 the bar it lacked. An interval with no trades has no bar. While a bar is open,
 `due()` reports it at most once per `live_every` seconds, and only if it changed.
+A bar whose interval overlaps a time the upstream was not received (`upstream_down` to
+`upstream_up`, bars/outages.py) says so: `gap` is true, and stays true.
 
 Open and close are the prices of the earliest and latest trade by time (a straggler
 that is earlier than the open becomes the open). Volume is a float64 sum (about 15
@@ -21,12 +23,10 @@ counts in no bar (its price is still delivered), and a series holds at most
 MAX_OPEN_BARS open bars: an upstream's clock may be a little ahead of ours, but one
 message of trades stamped up to an hour ahead must not make thousands of future bars.
 
-At most `history` closed bars are kept per symbol and interval, plus the open one(s);
-`forget(symbol)` drops a symbol the upstream no longer carries. `revision()` names the
-state of a series' closed bars and of its open ones, each changing whenever that part
-does (never reused, even by a series forgotten and started again), so an encoded
-history can be kept until it is out of date (bars/history.py). This module is pure
-bookkeeping: it never talks to clients, Redis or the clock (times are passed in).
+At most `history` closed bars are kept per symbol and interval, plus the open one(s).
+`revision()` names the state of a series' closed bars and of its open ones, each changing
+with that part (never reused), so an encoded history is kept until it is out of date
+(bars/history.py). Pure bookkeeping: never clients, Redis or the clock (times passed in).
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from bars.intervals import INTERVAL_MS as INTERVAL_MS
 from bars.intervals import INTERVALS as INTERVALS
 from bars.intervals import Interval as Interval
 from bars.intervals import bar_span
+from bars.outages import Outages
 from market_data.model import Trade
 
 MAX_GRACE_SECONDS = 1.0
@@ -64,6 +65,7 @@ class Bar:
     n: int  # trades
     first_t: int = 0  # the trade times behind `o` and `c`
     last_t: int = 0
+    gap: bool = False  # its interval overlaps a time the upstream was not received
 
     @classmethod
     def of(cls, start: int, price: float, volume: float, t: int) -> Bar:
@@ -90,6 +92,7 @@ class Bar:
             "c": self.c,
             "v": round(self.v, 8),
             "n": self.n,
+            "gap": self.gap,
         }
 
     @classmethod
@@ -105,7 +108,12 @@ class Bar:
             raise ValueError("a bar's prices and volume are finite numbers")
         if not (0 < low <= min(first, last) and max(first, last) <= high and volume >= 0):
             raise ValueError("not a candle")
-        return cls(t, float(first), float(high), float(low), float(last), float(volume), n, t, t)
+        gap = data.get("gap", False)  # absent: stored or published by an older version
+        if not isinstance(gap, bool):
+            raise ValueError("a bar's gap is true or false")
+        return cls(
+            t, float(first), float(high), float(low), float(last), float(volume), n, t, t, gap
+        )
 
 
 def _is_int(value: object) -> bool:
@@ -173,6 +181,7 @@ class BarBook:
         grace: float = 0.5,
         live_every: float = 1.0,
         max_ahead: float = BAR_MAX_AHEAD_SECONDS,
+        outages: Outages | None = None,
     ) -> None:
         if not 0 <= grace <= MAX_GRACE_SECONDS:
             raise ValueError(f"grace must be 0 to {MAX_GRACE_SECONDS:g} s")
@@ -181,6 +190,7 @@ class BarBook:
         self._live_every = live_every
         self._max_ahead_ms = round(max_ahead * 1000)
         self._series: dict[tuple[str, Interval], _Series] = {}
+        self._outages = outages or Outages()  # a mirror's book: never blind itself
 
     @property
     def symbols(self) -> set[str]:
@@ -243,7 +253,8 @@ class BarBook:
         if end + self._grace_ms > now_ms:  # still open by the clock
             if len(series.open) >= MAX_OPEN_BARS:
                 return None
-            series.open[start] = Bar.of(start, price, volume, t)
+            series.open[start] = bar = Bar.of(start, price, volume, t)
+            bar.gap = self._outages.overlaps(start, end)
             series.changed.add(start)
             series.open_changed()
             return None
@@ -253,6 +264,7 @@ class BarBook:
             series.closed_changed()
         else:
             late = Bar.of(start, price, volume, t)
+            late.gap = self._outages.overlaps(start, end)
             if not series.insert_closed(late):
                 return None  # older than the history kept
         return BarEvent(symbol, interval, late.as_dict(), final=True, revised=True)
@@ -277,6 +289,21 @@ class BarBook:
                     events.append(BarEvent(symbol, interval, bar.as_dict(), final=False))
                 series.changed.clear()
         return events
+
+    def upstream_down(self, now_ms: int) -> None:
+        """The upstream stopped arriving: every bar still open (its interval not over)
+        misses trades from now on; the next live report says so."""
+        if not self._outages.began(now_ms):
+            return
+        for (symbol, interval), series in self._series.items():
+            for start, bar in series.open.items():
+                if not bar.gap and bar_span(symbol, interval, start)[1] > now_ms:
+                    bar.gap = True
+                    series.changed.add(start)
+                    series.open_changed()
+
+    def upstream_up(self, now_ms: int) -> None:
+        self._outages.ended(now_ms)
 
     def apply(self, event: BarEvent) -> None:
         """Mirror a bar another process aggregated (a cluster follower's book)."""
@@ -325,23 +352,9 @@ class BarBook:
             and open_bar.t not in series.open
             and series.closed_bar(open_bar.t) is None
         ):
+            open_bar.gap = True  # left open by a process that stopped: its rest unseen
             series.open[open_bar.t] = open_bar  # due() closes it and reports its final
             series.open_changed()
 
     def held(self) -> Iterator[tuple[str, Interval]]:
         return iter(self._series)
-
-
-def candles(bars: list[Bar]) -> dict[str, Any]:
-    """Finnhub's candle shape (`t` in seconds), for chart code written against Finnhub."""
-    if not bars:
-        return {"c": [], "h": [], "l": [], "o": [], "t": [], "v": [], "s": "no_data"}
-    return {
-        "c": [bar.c for bar in bars],
-        "h": [bar.h for bar in bars],
-        "l": [bar.l for bar in bars],
-        "o": [bar.o for bar in bars],
-        "t": [bar.t // 1000 for bar in bars],
-        "v": [round(bar.v, 8) for bar in bars],
-        "s": "ok",
-    }

@@ -34,7 +34,7 @@ from bars.book import INTERVALS, BarBook, BarEvent, Interval
 from bars.history import HistoryFrames
 from bars.recorder import BarRecorder
 from delivery.outbox import ClientConnection
-from market_data.model import Trade
+from market_data.model import Trade, UpstreamState
 
 BAR_CLOCK_SECONDS = 0.1  # how often closes and live updates are looked for
 TRADES_PER_SLICE = 5000  # trades counted between two yields to the event loop
@@ -173,6 +173,15 @@ class BarDelivery:
                 await asyncio.sleep(0)
             chunk = trades[start : start + TRADES_PER_SLICE]
             self._record_and_deliver(self.book.add_trades(chunk, _now_ms()))
+
+    def upstream_state_changed(self, state: UpstreamState) -> None:
+        """Bars overlapping a time the upstream was not received say so (`gap`)."""
+        if not self._aggregating:
+            return
+        if state == "connected":
+            self.book.upstream_up(_now_ms())
+        else:
+            self.book.upstream_down(_now_ms())
 
     def deliver(self, events: Iterable[BarEvent]) -> None:
         for event in events:

@@ -10,12 +10,15 @@ and re-encoding every closed bar for each would bring back the cost this saves.
 
 Entries of series the book no longer holds are swept once the entries outnumber twice
 what was held at the last sweep; memory is one encoded history per series asked for.
+`candles(bars)` is the other shape a history takes: Finnhub's, for `GET /bars` and the
+candle endpoint of the Finnhub mirror.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -78,3 +81,19 @@ class HistoryFrames:
         for key in [key for key in self._entries if self._book.revision(*key) is None]:
             del self._entries[key]
         self._sweep_at = max(SWEEP_AT, 2 * len(self._entries))
+
+
+def candles(bars: list[Bar]) -> dict[str, Any]:
+    """Finnhub's candle shape (`t` in seconds), for chart code written against Finnhub."""
+    if not bars:
+        return {"c": [], "h": [], "l": [], "o": [], "t": [], "v": [], "gap": [], "s": "no_data"}
+    return {
+        "c": [bar.c for bar in bars],
+        "h": [bar.h for bar in bars],
+        "l": [bar.l for bar in bars],
+        "o": [bar.o for bar in bars],
+        "t": [bar.t // 1000 for bar in bars],
+        "v": [round(bar.v, 8) for bar in bars],
+        "gap": [bar.gap for bar in bars],  # ours, beside Finnhub's: docs/bars.md "Gaps"
+        "s": "ok",
+    }

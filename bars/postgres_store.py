@@ -29,15 +29,18 @@ CREATE TABLE IF NOT EXISTS bars (
     v DOUBLE PRECISION NOT NULL,
     n INTEGER NOT NULL,
     final BOOLEAN NOT NULL,
+    gap BOOLEAN NOT NULL DEFAULT false,
     PRIMARY KEY (symbol, interval, t)
-)
+);
+ALTER TABLE bars ADD COLUMN IF NOT EXISTS gap BOOLEAN NOT NULL DEFAULT false;
 """
 UPSERT = """
-INSERT INTO bars SELECT * FROM unnest(
+INSERT INTO bars (symbol, interval, t, o, h, l, c, v, n, final, gap) SELECT * FROM unnest(
     $1::text[], $2::text[], $3::bigint[], $4::float8[], $5::float8[], $6::float8[],
-    $7::float8[], $8::float8[], $9::int[], $10::bool[])
+    $7::float8[], $8::float8[], $9::int[], $10::bool[], $11::bool[])
 ON CONFLICT (symbol, interval, t) DO UPDATE SET o = EXCLUDED.o, h = EXCLUDED.h,
-    l = EXCLUDED.l, c = EXCLUDED.c, v = EXCLUDED.v, n = EXCLUDED.n, final = EXCLUDED.final
+    l = EXCLUDED.l, c = EXCLUDED.c, v = EXCLUDED.v, n = EXCLUDED.n, final = EXCLUDED.final,
+    gap = EXCLUDED.gap
 """
 ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
@@ -79,7 +82,8 @@ class PostgresStore:
     ) -> list[Bar]:
         rows = await self._call(
             "fetch",
-            "SELECT t, o, h, l, c, v, n FROM bars WHERE symbol = $1 AND interval = $2 "
+            "SELECT t, o, h, l, c, v, n, gap OR NOT final FROM bars WHERE symbol = $1 "
+            "AND interval = $2 "
             "AND (final OR t < $3) AND t >= $4 AND t < $5 ORDER BY t DESC LIMIT $6",
             symbol, interval, ended_before(interval), start_ms, end_ms, limit,
         )  # fmt: skip
@@ -88,7 +92,7 @@ class PostgresStore:
     async def open_bars(self, symbol: str) -> list[tuple[Interval, Bar]]:
         rows = await self._call(
             "fetch",
-            "SELECT interval, t, o, h, l, c, v, n FROM bars WHERE symbol = $1 AND NOT final",
+            "SELECT interval, t, o, h, l, c, v, n, gap FROM bars WHERE symbol = $1 AND NOT final",
             symbol,
         )
         found: list[tuple[Interval, Bar]] = []

@@ -7,7 +7,7 @@ crash loses at most the transaction being written. Opening checks the file
 (`PRAGMA quick_check`): a corrupt or unwritable file is a `StoreError` at start-up.
 
 Schema (docs/bars.md "Stored bars"): `bars(symbol, interval, t, o, h, l, c, v, n,
-final)`, primary key (symbol, interval, t), without rowid, so a series' bars are
+final, gap)`, primary key (symbol, interval, t), without rowid, so a series' bars are
 stored together in start order and a revision replaces its row.
 """
 
@@ -34,10 +34,15 @@ CREATE TABLE IF NOT EXISTS bars (
     v REAL NOT NULL,
     n INTEGER NOT NULL,
     final INTEGER NOT NULL,
+    gap INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (symbol, interval, t)
 ) WITHOUT ROWID
 """
-UPSERT = "INSERT OR REPLACE INTO bars VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+ADD_GAP = "ALTER TABLE bars ADD COLUMN gap INTEGER NOT NULL DEFAULT 0"  # files before gaps
+UPSERT = (
+    "INSERT OR REPLACE INTO bars (symbol, interval, t, o, h, l, c, v, n, final, gap) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 class SqliteStore:
@@ -69,6 +74,8 @@ class SqliteStore:
                 db.execute("PRAGMA journal_mode = WAL")
                 db.execute("PRAGMA synchronous = NORMAL")  # WAL: durable at each checkpoint
                 db.execute(SCHEMA)
+                if "gap" not in {row[1] for row in db.execute("PRAGMA table_info(bars)")}:
+                    db.execute(ADD_GAP)
                 db.execute("BEGIN IMMEDIATE")  # proves the file is writable now
                 db.execute("COMMIT")
             except BaseException:
@@ -98,7 +105,8 @@ class SqliteStore:
 
         def read(db: sqlite3.Connection) -> list[Any]:
             return db.execute(
-                "SELECT t, o, h, l, c, v, n FROM bars WHERE symbol = ? AND interval = ? "
+                "SELECT t, o, h, l, c, v, n, gap OR NOT final FROM bars WHERE symbol = ? "
+                "AND interval = ? "
                 "AND (final = 1 OR t < ?) AND t >= ? AND t < ? ORDER BY t DESC LIMIT ?",
                 (symbol, interval, ended, start_ms, end_ms, limit),
             ).fetchall()
@@ -108,7 +116,8 @@ class SqliteStore:
     async def open_bars(self, symbol: str) -> list[tuple[Interval, Bar]]:
         def read(db: sqlite3.Connection) -> list[Any]:
             return db.execute(
-                "SELECT interval, t, o, h, l, c, v, n FROM bars WHERE symbol = ? AND final = 0",
+                "SELECT interval, t, o, h, l, c, v, n, gap FROM bars "
+                "WHERE symbol = ? AND final = 0",
                 (symbol,),
             ).fetchall()
 

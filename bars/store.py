@@ -7,12 +7,13 @@
 - `postgresql://...`: one shared database for a cluster (bars/postgres_store.py, the
   only module that imports asyncpg).
 
-A store keeps one row per (symbol, interval, start): the bar as last reported, and
-whether it was final. Writes come in batches from `BarRecorder` (bars/recorder.py);
-`read` returns a series' closed bars, oldest first; `delete_before` enforces retention.
-A row that is not a well-formed candle (bars/book.py `Bar.from_dict`) is skipped and
-counted (`skipped`), never trusted. `StoreError` is anything the store could not do:
-at start-up it names `BAR_STORE_URL`; at run time the recorder degrades to memory.
+A store keeps one row per (symbol, interval, start): the bar as last reported (its
+`gap` flag included), and whether it was final. Writes come in batches from
+`BarRecorder` (bars/recorder.py); `read` returns a series' closed bars, oldest first;
+`delete_before` enforces retention. A row that is not a well-formed candle
+(bars/book.py `Bar.from_dict`) is skipped and counted (`skipped`), never trusted.
+`StoreError` is anything the store could not do: at start-up it names `BAR_STORE_URL`;
+at run time the recorder degrades to memory.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ class MemoryStore:
 
 
 def row_of(event: BarEvent) -> tuple[Any, ...]:
-    """An event as a row: symbol, interval, t, o, h, l, c, v, n, final."""
+    """An event as a row: symbol, interval, t, o, h, l, c, v, n, final, gap."""
     bar = event.bar
     return (
         event.symbol,
@@ -97,14 +98,19 @@ def row_of(event: BarEvent) -> tuple[Any, ...]:
         bar["v"],
         bar["n"],
         event.final,
+        bar.get("gap", False),
     )
 
 
 def bar_of(row: Sequence[Any], interval: str) -> Bar:
-    """A stored row (t, o, h, l, c, v, n) as a bar; ValueError (or TypeError) if it is
-    not a well-formed candle of the interval."""
-    names = ("t", "o", "h", "l", "c", "v", "n")
-    bar = Bar.from_dict(dict(zip(names, row, strict=True)))
+    """A stored row (t, o, h, l, c, v, n, gap) as a bar; ValueError (or TypeError) if it
+    is not a well-formed candle of the interval. A row read as closed that was written
+    open (its process stopped before the bar ended) is read with gap true."""
+    names = ("t", "o", "h", "l", "c", "v", "n", "gap")
+    fields = dict(zip(names, row, strict=True))
+    if fields["gap"] in (0, 1):  # sqlite has no booleans
+        fields["gap"] = bool(fields["gap"])
+    bar = Bar.from_dict(fields)
     length = INTERVAL_MS.get(interval)  # type: ignore[call-overload]
     if length is None or bar.t % _alignment(length) != 0 or bar.t < 0:
         raise ValueError("not a bar start of its interval")

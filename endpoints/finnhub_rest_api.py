@@ -34,7 +34,8 @@ from starlette.responses import Response
 import protocol
 from access.admission import Admitted, address_key
 from access.refusal import Refusal
-from bars.book import Interval, candles
+from bars.book import Interval
+from bars.history import candles
 from market_data.model import MarketStatus, Quote
 from market_data.quotes import QuoteUnavailable
 from market_data.rest_mirror import MirrorRefused

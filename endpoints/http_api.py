@@ -22,7 +22,8 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Respon
 import protocol
 from access.admission import Admitted, address_key, request_token
 from access.refusal import Refusal
-from bars.book import INTERVALS, candles
+from bars.book import INTERVALS
+from bars.history import candles
 from bars.store import MAX_READ
 from delivery.stats import ClientCounts
 from endpoints import docs

@@ -61,6 +61,8 @@ class LocalRelay:
             await self._hub.publish(UpdateBatch(updates, received_at, trades=trades))
 
     def upstream_state_changed(self, state: UpstreamState) -> None:
+        if self._bars is not None:
+            self._bars.upstream_state_changed(state)
         self._hub.upstream_state_changed(state)
 
     def upstream_refused(self, symbol: str | None) -> None:

@@ -289,6 +289,8 @@ export interface Bar {
   c: number;
   v: number;
   n: number;
+  /** true when the bar's interval overlaps a time the gateway was not receiving the upstream (before it first connected, while it reconnected, or a bar left open by a gateway that stopped): it may lack trades, so a chart can mark it (docs/bars.md "Gaps"); once true it stays true */
+  gap: boolean;
 }
 
 /**

@@ -260,6 +260,13 @@ def trade(symbol: str, price: float, *, volume: float = 100, timestamp: int = T0
     return {"s": symbol, "p": price, "t": timestamp, "v": volume, "c": ["1"]}
 
 
+def without_gap(bar: dict[str, Any]) -> dict[str, Any]:
+    """A bar's candle fields: whether its interval overlapped the gateway's start-up (the
+    `gap` flag) depends on when in the interval the test began (tests/test_bar_gaps.py)."""
+    assert isinstance(bar["gap"], bool)
+    return {name: value for name, value in bar.items() if name != "gap"}
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     """The environment without any gateway configuration the developer may have set."""
     names = set(environment_names())

@@ -20,10 +20,9 @@ from bars.book import (
     BarBook,
     BarEvent,
     Interval,
-    candles,
 )
 from bars.delivery import BarDelivery
-from bars.history import SWEEP_AT, HistoryFrames
+from bars.history import SWEEP_AT, HistoryFrames, candles
 from delivery.outbox import ClientConnection
 from delivery.stats import FanoutStats
 from market_data.model import SymbolInterest, Trade
@@ -74,7 +73,9 @@ def test_a_late_trade_revises_its_closed_bar_and_an_empty_interval_gets_one() ->
     late = book.add_trades([trade(8.0, T + 2_000, volume=2)], T + 3 * MINUTE + 10)
     revised = finals(late)
     assert len(revised) == 1 and revised[0].revised
-    assert revised[0].bar == {"t": T, "o": 10.0, "h": 10.0, "l": 8.0, "c": 8.0, "v": 3.0, "n": 2}
+    assert revised[0].bar == {
+        "t": T, "o": 10.0, "h": 10.0, "l": 8.0, "c": 8.0, "v": 3.0, "n": 2, "gap": False,
+    }  # fmt: skip
     straggler = finals(book.add_trades([trade(9.0, T + MINUTE + 5)], T + 3 * MINUTE + 20))
     assert [(e.bar["t"], e.revised) for e in straggler] == [(T + MINUTE, True)]
     assert [bar.t for bar in book.bars("AAPL", "1m")] == [T, T + MINUTE]  # in order
@@ -131,11 +132,13 @@ def test_a_mirror_applies_live_and_final_bars() -> None:
 
 
 def test_candles_use_finnhubs_shape() -> None:
-    assert candles([]) == {"c": [], "h": [], "l": [], "o": [], "t": [], "v": [], "s": "no_data"}
+    assert candles([]) == {
+        "c": [], "h": [], "l": [], "o": [], "t": [], "v": [], "gap": [], "s": "no_data",
+    }  # fmt: skip
     shaped = candles([Bar.of(T, 10.0, 2.0, T)])
     assert shaped == {
         "c": [10.0], "h": [10.0], "l": [10.0], "o": [10.0], "t": [T // 1000], "v": [2.0],
-        "s": "ok",
+        "gap": [False], "s": "ok",
     }  # fmt: skip
 
 

@@ -58,7 +58,8 @@ async def test_a_malformed_stored_bar_is_skipped_and_the_symbol_still_served(
         follower = await _follower(session, [first, second])
         leader = first if follower == second else second
         chart = await connect(session, follower)
-        assert await subscribe_bars(chart, "AAPL", "1m") == [good]
+        # Stored by a version before the gap flag: read as a bar without a gap.
+        assert await subscribe_bars(chart, "AAPL", "1m") == [{**good, "gap": False}]
         client = await connect(session, follower)
         await client.subscribe("AAPL")
         await simulator.wait_for(lambda: "AAPL" in simulator.subscribed_symbols(), timeout=15)
