@@ -42,6 +42,7 @@ class BarRecorder:
         self.write_seconds_total = 0.0
         self.writes = 0
         self._loaded: set[str] = set()  # symbols whose stored bars are in the book
+        self._loading: dict[str, asyncio.Event] = {}  # set once they are
 
     @property
     def backlog(self) -> int:
@@ -119,13 +120,28 @@ class BarRecorder:
         and the open ones) in the book before it counts the symbol's first trade, so a
         late trade revises the stored bar instead of replacing it with a bar of one
         trade. A store that cannot be read leaves the book as it is (degraded)."""
+        symbols = set(symbols)
+        # Another caller may be loading some of these (a subscribe_bars while the first
+        # trades come): wait for it, or the trades would count before the stored bars.
+        in_flight = {self._loading[symbol] for symbol in symbols if symbol in self._loading}
         fresh = [symbol for symbol in symbols if symbol not in self._loaded]
-        if not fresh:
-            return
-        self._loaded.update(fresh)
+        if fresh:
+            self._loaded.update(fresh)
+            loaded = asyncio.Event()
+            self._loading.update(dict.fromkeys(fresh, loaded))
+            try:
+                await self._read_into(book, fresh, history)
+            finally:
+                for symbol in fresh:
+                    self._loading.pop(symbol, None)
+                loaded.set()
+        for other in in_flight:
+            await other.wait()
+
+    async def _read_into(self, book: BarBook, symbols: list[str], history: int) -> None:
         end = int(time.time() * 1000) + 86_400_000
         try:
-            for symbol in fresh:
+            for symbol in symbols:
                 opened: dict[Interval, Bar] = dict(await self.store.open_bars(symbol))
                 for interval in INTERVALS:
                     closed = await self.store.read(symbol, interval, 0, end, history)

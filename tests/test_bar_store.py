@@ -5,6 +5,7 @@ store that fails at run time degrades with /health saying so."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import sqlite3
 import sys
@@ -17,10 +18,12 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bars.book import BarEvent
+from bars.book import Bar, BarBook, BarEvent, Interval
 from bars.intervals import NEW_YORK, day_of
 from bars.recorder import BarRecorder
 from bars.sqlite_store import SqliteStore
+from bars.store import MemoryStore
+from market_data.model import Trade
 from tests.helpers import (
     PROJECT,
     TEST_KEY,
@@ -197,3 +200,36 @@ async def test_retention_deletes_what_is_past_its_time(tmp_path: Path) -> None:
         assert [bar.t for bar in await store.read("AAPL", "1m", 0, now, 10)] == [now - 29 * DAY]
     finally:
         await store.close()
+
+
+class SlowStore(MemoryStore):
+    """A store whose open bars come back only when the test says so."""
+
+    def __init__(self, left_open: Bar) -> None:
+        self.left_open = left_open
+        self.reading = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def open_bars(self, symbol: str) -> list[tuple[Interval, Bar]]:
+        self.reading.set()
+        await self.release.wait()
+        return [("1m", self.left_open)]
+
+
+async def test_trades_arriving_while_stored_bars_load_count_after_them() -> None:
+    start = now_ms() - now_ms() % MINUTE
+    store = SlowStore(Bar.of(start, 10.0, 1.0, start))  # one trade, stored open
+    recorder = BarRecorder(store, {})
+    book = BarBook()
+
+    async def first_trade() -> None:  # as BarDelivery.trades_received does
+        await recorder.load(book, ["AAPL"], 240)
+        book.add_trades([Trade("AAPL", 11.0, 1.0, start + 1, None)], start + 2)
+
+    subscribing = asyncio.create_task(recorder.load(book, ["AAPL"], 240))  # subscribe_bars
+    await store.reading.wait()
+    trading = asyncio.create_task(first_trade())
+    asyncio.get_running_loop().call_soon(store.release.set)  # after trading's first step
+    await asyncio.gather(subscribing, trading)
+    [minute] = book.bars("AAPL", "1m")
+    assert (minute.n, minute.o, minute.c) == (2, 10.0, 11.0)  # the stored trade kept
