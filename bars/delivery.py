@@ -30,7 +30,7 @@ import protocol
 from access.history_budget import HistoryBudget
 from access.holds import RefusedSymbols, SymbolHolds
 from access.refusal import Refusal
-from bars.book import INTERVALS, BarBook, BarEvent, Interval
+from bars.book import INTERVALS, Bar, BarBook, BarEvent, Interval
 from bars.history import HistoryFrames
 from bars.recorder import BarRecorder
 from delivery.outbox import ClientConnection
@@ -173,6 +173,29 @@ class BarDelivery:
                 await asyncio.sleep(0)
             chunk = trades[start : start + TRADES_PER_SLICE]
             self._record_and_deliver(self.book.add_trades(chunk, _now_ms()))
+
+    # -- reading over HTTP (GET /bars and Finnhub's candle endpoint) -----------------------
+
+    async def series(
+        self, symbol: str, interval: Interval, start_ms: int, end_ms: int, limit: int
+    ) -> list[Bar]:
+        """A series' bars with start_ms <= t < end_ms, the newest `limit`, oldest first:
+        the stored ones with those held in memory, or the book's alone without a store."""
+        if self.recorder is not None:
+            return await self.recorder.series(self.book, symbol, interval, start_ms, end_ms, limit)
+        held = [bar for bar in self.book.bars(symbol, interval) if start_ms <= bar.t < end_ms]
+        return held[-limit:]
+
+    def read_refused(self, owner: str) -> Refusal | None:
+        """Answers over HTTP cost their bytes from the history allowances, as a `bars`
+        message does (one owner's HTTP reads count as one client, beside its sockets).
+        An answer's size is known once it is made, so it is charged then (`read_sent`),
+        and an owner in debt is refused until the debt is paid."""
+        return None if self.budget is None else self.budget.charge(f"http {owner}", owner, 0)
+
+    def read_sent(self, owner: str, size: int) -> None:
+        if self.budget is not None:
+            self.budget.owe(f"http {owner}", owner, size)
 
     def upstream_state_changed(self, state: UpstreamState) -> None:
         """Bars overlapping a time the upstream was not received say so (`gap`)."""

@@ -36,6 +36,7 @@ from access.admission import Admitted, address_key
 from access.refusal import Refusal
 from bars.book import Interval
 from bars.history import candles
+from bars.store import MAX_READ
 from market_data.model import MarketStatus, Quote
 from market_data.quotes import QuoteUnavailable
 from market_data.rest_mirror import MirrorRefused
@@ -120,7 +121,7 @@ class FinnhubRestApi:
                 return self._refuse("bad_request", f"Invalid symbol: {protocol.SYMBOL_RULE}.", 422)
             params = [(k, symbol if k == "symbol" else v) for k, v in params]
         if path == "stock/candle":
-            return self._candles(symbol, dict(params))
+            return await self._candles(symbol, dict(params), asker)
         if not self._settings.rest_enabled:
             return self._refuse("unavailable", NO_REST, 503)
         if path == "quote":
@@ -171,7 +172,11 @@ class FinnhubRestApi:
             return self._refuse(reason, message, 429, max(1, math.ceil(exc.retry_after)))
         return finnhub_json(quote_shape(quote))
 
-    def _candles(self, symbol: str | None, params: dict[str, str]) -> Response:
+    async def _candles(
+        self, symbol: str | None, params: dict[str, str], asker: Admitted
+    ) -> Response:
+        """The gateway's bars at a Finnhub resolution, stored and held (like GET /bars),
+        `from` <= t <= `to` as Finnhub counts them, charged as GET /bars is."""
         interval = RESOLUTIONS.get(params.get("resolution", ""))
         if interval is None:
             supported = ", ".join(RESOLUTIONS)
@@ -184,15 +189,17 @@ class FinnhubRestApi:
         except ValueError:
             return self._refuse("bad_request", "from and to are Unix seconds.", 422)
         bars = self._running().hub.bars
-        held = bars.book.bars(symbol, interval) if bars is not None else []
-        chosen = [
-            bar
-            for bar in held
-            if (start is None or bar.t // 1000 >= start) and (end is None or bar.t // 1000 <= end)
-        ]
-        if not chosen:
+        if bars is None:
             return finnhub_json({"s": "no_data"})
-        return finnhub_json(candles(chosen))
+        refusal = bars.read_refused(asker.owner)
+        if refusal is not None:
+            return self._refuse("history_bytes", refusal.reason, 429, refusal.retry_after or 1)
+        start_ms = 0 if start is None else max(0, start) * 1000
+        end_ms = 2**50 if end is None else min(2**40, max(0, end + 1)) * 1000
+        chosen = await bars.series(symbol, interval, start_ms, max(start_ms, end_ms), MAX_READ)
+        answer = finnhub_json(candles(chosen) if chosen else {"s": "no_data"})
+        bars.read_sent(asker.owner, len(answer.body))
+        return answer
 
     def _refuse(self, reason: str, message: str, status: int, retry_after: int = 0) -> Response:
         self._running().mirror.count_refusal(reason)

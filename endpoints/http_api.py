@@ -155,15 +155,16 @@ class HttpApi:
         asker = await self._symbol_and_owner(request)
         if isinstance(asker, JSONResponse):
             return asker
-        symbol, _ = asker
+        symbol, admitted = asker
         bars = self._running().hub.bars
         if bars is None:
             return JSONResponse(candles([]))
-        if bars.recorder is None:
-            held = [bar for bar in bars.book.bars(symbol, interval) if start <= bar.t < end]
-            return JSONResponse(candles(held[-limit:]))
-        found = await bars.recorder.series(bars.book, symbol, interval, start, end, limit)
-        return JSONResponse(candles(found))
+        refusal = bars.read_refused(admitted.owner)
+        if refusal is not None:
+            return JSONResponse(refusal.body(), refusal.status, refusal.headers())
+        answer = JSONResponse(candles(await bars.series(symbol, interval, start, end, limit)))
+        bars.read_sent(admitted.owner, len(answer.body))
+        return answer
 
     async def _symbol_and_owner(self, request: Request) -> tuple[str, Admitted] | JSONResponse:
         """The path's symbol and who asks (whose shares the request spends: its user's

@@ -126,6 +126,11 @@ async def test_closed_bars_survive_a_restart_for_a_symbol_nobody_follows(
         )
         assert window["c"] == [102.0]  # from=, then the newest `limit`
         assert (await get_json(base, "/health"))["bar_store"] == "ok"
+        # Finnhub's candle endpoint reads the same store (`to` inclusive, as Finnhub's).
+        finnhub = await get_json(
+            base, f"/api/v1/stock/candle?symbol=AAPL&resolution=1&from=0&to={sent // 1000}"
+        )
+        assert finnhub["c"] == after["c"] and finnhub["t"] == after["t"]
         # Daily candles: New York calendar days (AAPL is a US stock), closed ones stored.
         trades = {sent - 2 * DAY: 100.0, sent - DAY: 101.0, sent - 10 * MINUTE: 102.0}
         days = {day_of("AAPL", t): price for t, price in sorted(trades.items())}
@@ -233,3 +238,34 @@ async def test_trades_arriving_while_stored_bars_load_count_after_them() -> None
     await asyncio.gather(subscribing, trading)
     [minute] = book.bars("AAPL", "1m")
     assert (minute.n, minute.o, minute.c) == (2, 10.0, 11.0)  # the stored trade kept
+
+
+async def test_reads_over_http_cost_their_bytes_per_owner(market: Market) -> None:
+    settings = settings_for(market, history_bytes_per_client=2000)
+    async with run_gateway(settings) as gateway:
+        client = await gateway.connect()
+        await client.subscribe("AAPL")
+        await market.simulator.wait_for(lambda: "AAPL" in market.simulator.subscribed_symbols())
+        sent = now_ms()  # late trades, one a minute for an hour: 60 closed 1m bars
+        await market.simulator.send_trades(
+            [trade_at("AAPL", 100.0 + k, sent - k * MINUTE) for k in range(1, 61)]
+        )
+        await client.expect("price_update")
+
+        async def all_counted() -> bool:
+            return len((await gateway.get_json("/bars/AAPL?interval=1m"))["t"]) >= 60
+
+        await poll_until(all_counted)  # that answer (~3 KB) put 127.0.0.1 in debt
+        candle = "/api/v1/stock/candle?symbol=AAPL&resolution=1&from=0&to=9999999999"
+        for path in ("/bars/AAPL?interval=1m", candle):
+            async with gateway.session.get(gateway.base_url + path) as response:
+                assert response.status == 429, await response.text()
+                assert int(response.headers["Retry-After"]) >= 1
+        connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+        async with (
+            aiohttp.ClientSession(connector=connector) as other,
+            other.get(gateway.base_url + candle) as response,  # its own allowance
+        ):
+            assert response.status == 200 and len((await response.json())["c"]) == 60
+        health = await gateway.health()
+        assert health["status"] == "ok"
