@@ -7,16 +7,14 @@ A bar is open until the clock passes its end plus `grace` (stragglers still coun
 then `due(now_ms)` closes it and reports it `final`. A trade that arrives later for a
 closed bar (Finnhub can deliver trades out of order) updates that bar at once and
 reports it again, `final` and `revised`; one for an interval that had no trades makes
-the bar it lacked. An interval with no trades has no bar. While a bar is open,
-`due()` reports it at most once per `live_every` seconds, and only if it changed.
+the bar it lacked; one for a bar older than the history held is reported `partial`
+(that trade alone, for the store to merge into the bar it keeps). An interval with no
+trades has no bar. While a bar is open, `due()` reports it at most once per
+`live_every` seconds, and only if it changed.
 A bar whose interval overlaps a time the upstream was not received (`upstream_down` to
 `upstream_up`, bars/outages.py) says so: `gap` is true, and stays true.
 
-Open and close are the prices of the earliest and latest trade by time (a straggler
-that is earlier than the open becomes the open). Volume is a float64 sum (about 15
-significant digits: crypto's fractional volumes stay exact to far below a satoshi),
-rounded to 8 decimal places when sent, and always finite: a sum that would overflow
-stays at the largest float (JSON has no infinity; a stored `null` breaks every reader).
+A bar itself (open and close by trade time, its volume, its checks) is bars/bar.py.
 
 A trade stamped more than `max_ahead` seconds (BAR_MAX_AHEAD_SECONDS) past the clock
 counts in no bar (its price is still delivered), and a series holds at most
@@ -32,14 +30,14 @@ with that part (never reused), so an encoded history is kept until it is out of 
 from __future__ import annotations
 
 import itertools
-import math
-import sys
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
-# Re-exported: the intervals are part of the book's vocabulary for every other module.
+# Re-exported: bars and intervals are part of the book's vocabulary for every other module.
+from bars.bar import MAX_BAR_BYTES as MAX_BAR_BYTES
+from bars.bar import Bar as Bar
+from bars.bar import BarEvent as BarEvent
 from bars.intervals import INTERVAL_MS as INTERVAL_MS
 from bars.intervals import INTERVALS as INTERVALS
 from bars.intervals import Interval as Interval
@@ -50,87 +48,7 @@ from market_data.model import Trade
 MAX_GRACE_SECONDS = 1.0
 BAR_MAX_AHEAD_SECONDS = 5.0  # README "Live candles"
 MAX_OPEN_BARS = 16  # per symbol and interval; the clock allows ~7 (1s bars, 5 s ahead)
-MAX_BAR_BYTES = 192  # a bar's JSON at most (typically ~85): 13-digit t, 17-digit floats
 _REVISIONS = itertools.count(1)  # one sequence for every series of every book
-
-
-@dataclass(slots=True)
-class Bar:
-    t: int  # start, Unix ms, a multiple of the interval
-    o: float
-    h: float
-    l: float  # noqa: E741 - the candle field's own name
-    c: float
-    v: float
-    n: int  # trades
-    first_t: int = 0  # the trade times behind `o` and `c`
-    last_t: int = 0
-    gap: bool = False  # its interval overlaps a time the upstream was not received
-
-    @classmethod
-    def of(cls, start: int, price: float, volume: float, t: int) -> Bar:
-        return cls(start, price, price, price, price, volume, 1, t, t)
-
-    def add(self, price: float, volume: float, t: int) -> None:
-        if price > self.h:
-            self.h = price
-        if price < self.l:
-            self.l = price
-        if t < self.first_t:
-            self.o, self.first_t = price, t
-        if t >= self.last_t:  # the same millisecond: the later arrival closes
-            self.c, self.last_t = price, t
-        self.v = min(self.v + volume, sys.float_info.max)  # inf would be stored as null
-        self.n += 1
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "t": self.t,
-            "o": self.o,
-            "h": self.h,
-            "l": self.l,
-            "c": self.c,
-            "v": round(self.v, 8),
-            "n": self.n,
-            "gap": self.gap,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Bar:
-        """A bar from its `as_dict()`, as stored or published; ValueError (or KeyError,
-        TypeError) for anything else, so a reader can skip it: a non-finite or missing
-        number, or prices that are not a candle (low <= open, close <= high)."""
-        t, n = data["t"], data["n"]
-        if not (_is_int(t) and _is_int(n) and n >= 1):
-            raise ValueError("a bar's t and n are integers")
-        first, high, low, last, volume = (data[name] for name in ("o", "h", "l", "c", "v"))
-        if not all(_is_finite(value) for value in (first, high, low, last, volume)):
-            raise ValueError("a bar's prices and volume are finite numbers")
-        if not (0 < low <= min(first, last) and max(first, last) <= high and volume >= 0):
-            raise ValueError("not a candle")
-        gap = data.get("gap", False)  # absent: stored or published by an older version
-        if not isinstance(gap, bool):
-            raise ValueError("a bar's gap is true or false")
-        return cls(
-            t, float(first), float(high), float(low), float(last), float(volume), n, t, t, gap
-        )
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_finite(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-@dataclass(frozen=True, slots=True)
-class BarEvent:
-    symbol: str
-    interval: Interval
-    bar: dict[str, Any]  # Bar.as_dict(): a snapshot, unaffected by later trades
-    final: bool
-    revised: bool = False
 
 
 @dataclass
@@ -234,7 +152,11 @@ class BarBook:
             for interval in INTERVALS:
                 event = self._add(symbol, interval, price, volume, t, now_ms)
                 if event is not None:
-                    revised[(symbol, interval, event.bar["t"])] = event
+                    key = (symbol, interval, event.bar["t"])
+                    earlier = revised.get(key)
+                    if earlier is not None and event.partial:  # else: a later report
+                        event = earlier.merged(event)  # of a held bar, including it
+                    revised[key] = event
         return list(revised.values())
 
     def _add(
@@ -265,9 +187,9 @@ class BarBook:
         else:
             late = Bar.of(start, price, volume, t)
             late.gap = self._outages.overlaps(start, end)
-            if not series.insert_closed(late):
-                return None  # older than the history kept
-        return BarEvent(symbol, interval, late.as_dict(), final=True, revised=True)
+            if not series.insert_closed(late):  # older than the history kept
+                return BarEvent.of(symbol, interval, late, final=True, revised=True, partial=True)
+        return BarEvent.of(symbol, interval, late, final=True, revised=True)
 
     def due(self, now_ms: int) -> list[BarEvent]:
         """Bars whose interval (and grace) ended, as finals; changed open bars not
@@ -281,12 +203,12 @@ class BarBook:
                     series.changed.discard(start)
                     series.open_changed()
                     series.insert_closed(bar)
-                    events.append(BarEvent(symbol, interval, bar.as_dict(), final=True))
+                    events.append(BarEvent.of(symbol, interval, bar, final=True))
             if series.changed and now_seconds - series.reported_at >= self._live_every:
                 series.reported_at = now_seconds
                 for start in sorted(series.changed):
                     bar = series.open[start]
-                    events.append(BarEvent(symbol, interval, bar.as_dict(), final=False))
+                    events.append(BarEvent.of(symbol, interval, bar, final=False))
                 series.changed.clear()
         return events
 

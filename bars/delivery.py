@@ -209,7 +209,7 @@ class BarDelivery:
     def deliver(self, events: Iterable[BarEvent]) -> None:
         for event in events:
             subscribers = self._subscribers.get((event.symbol, event.interval))
-            if subscribers:
+            if subscribers and not event.partial:  # a partial bar is for the store alone
                 frame = protocol.bar_message(event)
                 for client in subscribers:
                     client.send(frame)

@@ -4,7 +4,8 @@ The only module that imports asyncpg (a maintained async driver: no thread, no
 blocking). A small pool; every statement has COMMAND_TIMEOUT seconds, so a database
 that stops answering is a `StoreError` (the recorder degrades) rather than a hang.
 The schema is bars/sqlite_store.py's, with `final` a boolean; a batch is one
-`INSERT ... ON CONFLICT DO UPDATE` of arrays (unnest), so a flush is one round trip.
+`INSERT ... ON CONFLICT DO UPDATE` of arrays (unnest), so a flush is one round trip
+(two with partial bars, merged into their rows, in the same transaction).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import asyncpg
 
 from bars.book import Bar, BarEvent, Interval
-from bars.store import StoreError, bar_of, ended_before, row_of
+from bars.store import COLUMNS, READ_COLUMNS, StoreError, bar_of, ended_before, row_of
 
 COMMAND_TIMEOUT = 10.0
 SCHEMA = """
@@ -30,17 +31,35 @@ CREATE TABLE IF NOT EXISTS bars (
     n INTEGER NOT NULL,
     final BOOLEAN NOT NULL,
     gap BOOLEAN NOT NULL DEFAULT false,
+    first_t BIGINT, last_t BIGINT,
     PRIMARY KEY (symbol, interval, t)
 );
 ALTER TABLE bars ADD COLUMN IF NOT EXISTS gap BOOLEAN NOT NULL DEFAULT false;
+ALTER TABLE bars ADD COLUMN IF NOT EXISTS first_t BIGINT;
+ALTER TABLE bars ADD COLUMN IF NOT EXISTS last_t BIGINT;
 """
-UPSERT = """
-INSERT INTO bars (symbol, interval, t, o, h, l, c, v, n, final, gap) SELECT * FROM unnest(
+ROWS = f"""
+INSERT INTO bars ({COLUMNS}) SELECT * FROM unnest(
     $1::text[], $2::text[], $3::bigint[], $4::float8[], $5::float8[], $6::float8[],
-    $7::float8[], $8::float8[], $9::int[], $10::bool[], $11::bool[])
-ON CONFLICT (symbol, interval, t) DO UPDATE SET o = EXCLUDED.o, h = EXCLUDED.h,
-    l = EXCLUDED.l, c = EXCLUDED.c, v = EXCLUDED.v, n = EXCLUDED.n, final = EXCLUDED.final,
-    gap = EXCLUDED.gap
+    $7::float8[], $8::float8[], $9::int[], $10::bool[], $11::bool[], $12::bigint[],
+    $13::bigint[])
+ON CONFLICT (symbol, interval, t) DO UPDATE SET"""
+UPSERT = f"""{ROWS}
+    o = EXCLUDED.o, h = EXCLUDED.h, l = EXCLUDED.l, c = EXCLUDED.c, v = EXCLUDED.v,
+    n = EXCLUDED.n, final = EXCLUDED.final, gap = EXCLUDED.gap,
+    first_t = EXCLUDED.first_t, last_t = EXCLUDED.last_t
+"""
+# A partial bar (a late trade for a bar older than the book holds) counts in the row.
+MERGE = f"""{ROWS}
+    o = CASE WHEN EXCLUDED.first_t < coalesce(bars.first_t, bars.t) THEN EXCLUDED.o
+        ELSE bars.o END,
+    c = CASE WHEN EXCLUDED.last_t >= coalesce(bars.last_t, bars.t) THEN EXCLUDED.c
+        ELSE bars.c END,
+    first_t = least(EXCLUDED.first_t, coalesce(bars.first_t, bars.t)),
+    last_t = greatest(EXCLUDED.last_t, coalesce(bars.last_t, bars.t)),
+    h = greatest(bars.h, EXCLUDED.h), l = least(bars.l, EXCLUDED.l),
+    v = bars.v + EXCLUDED.v, n = bars.n + EXCLUDED.n,
+    final = true, gap = bars.gap OR EXCLUDED.gap
 """
 ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
@@ -73,17 +92,24 @@ class PostgresStore:
             raise StoreError(f"postgresql: {type(exc).__name__}: {_safe(exc, self._url)}") from None
 
     async def write(self, events: Sequence[BarEvent]) -> None:
-        columns = list(zip(*(row_of(event) for event in events), strict=True))
-        if columns:
-            await self._call("execute", UPSERT, *map(list, columns))
+        if self._pool is None:
+            raise StoreError("the bar store is closed")
+        try:
+            async with self._pool.acquire() as connection, connection.transaction():
+                for query, partial in ((UPSERT, False), (MERGE, True)):
+                    rows = [row_of(event) for event in events if event.partial is partial]
+                    if rows:  # one round trip per kind: arrays of columns
+                        await connection.execute(query, *map(list, zip(*rows, strict=True)))
+        except ERRORS as exc:
+            raise StoreError(f"postgresql: {type(exc).__name__}: {_safe(exc, self._url)}") from None
 
     async def read(
         self, symbol: str, interval: Interval, start_ms: int, end_ms: int, limit: int
     ) -> list[Bar]:
         rows = await self._call(
             "fetch",
-            "SELECT t, o, h, l, c, v, n, gap OR NOT final FROM bars WHERE symbol = $1 "
-            "AND interval = $2 "
+            "SELECT t, o, h, l, c, v, n, gap OR NOT final, first_t, last_t FROM bars "
+            "WHERE symbol = $1 AND interval = $2 "
             "AND (final OR t < $3) AND t >= $4 AND t < $5 ORDER BY t DESC LIMIT $6",
             symbol, interval, ended_before(interval), start_ms, end_ms, limit,
         )  # fmt: skip
@@ -92,7 +118,7 @@ class PostgresStore:
     async def open_bars(self, symbol: str) -> list[tuple[Interval, Bar]]:
         rows = await self._call(
             "fetch",
-            "SELECT interval, t, o, h, l, c, v, n, gap FROM bars WHERE symbol = $1 AND NOT final",
+            f"SELECT interval, {READ_COLUMNS} FROM bars WHERE symbol = $1 AND NOT final",
             symbol,
         )
         found: list[tuple[Interval, Bar]] = []

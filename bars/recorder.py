@@ -1,8 +1,10 @@
 """Getting bars into the store without making the fan-out wait for it.
 
 `record(events)` is called with every bar event the book reports (live, final,
-revised) and only puts them in a pending map keyed by (symbol, interval, start), so a
-bar reported again before it was written is written once, as last reported; the map
+revised, partial) and only puts them in a pending map keyed by (symbol, interval,
+start), so a bar reported again before it was written is written once, as last
+reported (a partial one, a late trade for a bar older than the book holds, is merged
+into what is pending, and the store merges it into the bar it keeps); the map
 is bounded (MAX_BACKLOG bars: beyond it new events are dropped and counted). `run()`
 (the supervisor's `bar-store` task) writes what is pending every FLUSH_SECONDS, so a
 closed bar reaches the store within about a second; `flush()` on a clean shutdown
@@ -52,9 +54,12 @@ class BarRecorder:
         pending = self._pending
         for event in events:
             key = (event.symbol, event.interval, event.bar["t"])
-            if key not in pending and len(pending) >= MAX_BACKLOG:
+            earlier = pending.get(key)
+            if earlier is None and len(pending) >= MAX_BACKLOG:
                 self.dropped += 1
                 continue
+            if earlier is not None and (event.partial or earlier.partial):
+                event = earlier.merged(event)  # a trade the other report lacks
             pending[key] = event
 
     async def flush(self) -> bool:
@@ -67,8 +72,9 @@ class BarRecorder:
             await self.store.write(list(batch.values()))
         except (StoreError, OSError, TimeoutError) as exc:
             raise_if_cancelling(exc)
-            batch.update(self._pending)  # newer reports of the same bars win
-            self._pending = dict(list(batch.items())[-MAX_BACKLOG:])
+            newer, self._pending = self._pending, {}
+            self.record(batch.values())  # kept for the next try, bounded as ever,
+            self.record(newer.values())  # newer reports of the same bars winning
             self._failed("writes", exc)
             return False
         elapsed = time.perf_counter() - started
@@ -154,7 +160,7 @@ class BarRecorder:
         """Record every open bar the book holds (a clean shutdown writes them too)."""
         for symbol, interval in list(book.held()):
             for bar in book.parts(symbol, interval)[1]:
-                self.record([BarEvent(symbol, interval, bar.as_dict(), final=False)])
+                self.record([BarEvent.of(symbol, interval, bar, final=False)])
 
     async def series(
         self, book: BarBook, symbol: str, interval: Interval, start_ms: int, end_ms: int, limit: int

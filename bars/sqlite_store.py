@@ -7,8 +7,9 @@ crash loses at most the transaction being written. Opening checks the file
 (`PRAGMA quick_check`): a corrupt or unwritable file is a `StoreError` at start-up.
 
 Schema (docs/bars.md "Stored bars"): `bars(symbol, interval, t, o, h, l, c, v, n,
-final, gap)`, primary key (symbol, interval, t), without rowid, so a series' bars are
-stored together in start order and a revision replaces its row.
+final, gap, first_t, last_t)`, primary key (symbol, interval, t), without rowid, so a
+series' bars are stored together in start order and a revision replaces its row (a
+partial bar merges into it).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bars.book import Bar, BarEvent, Interval
-from bars.store import StoreError, bar_of, ended_before, row_of
+from bars.store import COLUMNS, READ_COLUMNS, StoreError, bar_of, ended_before, row_of
 
 T = TypeVar("T")
 
@@ -35,14 +36,27 @@ CREATE TABLE IF NOT EXISTS bars (
     n INTEGER NOT NULL,
     final INTEGER NOT NULL,
     gap INTEGER NOT NULL DEFAULT 0,
+    first_t INTEGER, last_t INTEGER,
     PRIMARY KEY (symbol, interval, t)
 ) WITHOUT ROWID
 """
-ADD_GAP = "ALTER TABLE bars ADD COLUMN gap INTEGER NOT NULL DEFAULT 0"  # files before gaps
-UPSERT = (
-    "INSERT OR REPLACE INTO bars (symbol, interval, t, o, h, l, c, v, n, final, gap) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
+# Columns a file written by an earlier version lacks.
+ADDED = {"gap": "INTEGER NOT NULL DEFAULT 0", "first_t": "INTEGER", "last_t": "INTEGER"}
+UPSERT = f"INSERT OR REPLACE INTO bars ({COLUMNS}) VALUES ({', '.join('?' * 13)})"
+# A partial bar (a late trade for a bar older than the book holds) counts in the row.
+MERGE = f"""
+INSERT INTO bars ({COLUMNS}) VALUES ({", ".join("?" * 13)})
+ON CONFLICT (symbol, interval, t) DO UPDATE SET
+    o = CASE WHEN excluded.first_t < coalesce(bars.first_t, bars.t) THEN excluded.o
+        ELSE bars.o END,
+    c = CASE WHEN excluded.last_t >= coalesce(bars.last_t, bars.t) THEN excluded.c
+        ELSE bars.c END,
+    first_t = min(excluded.first_t, coalesce(bars.first_t, bars.t)),
+    last_t = max(excluded.last_t, coalesce(bars.last_t, bars.t)),
+    h = max(bars.h, excluded.h), l = min(bars.l, excluded.l),
+    v = bars.v + excluded.v, n = bars.n + excluded.n,
+    final = 1, gap = bars.gap OR excluded.gap
+"""
 
 
 class SqliteStore:
@@ -74,8 +88,10 @@ class SqliteStore:
                 db.execute("PRAGMA journal_mode = WAL")
                 db.execute("PRAGMA synchronous = NORMAL")  # WAL: durable at each checkpoint
                 db.execute(SCHEMA)
-                if "gap" not in {row[1] for row in db.execute("PRAGMA table_info(bars)")}:
-                    db.execute(ADD_GAP)
+                present = {row[1] for row in db.execute("PRAGMA table_info(bars)")}
+                for column, kind in ADDED.items():
+                    if column not in present:
+                        db.execute(f"ALTER TABLE bars ADD COLUMN {column} {kind}")
                 db.execute("BEGIN IMMEDIATE")  # proves the file is writable now
                 db.execute("COMMIT")
             except BaseException:
@@ -89,12 +105,15 @@ class SqliteStore:
             raise StoreError(f"sqlite {self.path}: {exc}") from exc
 
     async def write(self, events: Sequence[BarEvent]) -> None:
-        rows = [row_of(event) for event in events]
+        whole = [row_of(event) for event in events if not event.partial]
+        partial = [row_of(event) for event in events if event.partial]
 
         def write(db: sqlite3.Connection) -> None:
             with db:
                 db.execute("BEGIN")
-                db.executemany(UPSERT, rows)
+                db.executemany(UPSERT, whole)
+                if partial:
+                    db.executemany(MERGE, partial)
 
         await self._run(write)
 
@@ -105,8 +124,8 @@ class SqliteStore:
 
         def read(db: sqlite3.Connection) -> list[Any]:
             return db.execute(
-                "SELECT t, o, h, l, c, v, n, gap OR NOT final FROM bars WHERE symbol = ? "
-                "AND interval = ? "
+                "SELECT t, o, h, l, c, v, n, gap OR NOT final, first_t, last_t FROM bars "
+                "WHERE symbol = ? AND interval = ? "
                 "AND (final = 1 OR t < ?) AND t >= ? AND t < ? ORDER BY t DESC LIMIT ?",
                 (symbol, interval, ended, start_ms, end_ms, limit),
             ).fetchall()
@@ -116,8 +135,7 @@ class SqliteStore:
     async def open_bars(self, symbol: str) -> list[tuple[Interval, Bar]]:
         def read(db: sqlite3.Connection) -> list[Any]:
             return db.execute(
-                "SELECT interval, t, o, h, l, c, v, n, gap FROM bars "
-                "WHERE symbol = ? AND final = 0",
+                f"SELECT interval, {READ_COLUMNS} FROM bars WHERE symbol = ? AND final = 0",
                 (symbol,),
             ).fetchall()
 

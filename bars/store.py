@@ -8,7 +8,9 @@
   only module that imports asyncpg).
 
 A store keeps one row per (symbol, interval, start): the bar as last reported (its
-`gap` flag included), and whether it was final. Writes come in batches from
+`gap` flag and the times of its first and last trade included), and whether it was
+final; a `partial` event (a late trade for a bar older than the book holds) is merged
+into the row instead of replacing it. Writes come in batches from
 `BarRecorder` (bars/recorder.py); `read` returns a series' closed bars, oldest first;
 `delete_before` enforces retention. A row that is not a well-formed candle
 (bars/book.py `Bar.from_dict`) is skipped and counted (`skipped`), never trusted.
@@ -84,8 +86,11 @@ class MemoryStore:
         return None
 
 
+COLUMNS = "symbol, interval, t, o, h, l, c, v, n, final, gap, first_t, last_t"
+
+
 def row_of(event: BarEvent) -> tuple[Any, ...]:
-    """An event as a row: symbol, interval, t, o, h, l, c, v, n, final, gap."""
+    """An event as a row of COLUMNS."""
     bar = event.bar
     return (
         event.symbol,
@@ -99,18 +104,24 @@ def row_of(event: BarEvent) -> tuple[Any, ...]:
         bar["n"],
         event.final,
         bar.get("gap", False),
+        *event.times,
     )
 
 
+READ_COLUMNS = "t, o, h, l, c, v, n, gap, first_t, last_t"
+
+
 def bar_of(row: Sequence[Any], interval: str) -> Bar:
-    """A stored row (t, o, h, l, c, v, n, gap) as a bar; ValueError (or TypeError) if it
-    is not a well-formed candle of the interval. A row read as closed that was written
-    open (its process stopped before the bar ended) is read with gap true."""
-    names = ("t", "o", "h", "l", "c", "v", "n", "gap")
-    fields = dict(zip(names, row, strict=True))
+    """A stored row of READ_COLUMNS as a bar; ValueError (or TypeError) if it is not a
+    well-formed candle of the interval. A row read as closed that was written open (its
+    process stopped before the bar ended) is read with gap true (the query says so)."""
+    *candle, first_t, last_t = row
+    fields = dict(zip(("t", "o", "h", "l", "c", "v", "n", "gap"), candle, strict=True))
     if fields["gap"] in (0, 1):  # sqlite has no booleans
         fields["gap"] = bool(fields["gap"])
     bar = Bar.from_dict(fields)
+    if isinstance(first_t, int) and isinstance(last_t, int):  # NULL: written before them
+        bar.first_t, bar.last_t = first_t, last_t
     length = INTERVAL_MS.get(interval)  # type: ignore[call-overload]
     if length is None or bar.t % _alignment(length) != 0 or bar.t < 0:
         raise ValueError("not a bar start of its interval")

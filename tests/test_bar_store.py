@@ -22,7 +22,7 @@ from bars.book import Bar, BarBook, BarEvent, Interval
 from bars.intervals import NEW_YORK, day_of
 from bars.recorder import BarRecorder
 from bars.sqlite_store import SqliteStore
-from bars.store import MemoryStore
+from bars.store import BarStore, MemoryStore
 from market_data.model import Trade
 from tests.helpers import (
     PROJECT,
@@ -269,3 +269,68 @@ async def test_reads_over_http_cost_their_bytes_per_owner(market: Market) -> Non
             assert response.status == 200 and len((await response.json())["c"]) == 60
         health = await gateway.health()
         assert health["status"] == "ok"
+
+
+async def assert_partial_bars_merge(store: BarStore) -> None:
+    """A late trade for a bar older than the book holds arrives as a partial bar (that
+    trade alone); the store counts it in the bar it keeps, by trade time and sum."""
+    start = now_ms() - now_ms() % MINUTE - 10 * DAY
+    kept = Bar(start, 10.0, 12.0, 9.0, 11.0, 5.0, 2, start + 10_000, start + 50_000)
+    recorder = BarRecorder(store, {})
+    recorder.record([BarEvent.of("PART", "1m", kept, final=True)])
+    assert await recorder.flush()
+
+    def lone(price: float, t: int, volume: float = 1.0) -> BarEvent:
+        bar = Bar.of(t - t % MINUTE, price, volume, t)
+        return BarEvent.of("PART", "1m", bar, final=True, revised=True, partial=True)
+
+    # Before the open, after the close, and a new low: two of them in one flush.
+    recorder.record([lone(8.0, start + 5_000)])
+    recorder.record([lone(13.0, start + 55_000, volume=2.0)])
+    assert recorder.backlog == 1  # merged while pending
+    assert await recorder.flush()
+    recorder.record([lone(10.5, start + 30_000)])  # in between: neither open nor close
+    recorder.record([lone(7.0, start + 2 * MINUTE + 1)])  # a bar the store lacks: made
+    assert await recorder.flush()
+    bars = await store.read("PART", "1m", 0, start + DAY, 10)
+    assert [(b.t, b.o, b.h, b.l, b.c, b.v, b.n) for b in bars] == [
+        (start, 8.0, 13.0, 8.0, 13.0, 9.0, 5),
+        (start + 2 * MINUTE, 7.0, 7.0, 7.0, 7.0, 1.0, 1),
+    ]
+    assert (bars[0].first_t, bars[0].last_t) == (start + 5_000, start + 55_000)
+
+
+async def test_partial_bars_merge_into_sqlite(tmp_path: Path) -> None:
+    store = SqliteStore(str(tmp_path / "bars.sqlite3"))
+    await store.open()
+    try:
+        await assert_partial_bars_merge(store)
+    finally:
+        await store.close()
+
+
+async def test_a_late_trade_older_than_the_history_held_revises_the_stored_bar(
+    tmp_path: Path, market: Market
+) -> None:
+    settings = settings_for(
+        market, bar_history=3, bar_store_url=f"sqlite:///{tmp_path / 'bars.sqlite3'}"
+    )
+    async with run_gateway(settings) as gateway:
+        client = await gateway.connect()
+        await client.subscribe("AAPL")
+        await market.simulator.wait_for(lambda: "AAPL" in market.simulator.subscribed_symbols())
+        sent = now_ms() - now_ms() % MINUTE
+        minutes = [sent - k * MINUTE for k in range(10, 4, -1)]  # six, the oldest first
+        await market.simulator.send_trades([trade_at("AAPL", 100.0, t + 1_000) for t in minutes])
+        await client.expect("price_update")
+        oldest = f"/bars/AAPL?interval=1m&from={minutes[0] // 1000}&to={minutes[1] // 1000}"
+
+        async def stored(trades: int) -> bool:
+            found = await gateway.get_json(oldest)
+            return bool(found["s"] == "ok" and found["v"] == [10.0 * trades])
+
+        await poll_until(lambda: stored(1))  # the book holds only the newest three
+        await market.simulator.send_trades([trade_at("AAPL", 90.0, minutes[0] + 30_000)])
+        await poll_until(lambda: stored(2))
+        candle = await gateway.get_json(oldest)
+        assert (candle["o"], candle["l"], candle["c"]) == ([100.0], [90.0], [90.0])

@@ -17,6 +17,7 @@ from bars.postgres_store import PostgresStore
 from bars.recorder import BarRecorder
 from tests.helpers import Market, poll_until, run_gateway, settings_for
 from tests.postgres_server import PostgresServer, postgres_bin
+from tests.test_bar_store import assert_partial_bars_merge
 from tests.test_bars import now_ms, trade_at
 
 MINUTE, DAY = 60_000, 86_400_000
@@ -77,5 +78,14 @@ async def test_retention_in_postgresql(postgres: str) -> None:
         assert await recorder.flush()
         assert await recorder.prune(now) == 1
         assert [b.t for b in await store.read("RET", "5m", 0, now, 10)] == [now - DAY]
+    finally:
+        await store.close()
+
+
+async def test_partial_bars_merge_into_postgresql(postgres: str) -> None:
+    store = PostgresStore(postgres)
+    await store.open()
+    try:
+        await assert_partial_bars_merge(store)
     finally:
         await store.close()

@@ -104,7 +104,11 @@ def test_history_is_bounded_and_forgotten_with_the_symbol() -> None:
     held = book.bars("AAPL", "1s")
     assert len(held) == 5 and [bar.c for bar in held] == [25.0, 26.0, 27.0, 28.0, 29.0]
     too_old = book.add_trades([trade(1.0, T)], T + 60_000)
-    assert finals(too_old, "1s") == []  # older than the history kept: dropped, not inserted
+    # Older than the history kept: not held, reported partial (that trade alone) for the
+    # store to merge into the bar it keeps.
+    [partial] = finals(too_old, "1s")
+    assert partial.partial and partial.bar["n"] == 1 and partial.bar["t"] == T
+    assert [bar.c for bar in book.bars("AAPL", "1s")] == [25.0, 26.0, 27.0, 28.0, 29.0]
     book.forget("AAPL")
     assert book.bars("AAPL", "1s") == [] and book.symbols == set()
 
