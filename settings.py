@@ -212,6 +212,12 @@ class Settings:
             raise ConfigError("MAX_BATCH_BYTES must be at most half of MAX_UNREAD_OUTPUT")
         if self.bar_grace > 1:
             raise ConfigError(f"BAR_GRACE must be at most 1 (second); got {self.bar_grace}")
+        if self.redis_url and self.bar_store_url.startswith("sqlite:"):
+            # One process's file: a cluster's processes (on other machines) cannot share it.
+            raise ConfigError(
+                "BAR_STORE_URL cannot be sqlite:// on a cluster (REDIS_URL is set): use "
+                "postgresql://... or leave it unset (Redis's bounded history)"
+            )
         # One way to say who a client is: a shared token, or one source of JWT keys.
         ways = [n for n in ("gateway_token", "jwt_secret", "jwt_public_key", "jwt_jwks_url")
                 if getattr(self, n)]  # fmt: skip
