@@ -146,7 +146,8 @@ class Settings:
     history_bytes_per_address: int = setting(33_554_432, minimum=1)
     # Where bars are kept (docs/bars.md "Stored bars"): memory://, sqlite:///<path>,
     # postgresql://...; unset: sqlite:///data/bars.sqlite3 in one process, Redis's
-    # bounded history on a cluster. May carry a password.
+    # bounded history on a cluster (where sqlite:// is refused and the leader writes a
+    # postgresql:// store, docs/scale-out.md). May carry a password.
     bar_store_url: str = setting("", secret=True)
     # How long stored bars are kept: 1s bars (seconds), 1m bars, 5m to 1h bars, 1d bars.
     bar_retention_1s_seconds: float = setting(3600.0, minimum=1)
