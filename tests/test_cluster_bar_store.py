@@ -7,6 +7,7 @@ any more. Skipped, loudly, without PostgreSQL's server binaries."""
 from __future__ import annotations
 
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,15 @@ import redis.asyncio as redis
 
 from bars.book import BarEvent
 from bars.postgres_store import PostgresStore
-from tests.helpers import Market, RedisServer, poll_until
+from tests.helpers import (
+    PROJECT,
+    TEST_KEY,
+    Market,
+    RedisServer,
+    free_port,
+    poll_until,
+    run_to_exit,
+)
 from tests.test_bar_store_postgres import postgres as postgres
 from tests.test_cluster import _follower, _has_leader, connect, gateway_process, health
 from tests.test_cluster import prefix as prefix
@@ -115,3 +124,18 @@ async def test_a_new_leader_continues_the_stored_bars_after_a_sigkill(
             assert later["t"] == [t // 1000 for t in (t2, t3, t4)]
     finally:
         await store.close()
+
+
+async def test_a_cluster_process_fails_to_start_on_a_store_it_cannot_use(
+    tmp_path: Path, redis_server: RedisServer, market: Market, prefix: str
+) -> None:
+    """As in one process: every node opens the store, and one it cannot use is named."""
+    nothing_there = f"postgresql://gw:hunter2@127.0.0.1:{free_port()}/bars"
+    code, output = await run_to_exit(
+        sys.executable, str(PROJECT / "gateway.py"), "--port", str(free_port()), cwd=tmp_path,
+        FINNHUB_API_KEY=TEST_KEY, FINNHUB_WS_URL=market.url, REST_ENABLED="false",
+        REDIS_URL=redis_server.url, REDIS_PREFIX=prefix, BAR_STORE_URL=nothing_there,
+    )  # fmt: skip
+    assert code != 0
+    assert "BAR_STORE_URL" in output and "bar store cannot be used" in output
+    assert "hunter2" not in output
