@@ -178,8 +178,8 @@ class Leadership:
 
     async def _write_back(self, bars: LeaderBars) -> None:
         """Write what this leadership recorded and has not written, open bars too; drop
-        what cannot be written in time (a later write of it
-        could replace a newer leader's revision of the same bar)."""
+        what cannot be written in time (written later, it could replace a newer
+        leader's revision of the same bar)."""
         recorder = self._recorder
         if recorder is None:
             return
