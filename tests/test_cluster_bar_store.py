@@ -94,8 +94,12 @@ async def test_a_new_leader_continues_the_stored_bars_after_a_sigkill(
             await store._call("execute", "DELETE FROM bars WHERE symbol = 'IBM' AND t = $1", t3)
             connections = market.simulator.connection_count
             leader_process.process.send_signal(signal.SIGKILL)
-            await market.simulator.wait_for(
-                lambda: market.simulator.connection_count > connections, timeout=15
+            await market.simulator.wait_for(  # the new leader's socket alone: it carries IBM
+                lambda: (
+                    market.simulator.connection_count > connections
+                    and len(market.simulator.connections) == 1
+                ),
+                timeout=15,
             )
             assert (await health(session, follower))["role"] == "leader"
             await carried(market, "IBM")
