@@ -2,7 +2,9 @@
 PostgreSQL: only the leader writes, every node reads the store for `GET /bars`, and a
 new leader after a SIGKILL continues where the old one stopped, so the closed bars from
 before and after the kill are all in the store, each once, for a symbol nobody follows
-any more. Skipped, loudly, without PostgreSQL's server binaries."""
+any more; a leader with nothing in Redis continues the store's open bar; a process that
+cannot use the store fails start-up. Skipped, loudly, without PostgreSQL's server
+binaries."""
 
 from __future__ import annotations
 
@@ -15,8 +17,12 @@ import aiohttp
 import pytest
 import redis.asyncio as redis
 
-from bars.book import BarEvent
+from bars.book import Bar, BarEvent
 from bars.postgres_store import PostgresStore
+from bars.recorder import BarRecorder
+from cluster.bars import LeaderBars, StoredBars
+from cluster.link import RedisLink
+from market_data.model import Trade
 from tests.helpers import (
     PROJECT,
     TEST_KEY,
@@ -143,3 +149,41 @@ async def test_a_cluster_process_fails_to_start_on_a_store_it_cannot_use(
     assert code != 0
     assert "BAR_STORE_URL" in output and "bar store cannot be used" in output
     assert "hunter2" not in output
+
+
+async def test_a_new_leader_continues_from_the_store_when_redis_has_nothing(
+    redis_server: RedisServer, prefix: str, postgres: str
+) -> None:
+    """Redis emptied (or the symbol not followed for a while): the store's open bar is
+    continued, not replaced by a bar of one trade, and its closed bars are not doubled."""
+    store = PostgresStore(postgres)
+    await store.open()
+    link = RedisLink(redis_server.url, prefix)
+    try:
+        now = now_ms()
+        start = now - now % (5 * MINUTE)  # the current 5-minute bar
+        earlier = start - 5 * MINUTE
+        open_bar = {"t": start, "o": 20.0, "h": 25.0, "l": 19.0, "c": 21.0, "v": 3.0, "n": 3}
+        await store.write(
+            [
+                BarEvent("CSCO", "5m", candle(earlier, 18.0), final=True),
+                BarEvent("CSCO", "5m", open_bar, final=False),
+            ]
+        )
+        recorder = BarRecorder(store, {})
+        bars = LeaderBars(
+            StoredBars(link.client, link.key), lambda: {"CSCO"}, history=10, grace=0.5,
+            recorder=recorder,
+        )  # fmt: skip
+        await bars.trades_received([Trade("CSCO", 22.0, 1.0, now)])
+        bars.record_open()  # as the leadership ends
+        assert await recorder.flush()
+        stored = await store.open_bars("CSCO")
+        assert ("5m", Bar(start, 20.0, 25.0, 19.0, 22.0, 4.0, 4)) in [
+            (interval, Bar(b.t, b.o, b.h, b.l, b.c, b.v, b.n)) for interval, b in stored
+        ]
+        closed = await store.read("CSCO", "5m", 0, start, 10)
+        assert [bar.t for bar in closed] == [earlier]
+    finally:
+        await link.close()
+        await store.close()
