@@ -146,7 +146,8 @@ class Settings:
     history_bytes_per_address: int = setting(33_554_432, minimum=1)
     # Where bars are kept (docs/bars.md "Stored bars"): memory://, sqlite:///<path>,
     # postgresql://...; unset: sqlite:///data/bars.sqlite3 in one process, Redis's
-    # bounded history on a cluster. May carry a password.
+    # bounded history on a cluster (where sqlite:// is refused and the leader writes a
+    # postgresql:// store, docs/scale-out.md). May carry a password.
     bar_store_url: str = setting("", secret=True)
     # How long stored bars are kept: 1s bars (seconds), 1m bars, 5m to 1h bars, 1d bars.
     bar_retention_1s_seconds: float = setting(3600.0, minimum=1)
@@ -212,6 +213,12 @@ class Settings:
             raise ConfigError("MAX_BATCH_BYTES must be at most half of MAX_UNREAD_OUTPUT")
         if self.bar_grace > 1:
             raise ConfigError(f"BAR_GRACE must be at most 1 (second); got {self.bar_grace}")
+        if self.redis_url and self.bar_store_url.startswith("sqlite:"):
+            # One process's file: a cluster's processes (on other machines) cannot share it.
+            raise ConfigError(
+                "BAR_STORE_URL cannot be sqlite:// on a cluster (REDIS_URL is set): use "
+                "postgresql://... or leave it unset (Redis's bounded history)"
+            )
         # One way to say who a client is: a shared token, or one source of JWT keys.
         ways = [n for n in ("gateway_token", "jwt_secret", "jwt_public_key", "jwt_jwks_url")
                 if getattr(self, n)]  # fmt: skip

@@ -187,7 +187,11 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
     )
     stack.push_async_callback(rest_mirror.aclose)  # before the REST client closes
 
-    recorder = await _bar_recorder(settings, stack, book) if link is None else None
+    # On a cluster only with BAR_STORE_URL (unset: Redis's bounded history alone); the
+    # leader writes (cluster/leader.py), every node reads.
+    recorder = None
+    if link is None or settings.bar_store_url:
+        recorder = await _bar_recorder(settings, stack, book if aggregating else None)
     mirror = StoredBars(link.client, link.key) if link is not None else None
     mirrored = MirrorBars(mirror, book) if mirror is not None else None
     bars = BarDelivery(
@@ -235,6 +239,7 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
             bars=bars,
             mirror=mirrored,
             stored_bars=mirror,
+            recorder=recorder,
             bar_history=settings.bar_history,
             bar_grace=settings.bar_grace,
         )
@@ -252,7 +257,7 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
     supervisor = await stack.enter_async_context(Supervisor(watched=[relay.failing]))
     supervisor.start("broadcaster", hub.broadcast_forever)
     supervisor.start("clock", hub.clock.run)
-    if recorder is not None:
+    if recorder is not None and aggregating:  # on a cluster, a duty of the leader's
         supervisor.start("bar-store", recorder.run)
     if settings.rest_enabled:
         supervisor.start("quotes", quotes.run)
@@ -296,9 +301,12 @@ async def _upstream_endpoints(settings: Settings, stack: AsyncExitStack) -> tupl
     return ws_url, simulator_rest_url(ws_url), DEMO_TOKEN
 
 
-async def _bar_recorder(settings: Settings, stack: AsyncExitStack, book: BarBook) -> BarRecorder:
+async def _bar_recorder(
+    settings: Settings, stack: AsyncExitStack, book: BarBook | None
+) -> BarRecorder:
     """The store BAR_STORE_URL names, opened (ConfigError naming the setting if it
-    cannot be), and its recorder; a clean shutdown writes every bar, open ones too."""
+    cannot be), and its recorder; a clean shutdown writes every bar, the open ones of
+    `book` too (None on a cluster: the leader writes its own as it stops leading)."""
     store = open_store(settings.bar_store_url or DEFAULT_URL)
     try:
         await store.open()
@@ -308,7 +316,8 @@ async def _bar_recorder(settings: Settings, stack: AsyncExitStack, book: BarBook
     recorder = BarRecorder(store, retention(settings))
 
     async def flush() -> None:
-        recorder.open_bars_of(book)
+        if book is not None:
+            recorder.open_bars_of(book)
         if not await recorder.flush():
             logger.error("bar store: %d bars not written at shutdown", recorder.backlog)
 

@@ -59,7 +59,9 @@ class BarDelivery:
         # On a cluster: wait until the stored history of newly wanted symbols is here.
         self._history_ready = history_ready
         self._aggregating = aggregating  # False on a cluster: the leader aggregates
-        self.recorder = recorder  # one process with a store: every event is kept
+        # With a store: in one process every event is kept; on a cluster the leader
+        # keeps them (cluster/bars.py) and this serves GET /bars and /health only.
+        self.recorder = recorder
         self._history = history
         self._subscribers: dict[tuple[str, Interval], set[ClientConnection]] = {}
 
@@ -100,7 +102,7 @@ class BarDelivery:
             client.send(protocol.subscription_message("subscribed", held, interval))
         if added and self._history_ready is not None:
             await self._history_ready(added)
-        if added and self.recorder is not None:
+        if added and self.recorder is not None and self._aggregating:
             await self.recorder.load(self.book, added, self._history)
         for symbol in added:
             if interval not in client.bar_intervals.get(symbol, ()):

@@ -11,7 +11,11 @@ closed bar reaches the store within about a second; `flush()` on a clean shutdow
 writes the rest, open bars included. A write that fails (disk full, database down)
 keeps its bars pending for the next try and puts the store in `degraded` (bars are
 still built, delivered and served from memory); the next write that succeeds makes it
-`ok` again. `prune()` enforces each interval's retention, once an hour.
+`ok` again (a failed read, the next read that succeeds: a cluster's follower only
+reads). `prune()` enforces each interval's retention, once an hour.
+
+On a cluster (cluster/bars.py) only the leader records, and `run()` is one of its
+duties; every node reads (`series`).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class BarRecorder:
         self._retention = retention  # seconds kept, per interval
         self._pending: dict[tuple[str, Interval, int], BarEvent] = {}
         self.state = "ok"
+        self._failing = ""  # what made it degraded: "writes" or "reads"
         self.dropped = 0  # events not kept: the backlog was full
         self.written = 0
         self.deleted = 0
@@ -70,6 +75,14 @@ class BarRecorder:
         started = time.perf_counter()
         try:
             await self.store.write(list(batch.values()))
+        except asyncio.CancelledError:
+            # Perhaps written, perhaps not: whole bars are kept for the next flush (writing
+            # one twice is harmless); a partial one is not, as merging it twice would
+            # count its trade twice.
+            newer, self._pending = self._pending, {}
+            self.record(event for event in batch.values() if not event.partial)
+            self.record(newer.values())
+            raise
         except (StoreError, OSError, TimeoutError) as exc:
             raise_if_cancelling(exc)
             newer, self._pending = self._pending, {}
@@ -82,16 +95,27 @@ class BarRecorder:
         self.write_seconds_total += elapsed
         self.writes += 1
         self.written += len(batch)
-        if self.state != "ok":
-            logger.warning("bar store writes succeed again")
-            self.state = "ok"
+        self._succeeded("writes")
         return True
+
+    def drop_pending(self) -> int:
+        """Forget what is pending (a leadership ended and could not write it: the next
+        leader records those bars again from Redis); how many."""
+        dropped, self._pending = len(self._pending), {}
+        return dropped
 
     def _failed(self, what: str, exc: BaseException) -> None:
         if self.state == "ok":
             logger.error("bar store degraded: %s fail (bars kept in memory) error=%s",
                          what, exc)  # fmt: skip
         self.state = "degraded"
+        self._failing = what
+
+    def _succeeded(self, what: str) -> None:
+        # A write that succeeds heals any failure; a read only a failed read.
+        if self.state != "ok" and (what == "writes" or self._failing == what):
+            logger.warning("bar store %s succeed again", what)
+            self.state = "ok"
 
     async def run(self) -> None:
         next_prune = time.monotonic()
@@ -136,7 +160,12 @@ class BarRecorder:
             loaded = asyncio.Event()
             self._loading.update(dict.fromkeys(fresh, loaded))
             try:
-                await self._read_into(book, fresh, history)
+                for symbol in fresh:
+                    stored = await self.stored(symbol, history)
+                    if stored is None:
+                        break
+                    for interval, (closed, open_bar) in stored.items():
+                        book.restore(symbol, interval, closed, open_bar)
             finally:
                 for symbol in fresh:
                     self._loading.pop(symbol, None)
@@ -144,17 +173,28 @@ class BarRecorder:
         for other in in_flight:
             await other.wait()
 
-    async def _read_into(self, book: BarBook, symbols: list[str], history: int) -> None:
+    async def stored(
+        self, symbol: str, history: int
+    ) -> dict[Interval, tuple[list[Bar], Bar | None]] | None:
+        """Each interval's stored bars of `symbol`: the newest `history` closed ones,
+        oldest first, and the one open when last written; None (degraded) if the store
+        cannot be read."""
         end = int(time.time() * 1000) + 86_400_000
         try:
-            for symbol in symbols:
-                opened: dict[Interval, Bar] = dict(await self.store.open_bars(symbol))
-                for interval in INTERVALS:
-                    closed = await self.store.read(symbol, interval, 0, end, history)
-                    book.restore(symbol, interval, closed, opened.get(interval))
+            opened: dict[Interval, Bar] = dict(await self.store.open_bars(symbol))
+            found = {
+                interval: (
+                    await self.store.read(symbol, interval, 0, end, history),
+                    opened.get(interval),
+                )
+                for interval in INTERVALS
+            }
         except (StoreError, OSError, TimeoutError) as exc:
             raise_if_cancelling(exc)
             self._failed("reads", exc)
+            return None
+        self._succeeded("reads")
+        return found
 
     def open_bars_of(self, book: BarBook) -> None:
         """Record every open bar the book holds (a clean shutdown writes them too)."""
@@ -175,6 +215,8 @@ class BarRecorder:
             raise_if_cancelling(exc)
             self._failed("reads", exc)
             stored = []
+        else:
+            self._succeeded("reads")
         for bar in stored:
             bars.setdefault(bar.t, bar)
         return [bars[t] for t in sorted(bars)[-limit:]]

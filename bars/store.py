@@ -104,7 +104,7 @@ def row_of(event: BarEvent) -> tuple[Any, ...]:
         bar["n"],
         event.final,
         bar.get("gap", False),
-        *event.times,
+        *(event.times if event.times != (0, 0) else (None, None)),  # unknown: NULL
     )
 
 

@@ -10,6 +10,13 @@
   and never writes a closed bar twice (the score replaces). Trades the old leader had
   counted but not yet stored (at most a second of them) and trades during the
   failover itself are not in the bars.
+- **With a bar store** (`BAR_STORE_URL=postgresql://...`) the leader also records every
+  event into it (bars/recorder.py; writing it is one of the leader's duties, see
+  cluster/leader.py), and a new leader starts a symbol from Redis's bars merged with
+  the store's (Redis may have lost them, or never had the symbol): no bar is lost or
+  doubled, as one start is one bar in both. The closed bars Redis has and the store
+  lacks (the old leader was killed before it wrote them) are recorded again, an
+  idempotent upsert. Every process reads the store for `GET /bars`.
 - **Every process** (`MirrorBars`) loads a symbol's stored bars when its clients start
   wanting it, then applies the published events to a local book, which serves history
   on `subscribe_bars` and `GET /bars` without aggregating anything.
@@ -35,7 +42,9 @@ from redis.exceptions import RedisError
 
 from bars.book import INTERVALS, Bar, BarBook, BarEvent, Interval
 from bars.delivery import BAR_CLOCK_SECONDS, TRADES_PER_SLICE
-from market_data.model import Trade
+from bars.outages import Outages
+from bars.recorder import BarRecorder
+from market_data.model import Trade, UpstreamState
 from runtime.cancellation import raise_if_cancelling
 from runtime.logs import get_logger
 
@@ -126,6 +135,8 @@ class StoredBars:
         """Keep and publish the leader's events, in one transaction."""
         async with self._client().pipeline(transaction=True) as pipe:
             for event in events:
+                if event.partial:
+                    continue  # a late trade for a bar older than Redis keeps: the store's
                 field = f"{event.interval}:{event.symbol}"
                 bar = orjson.dumps(event.bar)
                 if event.final:
@@ -162,30 +173,67 @@ class LeaderBars:
         *,
         history: int,
         grace: float,
+        recorder: BarRecorder | None = None,
     ) -> None:
         self._stored = stored
         self._carried = carried  # the cluster-wide union the feed follows
         self._history = history
-        self._book = BarBook(history=history, grace=grace)
+        # A leadership is blind until its feed connects: bars overlapping that say so.
+        self._book = BarBook(history=history, grace=grace, outages=Outages(down_since=_now_ms()))
+        self._recorder = recorder  # the bar store, if any: every event is kept there too
         self._lock = asyncio.Lock()  # trades and ticks take turns with the book and Redis
 
     async def trades_received(self, trades: list[Trade]) -> None:
         async with self._lock:
             fresh = {trade.symbol for trade in trades} - self._book.symbols
             if fresh:  # continue from what an earlier leader stored
-                for (symbol, interval), (closed, still_open) in (
-                    await self._stored.load(fresh)
-                ).items():
-                    # An open bar the last leader left is open here until due() closes
-                    # it, so its final is stored and published like any other.
-                    self._book.load(symbol, interval, closed, still_open)
+                await self._continue(fresh)
             for start in range(0, len(trades), TRADES_PER_SLICE):
                 if start:
                     await asyncio.sleep(0)  # a huge upstream message, a slice at a time
                 chunk = trades[start : start + TRADES_PER_SLICE]
                 events = self._book.add_trades(chunk, _now_ms())
                 if events:
+                    self._record(events)
                     await self._stored.store(events, self._history)
+
+    async def _continue(self, fresh: set[str]) -> None:
+        """Start each symbol's series from what earlier leaders stored. An open bar the
+        last leader left is open here until due() closes it, so its final is stored and
+        published like any other."""
+        loaded = await self._stored.load(fresh)
+        for (symbol, interval), (closed, still_open) in loaded.items():
+            if still_open is not None:
+                still_open.gap = True  # left open by a leader that stopped: its rest unseen
+            self._book.load(symbol, interval, closed, still_open)
+        if self._recorder is None:
+            return
+        for symbol in fresh:
+            stored = await self._recorder.stored(symbol, self._history) or {}
+            for interval in INTERVALS:
+                kept, kept_open = stored.get(interval, ([], None))
+                self._book.restore(symbol, interval, kept, kept_open)  # Redis's bars win
+                in_store = {bar.t: bar.as_dict() for bar in kept}
+                self._recorder.record(
+                    BarEvent.of(symbol, interval, bar, final=True)
+                    for bar in loaded.get((symbol, interval), ([], None))[0]
+                    if in_store.get(bar.t) != bar.as_dict()
+                )
+
+    def upstream_state_changed(self, state: UpstreamState) -> None:
+        if state == "connected":
+            self._book.upstream_up(_now_ms())
+        else:
+            self._book.upstream_down(_now_ms())
+
+    def _record(self, events: list[BarEvent]) -> None:
+        if self._recorder is not None:
+            self._recorder.record(events)
+
+    def record_open(self) -> None:
+        """The leadership ends: record every open bar, so the store has them too."""
+        if self._recorder is not None:
+            self._recorder.open_bars_of(self._book)
 
     async def run(self) -> None:
         """Close bars on the clock, send live updates, and drop symbols nobody wants.
@@ -194,7 +242,9 @@ class LeaderBars:
         while True:
             await asyncio.sleep(BAR_CLOCK_SECONDS)
             async with self._lock:
-                pending += self._book.due(_now_ms())
+                due = self._book.due(_now_ms())
+                self._record(due)
+                pending += due
                 unwanted = self._book.symbols - self._carried()
                 for symbol in unwanted:
                     self._book.forget(symbol)

@@ -4,12 +4,16 @@ The lease is `SET {prefix}:leader {node} NX PX lease`, renewed every third of th
 by a check-and-extend script and released on a clean exit by a check-and-delete. While
 it holds the lease, `Leadership` runs the upstream (following the cluster-wide union of
 interest), an `UpstreamPublisher` as its listener (trades encoded once, out through
-Redis), the bar aggregation (`LeaderBars`) and the market watch. A duty that ends (a
-crash) gives the lease up, so a healthy process can take over; a leader that cannot
-renew stops its upstream before the lease can pass to anybody else. A leadership that
-ended in a crash waits a doubling pause before competing again, so a crash-looping
-leader cannot open upstream sockets in a tight loop; after three in a row `/health`
-names it (`cluster.leadership`).
+Redis), the bar aggregation (`LeaderBars`), with a bar store its writes
+(`cluster-bar-store`: only the leader writes), and the market watch. When a leadership
+ends, however it ends, what it recorded and has not written (open bars included) is
+written at once, before the lease is released; what cannot be written in time is
+dropped, since the next leader records again from Redis the closed bars the store
+lacks. A duty that ends (a crash) gives the lease up, so a healthy process can take
+over; a leader that cannot renew stops its upstream before the lease can pass to
+anybody else. A leadership that ended in a crash waits a doubling pause before
+competing again, so a crash-looping leader cannot open upstream sockets in a tight
+loop; after three in a row `/health` names it (`cluster.leadership`).
 
 This module never talks to clients and never publishes the key.
 """
@@ -22,6 +26,7 @@ from collections.abc import Set as AbstractSet
 
 from redis.exceptions import RedisError
 
+from bars.recorder import BarRecorder
 from cluster.bars import LeaderBars, StoredBars
 from cluster.link import RedisLink
 from cluster.publish import UpstreamPublisher
@@ -63,6 +68,7 @@ class Leadership:
         lease_seconds: float,
         previous_close: Callable[[str], float | None] | None,
         stored_bars: StoredBars | None,
+        recorder: BarRecorder | None,
         bar_history: int,
         bar_grace: float,
         market_watch: MarketWatchFactory | None,
@@ -76,6 +82,7 @@ class Leadership:
         self._lease_ms = int(lease_seconds * 1000)
         self._previous_close = previous_close
         self._stored_bars = stored_bars
+        self._recorder = recorder  # the bar store's writer, used only while leading
         self._bar_history, self._bar_grace = bar_history, bar_grace
         self._market_watch = market_watch
         # Leaderships that crashed in a row: each waits longer before competing again
@@ -125,16 +132,17 @@ class Leadership:
                 lambda: self._upstream.interest.symbols,  # what the feed carries: what trades
                 history=self._bar_history,
                 grace=self._bar_grace,
+                recorder=self._recorder,
             )
-        publisher = UpstreamPublisher(
-            self._link, self._previous_close, bars.trades_received if bars else None
-        )
+        publisher = UpstreamPublisher(self._link, self._previous_close, bars)
         duties = [
             asyncio.create_task(self._upstream.run(publisher), name="cluster-feed"),
             asyncio.create_task(publisher.forward_events(), name="cluster-events"),
         ]
         if bars is not None:
             duties.append(asyncio.create_task(bars.run(), name="cluster-bars"))
+            if self._recorder is not None:  # the store's writes and retention
+                duties.append(asyncio.create_task(self._recorder.run(), name="cluster-bar-store"))
         if self._market_watch is not None:  # one poll of the market status for the cluster
             market = self._market_watch(publisher.market_changed)
             duties.append(asyncio.create_task(market.run(), name="cluster-market"))
@@ -159,10 +167,30 @@ class Leadership:
             _, stuck = await asyncio.wait([renewing, *duties], timeout=STOP_WAIT_SECONDS)
             if stuck:
                 logger.error("cluster feed did not stop within 5 s tasks=%d", len(stuck))
+            if bars is not None:
+                await self._write_back(bars)
         if crashed is None:
             return None  # the lease was lost
         await self.release()
         return crashed
+
+    async def _write_back(self, bars: LeaderBars) -> None:
+        """Write what this leadership recorded and has not written, open bars too; drop
+        what cannot be written in time (written later, it could replace a newer
+        leader's revision of the same bar)."""
+        recorder = self._recorder
+        if recorder is None:
+            return
+        bars.record_open()
+        written = False
+        try:
+            async with asyncio.timeout(STOP_WAIT_SECONDS):
+                written = await recorder.flush()
+        except TimeoutError:
+            pass
+        if not written:
+            logger.error("bar store: %d bars not written as the leadership ended",
+                         recorder.drop_pending())  # fmt: skip
 
     async def _keep_lease(self) -> None:
         while await self._renew_lease():

@@ -8,12 +8,13 @@ for processes that start later. This module never publishes or stores the key.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import orjson
 from redis.exceptions import RedisError
 
 import protocol
+from cluster.bars import LeaderBars
 from cluster.link import RedisLink
 from market_data.finnhub_wire import encode_trade_message
 from market_data.model import MarketStatus, Trade, UpstreamState
@@ -30,7 +31,7 @@ class UpstreamPublisher:
         self,
         link: RedisLink,
         previous_close: Callable[[str], float | None] | None,
-        bars: Callable[[list[Trade]], Awaitable[None]] | None = None,
+        bars: LeaderBars | None = None,
     ) -> None:
         self._redis = link.client()
         self._key = link.key
@@ -52,13 +53,15 @@ class UpstreamPublisher:
             logger.warning("cluster dropped %d trades error=%s", len(trades), type(exc).__name__)
         if self._bars is not None:
             try:
-                await self._bars(trades)
+                await self._bars.trades_received(trades)
             except (RedisError, OSError, TimeoutError) as exc:
                 raise_if_cancelling(exc)
                 logger.warning("cluster bars missed %d trades error=%s", len(trades),
                                type(exc).__name__)  # fmt: skip
 
     def upstream_state_changed(self, state: UpstreamState) -> None:
+        if self._bars is not None:  # bars overlapping a time it was down say so
+            self._bars.upstream_state_changed(state)
         self._events.put_nowait(("status", state.encode()))
 
     def upstream_refused(self, symbol: str | None) -> None:

@@ -12,7 +12,7 @@ duties, run under one supervised task (`cluster`), each retried through Redis ou
   Finnhub within milliseconds) and every `VIEW_SECONDS` as a safety net; the leader's
   upstream follows the union.
 - **leadership** (cluster/leader.py): the lease, and while it holds, the upstream, the
-  publisher, the bar aggregation and the market watch.
+  publisher, the bar aggregation (and the bar store's writes) and the market watch.
 - **relay**: subscribes to the trades of this process's symbols (published encoded,
   once, by the leader on `{prefix}:trades:{symbol}`, the last kept in
   `{prefix}:last:{symbol}` for snapshots) and to status, refusals, market status,
@@ -39,6 +39,7 @@ from redis.exceptions import RedisError
 
 import protocol
 from bars.delivery import BarDelivery
+from bars.recorder import BarRecorder
 from cluster.bars import MirrorBars, StoredBars
 from cluster.leader import Leadership, MarketWatchFactory
 from cluster.link import RedisLink
@@ -86,6 +87,7 @@ class RedisRelay:
         bars: BarDelivery | None = None,
         mirror: MirrorBars | None = None,
         stored_bars: StoredBars | None = None,
+        recorder: BarRecorder | None = None,
         bar_history: int = 240,
         bar_grace: float = 0.5,
     ) -> None:
@@ -116,6 +118,7 @@ class RedisRelay:
             lease_seconds=lease_seconds,
             previous_close=quotes.previous_close if quotes is not None else None,
             stored_bars=stored_bars,
+            recorder=recorder,
             bar_history=bar_history,
             bar_grace=bar_grace,
             market_watch=market_watch,

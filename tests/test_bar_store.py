@@ -1,7 +1,7 @@
 """Stored bars against the real gateway: late trades (two days, one day and minutes
 ago) stored and served; the same closed bars after SIGTERM and after SIGKILL for a
 symbol nobody follows; retention; a corrupt store fails start-up naming the setting; a
-store that fails at run time degrades with /health saying so."""
+store that fails at run time degrades with /health saying so, and recovers."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import asyncio
 import signal
 import sqlite3
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
@@ -334,3 +334,54 @@ async def test_a_late_trade_older_than_the_history_held_revises_the_stored_bar(
         await poll_until(lambda: stored(2))
         candle = await gateway.get_json(oldest)
         assert (candle["o"], candle["l"], candle["c"]) == ([100.0], [90.0], [90.0])
+
+
+async def test_a_failed_read_heals_with_a_read_and_a_failed_write_only_with_a_write(
+    tmp_path: Path,
+) -> None:
+    """A cluster's follower only reads: a read that succeeds again must make it `ok`."""
+    broken = SqliteStore(str(tmp_path / "broken.sqlite3"))
+    await broken.open()
+    await broken.close()
+    working = SqliteStore(str(tmp_path / "bars.sqlite3"))
+    await working.open()
+    try:
+        recorder = BarRecorder(broken, {})
+        book = BarBook(history=10, grace=0.5)
+        assert await recorder.series(book, "AAPL", "1m", 0, 2**40, 10) == []
+        assert recorder.state == "degraded"
+        recorder.store = working
+        await recorder.series(book, "AAPL", "1m", 0, 2**40, 10)
+        assert recorder.state == "ok"
+        recorder.store = broken
+        bar = {"t": 0, "o": 1.0, "h": 1.0, "l": 1.0, "c": 1.0, "v": 1.0, "n": 1}
+        recorder.record([BarEvent("AAPL", "1m", bar, final=True)])
+        assert not await recorder.flush() and recorder.state == "degraded"
+        recorder.store = working
+        await recorder.series(book, "AAPL", "1m", 0, 2**40, 10)
+        assert recorder.state == "degraded"  # the bar is still not written
+        assert await recorder.flush() and recorder.state == "ok"
+    finally:
+        await working.close()
+
+
+class StuckStore(MemoryStore):
+    """A store whose writes never finish (a database that stopped answering)."""
+
+    async def write(self, events: Sequence[BarEvent]) -> None:
+        await asyncio.Event().wait()
+
+
+async def test_a_flush_cancelled_mid_write_keeps_its_bars() -> None:
+    """A leadership ends while its store writes: what was being written is still there
+    for the write-back (cluster/leader.py), not lost with the cancelled write."""
+    recorder = BarRecorder(StuckStore(), {})
+    bar = {"t": 0, "o": 1.0, "h": 1.0, "l": 1.0, "c": 1.0, "v": 1.0, "n": 1}
+    recorder.record([BarEvent("AAPL", "1m", bar, final=True)])
+    flushing = asyncio.create_task(recorder.flush())
+    await asyncio.sleep(0)  # the write has started
+    assert recorder.backlog == 0
+    flushing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await flushing
+    assert recorder.backlog == 1

@@ -35,16 +35,23 @@ LEASE_SECONDS = 1.5
 
 @asynccontextmanager
 async def gateway_process(
-    tmp_path: Path, upstream: str, redis_url: str, prefix: str, *extra: str, rest: bool = False
+    tmp_path: Path,
+    upstream: str,
+    redis_url: str,
+    prefix: str,
+    *extra: str,
+    rest: bool = False,
+    env: dict[str, str] | None = None,
 ) -> AsyncIterator[tuple[GatewayProcess, int]]:
     """One cluster-mode gateway process (uvicorn as deployed) on a free port; quotes and
-    market status (REST) only when asked, as they add messages at their own moments."""
+    market status (REST) only when asked, as they add messages at their own moments;
+    `env` adds to (or overrides) its environment."""
     port = free_port()
     command = (
         sys.executable, "-m", "uvicorn", "--app-dir", str(PROJECT), "gateway:app",
         "--http", HTTP_IMPORT_PATH, *extra,
     )  # fmt: skip
-    env = {
+    settings = {
         "FINNHUB_WS_URL": upstream,
         "FINNHUB_REST_URL": rest_url(upstream),
         "FINNHUB_API_KEY": TEST_KEY,
@@ -55,7 +62,7 @@ async def gateway_process(
         "LOG_LEVEL": "INFO",
         "REST_ENABLED": "true" if rest else "false",
     }
-    async with gateway_subprocess(tmp_path, port, command, env) as gateway:
+    async with gateway_subprocess(tmp_path, port, command, settings | (env or {})) as gateway:
         yield gateway, port
 
 

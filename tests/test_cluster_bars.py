@@ -121,6 +121,7 @@ async def test_a_new_leader_continues_the_bars_from_redis(
         assert without_gap(continued["bar"]) == {
             "t": start, "o": 100.0, "h": 105.0, "l": 99.0, "c": 101.0, "v": 5, "n": 4,
         }  # fmt: skip
+        assert continued["bar"]["gap"] is True  # the failover's seconds are not in it
         newcomer = await connect(session, follower)
         history = await subscribe_bars(newcomer, "MSFT", "5m")
         starts = [bar["t"] for bar in history]

@@ -100,3 +100,13 @@ def test_secrets_stay_out_of_repr() -> None:
     )
     shown = repr(settings)
     assert "k-secret" not in shown and "t-secret" not in shown and "pw@" not in shown
+
+
+def test_a_cluster_refuses_a_sqlite_bar_store() -> None:
+    """A file is one process's: a cluster's processes (on other machines) cannot share it."""
+    with pytest.raises(ConfigError, match="BAR_STORE_URL cannot be sqlite") as refused:
+        Settings(redis_url="redis://127.0.0.1:1/0", bar_store_url="sqlite:///secret/bars.db")
+    assert "secret" not in str(refused.value)
+    Settings(redis_url="redis://127.0.0.1:1/0", bar_store_url="postgresql://h/db")
+    Settings(redis_url="redis://127.0.0.1:1/0", bar_store_url="memory://")
+    Settings(bar_store_url="sqlite:///data/bars.sqlite3")  # one process: its own file
