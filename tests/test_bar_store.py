@@ -9,7 +9,7 @@ import asyncio
 import signal
 import sqlite3
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
@@ -142,11 +142,24 @@ async def test_closed_bars_survive_a_restart_for_a_symbol_nobody_follows(
         assert all(datetime.fromtimestamp(t, NEW_YORK).hour == 0 for t in daily["t"])
 
 
-async def test_a_corrupt_store_fails_start_up_naming_the_setting(
-    tmp_path: Path, market: Market
+def corrupt(data: Path) -> None:
+    data.mkdir()
+    (data / "bars.sqlite3").write_bytes(b"not a database, " * 512)
+
+
+def a_directory(data: Path) -> None:  # unwritable as a file, whoever runs the tests
+    (data / "bars.sqlite3").mkdir(parents=True)
+
+
+def under_a_file(data: Path) -> None:  # its directory cannot be made
+    data.write_bytes(b"")
+
+
+@pytest.mark.parametrize("spoil", [corrupt, a_directory, under_a_file])
+async def test_a_corrupt_or_unwritable_store_fails_start_up_naming_the_setting(
+    tmp_path: Path, market: Market, spoil: Callable[[Path], None]
 ) -> None:
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "bars.sqlite3").write_bytes(b"not a database, " * 512)
+    spoil(tmp_path / "data")
     code, output = await run_to_exit(
         sys.executable, str(PROJECT / "gateway.py"), "--port", str(free_port()),
         cwd=tmp_path, **env_for(market),
