@@ -183,7 +183,8 @@ function update(symbol, data) {
   }
 }
 
-// Candles: a wick from low to high and a body from open to close, green when it rose.
+// Candles: a wick from low to high and a body from open to close, green when it rose;
+// grey when the gateway was not receiving Finnhub for part of it (`gap`: trades missing).
 function drawCandles(card) {
   const canvas = card.element.querySelector("canvas");
   const times = [...card.bars.keys()].sort((a, b) => a - b).slice(-CHART_BARS);
@@ -200,7 +201,8 @@ function drawCandles(card) {
   const slot = canvas.width / CHART_BARS;
   bars.forEach((bar, index) => {
     const x = canvas.width - (bars.length - index) * slot + slot / 2;
-    context.strokeStyle = context.fillStyle = bar.c >= bar.o ? "#0a7d38" : "#c0262d";
+    const colour = bar.gap ? "#8a8f98" : bar.c >= bar.o ? "#0a7d38" : "#c0262d";
+    context.strokeStyle = context.fillStyle = colour;
     context.beginPath();
     context.moveTo(x, y(bar.h));
     context.lineTo(x, y(bar.l));
