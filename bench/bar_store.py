@@ -36,6 +36,7 @@ import asyncpg
 
 from bars.sqlite_store import AGE_INDEX
 from bench.bar_store_costs import (
+    combined,
     postgres_disk,
     prune_timing,
     sqlite_disk,
@@ -181,37 +182,39 @@ async def _postgres(root: Path, resources: AsyncExitStack) -> tuple[str, int] | 
 
 async def bar_store(config: Config) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
-    disk: dict[str, dict[str, Any]] = {}
+    disk: dict[str, list[dict[str, Any]]] = {kind: [] for kind in STORES[1:]}
     with tempfile.TemporaryDirectory(prefix="bench-bar-store-") as directory:
         root = Path(directory)
         async with AsyncExitStack() as resources:
             postgres = await _postgres(root, resources)
             kinds = [kind for kind in STORES if kind != "postgresql" or postgres is not None]
-            # One file and one database for all the rounds: each run adds its bars to
-            # the last run's, as restarts do, and the rows measured on disk at the end
-            # are several runs' worth (pages are counted whole: more rows, less error).
-            urls = {"memory": "memory://", "sqlite": f"sqlite:///{root / 'bars.sqlite3'}"}
-            if postgres is not None:
-                admin = await asyncpg.connect(postgres[0])
-                await admin.execute("CREATE DATABASE bench")
-                await admin.close()
-                urls["postgresql"] = postgres[0].rsplit("/", 1)[0] + "/bench"
+
+            async def fresh(kind: str, name: str) -> str:
+                """A new, empty store: every run starts as memory:// does, with no
+                history to load (a restored history would be a difference of its own)."""
+                if kind == "sqlite":
+                    return f"sqlite:///{root / name}.sqlite3"
+                if kind == "postgresql" and postgres is not None:
+                    admin = await asyncpg.connect(postgres[0])
+                    await admin.execute(f"CREATE DATABASE {name}")
+                    await admin.close()
+                    return postgres[0].rsplit("/", 1)[0] + f"/{name}"
+                return "memory://"
+
             for round_index in range(config.store_rounds):
                 for kind in kinds if round_index % 2 == 0 else kinds[::-1]:
+                    url = await fresh(kind, f"run{round_index}")
                     pid = postgres[1] if kind == "postgresql" and postgres is not None else None
-                    runs.append(await one_run(config, kind, urls[kind], round_index, pid))
-            disk["sqlite"] = sqlite_disk(root / "bars.sqlite3")
-            if "postgresql" in urls:
-                disk["postgresql"] = await postgres_disk(urls["postgresql"])
+                    runs.append(await one_run(config, kind, url, round_index, pid))
+                    if kind == "sqlite":
+                        disk[kind].append(sqlite_disk(Path(url.removeprefix("sqlite:///"))))
+                    elif kind == "postgresql":
+                        disk[kind].append(await postgres_disk(url))
             # The store's own CPU, measured in this process on fresh stores, in turn.
-            urls["sqlite"] = f"sqlite:///{root / 'cost.sqlite3'}"
-            if postgres is not None:
-                admin = await asyncpg.connect(postgres[0])
-                await admin.execute("CREATE DATABASE cost")
-                await admin.close()
-                urls["postgresql"] = postgres[0].rsplit("/", 1)[0] + "/cost"
             costs = {
-                kind: await write_cost(urls[kind], config.bars_rate, 50, config.cost_seconds)
+                kind: await write_cost(
+                    await fresh(kind, "cost"), config.bars_rate, 50, config.cost_seconds
+                )
                 for kind in kinds
             }
         prune = await asyncio.to_thread(prune_timing, root, config.prune_symbols, AGE_INDEX)
@@ -220,8 +223,8 @@ async def bar_store(config: Config) -> dict[str, Any]:
         "symbols": 50,
         "postgresql": "measured" if "postgresql" in kinds else NO_POSTGRES,
         "runs": runs,
-        "disk": disk,
-        "stores": _summary(runs, disk, costs),
+        "disk": {kind: combined(files) for kind, files in disk.items() if files},
+        "stores": _summary(runs, {kind: combined(files) for kind, files in disk.items()}, costs),
         "write_cost": costs,
         "prune": prune,
     }
@@ -254,7 +257,7 @@ def _summary(
             for run in mine
             if run[per_delivery] and memory.get(run["round"])
         ]
-        bytes_per_row = disk[kind]["bytes_per_row"] if kind in disk else None
+        bytes_per_row = disk[kind]["bytes_per_row"] if disk.get(kind) else None
         stores[kind] = {
             "runs": len(mine),
             "cpu_s_per_million_trades": median_of("gateway_cpu_s_per_million_trades"),

@@ -103,7 +103,7 @@ def sqlite_disk(path: Path) -> dict[str, Any]:
 
 
 async def postgres_disk(url: str) -> dict[str, Any]:
-    """The bars table: its heap and indexes as the runs left them (with the dead row
+    """The bars table: its heap and indexes as the run left them (with the dead row
     versions of the upserts: an open bar is rewritten every half second), then after
     `VACUUM FULL`. Bytes per row are the packed figure: autovacuum makes the dead
     versions' space reusable, so what they add is bounded by the open bars, a constant,
@@ -143,6 +143,29 @@ def _per_row(
         "used_bytes_per_row": round(used / total, 1) if total else None,
         **extra,
     }
+
+
+def combined(files: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several runs' stores as one: rows, bytes and the bytes per row over all of them
+    (each run's own insert order and page fill; more rows, less rounding to pages)."""
+    if not files:
+        return {}
+    rows: int = sum(item["rows"] for item in files)
+
+    def per_row(key: str) -> float:
+        total: float = sum(item[key] * item["rows"] for item in files)
+        return round(total / rows, 1)
+
+    result = {
+        "runs": len(files),
+        "rows": rows,
+        "bytes_per_row": per_row("bytes_per_row"),
+        "used_bytes_per_row": per_row("used_bytes_per_row"),
+        "each": files,
+    }
+    if all("bytes_per_row_as_left" in item for item in files):
+        result["bytes_per_row_as_left"] = per_row("bytes_per_row_as_left")
+    return result
 
 
 def steady_state(bytes_per_row: float, settings: Settings | None = None) -> dict[str, Any]:

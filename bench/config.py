@@ -45,7 +45,7 @@ class Config:
     # The bar-store scenario (at `bars_rate` over 50 symbols): rounds of one run per
     # store, alternated; clients on 5 symbols' prices each and on 5 symbols' 1m bars;
     # the symbols of the retention prune's timed table (none: not timed).
-    store_rounds: int = 4
+    store_rounds: int = 6
     store_price_clients: int = 100
     store_bar_clients: int = 100
     store_measure: float = 10.0
