@@ -28,7 +28,7 @@ import statistics
 import sys
 import tempfile
 import warnings
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, suppress
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +116,8 @@ async def one_run(
         label = f"{kind} (round {round_index + 1})"
         window = await measure(running, label, config.bars_rate, config.store_measure, pids)
         sampler.cancel()
+        with suppress(asyncio.CancelledError):
+            await sampler
         after = await store_metrics(running)
         # The file as it is while the gateway writes (its WAL goes at a clean shutdown).
         on_disk = sizes(url.removeprefix("sqlite:///")) if url.startswith("sqlite:") else {}
