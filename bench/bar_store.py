@@ -17,7 +17,10 @@ CPU of its threads other than the event loop's (the SQLite store's), the postgre
 server's CPU, and the store's own figures from /metrics (`gateway_bar_store_*`: write
 latency, backlog, drops). After each run, the gateway stopped cleanly (every bar
 written): bytes on disk per stored row (bench/bar_store_costs.py), and from them the
-steady state per symbol and day under the default retention.
+steady state per symbol and day under the default retention. Last, what the runs
+cannot resolve on a shared machine: the store's own CPU per bar, timed in this process
+(`write_cost`), and the hourly retention prune of a large SQLite table, timed without
+and with its (interval, t) index.
 """
 
 from __future__ import annotations
