@@ -57,6 +57,10 @@ ON CONFLICT (symbol, interval, t) DO UPDATE SET
     v = bars.v + excluded.v, n = bars.n + excluded.n,
     final = 1, gap = bars.gap OR excluded.gap
 """
+# Retention deletes an interval's old bars across every symbol; the primary key leads
+# with the symbol, so without this index each hourly prune scans the whole table.
+AGE_INDEX = "CREATE INDEX IF NOT EXISTS bars_by_age ON bars (interval, t)"
+PRUNE = "DELETE FROM bars WHERE interval = ? AND t < ?"
 
 
 class SqliteStore:
@@ -92,6 +96,7 @@ class SqliteStore:
                 for column, kind in ADDED.items():
                     if column not in present:
                         db.execute(f"ALTER TABLE bars ADD COLUMN {column} {kind}")
+                db.execute(AGE_INDEX)
                 db.execute("BEGIN IMMEDIATE")  # proves the file is writable now
                 db.execute("COMMIT")
             except BaseException:
@@ -158,9 +163,7 @@ class SqliteStore:
         def delete(db: sqlite3.Connection) -> int:
             with db:
                 db.execute("BEGIN")
-                cursor = db.execute(
-                    "DELETE FROM bars WHERE interval = ? AND t < ?", (interval, before_ms)
-                )
+                cursor = db.execute(PRUNE, (interval, before_ms))
             return cursor.rowcount
 
         return await self._run(delete)

@@ -11,6 +11,10 @@ Scenarios (each bounded in time, stopping by itself):
                 a bystander's rate, /health latency and RSS during each
   soak          (only when asked) churning clients plus upstream drops for --soak-seconds,
                 RSS sampled throughout: memory must come back to where it started
+  bar-store     (only when asked) the bar store beside memory://, alternated in one run at
+                10,000 trades/s over 50 symbols: CPU per million trades, the fan-out's CPU
+                per delivery as a ratio to memory, write latency and backlog, bytes on disk
+                per row and per symbol-day (memory, sqlite, postgresql when installed)
   finnhub       (only when asked) 1,000 dashboard loads through the REST mirror (/api/v1):
                 upstream calls, cache hits, p50/p99; Finnhub's protocol at / beside /ws:
                 deliveries per CPU-second
@@ -58,6 +62,7 @@ def main() -> None:
             "delivery",
             "bars",
             "finnhub",
+            "bar-store",
         ],
     )
     parser.add_argument("--soak-seconds", type=float, help="soak duration (default 600)")

@@ -42,6 +42,15 @@ class Config:
     sse_rates: tuple[float, ...] = (20, 50, 100)
     # The bars scenario: upstream trades per second over its 50 symbols.
     bars_rate: float = 10_000
+    # The bar-store scenario (at `bars_rate` over 50 symbols): rounds of one run per
+    # store, alternated; clients on 5 symbols' prices each and on 5 symbols' 1m bars;
+    # the symbols of the retention prune's timed table (none: not timed).
+    store_rounds: int = 6
+    store_price_clients: int = 100
+    store_bar_clients: int = 100
+    store_measure: float = 10.0
+    prune_symbols: int = 10
+    cost_seconds: float = 60.0  # simulated seconds of bars whose writing is timed
     # The abuse scenario: each attack's length, the window before it, and the pause
     # after it (past HANDSHAKE_TIMEOUT and SLOW_CONSUMER_TIMEOUT, so each starts clean).
     abuse_seconds: float = 20.0
@@ -72,6 +81,12 @@ QUICK = Config(
     throttled_rates=(200,),
     sse_rates=(20,),
     bars_rate=200,
+    store_rounds=1,
+    store_price_clients=5,
+    store_bar_clients=5,
+    store_measure=2.0,
+    prune_symbols=1,
+    cost_seconds=5.0,
     abuse_seconds=1.0,
     abuse_baseline=0.5,
     abuse_pause=0.5,

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.abuse_runs import abuse_table
+from bench.bar_store import bar_store_lines
 from bench.finnhub import finnhub_lines
 
 
@@ -104,6 +105,8 @@ def summary(results: dict[str, Any]) -> None:
             f"{row['trades_sent']} trades sent, {row['bar_subscribers']} bar subscribers, "
             f"{row['bar_frames_received']} bar frames, RSS {row['gateway_rss_mib']} MiB\n"
         )
+    for line in bar_store_lines(results.get("bar_store", {})):
+        sys.stdout.write(line + "\n")
     for line in finnhub_lines(results.get("finnhub", {})):
         sys.stdout.write(line + "\n")
     if "soak" in results:

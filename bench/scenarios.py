@@ -17,6 +17,7 @@ import aiohttp
 import orjson
 
 from bench.abuse_runs import abuse
+from bench.bar_store import bar_store
 from bench.config import Config
 from bench.finnhub import finnhub
 from bench.measure import Window, best_sustained, collect, measure, ramp
@@ -363,4 +364,6 @@ async def run(
         results["bars"] = await bars(config, reference)
     if "finnhub" in scenarios:
         results["finnhub"] = await finnhub(config)
+    if "bar-store" in scenarios:
+        results["bar_store"] = await bar_store(config)
     return results

@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from bars import sqlite_store
 from bars.book import Bar, BarBook, BarEvent, Interval
 from bars.intervals import NEW_YORK, day_of
 from bars.recorder import BarRecorder
@@ -398,3 +399,23 @@ async def test_a_flush_cancelled_mid_write_keeps_its_bars() -> None:
     with pytest.raises(asyncio.CancelledError):
         await flushing
     assert recorder.backlog == 1
+
+
+async def test_retention_reaches_old_bars_by_an_index_not_by_reading_every_symbol(
+    tmp_path: Path,
+) -> None:
+    """The prune deletes an interval's old bars across every symbol, and the primary key
+    leads with the symbol: without an index on (interval, t) every hourly prune reads
+    the whole table (BENCHMARKS.md, "The bar store beside memory")."""
+    path = tmp_path / "bars.sqlite3"
+    store = SqliteStore(str(path))
+    await store.open()
+    await store.close()
+    db = sqlite3.connect(path)
+    try:
+        plan = db.execute("EXPLAIN QUERY PLAN " + sqlite_store.PRUNE, ("1s", 0)).fetchall()
+    finally:
+        db.close()
+    assert [step[-1] for step in plan] == [
+        "SEARCH bars USING COVERING INDEX bars_by_age (interval=? AND t<?)"
+    ]

@@ -10,8 +10,10 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 
+from bars import postgres_store
 from bars.book import BarEvent
 from bars.postgres_store import PostgresStore
 from bars.recorder import BarRecorder
@@ -89,3 +91,20 @@ async def test_partial_bars_merge_into_postgresql(postgres: str) -> None:
         await assert_partial_bars_merge(store)
     finally:
         await store.close()
+
+
+async def test_retention_in_postgresql_reaches_old_bars_by_an_index(postgres: str) -> None:
+    """As in SQLite: the prune selects by interval and age across every symbol, which
+    the primary key (symbol first) cannot find without reading all of it."""
+    store = PostgresStore(postgres)
+    await store.open()
+    await store.close()
+    db = await asyncpg.connect(postgres)
+    try:
+        await db.execute("SET enable_seqscan = off")  # an empty table: any plan is cheap
+        plan = await db.fetch("EXPLAIN " + postgres_store.PRUNE, "1s", 0)
+    finally:
+        await db.close()
+    scan, condition = (row[0].strip().removeprefix("->").strip() for row in plan[1:])
+    assert scan.startswith("Index Scan using bars_by_age on bars")
+    assert condition == """Index Cond: (("interval" = '1s'::text) AND (t < '0'::bigint))"""

@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from bench.abuse_runs import ATTACKS, BAR_ATTACKS
+from tests.postgres_server import postgres_bin
 
 pytestmark = pytest.mark.slow
 
@@ -80,3 +81,34 @@ async def test_quick_finnhub_scenario_measures_the_mirror_and_both_dialects(
         "/ws (gateway protocol)", "/ (Finnhub protocol)",
     ]  # fmt: skip
     assert all(row["deliveries_per_s"] > 0 and row["reordered"] == 0 for row in rows)
+
+
+async def test_quick_bar_store_scenario_measures_every_store_beside_memory(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "bar-store.json"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench", "--quick", "--scenario", "bar-store", "--out", str(out),
+        cwd=PROJECT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    async with asyncio.timeout(180):
+        output, _ = await process.communicate()
+    assert process.returncode == 0, output.decode()[-3000:]
+    results = orjson.loads(out.read_bytes())["bar_store"]
+    stores = ["memory", "sqlite", *(["postgresql"] if postgres_bin() else [])]
+    assert [run["store"] for run in results["runs"]] == stores
+    assert list(results["stores"]) == stores
+    for run in results["runs"]:
+        assert run["deliveries_per_s"] > 0 and run["lost"] == 0 and run["reordered"] == 0
+        assert run["store_bars_written"] > 0 and run["bar_frames"] > 0
+    for kind in stores[1:]:
+        disk = results["disk"][kind]
+        assert disk["rows"] > 0 and disk["bytes_per_row"] > 0
+        assert results["stores"][kind]["per_symbol"]["written_bytes_per_day"] > 0
+        assert results["write_cost"][kind]["bars_written"] > 0
+    prune = results["prune"]
+    assert prune["with index"]["deleted"] == prune["without index"]["deleted"] > 0
+    assert "bars_by_age" in prune["with index"]["plan"]
+    assert b"on disk per symbol trading all day" in output
