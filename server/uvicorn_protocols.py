@@ -66,7 +66,7 @@ _FALLBACK_GUARD = ConnectionGuard()  # before the lifespan hands over the real o
 WRITE_BUFFER_HIGH = 4_096  # bytes in the transport before a client counts as stalled
 # A peer that reads sees our close frame within a round trip and answers it; one still
 # sending past either bound is flooding and is cut at once.
-LINGER_SECONDS = 1.0
+LINGER_SECONDS = 5.0  # a peer on a busy machine may take a while to read our close frame
 LINGER_BYTES = 65_536
 
 
