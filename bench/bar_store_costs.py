@@ -30,7 +30,7 @@ import asyncpg
 
 from bars.book import INTERVAL_MS, INTERVALS, BarBook
 from bars.recorder import FLUSH_SECONDS, PRUNE_SECONDS, BarRecorder, open_store
-from bars.sqlite_store import PRUNE, SCHEMA
+from bars.sqlite_store import PRUNE, SCHEMA, UPSERT
 from market_data.model import Trade
 from settings import Settings
 from wiring import retention
@@ -199,7 +199,10 @@ def _series_rows(symbol: str, now_ms: int) -> list[tuple[Any, ...]]:
         span = keep[interval] * 1000 + PRUNE_SECONDS * 1000
         first = (now_ms - int(span)) // length * length
         for t in range(first, now_ms, length):
-            rows.append((symbol, interval, t, 100.5, 101.25, 99.75, 100.0, 1234.5, 57, 1))
+            rows.append(
+                (symbol, interval, t, 100.5, 101.25, 99.75, 100.0, 1234.5, 57, 1, 0, t + 1,
+                 t + length - 1)
+            )  # fmt: skip
     return rows
 
 
@@ -216,10 +219,7 @@ def prune_timing(root: Path, symbols: int, index_statement: str) -> dict[str, An
     with db:
         db.execute("BEGIN")
         for index in range(symbols):
-            db.executemany(
-                "INSERT INTO bars VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                _series_rows(f"P{index:03d}", now_ms),
-            )
+            db.executemany(UPSERT, _series_rows(f"P{index:03d}", now_ms))  # the store's
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     total = db.execute("SELECT COUNT(*) FROM bars").fetchone()[0]
     db.close()
