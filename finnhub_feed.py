@@ -86,6 +86,9 @@ class FinnhubFeed:
 
     async def run(self, listener: UpstreamListener) -> None:
         """Stay connected until cancelled."""
+        # A new run (a new leadership, a restart after a crash) has no socket yet; a
+        # listener that last heard "connected" from an earlier run must hear otherwise.
+        self._set_state(listener, "connecting")
         loop = asyncio.get_running_loop()
         timeout = aiohttp.ClientTimeout(total=None, connect=15, sock_connect=10)
         async with aiohttp.ClientSession(timeout=timeout) as session:

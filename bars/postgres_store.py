@@ -48,10 +48,13 @@ INSERT INTO bars ({COLUMNS}) SELECT * FROM unnest(
     $7::float8[], $8::float8[], $9::int[], $10::bool[], $11::bool[], $12::bigint[],
     $13::bigint[])
 ON CONFLICT (symbol, interval, t) DO UPDATE SET"""
+# As in SQLite: a bar still open never replaces a final one; unknown times keep theirs.
 UPSERT = f"""{ROWS}
     o = EXCLUDED.o, h = EXCLUDED.h, l = EXCLUDED.l, c = EXCLUDED.c, v = EXCLUDED.v,
     n = EXCLUDED.n, final = EXCLUDED.final, gap = EXCLUDED.gap,
-    first_t = EXCLUDED.first_t, last_t = EXCLUDED.last_t
+    first_t = coalesce(EXCLUDED.first_t, bars.first_t),
+    last_t = coalesce(EXCLUDED.last_t, bars.last_t)
+WHERE EXCLUDED.final OR NOT bars.final
 """
 # A partial bar (a late trade for a bar older than the book holds) counts in the row.
 MERGE = f"""{ROWS}
@@ -62,8 +65,9 @@ MERGE = f"""{ROWS}
     first_t = least(EXCLUDED.first_t, coalesce(bars.first_t, bars.t)),
     last_t = greatest(EXCLUDED.last_t, coalesce(bars.last_t, bars.t)),
     h = greatest(bars.h, EXCLUDED.h), l = least(bars.l, EXCLUDED.l),
-    v = bars.v + EXCLUDED.v, n = bars.n + EXCLUDED.n,
-    final = true, gap = bars.gap OR EXCLUDED.gap
+    v = least(bars.v, 1.7976931348623157e308 - EXCLUDED.v) + EXCLUDED.v,
+    n = bars.n + EXCLUDED.n,
+    final = true, gap = bars.gap OR EXCLUDED.gap OR NOT bars.final
 """
 ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 

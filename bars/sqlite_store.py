@@ -42,7 +42,17 @@ CREATE TABLE IF NOT EXISTS bars (
 """
 # Columns a file written by an earlier version lacks.
 ADDED = {"gap": "INTEGER NOT NULL DEFAULT 0", "first_t": "INTEGER", "last_t": "INTEGER"}
-UPSERT = f"INSERT OR REPLACE INTO bars ({COLUMNS}) VALUES ({', '.join('?' * 13)})"
+# A revision replaces its row, except that a bar still open never replaces a final one
+# (an old leader's last writes after a new one's), and unknown trade times keep theirs.
+UPSERT = f"""
+INSERT INTO bars ({COLUMNS}) VALUES ({", ".join("?" * 13)})
+ON CONFLICT (symbol, interval, t) DO UPDATE SET
+    o = excluded.o, h = excluded.h, l = excluded.l, c = excluded.c, v = excluded.v,
+    n = excluded.n, final = excluded.final, gap = excluded.gap,
+    first_t = coalesce(excluded.first_t, bars.first_t),
+    last_t = coalesce(excluded.last_t, bars.last_t)
+WHERE excluded.final OR NOT bars.final
+"""
 # A partial bar (a late trade for a bar older than the book holds) counts in the row.
 MERGE = f"""
 INSERT INTO bars ({COLUMNS}) VALUES ({", ".join("?" * 13)})
@@ -54,8 +64,9 @@ ON CONFLICT (symbol, interval, t) DO UPDATE SET
     first_t = min(excluded.first_t, coalesce(bars.first_t, bars.t)),
     last_t = max(excluded.last_t, coalesce(bars.last_t, bars.t)),
     h = max(bars.h, excluded.h), l = min(bars.l, excluded.l),
-    v = bars.v + excluded.v, n = bars.n + excluded.n,
-    final = 1, gap = bars.gap OR excluded.gap
+    v = min(bars.v, 1.7976931348623157e308 - excluded.v) + excluded.v,
+    n = bars.n + excluded.n,
+    final = 1, gap = bars.gap OR excluded.gap OR NOT bars.final
 """
 # Retention deletes an interval's old bars across every symbol; the primary key leads
 # with the symbol, so without this index each hourly prune scans the whole table.

@@ -160,6 +160,8 @@ class Leadership:
                         exc_info=ended.exception(),
                     )
         finally:
+            # The renewal ended by itself: the lease may be another node's already.
+            lease_lost = renewing.done() and not renewing.cancelled()
             # Stop the upstream before anyone else can hold the lease.
             self.role = "follower"
             for task in (renewing, *duties):
@@ -168,18 +170,24 @@ class Leadership:
             if stuck:
                 logger.error("cluster feed did not stop within 5 s tasks=%d", len(stuck))
             if bars is not None:
-                await self._write_back(bars)
+                await self._write_back(bars, lease_lost)
         if crashed is None:
             return None  # the lease was lost
         await self.release()
         return crashed
 
-    async def _write_back(self, bars: LeaderBars) -> None:
+    async def _write_back(self, bars: LeaderBars, lease_lost: bool) -> None:
         """Write what this leadership recorded and has not written, open bars too; drop
         what cannot be written in time (written later, it could replace a newer
-        leader's revision of the same bar)."""
+        leader's revision of the same bar), and all of it when the lease was lost (a
+        new leader may be writing already; it records the closed bars again from
+        Redis)."""
         recorder = self._recorder
         if recorder is None:
+            return
+        if lease_lost:
+            logger.warning("bar store: %d bars not written: the lease was lost",
+                           recorder.drop_pending())  # fmt: skip
             return
         bars.record_open()
         written = False

@@ -312,6 +312,20 @@ async def assert_partial_bars_merge(store: BarStore) -> None:
         (start + 2 * MINUTE, 7.0, 7.0, 7.0, 7.0, 1.0, 1),
     ]
     assert (bars[0].first_t, bars[0].last_t) == (start + 5_000, start + 55_000)
+    assert not bars[0].gap
+    # An open report written late (an old leader's, after a new one's final) never
+    # replaces the final bar; a partial merged into a row left open makes it a gap.
+    stale = Bar(start, 10.0, 12.0, 9.0, 11.0, 5.0, 2, start + 10_000, start + 50_000)
+    left_open = Bar.of(start + 5 * MINUTE, 20.0, 1.0, start + 5 * MINUTE + 1)
+    recorder.record([BarEvent.of("PART", "1m", stale, final=False)])
+    recorder.record([BarEvent.of("PART", "1m", left_open, final=False)])
+    assert await recorder.flush()
+    recorder.record([lone(21.0, start + 5 * MINUTE + 2)])
+    assert await recorder.flush()
+    bars = await store.read("PART", "1m", 0, start + DAY, 10)
+    assert [(b.t, b.n, b.gap) for b in bars] == [
+        (start, 5, False), (start + 2 * MINUTE, 1, False), (start + 5 * MINUTE, 2, True),
+    ]  # fmt: skip
 
 
 async def test_partial_bars_merge_into_sqlite(tmp_path: Path) -> None:
