@@ -194,7 +194,7 @@ class FinnhubRestApi:
         refusal = bars.read_refused(asker.owner)
         if refusal is not None:
             return self._refuse("history_bytes", refusal.reason, 429, refusal.retry_after or 1)
-        start_ms = 0 if start is None else max(0, start) * 1000
+        start_ms = 0 if start is None else min(2**40, max(0, start)) * 1000
         end_ms = 2**50 if end is None else min(2**40, max(0, end + 1)) * 1000
         chosen = await bars.series(symbol, interval, start_ms, max(start_ms, end_ms), MAX_READ)
         answer = finnhub_json(candles(chosen) if chosen else {"s": "no_data"})

@@ -259,6 +259,8 @@ async def test_reads_over_http_cost_their_bytes_per_owner(market: Market) -> Non
     async with run_gateway(settings) as gateway:
         client = await gateway.connect()
         await client.subscribe("AAPL")
+        huge = "/api/v1/stock/candle?symbol=AAPL&resolution=1&from=99999999999999999999"
+        assert (await gateway.get_json(huge)) == {"s": "no_data"}  # not a store error
         await market.simulator.wait_for(lambda: "AAPL" in market.simulator.subscribed_symbols())
         sent = now_ms()  # late trades, one a minute for an hour: 60 closed 1m bars
         await market.simulator.send_trades(
