@@ -50,6 +50,7 @@ class BarRecorder:
         self.writes = 0
         self._loaded: set[str] = set()  # symbols whose stored bars are in the book
         self._loading: dict[str, asyncio.Event] = {}  # set once they are
+        self._reads: set[asyncio.Task[None]] = set()  # loads under way (each ends by itself)
 
     @property
     def backlog(self) -> int:
@@ -159,19 +160,30 @@ class BarRecorder:
             self._loaded.update(fresh)
             loaded = asyncio.Event()
             self._loading.update(dict.fromkeys(fresh, loaded))
-            try:
-                for symbol in fresh:
-                    stored = await self.stored(symbol, history)
-                    if stored is None:
-                        break
-                    for interval, (closed, open_bar) in stored.items():
-                        book.restore(symbol, interval, closed, open_bar)
-            finally:
-                for symbol in fresh:
-                    self._loading.pop(symbol, None)
-                loaded.set()
+            # Shielded: a caller that goes away (a client closing mid-subscribe) must not
+            # leave the load half done while others wait for it.
+            reading = asyncio.create_task(self._read_into(book, fresh, history, loaded))
+            self._reads.add(reading)
+            reading.add_done_callback(self._reads.discard)
+            await asyncio.shield(reading)
         for other in in_flight:
             await other.wait()
+
+    async def _read_into(
+        self, book: BarBook, symbols: list[str], history: int, loaded: asyncio.Event
+    ) -> None:
+        try:
+            for symbol in symbols:
+                stored = await self.stored(symbol, history)
+                if stored is None:
+                    break  # degraded: the book goes on without them
+                for interval, (closed, open_bar) in stored.items():
+                    book.restore(symbol, interval, closed, open_bar)
+        finally:
+            for symbol in symbols:
+                if self._loading.get(symbol) is loaded:  # not a later load's
+                    del self._loading[symbol]
+            loaded.set()
 
     async def stored(
         self, symbol: str, history: int
