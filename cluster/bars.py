@@ -213,11 +213,14 @@ class LeaderBars:
             for interval in INTERVALS:
                 kept, kept_open = stored.get(interval, ([], None))
                 self._book.restore(symbol, interval, kept, kept_open)  # Redis's bars win
-                in_store = {bar.t: bar.as_dict() for bar in kept}
+                # Closed bars Redis has and the store lacks, or holds with fewer trades
+                # (the old leader was killed before its write): written again, their
+                # trade times unknown here (Redis keeps none), so the store's kept.
+                in_store = {bar.t: bar.n for bar in kept}
                 self._recorder.record(
-                    BarEvent.of(symbol, interval, bar, final=True)
+                    BarEvent(symbol, interval, bar.as_dict(), final=True)
                     for bar in loaded.get((symbol, interval), ([], None))[0]
-                    if in_store.get(bar.t) != bar.as_dict()
+                    if in_store.get(bar.t, 0) < bar.n
                 )
 
     def upstream_state_changed(self, state: UpstreamState) -> None:
