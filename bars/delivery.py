@@ -64,6 +64,7 @@ class BarDelivery:
         self.recorder = recorder
         self._history = history
         self._subscribers: dict[tuple[str, Interval], set[ClientConnection]] = {}
+        self._reading: set[str] = set()  # owners with a read over HTTP under way
 
     def symbols(self) -> set[str]:
         """Symbols somebody wants bars of."""
@@ -188,16 +189,33 @@ class BarDelivery:
         held = [bar for bar in self.book.bars(symbol, interval) if start_ms <= bar.t < end_ms]
         return held[-limit:]
 
-    def read_refused(self, owner: str) -> Refusal | None:
-        """Answers over HTTP cost their bytes from the history allowances, as a `bars`
-        message does (one owner's HTTP reads count as one client, beside its sockets).
-        An answer's size is known once it is made, so it is charged then (`read_sent`),
-        and an owner in debt is refused until the debt is paid."""
-        return None if self.budget is None else self.budget.charge(f"http {owner}", owner, 0)
-
-    def read_sent(self, owner: str, size: int) -> None:
+    async def read(
+        self,
+        owner: str,
+        series: tuple[str, Interval, int, int, int],
+        encode: Callable[[list[Bar]], bytes],
+    ) -> bytes | Refusal:
+        """A series (symbol, interval, start_ms, end_ms, limit) read over HTTP and
+        encoded, its bytes charged to the history allowances as a `bars` message's are
+        (one owner's HTTP reads count as one client, beside its sockets). The size is
+        known once the answer is made, so it is charged then: an owner in debt is
+        refused until the debt is paid, and reads one answer at a time, so concurrent
+        requests cannot all pass on one allowance."""
+        key = f"http {owner}"
+        refusal = None if self.budget is None else self.budget.charge(key, owner, 0)
+        if refusal is None and owner in self._reading:
+            refusal = Refusal("one bar read at a time per address or user", "rate_limited",
+                              retry_after=1)  # fmt: skip
+        if refusal is not None:
+            return refusal
+        self._reading.add(owner)
+        try:
+            body = encode(await self.series(*series))
+        finally:
+            self._reading.discard(owner)
         if self.budget is not None:
-            self.budget.owe(f"http {owner}", owner, size)
+            self.budget.owe(key, owner, len(body))
+        return body
 
     def upstream_state_changed(self, state: UpstreamState) -> None:
         """Bars overlapping a time the upstream was not received say so (`gap`)."""

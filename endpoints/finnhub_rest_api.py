@@ -191,15 +191,16 @@ class FinnhubRestApi:
         bars = self._running().hub.bars
         if bars is None:
             return finnhub_json({"s": "no_data"})
-        refusal = bars.read_refused(asker.owner)
-        if refusal is not None:
-            return self._refuse("history_bytes", refusal.reason, 429, refusal.retry_after or 1)
         start_ms = 0 if start is None else min(2**40, max(0, start)) * 1000
         end_ms = 2**50 if end is None else min(2**40, max(0, end + 1)) * 1000
-        chosen = await bars.series(symbol, interval, start_ms, max(start_ms, end_ms), MAX_READ)
-        answer = finnhub_json(candles(chosen) if chosen else {"s": "no_data"})
-        bars.read_sent(asker.owner, len(answer.body))
-        return answer
+        answer = await bars.read(
+            asker.owner,
+            (symbol, interval, start_ms, max(start_ms, end_ms), MAX_READ),
+            lambda found: orjson.dumps(candles(found) if found else {"s": "no_data"}),
+        )
+        if isinstance(answer, Refusal):
+            return self._refuse("history_bytes", answer.reason, 429, answer.retry_after or 1)
+        return Response(answer, media_type="application/json")
 
     def _refuse(self, reason: str, message: str, status: int, retry_after: int = 0) -> Response:
         self._running().mirror.count_refusal(reason)

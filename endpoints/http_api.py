@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
@@ -134,7 +135,7 @@ class HttpApi:
             return JSONResponse({"error": "no quote for this symbol", "symbol": symbol}, 404)
         return JSONResponse(protocol.quote_body(symbol, quote))
 
-    async def bars(self, request: Request) -> JSONResponse:
+    async def bars(self, request: Request) -> Response:
         """A symbol's bars in Finnhub's candle shape (`t` in seconds), oldest first, the
         open bar last: the stored ones (any symbol the gateway ever recorded, followed
         now or not) with those held in memory, `from` <= t < `to` (seconds), the newest
@@ -159,12 +160,14 @@ class HttpApi:
         bars = self._running().hub.bars
         if bars is None:
             return JSONResponse(candles([]))
-        refusal = bars.read_refused(admitted.owner)
-        if refusal is not None:
-            return JSONResponse(refusal.body(), refusal.status, refusal.headers())
-        answer = JSONResponse(candles(await bars.series(symbol, interval, start, end, limit)))
-        bars.read_sent(admitted.owner, len(answer.body))
-        return answer
+        answer = await bars.read(
+            admitted.owner,
+            (symbol, interval, start, end, limit),
+            lambda found: orjson.dumps(candles(found)),
+        )
+        if isinstance(answer, Refusal):
+            return JSONResponse(answer.body(), answer.status, answer.headers())
+        return Response(answer, media_type="application/json")
 
     async def _symbol_and_owner(self, request: Request) -> tuple[str, Admitted] | JSONResponse:
         """The path's symbol and who asks (whose shares the request spends: its user's

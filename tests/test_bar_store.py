@@ -18,13 +18,18 @@ from typing import Any
 import aiohttp
 import pytest
 
+from access.capacity import UpstreamCapacity
+from access.history_budget import HistoryBudget
+from access.holds import SymbolHolds
+from access.refusal import Refusal
 from bars import sqlite_store
 from bars.book import Bar, BarBook, BarEvent, Interval
+from bars.delivery import BarDelivery
 from bars.intervals import NEW_YORK, day_of
 from bars.recorder import BarRecorder
 from bars.sqlite_store import SqliteStore
 from bars.store import BarStore, MemoryStore
-from market_data.model import Trade
+from market_data.model import SymbolInterest, Trade
 from tests.helpers import (
     PROJECT,
     TEST_KEY,
@@ -435,3 +440,38 @@ async def test_retention_reaches_old_bars_by_an_index_not_by_reading_every_symbo
     assert [step[-1] for step in plan] == [
         "SEARCH bars USING COVERING INDEX bars_by_age (interval=? AND t<?)"
     ]
+
+
+class SlowReads(MemoryStore):
+    """A store whose reads finish only when the test says so."""
+
+    def __init__(self) -> None:
+        self.reading = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def read(
+        self, symbol: str, interval: Interval, start_ms: int, end_ms: int, limit: int
+    ) -> list[Bar]:
+        self.reading.set()
+        await self.release.wait()
+        return [Bar.of(start_ms, 1.0, 1.0, start_ms)]
+
+
+async def test_an_owner_reads_bars_over_http_one_answer_at_a_time() -> None:
+    store = SlowReads()
+    capacity = UpstreamCapacity(SymbolInterest(), max_symbols=50)
+    bars = BarDelivery(
+        BarBook(),
+        SymbolHolds(capacity, max_symbols_per_client=50),
+        budget=HistoryBudget(1_000_000, 1_000_000),
+        recorder=BarRecorder(store, {}),
+    )
+    series: tuple[str, Interval, int, int, int] = ("AAPL", "1m", 0, 60_000, 10)
+    first = asyncio.create_task(bars.read("10.0.0.1", series, lambda found: b"x" * 500))
+    await store.reading.wait()
+    second = await bars.read("10.0.0.1", series, lambda found: b"y")
+    assert isinstance(second, Refusal) and second.retry_after == 1
+    other = asyncio.create_task(bars.read("10.0.0.2", series, lambda found: b"z"))
+    store.release.set()
+    assert await first == b"x" * 500 and await other == b"z"  # another owner: its own turn
+    assert await bars.read("10.0.0.1", series, lambda found: b"y") == b"y"  # then again
