@@ -41,7 +41,7 @@ class BarRecorder:
         self._retention = retention  # seconds kept, per interval
         self._pending: dict[tuple[str, Interval, int], BarEvent] = {}
         self.state = "ok"
-        self._failing = ""  # what made it degraded: "writes" or "reads"
+        self._failing: set[str] = set()  # what keeps it degraded: "writes", "reads"
         self.dropped = 0  # events not kept: the backlog was full
         self.written = 0
         self.deleted = 0
@@ -110,11 +110,13 @@ class BarRecorder:
             logger.error("bar store degraded: %s fail (bars kept in memory) error=%s",
                          what, exc)  # fmt: skip
         self.state = "degraded"
-        self._failing = what
+        self._failing.add(what)
 
     def _succeeded(self, what: str) -> None:
-        # A write that succeeds heals any failure; a read only a failed read.
-        if self.state != "ok" and (what == "writes" or self._failing == what):
+        # A write that succeeds heals any failure (the store answers); a read heals only
+        # failed reads, never writes still failing (a follower only ever reads).
+        self._failing -= {"writes", "reads"} if what == "writes" else {what}
+        if self.state != "ok" and not self._failing:
             logger.warning("bar store %s succeed again", what)
             self.state = "ok"
 

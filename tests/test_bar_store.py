@@ -392,6 +392,7 @@ async def test_a_failed_read_heals_with_a_read_and_a_failed_write_only_with_a_wr
         bar = {"t": 0, "o": 1.0, "h": 1.0, "l": 1.0, "c": 1.0, "v": 1.0, "n": 1}
         recorder.record([BarEvent("AAPL", "1m", bar, final=True)])
         assert not await recorder.flush() and recorder.state == "degraded"
+        await recorder.series(book, "AAPL", "1m", 0, 2**40, 10)  # a read fails too
         recorder.store = working
         await recorder.series(book, "AAPL", "1m", 0, 2**40, 10)
         assert recorder.state == "degraded"  # the bar is still not written
