@@ -4,8 +4,9 @@ A bar whose interval overlaps such a time carries `"gap": true` (docs/bars.md "G
 a chart can mark it instead of drawing what looks like a quiet market. `Outages` keeps
 the spans of this aggregator's own blindness: from its start until the upstream first
 connects, and from each loss of the connection (reconnecting, refused) until it is back.
-It is bounded (MAX_SPANS): past that the two oldest spans merge into one, which can only
-mark more bars, never fewer. Pure bookkeeping: the times are passed in (Unix ms).
+It is bounded (MAX_SPANS): past that the two spans closest in time merge into one,
+which can only mark more bars, never fewer, and as few more as it can. Pure
+bookkeeping: the times are passed in (Unix ms).
 """
 
 from __future__ import annotations
@@ -35,9 +36,10 @@ class Outages:
             return
         self._spans.append((self.down_since, now_ms))
         self.down_since = None
-        if len(self._spans) > MAX_SPANS:
-            (first, _), (_, second_end) = self._spans[0], self._spans[1]
-            self._spans[0:2] = [(first, second_end)]
+        if len(self._spans) > MAX_SPANS:  # the two closest spans become one
+            spans = self._spans
+            index = min(range(len(spans) - 1), key=lambda i: spans[i + 1][0] - spans[i][1])
+            spans[index : index + 2] = [(spans[index][0], spans[index + 1][1])]
 
     def overlaps(self, start_ms: int, end_ms: int) -> bool:
         """Whether [start_ms, end_ms) shares any time with an outage."""

@@ -19,7 +19,7 @@ from tests.helpers import Client, GatewayUnderTest, Market, poll_until
 from tests.test_bar_store import gateway_on, get_json
 from tests.test_bars import next_second_boundary, now_ms, subscribe_bars, trade_at
 
-MINUTE = 60_000
+MINUTE, DAY = 60_000, 86_400_000
 T = 1_764_000_000_000 // MINUTE * MINUTE  # a whole minute
 
 
@@ -48,7 +48,15 @@ def test_outages_stay_bounded_and_merging_only_marks_more() -> None:
     assert len(outages._spans) == MAX_SPANS
     last = T + (MAX_SPANS + 9) * 1000
     assert outages.overlaps(last, last + 1) and not outages.overlaps(last + 10, last + 990)
-    assert outages.overlaps(T, T + 1)  # the oldest, merged, still counts
+    assert outages.overlaps(T, T + 1)  # the oldest still counts
+    # Merged where the spans were closest, not across the long quiet times.
+    sparse = Outages()
+    sparse.began(T)
+    sparse.ended(T + 10)  # the start-up span, then a long quiet day
+    for index in range(MAX_SPANS):
+        sparse.began(T + DAY + index * 1000)
+        sparse.ended(T + DAY + index * 1000 + 10)
+    assert sparse.overlaps(T, T + 1) and not sparse.overlaps(T + 1000, T + DAY - 1000)
 
 
 def test_the_book_marks_open_bars_at_a_loss_and_bars_opened_after_it() -> None:
