@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -17,10 +18,12 @@ pytestmark = pytest.mark.slow
 PROJECT = Path(__file__).resolve().parent.parent
 
 
-async def test_quick_benchmark_runs_every_scenario(tmp_path: Path) -> None:
+async def quick_run(tmp_path: Path, scenario: str | None) -> tuple[dict[str, Any], bytes]:
+    """`python -m bench --quick` (every default scenario, or one): its results and output."""
     out = tmp_path / "bench.json"
+    chosen = ["--scenario", scenario] if scenario else []
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench", "--quick", "--out", str(out),
+        sys.executable, "-m", "bench", "--quick", *chosen, "--out", str(out),
         cwd=PROJECT,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
@@ -28,7 +31,12 @@ async def test_quick_benchmark_runs_every_scenario(tmp_path: Path) -> None:
     async with asyncio.timeout(180):
         output, _ = await process.communicate()
     assert process.returncode == 0, output.decode()[-3000:]
-    results = orjson.loads(out.read_bytes())
+    results: dict[str, Any] = orjson.loads(out.read_bytes())
+    return results, output
+
+
+async def test_quick_benchmark_runs_every_scenario(tmp_path: Path) -> None:
+    results, output = await quick_run(tmp_path, None)
     steps = results["throughput"]["steps"]
     assert steps and all(step["deliveries_per_s"] > 0 for step in steps)
     assert all(step["reordered"] == 0 for step in steps)
@@ -39,17 +47,7 @@ async def test_quick_benchmark_runs_every_scenario(tmp_path: Path) -> None:
 
 
 async def test_quick_abuse_scenario_runs_every_attack(tmp_path: Path) -> None:
-    out = tmp_path / "abuse.json"
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench", "--quick", "--scenario", "abuse", "--out", str(out),
-        cwd=PROJECT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    async with asyncio.timeout(180):
-        output, _ = await process.communicate()
-    assert process.returncode == 0, output.decode()[-3000:]
-    rows = orjson.loads(out.read_bytes())["abuse"]
+    rows = (await quick_run(tmp_path, "abuse"))[0]["abuse"]
     attacks = [*ATTACKS, "after all", *BAR_ATTACKS]
     assert [row["attack"] for row in rows] == attacks
     after_all = rows[len(ATTACKS)]
@@ -61,17 +59,7 @@ async def test_quick_abuse_scenario_runs_every_attack(tmp_path: Path) -> None:
 async def test_quick_finnhub_scenario_measures_the_mirror_and_both_dialects(
     tmp_path: Path,
 ) -> None:
-    out = tmp_path / "finnhub.json"
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench", "--quick", "--scenario", "finnhub", "--out", str(out),
-        cwd=PROJECT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    async with asyncio.timeout(180):
-        output, _ = await process.communicate()
-    assert process.returncode == 0, output.decode()[-3000:]
-    results = orjson.loads(out.read_bytes())["finnhub"]
+    results = (await quick_run(tmp_path, "finnhub"))[0]["finnhub"]
     (dashboards,) = results["dashboards"]
     assert dashboards["requests"] == 160 and dashboards["upstream_429s"] == 0
     assert 0 < dashboards["upstream_calls"] <= 80
@@ -86,17 +74,8 @@ async def test_quick_finnhub_scenario_measures_the_mirror_and_both_dialects(
 async def test_quick_bar_store_scenario_measures_every_store_beside_memory(
     tmp_path: Path,
 ) -> None:
-    out = tmp_path / "bar-store.json"
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench", "--quick", "--scenario", "bar-store", "--out", str(out),
-        cwd=PROJECT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    async with asyncio.timeout(180):
-        output, _ = await process.communicate()
-    assert process.returncode == 0, output.decode()[-3000:]
-    results = orjson.loads(out.read_bytes())["bar_store"]
+    everything, output = await quick_run(tmp_path, "bar-store")
+    results = everything["bar_store"]
     stores = ["memory", "sqlite", *(["postgresql"] if postgres_bin() else [])]
     assert [run["store"] for run in results["runs"]] == stores
     assert list(results["stores"]) == stores
