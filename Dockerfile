@@ -27,4 +27,4 @@ HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
 # Behind a proxy or load balancer, set FORWARDED_ALLOW_IPS to its addresses (uvicorn
 # reads it) so per-address limits see the real clients; never "*" if the container is
 # reachable directly.
-CMD ["uvicorn", "gateway:app", "--host", "0.0.0.0", "--port", "8000", "--http", "server.uvicorn_protocols:GatewayHttpProtocol", "--ws-per-message-deflate", "false", "--ws-max-size", "4096", "--ws-ping-interval", "20", "--ws-ping-timeout", "20", "--proxy-headers", "--timeout-graceful-shutdown", "10", "--no-access-log"]
+CMD ["uvicorn", "gateway:app", "--host", "0.0.0.0", "--port", "8000", "--http", "stock_gateway.server.uvicorn_protocols:GatewayHttpProtocol", "--ws-per-message-deflate", "false", "--ws-max-size", "4096", "--ws-ping-interval", "20", "--ws-ping-timeout", "20", "--proxy-headers", "--timeout-graceful-shutdown", "10", "--no-access-log"]

@@ -29,13 +29,13 @@ from collections.abc import AsyncIterator
 import aiohttp
 import orjson
 
-from market_data.finnhub_wire import UndecodableMessage, decode, parse_trades, redact
-from market_data.model import SymbolInterest, UpstreamState
-from market_data.upstream import UpstreamCounters, UpstreamListener
-from runtime.backoff import Backoff
-from runtime.cancellation import raise_if_cancelling
-from runtime.logs import get_logger
-from runtime.token_bucket import TokenBucket
+from stock_gateway.market_data.finnhub_wire import UndecodableMessage, decode, parse_trades, redact
+from stock_gateway.market_data.model import SymbolInterest, UpstreamState
+from stock_gateway.market_data.upstream import UpstreamCounters, UpstreamListener
+from stock_gateway.runtime.backoff import Backoff
+from stock_gateway.runtime.cancellation import raise_if_cancelling
+from stock_gateway.runtime.logs import get_logger
+from stock_gateway.runtime.token_bucket import TokenBucket
 
 logger = get_logger(__name__)
 

@@ -38,17 +38,17 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
-import wiring
-from access.admission import Admission
-from endpoints import docs, metrics
-from endpoints.finnhub_rest_api import FinnhubRestApi
-from endpoints.http_api import STATIC, HttpApi
-from endpoints.request_rate import RequestRate
-from endpoints.sse import EventStreams
-from protocol import CLOSE_SERVICE_RESTART
-from runtime.logs import ROOT_LOGGER, configure_logging
-from server.uvicorn_protocols import HTTP_IMPORT_PATH, STATE_KEY, WS_IMPORT_PATH
-from settings import ConfigError, Settings, documented_defaults, load_settings
+from stock_gateway import wiring
+from stock_gateway.access.admission import Admission
+from stock_gateway.endpoints import docs, metrics
+from stock_gateway.endpoints.finnhub_rest_api import FinnhubRestApi
+from stock_gateway.endpoints.http_api import STATIC, HttpApi
+from stock_gateway.endpoints.request_rate import RequestRate
+from stock_gateway.endpoints.sse import EventStreams
+from stock_gateway.protocol import CLOSE_SERVICE_RESTART
+from stock_gateway.runtime.logs import ROOT_LOGGER, configure_logging
+from stock_gateway.server.uvicorn_protocols import HTTP_IMPORT_PATH, STATE_KEY, WS_IMPORT_PATH
+from stock_gateway.settings import ConfigError, Settings, documented_defaults, load_settings
 
 logger = logging.getLogger(ROOT_LOGGER)
 

@@ -27,19 +27,19 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import protocol
-from access.entitlements import UNRESTRICTED, Entitlements
-from access.holds import RefusedSymbols, SymbolHolds
-from bars.delivery import BarDelivery
-from delivery.outbox import OUTBOX_BYTES, ClientConnection, ClientSocket, FrameWriter
-from delivery.pacing import MAX_BATCH_BYTES, DeliveryClock, DeliveryGroups
-from delivery.quotes import QuoteDelivery
-from delivery.snapshots import LatestPrices
-from delivery.stats import FanoutStats
-from delivery.trade_groups import TradeDialect, TradeGroups
-from market_data.model import MarketStatus, Trade, UpstreamState
-from market_data.quotes import QuoteService
-from protocol import DeliveryOptions, Frame
+from stock_gateway import protocol
+from stock_gateway.access.entitlements import UNRESTRICTED, Entitlements
+from stock_gateway.access.holds import RefusedSymbols, SymbolHolds
+from stock_gateway.bars.delivery import BarDelivery
+from stock_gateway.delivery.outbox import OUTBOX_BYTES, ClientConnection, ClientSocket, FrameWriter
+from stock_gateway.delivery.pacing import MAX_BATCH_BYTES, DeliveryClock, DeliveryGroups
+from stock_gateway.delivery.quotes import QuoteDelivery
+from stock_gateway.delivery.snapshots import LatestPrices
+from stock_gateway.delivery.stats import FanoutStats
+from stock_gateway.delivery.trade_groups import TradeDialect, TradeGroups
+from stock_gateway.market_data.model import MarketStatus, Trade, UpstreamState
+from stock_gateway.market_data.quotes import QuoteService
+from stock_gateway.protocol import DeliveryOptions, Frame
 
 # Hand-offs between two yields to the event loop inside one upstream message (~a few ms).
 OFFERS_PER_SLICE = 5000

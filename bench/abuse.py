@@ -26,8 +26,8 @@ import orjson
 
 from bench.config import Config
 from bench.processes import PROJECT, free_port
-from settings import environment_names
-from simulator.market import MarketSimulator, rest_url, serve
+from stock_gateway.settings import environment_names
+from stock_gateway.simulator.market import MarketSimulator, rest_url, serve
 
 BYSTANDER = "127.0.0.2"  # the normal client's address; attackers use 127.0.0.3 and up
 KEY = "abuse-test-key"

@@ -37,7 +37,6 @@ from typing import Any
 
 import asyncpg
 
-from bars.sqlite_store import AGE_INDEX
 from bench.bar_store_costs import (
     combined,
     postgres_disk,
@@ -49,6 +48,7 @@ from bench.bar_store_costs import (
 from bench.config import Config
 from bench.measure import collect, measure
 from bench.processes import CLOCK_TICKS, Stack, cpu_seconds, load, pin, stack
+from stock_gateway.bars.sqlite_store import AGE_INDEX
 from tests.postgres_server import PostgresServer, postgres_bin
 
 STORES = ("memory", "sqlite", "postgresql")

@@ -28,12 +28,12 @@ from typing import Any
 
 import asyncpg
 
-from bars.book import INTERVAL_MS, INTERVALS, BarBook
-from bars.recorder import FLUSH_SECONDS, PRUNE_SECONDS, BarRecorder, open_store
-from bars.sqlite_store import PRUNE, SCHEMA, UPSERT
-from market_data.model import Trade
-from settings import Settings
-from wiring import retention
+from stock_gateway.bars.book import INTERVAL_MS, INTERVALS, BarBook
+from stock_gateway.bars.recorder import FLUSH_SECONDS, PRUNE_SECONDS, BarRecorder, open_store
+from stock_gateway.bars.sqlite_store import PRUNE, SCHEMA, UPSERT
+from stock_gateway.market_data.model import Trade
+from stock_gateway.settings import Settings
+from stock_gateway.wiring import retention
 
 DAY_MS = 86_400_000
 

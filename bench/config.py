@@ -24,7 +24,7 @@ class Config:
     client_send_buffer: int = 16384
     gateway_flags: tuple[str, ...] = (
         "--http",
-        "server.uvicorn_protocols:GatewayHttpProtocol",
+        "stock_gateway.server.uvicorn_protocols:GatewayHttpProtocol",
         "--ws-per-message-deflate",
         "false",
     )

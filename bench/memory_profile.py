@@ -18,8 +18,8 @@ import tracemalloc
 import uvicorn
 
 from gateway import create_app, uvicorn_options
-from settings import Settings
-from simulator.market import MarketSimulator, rest_url, serve
+from stock_gateway.settings import Settings
+from stock_gateway.simulator.market import MarketSimulator, rest_url, serve
 from tests.helpers import free_port
 
 CLIENTS = """

@@ -147,7 +147,7 @@ async def stack(
     async with AsyncExitStack() as processes:
         await processes.enter_async_context(
             process(
-                sys.executable, "-m", "simulator",
+                sys.executable, "-m", "stock_gateway.simulator",
                 "--host", "127.0.0.1", "--port", str(simulator_port), "--rate", "0",
                 "--tick", str(config.upstream_tick), "--sequenced", "--ping-interval", "30",
                 "--max-symbols", "100000", *simulator_args,

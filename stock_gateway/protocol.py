@@ -16,9 +16,9 @@ from typing import Any, Literal, get_args
 
 import orjson
 
-from bars.book import BarEvent, Interval
-from market_data.finnhub_wire import newest_per_symbol
-from market_data.model import MarketStatus, Quote, Trade, UpstreamState
+from stock_gateway.bars.book import BarEvent, Interval
+from stock_gateway.market_data.finnhub_wire import newest_per_symbol
+from stock_gateway.market_data.model import MarketStatus, Quote, Trade, UpstreamState
 
 # Finnhub's symbol forms: stocks (AAPL, BRK.B), indices (^GSPC), crypto
 # (BINANCE:BTCUSDT), forex (OANDA:EUR_USD, and brokers with a space, "IC MARKETS:1").

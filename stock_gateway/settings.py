@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 
 from decouple import Config, RepositoryEmpty, RepositoryEnv
 
-from market_data.model import Session
+from stock_gateway.market_data.model import Session
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 LogFormat = Literal["text", "json"]

@@ -23,47 +23,47 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from functools import partial
 
-from access.admission import Admission
-from access.allowances import Allowances
-from access.capacity import UpstreamCapacity
-from access.entitlements import SymbolPatterns
-from access.history_budget import HistoryBudget
-from access.holds import SymbolHolds
-from bars.book import MAX_BAR_BYTES, MAX_OPEN_BARS, BarBook, Interval
-from bars.delivery import BarDelivery
-from bars.outages import Outages
-from bars.recorder import BarRecorder, open_store
-from bars.store import DEFAULT_URL, StoreError
-from cluster.bars import MirrorBars, StoredBars
-from cluster.link import RedisLink
-from cluster.relay import RedisRelay
-from cluster.rest import ClusterQuoteSource, RedisBudget, RedisResponseCache
-from delivery.snapshots import LatestPrices
-from endpoints.finnhub_ws import FinnhubSessions
-from endpoints.ws_session import ClientSessions
 from finnhub_feed import FinnhubFeed
 from hub import Hub, Observer
-from market_data.finnhub_rest import (
+from stock_gateway.access.admission import Admission
+from stock_gateway.access.allowances import Allowances
+from stock_gateway.access.capacity import UpstreamCapacity
+from stock_gateway.access.entitlements import SymbolPatterns
+from stock_gateway.access.history_budget import HistoryBudget
+from stock_gateway.access.holds import SymbolHolds
+from stock_gateway.bars.book import MAX_BAR_BYTES, MAX_OPEN_BARS, BarBook, Interval
+from stock_gateway.bars.delivery import BarDelivery
+from stock_gateway.bars.outages import Outages
+from stock_gateway.bars.recorder import BarRecorder, open_store
+from stock_gateway.bars.store import DEFAULT_URL, StoreError
+from stock_gateway.cluster.bars import MirrorBars, StoredBars
+from stock_gateway.cluster.link import RedisLink
+from stock_gateway.cluster.relay import RedisRelay
+from stock_gateway.cluster.rest import ClusterQuoteSource, RedisBudget, RedisResponseCache
+from stock_gateway.delivery.snapshots import LatestPrices
+from stock_gateway.endpoints.finnhub_ws import FinnhubSessions
+from stock_gateway.endpoints.ws_session import ClientSessions
+from stock_gateway.market_data.finnhub_rest import (
     WINDOW_SLACK,
     CallBudget,
     FinnhubRest,
     SlidingWindowBudget,
     usable_rate,
 )
-from market_data.market_watch import MarketWatch
-from market_data.model import SymbolInterest
-from market_data.quotes import QuoteService, QuoteSource
-from market_data.rest_mirror import MemoryResponseCache, ResponseCache, RestMirror
-from market_data.upstream import Upstream
-from relay.base import Relay
-from relay.local import LocalRelay
-from runtime.backoff import Backoff
-from runtime.logs import get_logger
-from runtime.supervisor import Supervisor
-from server.guard import ConnectionGuard, ConnectionLimits
-from settings import ConfigError, Settings
-from simulator.market import MarketSimulator, serve
-from simulator.market import rest_url as simulator_rest_url
+from stock_gateway.market_data.market_watch import MarketWatch
+from stock_gateway.market_data.model import SymbolInterest
+from stock_gateway.market_data.quotes import QuoteService, QuoteSource
+from stock_gateway.market_data.rest_mirror import MemoryResponseCache, ResponseCache, RestMirror
+from stock_gateway.market_data.upstream import Upstream
+from stock_gateway.relay.base import Relay
+from stock_gateway.relay.local import LocalRelay
+from stock_gateway.runtime.backoff import Backoff
+from stock_gateway.runtime.logs import get_logger
+from stock_gateway.runtime.supervisor import Supervisor
+from stock_gateway.server.guard import ConnectionGuard, ConnectionLimits
+from stock_gateway.settings import ConfigError, Settings
+from stock_gateway.simulator.market import MarketSimulator, serve
+from stock_gateway.simulator.market import rest_url as simulator_rest_url
 
 logger = get_logger(__name__)
 

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from simulator.market import MarketSimulator, serve
+from stock_gateway.simulator.market import MarketSimulator, serve
 from tests.helpers import (
     REDIS_SERVER,
     TEST_KEY,

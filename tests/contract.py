@@ -7,7 +7,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-from endpoints.docs import load_asyncapi
+from stock_gateway.endpoints.docs import load_asyncapi
 
 
 @cache

@@ -24,11 +24,11 @@ import orjson
 import redis.asyncio as redis
 import uvicorn
 
-from delivery.outbox import ClientConnection
 from gateway import Gateway, create_app, uvicorn_options
 from hub import Hub
-from settings import Settings, environment_names
-from simulator.market import MarketSimulator, rest_url
+from stock_gateway.delivery.outbox import ClientConnection
+from stock_gateway.settings import Settings, environment_names
+from stock_gateway.simulator.market import MarketSimulator, rest_url
 from tests.contract import assert_server_message
 
 PROJECT = Path(__file__).resolve().parent.parent

@@ -24,9 +24,11 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from endpoints.docs import load_asyncapi
+from stock_gateway.endpoints.docs import load_asyncapi
 
-DECLARATIONS = Path(__file__).resolve().parent.parent / "static" / "stock-client.d.ts"
+DECLARATIONS = (
+    Path(__file__).resolve().parent.parent / "stock_gateway" / "static" / "stock-client.d.ts"
+)
 BEGIN = "// ---- BEGIN messages: from asyncapi.yaml by `./dev python -m tests.protocol_types`"
 END = "// ---- END messages"
 RENAMES = {"Symbol": "StockSymbol"}

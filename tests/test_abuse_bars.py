@@ -20,7 +20,7 @@ from bench.bar_attacks import (
     history_flap,
 )
 from bench.stuck import open_never_reading_client
-from settings import Settings
+from stock_gateway.settings import Settings
 from tests.test_abuse_frames import assert_absorbed
 
 pytestmark = pytest.mark.slow

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from bench.abuse import abuse_rig
-from simulator.market import MarketSimulator
+from stock_gateway.simulator.market import MarketSimulator
 from tests.helpers import (
     T0,
     TEST_KEY,

@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from settings import Settings
+from stock_gateway.settings import Settings
 from tests.helpers import (
     Client,
     GatewayUnderTest,

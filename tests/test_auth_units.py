@@ -15,9 +15,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from access.token_session import ClientAuth
-from access.tokens import Authenticator, AuthFailed, Identity
-from settings import ConfigError, Settings
+from stock_gateway.access.token_session import ClientAuth
+from stock_gateway.access.tokens import Authenticator, AuthFailed, Identity
+from stock_gateway.settings import ConfigError, Settings
 
 SECRET = "hs256-test-secret-with-enough-length-0123456789"
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)

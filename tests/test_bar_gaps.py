@@ -12,9 +12,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bars.book import Bar, BarBook
-from bars.outages import MAX_SPANS, Outages
-from market_data.model import Trade
+from stock_gateway.bars.book import Bar, BarBook
+from stock_gateway.bars.outages import MAX_SPANS, Outages
+from stock_gateway.market_data.model import Trade
 from tests.helpers import Client, GatewayUnderTest, Market, poll_until
 from tests.test_bar_store import gateway_on, get_json
 from tests.test_bars import next_second_boundary, now_ms, subscribe_bars, trade_at

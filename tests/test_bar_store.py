@@ -18,18 +18,18 @@ from typing import Any
 import aiohttp
 import pytest
 
-from access.capacity import UpstreamCapacity
-from access.history_budget import HistoryBudget
-from access.holds import SymbolHolds
-from access.refusal import Refusal
-from bars import sqlite_store
-from bars.book import Bar, BarBook, BarEvent, Interval
-from bars.delivery import BarDelivery
-from bars.intervals import NEW_YORK, day_of
-from bars.recorder import BarRecorder
-from bars.sqlite_store import SqliteStore
-from bars.store import BarStore, MemoryStore
-from market_data.model import SymbolInterest, Trade
+from stock_gateway.access.capacity import UpstreamCapacity
+from stock_gateway.access.history_budget import HistoryBudget
+from stock_gateway.access.holds import SymbolHolds
+from stock_gateway.access.refusal import Refusal
+from stock_gateway.bars import sqlite_store
+from stock_gateway.bars.book import Bar, BarBook, BarEvent, Interval
+from stock_gateway.bars.delivery import BarDelivery
+from stock_gateway.bars.intervals import NEW_YORK, day_of
+from stock_gateway.bars.recorder import BarRecorder
+from stock_gateway.bars.sqlite_store import SqliteStore
+from stock_gateway.bars.store import BarStore, MemoryStore
+from stock_gateway.market_data.model import SymbolInterest, Trade
 from tests.helpers import (
     PROJECT,
     TEST_KEY,

@@ -13,10 +13,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from bars import postgres_store
-from bars.book import BarEvent
-from bars.postgres_store import PostgresStore
-from bars.recorder import BarRecorder
+from stock_gateway.bars import postgres_store
+from stock_gateway.bars.book import BarEvent
+from stock_gateway.bars.postgres_store import PostgresStore
+from stock_gateway.bars.recorder import BarRecorder
 from tests.helpers import Market, poll_until, run_gateway, settings_for
 from tests.postgres_server import PostgresServer, postgres_bin
 from tests.test_bar_store import assert_partial_bars_merge

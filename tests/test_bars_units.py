@@ -10,10 +10,10 @@ import time
 import orjson
 import pytest
 
-from access.capacity import UpstreamCapacity
-from access.history_budget import HistoryBudget
-from access.holds import SymbolHolds
-from bars.book import (
+from stock_gateway.access.capacity import UpstreamCapacity
+from stock_gateway.access.history_budget import HistoryBudget
+from stock_gateway.access.holds import SymbolHolds
+from stock_gateway.bars.book import (
     BAR_MAX_AHEAD_SECONDS,
     MAX_OPEN_BARS,
     Bar,
@@ -21,11 +21,11 @@ from bars.book import (
     BarEvent,
     Interval,
 )
-from bars.delivery import BarDelivery
-from bars.history import SWEEP_AT, HistoryFrames, candles
-from delivery.outbox import ClientConnection
-from delivery.stats import FanoutStats
-from market_data.model import SymbolInterest, Trade
+from stock_gateway.bars.delivery import BarDelivery
+from stock_gateway.bars.history import SWEEP_AT, HistoryFrames, candles
+from stock_gateway.delivery.outbox import ClientConnection
+from stock_gateway.delivery.stats import FanoutStats
+from stock_gateway.market_data.model import SymbolInterest, Trade
 from tests.test_fanout_units import FakeSocket, FakeWriter
 
 MINUTE = 60_000

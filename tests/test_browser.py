@@ -14,7 +14,7 @@ from typing import Any
 import jwt
 import pytest
 
-from simulator.market import MarketSimulator, serve
+from stock_gateway.simulator.market import MarketSimulator, serve
 from tests.helpers import TEST_KEY, Market, free_port, poll_until, run_gateway, settings_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

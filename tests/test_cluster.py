@@ -14,8 +14,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from server.uvicorn_protocols import HTTP_IMPORT_PATH
-from simulator.market import MarketSimulator, rest_url
+from stock_gateway.server.uvicorn_protocols import HTTP_IMPORT_PATH
+from stock_gateway.simulator.market import MarketSimulator, rest_url
 from tests.helpers import (
     PROJECT,
     TEST_KEY,

@@ -17,12 +17,12 @@ import aiohttp
 import pytest
 import redis.asyncio as redis
 
-from bars.book import Bar, BarEvent
-from bars.postgres_store import PostgresStore
-from bars.recorder import BarRecorder
-from cluster.bars import LeaderBars, StoredBars
-from cluster.link import RedisLink
-from market_data.model import Trade
+from stock_gateway.bars.book import Bar, BarEvent
+from stock_gateway.bars.postgres_store import PostgresStore
+from stock_gateway.bars.recorder import BarRecorder
+from stock_gateway.cluster.bars import LeaderBars, StoredBars
+from stock_gateway.cluster.link import RedisLink
+from stock_gateway.market_data.model import Trade
 from tests.helpers import (
     PROJECT,
     TEST_KEY,

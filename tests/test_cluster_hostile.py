@@ -16,7 +16,7 @@ import orjson
 import pytest
 import redis.asyncio as redis
 
-from cluster.bars import StoredBars
+from stock_gateway.cluster.bars import StoredBars
 from tests.helpers import Market, RedisServer, poll_until, run_gateway, settings_for, trade
 from tests.test_cluster import (
     _follower,

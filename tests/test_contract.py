@@ -9,12 +9,12 @@ from typing import Any
 import orjson
 import pytest
 
-import protocol
-from endpoints.docs import load_asyncapi, render_docs
-from endpoints.metrics import METRICS
-from endpoints.ws_requests import PARSERS, WsRequests, parse_client_message
-from market_data.model import UPSTREAM_STATES
-from settings import documented_defaults
+from stock_gateway import protocol
+from stock_gateway.endpoints.docs import load_asyncapi, render_docs
+from stock_gateway.endpoints.metrics import METRICS
+from stock_gateway.endpoints.ws_requests import PARSERS, WsRequests, parse_client_message
+from stock_gateway.market_data.model import UPSTREAM_STATES
+from stock_gateway.settings import documented_defaults
 from tests.contract import assert_server_message, validator
 from tests.helpers import GatewayUnderTest
 from tests.test_fanout_units import make_hub

@@ -18,19 +18,19 @@ from typing import Any
 import orjson
 import pytest
 
-import protocol
-from access.capacity import UpstreamCapacity
-from access.holds import SymbolHolds
-from delivery import outbox
-from delivery.outbox import ClientConnection
-from delivery.snapshots import LatestPrices
-from delivery.stats import FanoutStats
 from finnhub_feed import FinnhubFeed
 from hub import Hub, Observer, UpdateBatch
-from market_data.model import SymbolInterest, Trade
-from protocol import CLOSE_TRY_AGAIN_LATER, Frame
-from relay.local import LocalRelay
-from runtime.backoff import Backoff
+from stock_gateway import protocol
+from stock_gateway.access.capacity import UpstreamCapacity
+from stock_gateway.access.holds import SymbolHolds
+from stock_gateway.delivery import outbox
+from stock_gateway.delivery.outbox import ClientConnection
+from stock_gateway.delivery.snapshots import LatestPrices
+from stock_gateway.delivery.stats import FanoutStats
+from stock_gateway.market_data.model import SymbolInterest, Trade
+from stock_gateway.protocol import CLOSE_TRY_AGAIN_LATER, Frame
+from stock_gateway.relay.local import LocalRelay
+from stock_gateway.runtime.backoff import Backoff
 from tests.helpers import assert_hub_consistent
 
 WAIT = 1.0  # the longest any awaited event may take before a test fails

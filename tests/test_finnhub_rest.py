@@ -17,7 +17,7 @@ import finnhub
 import jwt
 import pytest
 
-from simulator.reference_data import company_news, profile2
+from stock_gateway.simulator.reference_data import company_news, profile2
 from tests.helpers import (
     TEST_KEY,
     GatewayUnderTest,

@@ -7,10 +7,10 @@ import uuid
 
 import redis.asyncio as redis
 
-from cluster.link import RedisLink
-from cluster.rest import RedisResponseCache
-from market_data.rest_mirror import MemoryResponseCache, cache_key
-from simulator.reference_data import profile2
+from stock_gateway.cluster.link import RedisLink
+from stock_gateway.cluster.rest import RedisResponseCache
+from stock_gateway.market_data.rest_mirror import MemoryResponseCache, cache_key
+from stock_gateway.simulator.reference_data import profile2
 from tests.helpers import Market, RedisServer, run_gateway, settings_for
 
 

@@ -20,9 +20,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import protocol
 from gateway import Gateway
-from simulator.market import MarketSimulator, serve
+from stock_gateway import protocol
+from stock_gateway.simulator.market import MarketSimulator, serve
 from tests.helpers import TEST_KEY, Client, Market, assert_hub_consistent, run_gateway, settings_for
 
 pytestmark = pytest.mark.slow

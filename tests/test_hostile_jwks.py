@@ -14,7 +14,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from access.tokens import JWKS_MAX_BYTES, JWKS_MAX_KEYS, JWKS_TIMEOUT_SECONDS
+from stock_gateway.access.tokens import JWKS_MAX_BYTES, JWKS_MAX_KEYS, JWKS_TIMEOUT_SECONDS
 from tests.helpers import Market
 from tests.test_auth import jwk, jwt_gateway, open_socket, signed_in, streams, token
 from tests.test_auth_units import EC_KEY, OTHER_RSA_KEY

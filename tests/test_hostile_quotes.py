@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from simulator.market import MarketSimulator, serve
+from stock_gateway.simulator.market import MarketSimulator, serve
 from tests.helpers import (
     TEST_KEY,
     Client,

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from bars.book import BAR_MAX_AHEAD_SECONDS, INTERVALS
-from simulator.market import MarketSimulator
+from stock_gateway.bars.book import BAR_MAX_AHEAD_SECONDS, INTERVALS
+from stock_gateway.simulator.market import MarketSimulator
 from tests.helpers import (
     TEST_KEY,
     Client,

@@ -9,18 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from access.admission import Admission, Admitted, address_key
-from access.allowances import Allowances
-from access.capacity import UpstreamCapacity
-from access.entitlements import SymbolPatterns
-from access.history_budget import HistoryBudget
-from access.refusal import Refusal
-from market_data.finnhub_rest import SlidingWindowBudget
-from market_data.finnhub_wire import decode, newest_per_symbol, parse_trades, redact
-from market_data.model import Quote, SymbolInterest, Trade
-from market_data.quotes import QuoteService, QuoteUnavailable
-from runtime.token_bucket import TokenBucket
-from settings import Settings
+from stock_gateway.access.admission import Admission, Admitted, address_key
+from stock_gateway.access.allowances import Allowances
+from stock_gateway.access.capacity import UpstreamCapacity
+from stock_gateway.access.entitlements import SymbolPatterns
+from stock_gateway.access.history_budget import HistoryBudget
+from stock_gateway.access.refusal import Refusal
+from stock_gateway.market_data.finnhub_rest import SlidingWindowBudget
+from stock_gateway.market_data.finnhub_wire import decode, newest_per_symbol, parse_trades, redact
+from stock_gateway.market_data.model import Quote, SymbolInterest, Trade
+from stock_gateway.market_data.quotes import QuoteService, QuoteUnavailable
+from stock_gateway.runtime.token_bucket import TokenBucket
+from stock_gateway.settings import Settings
 
 NOW = 1_800_000_000.0
 

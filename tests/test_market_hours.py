@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from simulator.market import MarketSimulator, serve
-from simulator.rest import previous_close
+from stock_gateway.simulator.market import MarketSimulator, serve
+from stock_gateway.simulator.rest import previous_close
 from tests.helpers import (
     TEST_KEY,
     Client,

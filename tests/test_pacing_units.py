@@ -9,9 +9,15 @@ import asyncio
 
 import orjson
 
-import protocol
-from delivery.pacing import DeliveryClock, DeliveryGroup, DeliveryGroups, Outgoing, Pacing
-from protocol import DeliveryOptions, Frame
+from stock_gateway import protocol
+from stock_gateway.delivery.pacing import (
+    DeliveryClock,
+    DeliveryGroup,
+    DeliveryGroups,
+    Outgoing,
+    Pacing,
+)
+from stock_gateway.protocol import DeliveryOptions, Frame
 
 
 class Member:

@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from bench.stuck import open_never_reading_client
-from simulator.market import MarketSimulator, rest_url, serve
+from stock_gateway.simulator.market import MarketSimulator, rest_url, serve
 from tests.helpers import (
     PROJECT,
     TEST_KEY,
@@ -163,7 +163,8 @@ async def test_uvicorn_command_line_serves_the_app(tmp_path: Path) -> None:
 
 DEPLOYED = (
     sys.executable, "-m", "uvicorn", "--app-dir", str(PROJECT), "gateway:app",
-    "--http", "server.uvicorn_protocols:GatewayHttpProtocol", "--ws-per-message-deflate", "false",
+    "--http", "stock_gateway.server.uvicorn_protocols:GatewayHttpProtocol",
+    "--ws-per-message-deflate", "false",
 )  # fmt: skip
 FIFTY_SYMBOLS = [f"S{index:02d}" for index in range(50)]
 

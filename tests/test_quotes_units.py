@@ -9,12 +9,12 @@ import asyncio
 
 import pytest
 
-from access.allowances import Allowances
-from market_data.finnhub_rest import SlidingWindowBudget, usable_rate
-from market_data.model import Quote
-from market_data.quote_cache import MAX_UNKNOWN, QuoteCache
-from market_data.quotes import IN_FLIGHT, QuoteService, QuoteUnavailable
-from runtime.sliding_window import SlidingWindow
+from stock_gateway.access.allowances import Allowances
+from stock_gateway.market_data.finnhub_rest import SlidingWindowBudget, usable_rate
+from stock_gateway.market_data.model import Quote
+from stock_gateway.market_data.quote_cache import MAX_UNKNOWN, QuoteCache
+from stock_gateway.market_data.quotes import IN_FLIGHT, QuoteService, QuoteUnavailable
+from stock_gateway.runtime.sliding_window import SlidingWindow
 
 
 def a_quote(previous_close: float = 100.0) -> Quote:

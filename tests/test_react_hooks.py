@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from simulator.market import MarketSimulator, serve
+from stock_gateway.simulator.market import MarketSimulator, serve
 from tests import node
 from tests.helpers import (
     PROJECT,
@@ -229,7 +229,7 @@ async def test_a_fresh_next_app_shows_live_prices_and_candles_by_following_the_d
             process = await asyncio.create_subprocess_exec("bash", "-c", command, cwd=project)
             assert await process.wait() == 0, command
             for name in ("stock-client.js", "stock-client.d.ts", "stock-hooks.js"):
-                shipped = (PROJECT / "static" / name).read_bytes()
+                shipped = (PROJECT / "stock_gateway" / "static" / name).read_bytes()
                 assert (project / "lib" / "stock-gateway" / name).read_bytes() == shipped
             # 2. .env.local, whose NEXT_PUBLIC_ variables Next.js inlines at build time.
             env_text = env_file.replace("localhost:8000", gateway_host)

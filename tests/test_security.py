@@ -12,7 +12,7 @@ import pytest
 import yarl
 
 from bench.stuck import open_never_reading_client
-from settings import Settings
+from stock_gateway.settings import Settings
 from tests.helpers import (
     Client,
     GatewayUnderTest,

@@ -18,8 +18,8 @@ from websockets.frames import Opcode
 from websockets.streams import StreamReader
 from websockets.version import version as websockets_version
 
-from protocol import Frame
-from server.uvicorn_protocols import FAST_PATH_FLAGS
+from stock_gateway.protocol import Frame
+from stock_gateway.server.uvicorn_protocols import FAST_PATH_FLAGS
 from tests.helpers import PROJECT, Market, run_gateway, settings_for, trade
 
 

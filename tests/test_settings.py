@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from settings import ConfigError, Settings, environment_names, load_settings
+from stock_gateway.settings import ConfigError, Settings, environment_names, load_settings
 
 
 @pytest.fixture(autouse=True)

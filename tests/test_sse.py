@@ -15,9 +15,9 @@ import aiohttp
 import orjson
 import pytest
 
-import wiring
 from bench.attacks import closed_by_peer
 from bench.stuck import open_never_reading_stream, send_queues
+from stock_gateway import wiring
 from tests.contract import assert_server_message
 from tests.helpers import GatewayUnderTest, Market, poll_until, run_gateway, settings_for, trade
 

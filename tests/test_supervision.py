@@ -11,8 +11,8 @@ from typing import Any, cast
 import pytest
 
 from hub import UpdateBatch
-from runtime.backoff import Backoff
-from runtime.supervisor import CRASH_LOOP_AFTER, Restarts, Supervisor
+from stock_gateway.runtime.backoff import Backoff
+from stock_gateway.runtime.supervisor import CRASH_LOOP_AFTER, Restarts, Supervisor
 from tests.helpers import GatewayUnderTest, Market, poll_until, run_gateway, settings_for, trade
 
 

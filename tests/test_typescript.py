@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
-from endpoints.docs import load_asyncapi
+from stock_gateway.endpoints.docs import load_asyncapi
 from tests import node
 from tests.helpers import PROJECT
 from tests.protocol_types import DECLARATIONS, Writer, committed_block, message_types
 
-STATIC = PROJECT / "static"
+STATIC = PROJECT / "stock_gateway" / "static"
 CLIENT_JS = (STATIC / "stock-client.js").read_text(encoding="utf-8")
 HOOKS_JS = (STATIC / "stock-hooks.js").read_text(encoding="utf-8")
 CLIENT_TYPES = DECLARATIONS.read_text(encoding="utf-8")

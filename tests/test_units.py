@@ -6,11 +6,16 @@ import math
 
 import pytest
 
-from endpoints.ws_requests import parse_client_message
-from market_data.finnhub_wire import MAX_TRADE_PRICE, MAX_TRADE_VOLUME, parse_trades, redact
-from market_data.model import NOT_SENT, Trade
-from protocol import ProtocolError, normalize_symbol, split_symbols
-from runtime.backoff import Backoff
+from stock_gateway.endpoints.ws_requests import parse_client_message
+from stock_gateway.market_data.finnhub_wire import (
+    MAX_TRADE_PRICE,
+    MAX_TRADE_VOLUME,
+    parse_trades,
+    redact,
+)
+from stock_gateway.market_data.model import NOT_SENT, Trade
+from stock_gateway.protocol import ProtocolError, normalize_symbol, split_symbols
+from stock_gateway.runtime.backoff import Backoff
 
 
 @pytest.mark.parametrize(

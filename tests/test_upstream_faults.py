@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from simulator.market import MarketSimulator, serve
+from stock_gateway.simulator.market import MarketSimulator, serve
 from tests.helpers import TEST_KEY, Market, run_gateway, settings_for, trade
 
 

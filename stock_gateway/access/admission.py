@@ -43,12 +43,12 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
 
-from access.allowances import Allowances
-from access.entitlements import UNRESTRICTED, Entitlements
-from access.refusal import Refusal
-from access.tokens import Authenticator, AuthFailed, Identity
-from protocol import CLOSE_AUTH_FAILED, CLOSE_TOO_MANY_FOR_USER, CLOSE_TRY_AGAIN_LATER
-from settings import Settings
+from stock_gateway.access.allowances import Allowances
+from stock_gateway.access.entitlements import UNRESTRICTED, Entitlements
+from stock_gateway.access.refusal import Refusal
+from stock_gateway.access.tokens import Authenticator, AuthFailed, Identity
+from stock_gateway.protocol import CLOSE_AUTH_FAILED, CLOSE_TOO_MANY_FOR_USER, CLOSE_TRY_AGAIN_LATER
+from stock_gateway.settings import Settings
 
 USER_PREFIX = "user:"  # a user's key beside the addresses' (no address starts so)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Container, Sequence
 
-from runtime.token_bucket import TokenBucket
+from stock_gateway.runtime.token_bucket import TokenBucket
 
 # Idle keys are swept when the table grows past this many.
 SWEEP_AT = 10_000

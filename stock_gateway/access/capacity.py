@@ -28,9 +28,9 @@ import asyncio
 from collections import Counter
 from collections.abc import Callable
 
-from access.entitlements import SymbolPatterns
-from access.refusal import Refusal
-from market_data.model import SymbolInterest
+from stock_gateway.access.entitlements import SymbolPatterns
+from stock_gateway.access.refusal import Refusal
+from stock_gateway.market_data.model import SymbolInterest
 
 # Charges are sums of 1/n in floating point: a share filled exactly (say 10 halves and
 # 5 whole symbols) must not be refused over a rounding error.

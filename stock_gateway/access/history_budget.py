@@ -17,8 +17,8 @@ from __future__ import annotations
 import math
 import time
 
-from access.allowances import Allowances
-from access.refusal import Refusal
+from stock_gateway.access.allowances import Allowances
+from stock_gateway.access.refusal import Refusal
 
 MINUTE = 60.0
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from typing import Protocol
 
-import protocol
-from access.capacity import UpstreamCapacity
-from access.entitlements import Entitlements
-from access.refusal import Refusal
-from protocol import ErrorCode, Frame
+from stock_gateway import protocol
+from stock_gateway.access.capacity import UpstreamCapacity
+from stock_gateway.access.entitlements import Entitlements
+from stock_gateway.access.refusal import Refusal
+from stock_gateway.protocol import ErrorCode, Frame
 
 
 class Holder(Protocol):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from runtime.token_bucket import TokenBucket
+from stock_gateway.runtime.token_bucket import TokenBucket
 
 Verdict = Literal["ok", "refuse", "close"]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from protocol import ErrorCode
+from stock_gateway.protocol import ErrorCode
 
 
 @dataclass(frozen=True)

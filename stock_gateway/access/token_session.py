@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from access.tokens import AuthFailed, Identity
+from stock_gateway.access.tokens import AuthFailed, Identity
 
 
 @dataclass(frozen=True)

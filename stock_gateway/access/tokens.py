@@ -36,9 +36,9 @@ import orjson
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from access.entitlements import UNRESTRICTED, Entitlements, SymbolPatterns
-from runtime.logs import get_logger
-from settings import Settings
+from stock_gateway.access.entitlements import UNRESTRICTED, Entitlements, SymbolPatterns
+from stock_gateway.runtime.logs import get_logger
+from stock_gateway.settings import Settings
 
 logger = get_logger(__name__)
 

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from bars.intervals import Interval
+from stock_gateway.bars.intervals import Interval
 
 MAX_BAR_BYTES = 192  # a bar's JSON at most (typically ~85): 13-digit t, 17-digit floats
 

@@ -35,15 +35,15 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 # Re-exported: bars and intervals are part of the book's vocabulary for every other module.
-from bars.bar import MAX_BAR_BYTES as MAX_BAR_BYTES
-from bars.bar import Bar as Bar
-from bars.bar import BarEvent as BarEvent
-from bars.intervals import INTERVAL_MS as INTERVAL_MS
-from bars.intervals import INTERVALS as INTERVALS
-from bars.intervals import Interval as Interval
-from bars.intervals import bar_span
-from bars.outages import Outages
-from market_data.model import Trade
+from stock_gateway.bars.bar import MAX_BAR_BYTES as MAX_BAR_BYTES
+from stock_gateway.bars.bar import Bar as Bar
+from stock_gateway.bars.bar import BarEvent as BarEvent
+from stock_gateway.bars.intervals import INTERVAL_MS as INTERVAL_MS
+from stock_gateway.bars.intervals import INTERVALS as INTERVALS
+from stock_gateway.bars.intervals import Interval as Interval
+from stock_gateway.bars.intervals import bar_span
+from stock_gateway.bars.outages import Outages
+from stock_gateway.market_data.model import Trade
 
 MAX_GRACE_SECONDS = 1.0
 BAR_MAX_AHEAD_SECONDS = 5.0  # README "Live candles"

@@ -26,15 +26,15 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable
 
-import protocol
-from access.history_budget import HistoryBudget
-from access.holds import RefusedSymbols, SymbolHolds
-from access.refusal import Refusal
-from bars.book import INTERVALS, Bar, BarBook, BarEvent, Interval
-from bars.history import HistoryFrames
-from bars.recorder import BarRecorder
-from delivery.outbox import ClientConnection
-from market_data.model import Trade, UpstreamState
+from stock_gateway import protocol
+from stock_gateway.access.history_budget import HistoryBudget
+from stock_gateway.access.holds import RefusedSymbols, SymbolHolds
+from stock_gateway.access.refusal import Refusal
+from stock_gateway.bars.book import INTERVALS, Bar, BarBook, BarEvent, Interval
+from stock_gateway.bars.history import HistoryFrames
+from stock_gateway.bars.recorder import BarRecorder
+from stock_gateway.delivery.outbox import ClientConnection
+from stock_gateway.market_data.model import Trade, UpstreamState
 
 BAR_CLOCK_SECONDS = 0.1  # how often closes and live updates are looked for
 TRADES_PER_SLICE = 5000  # trades counted between two yields to the event loop

@@ -22,9 +22,9 @@ from typing import Any
 
 import orjson
 
-import protocol
-from bars.book import Bar, BarBook, Interval
-from protocol import Frame
+from stock_gateway import protocol
+from stock_gateway.bars.book import Bar, BarBook, Interval
+from stock_gateway.protocol import Frame
 
 SWEEP_AT = 64
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import asyncpg
 
-from bars.book import Bar, BarEvent, Interval
-from bars.store import COLUMNS, READ_COLUMNS, StoreError, bar_of, ended_before, row_of
+from stock_gateway.bars.book import Bar, BarEvent, Interval
+from stock_gateway.bars.store import COLUMNS, READ_COLUMNS, StoreError, bar_of, ended_before, row_of
 
 COMMAND_TIMEOUT = 10.0
 SCHEMA = """

@@ -24,10 +24,10 @@ import asyncio
 import time
 from collections.abc import Iterable, Mapping
 
-from bars.book import INTERVALS, Bar, BarBook, BarEvent, Interval
-from bars.store import BarStore, MemoryStore, StoreError
-from runtime.cancellation import raise_if_cancelling
-from runtime.logs import get_logger
+from stock_gateway.bars.book import INTERVALS, Bar, BarBook, BarEvent, Interval
+from stock_gateway.bars.store import BarStore, MemoryStore, StoreError
+from stock_gateway.runtime.cancellation import raise_if_cancelling
+from stock_gateway.runtime.logs import get_logger
 
 logger = get_logger(__name__)
 FLUSH_SECONDS = 0.5
@@ -242,11 +242,11 @@ def open_store(url: str) -> BarStore:
     if scheme == "memory":
         return MemoryStore()
     if scheme == "sqlite" and rest.startswith("/") and len(rest) > 1:
-        from bars.sqlite_store import SqliteStore
+        from stock_gateway.bars.sqlite_store import SqliteStore
 
         return SqliteStore(rest[1:])
     if scheme in ("postgresql", "postgres"):
-        from bars.postgres_store import PostgresStore
+        from stock_gateway.bars.postgres_store import PostgresStore
 
         return PostgresStore(url)
     raise StoreError(

@@ -21,8 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bars.book import Bar, BarEvent, Interval
-from bars.store import COLUMNS, READ_COLUMNS, StoreError, bar_of, ended_before, row_of
+from stock_gateway.bars.book import Bar, BarEvent, Interval
+from stock_gateway.bars.store import COLUMNS, READ_COLUMNS, StoreError, bar_of, ended_before, row_of
 
 T = TypeVar("T")
 

@@ -25,7 +25,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from bars.book import INTERVAL_MS, Bar, BarEvent, Interval
+from stock_gateway.bars.book import INTERVAL_MS, Bar, BarEvent, Interval
 
 DEFAULT_URL = "sqlite:///data/bars.sqlite3"
 MAX_READ = 10_000  # bars one read returns at most (GET /bars's `limit` is capped here)

@@ -40,13 +40,13 @@ import orjson
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from bars.book import INTERVALS, Bar, BarBook, BarEvent, Interval
-from bars.delivery import BAR_CLOCK_SECONDS, TRADES_PER_SLICE
-from bars.outages import Outages
-from bars.recorder import BarRecorder
-from market_data.model import Trade, UpstreamState
-from runtime.cancellation import raise_if_cancelling
-from runtime.logs import get_logger
+from stock_gateway.bars.book import INTERVALS, Bar, BarBook, BarEvent, Interval
+from stock_gateway.bars.delivery import BAR_CLOCK_SECONDS, TRADES_PER_SLICE
+from stock_gateway.bars.outages import Outages
+from stock_gateway.bars.recorder import BarRecorder
+from stock_gateway.market_data.model import Trade, UpstreamState
+from stock_gateway.runtime.cancellation import raise_if_cancelling
+from stock_gateway.runtime.logs import get_logger
 
 logger = get_logger(__name__)
 LOAD_WAIT_SECONDS = 2.0  # a subscribe_bars waits at most this long for stored history

@@ -26,16 +26,16 @@ from collections.abc import Set as AbstractSet
 
 from redis.exceptions import RedisError
 
-from bars.recorder import BarRecorder
-from cluster.bars import LeaderBars, StoredBars
-from cluster.link import RedisLink
-from cluster.publish import UpstreamPublisher
-from market_data.market_watch import MarketWatch
-from market_data.model import MarketStatus
-from market_data.upstream import Upstream
-from runtime.cancellation import raise_if_cancelling
-from runtime.logs import get_logger
-from runtime.supervisor import Restarts
+from stock_gateway.bars.recorder import BarRecorder
+from stock_gateway.cluster.bars import LeaderBars, StoredBars
+from stock_gateway.cluster.link import RedisLink
+from stock_gateway.cluster.publish import UpstreamPublisher
+from stock_gateway.market_data.market_watch import MarketWatch
+from stock_gateway.market_data.model import MarketStatus
+from stock_gateway.market_data.upstream import Upstream
+from stock_gateway.runtime.cancellation import raise_if_cancelling
+from stock_gateway.runtime.logs import get_logger
+from stock_gateway.runtime.supervisor import Restarts
 
 logger = get_logger(__name__)
 

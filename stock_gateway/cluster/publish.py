@@ -13,13 +13,13 @@ from collections.abc import Callable
 import orjson
 from redis.exceptions import RedisError
 
-import protocol
-from cluster.bars import LeaderBars
-from cluster.link import RedisLink
-from market_data.finnhub_wire import encode_trade_message
-from market_data.model import MarketStatus, Trade, UpstreamState
-from runtime.cancellation import raise_if_cancelling
-from runtime.logs import get_logger
+from stock_gateway import protocol
+from stock_gateway.cluster.bars import LeaderBars
+from stock_gateway.cluster.link import RedisLink
+from stock_gateway.market_data.finnhub_wire import encode_trade_message
+from stock_gateway.market_data.model import MarketStatus, Trade, UpstreamState
+from stock_gateway.runtime.cancellation import raise_if_cancelling
+from stock_gateway.runtime.logs import get_logger
 
 logger = get_logger(__name__)
 

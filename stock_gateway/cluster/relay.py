@@ -37,23 +37,23 @@ from typing import Any, cast
 import orjson
 from redis.exceptions import RedisError
 
-import protocol
-from bars.delivery import BarDelivery
-from bars.recorder import BarRecorder
-from cluster.bars import MirrorBars, StoredBars
-from cluster.leader import Leadership, MarketWatchFactory
-from cluster.link import RedisLink
-from cluster.rest import decode_announcement
 from hub import Hub, UpdateBatch
-from market_data.finnhub_wire import UndecodableMessage, decode, parse_trades
-from market_data.model import UPSTREAM_STATES, MarketStatus, UpstreamState
-from market_data.quotes import QuoteService
-from market_data.upstream import Upstream
-from relay.base import ClusterView, Duty
-from runtime.backoff import Backoff
-from runtime.cancellation import raise_if_cancelling
-from runtime.logs import get_logger
-from runtime.supervisor import Restarts
+from stock_gateway import protocol
+from stock_gateway.bars.delivery import BarDelivery
+from stock_gateway.bars.recorder import BarRecorder
+from stock_gateway.cluster.bars import MirrorBars, StoredBars
+from stock_gateway.cluster.leader import Leadership, MarketWatchFactory
+from stock_gateway.cluster.link import RedisLink
+from stock_gateway.cluster.rest import decode_announcement
+from stock_gateway.market_data.finnhub_wire import UndecodableMessage, decode, parse_trades
+from stock_gateway.market_data.model import UPSTREAM_STATES, MarketStatus, UpstreamState
+from stock_gateway.market_data.quotes import QuoteService
+from stock_gateway.market_data.upstream import Upstream
+from stock_gateway.relay.base import ClusterView, Duty
+from stock_gateway.runtime.backoff import Backoff
+from stock_gateway.runtime.cancellation import raise_if_cancelling
+from stock_gateway.runtime.logs import get_logger
+from stock_gateway.runtime.supervisor import Restarts
 
 logger = get_logger(__name__)
 
@@ -295,7 +295,7 @@ class RedisRelay:
                 if message is not None:
                     await self._deliver(_text(message["channel"]), message["data"], prefix)
         finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await pubsub.aclose()
 
     async def _relay_trades(self, data: bytes) -> None:
         """A leader's upstream message, as Finnhub sent it: read like any upstream data

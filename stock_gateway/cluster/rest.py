@@ -39,9 +39,9 @@ import orjson
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from market_data.finnhub_rest import MINUTE, FinnhubRest, RestUnavailable
-from market_data.model import Quote
-from runtime.logs import get_logger
+from stock_gateway.market_data.finnhub_rest import MINUTE, FinnhubRest, RestUnavailable
+from stock_gateway.market_data.model import Quote
+from stock_gateway.runtime.logs import get_logger
 
 logger = get_logger(__name__)
 

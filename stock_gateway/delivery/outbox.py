@@ -26,13 +26,18 @@ import uuid
 from collections import deque
 from typing import Protocol
 
-from access.entitlements import UNRESTRICTED, Entitlements
-from bars.book import Interval
-from delivery.pacing import DeliveryGroup, Outgoing
-from delivery.stats import FanoutStats
-from delivery.trade_groups import TradeDialect, TradeGroup
-from protocol import CLOSE_GRACE_SECONDS, CLOSE_TRY_AGAIN_LATER, DeliveryOptions, Frame
-from runtime.logs import get_logger
+from stock_gateway.access.entitlements import UNRESTRICTED, Entitlements
+from stock_gateway.bars.book import Interval
+from stock_gateway.delivery.pacing import DeliveryGroup, Outgoing
+from stock_gateway.delivery.stats import FanoutStats
+from stock_gateway.delivery.trade_groups import TradeDialect, TradeGroup
+from stock_gateway.protocol import (
+    CLOSE_GRACE_SECONDS,
+    CLOSE_TRY_AGAIN_LATER,
+    DeliveryOptions,
+    Frame,
+)
+from stock_gateway.runtime.logs import get_logger
 
 logger = get_logger(__name__)
 

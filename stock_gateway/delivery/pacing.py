@@ -34,7 +34,7 @@ import math
 from collections.abc import Callable
 from typing import Protocol
 
-from protocol import DeliveryOptions, Frame, price_updates_message
+from stock_gateway.protocol import DeliveryOptions, Frame, price_updates_message
 
 PACING_TICK_SECONDS = 0.01
 MAX_BATCH_BYTES = 32_768  # the setting's default

@@ -22,10 +22,10 @@ import asyncio
 import functools
 from collections.abc import Callable, Collection, Iterable
 
-import protocol
-from delivery.outbox import ClientConnection
-from market_data.model import Quote
-from market_data.quotes import QuoteService
+from stock_gateway import protocol
+from stock_gateway.delivery.outbox import ClientConnection
+from stock_gateway.market_data.model import Quote
+from stock_gateway.market_data.quotes import QuoteService
 
 # The fetch under way, and its clients (each: whether a failure is no error to it).
 Waiting = tuple["asyncio.Future[Quote | None]", dict[ClientConnection, bool]]

@@ -5,7 +5,7 @@ symbol go. Frames only; no I/O.
 
 from __future__ import annotations
 
-from protocol import Frame
+from stock_gateway.protocol import Frame
 
 
 class LatestPrices:

@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from market_data.model import Trade
-from protocol import Frame
+from stock_gateway.market_data.model import Trade
+from stock_gateway.protocol import Frame
 
 
 class TradeDialect(Protocol):

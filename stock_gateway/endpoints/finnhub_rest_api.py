@@ -31,19 +31,19 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-import protocol
-from access.admission import Admitted, address_key
-from access.refusal import Refusal
-from bars.book import Interval
-from bars.history import candles
-from bars.store import MAX_READ
-from market_data.model import MarketStatus, Quote
-from market_data.quotes import QuoteUnavailable
-from market_data.rest_mirror import MirrorRefused
-from settings import Settings
+from stock_gateway import protocol
+from stock_gateway.access.admission import Admitted, address_key
+from stock_gateway.access.refusal import Refusal
+from stock_gateway.bars.book import Interval
+from stock_gateway.bars.history import candles
+from stock_gateway.bars.store import MAX_READ
+from stock_gateway.market_data.model import MarketStatus, Quote
+from stock_gateway.market_data.quotes import QuoteUnavailable
+from stock_gateway.market_data.rest_mirror import MirrorRefused
+from stock_gateway.settings import Settings
 
 if TYPE_CHECKING:
-    from wiring import Running
+    from stock_gateway.wiring import Running
 
 # Finnhub's candle resolutions the gateway builds bars for: one table, so a new
 # interval of bars/book.py is one more row here.

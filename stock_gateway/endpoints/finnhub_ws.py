@@ -27,18 +27,18 @@ from collections.abc import Sequence
 import orjson
 from starlette.websockets import WebSocket
 
-import protocol
-from access.admission import Admission, Admitted
-from delivery.outbox import ClientConnection
-from endpoints.ws_io import AsgiClientSocket, Ended, FastPath, RequestReader
-from endpoints.ws_session import open_socket
 from hub import Hub
-from market_data.finnhub_wire import encode_trade_message
-from market_data.model import Trade
-from protocol import Frame, ProtocolError
-from runtime.logs import get_logger
-from server.connection import server_connection
-from settings import Settings
+from stock_gateway import protocol
+from stock_gateway.access.admission import Admission, Admitted
+from stock_gateway.delivery.outbox import ClientConnection
+from stock_gateway.endpoints.ws_io import AsgiClientSocket, Ended, FastPath, RequestReader
+from stock_gateway.endpoints.ws_session import open_socket
+from stock_gateway.market_data.finnhub_wire import encode_trade_message
+from stock_gateway.market_data.model import Trade
+from stock_gateway.protocol import Frame, ProtocolError
+from stock_gateway.runtime.logs import get_logger
+from stock_gateway.server.connection import server_connection
+from stock_gateway.settings import Settings
 
 logger = get_logger(__name__)
 

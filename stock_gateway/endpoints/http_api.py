@@ -20,19 +20,19 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
-import protocol
-from access.admission import Admitted, address_key, request_token
-from access.refusal import Refusal
-from bars.book import INTERVALS
-from bars.history import candles
-from bars.store import MAX_READ
-from delivery.stats import ClientCounts
-from endpoints import docs
-from market_data.quotes import QuoteUnavailable
-from settings import Settings
+from stock_gateway import protocol
+from stock_gateway.access.admission import Admitted, address_key, request_token
+from stock_gateway.access.refusal import Refusal
+from stock_gateway.bars.book import INTERVALS
+from stock_gateway.bars.history import candles
+from stock_gateway.bars.store import MAX_READ
+from stock_gateway.delivery.stats import ClientCounts
+from stock_gateway.endpoints import docs
+from stock_gateway.market_data.quotes import QuoteUnavailable
+from stock_gateway.settings import Settings
 
 if TYPE_CHECKING:
-    from wiring import Running
+    from stock_gateway.wiring import Running
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 

@@ -19,16 +19,16 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from access.admission import Admission
-from delivery.stats import ClientCounts
 from hub import Hub
-from market_data.finnhub_rest import REST_STATES, FinnhubRest
-from market_data.model import UPSTREAM_STATES
-from market_data.rest_mirror import RestMirror
-from market_data.upstream import Upstream
-from relay.base import Relay
-from runtime.supervisor import Supervisor
-from server.guard import ConnectionGuard
+from stock_gateway.access.admission import Admission
+from stock_gateway.delivery.stats import ClientCounts
+from stock_gateway.market_data.finnhub_rest import REST_STATES, FinnhubRest
+from stock_gateway.market_data.model import UPSTREAM_STATES
+from stock_gateway.market_data.rest_mirror import RestMirror
+from stock_gateway.market_data.upstream import Upstream
+from stock_gateway.relay.base import Relay
+from stock_gateway.runtime.supervisor import Supervisor
+from stock_gateway.server.guard import ConnectionGuard
 
 METRICS: dict[str, str] = {
     "gateway_clients": "Connected WebSocket clients",

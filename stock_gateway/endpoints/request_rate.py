@@ -17,7 +17,7 @@ from collections.abc import Callable
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from access.admission import Admission, address_key
+from stock_gateway.access.admission import Admission, address_key
 
 UNPACED_PATHS = frozenset({"/health", "/stream"})
 

@@ -33,17 +33,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-import protocol
-from access.admission import Admitted, address_key, request_token
-from access.refusal import Refusal
-from access.token_session import ClientAuth
-from protocol import Frame
-from runtime.logs import get_logger
-from server.connection import HttpConnection, http_connection
-from settings import Settings
+from stock_gateway import protocol
+from stock_gateway.access.admission import Admitted, address_key, request_token
+from stock_gateway.access.refusal import Refusal
+from stock_gateway.access.token_session import ClientAuth
+from stock_gateway.protocol import Frame
+from stock_gateway.runtime.logs import get_logger
+from stock_gateway.server.connection import HttpConnection, http_connection
+from stock_gateway.settings import Settings
 
 if TYPE_CHECKING:
-    from wiring import Running
+    from stock_gateway.wiring import Running
 
 logger = get_logger(__name__)
 

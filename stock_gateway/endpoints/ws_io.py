@@ -16,13 +16,18 @@ from dataclasses import dataclass
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from access.message_budget import MessageBudget
-from delivery.outbox import FrameWriter
-from protocol import CLOSE_MESSAGE_TOO_BIG, CLOSE_POLICY_VIOLATION, Frame, ProtocolError
-from runtime.logs import get_logger
-from server.connection import ServerConnection
-from server.uvicorn_protocols import FAST_PATH_FLAGS
-from settings import Settings
+from stock_gateway.access.message_budget import MessageBudget
+from stock_gateway.delivery.outbox import FrameWriter
+from stock_gateway.protocol import (
+    CLOSE_MESSAGE_TOO_BIG,
+    CLOSE_POLICY_VIOLATION,
+    Frame,
+    ProtocolError,
+)
+from stock_gateway.runtime.logs import get_logger
+from stock_gateway.server.connection import ServerConnection
+from stock_gateway.server.uvicorn_protocols import FAST_PATH_FLAGS
+from stock_gateway.settings import Settings
 
 logger = get_logger(__name__)
 

@@ -16,11 +16,11 @@ from typing import Any, Literal
 
 import orjson
 
-import protocol
-from bars.book import INTERVALS, Interval
-from delivery.outbox import ClientConnection
 from hub import Hub
-from protocol import ProtocolError, quoted
+from stock_gateway import protocol
+from stock_gateway.bars.book import INTERVALS, Interval
+from stock_gateway.delivery.outbox import ClientConnection
+from stock_gateway.protocol import ProtocolError, quoted
 
 Action = Literal[
     "subscribe", "unsubscribe", "ping", "options", "auth", "subscribe_bars", "unsubscribe_bars"

@@ -28,17 +28,17 @@ from collections.abc import Mapping
 from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-import protocol
-from access.admission import Admission, Admitted, OpenConnection, address_key
-from access.entitlements import Entitlements
-from access.refusal import Refusal
-from access.token_session import ClientAuth
-from access.tokens import AuthFailed
-from delivery.outbox import ClientConnection
-from endpoints.ws_io import AsgiClientSocket, Ended, FastPath, RequestReader
-from endpoints.ws_requests import WsRequests, parse_client_message
 from hub import Hub
-from protocol import (
+from stock_gateway import protocol
+from stock_gateway.access.admission import Admission, Admitted, OpenConnection, address_key
+from stock_gateway.access.entitlements import Entitlements
+from stock_gateway.access.refusal import Refusal
+from stock_gateway.access.token_session import ClientAuth
+from stock_gateway.access.tokens import AuthFailed
+from stock_gateway.delivery.outbox import ClientConnection
+from stock_gateway.endpoints.ws_io import AsgiClientSocket, Ended, FastPath, RequestReader
+from stock_gateway.endpoints.ws_requests import WsRequests, parse_client_message
+from stock_gateway.protocol import (
     CLOSE_AUTH_FAILED,
     CLOSE_AUTH_TIMEOUT,
     CLOSE_GRACE_SECONDS,
@@ -47,9 +47,9 @@ from protocol import (
     CLOSE_TRY_AGAIN_LATER,
     Frame,
 )
-from runtime.logs import get_logger
-from server.connection import server_connection
-from settings import Settings
+from stock_gateway.runtime.logs import get_logger
+from stock_gateway.server.connection import server_connection
+from stock_gateway.settings import Settings
 
 logger = get_logger(__name__)
 

@@ -33,10 +33,10 @@ from typing import Any, Literal, Protocol, get_args
 
 import aiohttp
 
-from market_data.finnhub_wire import parse_market_status, parse_quote
-from market_data.model import MarketStatus, Quote
-from runtime.cancellation import raise_if_cancelling
-from runtime.logs import get_logger
+from stock_gateway.market_data.finnhub_wire import parse_market_status, parse_quote
+from stock_gateway.market_data.model import MarketStatus, Quote
+from stock_gateway.runtime.cancellation import raise_if_cancelling
+from stock_gateway.runtime.logs import get_logger
 
 logger = get_logger(__name__)
 

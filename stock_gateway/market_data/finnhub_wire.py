@@ -17,7 +17,7 @@ from typing import Any, cast
 
 import orjson
 
-from market_data.model import (
+from stock_gateway.market_data.model import (
     NOT_SENT,
     SESSIONS,
     Conditions,

@@ -13,9 +13,9 @@ import asyncio
 from collections.abc import Callable
 from typing import Protocol
 
-from market_data.finnhub_rest import RestUnavailable
-from market_data.model import MarketStatus
-from runtime.logs import get_logger
+from stock_gateway.market_data.finnhub_rest import RestUnavailable
+from stock_gateway.market_data.model import MarketStatus
+from stock_gateway.runtime.logs import get_logger
 
 logger = get_logger(__name__)
 

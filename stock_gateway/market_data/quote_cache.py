@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import TypeVar
 
-from market_data.model import Quote
+from stock_gateway.market_data.model import Quote
 
 MAX_CACHED = 5000  # symbols whose quote (and previous close) is remembered
 MAX_UNKNOWN = 10_000  # symbols remembered as having no quote

@@ -33,10 +33,10 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 from urllib.parse import urlencode
 
-from access.allowances import Allowances
-from market_data.finnhub_rest import MINUTE, FinnhubRest, RestAnswer, RestUnavailable
-from runtime.logs import get_logger
-from runtime.sliding_window import SlidingWindow
+from stock_gateway.access.allowances import Allowances
+from stock_gateway.market_data.finnhub_rest import MINUTE, FinnhubRest, RestAnswer, RestUnavailable
+from stock_gateway.runtime.logs import get_logger
+from stock_gateway.runtime.sliding_window import SlidingWindow
 
 logger = get_logger(__name__)
 

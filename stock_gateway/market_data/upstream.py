@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from market_data.model import SymbolInterest, Trade, UpstreamState
+from stock_gateway.market_data.model import SymbolInterest, Trade, UpstreamState
 
 
 class UpstreamListener(Protocol):

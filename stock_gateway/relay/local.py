@@ -9,14 +9,14 @@ This module never talks to clients except through the hub.
 
 from __future__ import annotations
 
-import protocol
-from bars.delivery import BarDelivery
 from hub import Hub, UpdateBatch
-from market_data.market_watch import MarketWatch
-from market_data.model import Trade, UpstreamState
-from market_data.quotes import QuoteService
-from market_data.upstream import Upstream
-from relay.base import ClusterView, Duty
+from stock_gateway import protocol
+from stock_gateway.bars.delivery import BarDelivery
+from stock_gateway.market_data.market_watch import MarketWatch
+from stock_gateway.market_data.model import Trade, UpstreamState
+from stock_gateway.market_data.quotes import QuoteService
+from stock_gateway.market_data.upstream import Upstream
+from stock_gateway.relay.base import ClusterView, Duty
 
 
 class LocalRelay:

@@ -67,9 +67,13 @@ def _without_credentials(value: object) -> object:
     return value
 
 
+# The package's own name is left out of logger names: `gateway.access.tokens`.
+PACKAGE = __name__.split(".")[0]
+
+
 def get_logger(module: str) -> logging.Logger:
     """The logger of one of the gateway's modules, under the root: `get_logger(__name__)`."""
-    return logging.getLogger(f"{ROOT_LOGGER}.{module}")
+    return logging.getLogger(f"{ROOT_LOGGER}.{module.removeprefix(PACKAGE + '.')}")
 
 
 class RedactTokens(logging.Filter):

@@ -23,8 +23,8 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 
-from runtime.backoff import Backoff
-from runtime.logs import get_logger
+from stock_gateway.runtime.backoff import Backoff
+from stock_gateway.runtime.logs import get_logger
 
 logger = get_logger(__name__)
 

@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-from runtime.logs import get_logger
+from stock_gateway.runtime.logs import get_logger
 
 logger = get_logger(__name__)
 

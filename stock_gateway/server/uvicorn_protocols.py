@@ -50,16 +50,16 @@ from websockets.frames import Frame
 from websockets.http11 import Request
 from websockets.protocol import State
 
-from runtime.logs import get_logger
-from runtime.token_bucket import TokenBucket
-from server.connection import SCOPE_EXTENSION, HttpConnection, ServerConnection
-from server.guard import ConnectionGuard
+from stock_gateway.runtime.logs import get_logger
+from stock_gateway.runtime.token_bucket import TokenBucket
+from stock_gateway.server.connection import SCOPE_EXTENSION, HttpConnection, ServerConnection
+from stock_gateway.server.guard import ConnectionGuard
 
 logger = get_logger(__name__)
 
 STATE_KEY = "gateway.connection_guard"
-HTTP_IMPORT_PATH = "server.uvicorn_protocols:GatewayHttpProtocol"
-WS_IMPORT_PATH = "server.uvicorn_protocols:GatewayWebSocketProtocol"
+HTTP_IMPORT_PATH = "stock_gateway.server.uvicorn_protocols:GatewayHttpProtocol"
+WS_IMPORT_PATH = "stock_gateway.server.uvicorn_protocols:GatewayWebSocketProtocol"
 # What to tell an operator whose server command cannot use the fast path.
 FAST_PATH_FLAGS = f"--http {HTTP_IMPORT_PATH} --ws-per-message-deflate false"
 _FALLBACK_GUARD = ConnectionGuard()  # before the lifespan hands over the real one

@@ -1,4 +1,4 @@
-"""`python -m simulator`: the simulator on its own, as a stand-in Finnhub."""
+"""`python -m stock_gateway.simulator`: the simulator on its own, as a stand-in Finnhub."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import asyncio
 import logging
 from contextlib import suppress
 
-from market_data.model import SESSIONS
-from simulator.market import MESSAGE_INTERVAL_SECONDS, MarketSimulator, serve
+from stock_gateway.market_data.model import SESSIONS
+from stock_gateway.simulator.market import MESSAGE_INTERVAL_SECONDS, MarketSimulator, serve
 
 logger = logging.getLogger("simulator")
 

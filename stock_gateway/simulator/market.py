@@ -22,7 +22,7 @@ volume is its per-symbol sequence number, so load clients can count what they mi
 `GET /stats` reports what was sent per second, `POST /rate?value=N` changes the rate and
 `POST /drop` closes every gateway's socket (a Finnhub restart).
 
-Run standalone: `python -m simulator --port 8765 --rate 50`.
+Run standalone: `python -m stock_gateway.simulator --port 8765 --rate 50`.
 This module must never log the token it is given.
 """
 
@@ -39,9 +39,9 @@ from dataclasses import dataclass, field
 import orjson
 from aiohttp import WSMsgType, web
 
-from market_data.model import SESSIONS, Session
-from simulator.prices import reference_price
-from simulator.rest import REST_PREFIX, QuoteBook, RestCalls, add_rest_routes
+from stock_gateway.market_data.model import SESSIONS, Session
+from stock_gateway.simulator.prices import reference_price
+from stock_gateway.simulator.rest import REST_PREFIX, QuoteBook, RestCalls, add_rest_routes
 
 logger = logging.getLogger(__name__)
 

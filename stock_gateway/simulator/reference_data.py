@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from simulator.prices import reference_price
+from stock_gateway.simulator.prices import reference_price
 
 Query = Mapping[str, str]
 DAY = 86_400

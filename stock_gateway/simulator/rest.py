@@ -29,9 +29,9 @@ from typing import Any, NamedTuple, Protocol
 
 from aiohttp import web
 
-from market_data.model import Session
-from simulator.prices import REFERENCE_PRICES, reference_price
-from simulator.reference_data import ENDPOINTS, Query
+from stock_gateway.market_data.model import Session
+from stock_gateway.simulator.prices import REFERENCE_PRICES, reference_price
+from stock_gateway.simulator.reference_data import ENDPOINTS, Query
 
 REST_PREFIX = "/api/v1"
 Handler = Callable[[web.Request], Awaitable[web.Response]]
