@@ -8,8 +8,8 @@ those parts and hand their tasks to a `Supervisor`; requests are routed to
 `endpoints/http_api.py` (everything else). This module never sends to a client itself
 and never exposes the Finnhub key.
 
-Run it with `python gateway.py [--demo]`, or `uvicorn gateway:app` with the flags in
-docs/deploy.md.
+Run it with `stock-gateway [--demo]` (the installed command), `python gateway.py
+[--demo]` in the checkout, or `uvicorn gateway:app` with the flags in docs/deploy.md.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ logger = logging.getLogger(ROOT_LOGGER)
 class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.refused: ConfigError | None = None  # why start-up was refused, if it was
         self._running: wiring.Running | None = None
         self.metrics_registry, self._handoff_seconds = metrics.create_registry(
             lambda: self._running
@@ -80,13 +81,14 @@ class Gateway:
     async def lifespan(self, app: Starlette) -> AsyncIterator[dict[str, Any]]:
         settings = self.settings
         configure_logging(settings.log_level, settings.log_format)
-        try:
-            settings.require_upstream()
-        except ConfigError as exc:
-            logger.error("%s", exc)
-            raise
         async with AsyncExitStack() as stack:
-            self._running = await wiring.start(settings, stack, self._handoff_seconds)
+            try:
+                settings.require_upstream()
+                self._running = await wiring.start(settings, stack, self._handoff_seconds)
+            except ConfigError as exc:  # said once, in one line (runtime/logs.py)
+                self.refused = exc
+                logger.error("%s", exc)
+                raise
             try:
                 # uvicorn hands this state to every protocol it creates from now on.
                 yield {STATE_KEY: self._running.guard}
@@ -178,9 +180,11 @@ class AnnouncingServer(uvicorn.Server):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Real-time stock price WebSocket gateway")
+    parser = argparse.ArgumentParser(
+        prog="stock-gateway", description="Real-time stock price WebSocket gateway"
+    )
     parser.add_argument("--demo", action="store_true", help="use the built-in market simulator")
-    parser.add_argument("--host", help="bind address (default: HOST or 0.0.0.0)")
+    parser.add_argument("--host", help="bind address (default: HOST or 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default: PORT or 8000)")
     args = parser.parse_args(argv)
     overrides: dict[str, Any] = {}
@@ -198,17 +202,23 @@ def main(argv: list[str] | None = None) -> int:
         configure_logging("INFO")
         logger.error("%s", exc)
         return 2
+    app = create_app(settings)
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
         log_config=None,  # uvicorn's records go through our handler and format
+        access_log=False,  # a line per handshake is noise at thousands of clients
         **uvicorn_options(settings),
     )
-    with suppress(KeyboardInterrupt):
-        AnnouncingServer(config).run()
-    return 0
+    try:
+        with suppress(KeyboardInterrupt):
+            AnnouncingServer(config).run()
+    except SystemExit:  # uvicorn's own status for a failed start-up
+        if app.state.gateway.refused is None:
+            raise
+    return 2 if app.state.gateway.refused is not None else 0
 
 
 def _app_from_environment() -> Starlette:

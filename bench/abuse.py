@@ -217,9 +217,12 @@ async def _gateway(
     }
     names = set(environment_names())  # none of the developer's own gateway settings
     base = {key: value for key, value in os.environ.items() if key not in names}
+    # Its own store and working directory: never the checkout's data/.
+    store = tempfile.TemporaryDirectory(prefix="bench-abuse-")
+    settings.setdefault("BAR_STORE_URL", f"sqlite:///{store.name}/bars.sqlite3")
     with log.open("wb") as output:
         process = await asyncio.create_subprocess_exec(
-            *command, cwd=PROJECT, env={**base, **settings}, stdout=output, stderr=output
+            *command, cwd=store.name, env={**base, **settings}, stdout=output, stderr=output
         )
     try:
         yield process
@@ -232,6 +235,7 @@ async def _gateway(
             except TimeoutError:
                 process.kill()
                 await process.wait()
+        store.cleanup()
 
 
 async def _until_healthy(rig: AbuseRig, process: asyncio.subprocess.Process) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import os
 import socket
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -174,6 +175,8 @@ async def stack(
                 load_cpus,
             )
             return
+        # Its own store, in a directory of its own: never the checkout's data/.
+        store = processes.enter_context(tempfile.TemporaryDirectory(prefix="bench-store-"))
         gateway = await processes.enter_async_context(
             process(
                 sys.executable, "-m", "uvicorn", "gateway:app",
@@ -199,6 +202,7 @@ async def stack(
                     "MAX_CONNECTIONS_PER_ADDRESS": "100000",
                     "ADDRESS_HANDSHAKE_RATE": "100000",
                     "ADDRESS_HANDSHAKE_BURST": "100000",
+                    "BAR_STORE_URL": f"sqlite:///{store}/bars.sqlite3",
                     **gateway_env,
                 },
             )

@@ -98,7 +98,7 @@ class Settings:
     finnhub_rest_share: float = setting(0.5, minimum=0.01, maximum=1)
     finnhub_rest_requests_per_address: float = setting(20.0, minimum=1)  # uncached calls/min
     # -- serving -----------------------------------------------------------------------
-    host: str = setting("0.0.0.0")
+    host: str = setting("127.0.0.1")  # the container sets 0.0.0.0
     port: int = setting(8000, minimum=1, maximum=65535)
     frontend_url: tuple[str, ...] = setting(("http://localhost:3000",))
     log_level: LogLevel = setting("INFO")

@@ -35,7 +35,7 @@ from stock_gateway.bars.book import MAX_BAR_BYTES, MAX_OPEN_BARS, BarBook, Inter
 from stock_gateway.bars.delivery import BarDelivery
 from stock_gateway.bars.outages import Outages
 from stock_gateway.bars.recorder import BarRecorder, open_store
-from stock_gateway.bars.store import DEFAULT_URL, StoreError
+from stock_gateway.bars.store import StoreError, default_url
 from stock_gateway.cluster.bars import MirrorBars, StoredBars
 from stock_gateway.cluster.link import RedisLink
 from stock_gateway.cluster.relay import RedisRelay
@@ -307,9 +307,10 @@ async def _bar_recorder(
     """The store BAR_STORE_URL names, opened (ConfigError naming the setting if it
     cannot be), and its recorder; a clean shutdown writes every bar, the open ones of
     `book` too (None on a cluster: the leader writes its own as it stops leading)."""
-    store = open_store(settings.bar_store_url or DEFAULT_URL)
+    store = open_store(settings.bar_store_url or default_url(settings.demo))
     try:
         await store.open()
+        await store.claim("demo" if settings.demo else "finnhub")
     except StoreError as exc:
         raise ConfigError(f"BAR_STORE_URL: the bar store cannot be used: {exc}") from None
     stack.push_async_callback(store.close)

@@ -3,12 +3,14 @@ real redis-server. The helpers they use are in tests/helpers.py."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
 from stock_gateway.simulator.market import MarketSimulator, serve
 from tests.helpers import (
+    PROJECT,
     REDIS_SERVER,
     TEST_KEY,
     GatewayUnderTest,
@@ -18,6 +20,32 @@ from tests.helpers import (
     run_gateway,
     settings_for,
 )
+
+
+def _fingerprint(data: Path) -> dict[str, tuple[int, int]]:
+    """Every file under `data`, with its size and modification time."""
+    if not data.is_dir():
+        return {}
+    return {
+        str(path.relative_to(data)): (path.stat().st_size, path.stat().st_mtime_ns)
+        for path in sorted(data.rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def the_checkouts_data_is_left_alone() -> Iterator[None]:
+    """The checkout's data/ is the user's (their candle store): no gateway a test starts
+    may write there. (A gateway of your own running from this checkout meanwhile would
+    trip this too.)"""
+    data = PROJECT / "data"
+    before = _fingerprint(data)
+    yield
+    after = _fingerprint(data)
+    changed = sorted(
+        name for name in before.keys() | after.keys() if before.get(name) != after.get(name)
+    )
+    assert not changed, f"the suite wrote into the checkout's data/: {changed}"
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from stock_gateway.bars import postgres_store
 from stock_gateway.bars.book import BarEvent
 from stock_gateway.bars.postgres_store import PostgresStore
 from stock_gateway.bars.recorder import BarRecorder
+from stock_gateway.bars.store import StoreError
 from tests.helpers import Market, poll_until, run_gateway, settings_for
 from tests.postgres_server import PostgresServer, postgres_bin
 from tests.test_bar_store import assert_partial_bars_merge
@@ -108,3 +109,21 @@ async def test_retention_in_postgresql_reaches_old_bars_by_an_index(postgres: st
     scan, condition = (row[0].strip().removeprefix("->").strip() for row in plan[1:])
     assert scan.startswith("Index Scan using bars_by_age on bars")
     assert condition == """Index Cond: (("interval" = '1s'::text) AND (t < '0'::bigint))"""
+
+
+async def test_a_database_kept_by_one_feed_refuses_the_other(postgres: str) -> None:
+    admin = await asyncpg.connect(postgres)
+    try:
+        await admin.execute("CREATE DATABASE feed_claim")
+    finally:
+        await admin.close()
+    url = postgres.rsplit("/", 1)[0] + "/feed_claim"
+    demo = PostgresStore(url)
+    await demo.open()
+    try:
+        await demo.claim("demo")
+        await demo.claim("demo")  # the same feed comes back to its store
+        with pytest.raises(StoreError, match="demo feed"):
+            await demo.claim("finnhub")
+    finally:
+        await demo.close()

@@ -224,15 +224,14 @@ def dockerfile_instruction(name: str) -> str:
 
 
 async def test_container_start_command_serves_health(tmp_path: Path) -> None:
-    """No Docker engine here: run the image's CMD as-is, on loopback and a free port."""
+    """No Docker engine here: run the image's CMD (the installed `stock-gateway`
+    command) as-is, on loopback and a free port."""
     command = json.loads(dockerfile_instruction("CMD"))
-    assert command[:2] == ["uvicorn", "gateway:app"]
+    assert command == ["stock-gateway"]
     assert dockerfile_instruction("USER") != "root"
     assert "/health" in dockerfile_instruction("HEALTHCHECK")
     port = free_port()
-    command[command.index("--host") + 1] = "127.0.0.1"
-    command[command.index("--port") + 1] = str(port)
-    runnable = (sys.executable, "-m", *command, "--app-dir", str(PROJECT))
+    runnable = (str(Path(sys.executable).parent / command[0]),)
     async with (
         demo_gateway(tmp_path, port, *runnable) as gateway,
         aiohttp.ClientSession() as session,

@@ -17,7 +17,15 @@ from typing import Any
 import asyncpg
 
 from stock_gateway.bars.book import Bar, BarEvent, Interval
-from stock_gateway.bars.store import COLUMNS, READ_COLUMNS, StoreError, bar_of, ended_before, row_of
+from stock_gateway.bars.store import (
+    COLUMNS,
+    READ_COLUMNS,
+    StoreError,
+    bar_of,
+    ended_before,
+    refuse_other_feed,
+    row_of,
+)
 
 COMMAND_TIMEOUT = 10.0
 SCHEMA = """
@@ -38,6 +46,10 @@ ALTER TABLE bars ADD COLUMN IF NOT EXISTS gap BOOLEAN NOT NULL DEFAULT false;
 ALTER TABLE bars ADD COLUMN IF NOT EXISTS first_t BIGINT;
 ALTER TABLE bars ADD COLUMN IF NOT EXISTS last_t BIGINT;
 """
+# Which feed writes this database (bars/sqlite_store.py's table and rule).
+META = "CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+CLAIM = "INSERT INTO store_meta (key, value) VALUES ('feed', $1) ON CONFLICT DO NOTHING"
+KEPT = "SELECT value FROM store_meta WHERE key = 'feed'"
 # Retention deletes an interval's old bars across every symbol; the primary key leads
 # with the symbol, so without this index each hourly prune scans the whole table.
 AGE_INDEX = "CREATE INDEX IF NOT EXISTS bars_by_age ON bars (interval, t)"
@@ -91,6 +103,11 @@ class PostgresStore:
         except (*ERRORS, ValueError) as exc:
             # The URL is never shown: it may carry a password.
             raise StoreError(f"postgresql: {type(exc).__name__}: {_safe(exc, self._url)}") from None
+
+    async def claim(self, feed: str) -> None:
+        await self._call("execute", META)
+        await self._call("execute", CLAIM, feed)
+        refuse_other_feed(str(await self._call("fetchval", KEPT)), feed)
 
     async def _call(self, method: str, query: str, *args: Any) -> Any:
         if self._pool is None:

@@ -22,7 +22,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from stock_gateway.bars.book import Bar, BarEvent, Interval
-from stock_gateway.bars.store import COLUMNS, READ_COLUMNS, StoreError, bar_of, ended_before, row_of
+from stock_gateway.bars.store import (
+    COLUMNS,
+    READ_COLUMNS,
+    StoreError,
+    bar_of,
+    ended_before,
+    refuse_other_feed,
+    row_of,
+)
 
 T = TypeVar("T")
 
@@ -40,6 +48,11 @@ CREATE TABLE IF NOT EXISTS bars (
     PRIMARY KEY (symbol, interval, t)
 ) WITHOUT ROWID
 """
+# Which feed writes this file (bars/store.py FEEDS); a file from before has no row and is
+# claimed by the first gateway that opens it.
+META = "CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+CLAIM = "INSERT INTO store_meta (key, value) VALUES ('feed', ?) ON CONFLICT (key) DO NOTHING"
+KEPT = "SELECT value FROM store_meta WHERE key = 'feed'"
 # Columns a file written by an earlier version lacks.
 ADDED = {"gap": "INTEGER NOT NULL DEFAULT 0", "first_t": "INTEGER", "last_t": "INTEGER"}
 # A revision replaces its row, except that a bar still open never replaces a final one
@@ -119,6 +132,14 @@ class SqliteStore:
             self._db = await asyncio.get_running_loop().run_in_executor(self._executor, connect)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"sqlite {self.path}: {exc}") from exc
+
+    async def claim(self, feed: str) -> None:
+        def claim(db: sqlite3.Connection) -> str:
+            db.execute(META)
+            db.execute(CLAIM, (feed,))
+            return str(db.execute(KEPT).fetchone()[0])
+
+        refuse_other_feed(await self._run(claim), feed)
 
     async def write(self, events: Sequence[BarEvent]) -> None:
         whole = [row_of(event) for event in events if not event.partial]

@@ -28,11 +28,28 @@ from typing import Any, Protocol
 from stock_gateway.bars.book import INTERVAL_MS, Bar, BarEvent, Interval
 
 DEFAULT_URL = "sqlite:///data/bars.sqlite3"
+# Demo mode's own default: the simulator's candles never mix with a real feed's.
+DEMO_URL = "sqlite:///data/demo-bars.sqlite3"
+# Which feed wrote a store: a store is claimed by the first and refuses the other.
+FEEDS = ("finnhub", "demo")
 MAX_READ = 10_000  # bars one read returns at most (GET /bars's `limit` is capped here)
 
 
 class StoreError(Exception):
     """The store cannot be opened, read or written; the message says why."""
+
+
+def default_url(demo: bool) -> str:
+    return DEMO_URL if demo else DEFAULT_URL
+
+
+def refuse_other_feed(kept: str, feed: str) -> None:
+    """The one refusal of a store another feed wrote (the setting is named by wiring)."""
+    if kept != feed:
+        raise StoreError(
+            f"it holds bars from the {kept} feed and this gateway runs on the {feed} feed; "
+            "demo mode and a real feed need different stores"
+        )
 
 
 class BarStore(Protocol):
@@ -41,6 +58,9 @@ class BarStore(Protocol):
 
     async def open(self) -> None:
         """Connect (or create the schema); StoreError if unusable."""
+
+    async def claim(self, feed: str) -> None:
+        """Record that `feed` writes here; StoreError if another feed's bars are kept."""
 
     async def write(self, events: Sequence[BarEvent]) -> None:
         """Keep each event's bar (a later one for the same start replaces it)."""
@@ -66,6 +86,9 @@ class MemoryStore:
     skipped = 0
 
     async def open(self) -> None:
+        return None
+
+    async def claim(self, feed: str) -> None:
         return None
 
     async def write(self, events: Sequence[BarEvent]) -> None:

@@ -93,6 +93,16 @@ class RedactTokens(logging.Filter):
         return True
 
 
+class OneLineRefusals(logging.Filter):
+    """On uvicorn's error logger: a start-up refused for a setting (`ConfigError`) has
+    been said in one line by the lifespan; the traceback Starlette hands uvicorn with
+    it is dropped, so the operator reads the reason and nothing else."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        return not (message.startswith("Traceback") and "ConfigError: " in message)
+
+
 class JsonLogFormatter(logging.Formatter):
     """LOG_FORMAT=json: one JSON object per line, for log shippers."""
 
@@ -126,5 +136,8 @@ def configure_logging(level: str, log_format: str = "text") -> None:
         server_logger = logging.getLogger(name)
         if not any(isinstance(f, RedactTokens) for f in server_logger.filters):
             server_logger.addFilter(RedactTokens())
+    uvicorn_errors = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, OneLineRefusals) for f in uvicorn_errors.filters):
+        uvicorn_errors.addFilter(OneLineRefusals())
     for name in LEVELLED_LOGGERS:
         logging.getLogger(name).setLevel(level)
