@@ -37,9 +37,11 @@ def compose() -> dict[str, Any]:
 
 def nginx_config() -> str:
     """The nginx configuration the compose file gives its proxy (a file of the project)."""
-    [mounted] = compose()["services"]["proxy"]["configs"]
+    project = compose()
+    [mounted] = project["services"]["proxy"]["configs"]
     assert mounted["target"] == "/etc/nginx/conf.d/default.conf"
-    return (PROJECT / compose()["configs"][mounted["source"]]["file"]).read_text()
+    source = str(project["configs"][mounted["source"]]["file"])
+    return (PROJECT / source).read_text()
 
 
 def environment(service: dict[str, Any]) -> dict[str, str]:
