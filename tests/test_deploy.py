@@ -142,3 +142,16 @@ def test_grafana_refuses_to_start_without_an_admin_password() -> None:
         assert (done.returncode == 0) is started, done
         assert ("grafana started" in done.stdout) is started
         assert ("set GRAFANA_ADMIN_PASSWORD" in done.stderr) is not started
+
+
+def test_the_gateway_service_needs_a_key_or_demo_mode_not_a_key() -> None:
+    """`DEMO=true docker compose up` needs no key: neither variable is required by
+    Compose (a `:?` would stop it before any container starts), and the gateway itself
+    refuses to start with neither (tests/test_process.py). That demo replicas work on a
+    cluster is tests/test_deploy_nginx.py."""
+    for service in compose()["services"].values():
+        if "build" in service:
+            env = environment(service)
+            assert env["FINNHUB_API_KEY"] == "${FINNHUB_API_KEY:-}"
+            assert env["DEMO"] == "${DEMO:-false}"
+            assert env["REDIS_URL"].startswith("redis://")

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import sys
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -24,7 +25,16 @@ import websocket
 from yarl import URL
 
 from stock_gateway.simulator.market import MarketSimulator, rest_url, serve
-from tests.helpers import PROJECT, T0, TEST_KEY, Client, free_port, gateway_subprocess, trade
+from tests.helpers import (
+    PROJECT,
+    T0,
+    TEST_KEY,
+    Client,
+    RedisServer,
+    free_port,
+    gateway_subprocess,
+    trade,
+)
 from tests.test_deploy import nginx_config
 from tests.test_process import dockerfile_instruction
 
@@ -56,12 +66,13 @@ class Deployment:
         )
 
 
-def main_config(tmp_path: Path, listen_port: int, gateway_port: int) -> str:
+def main_config(tmp_path: Path, listen_port: int, gateway_ports: list[int]) -> str:
     """deploy/nginx.conf verbatim inside a minimal main configuration, with the compose
-    network's upstream and port swapped for the test's (each exactly once)."""
+    network's upstream (one name for every replica) and port swapped for the test's."""
     site = nginx_config()
+    replicas = " ".join(f"server 127.0.0.1:{port};" for port in gateway_ports)
     for compose_value, local_value in (
-        ("server gateway:8000;", f"server 127.0.0.1:{gateway_port};"),
+        ("server gateway:8000;", replicas),
         ("listen 80;", f"listen 127.0.0.1:{listen_port};"),
     ):
         assert site.count(compose_value) == 1, compose_value
@@ -102,12 +113,12 @@ async def wait_listening(port: int, process: asyncio.subprocess.Process, log: Pa
 
 
 @asynccontextmanager
-async def nginx_in_front_of(tmp_path: Path, gateway_port: int) -> AsyncIterator[str]:
+async def nginx_in_front_of(tmp_path: Path, *gateway_ports: int) -> AsyncIterator[str]:
     if NGINX is None:
         pytest.skip("SKIPPED LOUDLY: no nginx on this machine (.ci/run installs Debian's)")
     port = free_port()
     config = tmp_path / "nginx.conf"
-    config.write_text(main_config(tmp_path, port, gateway_port))
+    config.write_text(main_config(tmp_path, port, list(gateway_ports)))
     log = tmp_path / "error.log"
     process = await asyncio.create_subprocess_exec(
         NGINX, "-p", str(tmp_path), "-c", str(config), "-e", str(log),
@@ -123,16 +134,21 @@ async def nginx_in_front_of(tmp_path: Path, gateway_port: int) -> AsyncIterator[
             await process.wait()
 
 
+def container_command(port: int) -> tuple[str, ...]:
+    """The Dockerfile's CMD as the compose file's replicas run it, on 127.0.0.1:`port`."""
+    command = json.loads(dockerfile_instruction("CMD"))
+    command[command.index("--host") + 1] = "127.0.0.1"
+    command[command.index("--port") + 1] = str(port)
+    return (sys.executable, "-m", *command, "--app-dir", str(PROJECT))
+
+
 @asynccontextmanager
 async def deployed(tmp_path: Path, **env: str) -> AsyncIterator[Deployment]:
     """The simulator, one gateway started with the Dockerfile's command, and nginx."""
     simulator = MarketSimulator(rate=0, token=TEST_KEY)
     async with serve(simulator) as url:
         gateway_port = free_port()
-        command = json.loads(dockerfile_instruction("CMD"))
-        command[command.index("--host") + 1] = "127.0.0.1"
-        command[command.index("--port") + 1] = str(gateway_port)
-        runnable = (sys.executable, "-m", *command, "--app-dir", str(PROJECT))
+        runnable = container_command(gateway_port)
         settings = {
             "FINNHUB_API_KEY": TEST_KEY,
             "FINNHUB_WS_URL": url,
@@ -270,3 +286,41 @@ async def test_the_gateway_counts_each_client_behind_nginx_apart(tmp_path: Path)
             for session, ws in opened:
                 await ws.close()
                 await session.close()
+
+
+async def test_demo_replicas_on_redis_serve_every_client_through_nginx(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """The compose file keyless: DEMO=true on a cluster. Each replica has a simulator of
+    its own, but only the leader streams from it; the other gets its prices through
+    Redis. nginx spreads two clients over the two replicas, and both get prices."""
+    ports = [free_port(), free_port()]
+    env = {
+        "DEMO": "true",
+        "DEMO_TRADE_RATE": "200",
+        "REDIS_URL": redis_server.url,
+        "REDIS_PREFIX": f"deploy-{uuid.uuid4().hex[:8]}",
+        "BAR_STORE_URL": "memory://",
+        "FORWARDED_ALLOW_IPS": "127.0.0.1",
+    }
+    async with (
+        gateway_subprocess(tmp_path, ports[0], container_command(ports[0]), env),
+        gateway_subprocess(tmp_path, ports[1], container_command(ports[1]), env),
+        nginx_in_front_of(tmp_path, *ports) as public,
+        aiohttp.ClientSession() as session,
+    ):
+        ws_url = public.replace("http://", "ws://", 1) + "/ws"
+        async with session.ws_connect(ws_url) as first, session.ws_connect(ws_url) as second:
+            for ws in (first, second):
+                client = Client(ws)
+                assert (await client.receive())["type"] == "connection"
+                await client.subscribe("AAPL")
+                await client.expect(
+                    "price_update", skip=("status", "market", "quote"), timeout=TIMEOUT
+                )
+            healths = []
+            for port in ports:
+                async with session.get(f"http://127.0.0.1:{port}/health") as response:
+                    healths.append(await response.json())
+        assert [health["clients"] for health in healths] == [1, 1]  # nginx's round robin
+        assert all(health["demo"] is True for health in healths)
