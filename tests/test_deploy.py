@@ -155,3 +155,9 @@ def test_the_gateway_service_needs_a_key_or_demo_mode_not_a_key() -> None:
             assert env["FINNHUB_API_KEY"] == "${FINNHUB_API_KEY:-}"
             assert env["DEMO"] == "${DEMO:-false}"
             assert env["REDIS_URL"].startswith("redis://")
+
+
+def test_the_deploy_page_shows_the_whole_nginx_configuration() -> None:
+    page = (PROJECT / "docs" / "deploy.md").read_text(encoding="utf-8")
+    shown = re.findall(r"^```nginx\n(.*?)^```", page, flags=re.MULTILINE | re.DOTALL)
+    assert shown == [nginx_config()], "docs/deploy.md's nginx block is not deploy/nginx.conf"
