@@ -31,7 +31,7 @@ from tests.helpers import (
     settings_for,
     trade,
 )
-from tests.test_deploy import compose
+from tests.test_deploy import compose, nginx_config
 
 MONITORING = PROJECT / "monitoring"
 DASHBOARD: dict[str, Any] = json.loads(
@@ -209,8 +209,7 @@ def test_prometheus_scrapes_every_gateway_replica_and_grafana_is_provisioned() -
     # the port nginx proxies to (not the proxy: it would sample one replica at random).
     [job] = PROMETHEUS["scrape_configs"]
     [discovery] = job["dns_sd_configs"]
-    nginx = project["configs"]["nginx"]["content"]
-    upstream = re.search(r"upstream gateways \{ server (\w+):(\d+); \}", nginx)
+    upstream = re.search(r"upstream gateways \{ server (\w+):(\d+); \}", nginx_config())
     assert upstream is not None
     assert discovery["names"] == [upstream[1]] and discovery["type"] == "A"
     assert discovery["port"] == int(upstream[2])
