@@ -26,7 +26,6 @@ from yarl import URL
 
 from stock_gateway.simulator.market import MarketSimulator, rest_url, serve
 from tests.helpers import (
-    PROJECT,
     T0,
     TEST_KEY,
     Client,
@@ -134,12 +133,11 @@ async def nginx_in_front_of(tmp_path: Path, *gateway_ports: int) -> AsyncIterato
             await process.wait()
 
 
-def container_command(port: int) -> tuple[str, ...]:
-    """The Dockerfile's CMD as the compose file's replicas run it, on 127.0.0.1:`port`."""
+def container_command() -> tuple[str, ...]:
+    """The Dockerfile's CMD as the compose file's replicas run it (the installed command;
+    gateway_subprocess adds the loopback address and port)."""
     command = json.loads(dockerfile_instruction("CMD"))
-    command[command.index("--host") + 1] = "127.0.0.1"
-    command[command.index("--port") + 1] = str(port)
-    return (sys.executable, "-m", *command, "--app-dir", str(PROJECT))
+    return (str(Path(sys.executable).parent / command[0]), *command[1:])
 
 
 @asynccontextmanager
@@ -148,7 +146,7 @@ async def deployed(tmp_path: Path, **env: str) -> AsyncIterator[Deployment]:
     simulator = MarketSimulator(rate=0, token=TEST_KEY)
     async with serve(simulator) as url:
         gateway_port = free_port()
-        runnable = container_command(gateway_port)
+        runnable = container_command()
         settings = {
             "FINNHUB_API_KEY": TEST_KEY,
             "FINNHUB_WS_URL": url,
@@ -304,8 +302,8 @@ async def test_demo_replicas_on_redis_serve_every_client_through_nginx(
         "FORWARDED_ALLOW_IPS": "127.0.0.1",
     }
     async with (
-        gateway_subprocess(tmp_path, ports[0], container_command(ports[0]), env),
-        gateway_subprocess(tmp_path, ports[1], container_command(ports[1]), env),
+        gateway_subprocess(tmp_path, ports[0], container_command(), env),
+        gateway_subprocess(tmp_path, ports[1], container_command(), env),
         nginx_in_front_of(tmp_path, *ports) as public,
         aiohttp.ClientSession() as session,
     ):
