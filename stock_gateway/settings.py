@@ -2,11 +2,12 @@
 
 Each setting is one field of `Settings`: its environment variable is the field name in
 upper case, its type says how the text is read (enumerations are `Literal`s), and its
-bounds are checked at start-up, so a mistake fails with a message naming the variable
-instead of deep inside a library. Values come from the process environment first, then
-from a `.env` file in the working directory (python-decouple's order). Everything else
-takes a `Settings` object rather than reading the environment, so tests build one
-directly.
+bounds, and each URL's scheme and host (setting_urls.py), are checked at start-up, so a
+mistake fails with one line naming the variable instead of deep inside a library.
+Values come from the process environment first, then from a `.env` file in the working
+directory (python-decouple's order); a key of that file that is no setting is warned of.
+Everything else takes a `Settings` object rather than reading the environment, so tests
+build one directly.
 
 This module must never log or format a secret (`repr` hides them).
 """

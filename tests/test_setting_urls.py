@@ -13,6 +13,7 @@ from stock_gateway.settings import (
     environment_names,
     load_settings,
 )
+from tests.helpers import PROJECT
 
 
 @pytest.fixture(autouse=True)
@@ -145,3 +146,10 @@ def test_stray_env_file_keys_are_named_with_the_closest_setting(tmp_path: Path) 
 def test_without_an_env_file_nothing_is_stray(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FRONTEND_ULR", "http://a.example")  # the environment is not checked
     assert env_file_strays() == []
+
+
+def test_the_example_env_file_has_no_stray_keys(tmp_path: Path) -> None:
+    """Copied to .env as the README says, it must start without a warning."""
+    example = tmp_path / ".env"
+    example.write_text((PROJECT / ".env.example").read_text())
+    assert env_file_strays(str(example)) == []
