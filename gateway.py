@@ -28,7 +28,7 @@ except ModuleNotFoundError as missing:  # `python3 gateway.py` outside the virtu
 import argparse
 import logging
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from typing import Any
 
@@ -48,15 +48,22 @@ from stock_gateway.endpoints.sse import EventStreams
 from stock_gateway.protocol import CLOSE_SERVICE_RESTART
 from stock_gateway.runtime.logs import ROOT_LOGGER, configure_logging
 from stock_gateway.server.uvicorn_protocols import HTTP_IMPORT_PATH, STATE_KEY, WS_IMPORT_PATH
-from stock_gateway.settings import ConfigError, Settings, documented_defaults, load_settings
+from stock_gateway.settings import (
+    ConfigError,
+    Settings,
+    documented_defaults,
+    env_file_strays,
+    load_settings,
+)
 
 logger = logging.getLogger(ROOT_LOGGER)
 
 
 class Gateway:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, env_file_warnings: Sequence[str] = ()) -> None:
         self.settings = settings
         self.refused: ConfigError | None = None  # why start-up was refused, if it was
+        self._env_file_warnings = env_file_warnings  # said once logging is set up
         self._running: wiring.Running | None = None
         self.metrics_registry, self._handoff_seconds = metrics.create_registry(
             lambda: self._running
@@ -81,6 +88,8 @@ class Gateway:
     async def lifespan(self, app: Starlette) -> AsyncIterator[dict[str, Any]]:
         settings = self.settings
         configure_logging(settings.log_level, settings.log_format)
+        for warning in self._env_file_warnings:
+            logger.warning("%s", warning)
         async with AsyncExitStack() as stack:
             try:
                 settings.require_upstream()
@@ -110,7 +119,9 @@ class Gateway:
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
-    gateway = Gateway(settings if settings is not None else load_settings())
+    """The app for `settings`, or for the environment and .env (whose stray keys are
+    then warned of at start-up)."""
+    gateway = Gateway(settings) if settings else Gateway(load_settings(), env_file_strays())
     http = gateway.http
     app = Starlette(
         routes=[
@@ -197,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(**overrides)
         configure_logging(settings.log_level, settings.log_format)
+        for warning in env_file_strays():
+            logger.warning("%s", warning)
         settings.require_upstream()
     except ConfigError as exc:
         configure_logging("INFO")

@@ -2,11 +2,12 @@
 
 Each setting is one field of `Settings`: its environment variable is the field name in
 upper case, its type says how the text is read (enumerations are `Literal`s), and its
-bounds are checked at start-up, so a mistake fails with a message naming the variable
-instead of deep inside a library. Values come from the process environment first, then
-from a `.env` file in the working directory (python-decouple's order). Everything else
-takes a `Settings` object rather than reading the environment, so tests build one
-directly.
+bounds, and each URL's scheme and host (setting_urls.py), are checked at start-up, so a
+mistake fails with one line naming the variable instead of deep inside a library.
+Values come from the process environment first, then from a `.env` file in the working
+directory (python-decouple's order); a key of that file that is no setting is warned of.
+Everything else takes a `Settings` object rather than reading the environment, so tests
+build one directly.
 
 This module must never log or format a secret (`repr` hides them).
 """
@@ -14,19 +15,18 @@ This module must never log or format a secret (`repr` hides them).
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
-import ipaddress
 import os
-import re
 import types
 import typing
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal, Union, get_args, get_origin
-from urllib.parse import urlsplit
 
 from decouple import Config, RepositoryEmpty, RepositoryEnv
 
 from stock_gateway.market_data.model import Session
+from stock_gateway.setting_urls import URL_RULES, frontend_origins, is_host, url_complaint
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 LogFormat = Literal["text", "json"]
@@ -190,7 +190,15 @@ class Settings:
     def __post_init__(self) -> None:
         # Browsers send an origin (scheme://host[:port]): "http://localhost:3000/" as
         # written in .env would otherwise match no Origin header, for CORS and /ws alike.
-        object.__setattr__(self, "frontend_url", tuple(map(_origin_of, self.frontend_url)))
+        try:
+            origins = frontend_origins(self.frontend_url)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        object.__setattr__(self, "frontend_url", origins)
+        for name in URL_RULES:  # before anything connects to them
+            complaint = url_complaint(name, getattr(self, name.lower()))
+            if complaint:
+                raise ConfigError(complaint)
         for spec in fields(self):
             minimum = spec.metadata.get("minimum")
             value = getattr(self, spec.name)
@@ -204,7 +212,7 @@ class Settings:
                 raise ConfigError(
                     f"{spec.name.upper()} must be one of {', '.join(choices)}; got {value!r}"
                 )
-        if not _is_host(self.host):
+        if not is_host(self.host):
             raise ConfigError(
                 f"HOST must be an IP address or a host name (no scheme, no port); got {self.host!r}"
             )
@@ -289,27 +297,20 @@ def load_settings(env_file: str = ".env", **overrides: Any) -> Settings:
         raise ConfigError(str(exc)) from None
 
 
-def _origin_of(url: str) -> str:
-    """A FRONTEND_URL entry as the Origin a browser sends: "https://App.example/x/" ->
-    "https://app.example"; anything that is not a URL ("*") as it is."""
-    parts = urlsplit(url)
-    if parts.scheme and parts.netloc:
-        return f"{parts.scheme.lower()}://{parts.netloc.lower()}"
-    return url
-
-
-_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
-
-
-def _is_host(host: str) -> bool:
-    """An address uvicorn can bind: an IP address, or a host name (RFC 1123 labels)."""
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        pass
-    labels = host.removesuffix(".").split(".")
-    return len(host) <= 253 and all(_HOST_LABEL.fullmatch(label) for label in labels)
+def env_file_strays(env_file: str = ".env") -> list[str]:
+    """A warning for each key of `env_file` that is not a setting (a typo would otherwise
+    be ignored without a word), naming the closest setting. Only the file's keys: the
+    process environment holds many variables that are not the gateway's."""
+    if not os.path.isfile(env_file):
+        return []
+    names = environment_names()
+    warnings = []
+    for key in RepositoryEnv(env_file).data:
+        if key not in names:
+            close = difflib.get_close_matches(key.upper(), names, n=1)
+            hint = f"did you mean {close[0]}?" if close else "docs/configuration.md lists them"
+            warnings.append(f"{key} in {env_file} is not a setting; {hint}")
+    return warnings
 
 
 @functools.cache

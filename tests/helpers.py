@@ -284,8 +284,13 @@ async def run_to_exit(*args: str, cwd: Path, **env: str) -> tuple[int, str]:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
-    async with asyncio.timeout(30):
-        output, _ = await process.communicate()
+    try:
+        async with asyncio.timeout(30):
+            output, _ = await process.communicate()
+    finally:  # one that never ends (a setting it should have refused) is ended here
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
     assert process.returncode is not None
     return process.returncode, output.decode()
 
