@@ -139,7 +139,8 @@ async def assert_prices_flow_while_new_symbols_load(
                 start = time.time()
                 for n in range(3):
                     symbol = f"NEW{n}"
-                    await attacker.subscribe(symbol)
+                    await attacker.send({"action": "subscribe", "symbols": [symbol]})
+                    await attacker.expect("subscription", skip=("status", "price_update"))
                     await market.simulator.wait_for(
                         lambda s=symbol: s in market.simulator.subscribed_symbols()
                     )
