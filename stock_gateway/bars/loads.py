@@ -44,9 +44,18 @@ class _Load:
     count: CountTrades | None = None  # where the held trades go once it ends
 
 
+def restore(book: BarBook, symbol: str, stored: Stored | None) -> None:
+    """Stored bars into the book beside what it holds (None: the store had none to give)."""
+    for interval, (closed, open_bar) in (stored or {}).items():
+        book.restore(symbol, interval, closed, open_bar)
+
+
 class StoredBarLoads:
-    def __init__(self, read: ReadStored) -> None:
+    def __init__(
+        self, read: ReadStored, restore: Callable[[BarBook, str, Stored | None], None] = restore
+    ) -> None:
         self._read = read  # (symbol, history, timeout) -> its stored bars, None if failed
+        self._restore = restore  # called for every symbol a load started with
         self._loaded: set[str] = set()  # symbols whose stored bars are in the book
         self._loading: dict[str, _Load] = {}  # symbol -> the load under way
         self._tasks: set[asyncio.Task[None]] = set()  # loads under way (each ends by itself)
@@ -78,6 +87,11 @@ class StoredBarLoads:
         for load in self.start(book, symbols, history):
             await load.done.wait()
 
+    async def wait(self, symbols: Iterable[str]) -> None:
+        """Wait for the loads under way of `symbols` (starting none)."""
+        for load in {id(load): load for load in map(self._loading.get, symbols) if load}.values():
+            await load.done.wait()
+
     def hold_back(
         self, book: BarBook, trades: list[Trade], history: int, count: CountTrades
     ) -> list[Trade]:
@@ -103,14 +117,15 @@ class StoredBarLoads:
         self, book: BarBook, symbols: list[str], history: int, load: _Load
     ) -> None:
         deadline = asyncio.get_running_loop().time() + LOAD_SECONDS
+        failed = False
         try:
             for symbol in symbols:
                 remaining = deadline - asyncio.get_running_loop().time()
-                stored = await self._read(symbol, history, remaining) if remaining > 0 else None
-                if stored is None:
-                    break  # failed or out of time: the rest start from their trades
-                for interval, (closed, open_bar) in stored.items():
-                    book.restore(symbol, interval, closed, open_bar)
+                stored = None
+                if not failed and remaining > 0:
+                    stored = await self._read(symbol, history, remaining)
+                failed = stored is None  # failed or out of time: the rest start afresh
+                self._restore(book, symbol, stored)
         finally:
             for symbol in symbols:
                 if self._loading.get(symbol) is load:  # not a later load's
