@@ -23,13 +23,17 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from stock_gateway.access.capacity import UpstreamCapacity
+from stock_gateway.access.holds import SymbolHolds
 from stock_gateway.bars import recorder as recorder_module
-from stock_gateway.bars.book import BarEvent
+from stock_gateway.bars.book import Bar, BarBook, BarEvent
+from stock_gateway.bars.delivery import BarDelivery
 from stock_gateway.bars.recorder import BarRecorder
 from stock_gateway.bars.sqlite_store import SqliteStore
+from stock_gateway.market_data.model import SymbolInterest, Trade
 from tests.helpers import Client, GatewayUnderTest, Market, poll_until, run_gateway, settings_for
 from tests.postgres_server import PostgresServer, postgres_bin
-from tests.test_bar_store import gateway_on, get_json
+from tests.test_bar_store import SlowStore, gateway_on, get_json
 from tests.test_bars import now_ms, trade_at
 
 SILENCE_BOUND = 1.0  # seconds a bystander may go without a price while trades flow
@@ -265,3 +269,24 @@ async def test_a_corrupt_sqlite_file_starts_the_gateway_degraded_naming_the_repa
         candles = await get_json(base, "/bars/MSFT?interval=1m")
         assert candles["c"] == [50.0]  # bars in memory
     assert (data / "bars.sqlite3").read_bytes() == b"not a database, " * 512  # left for repair
+
+
+async def test_trades_held_while_a_symbol_loads_count_after_its_stored_bars() -> None:
+    """The feed's path never waits for the store: the trade is held, not counted, while
+    the store's open bar is read; once it comes, the trade counts in that bar."""
+    start = now_ms() - now_ms() % 60_000
+    store = SlowStore(Bar.of(start, 10.0, 1.0, start))  # one trade, stored open
+    recorder = BarRecorder(store, {})
+    book = BarBook()
+    capacity = UpstreamCapacity(SymbolInterest(), max_symbols=50)
+    bars = BarDelivery(book, SymbolHolds(capacity, max_symbols_per_client=50), recorder=recorder)
+    async with asyncio.timeout(1):  # the store answers nothing yet
+        await bars.trades_received([Trade("AAPL", 11.0, 1.0, start + 1, None)])
+    await store.reading.wait()
+    assert recorder.loads.held == 1
+    assert book.bars("AAPL", "1m") == []
+    store.release.set()
+    await recorder.loads.wait(["AAPL"])
+    [minute] = book.bars("AAPL", "1m")
+    assert (minute.n, minute.o, minute.c) == (2, 10.0, 11.0)  # the stored trade kept
+    assert recorder.loads.held == 0 and recorder.backlog >= 1  # recorded for the store

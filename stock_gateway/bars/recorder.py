@@ -29,8 +29,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Coroutine, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from functools import partial
 from typing import Any, TypeVar
 
 from stock_gateway.bars.book import INTERVALS, Bar, BarBook, BarEvent, Interval
@@ -189,18 +190,17 @@ class BarRecorder:
         finally:
             del self._calls[token]
 
-    async def _read(self, call: Coroutine[Any, Any, T], timeout: float = READ_SECONDS) -> T:
+    async def _read(self, call: Callable[[], Awaitable[T]], timeout: float = READ_SECONDS) -> T:
         """The store read's answer, or TimeoutError once `timeout` seconds have passed.
         The read runs in a task of its own that the caller stops waiting for (a driver
         cleaning up a cancelled query can hang on a hung server too); at most MAX_READS
         of them, so a store that never answers holds a bounded number."""
         if len(self._reads) >= MAX_READS:
-            call.close()
             raise TimeoutError(f"{MAX_READS} bar store reads unanswered")
 
         async def tracked() -> T:
             with self._calling():
-                return await call
+                return await call()
 
         reading = asyncio.create_task(tracked())
         self._reads.add(reading)
@@ -279,7 +279,7 @@ class BarRecorder:
             }
 
         try:
-            found = await self._read(read_all(), timeout)
+            found = await self._read(read_all, timeout)
         except (StoreError, OSError, TimeoutError) as exc:
             raise_if_cancelling(exc)
             self._failed("reads", exc)
@@ -301,7 +301,9 @@ class BarRecorder:
         A store that cannot be read serves the book's alone."""
         bars = {bar.t: bar for bar in book.bars(symbol, interval) if start_ms <= bar.t < end_ms}
         try:
-            stored = await self._read(self.store.read(symbol, interval, start_ms, end_ms, limit))
+            stored = await self._read(
+                partial(self.store.read, symbol, interval, start_ms, end_ms, limit)
+            )
         except (StoreError, OSError, TimeoutError) as exc:
             raise_if_cancelling(exc)
             self._failed("reads", exc)
