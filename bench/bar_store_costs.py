@@ -13,7 +13,7 @@ Bytes per row are measured on what the gateway wrote in the run (its own insert 
 its own page fill), then multiplied by the rows a symbol makes in a day when it trades
 all day (every second has a trade, so every bar of every interval exists) and by the
 rows the default retention keeps (settings.py's BAR_RETENTION_*, through
-`wiring.retention`, pruned every `PRUNE_SECONDS`).
+`bars/startup.py retention`, pruned every `PRUNE_SECONDS`).
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ import asyncpg
 from stock_gateway.bars.book import INTERVAL_MS, INTERVALS, BarBook
 from stock_gateway.bars.recorder import FLUSH_SECONDS, PRUNE_SECONDS, BarRecorder, open_store
 from stock_gateway.bars.sqlite_store import PRUNE, SCHEMA, UPSERT
+from stock_gateway.bars.startup import retention
 from stock_gateway.market_data.model import Trade
 from stock_gateway.settings import Settings
-from stock_gateway.wiring import retention
 
 DAY_MS = 86_400_000
 

@@ -31,11 +31,10 @@ from stock_gateway.access.capacity import UpstreamCapacity
 from stock_gateway.access.entitlements import SymbolPatterns
 from stock_gateway.access.history_budget import HistoryBudget
 from stock_gateway.access.holds import SymbolHolds
-from stock_gateway.bars.book import MAX_BAR_BYTES, MAX_OPEN_BARS, BarBook, Interval
+from stock_gateway.bars.book import MAX_BAR_BYTES, MAX_OPEN_BARS, BarBook
 from stock_gateway.bars.delivery import BarDelivery
 from stock_gateway.bars.outages import Outages
-from stock_gateway.bars.recorder import BarRecorder, open_store
-from stock_gateway.bars.store import StoreError, default_url
+from stock_gateway.bars.startup import open_recorder
 from stock_gateway.cluster.bars import MirrorBars, StoredBars
 from stock_gateway.cluster.link import RedisLink
 from stock_gateway.cluster.relay import RedisRelay
@@ -61,7 +60,7 @@ from stock_gateway.runtime.backoff import Backoff
 from stock_gateway.runtime.logs import get_logger
 from stock_gateway.runtime.supervisor import Supervisor
 from stock_gateway.server.guard import ConnectionGuard, ConnectionLimits
-from stock_gateway.settings import ConfigError, Settings
+from stock_gateway.settings import Settings
 from stock_gateway.simulator.market import MarketSimulator, serve
 from stock_gateway.simulator.market import rest_url as simulator_rest_url
 
@@ -191,7 +190,7 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
     # leader writes (cluster/leader.py), every node reads.
     recorder = None
     if link is None or settings.bar_store_url:
-        recorder = await _bar_recorder(settings, stack, book if aggregating else None)
+        recorder = await open_recorder(settings, stack, book if aggregating else None)
     mirror = StoredBars(link.client, link.key) if link is not None else None
     mirrored = MirrorBars(mirror, book) if mirror is not None else None
     bars = BarDelivery(
@@ -299,46 +298,6 @@ async def _upstream_endpoints(settings: Settings, stack: AsyncExitStack) -> tupl
         settings.demo_session,
     )
     return ws_url, simulator_rest_url(ws_url), DEMO_TOKEN
-
-
-async def _bar_recorder(
-    settings: Settings, stack: AsyncExitStack, book: BarBook | None
-) -> BarRecorder:
-    """The store BAR_STORE_URL names, opened (ConfigError naming the setting if it
-    cannot be), and its recorder; a clean shutdown writes every bar, the open ones of
-    `book` too (None on a cluster: the leader writes its own as it stops leading)."""
-    store = open_store(settings.bar_store_url or default_url(settings.demo))
-    try:
-        await store.open()
-        await store.claim("demo" if settings.demo else "finnhub")
-    except StoreError as exc:
-        raise ConfigError(f"BAR_STORE_URL: the bar store cannot be used: {exc}") from None
-    stack.push_async_callback(store.close)
-    recorder = BarRecorder(store, retention(settings))
-
-    async def flush() -> None:
-        if book is not None:
-            recorder.open_bars_of(book)
-        if not await recorder.flush():
-            logger.error("bar store: %d bars not written at shutdown", recorder.backlog)
-
-    stack.push_async_callback(flush)  # after the core tasks stop, before the store closes
-    logger.info("bar store: %s", store.name)
-    return recorder
-
-
-def retention(settings: Settings) -> dict[Interval, float]:
-    """Seconds stored bars are kept, per interval."""
-    day = 86_400.0
-    return {
-        "1s": settings.bar_retention_1s_seconds,
-        "1m": settings.bar_retention_1m_days * day,
-        "5m": settings.bar_retention_days * day,
-        "15m": settings.bar_retention_days * day,
-        "30m": settings.bar_retention_days * day,
-        "1h": settings.bar_retention_days * day,
-        "1d": settings.bar_retention_1d_days * day,
-    }
 
 
 def _warn_if_histories_outgrow_unread_output(settings: Settings) -> None:

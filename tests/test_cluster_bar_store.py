@@ -176,6 +176,7 @@ async def test_a_new_leader_continues_from_the_store_when_redis_has_nothing(
             recorder=recorder,
         )  # fmt: skip
         await bars.trades_received([Trade("CSCO", 22.0, 1.0, now)])
+        await bars.loaded({"CSCO"})  # the store's bars load beside the feed
         bars.record_open()  # as the leadership ends
         assert await recorder.flush()
         stored = await store.open_bars("CSCO")

@@ -169,13 +169,18 @@ class BarDelivery:
         at a time: one huge upstream message must not freeze everything else."""
         if not self._aggregating:
             return
-        if self.recorder is not None:  # a symbol's stored bars before its first trade
-            await self.recorder.load(self.book, {trade.symbol for trade in trades}, self._history)
+        if self.recorder is not None:  # a symbol's stored bars before its first trade,
+            # loaded beside the feed: its trades wait for them, nothing else does
+            trades = self.recorder.loads.hold_back(self.book, trades, self._history, self._count)
         for start in range(0, len(trades), TRADES_PER_SLICE):
             if start:
                 await asyncio.sleep(0)
             chunk = trades[start : start + TRADES_PER_SLICE]
             self._record_and_deliver(self.book.add_trades(chunk, _now_ms()))
+
+    def _count(self, trades: list[Trade]) -> None:
+        """Trades held while their symbol's stored bars loaded, counted after them."""
+        self._record_and_deliver(self.book.add_trades(trades, _now_ms()))
 
     # -- reading over HTTP (GET /bars and Finnhub's candle endpoint) -----------------------
 

@@ -1,8 +1,9 @@
 """`postgresql://...`: one shared bar store for a cluster and for long histories.
 
 The only module that imports asyncpg (a maintained async driver: no thread, no
-blocking). A small pool; every statement has COMMAND_TIMEOUT seconds, so a database
-that stops answering is a `StoreError` (the recorder degrades) rather than a hang.
+blocking). A small pool; every statement, and every wait for a connection of the pool,
+has COMMAND_TIMEOUT seconds, so a database that stops answering is a `StoreError` (the
+recorder degrades) rather than a hang; the recorder bounds its reads more tightly.
 The schema is bars/sqlite_store.py's, with `final` a boolean; a batch is one
 `INSERT ... ON CONFLICT DO UPDATE` of arrays (unnest), so a flush is one round trip
 (two with partial bars, merged into their rows, in the same transaction).
@@ -113,7 +114,9 @@ class PostgresStore:
         if self._pool is None:
             raise StoreError("the bar store is closed")
         try:
-            return await getattr(self._pool, method)(query, *args)
+            # A pool's own fetch waits for a free connection without a bound.
+            async with self._pool.acquire(timeout=COMMAND_TIMEOUT) as connection:
+                return await getattr(connection, method)(query, *args)
         except ERRORS as exc:
             raise StoreError(f"postgresql: {type(exc).__name__}: {_safe(exc, self._url)}") from None
 
@@ -121,7 +124,10 @@ class PostgresStore:
         if self._pool is None:
             raise StoreError("the bar store is closed")
         try:
-            async with self._pool.acquire() as connection, connection.transaction():
+            async with (
+                self._pool.acquire(timeout=COMMAND_TIMEOUT) as connection,
+                connection.transaction(),
+            ):
                 for query, partial in ((UPSERT, False), (MERGE, True)):
                     rows = [row_of(event) for event in events if event.partial is partial]
                     if rows:  # one round trip per kind: arrays of columns
@@ -168,7 +174,10 @@ class PostgresStore:
     async def close(self) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:
-            await pool.close()
+            try:  # a hung server must not hold the shutdown
+                await asyncio.wait_for(pool.close(), COMMAND_TIMEOUT)
+            except TimeoutError:
+                pool.terminate()
 
 
 def _safe(exc: BaseException, url: str) -> str:

@@ -8,11 +8,17 @@ into what is pending, and the store merges it into the bar it keeps); the map
 is bounded (MAX_BACKLOG bars: beyond it new events are dropped and counted). `run()`
 (the supervisor's `bar-store` task) writes what is pending every FLUSH_SECONDS, so a
 closed bar reaches the store within about a second; `flush()` on a clean shutdown
-writes the rest, open bars included. A write that fails (disk full, database down)
-keeps its bars pending for the next try and puts the store in `degraded` (bars are
-still built, delivered and served from memory); the next write that succeeds makes it
-`ok` again (a failed read, the next read that succeeds: a cluster's follower only
-reads). `prune()` enforces each interval's retention, once an hour.
+writes the rest, open bars included. Writes go WRITE_CHUNK bars a transaction, and a
+failed one ends the try: what a failing store costs the event loop is one chunk, not
+the backlog. A write that fails (disk full, database down) keeps its bars pending for
+the next try and puts the store in `degraded` (bars are still built, delivered and
+served from memory); the next write that succeeds makes it `ok` again (a failed read,
+the next read that succeeds: a cluster's follower only reads). A read not answered
+within READ_SECONDS has failed, and a call waiting longer than SLOW_SECONDS makes the
+state `slow`, so a hung store shows in /health before anything times out. A store
+that could not be opened (a corrupt file) is `unusable`: degraded until a restart.
+`prune()` enforces each interval's retention, once an hour. Nothing here is on the path
+from the upstream to the clients: loads of stored bars happen beside it (bars/loads.py).
 
 On a cluster (cluster/bars.py) only the leader records, and `run()` is one of its
 duties; every node reads (`series`).
@@ -21,18 +27,28 @@ duties; every node reads (`series`).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from functools import partial
+from typing import Any, TypeVar
 
 from stock_gateway.bars.book import INTERVALS, Bar, BarBook, BarEvent, Interval
+from stock_gateway.bars.loads import StoredBarLoads
 from stock_gateway.bars.store import BarStore, MemoryStore, StoreError
 from stock_gateway.runtime.cancellation import raise_if_cancelling
 from stock_gateway.runtime.logs import get_logger
 
 logger = get_logger(__name__)
+T = TypeVar("T")
 FLUSH_SECONDS = 0.5
 MAX_BACKLOG = 200_000  # bars waiting to be written (~200 B each while they wait)
+WRITE_CHUNK = 4096  # bars one transaction writes: what a failed try costs the loop is bounded
 PRUNE_SECONDS = 3600.0
+READ_SECONDS = 5.0  # a read not answered by then has failed (the store is degraded)
+MAX_READS = 16  # reads the store has not answered; past that a read fails at once
+SLOW_SECONDS = 1.0  # a call waiting longer makes /health say the store is "slow"
 
 
 class BarRecorder:
@@ -40,23 +56,45 @@ class BarRecorder:
         self.store = store
         self._retention = retention  # seconds kept, per interval
         self._pending: dict[tuple[str, Interval, int], BarEvent] = {}
-        self.state = "ok"
-        self._failing: set[str] = set()  # what keeps it degraded: "writes", "reads"
+        self._failing: set[str] = set()  # what keeps it degraded: "writes", "reads", "open"
+        self.problem: str | None = None  # why it cannot be used at all, and the repair
         self.dropped = 0  # events not kept: the backlog was full
         self.written = 0
         self.deleted = 0
+        self.timeouts = 0  # reads the store did not answer within READ_SECONDS
         self.last_write_seconds = 0.0
         self.write_seconds_total = 0.0
         self.writes = 0
-        self._loaded: set[str] = set()  # symbols whose stored bars are in the book
-        self._loading: dict[str, asyncio.Event] = {}  # set once they are
-        self._reads: set[asyncio.Task[None]] = set()  # loads under way (each ends by itself)
+        self._calls: dict[object, float] = {}  # store calls under way -> since (monotonic)
+        self._reads: set[asyncio.Task[Any]] = set()  # reads under way, answered or not yet
+        self.loads = StoredBarLoads(self.stored)
 
     @property
     def backlog(self) -> int:
         return len(self._pending)
 
+    @property
+    def state(self) -> str:
+        """`ok`; `slow` while a store call has waited over SLOW_SECONDS; `degraded` while
+        writes or reads fail (or the store could not be opened)."""
+        if self._failing:
+            return "degraded"
+        return "slow" if self.slow else "ok"
+
+    @property
+    def slow(self) -> bool:
+        now = time.monotonic()
+        return any(now - since > SLOW_SECONDS for since in self._calls.values())
+
+    def unusable(self, problem: str) -> None:
+        """The store could not be opened (a corrupt file): degraded until a restart after
+        the repair `problem` names; nothing is queued for it."""
+        self.problem = problem
+        self._failed("open", StoreError(problem))
+
     def record(self, events: Iterable[BarEvent]) -> None:
+        if "open" in self._failing:
+            return  # it will never be written by this process
         pending = self._pending
         for event in events:
             key = (event.symbol, event.interval, event.bar["t"])
@@ -69,26 +107,30 @@ class BarRecorder:
             pending[key] = event
 
     async def flush(self) -> bool:
-        """Write what is pending; False (and `degraded`) if the store failed."""
-        if not self._pending:
-            return True
-        batch, self._pending = self._pending, {}
+        """Write what is pending, WRITE_CHUNK bars a transaction; False (and `degraded`)
+        at the first that fails: the rest wait for the next try, so a failing store
+        costs one bounded chunk a try, however long the backlog."""
+        while self._pending:
+            if not await self._write_chunk():
+                return False
+        return True
+
+    async def _write_chunk(self) -> bool:
+        pending = self._pending
+        batch = {key: pending.pop(key) for key in list(itertools.islice(pending, WRITE_CHUNK))}
         started = time.perf_counter()
         try:
-            await self.store.write(list(batch.values()))
+            with self._calling():
+                await self.store.write(list(batch.values()))
         except asyncio.CancelledError:
             # Perhaps written, perhaps not: whole bars are kept for the next flush (writing
             # one twice is harmless); a partial one is not, as merging it twice would
             # count its trade twice.
-            newer, self._pending = self._pending, {}
-            self.record(event for event in batch.values() if not event.partial)
-            self.record(newer.values())
+            self._put_back(batch, whole_only=True)
             raise
         except (StoreError, OSError, TimeoutError) as exc:
             raise_if_cancelling(exc)
-            newer, self._pending = self._pending, {}
-            self.record(batch.values())  # kept for the next try, bounded as ever,
-            self.record(newer.values())  # newer reports of the same bars winning
+            self._put_back(batch)
             self._failed("writes", exc)
             return False
         elapsed = time.perf_counter() - started
@@ -99,6 +141,24 @@ class BarRecorder:
         self._succeeded("writes")
         return True
 
+    def _put_back(
+        self, batch: dict[tuple[str, Interval, int], BarEvent], *, whole_only: bool = False
+    ) -> None:
+        """Bars not written wait again, bounded as ever; a newer report of the same bar
+        recorded meanwhile wins (a partial one is merged with it)."""
+        pending = self._pending
+        for key, event in batch.items():
+            if whole_only and event.partial:
+                continue
+            newer = pending.get(key)
+            if newer is None:
+                if len(pending) >= MAX_BACKLOG:
+                    self.dropped += 1
+                    continue
+                pending[key] = event
+            elif event.partial or newer.partial:
+                pending[key] = event.merged(newer)
+
     def drop_pending(self) -> int:
         """Forget what is pending (a leadership ended and could not write it: the next
         leader records those bars again from Redis); how many."""
@@ -106,19 +166,60 @@ class BarRecorder:
         return dropped
 
     def _failed(self, what: str, exc: BaseException) -> None:
-        if self.state == "ok":
+        if not self._failing:
             logger.error("bar store degraded: %s fail (bars kept in memory) error=%s",
                          what, exc)  # fmt: skip
-        self.state = "degraded"
         self._failing.add(what)
 
     def _succeeded(self, what: str) -> None:
         # A write that succeeds heals any failure (the store answers); a read heals only
         # failed reads, never writes still failing (a follower only ever reads).
+        if not self._failing:
+            return
         self._failing -= {"writes", "reads"} if what == "writes" else {what}
-        if self.state != "ok" and not self._failing:
+        if not self._failing:
             logger.warning("bar store %s succeed again", what)
-            self.state = "ok"
+
+    @contextmanager
+    def _calling(self) -> Iterator[None]:
+        """A store call under way, for the `slow` state."""
+        token = object()
+        self._calls[token] = time.monotonic()
+        try:
+            yield
+        finally:
+            del self._calls[token]
+
+    async def _read(self, call: Callable[[], Awaitable[T]], timeout: float = READ_SECONDS) -> T:
+        """The store read's answer, or TimeoutError once `timeout` seconds have passed.
+        The read runs in a task of its own that the caller stops waiting for (a driver
+        cleaning up a cancelled query can hang on a hung server too); at most MAX_READS
+        of them, so a store that never answers holds a bounded number."""
+        if len(self._reads) >= MAX_READS:
+            raise TimeoutError(f"{MAX_READS} bar store reads unanswered")
+
+        async def tracked() -> T:
+            with self._calling():
+                return await call()
+
+        reading = asyncio.create_task(tracked())
+        self._reads.add(reading)
+        reading.add_done_callback(self._read_ended)
+        done, _ = await asyncio.wait({reading}, timeout=max(timeout, 0.0))
+        if not done:
+            self.timeouts += 1
+            raise TimeoutError(f"no answer from the bar store in {timeout:.1f} s")
+        return reading.result()
+
+    def _read_ended(self, reading: asyncio.Task[Any]) -> None:
+        self._reads.discard(reading)
+        if not reading.cancelled():
+            reading.exception()  # retrieved: a read nobody waited for any more may fail
+
+    def stop(self) -> None:
+        """Stop waiting for reads the store has not answered (the gateway stops)."""
+        for reading in list(self._reads):
+            reading.cancel()
 
     async def run(self) -> None:
         next_prune = time.monotonic()
@@ -135,7 +236,10 @@ class BarRecorder:
         deleted = 0
         for interval, seconds in self._retention.items():
             try:
-                deleted += await self.store.delete_before(interval, now_ms - int(seconds * 1000))
+                with self._calling():
+                    deleted += await self.store.delete_before(
+                        interval, now_ms - int(seconds * 1000)
+                    )
             except (StoreError, OSError, TimeoutError) as exc:
                 raise_if_cancelling(exc)
                 logger.warning("bar store retention failed interval=%s error=%s", interval, exc)
@@ -146,63 +250,36 @@ class BarRecorder:
 
     def forget(self, symbol: str) -> None:
         """The book dropped `symbol`: load its stored bars again when it comes back."""
-        self._loaded.discard(symbol)
+        self.loads.forget(symbol)
 
     async def load(self, book: BarBook, symbols: Iterable[str], history: int) -> None:
         """Put each symbol's stored bars (the newest `history` closed ones per interval
         and the open ones) in the book before it counts the symbol's first trade, so a
-        late trade revises the stored bar instead of replacing it with a bar of one
-        trade. A store that cannot be read leaves the book as it is (degraded)."""
-        symbols = set(symbols)
-        # Another caller may be loading some of these (a subscribe_bars while the first
-        # trades come): wait for it, or the trades would count before the stored bars.
-        in_flight = {self._loading[symbol] for symbol in symbols if symbol in self._loading}
-        fresh = [symbol for symbol in symbols if symbol not in self._loaded]
-        if fresh:
-            self._loaded.update(fresh)
-            loaded = asyncio.Event()
-            self._loading.update(dict.fromkeys(fresh, loaded))
-            # Shielded: a caller that goes away (a client closing mid-subscribe) must not
-            # leave the load half done while others wait for it.
-            reading = asyncio.create_task(self._read_into(book, fresh, history, loaded))
-            self._reads.add(reading)
-            reading.add_done_callback(self._reads.discard)
-            await asyncio.shield(reading)
-        for other in in_flight:
-            await other.wait()
-
-    async def _read_into(
-        self, book: BarBook, symbols: list[str], history: int, loaded: asyncio.Event
-    ) -> None:
-        try:
-            for symbol in symbols:
-                stored = await self.stored(symbol, history)
-                if stored is None:
-                    break  # degraded: the book goes on without them
-                for interval, (closed, open_bar) in stored.items():
-                    book.restore(symbol, interval, closed, open_bar)
-        finally:
-            for symbol in symbols:
-                if self._loading.get(symbol) is loaded:  # not a later load's
-                    del self._loading[symbol]
-            loaded.set()
+        late trade revises the stored bar instead of replacing it (bars/loads.py; the
+        upstream's trades use `loads.hold_back`, which never waits). A store that cannot
+        be read in time leaves the book as it is (degraded)."""
+        await self.loads.load(book, symbols, history)
 
     async def stored(
-        self, symbol: str, history: int
+        self, symbol: str, history: int, timeout: float = READ_SECONDS
     ) -> dict[Interval, tuple[list[Bar], Bar | None]] | None:
         """Each interval's stored bars of `symbol`: the newest `history` closed ones,
         oldest first, and the one open when last written; None (degraded) if the store
-        cannot be read."""
+        cannot be read within `timeout` seconds."""
         end = int(time.time() * 1000) + 86_400_000
-        try:
+
+        async def read_all() -> dict[Interval, tuple[list[Bar], Bar | None]]:
             opened: dict[Interval, Bar] = dict(await self.store.open_bars(symbol))
-            found = {
+            return {
                 interval: (
                     await self.store.read(symbol, interval, 0, end, history),
                     opened.get(interval),
                 )
                 for interval in INTERVALS
             }
+
+        try:
+            found = await self._read(read_all, timeout)
         except (StoreError, OSError, TimeoutError) as exc:
             raise_if_cancelling(exc)
             self._failed("reads", exc)
@@ -224,7 +301,9 @@ class BarRecorder:
         A store that cannot be read serves the book's alone."""
         bars = {bar.t: bar for bar in book.bars(symbol, interval) if start_ms <= bar.t < end_ms}
         try:
-            stored = await self.store.read(symbol, interval, start_ms, end_ms, limit)
+            stored = await self._read(
+                partial(self.store.read, symbol, interval, start_ms, end_ms, limit)
+            )
         except (StoreError, OSError, TimeoutError) as exc:
             raise_if_cancelling(exc)
             self._failed("reads", exc)

@@ -4,7 +4,8 @@ The standard library's `sqlite3` on one thread of its own (every call goes throu
 single-worker executor, so the connection is only ever used by that thread and the
 event loop never waits on the disk). WAL mode: readers never block the writer, and a
 crash loses at most the transaction being written. Opening checks the file
-(`PRAGMA quick_check`): a corrupt or unwritable file is a `StoreError` at start-up.
+(`PRAGMA quick_check`): an unwritable file is a `StoreError` at start-up, a corrupt
+one a `CorruptStore` naming the repair (the gateway starts without it, degraded).
 
 Schema (docs/bars.md "Stored bars"): `bars(symbol, interval, t, o, h, l, c, v, n,
 final, gap, first_t, last_t)`, primary key (symbol, interval, t), without rowid, so a
@@ -25,6 +26,7 @@ from stock_gateway.bars.book import Bar, BarEvent, Interval
 from stock_gateway.bars.store import (
     COLUMNS,
     READ_COLUMNS,
+    CorruptStore,
     StoreError,
     bar_of,
     ended_before,
@@ -130,6 +132,12 @@ class SqliteStore:
 
         try:
             self._db = await asyncio.get_running_loop().run_in_executor(self._executor, connect)
+        except sqlite3.OperationalError as exc:  # cannot open or write it: misconfigured
+            raise StoreError(f"sqlite {self.path}: {exc}") from exc
+        except sqlite3.DatabaseError as exc:  # not a database, or a damaged one
+            raise CorruptStore(
+                f"sqlite {self.path} is corrupt ({exc}); {repair(self.path)}"
+            ) from exc
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"sqlite {self.path}: {exc}") from exc
 
@@ -142,10 +150,10 @@ class SqliteStore:
         refuse_other_feed(await self._run(claim), feed)
 
     async def write(self, events: Sequence[BarEvent]) -> None:
-        whole = [row_of(event) for event in events if not event.partial]
-        partial = [row_of(event) for event in events if event.partial]
-
         def write(db: sqlite3.Connection) -> None:
+            # Made into rows on the store's thread, not the event loop.
+            whole = [row_of(event) for event in events if not event.partial]
+            partial = [row_of(event) for event in events if event.partial]
             with db:
                 db.execute("BEGIN")
                 db.executemany(UPSERT, whole)
@@ -205,3 +213,13 @@ class SqliteStore:
         if db is not None:
             await asyncio.get_running_loop().run_in_executor(self._executor, db.close)
         self._executor.shutdown(wait=False)
+
+
+def repair(path: Path) -> str:
+    """What an operator does about a corrupt file (docs/operations.md, "The bar store")."""
+    return (
+        f"bars are kept in memory only until it is repaired: stop the gateway, then move "
+        f"{path} (and its -wal and -shm files) aside to start afresh, or recover its rows "
+        f'with: sqlite3 {path} ".recover" | sqlite3 {path}.recovered, and move that in its '
+        f"place; then start the gateway again"
+    )

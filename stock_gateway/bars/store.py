@@ -14,8 +14,10 @@ into the row instead of replacing it. Writes come in batches from
 `BarRecorder` (bars/recorder.py); `read` returns a series' closed bars, oldest first;
 `delete_before` enforces retention. A row that is not a well-formed candle
 (bars/book.py `Bar.from_dict`) is skipped and counted (`skipped`), never trusted.
-`StoreError` is anything the store could not do: at start-up it names `BAR_STORE_URL`;
-at run time the recorder degrades to memory.
+`StoreError` is anything the store could not do: at start-up it names `BAR_STORE_URL`
+and stops the gateway (a misconfiguration), except `CorruptStore` (a damaged file), with
+which it starts degraded and says how to repair it; at run time the recorder degrades
+to memory.
 """
 
 from __future__ import annotations
@@ -50,6 +52,11 @@ def refuse_other_feed(kept: str, feed: str) -> None:
             f"it holds bars from the {kept} feed and this gateway runs on the {feed} feed; "
             "demo mode and a real feed need different stores"
         )
+
+
+class CorruptStore(StoreError):
+    """The store's data is damaged (not a misconfiguration): the gateway starts without
+    it, degraded; the message names the repair."""
 
 
 class BarStore(Protocol):

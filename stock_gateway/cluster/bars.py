@@ -7,7 +7,9 @@
   BAR_HISTORY kept), an open bar goes to the hash `{prefix}:bars-open`, and the event
   is published on `{prefix}:bars`. Before it counts a symbol's first trade it loads
   that symbol's stored bars, so a new leader after a failover continues the open bar
-  and never writes a closed bar twice (the score replaces). Trades the old leader had
+  and never writes a closed bar twice (the score replaces); the bar store's are
+  loaded beside the feed (bars/loads.py): the symbol's trades wait for them, bounded,
+  and prices never do. Trades the old leader had
   counted but not yet stored (at most a second of them) and trades during the
   failover itself are not in the bars.
 - **With a bar store** (`BAR_STORE_URL=postgresql://...`) the leader also records every
@@ -42,6 +44,7 @@ from redis.exceptions import RedisError
 
 from stock_gateway.bars.book import INTERVALS, Bar, BarBook, BarEvent, Interval
 from stock_gateway.bars.delivery import BAR_CLOCK_SECONDS, TRADES_PER_SLICE
+from stock_gateway.bars.loads import Stored, StoredBarLoads
 from stock_gateway.bars.outages import Outages
 from stock_gateway.bars.recorder import BarRecorder
 from stock_gateway.market_data.model import Trade, UpstreamState
@@ -182,12 +185,21 @@ class LeaderBars:
         self._book = BarBook(history=history, grace=grace, outages=Outages(down_since=_now_ms()))
         self._recorder = recorder  # the bar store, if any: every event is kept there too
         self._lock = asyncio.Lock()  # trades and ticks take turns with the book and Redis
+        # The store's bars load beside the feed (bars/loads.py): a symbol's trades wait
+        # for them, nothing else does; what they make is stored by the next tick.
+        self._loads = None if recorder is None else StoredBarLoads(recorder.stored, self._restore)
+        self._from_redis: dict[str, dict[Interval, list[Bar]]] = {}  # until the store's come
+        self._counted_late: list[BarEvent] = []
+        self._continued: set[str] = set()  # symbols started from what was stored
 
     async def trades_received(self, trades: list[Trade]) -> None:
         async with self._lock:
-            fresh = {trade.symbol for trade in trades} - self._book.symbols
+            fresh = {trade.symbol for trade in trades} - self._continued
             if fresh:  # continue from what an earlier leader stored
                 await self._continue(fresh)
+                self._continued |= fresh
+            if self._loads is not None:
+                trades = self._loads.hold_back(self._book, trades, self._history, self._late)
             for start in range(0, len(trades), TRADES_PER_SLICE):
                 if start:
                     await asyncio.sleep(0)  # a huge upstream message, a slice at a time
@@ -206,22 +218,37 @@ class LeaderBars:
             if still_open is not None:
                 still_open.gap = True  # left open by a leader that stopped: its rest unseen
             self._book.load(symbol, interval, closed, still_open)
-        if self._recorder is None:
-            return
-        for symbol in fresh:
-            stored = await self._recorder.stored(symbol, self._history) or {}
-            for interval in INTERVALS:
-                kept, kept_open = stored.get(interval, ([], None))
-                self._book.restore(symbol, interval, kept, kept_open)  # Redis's bars win
-                # Closed bars Redis has and the store lacks, or holds with fewer trades
-                # (the old leader was killed before its write): written again, their
-                # trade times unknown here (Redis keeps none), so the store's kept.
-                in_store = {bar.t: bar.n for bar in kept}
-                self._recorder.record(
+            if self._recorder is not None:
+                self._from_redis.setdefault(symbol, {})[interval] = closed
+
+    def _restore(self, book: BarBook, symbol: str, stored: Stored | None) -> None:
+        """The store's bars of a symbol beside Redis's (which win); closed bars Redis has
+        and the store lacks, or holds with fewer trades (the old leader was killed
+        before its write), are written again, their trade times unknown here (Redis
+        keeps none), so the store's are kept."""
+        from_redis = self._from_redis.pop(symbol, {})
+        for interval in INTERVALS:
+            kept, kept_open = (stored or {}).get(interval, ([], None))
+            book.restore(symbol, interval, kept, kept_open)
+            in_store = {bar.t: bar.n for bar in kept}
+            self._record(
+                [
                     BarEvent(symbol, interval, bar.as_dict(), final=True)
-                    for bar in loaded.get((symbol, interval), ([], None))[0]
+                    for bar in from_redis.get(interval, [])
                     if in_store.get(bar.t, 0) < bar.n
-                )
+                ]
+            )
+
+    async def loaded(self, symbols: Iterable[str]) -> None:
+        """Wait until the store's bars of `symbols` (those loading) are in the book."""
+        if self._loads is not None:
+            await self._loads.wait(symbols)
+
+    def _late(self, trades: list[Trade]) -> None:
+        """Trades held while their symbol's stored bars loaded, counted after them."""
+        events = self._book.add_trades(trades, _now_ms())
+        self._record(events)
+        self._counted_late.extend(events)  # to Redis with the next tick's
 
     def upstream_state_changed(self, state: UpstreamState) -> None:
         if state == "connected":
@@ -247,10 +274,14 @@ class LeaderBars:
             async with self._lock:
                 due = self._book.due(_now_ms())
                 self._record(due)
-                pending += due
-                unwanted = self._book.symbols - self._carried()
+                pending += self._counted_late + due
+                self._counted_late = []
+                unwanted = (self._book.symbols | self._continued) - self._carried()
+                self._continued -= unwanted
                 for symbol in unwanted:
                     self._book.forget(symbol)
+                    if self._loads is not None:
+                        self._loads.forget(symbol)
                 try:
                     if pending:
                         await self._stored.store(pending, self._history)

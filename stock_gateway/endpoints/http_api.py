@@ -103,10 +103,12 @@ class HttpApi:
             **running.cluster_health(),
         }
         recorder = hub.bars.recorder if hub.bars is not None else None
-        if recorder is not None:  # ok, or degraded: serving from memory, retrying writes
+        if recorder is not None:  # ok, slow (a call waits), or degraded: serving from memory
             body["bar_store"] = recorder.state
             body["bar_store_kind"] = recorder.store.name
             body["bar_store_backlog"] = recorder.backlog
+            if recorder.problem is not None:  # unusable until repaired: says how
+                body["bar_store_error"] = recorder.problem
         if down:
             body["down"] = down  # part -> what ended it (an exception's type, never its text)
         return JSONResponse(body, status_code=503 if down else 200)

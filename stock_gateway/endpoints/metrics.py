@@ -65,6 +65,12 @@ METRICS: dict[str, str] = {
     "gateway_cluster_symbols": "Symbols wanted cluster-wide (cluster mode)",
     "gateway_cluster_bars_skipped_total": "Malformed stored or published bars skipped (cluster)",
     "gateway_bar_store_degraded": "1 while the bar store's writes or reads fail (bars in memory)",
+    "gateway_bar_store_slow": "1 while a bar store call has waited over a second",
+    "gateway_bar_store_read_timeouts_total": "Bar store reads not answered within 5 s",
+    "gateway_bar_store_trades_held": "Trades waiting for their symbol's stored bars to load",
+    "gateway_bar_store_trades_counted_early_total": (
+        "Trades counted before their symbol's stored bars loaded (too many held)"
+    ),
     "gateway_bar_store_backlog": "Bars waiting to be written to the bar store",
     "gateway_bar_store_last_write_seconds": "How long the bar store's last batch write took",
     "gateway_bar_store_write_seconds_total": "Time spent writing batches to the bar store",
@@ -182,7 +188,13 @@ class GatewayCollector(Collector):
             yield _counter("gateway_cluster_bars_skipped_total", cluster.bars_skipped)
         recorder = hub.bars.recorder if hub.bars is not None else None
         if recorder is not None:
-            yield _gauge("gateway_bar_store_degraded", 1.0 if recorder.state != "ok" else 0.0)
+            yield _gauge("gateway_bar_store_degraded", 1.0 if recorder.state == "degraded" else 0.0)
+            yield _gauge("gateway_bar_store_slow", 1.0 if recorder.slow else 0.0)
+            yield _counter("gateway_bar_store_read_timeouts_total", recorder.timeouts)
+            yield _gauge("gateway_bar_store_trades_held", recorder.loads.held)
+            yield _counter(
+                "gateway_bar_store_trades_counted_early_total", recorder.loads.counted_early
+            )
             yield _gauge("gateway_bar_store_backlog", recorder.backlog)
             yield _gauge("gateway_bar_store_last_write_seconds", recorder.last_write_seconds)
             yield _counter("gateway_bar_store_write_seconds_total", recorder.write_seconds_total)
