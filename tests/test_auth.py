@@ -479,3 +479,46 @@ async def test_tokens_never_reach_the_logs_and_users_do(
     for each in signed:
         assert each not in caplog.text
         assert each.rsplit(".", 1)[1] not in caplog.text  # not even the signature
+
+
+@pytest.mark.slow  # waits for a token to expire
+async def test_an_expired_token_ends_the_session_on_every_surface(market: Market) -> None:
+    """One token, on `/ws`, `/stream` and Finnhub's `/`: each session ends at `exp`
+    (JWT_LEEWAY=0), within the same bound, the same way for all."""
+    async with jwt_gateway(market, jwt_leeway=0) as gateway:
+        signed = token(lifetime=3)
+        expires_at = jwt.decode(signed, options={"verify_signature": False})["exp"]
+        bound = expires_at + 1.5  # the expiry, plus a loaded machine's scheduling
+
+        async def on_ws() -> float:
+            client = await signed_in(gateway, signed)
+            await client.subscribe("AAPL")
+            assert (await client.expect("auth"))["status"] == "expiring"
+            assert (await client.expect("auth"))["status"] == "expired"
+            assert await closed_with(client) == CLOSE_TOKEN_EXPIRED
+            return time.time()
+
+        async def on_stream() -> float:
+            url = f"{gateway.base_url}/stream?symbols=AAPL&token={signed}"
+            last = b""
+            async with gateway.session.get(url) as response:
+                assert response.status == 200
+                async for line in response.content:  # ends when the gateway ends the stream
+                    last = line if line.startswith(b"data: ") else last
+            assert b'"status":"expired"' in last
+            return time.time()
+
+        async def on_finnhub_dialect() -> float:
+            ws = await gateway.session.ws_connect(f"{gateway.base_url}/?token={signed}")
+            await ws.send_json({"type": "subscribe", "symbol": "AAPL"})
+            while True:
+                message = await ws.receive()
+                if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+                    break
+            assert ws.close_code == CLOSE_TOKEN_EXPIRED
+            return time.time()
+
+        async with asyncio.timeout(bound - time.time() + 3):
+            ended = await asyncio.gather(on_ws(), on_stream(), on_finnhub_dialect())
+        for surface, at in zip(("/ws", "/stream", "/"), ended, strict=True):
+            assert expires_at - 0.2 <= at <= bound, (surface, at - expires_at)

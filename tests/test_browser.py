@@ -322,3 +322,20 @@ async def test_docs_page_fits_the_window(width: int) -> None:
         await page.screenshot(path=str(ARTIFACTS / f"docs-{width}.png"), full_page=True)
     assert measured["scrollWidth"] <= width, measured
     assert measured["right"] <= width, measured
+
+
+async def test_demo_page_keeps_its_query_string_and_token_out_of_the_websocket_url() -> None:
+    """`/demo?token=...`: the token goes in the auth message, never in /ws's URL (nor
+    any of the page's query string), and leaves the address bar."""
+    secret = "browser-test-secret-of-sufficient-length-0123"
+    signed = jwt.encode({"sub": "demo-user", "exp": int(time.time()) + 600}, secret, "HS256")
+    simulator = MarketSimulator(rate=40, token=TEST_KEY)
+    async with serve(simulator) as url, chromium_page() as page:
+        settings = settings_for(Market(simulator, url), jwt_secret=secret)
+        async with run_gateway(settings, allow_own_origin=True) as gateway:
+            sockets: list[str] = []
+            page.on("websocket", lambda ws: sockets.append(ws.url))
+            await page.goto(f"{gateway.base_url}/demo?token={signed}&throttle_ms=0")
+            await price_keeps_changing(page, "AAPL")  # authenticated by the auth message
+            assert sockets and all(ws == gateway.ws_url for ws in sockets), sockets
+            assert signed not in page.url and "token" not in page.url, page.url

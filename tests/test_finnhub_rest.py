@@ -402,3 +402,46 @@ async def test_without_rest_calls_the_mirror_says_so_and_candles_still_answer(
         now = int(time.time())
         assert await call(client.stock_candles, "AAPL", "5", now - 600, now) == {"s": "no_data"}
     assert market.simulator.rest_calls.log == []
+
+
+async def test_credentials_in_any_spelling_are_neither_forwarded_nor_cached(
+    market: Market,
+) -> None:
+    async with run_gateway(mirror(market)) as gateway:
+        base = gateway.base_url + "/api/v1/stock/peers?symbol=AAPL"
+        for spelling in ("Token", "TOKEN", "apikey", "X-Finnhub-Token"):
+            url = f"{base}&{spelling}={CLIENTS_KEY}-{spelling}"
+            async with gateway.session.get(url) as response:
+                assert response.status == 200
+    carried = market.simulator.rest_calls.carried
+    peers = [upstream for upstream in carried if upstream.path == "/api/v1/stock/peers"]
+    assert len(peers) == 1  # one call: the others were the same request, from the cache
+    assert CLIENTS_KEY not in peers[0].query and CLIENTS_KEY not in str(peers[0].headers)
+    assert {name.casefold() for name in parse_qs(peers[0].query)} == {"symbol"}
+
+
+async def test_restricted_entitlements_cannot_name_a_security_another_way(
+    market: Market,
+) -> None:
+    async with run_gateway(mirror(market, jwt_secret=SECRET)) as gateway:
+        entitled = jwt.encode(
+            {"sub": "alice", "exp": int(time.time()) + 600, "symbols": ["AAPL"]}, SECRET
+        )
+        base = f"{gateway.base_url}/api/v1/stock/profile2?token={entitled}&"
+        for query in (
+            "isin=US5949181045",
+            "CUSIP=594918104",
+            "Symbol=MSFT",
+            "symbol=AAPL&SYMBOL=MSFT",
+        ):
+            async with gateway.session.get(base + query) as response:
+                assert response.status in (403, 422), (query, response.status)
+        async with gateway.session.get(base + "Symbol=aapl") as response:
+            assert response.status == 200  # its own symbol, however spelled
+        unrestricted = jwt.encode({"sub": "bob", "exp": int(time.time()) + 600}, SECRET)
+        url = f"{gateway.base_url}/api/v1/stock/profile2?token={unrestricted}&isin=US5949181045"
+        async with gateway.session.get(url) as response:
+            assert response.status == 200  # nothing to check against: as Finnhub answers
+    carried = market.simulator.rest_calls.carried
+    forwarded = [call.query for call in carried if call.path == "/api/v1/stock/profile2"]
+    assert forwarded == ["symbol=AAPL", "isin=US5949181045"], forwarded

@@ -8,8 +8,11 @@ verification would still accept the token), when the session closes the connecti
 with 4001 unless the client sent a fresh token for the same user first (`refresh`: no
 gap in its stream, and the fresh token's entitlements apply from then on).
 
-This module is a small state machine the session consults; it never touches a socket
-and never sleeps: the session waits for the next deadline while it reads requests.
+Every surface that serves a signed token's holder (`/ws`, `/stream`, Finnhub's `/`)
+holds one `ClientAuth` and waits for requests or events at most `wait()`, then asks
+`due()`: at "expired" it ends the session (`/ws` and `/`: close 4001; `/stream`: its
+end), all at the same moment, `exp` plus `JWT_LEEWAY`. This module is a small state
+machine the sessions consult; it never touches a socket and never sleeps.
 """
 
 from __future__ import annotations
@@ -52,6 +55,22 @@ class ClientAuth:
         if not self._warned:
             return Deadline(self._warn_at, "expiring")
         return Deadline(self.identity.expires_at + self._leeway, "expired")
+
+    def wait(self, limit: float | None = None) -> float:
+        """How long a session may wait (for a request, an event) before it must look at
+        the token again: until its next deadline, or `limit` if sooner."""
+        until = max(0.0, self.next_deadline().at - time.time())
+        return until if limit is None else min(limit, until)
+
+    def due(self) -> Deadline | None:
+        """The deadline that has come, if one has: every surface ends the session at an
+        "expired" one (a surface that cannot warn just goes on at "expiring", which
+        counts as given)."""
+        deadline = self.next_deadline()
+        if time.time() < deadline.at:
+            return None
+        self._warned = True
+        return deadline
 
     def warned(self) -> None:
         """The "expiring" warning went out: the next deadline is the expiry."""

@@ -15,8 +15,11 @@ builds `API_URL + "/" + "/quote"`: the doubled slash is accepted).
 
 With a gateway credential configured (`GATEWAY_TOKEN` or signed tokens) a request needs
 it, as Finnhub's clients send their key (`token` query, or `X-Finnhub-Token`): 401
-otherwise. Without one the client's token is dropped. The `symbol` parameter is held to
-the token's entitlements (403). Refusals are in Finnhub's shape, `{"error": "..."}`,
+otherwise. Credential parameters (`token` in any spelling, `apikey`, ...) are dropped
+whatever their case: never forwarded, never in the cache key; no client header is
+forwarded. The `symbol` parameter (one, in any case) is held to the token's
+entitlements (403), and a token with restricted entitlements may not name a security
+another way (`isin`, `cusip`: 403). Refusals are in Finnhub's shape, `{"error": "..."}`,
 with `Retry-After` where waiting helps. Nothing here logs or answers the key.
 """
 
@@ -39,7 +42,7 @@ from stock_gateway.bars.history import candles
 from stock_gateway.bars.store import MAX_READ
 from stock_gateway.market_data.model import MarketStatus, Quote
 from stock_gateway.market_data.quotes import QuoteUnavailable
-from stock_gateway.market_data.rest_mirror import MirrorRefused
+from stock_gateway.market_data.rest_mirror import MirrorRefused, without_credentials
 from stock_gateway.settings import Settings
 
 if TYPE_CHECKING:
@@ -59,6 +62,9 @@ RESOLUTIONS: dict[str, Interval] = {
 UNKNOWN_QUOTE = {"c": 0, "d": None, "dp": None, "h": 0, "l": 0, "o": 0, "pc": 0, "t": 0}
 TIMEZONES = {"US": "America/New_York"}  # Finnhub's `timezone` of market statuses we follow
 NO_REST = "The gateway makes no calls to Finnhub's REST API (REST_ENABLED=false)."
+# Parameters naming a security other than by symbol (Finnhub's `isin`, `cusip`, ...):
+# a client with restricted entitlements may not use them, as they cannot be checked.
+OTHER_IDENTIFIERS = frozenset({"isin", "cusip", "figi", "sedol"})
 
 
 def finnhub_json(body: Any, status: int = 200, retry_after: int = 0) -> Response:
@@ -109,9 +115,13 @@ class FinnhubRestApi:
     async def serve(self, request: Request) -> Response:
         running = self._running()
         path = request.path_params["path"].strip("/")
-        # Only the query's parameters go on, never the client's token (its key, perhaps).
-        params = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
-        raw_symbol = dict(params).get("symbol")
+        # Only the query's parameters go on, never a credential (the client's key,
+        # perhaps), whatever its spelling: not forwarded, not in the cache key.
+        params = without_credentials(request.query_params.multi_items())
+        given = [v for k, v in params if k.casefold() == "symbol"]
+        if len(given) > 1:  # which one would Finnhub read? Entitlements must see that one.
+            return self._refuse("bad_request", "Give one symbol.", 422)
+        raw_symbol = given[0] if given else None
         symbol = protocol.normalize_symbol(raw_symbol) if raw_symbol is not None else None
         asker = await self._admit(request, symbol)
         if isinstance(asker, Response):
@@ -119,7 +129,13 @@ class FinnhubRestApi:
         if raw_symbol is not None:
             if symbol is None:
                 return self._refuse("bad_request", f"Invalid symbol: {protocol.SYMBOL_RULE}.", 422)
-            params = [(k, symbol if k == "symbol" else v) for k, v in params]
+            params = [("symbol", symbol) if k.casefold() == "symbol" else (k, v) for k, v in params]
+        if asker.entitlements.symbols is not None and any(
+            k.casefold() in OTHER_IDENTIFIERS for k, _ in params
+        ):
+            # An ISIN or CUSIP names a security the entitlements cannot check.
+            message = "Your token's entitlements allow lookups by symbol only."
+            return self._refuse("forbidden_symbol", message, 403)
         if path == "stock/candle":
             return await self._candles(symbol, dict(params), asker)
         if not self._settings.rest_enabled:

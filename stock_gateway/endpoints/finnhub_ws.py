@@ -14,8 +14,11 @@ limits, `MAX_CLIENTS`), the holds (symbol caps, fair shares, entitlements), one
 upstream subscription per symbol whoever holds it, the linger, slow-consumer handling,
 the fast path. `?token=` is the gateway's own credential when one is configured
 (`GATEWAY_TOKEN` or signed tokens: 401 at the handshake when it does not verify) and is
-ignored otherwise: a client that still sends its own Finnhub key has it dropped, never
-forwarded, never logged.
+ignored otherwise. A signed token ends the session as on every surface
+(access/token_session.py): at `exp` plus `JWT_LEEWAY`, `{"type":"error","msg":"Token
+expired"}` and a close with 4001 (Finnhub's protocol has no way to refresh it). When
+ignored, a client that still sends its own Finnhub key has it dropped, never forwarded,
+never logged.
 """
 
 from __future__ import annotations
@@ -30,12 +33,13 @@ from starlette.websockets import WebSocket
 from hub import Hub
 from stock_gateway import protocol
 from stock_gateway.access.admission import Admission, Admitted
+from stock_gateway.access.token_session import ClientAuth
 from stock_gateway.delivery.outbox import ClientConnection
 from stock_gateway.endpoints.ws_io import AsgiClientSocket, Ended, FastPath, RequestReader
-from stock_gateway.endpoints.ws_session import open_socket
+from stock_gateway.endpoints.ws_session import close_with, open_socket
 from stock_gateway.market_data.finnhub_wire import encode_trade_message
 from stock_gateway.market_data.model import Trade
-from stock_gateway.protocol import Frame, ProtocolError
+from stock_gateway.protocol import CLOSE_TOKEN_EXPIRED, Frame, ProtocolError
 from stock_gateway.runtime.logs import get_logger
 from stock_gateway.server.connection import server_connection
 from stock_gateway.settings import Settings
@@ -57,6 +61,7 @@ class FinnhubDialect:
 
 FINNHUB = FinnhubDialect()
 PING = Frame(b'{"type":"ping"}', "ping")
+TOKEN_EXPIRED = FINNHUB.error("Token expired")
 
 
 class FinnhubSessions:
@@ -82,6 +87,14 @@ class FinnhubSessions:
             await self._serve_accepted(websocket, connection.admitted)
 
     async def _serve_accepted(self, websocket: WebSocket, admitted: Admitted) -> None:
+        auth = None
+        if admitted.identity is not None:  # a signed token: it ends the session at `exp`
+            auth = ClientAuth(
+                admitted.identity,
+                self._admission.identify,
+                warning=self._settings.auth_expiry_warning,
+                leeway=self._settings.jwt_leeway,
+            )
         server = server_connection(websocket.scope)
         if server is not None and self._settings.client_send_buffer:
             server.limit_send_buffer(self._settings.client_send_buffer)
@@ -100,7 +113,7 @@ class FinnhubSessions:
                 client.id, admitted.address, admitted.user,
             )  # fmt: skip
             try:
-                await self._serve_requests(reader, client)
+                await self._serve_requests(websocket, reader, client, auth)
             finally:
                 if server is not None and server.stalled():
                     server.abort()  # its unread output would hold the close forever
@@ -109,14 +122,26 @@ class FinnhubSessions:
                     client.id, admitted.address, time.monotonic() - started,
                 )  # fmt: skip
 
-    async def _serve_requests(self, reader: RequestReader, client: ClientConnection) -> None:
+    async def _serve_requests(
+        self,
+        websocket: WebSocket,
+        reader: RequestReader,
+        client: ClientConnection,
+        auth: ClientAuth | None,
+    ) -> None:
         heartbeat = self._settings.heartbeat_interval or None
         while not client.evicted:
+            wait = heartbeat if auth is None else auth.wait(heartbeat)
             try:
-                async with asyncio.timeout(heartbeat):
+                async with asyncio.timeout(wait):
                     got = await reader.next()
             except TimeoutError:
-                client.send(PING)  # Finnhub's keep-alive, about once a heartbeat
+                deadline = auth.due() if auth is not None else None
+                if deadline is None:
+                    client.send(PING)  # Finnhub's keep-alive, about once a heartbeat
+                elif deadline.kind == "expired":  # Finnhub's protocol has no refresh
+                    await close_with(websocket, TOKEN_EXPIRED, CLOSE_TOKEN_EXPIRED, "token expired")
+                    return
                 continue
             if isinstance(got, Ended):
                 return

@@ -201,20 +201,17 @@ class EventStreams:
                         hub.set_options(client, client.options.changed(given))
                     hub.subscribe(client, symbols)
                     while True:
-                        wait = heartbeat
-                        if auth is not None:
-                            deadline = auth.next_deadline()
-                            wait = min(wait, max(0.0, deadline.at - time.time()))
+                        wait = heartbeat if auth is None else auth.wait(heartbeat)
                         try:
                             async with asyncio.timeout(wait):
                                 item = await socket.take()
                         except TimeoutError:
-                            if auth is None or time.time() < deadline.at:
+                            deadline = auth.due() if auth is not None else None
+                            if auth is None or deadline is None:
                                 yield b": keep-alive\n\n"
                                 continue
                             # A stream cannot be given a fresh token: warn, then end it
                             # at `exp`; EventSource reconnects (with a fresh ?token=).
-                            auth.warned()
                             ending = protocol.auth_message(deadline.kind, user, auth.expires_in())
                             yield event(ending)
                             if deadline.kind == "expired":

@@ -114,11 +114,11 @@ class ClientSessions:
             error = protocol.error_message(
                 "auth_timeout", f"no auth message within {self._settings.auth_timeout:g} s"
             )
-            await _close_with(websocket, error, CLOSE_AUTH_TIMEOUT, "auth timeout")
+            await close_with(websocket, error, CLOSE_AUTH_TIMEOUT, "auth timeout")
             return False
         except AuthFailed as exc:
             error = protocol.error_message("auth_failed", f"token {exc.reason}")
-            await _close_with(websocket, error, CLOSE_AUTH_FAILED, "auth failed")
+            await close_with(websocket, error, CLOSE_AUTH_FAILED, "auth failed")
             return False
         except (WebSocketDisconnect, RuntimeError, ConnectionError):
             return False  # gone while we answered
@@ -193,19 +193,20 @@ class ClientSessions:
             if auth is None:
                 got = await reader.next()
             else:
-                deadline = auth.next_deadline()
                 try:
-                    async with asyncio.timeout(max(0.0, deadline.at - time.time())):
+                    async with asyncio.timeout(auth.wait()):
                         got = await reader.next()
                 except TimeoutError:
+                    deadline = auth.due()
+                    if deadline is None:
+                        continue
                     if deadline.kind == "expiring":
-                        auth.warned()
                         client.send(
                             protocol.auth_message("expiring", auth.identity.user, auth.expires_in())
                         )
                         continue
                     expired = protocol.auth_message("expired", auth.identity.user, 0)
-                    await _close_with(websocket, expired, CLOSE_TOKEN_EXPIRED, "token expired")
+                    await close_with(websocket, expired, CLOSE_TOKEN_EXPIRED, "token expired")
                     return CLOSE_TOKEN_EXPIRED
             if isinstance(got, Ended):
                 return got.code
@@ -257,7 +258,7 @@ class ClientSessions:
             identity = await auth.refresh(token)
         except AuthFailed as exc:
             error = protocol.error_message("auth_failed", f"token {exc.reason}")
-            await _close_with(websocket, error, CLOSE_AUTH_FAILED, "auth failed")
+            await close_with(websocket, error, CLOSE_AUTH_FAILED, "auth failed")
             return CLOSE_AUTH_FAILED
         if identity.entitlements != client.entitlements:
             self._entitle(client, identity.entitlements)
@@ -291,7 +292,7 @@ AUTH_FIRST = protocol.error_message(
 )
 
 
-async def _close_with(websocket: WebSocket, error: Frame, code: int, reason: str) -> None:
+async def close_with(websocket: WebSocket, error: Frame, code: int, reason: str) -> None:
     """Tell a client why, then close; a client that does not read is cut off instead."""
     try:
         async with asyncio.timeout(CLOSE_GRACE_SECONDS):
@@ -312,7 +313,7 @@ async def _close_refused(websocket: WebSocket, refusal: Refusal) -> None:
         await websocket.close(code, refusal.reason)
         return
     error = protocol.error_message(refusal.code, refusal.reason)
-    await _close_with(websocket, error, code, refusal.code.replace("_", " "))
+    await close_with(websocket, error, code, refusal.code.replace("_", " "))
 
 
 async def refuse_handshake(websocket: WebSocket, refusal: Refusal, address: str) -> None:

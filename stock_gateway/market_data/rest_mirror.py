@@ -4,9 +4,9 @@ one budget as little as possible:
 
 - **only listed paths** (`FINNHUB_REST_ALLOW`) are ever forwarded: premium endpoints
   billed to the operator stay closed unless listed;
-- **nothing of the client's** goes upstream but the query parameters it gave (its
-  `token` is dropped by the caller), re-encoded, sorted; the key travels in
-  FinnhubRest's header;
+- **nothing of the client's** goes upstream but the query parameters it gave, less
+  any credential (`token` in any spelling, `apikey`, ...: `without_credentials`, here
+  and by the caller), re-encoded, sorted; the key travels in FinnhubRest's header;
 - **identical concurrent requests make one call**: same path and parameters (sorted)
   share one future (`coalesced`);
 - **successful answers are cached** per endpoint (`CACHE_SECONDS`: a company profile
@@ -118,6 +118,15 @@ class MemoryResponseCache:
             self.held -= len(key) + len(entry[0])
 
 
+# Query parameters that carry a credential, compared case-folded: never forwarded, never
+# in a cache key (Finnhub's `token`, however an app spells it, and the usual others).
+CREDENTIAL_PARAMS = frozenset({"token", "x-finnhub-token", "apikey", "api_key", "access_token"})
+
+
+def without_credentials(params: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [(name, value) for name, value in params if name.casefold() not in CREDENTIAL_PARAMS]
+
+
 def cache_key(path: str, params: Iterable[tuple[str, str]]) -> str:
     """One key per request as forwarded: the path and its parameters, sorted."""
     return f"{path}?{urlencode(sorted(params))}"
@@ -168,6 +177,7 @@ class RestMirror:
         MirrorRefused. `unlisted`: the gateway's own reason to call a path not listed."""
         if path not in self.allowed and not unlisted:
             raise MirrorRefused("not_allowed", 403, NOT_LISTED)
+        params = without_credentials(params)
         key = cache_key(path, params)
         while True:
             joined = self._in_flight.get(key)

@@ -25,6 +25,8 @@ from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
+from stock_gateway.server.progress import ReadProgressWatch
+
 SCOPE_EXTENSION = "gateway.connection"
 
 
@@ -129,7 +131,10 @@ class HttpConnection(SocketHandle):
     """One HTTP connection: its socket's handle for a response that streams
     (`/stream`), and the write deadline the protocol keeps for every response: a
     transport whose writes stay paused (the peer does not read) for `write_timeout`
-    is aborted, not closed, as a graceful close would wait for the unread bytes."""
+    is aborted, not closed, as a graceful close would wait for the unread bytes.
+    The same happens, whatever the rate, to a peer that acknowledged nothing of what
+    is pending to it for `write_timeout` (progress.py): for the socket's whole life,
+    so also once it carries a WebSocket (`/ws`, `/`)."""
 
     def __init__(
         self, transport: asyncio.Transport, write_timeout: float, on_timeout: Callable[[], None]
@@ -138,6 +143,9 @@ class HttpConnection(SocketHandle):
         self._write_timeout = write_timeout
         self._on_timeout = on_timeout
         self._deadline: asyncio.TimerHandle | None = None
+        self._progress = ReadProgressWatch(
+            transport, self.queued_bytes, write_timeout, self._too_slow
+        )
 
     def writes_paused(self) -> None:
         if self._deadline is None:
@@ -152,6 +160,7 @@ class HttpConnection(SocketHandle):
 
     def _too_slow(self) -> None:
         self._deadline = None
+        self._progress.stop()
         self._on_timeout()
         self._transport.abort()
 

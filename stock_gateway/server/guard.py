@@ -75,7 +75,7 @@ class ConnectionGuard:
         return None
 
     def count_write_timeout(self) -> None:
-        self.count("write_timeout", "aborting HTTP clients that stopped reading")
+        self.count("write_timeout", "aborting clients that stopped reading")
 
     def release_pending(self, peer: str) -> None:
         self.pending[peer] -= 1

@@ -14,13 +14,24 @@ const DEFAULT_SYMBOLS = ["AAPL", "MSFT", "BINANCE:BTCUSDT"];
 const SAVED_SYMBOLS = "stock-gateway.demo.symbols"; // localStorage key
 const cards = new Map(); // symbol -> { element, first, last, live, bars }
 const grid = document.getElementById("cards");
-const wsUrl = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws${location.search}`;
+// The page's own query string never reaches /ws: a token in it would end up in the
+// WebSocket's URL (server and proxy logs). A signed token given as /demo?token=... is
+// taken off the address bar (history, bookmarks, Referer) and sent as the auth message.
+const pageQuery = new URLSearchParams(location.search);
+const pageToken = pageQuery.get("token");
+if (pageToken !== null) {
+  pageQuery.delete("token");
+  const rest = pageQuery.toString();
+  history.replaceState(null, "", location.pathname + (rest ? `?${rest}` : "") + location.hash);
+}
+const wsUrl = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws`;
 
 const REFUSED = new Set(["invalid_symbol", "too_many_symbols", "symbol_limit", "symbol_quota", "forbidden_symbol", "upstream_error"]);
 
 const client = new StockClient(wsUrl, {
   // Four updates a second per card is what an eye can follow; the gateway sends the newest.
   throttleMs: 250,
+  ...(pageToken ? { getToken: () => pageToken } : {}),
   onPrice: (symbol, data) => update(symbol, data),
   onQuote: (symbol, quote) => showQuote(symbol, quote),
   onBars: (symbol, interval, bars) => {
