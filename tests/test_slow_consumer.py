@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from typing import Any
 
@@ -13,8 +14,18 @@ from bench.stuck import masked_text_frame, open_never_reading_client
 from tests.helpers import Market, poll_until, run_gateway, settings_for, trade
 
 
+async def trickle(sock: socket.socket) -> None:
+    """Read 4 KiB every 10 ms: a reader far slower than its stream, but one the
+    kernel sees progress from (a client that never reads is ended sooner, below the
+    app: tests/test_stalled_readers.py)."""
+    loop = asyncio.get_running_loop()
+    sock.setblocking(False)
+    while await loop.sock_recv(sock, 4096):  # noqa: ASYNC110 - the pace of a slow reader
+        await asyncio.sleep(0.01)
+
+
 @pytest.mark.slow
-async def test_a_client_that_never_reads_is_conflated_then_closed_while_others_stream(
+async def test_a_client_reading_too_slowly_is_conflated_then_closed_while_others_stream(
     market: Market,
 ) -> None:
     settings = settings_for(market, client_outbox_size=64, slow_consumer_timeout=0.5)
@@ -25,6 +36,7 @@ async def test_a_client_that_never_reads_is_conflated_then_closed_while_others_s
         port = int(gateway.base_url.rsplit(":", 1)[1])
         subscribe = '{"action":"subscribe","symbols":["AAPL","MSFT"]}'
         stuck = await open_never_reading_client("127.0.0.1", port, subscribe)
+        reading = asyncio.create_task(trickle(stuck))
         with stuck:
             hub = gateway.gateway.running.hub
 
@@ -57,6 +69,9 @@ async def test_a_client_that_never_reads_is_conflated_then_closed_while_others_s
             await poll_until(evicted_client_gone)
             assert (await gateway.health())["slow_consumer_disconnects"] == 1
             assert len(hub.subscribers_of("AAPL")) == 1
+            reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError, OSError):
+                await reading
         # The reading client was never disturbed.
         await market.simulator.send_trades([trade("AAPL", 1.0)])
         assert (await reader.expect("price_update"))["data"]["price"] == 1.0
