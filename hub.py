@@ -88,7 +88,9 @@ class Hub:
         self.quotes = quotes
         self.market_status: MarketStatus | None = None
         self._market: Frame | None = None  # the last market status message
-        self._quote_delivery = QuoteDelivery(quotes, self.subscribers_of) if quotes else None
+        self._quote_delivery = (
+            QuoteDelivery(quotes, self.subscribers_of, latest.timestamp) if quotes else None
+        )
         self.clock = DeliveryClock()  # one timer for every throttled or batched client
         self.groups = DeliveryGroups(self.clock, self._count_conflated, max_batch_bytes)
         self.trades = TradeGroups()  # clients whose dialect takes raw trades
