@@ -12,7 +12,7 @@ carried symbols' stale quotes fetched again, subscribed ones first; a quote that
 brings a new previous close (a new trading day) goes to every subscriber of its
 symbol.
 
-A quote older than the symbol's last live price (`last_price_at`) is sent to nobody:
+A quote older than the symbol's last live price (`LastPrices.timestamp`) is sent to nobody:
 every subscriber has that price already (as its snapshot or as an update), or has it
 coming, and a client that shows the last message it got would go back to the older
 price. Such a quote still fills the cache (previous close, the day's change).
@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Callable, Collection, Iterable
+from typing import Protocol
 
 from stock_gateway import protocol
 from stock_gateway.delivery.outbox import ClientConnection
@@ -36,16 +37,22 @@ from stock_gateway.market_data.quotes import QuoteService
 Waiting = tuple["asyncio.Future[Quote | None]", dict[ClientConnection, bool]]
 
 
+class LastPrices(Protocol):
+    """When each symbol's last live price was traded (delivery/snapshots.py's LatestPrices)."""
+
+    def timestamp(self, symbol: str) -> int | None: ...
+
+
 class QuoteDelivery:
     def __init__(
         self,
         quotes: QuoteService,
         subscribers_of: Callable[[str], Iterable[ClientConnection]],
-        last_price_at: Callable[[str], int | None],
+        last_prices: LastPrices,
     ) -> None:
         self._quotes = quotes
         self._subscribers_of = subscribers_of
-        self._last_price_at = last_price_at
+        self._last_prices = last_prices
         self._waiting: dict[str, Waiting] = {}  # symbol -> the fetch under way, its clients
         quotes.on_new_close(self._new_close)
 
@@ -84,7 +91,7 @@ class QuoteDelivery:
         self._deliver(symbol, waiting[0], waiting[1])
 
     def _outdated(self, symbol: str, quote: Quote) -> bool:
-        last_price_at = self._last_price_at(symbol)
+        last_price_at = self._last_prices.timestamp(symbol)
         return last_price_at is not None and quote.timestamp < last_price_at
 
     def _deliver(
@@ -112,3 +119,12 @@ class QuoteDelivery:
             return  # Finnhub has no quote for this symbol: nothing to show
         for client in waiting:
             client.send(frame)
+
+
+def quote_delivery(
+    quotes: QuoteService | None,
+    subscribers_of: Callable[[str], Iterable[ClientConnection]],
+    last_prices: LastPrices,
+) -> QuoteDelivery | None:
+    """The hub's quote delivery; None without quotes (REST_ENABLED=false)."""
+    return None if quotes is None else QuoteDelivery(quotes, subscribers_of, last_prices)
