@@ -33,7 +33,7 @@ from stock_gateway.access.holds import RefusedSymbols, SymbolHolds
 from stock_gateway.bars.delivery import BarDelivery
 from stock_gateway.delivery.outbox import OUTBOX_BYTES, ClientConnection, ClientSocket, FrameWriter
 from stock_gateway.delivery.pacing import MAX_BATCH_BYTES, DeliveryClock, DeliveryGroups
-from stock_gateway.delivery.quotes import QuoteDelivery
+from stock_gateway.delivery.quotes import quote_delivery
 from stock_gateway.delivery.snapshots import LatestPrices
 from stock_gateway.delivery.stats import FanoutStats
 from stock_gateway.delivery.trade_groups import TradeDialect, TradeGroups
@@ -88,7 +88,7 @@ class Hub:
         self.quotes = quotes
         self.market_status: MarketStatus | None = None
         self._market: Frame | None = None  # the last market status message
-        self._quote_delivery = QuoteDelivery(quotes, self.subscribers_of) if quotes else None
+        self._quote_delivery = quote_delivery(quotes, self.subscribers_of, latest)
         self.clock = DeliveryClock()  # one timer for every throttled or batched client
         self.groups = DeliveryGroups(self.clock, self._count_conflated, max_batch_bytes)
         self.trades = TradeGroups()  # clients whose dialect takes raw trades

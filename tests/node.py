@@ -1,4 +1,4 @@
-"""The npm packages the TypeScript and React tests use (package.json, installed by
+"""The npm packages the TypeScript, React and ESLint tests use (package.json, installed by
 `npm ci`, which .ci/run does): where they are, and a loud skip when they are not."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from tests.helpers import PROJECT
 NODE_MODULES = PROJECT / "node_modules"
 TSC = NODE_MODULES / ".bin" / "tsc"
 ESBUILD = NODE_MODULES / ".bin" / "esbuild"
+ESLINT = NODE_MODULES / ".bin" / "eslint"
 
 
 def require(tool: Path) -> Path:

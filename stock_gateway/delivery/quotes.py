@@ -12,6 +12,11 @@ carried symbols' stale quotes fetched again, subscribed ones first; a quote that
 brings a new previous close (a new trading day) goes to every subscriber of its
 symbol.
 
+A quote older than the symbol's last live price (`LastPrices.timestamp`) is sent to nobody:
+every subscriber has that price already (as its snapshot or as an update), or has it
+coming, and a client that shows the last message it got would go back to the older
+price. Such a quote still fills the cache (previous close, the day's change).
+
 This module never fetches anything itself (the `QuoteService` does) and never blocks:
 answers arrive by future callbacks on the event loop.
 """
@@ -21,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Callable, Collection, Iterable
+from typing import Protocol
 
 from stock_gateway import protocol
 from stock_gateway.delivery.outbox import ClientConnection
@@ -31,14 +37,22 @@ from stock_gateway.market_data.quotes import QuoteService
 Waiting = tuple["asyncio.Future[Quote | None]", dict[ClientConnection, bool]]
 
 
+class LastPrices(Protocol):
+    """When each symbol's last live price was traded (delivery/snapshots.py's LatestPrices)."""
+
+    def timestamp(self, symbol: str) -> int | None: ...
+
+
 class QuoteDelivery:
     def __init__(
         self,
         quotes: QuoteService,
         subscribers_of: Callable[[str], Iterable[ClientConnection]],
+        last_prices: LastPrices,
     ) -> None:
         self._quotes = quotes
         self._subscribers_of = subscribers_of
+        self._last_prices = last_prices
         self._waiting: dict[str, Waiting] = {}  # symbol -> the fetch under way, its clients
         quotes.on_new_close(self._new_close)
 
@@ -47,7 +61,7 @@ class QuoteDelivery:
         every client waiting) and sent when it comes."""
         future = self._quotes.request(symbol, (client.owner, client.address))
         if future.done():
-            _deliver(symbol, future, {client: quiet})
+            self._deliver(symbol, future, {client: quiet})
             return
         waiting = self._waiting.get(symbol)
         if waiting is None or waiting[0] is not future:  # a new fetch: its own waiters
@@ -63,6 +77,8 @@ class QuoteDelivery:
 
     def _new_close(self, symbol: str, quote: Quote) -> None:
         """A quote with a new previous close: to subscribers not already waiting for it."""
+        if self._outdated(symbol, quote):
+            return  # the live price carries the new close in its change fields
         waiting = self._waiting.get(symbol)
         frame = protocol.quote_message(symbol, quote)
         for client in self._subscribers_of(symbol):
@@ -72,26 +88,43 @@ class QuoteDelivery:
     def _came(self, symbol: str, waiting: Waiting, _done: object) -> None:
         if self._waiting.get(symbol) is waiting:
             del self._waiting[symbol]
-        _deliver(symbol, waiting[0], waiting[1])
+        self._deliver(symbol, waiting[0], waiting[1])
+
+    def _outdated(self, symbol: str, quote: Quote) -> bool:
+        last_price_at = self._last_prices.timestamp(symbol)
+        return last_price_at is not None and quote.timestamp < last_price_at
+
+    def _deliver(
+        self,
+        symbol: str,
+        future: asyncio.Future[Quote | None],
+        clients: dict[ClientConnection, bool],
+    ) -> None:
+        waiting = [client for client in clients if symbol in client.symbols]  # still there
+        failure = future.exception()
+        if failure is not None:
+            waiting = [client for client in waiting if not clients[client]]
+            retry = getattr(failure, "retry_after", 1.0)
+            frame = protocol.error_message(
+                "quote_unavailable",
+                f"no quote could be fetched in time; live prices follow when the symbol "
+                f"trades (try again in {max(1, round(retry))} s)",
+                [symbol],
+            )
+        elif (quote := future.result()) is not None:
+            if self._outdated(symbol, quote):
+                return  # older than the live price its subscribers have or will have
+            frame = protocol.quote_message(symbol, quote)
+        else:
+            return  # Finnhub has no quote for this symbol: nothing to show
+        for client in waiting:
+            client.send(frame)
 
 
-def _deliver(
-    symbol: str, future: asyncio.Future[Quote | None], clients: dict[ClientConnection, bool]
-) -> None:
-    waiting = [client for client in clients if symbol in client.symbols]  # still there
-    failure = future.exception()
-    if failure is not None:
-        waiting = [client for client in waiting if not clients[client]]
-        retry = getattr(failure, "retry_after", 1.0)
-        frame = protocol.error_message(
-            "quote_unavailable",
-            f"no quote could be fetched in time; live prices follow when the symbol "
-            f"trades (try again in {max(1, round(retry))} s)",
-            [symbol],
-        )
-    elif (quote := future.result()) is not None:
-        frame = protocol.quote_message(symbol, quote)
-    else:
-        return  # Finnhub has no quote for this symbol: nothing to show
-    for client in waiting:
-        client.send(frame)
+def quote_delivery(
+    quotes: QuoteService | None,
+    subscribers_of: Callable[[str], Iterable[ClientConnection]],
+    last_prices: LastPrices,
+) -> QuoteDelivery | None:
+    """The hub's quote delivery; None without quotes (REST_ENABLED=false)."""
+    return None if quotes is None else QuoteDelivery(quotes, subscribers_of, last_prices)

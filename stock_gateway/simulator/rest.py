@@ -5,11 +5,11 @@ other path under `/api/v1` gets Finnhub's 403 for a resource the plan does not i
 
 The key comes in the `X-Finnhub-Token` header (or a `token` query parameter); a
 missing or wrong one gets 401 `{"error":"Invalid API key."}`. Past `rest_rate` calls in
-any 60 seconds the answer is 429 with `Retry-After`. An unknown symbol gets all zeros:
-a trading simulator (`rate` > 0) streams any symbol subscribed, so it knows every
-symbol; a scripted one (rate 0, the tests' fake) knows its reference symbols and those
-it traded. Quotes agree with the trade stream: the day opens at the price the random
-walk starts from, `c` is the last simulated price (low <= open, close <= high), `t`
+any 60 seconds the answer is 429 with `Retry-After`. A symbol the simulator does not
+know gets all zeros, as Finnhub answers an unknown symbol; it knows its reference
+symbols (simulator/prices.py) and those it has traded (any symbol a gateway subscribes
+while it trades). Quotes agree with the trade stream: the day opens at the price the
+random walk starts from, `c` is the last traded price (low <= open, close <= high), `t`
 the last trade's time or now (seconds), `pc` a fixed previous close per symbol and
 simulated (UTC) day (or the one a test scripts: `QuoteBook.previous_closes`), `d`/`dp`
 the change against it.
@@ -98,21 +98,21 @@ class QuoteBook:
         day_open, high, low, _ = self._days.get(symbol, (start, start, start, 0))
         self._days[symbol] = (day_open, max(high, price), min(low, price), at_ms)
 
-    def quote_of(self, symbol: str, *, streamed: bool = False) -> dict[str, float | int | None]:
-        """Finnhub's `/quote`: zeros unless the symbol is known (`streamed`: the
-        simulator would trade it; a reference price; or it has traded), else consistent
-        with the trade stream."""
-        if not streamed and symbol not in REFERENCE_PRICES and symbol not in self._prices:
+    def quote_of(self, symbol: str) -> dict[str, float | int | None]:
+        """Finnhub's `/quote`: zeros unless the symbol is known (a reference price, or it
+        has traded), else consistent with the trade stream."""
+        if symbol not in REFERENCE_PRICES and symbol not in self._prices:
             return {"c": 0, "d": None, "dp": None, "h": 0, "l": 0, "o": 0, "pc": 0, "t": 0}
         reference = reference_price(symbol)
         close = self.previous_closes.get(symbol) or previous_close(symbol, reference)
         last = self._prices.get(symbol, reference)
         day_open, high, low, last_ms = self._days.get(symbol, (reference, reference, reference, 0))
         decimals = 5 if last < 10 else 2
+        traded = round(last, decimals)  # the price the last trade carried
         return {
-            "c": round(last, decimals),
-            "d": round(last - close, 4),
-            "dp": round((last - close) / close * 100, 4),
+            "c": traded,
+            "d": round(traded - close, 4),  # the change of the price shown, as Finnhub's
+            "dp": round((traded - close) / close * 100, 4),
             "h": round(max(high, last), decimals),
             "l": round(min(low, last), decimals),
             "o": round(day_open, decimals),
@@ -142,7 +142,7 @@ def add_rest_routes(app: web.Application, market: Market) -> None:
         symbol = request.query.get("symbol", "").strip().upper()
         _record(market, request, symbol, 200)
         await market.notify()
-        return web.json_response(market.book.quote_of(symbol, streamed=market.rate > 0))
+        return web.json_response(market.book.quote_of(symbol))
 
     async def market_status(request: web.Request) -> web.Response:
         refusal = _refusal(request, market)

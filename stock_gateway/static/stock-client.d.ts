@@ -36,7 +36,7 @@ export interface BarState {
 export interface StockClientOptions {
   /** A live trade. */
   onPrice?: (symbol: string, data: PriceData) => void;
-  /** A quote, sent when a symbol has no live price yet (say the market is closed). */
+  /** A quote, sent when a symbol has no live price yet (say the market is closed); never older than its last onPrice. */
   onQuote?: (symbol: string, quote: QuoteData) => void;
   /** The market's session, on connect and whenever it changes. */
   onMarket?: (market: MarketMessage) => void;
@@ -344,10 +344,11 @@ export interface AuthStatusMessage {
  * confirmation when the symbol has no live price yet (the market is closed, or the
  * symbol is quiet), and beside the live snapshot (fetched again when older than
  * QUOTE_TTL); sent again to every subscriber when a refreshed quote (at a market-session
- * change) brings a new previous close, a new trading day. Not a live trade: show it as
- * the last close or a quote. `timestamp` is in Unix milliseconds; `change` and
- * `change_percent` (against `previous_close`) may be null. A symbol Finnhub has no quote
- * for gets none.
+ * change) brings a new previous close, a new trading day. Never sent when older than the
+ * symbol's last `price_update`: a client that shows the last message it got never goes
+ * back to an older price. Not a live trade: show it as the last close or a quote.
+ * `timestamp` is in Unix milliseconds; `change` and `change_percent` (against
+ * `previous_close`) may be null. A symbol Finnhub has no quote for gets none.
  */
 export interface QuoteMessage {
   type: "quote";

@@ -33,7 +33,8 @@ export class StockClient {
    * @param {(symbol: string, data: {price: number, volume: number, timestamp: number, change?: number, change_percent?: number}) => void} [options.onPrice]
    *   a live trade; `change`/`change_percent` (against the previous close) when known
    * @param {(symbol: string, quote: {price: number, change: number|null, change_percent: number|null, open: number, high: number, low: number, previous_close: number, timestamp: number}) => void} [options.onQuote]
-   *   a quote (not a live trade): sent when a symbol has no live price yet, e.g. the market is closed
+   *   a quote (not a live trade): sent when a symbol has no live price yet, e.g. the market is closed,
+   *   and never older than the last onPrice of its symbol (the gateway does not send those)
    * @param {(market: {exchange: string, is_open: boolean, session: string, holiday: string|null}) => void} [options.onMarket]
    *   the market's session, on connect and whenever it changes
    * @param {(status: {connection: string, upstream: string|null}) => void} [options.onStatus]

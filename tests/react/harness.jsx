@@ -1,10 +1,10 @@
-// The page tests/test_react_hooks.py drives: the hooks as shipped (static/stock-hooks.js),
+// The page tests/test_react_hooks.py drives: the hooks as shipped (stock_gateway/static/stock-hooks.js),
 // bundled by esbuild with React 18 or 19 in development mode, so strict mode runs every
 // effect twice. window.harness mounts, updates and unmounts; window.sockets counts the
 // WebSockets ever opened (an init script wraps the constructor).
 import { Component, StrictMode, useEffect } from "react";
 import { createRoot } from "react-dom/client";
-import { useCandles, useStockPrices } from "../../static/stock-hooks.js";
+import { useCandles, useStockPrices } from "../../stock_gateway/static/stock-hooks.js";
 
 window.effects = 0; // effect runs of <App>: 2 per mount under strict mode
 
