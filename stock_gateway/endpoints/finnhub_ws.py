@@ -139,7 +139,32 @@ class FinnhubSessions:
         symbol = protocol.normalize_symbol(raw)
         if symbol is None:
             client.send(FINNHUB.error(f"Invalid symbol {raw[:40]}"))
+            return
+        if symbol in client.symbols and kind == "subscribe":
+            return  # held already: the same set (no new one to count)
+        if symbol not in client.symbols and kind == "unsubscribe":
+            return
+        refusal = self._set_refusal(client, kind, symbol)
+        if refusal is not None:
+            client.send(FINNHUB.error(refusal))
         elif kind == "subscribe":
             self._hub.subscribe(client, [symbol])
         else:
             self._hub.unsubscribe(client, [symbol])
+
+    def _set_refusal(self, client: ClientConnection, kind: str, symbol: str) -> str | None:
+        """Why the symbol set the request leads to is refused: one more set for the
+        client's address over MAX_SYMBOL_SETS_PER_ADDRESS. Each distinct set is one frame
+        encoded per upstream message, so an address splitting its clients over many sets
+        would multiply the gateway's work; an unsubscribe that would is refused too (the
+        client keeps the symbol), or subscribing all and dropping one each would evade it."""
+        after = client.symbols | {symbol} if kind == "subscribe" else client.symbols - {symbol}
+        trades, limit = self._hub.trades, self._settings.max_symbol_sets_per_address
+        if trades.sets_of(client.address) < limit or not trades.would_add_set(
+            client, FINNHUB, after
+        ):
+            return None
+        return (
+            f"too many distinct symbol sets from your address (at most {limit}); "
+            f"{kind} refused: {symbol}"
+        )
