@@ -5,14 +5,14 @@ with that client's trades of it, in upstream order; of each symbol at most the n
 (market_data/finnhub_wire.py `newest_per_symbol`).
 
 Clients of one dialect following the same symbols receive exactly the same frames, so
-they form one `TradeGroup`: each upstream message is filtered and encoded once per
-group, and the same bytes go to every member (as paced clients share their work in
-delivery/pacing.py). A member whose symbols change moves to the group its new set calls
-for. A message's trades are indexed by symbol once, so a group's work follows its own
-trades, not the message's size; `deliveries` hands the message over group by group and
-says how much each cost, so the broadcaster can yield to the event loop in between
-(hub.py), as it does for `/ws`. Each address's groups are counted, so the endpoint can
-cap how many distinct symbol sets one address makes the gateway encode for
+they form one `TradeGroup`: the same bytes go to every member (as paced clients share
+their work in delivery/pacing.py). A member whose symbols change moves to the group its
+new set calls for. A message's trades are indexed by symbol and encoded once, so a
+group's work is joining its own trades' bytes, not filtering and encoding the whole
+message; `deliveries` hands the message over group by group and says how much each
+cost, so the broadcaster can yield to the event loop in between (hub.py), as it does
+for `/ws`. Each address's groups are counted, so the endpoint can cap how many
+distinct symbol sets one address makes the gateway build frames for
 (`MAX_SYMBOL_SETS_PER_ADDRESS`). This module never touches sockets: it offers whole
 frames to members.
 """
@@ -33,8 +33,12 @@ class TradeDialect(Protocol):
 
     name: str
 
-    def trades(self, trades: Sequence[Trade]) -> Frame:
-        """One upstream message's trades for one client, in upstream order."""
+    def encode(self, trade: Trade) -> bytes:
+        """One trade, encoded once per upstream message for every frame it goes into."""
+        ...
+
+    def trades(self, encoded: Sequence[bytes]) -> Frame:
+        """One upstream message's trades for one client (`encode`d), in upstream order."""
         ...
 
     def error(self, message: str) -> Frame:
@@ -167,6 +171,7 @@ class TradeGroups:
         positions: dict[str, list[int]] = {}  # symbol -> where its trades are in `kept`
         for index, trade in enumerate(kept):
             positions.setdefault(trade.symbol, []).append(index)
+        encoded: dict[TradeDialect, list[bytes]] = {}
         groups: set[TradeGroup] = set()
         for symbol in positions:
             groups |= self._by_symbol.get(symbol, _NONE)
@@ -174,10 +179,13 @@ class TradeGroups:
             if not group.members:
                 continue  # left while the broadcaster yielded
             dialect, symbols = group.key
+            items = encoded.get(dialect)
+            if items is None:  # each trade encoded once per dialect, joined per group
+                items = encoded[dialect] = [dialect.encode(trade) for trade in kept]
             wanted = [positions[symbol] for symbol in symbols if symbol in positions]
             # Upstream order across the group's symbols (each list is in order already).
             picked = wanted[0] if len(wanted) == 1 else sorted(chain.from_iterable(wanted))
-            frame = dialect.trades([kept[index] for index in picked])
+            frame = dialect.trades([items[index] for index in picked])
             for member in list(group.members):
                 member.send(frame)
             yield group, len(picked)

@@ -33,7 +33,7 @@ from stock_gateway.access.admission import Admission, Admitted
 from stock_gateway.delivery.outbox import ClientConnection
 from stock_gateway.endpoints.ws_io import AsgiClientSocket, Ended, FastPath, RequestReader
 from stock_gateway.endpoints.ws_session import open_socket
-from stock_gateway.market_data.finnhub_wire import encode_trade_message
+from stock_gateway.market_data.finnhub_wire import encode_trade, trade_message
 from stock_gateway.market_data.model import Trade
 from stock_gateway.protocol import Frame, ProtocolError
 from stock_gateway.runtime.logs import get_logger
@@ -48,8 +48,11 @@ class FinnhubDialect:
 
     name = "finnhub"
 
-    def trades(self, trades: Sequence[Trade]) -> Frame:
-        return Frame(encode_trade_message(trades), "trade")
+    def encode(self, trade: Trade) -> bytes:
+        return encode_trade(trade)
+
+    def trades(self, encoded: Sequence[bytes]) -> Frame:
+        return Frame(trade_message(encoded), "trade")
 
     def error(self, message: str) -> Frame:
         return Frame(orjson.dumps({"type": "error", "msg": message}), "error")
