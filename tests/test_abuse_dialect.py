@@ -19,6 +19,7 @@ import itertools
 import socket
 import time
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
@@ -51,9 +52,7 @@ async def test_one_huge_message_to_hundreds_of_finnhub_symbol_sets_freezes_nobod
         "ADDRESS_HANDSHAKE_RATE": "10000",
         "ADDRESS_HANDSHAKE_BURST": "10000",
     }
-    sets: list[tuple[str, ...]] = list(itertools.combinations(SYMBOLS, 3))[
-        : PER_ADDRESS * len(ATTACKERS)
-    ]
+    sets = list(itertools.combinations(SYMBOLS, 3))[: PER_ADDRESS * len(ATTACKERS)]
     async with abuse_rig(env) as rig:
         sessions = [
             aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(local, 0), limit=0))
@@ -124,7 +123,7 @@ async def _read_trades(
     got: dict[int, list[str]],
     index: int,
     arrived: asyncio.Event,
-    sets: list[tuple[str, ...]],
+    sets: Sequence[tuple[str, ...]],
 ) -> None:
     """Wait for the acknowledging error, then keep every trade frame that comes, as
     text: this process also runs the bystander and the pump, so it parses them after
