@@ -4,9 +4,13 @@ of them on the gateway's one upstream socket.
 
 In: `{"type":"subscribe","symbol":"AAPL"}` and `{"type":"unsubscribe","symbol":"AAPL"}`.
 Out: for each upstream message, one `{"type":"trade","data":[{"s","p","t","v","c"},...]}`
-with this client's trades of it in upstream order, each as Finnhub sent it;
+with this client's trades of it in upstream order, each as Finnhub sent it (of each
+symbol the newest 100, as `/ws` bounds its updates: delivery/trade_groups.py);
 `{"type":"ping"}` every `HEARTBEAT_INTERVAL`; `{"type":"error","msg":"..."}` for a
-refused request, after which the connection stays open. Nothing of the gateway's own
+refused request, after which the connection stays open; among them a subscribe or
+unsubscribe that would give the client's address more than
+`MAX_SYMBOL_SETS_PER_ADDRESS` distinct symbol sets (each is one frame built per upstream
+message). Nothing of the gateway's own
 protocol, and nothing Finnhub sent but trades, ever reaches these clients.
 
 Everything else is shared with `/ws`: admission (Origin, per-address and per-user
