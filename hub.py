@@ -10,9 +10,9 @@ awaiting.
 The hub holds symbols for its clients through `SymbolHolds` (access/holds.py), which
 decides what the upstream carries; all of it synchronous code on the event loop, so no
 interleaving can make the counts wrong. The broadcaster yields to the event loop every
-few thousand hand-offs, so one huge upstream message cannot freeze `/health` or the
-other sockets. Clients of a dialect that carries raw trades (Finnhub's) get those, in
-their dialect, and nothing else (delivery/trade_groups.py).
+few thousand hand-offs (raw trades' too), so one huge upstream message cannot freeze
+`/health` or the other sockets. Clients of a dialect that carries raw trades
+(Finnhub's) get those, in their dialect, and nothing else (delivery/trade_groups.py).
 
 This module must never await a client's socket from the broadcaster, and never talks
 to the upstream except through the holds' `SymbolInterest`.
@@ -25,6 +25,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Protocol
 
 from stock_gateway import protocol
@@ -104,8 +105,7 @@ class Hub:
         # clients (throttled or batched) once per delivery group.
         self._immediate: dict[str, set[ClientConnection]] = {}
         self._latest = latest
-        # Bounded so a stalled broadcaster pushes back on the upstream reader instead
-        # of buffering without limit.
+        # Bounded: a stalled broadcaster pushes back on the upstream reader, never buffers.
         self._batches: asyncio.Queue[UpdateBatch] = asyncio.Queue(maxsize=queue_size)
         self._handoff_observer = handoff_observer
 
@@ -116,7 +116,7 @@ class Hub:
         return len(self._clients)
 
     @property
-    def clients(self) -> frozenset[ClientConnection]:
+    def clients(self) -> frozenset[ClientConnection]:  # one look at each: /metrics, not /health
         return frozenset(self._clients)
 
     def symbols(self) -> list[str]:
@@ -168,10 +168,12 @@ class Hub:
             if self._market is not None:
                 client.send(self._market)
         self._clients.add(client)
+        self.stats.joined(client)  # /health's client counts, kept as they change
         try:
             yield client
         finally:
             self._clients.discard(client)
+            self.stats.left(client)
             if self.bars is not None:
                 self.bars.leave_all(client)
             self._leave(client, list(client.symbols))
@@ -313,8 +315,9 @@ class Hub:
             # A client's several updates from one upstream message: one write, not one
             # per update (each is still its own WebSocket frame).
             corked: list[ClientConnection] | None = [] if len(batch.updates) > 1 else None
-            for update in batch.updates:
-                offers += self._deliver_one(update, batch.live, corked)
+            updates = (self._deliver_one(update, batch.live, corked) for update in batch.updates)
+            for work in chain(updates, self.trades.deliveries(batch.trades)):
+                offers += work
                 if offers >= OFFERS_PER_SLICE:
                     # One upstream message can carry tens of thousands of trades: let
                     # /health, the other sockets and the feed run in between.
@@ -322,8 +325,6 @@ class Hub:
                     _uncork(corked)
                     await asyncio.sleep(0)
             _uncork(corked)
-            if batch.trades:
-                self.trades.deliver(batch.trades)
             if self._handoff_observer is not None:
                 # Upstream arrival to the last hand-off, one observation per message.
                 self._handoff_observer.observe(time.perf_counter() - batch.received_at)
@@ -335,8 +336,7 @@ class Hub:
         """Hand a whole batch over at once (tests and tools; the broadcaster slices)."""
         for update in batch.updates:
             self._deliver_one(update, batch.live)
-        if batch.trades:
-            self.trades.deliver(batch.trades)
+        self.trades.deliver(batch.trades)
 
     def _deliver_one(
         self, frame: Frame, live: bool, corked: list[ClientConnection] | None = None

@@ -1,7 +1,8 @@
 """The abuse rig: the gateway as deployed (a uvicorn process with the documented flags),
 a scripted Finnhub in this process, a steady stream for a bystander client on another
 address, and the measures that judge an attack: the bystander's update rate with and
-without it, `/health` latency throughout, and the gateway's RSS.
+without it, its median latency (trade stamped to update read) and longest wait between
+two updates during it, `/health` latency throughout, and the gateway's RSS.
 
 Used by tests/test_abuse_*.py (short attacks, asserted) and by `python -m bench
 --scenario abuse` (longer attacks, reported in BENCHMARKS.md). Loopback only; every
@@ -12,12 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import statistics
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -46,6 +49,8 @@ class Measure:
     rss_before_mib: float
     rss_peak_mib: float
     rss_after_mib: float
+    latency_median_ms: float = 0.0  # the bystander's, during the attack
+    gap_max_ms: float = 0.0  # the bystander's longest wait between two updates, during it
 
     @property
     def ratio(self) -> float:
@@ -58,6 +63,8 @@ class Measure:
             "bystander_ratio": round(self.ratio, 3),
             "health_max_ms": round(self.health_max_ms, 1),
             "health_failures": self.health_failures,
+            "bystander_latency_median_ms": round(self.latency_median_ms, 1),
+            "bystander_gap_max_ms": round(self.gap_max_ms, 1),
             "rss_mib_before_peak_after": [  # type: ignore[dict-item]
                 round(self.rss_before_mib, 1),
                 round(self.rss_peak_mib, 1),
@@ -84,6 +91,8 @@ class AbuseRig:
         self._log = log
         self.bystander_updates = 0
         self.bystander_closed = False
+        # (arrival on the monotonic clock, latency in ms) of each bystander update
+        self.bystander_arrivals: list[tuple[float, float]] = []
 
     def log_text(self) -> str:
         return self._log.read_text(errors="replace")
@@ -143,6 +152,7 @@ class AbuseRig:
 
         running = asyncio.create_task(attack())
         prober = asyncio.create_task(probe())
+        arrivals_before, started = len(self.bystander_arrivals), time.monotonic()
         try:
             attack_rate = await self.bystander_rate(seconds)
         finally:
@@ -151,6 +161,8 @@ class AbuseRig:
                 running.cancel()
             await asyncio.wait([prober, running])
         result = None if running.cancelled() else running.result()
+        during = self.bystander_arrivals[arrivals_before:]
+        times = [started, *(arrived for arrived, _ in during), time.monotonic()]
         measure = Measure(
             baseline_rate,
             attack_rate,
@@ -159,6 +171,8 @@ class AbuseRig:
             rss_before,
             rss_peak,
             self.rss_mib(),
+            statistics.median(latency for _, latency in during) if during else 0.0,
+            max(later - earlier for earlier, later in pairwise(times)) * 1000,
         )
         return measure, result
 
@@ -256,6 +270,9 @@ async def _count_updates(rig: AbuseRig, ws: aiohttp.ClientWebSocketResponse) -> 
     async for message in ws:
         if message.type is aiohttp.WSMsgType.TEXT and '"price_update"' in message.data:
             rig.bystander_updates += 1
+            # The pump stamps each trade with the wall clock it sent it at (ms).
+            sent_ms = orjson.loads(message.data)["data"]["timestamp"]
+            rig.bystander_arrivals.append((time.monotonic(), time.time() * 1000 - sent_ms))
     rig.bystander_closed = True
 
 

@@ -1,7 +1,8 @@
 """`python -m bench --scenario abuse`: every attack class, sustained for a while against
 one gateway process with default settings, one after the other; each row reports the
-bystander's update rate without and with the attack, /health's worst latency, and the
-gateway's RSS before, at its peak and after. The attacker reconnects as soon as it is
+bystander's update rate without and with the attack, its median latency and longest
+wait between two updates during it, /health's worst latency, and the gateway's RSS
+before, at its peak and after. The attacker reconnects as soon as it is
 cut, so each attack lasts the whole window.
 """
 
@@ -34,6 +35,7 @@ from bench.attacks import (
 )
 from bench.bar_attacks import measured_bar_attack
 from bench.config import Config
+from bench.dialect_attacks import finnhub_symbol_sets, health_with_idle_clients
 from bench.stuck import open_never_reading_client
 
 Attack = Callable[[AbuseRig, float], Coroutine[Any, Any, dict[str, Any]]]
@@ -279,6 +281,8 @@ ATTACKS: dict[str, Attack] = {
     "/metrics hammered, 8 connections": http_hammering,
     "20 never-reading /stream clients": stalled_streams,
     "two addresses cooperate on symbols": cooperating_addresses,
+    "/ clients on many symbol sets, 20k-trade msgs": finnhub_symbol_sets,
+    "/health hammered, 1,000 idle clients": health_with_idle_clients,
 }
 # Attacks that need a rig of their own (bench/bar_attacks.py): a paid plan's symbols
 # with full 1s histories, or a fast pump for long batches.
@@ -313,7 +317,8 @@ async def abuse(config: Config) -> list[dict[str, Any]]:
 def abuse_table(rows: list[dict[str, Any]]) -> str:
     header = (
         f"{'attack':<36} {'bystander/s before':>18} {'during':>8} {'ratio':>6} "
-        f"{'/health max ms':>15} {'RSS MiB before/peak/after':>26}"
+        f"{'median ms':>9} {'max gap ms':>10} {'/health max ms':>15} "
+        f"{'RSS MiB before/peak/after':>26}"
     )
     lines = [header, "-" * len(header)]
     for row in rows:
@@ -327,6 +332,7 @@ def abuse_table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"{row['attack'][:36]:<36} {row['bystander_rate_before']:>18} "
             f"{row['bystander_rate_during']:>8} {row['bystander_ratio']:>6} "
-            f"{row['health_max_ms']:>15} {rss:>26}"
+            f"{row.get('bystander_latency_median_ms', ''):>9} "
+            f"{row.get('bystander_gap_max_ms', ''):>10} {row['health_max_ms']:>15} {rss:>26}"
         )
     return "\n".join(lines)

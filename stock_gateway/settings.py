@@ -130,6 +130,9 @@ class Settings:
     max_upstream_symbols: int = setting(50, minimum=1)
     # Symbols one address (or user) may hold, one that n owners hold counting 1/n.
     max_symbols_per_address: int = setting(10, minimum=1)
+    # Distinct symbol sets the Finnhub-dialect (`/`) clients of one address may follow at
+    # once: each is one frame encoded per upstream message.
+    max_symbol_sets_per_address: int = setting(32, minimum=1)
     # Only these symbols or fnmatch patterns (comma-separated, or @/path/to/file with one
     # per line); empty: any valid symbol.
     symbols_allowed: str = setting("")

@@ -201,3 +201,54 @@ async def _receive(ws: aiohttp.ClientWebSocketResponse, skip: tuple[str, ...] = 
         message = await ws.receive_json(timeout=RECEIVE)
         if message.get("type") not in skip:
             return message
+
+
+async def test_an_address_may_follow_only_so_many_distinct_symbol_sets(market: Market) -> None:
+    """MAX_SYMBOL_SETS_PER_ADDRESS: a subscribe or unsubscribe that would give the
+    address one more set is refused (Finnhub's error, not applied); joining a set the
+    address follows, or moving one's own set, is not; other addresses are not touched."""
+    settings = settings_for(market, max_symbol_sets_per_address=2)
+    async with run_gateway(settings) as gateway:
+        url = finnhub_url(gateway)
+        a, b, c = [await gateway.session.ws_connect(url) for _ in range(3)]
+        connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+        async with aiohttp.ClientSession(connector=connector) as other:
+            d = await other.ws_connect(url)
+
+            async def request(ws: aiohttp.ClientWebSocketResponse, kind: str, symbol: str) -> str:
+                """The error it got, or "" (an invalid symbol's error acknowledges it)."""
+                await ws.send_json({"type": kind, "symbol": symbol})
+                await ws.send_json({"type": "subscribe", "symbol": "<ack>"})
+                got = await _receive(ws)
+                if got["msg"].startswith("Invalid symbol"):
+                    return ""
+                assert (await _receive(ws))["msg"].startswith("Invalid symbol")
+                return str(got["msg"])
+
+            refused = "too many distinct symbol sets from your address (at most 2); "
+            assert await request(a, "subscribe", "XX") == ""  # {XX}
+            assert await request(b, "subscribe", "YY") == ""  # {YY}: two sets
+            assert await request(c, "subscribe", "ZZ") == refused + "subscribe refused: ZZ"
+            assert await request(c, "subscribe", "XX") == ""  # joins {XX}
+            # {XX, YY} would be a third set: {XX} stays, c follows it.
+            assert await request(a, "subscribe", "YY") == refused + "subscribe refused: YY"
+            assert await request(b, "subscribe", "XX") == ""  # its own {YY} goes: still two
+            assert await request(c, "subscribe", "YY") == ""  # joins {XX, YY}: one set
+            assert await request(a, "unsubscribe", "XX") == ""  # a: none
+            assert await request(a, "subscribe", "ZZ") == ""  # {ZZ}: two sets
+            # b leaving XX would make {YY} while c keeps {XX, YY}: refused too.
+            assert await request(b, "unsubscribe", "XX") == refused + "unsubscribe refused: XX"
+            assert await request(d, "subscribe", "ZZ") == ""  # another address
+            assert await request(d, "subscribe", "WW") == ""
+            await market.simulator.wait_for(
+                lambda: {"XX", "YY", "ZZ", "WW"} <= market.simulator.subscribed_symbols()
+            )
+            sent = [trade("XX", 1.0), trade("YY", 2.0), trade("ZZ", 3.0), trade("WW", 4.0)]
+            await market.simulator.send_trades(sent)
+            assert (await _receive(a))["data"] == [sent[2]]
+            assert (await _receive(b))["data"] == sent[:2]  # XX still: its unsubscribe refused
+            assert (await _receive(c))["data"] == sent[:2]
+            assert (await _receive(d))["data"] == sent[2:]
+            await d.close()
+        for ws in (a, b, c):
+            await ws.close()

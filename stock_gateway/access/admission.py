@@ -127,6 +127,9 @@ class Admission:
         self.authenticator = Authenticator(settings)
         self._open: dict[str, int] = {}  # address, or "user:<sub>" -> open connections
         self.open_connections = 0
+        # Distinct users with an open connection, kept as they come and go: /health
+        # reads it, and must cost the same however many are connected.
+        self.users = 0
         # Handshakes per address and per user (a user's key: "user:<sub>").
         self._handshakes = Allowances(
             settings.address_handshake_rate, settings.address_handshake_burst
@@ -138,11 +141,6 @@ class Admission:
     def verifies_tokens(self) -> bool:
         """True when clients must prove who they are with a signed token (JWT)."""
         return self.authenticator.enabled
-
-    @property
-    def users(self) -> int:
-        """Distinct users with an open connection (read by /health and /metrics only)."""
-        return sum(1 for key in self._open if key.startswith(USER_PREFIX))
 
     def connections_from(self, address: str) -> int:
         return self._open.get(address, 0)
@@ -292,11 +290,14 @@ class Admission:
         return None
 
     def _count(self, key: str, change: int) -> None:
-        left = self._open.get(key, 0) + change
+        before = self._open.get(key, 0)
+        left = before + change
         if left > 0:
             self._open[key] = left
         else:
             self._open.pop(key, None)
+        if key.startswith(USER_PREFIX) and (before > 0) != (left > 0):
+            self.users += 1 if left > 0 else -1
 
     def _refuse(self, reason: str, refusal: Refusal) -> Refusal:
         self.count_refusal(reason)

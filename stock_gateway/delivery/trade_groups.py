@@ -1,19 +1,29 @@
 """Raw trades for clients that speak a dialect which carries them (Finnhub's own
 protocol, endpoints/finnhub_ws.py): for each upstream message, one frame per client
-with that client's trades of it, in upstream order.
+with that client's trades of it, in upstream order; of each symbol at most the newest
+`MAX_TRADES_PER_SYMBOL_PER_MESSAGE`, the bound `/ws`'s price updates have
+(market_data/finnhub_wire.py `newest_per_symbol`).
 
 Clients of one dialect following the same symbols receive exactly the same frames, so
-they form one `TradeGroup`: each upstream message is filtered and encoded once per
-group, and the same bytes go to every member (as paced clients share their work in
-delivery/pacing.py). A member whose symbols change moves to the group its new set calls
-for. This module never touches sockets: it offers whole frames to members.
+they form one `TradeGroup`: the same bytes go to every member (as paced clients share
+their work in delivery/pacing.py). A member whose symbols change moves to the group its
+new set calls for. A message's trades are indexed by symbol and encoded once, so a
+group's work is joining its own trades' bytes, not filtering and encoding the whole
+message; `deliveries` hands the message over group by group and says how much each
+cost, so the broadcaster can yield to the event loop in between (hub.py), as it does
+for `/ws`. Each address's groups are counted, so the endpoint can cap how many
+distinct symbol sets one address makes the gateway build frames for
+(`MAX_SYMBOL_SETS_PER_ADDRESS`). This module never touches sockets: it offers whole
+frames to members.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from itertools import chain
 from typing import Protocol
 
+from stock_gateway.market_data.finnhub_wire import newest_per_symbol
 from stock_gateway.market_data.model import Trade
 from stock_gateway.protocol import Frame
 
@@ -23,8 +33,12 @@ class TradeDialect(Protocol):
 
     name: str
 
-    def trades(self, trades: Sequence[Trade]) -> Frame:
-        """One upstream message's trades for one client, in upstream order."""
+    def encode(self, trade: Trade) -> bytes:
+        """One trade, encoded once per upstream message for every frame it goes into."""
+        ...
+
+    def trades(self, encoded: Sequence[bytes]) -> Frame:
+        """One upstream message's trades for one client (`encode`d), in upstream order."""
         ...
 
     def error(self, message: str) -> Frame:
@@ -37,6 +51,7 @@ class TradeFollower(Protocol):
 
     symbols: set[str]
     trade_group: TradeGroup | None
+    address: str  # whose count of symbol sets its group is in
 
     def send(self, frame: Frame) -> None: ...
 
@@ -57,6 +72,8 @@ class TradeGroups:
         self._groups: dict[GroupKey, TradeGroup] = {}
         self._by_symbol: dict[str, set[TradeGroup]] = {}
         self._followers: dict[str, int] = {}  # symbol -> clients following its trades
+        # address -> its groups -> how many of its members are in each
+        self._by_address: dict[str, dict[TradeGroup, int]] = {}
 
     def __bool__(self) -> bool:
         """True while any client follows raw trades."""
@@ -64,6 +81,25 @@ class TradeGroups:
 
     def followers_of(self, symbol: str) -> int:
         return self._followers.get(symbol, 0)
+
+    def sets_of(self, address: str) -> int:
+        """Distinct symbol sets the clients of `address` follow (groups it is in)."""
+        return len(self._by_address.get(address, ()))
+
+    def would_add_set(
+        self, member: TradeFollower, dialect: TradeDialect, symbols: set[str]
+    ) -> bool:
+        """True if `member` following `symbols` would put its address in one more group:
+        a set no client of its address follows yet, while its present group keeps
+        another client of its address (or it has none)."""
+        if not symbols:
+            return False
+        held = self._by_address.get(member.address, {})
+        group = self._groups.get((dialect, frozenset(symbols)))
+        if group is not None and group in held:
+            return False
+        old = member.trade_group
+        return old is None or held.get(old, 0) > 1
 
     def place(self, member: TradeFollower, dialect: TradeDialect) -> None:
         """Put `member` in the group its dialect and symbols call for (none if it holds
@@ -82,6 +118,8 @@ class TradeGroups:
                 self._by_symbol.setdefault(symbol, set()).add(group)
         group.members.add(member)
         member.trade_group = group
+        held = self._by_address.setdefault(member.address, {})
+        held[group] = held.get(group, 0) + 1
         for symbol in key[1]:
             self._followers[symbol] = self._followers.get(symbol, 0) + 1
 
@@ -91,6 +129,13 @@ class TradeGroups:
             return
         member.trade_group = None
         group.members.discard(member)
+        held = self._by_address[member.address]
+        if held[group] > 1:
+            held[group] -= 1
+        elif len(held) > 1:
+            del held[group]
+        else:
+            del self._by_address[member.address]
         for symbol in group.key[1]:
             left = self._followers[symbol] - 1
             if left:
@@ -107,19 +152,43 @@ class TradeGroups:
                 del self._by_symbol[symbol]
 
     def deliver(self, trades: Sequence[Trade]) -> int:
-        """One upstream message's trades to every group that follows any of them; returns
-        how many frames were offered."""
+        """One upstream message's trades to every group that follows any of them, at
+        once; returns how many frames were offered."""
+        return sum(len(group.members) for group, _ in self._offers(trades))
+
+    def deliveries(self, trades: Sequence[Trade]) -> Iterator[int]:
+        """The same, group by group: after each group, the work it took (trades encoded
+        plus frames offered), for the caller to yield to the event loop between slices.
+        Groups that empty meanwhile are skipped; a member that moves meanwhile gets
+        this message's trades or not, as a `/ws` client subscribing mid-message does."""
+        for group, encoded in self._offers(trades):
+            yield encoded + len(group.members)
+
+    def _offers(self, trades: Sequence[Trade]) -> Iterator[tuple[TradeGroup, int]]:
+        if not trades or not self._groups:
+            return
+        kept, _ = newest_per_symbol(list(trades))  # as /ws: the newest of each symbol
+        positions: dict[str, list[int]] = {}  # symbol -> where its trades are in `kept`
+        for index, trade in enumerate(kept):
+            positions.setdefault(trade.symbol, []).append(index)
+        encoded: dict[TradeDialect, list[bytes]] = {}
         groups: set[TradeGroup] = set()
-        for symbol in {trade.symbol for trade in trades}:
+        for symbol in positions:
             groups |= self._by_symbol.get(symbol, _NONE)
-        offered = 0
         for group in groups:
+            if not group.members:
+                continue  # left while the broadcaster yielded
             dialect, symbols = group.key
-            frame = dialect.trades([trade for trade in trades if trade.symbol in symbols])
-            for member in group.members:
+            items = encoded.get(dialect)
+            if items is None:  # each trade encoded once per dialect, joined per group
+                items = encoded[dialect] = [dialect.encode(trade) for trade in kept]
+            wanted = [positions[symbol] for symbol in symbols if symbol in positions]
+            # Upstream order across the group's symbols (each list is in order already).
+            picked = wanted[0] if len(wanted) == 1 else sorted(chain.from_iterable(wanted))
+            frame = dialect.trades([items[index] for index in picked])
+            for member in list(group.members):
                 member.send(frame)
-            offered += len(group.members)
-        return offered
+            yield group, len(picked)
 
 
 _NONE: set[TradeGroup] = set()

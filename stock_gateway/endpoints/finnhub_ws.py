@@ -4,9 +4,13 @@ of them on the gateway's one upstream socket.
 
 In: `{"type":"subscribe","symbol":"AAPL"}` and `{"type":"unsubscribe","symbol":"AAPL"}`.
 Out: for each upstream message, one `{"type":"trade","data":[{"s","p","t","v","c"},...]}`
-with this client's trades of it in upstream order, each as Finnhub sent it;
+with this client's trades of it in upstream order, each as Finnhub sent it (of each
+symbol the newest 100, as `/ws` bounds its updates: delivery/trade_groups.py);
 `{"type":"ping"}` every `HEARTBEAT_INTERVAL`; `{"type":"error","msg":"..."}` for a
-refused request, after which the connection stays open. Nothing of the gateway's own
+refused request, after which the connection stays open; among them a subscribe or
+unsubscribe that would give the client's address more than
+`MAX_SYMBOL_SETS_PER_ADDRESS` distinct symbol sets (each is one frame built per upstream
+message). Nothing of the gateway's own
 protocol, and nothing Finnhub sent but trades, ever reaches these clients.
 
 Everything else is shared with `/ws`: admission (Origin, per-address and per-user
@@ -37,7 +41,7 @@ from stock_gateway.access.token_session import ClientAuth
 from stock_gateway.delivery.outbox import ClientConnection
 from stock_gateway.endpoints.ws_io import AsgiClientSocket, Ended, FastPath, RequestReader
 from stock_gateway.endpoints.ws_session import close_with, open_socket
-from stock_gateway.market_data.finnhub_wire import encode_trade_message
+from stock_gateway.market_data.finnhub_wire import encode_trade, trade_message
 from stock_gateway.market_data.model import Trade
 from stock_gateway.protocol import CLOSE_TOKEN_EXPIRED, Frame, ProtocolError
 from stock_gateway.runtime.logs import get_logger
@@ -52,8 +56,11 @@ class FinnhubDialect:
 
     name = "finnhub"
 
-    def trades(self, trades: Sequence[Trade]) -> Frame:
-        return Frame(encode_trade_message(trades), "trade")
+    def encode(self, trade: Trade) -> bytes:
+        return encode_trade(trade)
+
+    def trades(self, encoded: Sequence[bytes]) -> Frame:
+        return Frame(trade_message(encoded), "trade")
 
     def error(self, message: str) -> Frame:
         return Frame(orjson.dumps({"type": "error", "msg": message}), "error")
@@ -164,7 +171,32 @@ class FinnhubSessions:
         symbol = protocol.normalize_symbol(raw)
         if symbol is None:
             client.send(FINNHUB.error(f"Invalid symbol {raw[:40]}"))
+            return
+        if symbol in client.symbols and kind == "subscribe":
+            return  # held already: the same set (no new one to count)
+        if symbol not in client.symbols and kind == "unsubscribe":
+            return
+        refusal = self._set_refusal(client, kind, symbol)
+        if refusal is not None:
+            client.send(FINNHUB.error(refusal))
         elif kind == "subscribe":
             self._hub.subscribe(client, [symbol])
         else:
             self._hub.unsubscribe(client, [symbol])
+
+    def _set_refusal(self, client: ClientConnection, kind: str, symbol: str) -> str | None:
+        """Why the symbol set the request leads to is refused: one more set for the
+        client's address over MAX_SYMBOL_SETS_PER_ADDRESS. Each distinct set is one frame
+        encoded per upstream message, so an address splitting its clients over many sets
+        would multiply the gateway's work; an unsubscribe that would is refused too (the
+        client keeps the symbol), or subscribing all and dropping one each would evade it."""
+        after = client.symbols | {symbol} if kind == "subscribe" else client.symbols - {symbol}
+        trades, limit = self._hub.trades, self._settings.max_symbol_sets_per_address
+        if trades.sets_of(client.address) < limit or not trades.would_add_set(
+            client, FINNHUB, after
+        ):
+            return None
+        return (
+            f"too many distinct symbol sets from your address (at most {limit}); "
+            f"{kind} refused: {symbol}"
+        )

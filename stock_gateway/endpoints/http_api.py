@@ -26,7 +26,6 @@ from stock_gateway.access.refusal import Refusal
 from stock_gateway.bars.book import INTERVALS
 from stock_gateway.bars.history import candles
 from stock_gateway.bars.store import MAX_READ
-from stock_gateway.delivery.stats import ClientCounts
 from stock_gateway.endpoints import docs
 from stock_gateway.market_data.quotes import QuoteUnavailable
 from stock_gateway.settings import Settings
@@ -65,9 +64,10 @@ class HttpApi:
         )
 
     async def health(self, request: Request) -> JSONResponse:
+        """Counters kept as things change, never a look at each client: its cost does
+        not grow with the clients, which is why it is not paced (endpoints/request_rate.py)."""
         running = self._running()
         hub, counters = running.hub, running.upstream.counters
-        counts = ClientCounts.of(hub.clients)
         down = running.supervisor.down
         market = hub.market_status
         body: dict[str, object] = {
@@ -77,8 +77,8 @@ class HttpApi:
             "market": market.as_dict() if market is not None else None,
             "demo": self._settings.demo,
             "clients": hub.client_count,
-            "clients_fast_path": counts.fast_path,
-            "clients_by_dialect": counts.by_dialect,
+            "clients_fast_path": hub.stats.clients_fast_path,
+            "clients_by_dialect": dict(hub.stats.clients_by_dialect),
             "auth": self._settings.auth_mode,
             "users": running.admission.users,
             "refusals": dict(sorted(running.admission.refused.items())),

@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 
 from hub import Hub
 from stock_gateway.access.admission import Admission
-from stock_gateway.delivery.stats import ClientCounts
+from stock_gateway.delivery.stats import send_queue_bytes
 from stock_gateway.market_data.finnhub_rest import REST_STATES, FinnhubRest
 from stock_gateway.market_data.model import UPSTREAM_STATES
 from stock_gateway.market_data.rest_mirror import RestMirror
@@ -116,13 +116,12 @@ class GatewayCollector(Collector):
             return
         hub, counters = running.hub, running.upstream.counters
         yield _gauge("gateway_clients", hub.client_count)
-        counts = ClientCounts.of(hub.clients)
-        yield _gauge("gateway_clients_fast_path", counts.fast_path)
+        yield _gauge("gateway_clients_fast_path", hub.stats.clients_fast_path)
         dialects = GaugeMetricFamily(
             "gateway_clients_by_dialect", METRICS["gateway_clients_by_dialect"], labels=["dialect"]
         )
         for dialect in DIALECTS:
-            dialects.add_metric([dialect], counts.by_dialect.get(dialect, 0))
+            dialects.add_metric([dialect], hub.stats.clients_by_dialect.get(dialect, 0))
         yield dialects
         yield _gauge("gateway_authenticated_users", running.admission.users)
         yield _gauge("gateway_upstream_symbols", len(hub.symbols()))
@@ -135,7 +134,7 @@ class GatewayCollector(Collector):
             state.add_metric([state_name], 1.0 if hub.upstream_state == state_name else 0.0)
         yield state
         yield _gauge("gateway_core_tasks_down", len(running.supervisor.down))
-        yield _gauge("gateway_client_send_queue_bytes", counts.send_queue_bytes)
+        yield _gauge("gateway_client_send_queue_bytes", send_queue_bytes(hub.clients))
         yield _gauge("gateway_upstream_lingering_symbols", len(hub.capacity.lingering))
         refusals = CounterMetricFamily(
             "gateway_refusals", METRICS["gateway_refusals_total"], labels=["reason"]

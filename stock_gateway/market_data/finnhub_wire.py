@@ -118,18 +118,27 @@ def _conditions(item: dict[str, Any]) -> Conditions:
 def encode_trade_message(trades: Sequence[Trade]) -> bytes:
     """Trades as Finnhub sends them: `{"type":"trade","data":[{"s","p","t","v","c"}]}`,
     in the order given, `c` as it came (a list, `null`, or left out)."""
-    data: list[dict[str, Any]] = []
-    for trade in trades:
-        item: dict[str, Any] = {
-            "s": trade.symbol,
-            "p": trade.price,
-            "t": trade.timestamp,
-            "v": trade.volume,
-        }
-        if trade.conditions is not NOT_SENT:
-            item["c"] = trade.conditions
-        data.append(item)
-    return orjson.dumps({"type": "trade", "data": data})
+    return trade_message([encode_trade(trade) for trade in trades])
+
+
+def encode_trade(trade: Trade) -> bytes:
+    """One trade as an item of a trade message's `data`: encoded once per upstream
+    message, however many clients' frames it goes into."""
+    item: dict[str, Any] = {
+        "s": trade.symbol,
+        "p": trade.price,
+        "t": trade.timestamp,
+        "v": trade.volume,
+    }
+    if trade.conditions is not NOT_SENT:
+        item["c"] = trade.conditions
+    return orjson.dumps(item)
+
+
+def trade_message(items: Sequence[bytes]) -> bytes:
+    """A trade message of encoded trades (`encode_trade`), in the order given: the same
+    bytes `orjson.dumps` makes of the whole message."""
+    return b'{"type":"trade","data":[' + b",".join(items) + b"]}"
 
 
 # Price updates delivered per symbol from one upstream message: the newest ones
