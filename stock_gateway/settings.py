@@ -132,6 +132,9 @@ class Settings:
     max_upstream_symbols: int = setting(50, minimum=1)
     # Symbols one address (or user) may hold, one that n owners hold counting 1/n.
     max_symbols_per_address: int = setting(10, minimum=1)
+    # Symbols one address (or user) may make the gateway start carrying an hour: each is
+    # recorded for months (docs/bars.md), so rotating through new ones is bounded.
+    new_symbols_per_address: int = setting(60, minimum=1)
     # Only these symbols or fnmatch patterns (comma-separated, or @/path/to/file with one
     # per line); empty: any valid symbol.
     symbols_allowed: str = setting("")

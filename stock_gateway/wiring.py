@@ -119,6 +119,7 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
         wanted,
         max_symbols=settings.max_upstream_symbols,
         max_per_owner=settings.max_symbols_per_address,
+        new_per_owner_hour=settings.new_symbols_per_address,
         allowed=SymbolPatterns.from_setting(settings.symbols_allowed),
         linger=settings.symbol_linger_seconds,
         reject_for=settings.rejected_symbol_seconds,
