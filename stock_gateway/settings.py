@@ -149,6 +149,8 @@ class Settings:
     # Bytes of bar history sent per minute to one client, and to one address (or user).
     history_bytes_per_client: int = setting(8_388_608, minimum=1)
     history_bytes_per_address: int = setting(33_554_432, minimum=1)
+    # ... and read over HTTP (GET /bars, /api/v1/stock/candle) by all clients together.
+    history_read_bytes_per_minute: int = setting(67_108_864, minimum=1)
     # Where bars are kept (docs/bars.md "Stored bars"): memory://, sqlite:///<path>,
     # postgresql://...; unset: sqlite:///data/bars.sqlite3 in one process, Redis's
     # bounded history on a cluster (where sqlite:// is refused and the leader writes a

@@ -200,7 +200,11 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
         holds,
         aggregating=aggregating,
         history_ready=mirrored.wait_loaded if mirrored is not None else None,
-        budget=HistoryBudget(settings.history_bytes_per_client, settings.history_bytes_per_address),
+        budget=HistoryBudget(
+            settings.history_bytes_per_client,
+            settings.history_bytes_per_address,
+            settings.history_read_bytes_per_minute,
+        ),
         recorder=recorder,
         history=settings.bar_history,
     )
