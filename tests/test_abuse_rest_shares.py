@@ -13,46 +13,12 @@ import math
 import aiohttp
 import pytest
 
+from bench.spend_attacks import HELD, spend
 from stock_gateway.market_data.rest_shares import rest_shares
 from stock_gateway.settings import ConfigError, Settings
 from tests.helpers import Client, Market, run_gateway, settings_for
 
 PLAN = 30  # calls a minute: the gateway allows itself 29
-HELD = ["AAPL", "MSFT", "NVDA", "AMZN", "GOOGL", "META"]  # symbols with a quote to fetch
-
-
-async def spend(
-    base_url: str, local: str, serial: itertools.count[int], refused: dict[str, asyncio.Event]
-) -> None:
-    """One attacker address: a new one-off lookup and a new forwarded call (nothing
-    cached, nothing shared) ten times a second each, whatever the answers; `refused`
-    ("quote", "api") is set at the first refusal of each: the address has spent it all."""
-    connector = aiohttp.TCPConnector(local_addr=(local, 0), limit=0)
-    async with aiohttp.ClientSession(connector=connector) as session:
-
-        async def get(path: str) -> None:
-            async with session.get(base_url + path) as response:
-                await response.read()
-                if response.status in (429, 503):
-                    refused[path.split("/")[1]].set()
-
-        calls: set[asyncio.Task[None]] = set()
-        try:
-            while True:
-                n = next(serial)
-                for path in (
-                    f"/quote/ZZQ{n}",
-                    f"/api/v1/company-news?symbol=AAPL&from=2024-01-01&to=2024-01-02&n={n}",
-                ):
-                    call = asyncio.create_task(get(path))
-                    calls.add(call)
-                    call.add_done_callback(calls.discard)
-                await asyncio.sleep(0.1)  # the attack's own pace
-        finally:
-            for call in calls:
-                call.cancel()
-            if calls:
-                await asyncio.wait(calls)
 
 
 async def quotes_for(client: Client, symbols: list[str]) -> dict[str, float]:
