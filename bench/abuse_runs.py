@@ -36,6 +36,7 @@ from bench.attacks import (
 from bench.bar_attacks import measured_bar_attack
 from bench.config import Config
 from bench.dialect_attacks import finnhub_symbol_sets, health_with_idle_clients
+from bench.spend_attacks import OWN_RIG_ATTACKS, measured_own_rig_attack
 from bench.stuck import open_never_reading_client
 
 Attack = Callable[[AbuseRig, float], Coroutine[Any, Any, dict[str, Any]]]
@@ -311,6 +312,8 @@ async def abuse(config: Config) -> list[dict[str, Any]]:
     for name, (kind, count) in BAR_ATTACKS.items():
         measured = await measured_bar_attack(kind, count, config.abuse_seconds, {})
         rows.append({**measured, "attack": name})
+    for name in OWN_RIG_ATTACKS:  # bench/spend_attacks.py: the REST budget, the store
+        rows.append(await measured_own_rig_attack(name, config.abuse_seconds))
     return rows
 
 

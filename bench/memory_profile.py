@@ -55,6 +55,7 @@ async def profile(clients: int, top: int) -> None:
             address_handshake_rate=1e6,
             address_handshake_burst=1_000_000,
             max_symbols_per_address=1_000_000,
+            new_symbols_per_address=1_000_000,
         )
         config = uvicorn.Config(
             create_app(settings), host="127.0.0.1", port=port, lifespan="on",

@@ -199,6 +199,7 @@ async def stack(
                     "MAX_UPSTREAM_SYMBOLS": "100000",
                     "MAX_CLIENTS": "100000",
                     "MAX_SYMBOLS_PER_ADDRESS": "100000",
+                    "NEW_SYMBOLS_PER_ADDRESS": "100000",
                     "MAX_CONNECTIONS_PER_ADDRESS": "100000",
                     "ADDRESS_HANDSHAKE_RATE": "100000",
                     "ADDRESS_HANDSHAKE_BURST": "100000",

@@ -81,9 +81,11 @@ class Settings:
     quote_requests_per_address: float = setting(20.0, minimum=1)  # quote fetches/min
     # Seconds a symbol Finnhub has no quote for (junk) is remembered as such.
     quote_unknown_ttl: float = setting(3600.0, minimum=0)
-    # The share of FINNHUB_REST_RATE one-off GET /quote lookups (symbols nobody
-    # subscribes to) may spend a minute; subscribers keep the rest.
-    quote_lookup_share: float = setting(0.5, minimum=0.01, maximum=1)
+    # The shares of the usable REST rate (market_data/rest_shares.py): one-off GET /quote
+    # lookups (symbols nobody subscribes to) may spend QUOTE_LOOKUP_SHARE a minute, and
+    # at least QUOTE_SUBSCRIBER_SHARE is kept for the quotes of symbols clients hold.
+    quote_lookup_share: float = setting(0.3, minimum=0.01, maximum=1)
+    quote_subscriber_share: float = setting(0.2, minimum=0, maximum=1)
     market_exchange: str = setting("US")
     market_status_interval: float = setting(120.0, minimum=0.5)  # seconds between polls
     # -- the REST mirror, GET /api/v1/... for Finnhub's clients (docs/finnhub.md) -------
@@ -94,7 +96,7 @@ class Settings:
     )  # fmt: skip
     finnhub_rest_cache_bytes: int = setting(16_777_216, minimum=0)  # answers kept, in bytes
     finnhub_rest_wait: float = setting(10.0, minimum=0.1)  # seconds a call waits at most
-    # The share of FINNHUB_REST_RATE forwarded calls may spend in any 60 s.
+    # The share of the usable REST rate forwarded calls may spend in any 60 s.
     finnhub_rest_share: float = setting(0.5, minimum=0.01, maximum=1)
     finnhub_rest_requests_per_address: float = setting(20.0, minimum=1)  # uncached calls/min
     # -- serving -----------------------------------------------------------------------
@@ -133,6 +135,9 @@ class Settings:
     # Distinct symbol sets the Finnhub-dialect (`/`) clients of one address may follow at
     # once: each is one frame encoded per upstream message.
     max_symbol_sets_per_address: int = setting(32, minimum=1)
+    # Symbols one address (or user) may make the gateway start carrying an hour: each is
+    # recorded for months (docs/bars.md), so rotating through new ones is bounded.
+    new_symbols_per_address: int = setting(60, minimum=1)
     # Only these symbols or fnmatch patterns (comma-separated, or @/path/to/file with one
     # per line); empty: any valid symbol.
     symbols_allowed: str = setting("")
@@ -147,6 +152,8 @@ class Settings:
     # Bytes of bar history sent per minute to one client, and to one address (or user).
     history_bytes_per_client: int = setting(8_388_608, minimum=1)
     history_bytes_per_address: int = setting(33_554_432, minimum=1)
+    # ... and read over HTTP (GET /bars, /api/v1/stock/candle) by all clients together.
+    history_read_bytes_per_minute: int = setting(67_108_864, minimum=1)
     # Where bars are kept (docs/bars.md "Stored bars"): memory://, sqlite:///<path>,
     # postgresql://...; unset: sqlite:///data/bars.sqlite3 in one process, Redis's
     # bounded history on a cluster (where sqlite:// is refused and the leader writes a
@@ -222,6 +229,14 @@ class Settings:
         if self.max_batch_bytes > self.max_unread_output // 2:
             # A batch is written whole: past the unread-output limit it would cut readers.
             raise ConfigError("MAX_BATCH_BYTES must be at most half of MAX_UNREAD_OUTPUT")
+        shares = self.quote_lookup_share + self.finnhub_rest_share + self.quote_subscriber_share
+        if shares > 1 + 1e-9:
+            # Together they would promise more calls than the plan has: the first two
+            # would take what subscribers' quotes were promised.
+            raise ConfigError(
+                "QUOTE_LOOKUP_SHARE + FINNHUB_REST_SHARE + QUOTE_SUBSCRIBER_SHARE must be at "
+                f"most 1; got {shares:g}"
+            )
         if self.bar_grace > 1:
             raise ConfigError(f"BAR_GRACE must be at most 1 (second); got {self.bar_grace}")
         if self.redis_url and self.bar_store_url.startswith("sqlite:"):

@@ -47,12 +47,12 @@ from stock_gateway.market_data.finnhub_rest import (
     CallBudget,
     FinnhubRest,
     SlidingWindowBudget,
-    usable_rate,
 )
 from stock_gateway.market_data.market_watch import MarketWatch
 from stock_gateway.market_data.model import SymbolInterest
 from stock_gateway.market_data.quotes import QuoteService, QuoteSource
 from stock_gateway.market_data.rest_mirror import MemoryResponseCache, ResponseCache, RestMirror
+from stock_gateway.market_data.rest_shares import rest_shares
 from stock_gateway.market_data.upstream import Upstream
 from stock_gateway.relay.base import Relay
 from stock_gateway.relay.local import LocalRelay
@@ -118,6 +118,7 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
         wanted,
         max_symbols=settings.max_upstream_symbols,
         max_per_owner=settings.max_symbols_per_address,
+        new_per_owner_hour=settings.new_symbols_per_address,
         allowed=SymbolPatterns.from_setting(settings.symbols_allowed),
         linger=settings.symbol_linger_seconds,
         reject_for=settings.rejected_symbol_seconds,
@@ -141,11 +142,11 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
 
     # Finnhub's REST API within the key's budget (shared through Redis on a cluster),
     # a margin under the plan.
-    plan = settings.finnhub_rest_rate
+    shares = rest_shares(settings)  # who may spend how much of it
     budget: CallBudget = (
-        SlidingWindowBudget(usable_rate(plan), slack=WINDOW_SLACK)
+        SlidingWindowBudget(shares.usable, slack=WINDOW_SLACK)
         if link is None
-        else RedisBudget(link.client, link.key("rest-calls"), usable_rate(plan), slack=WINDOW_SLACK)
+        else RedisBudget(link.client, link.key("rest-calls"), shares.usable, slack=WINDOW_SLACK)
     )
     rest = await stack.enter_async_context(FinnhubRest(rest_url, key, budget))
     source: QuoteSource = (
@@ -165,8 +166,8 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
         ttl=settings.quote_ttl,
         wait=settings.quote_wait,
         unknown_ttl=settings.quote_unknown_ttl,
-        lookups_per_minute=int(settings.quote_lookup_share * plan),
-        refreshes_per_minute=plan // 4,  # a session change's refreshes: a quarter of the plan
+        lookups_per_minute=shares.lookups,
+        refreshes_per_minute=shares.refreshes,
     )
     # The REST mirror's forwarded calls (GET /api/v1/...): their answers are kept in
     # this process, or on a cluster in Redis beside the budget.
@@ -175,14 +176,14 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
         if link is None
         else RedisResponseCache(link.client, link.key, settings.finnhub_rest_cache_bytes)
     )
-    per_address = settings.finnhub_rest_requests_per_address
+    per_address = shares.forwarded_per_address
     rest_mirror = RestMirror(
         rest,
         answers,
         Allowances(per_address / 60, per_address),
         allowed=settings.finnhub_rest_allow,
         wait=settings.finnhub_rest_wait,
-        calls_per_minute=int(settings.finnhub_rest_share * plan),
+        calls_per_minute=shares.forwarded,
     )
     stack.push_async_callback(rest_mirror.aclose)  # before the REST client closes
 
@@ -198,7 +199,11 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
         holds,
         aggregating=aggregating,
         history_ready=mirrored.wait_loaded if mirrored is not None else None,
-        budget=HistoryBudget(settings.history_bytes_per_client, settings.history_bytes_per_address),
+        budget=HistoryBudget(
+            settings.history_bytes_per_client,
+            settings.history_bytes_per_address,
+            settings.history_read_bytes_per_minute,
+        ),
         recorder=recorder,
         history=settings.bar_history,
     )

@@ -67,6 +67,7 @@ def settings_for(market: Market, **overrides: Any) -> Settings:
         # their own tests (tests/test_abuse_*.py), which set them explicitly.
         symbol_linger_seconds=0,
         max_symbols_per_address=1000,
+        new_symbols_per_address=1_000_000,
         max_connections_per_address=100_000,
         address_handshake_rate=1e6,
         address_handshake_burst=1_000_000,

@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from bench.abuse_runs import ATTACKS, BAR_ATTACKS
+from bench.spend_attacks import OWN_RIG_ATTACKS
 from tests.postgres_server import postgres_bin
 
 pytestmark = pytest.mark.slow
@@ -48,7 +49,7 @@ async def test_quick_benchmark_runs_every_scenario(tmp_path: Path) -> None:
 
 async def test_quick_abuse_scenario_runs_every_attack(tmp_path: Path) -> None:
     rows = (await quick_run(tmp_path, "abuse"))[0]["abuse"]
-    attacks = [*ATTACKS, "after all", *BAR_ATTACKS]
+    attacks = [*ATTACKS, "after all", *BAR_ATTACKS, *OWN_RIG_ATTACKS]
     assert [row["attack"] for row in rows] == attacks
     after_all = rows[len(ATTACKS)]
     assert after_all["clients"] == 1  # every attacker gone, the bystander still there

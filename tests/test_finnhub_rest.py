@@ -274,15 +274,17 @@ async def test_an_address_has_its_quota_of_uncached_calls(market: Market) -> Non
 
 def small_plan(market: Market) -> Any:
     """A plan of 12 calls a minute (the gateway allows itself 11), Finnhub enforcing it
-    too; forwarded calls and quotes may each take all of it, and wait at most 2 s."""
+    too; forwarded calls and lookups may take all of it between them (half each, nothing
+    kept for subscribers), and wait at most 2 s."""
     market.simulator.rest_rate = 12
     return mirror(
         market,
         finnhub_rest_rate=12,
-        finnhub_rest_share=1.0,
+        finnhub_rest_share=0.5,
         finnhub_rest_wait=2.0,
         quote_wait=2.0,
-        quote_lookup_share=1.0,
+        quote_lookup_share=0.5,
+        quote_subscriber_share=0.0,
         finnhub_rest_requests_per_address=100,
         quote_requests_per_address=100,
     )

@@ -10,6 +10,12 @@ scarce resource. `UpstreamCapacity` keeps the upstream `SymbolInterest` and deci
   owners add up to the number of symbols held, so a party of k owners holds at most k
   shares whatever they do together (two addresses subscribing the same symbols in turn
   cannot fill the cap), while a popular symbol costs each of its holders little;
+- **new symbols** (`NEW_SYMBOLS_PER_ADDRESS` an hour): one owner may make the upstream
+  start carrying at most that many symbols it did not carry (nor let linger), a token
+  bucket per owner (access/allowances.py). Every symbol carried is recorded in the bar
+  store for months, so rotating through new symbols would otherwise grow the store
+  without bound (docs/bars.md says what the bound costs); joining a symbol already
+  carried is free;
 - **the allow-list** (`SYMBOLS_ALLOWED`, optional): symbols or `fnmatch` patterns;
 - **recent rejections**: a symbol Finnhub refused is released upstream at once and
   refused to everyone for `REJECTED_SYMBOL_SECONDS`;
@@ -28,6 +34,7 @@ import asyncio
 from collections import Counter
 from collections.abc import Callable
 
+from stock_gateway.access.allowances import Allowances
 from stock_gateway.access.entitlements import SymbolPatterns
 from stock_gateway.access.refusal import Refusal
 from stock_gateway.market_data.model import SymbolInterest
@@ -35,6 +42,7 @@ from stock_gateway.market_data.model import SymbolInterest
 # Charges are sums of 1/n in floating point: a share filled exactly (say 10 halves and
 # 5 whole symbols) must not be refused over a rounding error.
 CHARGE_TOLERANCE = 1e-9
+HOUR = 3600.0
 
 
 class UpstreamCapacity:
@@ -44,6 +52,7 @@ class UpstreamCapacity:
         *,
         max_symbols: int = 50,
         max_per_owner: int = 50,
+        new_per_owner_hour: int | None = None,
         allowed: SymbolPatterns | None = None,
         linger: float = 0.0,
         reject_for: float = 600.0,
@@ -55,6 +64,12 @@ class UpstreamCapacity:
         self.on_release = on_release
         self._max_symbols = max_symbols
         self._max_per_owner = max_per_owner
+        self._new_per_owner_hour = new_per_owner_hour
+        self._new_symbols = (
+            None
+            if new_per_owner_hour is None
+            else Allowances(new_per_owner_hour / HOUR, new_per_owner_hour)
+        )
         self._allowed = allowed
         self._linger = linger
         self._reject_for = reject_for
@@ -99,6 +114,16 @@ class UpstreamCapacity:
             )
         if holders is not None:
             return None  # carried already: sharing costs no upstream capacity
+        if symbol not in self.interest and self._new_symbols is not None:
+            wait = self._new_symbols.wait(owner, asyncio.get_running_loop().time())
+            if wait:
+                return Refusal(
+                    code="symbol_quota",
+                    reason=f"one address may make the gateway carry at most "
+                    f"{self._new_per_owner_hour} new symbols an hour (symbols nobody follows); "
+                    "try again later",
+                    retry_after=max(1, round(wait)),
+                )
         carried = len(self.interest)
         if symbol not in self.interest and carried >= self._max_symbols and not self._lingering:
             return Refusal(
@@ -116,6 +141,8 @@ class UpstreamCapacity:
             if timer is not None:
                 timer.cancel()  # back from lingering: already carried
             elif symbol not in self.interest:
+                if self._new_symbols is not None:  # refusal() said there was one to spend
+                    self._new_symbols.spend(owner, asyncio.get_running_loop().time(), 1)
                 if len(self.interest) >= self._max_symbols:
                     self._release(next(iter(self._lingering)))  # make room: oldest linger
                 self.interest.want(symbol)

@@ -32,12 +32,15 @@ from stock_gateway.access.holds import RefusedSymbols, SymbolHolds
 from stock_gateway.access.refusal import Refusal
 from stock_gateway.bars.book import INTERVALS, Bar, BarBook, BarEvent, Interval
 from stock_gateway.bars.history import HistoryFrames
+from stock_gateway.bars.intervals import INTERVAL_MS
 from stock_gateway.bars.recorder import BarRecorder
 from stock_gateway.delivery.outbox import ClientConnection
 from stock_gateway.market_data.model import Trade, UpstreamState
 
 BAR_CLOCK_SECONDS = 0.1  # how often closes and live updates are looked for
 TRADES_PER_SLICE = 5000  # trades counted between two yields to the event loop
+# A bar in Finnhub's candle shape over HTTP: six numbers and a flag, 50-62 bytes.
+ESTIMATED_BAR_BYTES = 56
 
 
 class BarDelivery:
@@ -202,24 +205,29 @@ class BarDelivery:
     ) -> bytes | Refusal:
         """A series (symbol, interval, start_ms, end_ms, limit) read over HTTP and
         encoded, its bytes charged to the history allowances as a `bars` message's are
-        (one owner's HTTP reads count as one client, beside its sockets). The size is
-        known once the answer is made, so it is charged then: an owner in debt is
-        refused until the debt is paid, and reads one answer at a time, so concurrent
-        requests cannot all pass on one allowance."""
+        (one owner's HTTP reads count as one client, beside its sockets), and to the
+        gateway's for all reads. The size is known once the answer is made, so it is
+        charged then; before the work an owner in debt is refused, an owner reads one
+        answer at a time, and the gateway's allowance must hold an estimate
+        (`read_estimate`, settled after), so many owners cannot read at once."""
         key = f"http {owner}"
-        refusal = None if self.budget is None else self.budget.charge(key, owner, 0)
-        if refusal is None and owner in self._reading:
-            refusal = Refusal("one bar read at a time per address or user", "rate_limited",
-                              retry_after=1)  # fmt: skip
-        if refusal is not None:
-            return refusal
+        if owner in self._reading:
+            return Refusal("one bar read at a time per address or user", "rate_limited",
+                           retry_after=1)  # fmt: skip
+        estimate = read_estimate(*series[1:])
+        if self.budget is not None:
+            refusal = self.budget.charge_read(key, owner, estimate)
+            if refusal is not None:
+                return refusal
         self._reading.add(owner)
+        size = 0  # a failed read costs nothing: the estimate is given back
         try:
             body = encode(await self.series(*series))
+            size = len(body)
         finally:
             self._reading.discard(owner)
-        if self.budget is not None:
-            self.budget.owe(key, owner, len(body))
+            if self.budget is not None:
+                self.budget.settle_read(key, owner, size, estimate)
         return body
 
     def upstream_state_changed(self, state: UpstreamState) -> None:
@@ -249,6 +257,13 @@ class BarDelivery:
         if self.recorder is not None:
             self.recorder.record(events)
         self.deliver(events)
+
+
+def read_estimate(interval: Interval, start_ms: int, end_ms: int, limit: int) -> int:
+    """The bytes a read of at most `limit` bars from [start_ms, end_ms) is charged before
+    it is made: as many bars as fit the span (or the limit), ESTIMATED_BAR_BYTES each."""
+    fits = (end_ms - start_ms) // INTERVAL_MS[interval] + 1
+    return ESTIMATED_BAR_BYTES * max(1, min(limit, fits))
 
 
 def _now_ms() -> int:

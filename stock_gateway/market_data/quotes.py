@@ -15,7 +15,8 @@ decided here, in this order:
 1. **a subscriber's ask**: a client subscribing (or `GET /quote` of a symbol some
    client subscribes to) goes ahead of everything else in the queue;
 2. **a one-off lookup** (`GET /quote` of a symbol nobody subscribes to): at most
-   `lookups_per_minute` (`QUOTE_LOOKUP_SHARE` of the plan) in any 60 s, more are
+   `lookups_per_minute` (`QUOTE_LOOKUP_SHARE` of the usable rate: rest_shares.py,
+   which keeps subscribers a share no lookup can take) in any 60 s, more are
    refused at once, so junk lookups can never take the budget from subscribers;
 3. **a refresh**: at a market-session change (`refresh`, a new trading day may have
    begun) every carried symbol whose quote is older than `QUOTE_TTL` is fetched again,

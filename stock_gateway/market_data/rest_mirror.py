@@ -15,8 +15,9 @@ one budget as little as possible:
   (cluster/rest.py); errors are never cached;
 - **who may spend**: a call that is neither cached nor in flight is charged to every
   owner named (a client's user and address, `FINNHUB_REST_REQUESTS_PER_ADDRESS` a minute
-  each), and forwarded calls together spend at most their share of the plan
-  (`FINNHUB_REST_SHARE`) in any 60 s, so quotes and the market status keep the rest;
+  each, at most a third of the share: rest_shares.py), and forwarded calls together
+  spend at most their share of the usable rate (`FINNHUB_REST_SHARE`) in any 60 s, so
+  quotes and the market status keep theirs;
   past either: `MirrorRefused` 429 at once. A call waits for the budget at most
   `FINNHUB_REST_WAIT` seconds, then 429 too: nothing is left hanging.
 
