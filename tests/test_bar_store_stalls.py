@@ -25,6 +25,7 @@ import pytest
 
 from stock_gateway.access.capacity import UpstreamCapacity
 from stock_gateway.access.holds import SymbolHolds
+from stock_gateway.bars import delivery as bars_delivery
 from stock_gateway.bars import recorder as recorder_module
 from stock_gateway.bars.book import Bar, BarBook, BarEvent
 from stock_gateway.bars.delivery import BarDelivery
@@ -271,10 +272,16 @@ async def test_a_corrupt_sqlite_file_starts_the_gateway_degraded_naming_the_repa
     assert (data / "bars.sqlite3").read_bytes() == b"not a database, " * 512  # left for repair
 
 
-async def test_trades_held_while_a_symbol_loads_count_after_its_stored_bars() -> None:
+async def test_trades_held_while_a_symbol_loads_count_after_its_stored_bars(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The feed's path never waits for the store: the trade is held, not counted, while
     the store's open bar is read; once it comes, the trade counts in that bar."""
-    start = now_ms() - now_ms() % 60_000
+    now = now_ms()
+    start = now - now % 60_000
+    # The book's clock half a minute in: the trade's 1s bar has closed (a revision to
+    # record), its 1m bar has not, whenever in the minute the test runs.
+    monkeypatch.setattr(bars_delivery, "_now_ms", lambda: start + 30_000)
     store = SlowStore(Bar.of(start, 10.0, 1.0, start))  # one trade, stored open
     recorder = BarRecorder(store, {})
     book = BarBook()

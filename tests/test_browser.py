@@ -132,7 +132,9 @@ async def test_demo_page_starts_with_symbols_and_remembers_the_visitors_list() -
 async def test_demo_mode_says_its_prices_are_simulated() -> None:
     async with playwright_api.async_playwright() as playwright:
         settings = replace(
-            settings_for(Market(MarketSimulator(), "unused")), demo=True, finnhub_api_key=""
+            settings_for(Market(MarketSimulator(), "ws://127.0.0.1:9")),
+            demo=True,
+            finnhub_api_key="",
         )
         browser = await playwright.chromium.launch(
             executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True

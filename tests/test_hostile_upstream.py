@@ -164,21 +164,24 @@ def assert_a_day_of(quote: dict[str, Any], prices: Sequence[float] = ()) -> None
 
 async def test_demo_quotes_agree_with_the_stream_for_every_symbol_it_streams() -> None:
     demo = replace(
-        settings_for(Market(MarketSimulator(), "unused")),
+        settings_for(Market(MarketSimulator(), "ws://127.0.0.1:9")),
         demo=True,
         finnhub_api_key="",
         rest_enabled=True,
         quote_ttl=0,  # every quote asked for is fetched: it must follow the stream
     )
     async with run_gateway(demo) as gateway:
-        for symbol in ("AAPL", "GOOG", "BINANCE:BTCUSDT", "OANDA:EUR_USD", "ZZNOSUCH"):
+        for symbol in ("AAPL", "GOOGL", "BINANCE:BTCUSDT", "OANDA:EUR_USD"):
             assert_a_day_of(await gateway.get_json(f"/quote/{symbol}"))
+        # A symbol the simulator neither knows nor streams has no quote, as on Finnhub.
+        async with gateway.session.get(gateway.base_url + "/quote/ZZNOSUCH") as response:
+            assert response.status == 404
         client: Client = await gateway.connect()
-        await client.send({"action": "subscribe", "symbols": ["GOOG"]})
+        await client.send({"action": "subscribe", "symbols": ["GOOGL"]})
         quote = await client.expect("quote", skip=("status", "market", "subscription"))
         streamed: list[float] = []
         while len(streamed) < 5:
             update = await client.expect("price_update", skip=("status", "market"))
             streamed.append(update["data"]["price"])
         assert_a_day_of(quote)
-        assert_a_day_of(await gateway.get_json("/quote/GOOG"), streamed)
+        assert_a_day_of(await gateway.get_json("/quote/GOOGL"), streamed)
