@@ -82,6 +82,8 @@ class QuoteDelivery:
         waiting = self._waiting.get(symbol)
         frame = protocol.quote_message(symbol, quote)
         for client in self._subscribers_of(symbol):
+            if client.trade_dialect is not None:
+                continue  # its dialect has no quotes (Finnhub's: trades only)
             if waiting is None or client not in waiting[1]:
                 client.send(frame)
 
