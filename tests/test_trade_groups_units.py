@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import orjson
 
 from hub import UpdateBatch
+from stock_gateway.delivery.finnhub_encoder import FINNHUB
 from stock_gateway.delivery.trade_groups import TradeGroup, TradeGroups
-from stock_gateway.endpoints.finnhub_ws import FINNHUB
 from stock_gateway.market_data.finnhub_wire import MAX_TRADES_PER_SYMBOL_PER_MESSAGE
 from stock_gateway.market_data.model import NOT_SENT, Conditions, Trade
 from stock_gateway.protocol import Frame

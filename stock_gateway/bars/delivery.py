@@ -99,7 +99,7 @@ class BarDelivery:
             charged[symbol] = cost
             client.bar_intervals.setdefault(symbol, set()).add(interval)
             added.append(symbol)
-        for error in refused.errors():
+        for error in client.encoder.refusals(refused.items()):
             client.send(error)
         held = [symbol for symbol in symbols if interval in client.bar_intervals.get(symbol, ())]
         if held:

@@ -23,27 +23,10 @@ from collections.abc import Iterator, Sequence
 from itertools import chain
 from typing import Protocol
 
+from stock_gateway.delivery.encoders import TradeFormat
 from stock_gateway.market_data.finnhub_wire import newest_per_symbol
 from stock_gateway.market_data.model import Trade
 from stock_gateway.protocol import Frame
-
-
-class TradeDialect(Protocol):
-    """How a dialect encodes what the hub sends its clients."""
-
-    name: str
-
-    def encode(self, trade: Trade) -> bytes:
-        """One trade, encoded once per upstream message for every frame it goes into."""
-        ...
-
-    def trades(self, encoded: Sequence[bytes]) -> Frame:
-        """One upstream message's trades for one client (`encode`d), in upstream order."""
-        ...
-
-    def error(self, message: str) -> Frame:
-        """A refusal (the connection stays open)."""
-        ...
 
 
 class TradeFollower(Protocol):
@@ -56,7 +39,7 @@ class TradeFollower(Protocol):
     def send(self, frame: Frame) -> None: ...
 
 
-GroupKey = tuple[TradeDialect, frozenset[str]]
+GroupKey = tuple[TradeFormat, frozenset[str]]
 
 
 class TradeGroup:
@@ -86,9 +69,7 @@ class TradeGroups:
         """Distinct symbol sets the clients of `address` follow (groups it is in)."""
         return len(self._by_address.get(address, ()))
 
-    def would_add_set(
-        self, member: TradeFollower, dialect: TradeDialect, symbols: set[str]
-    ) -> bool:
+    def would_add_set(self, member: TradeFollower, dialect: TradeFormat, symbols: set[str]) -> bool:
         """True if `member` following `symbols` would put its address in one more group:
         a set no client of its address follows yet, while its present group keeps
         another client of its address (or it has none)."""
@@ -101,10 +82,10 @@ class TradeGroups:
         old = member.trade_group
         return old is None or held.get(old, 0) > 1
 
-    def place(self, member: TradeFollower, dialect: TradeDialect) -> None:
+    def place(self, member: TradeFollower, dialect: TradeFormat | None) -> None:
         """Put `member` in the group its dialect and symbols call for (none if it holds
-        nothing)."""
-        key = (dialect, frozenset(member.symbols)) if member.symbols else None
+        nothing, or its dialect carries no raw trades)."""
+        key = (dialect, frozenset(member.symbols)) if member.symbols and dialect else None
         old = member.trade_group
         if old is not None and old.key == key:
             return
@@ -171,7 +152,7 @@ class TradeGroups:
         positions: dict[str, list[int]] = {}  # symbol -> where its trades are in `kept`
         for index, trade in enumerate(kept):
             positions.setdefault(trade.symbol, []).append(index)
-        encoded: dict[TradeDialect, list[bytes]] = {}
+        encoded: dict[TradeFormat, list[bytes]] = {}
         groups: set[TradeGroup] = set()
         for symbol in positions:
             groups |= self._by_symbol.get(symbol, _NONE)

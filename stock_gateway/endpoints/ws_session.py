@@ -35,6 +35,7 @@ from stock_gateway.access.entitlements import Entitlements
 from stock_gateway.access.refusal import Refusal
 from stock_gateway.access.token_session import ClientAuth
 from stock_gateway.access.tokens import AuthFailed
+from stock_gateway.delivery.encoders import WS
 from stock_gateway.delivery.outbox import ClientConnection
 from stock_gateway.endpoints.ws_io import AsgiClientSocket, Ended, FastPath, RequestReader
 from stock_gateway.endpoints.ws_requests import WsRequests, parse_client_message
@@ -157,6 +158,7 @@ class ClientSessions:
             async with hub.connect(
                 socket,
                 direct,
+                encoder=WS,
                 owner=admitted.owner,
                 address=admitted.address,
                 entitlements=admitted.entitlements,
