@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Literal, Protocol
 
 from stock_gateway import protocol
+from stock_gateway.bars.bar import BarEvent
+from stock_gateway.bars.intervals import Interval
 from stock_gateway.market_data.model import MarketStatus, Quote, Trade, UpstreamState
 from stock_gateway.protocol import DeliveryOptions, ErrorCode, Frame
 
@@ -67,7 +69,11 @@ class Encoder(Protocol):
 
     def market(self, status: MarketStatus) -> Frame | None: ...
 
-    def subscription(self, status: SubscriptionStatus, symbols: list[str]) -> Frame | None: ...
+    def subscription(
+        self, status: SubscriptionStatus, symbols: list[str], interval: Interval | None = None
+    ) -> Frame | None:
+        """Prices' confirmation, or with `interval` bars'."""
+        ...
 
     def refusals(self, refused: Refusals) -> list[Frame]: ...
 
@@ -78,6 +84,12 @@ class Encoder(Protocol):
         ...
 
     def quote(self, symbol: str, quote: Quote) -> Frame | None: ...
+
+    def history(self, bars: Frame) -> Frame | None:
+        """A series' history (`bars`: the gateway's `bars` message, shared)."""
+        ...
+
+    def bar(self, event: BarEvent) -> Frame | None: ...
 
     def quote_unavailable(self, symbol: str, retry_after: float) -> Frame | None: ...
 
@@ -120,8 +132,10 @@ class GatewayEncoder:
             self._market = (status, protocol.market_message(status))
         return self._market[1]
 
-    def subscription(self, status: SubscriptionStatus, symbols: list[str]) -> Frame:
-        return protocol.subscription_message(status, symbols)
+    def subscription(
+        self, status: SubscriptionStatus, symbols: list[str], interval: Interval | None = None
+    ) -> Frame:
+        return protocol.subscription_message(status, symbols, interval)
 
     def refusals(self, refused: Refusals) -> list[Frame]:
         return [
@@ -137,6 +151,12 @@ class GatewayEncoder:
 
     def quote(self, symbol: str, quote: Quote) -> Frame:
         return protocol.quote_message(symbol, quote)
+
+    def history(self, bars: Frame) -> Frame:
+        return bars
+
+    def bar(self, event: BarEvent) -> Frame:
+        return protocol.bar_message(event)
 
     def quote_unavailable(self, symbol: str, retry_after: float) -> Frame:
         return protocol.error_message(

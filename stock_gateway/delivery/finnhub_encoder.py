@@ -2,7 +2,7 @@
 (endpoints/finnhub_ws.py): Finnhub sends only `trade`, `ping` and `error`
 (docs/finnhub.md), so of the gateway's events only refusals are said, as Finnhub's
 `{"type":"error","msg":"..."}`; welcomes, statuses, market changes, confirmations,
-snapshots and quotes say nothing. Trades go out raw, as Finnhub sent them, in one
+snapshots, quotes and bars say nothing. Trades go out raw, as Finnhub sent them, in one
 `{"type":"trade","data":[...]}` per upstream message (delivery/trade_groups.py)."""
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 import orjson
 
+from stock_gateway.bars.bar import BarEvent
+from stock_gateway.bars.intervals import Interval
 from stock_gateway.delivery.encoders import Refusals, SubscriptionStatus, TradeFormat
 from stock_gateway.market_data.finnhub_wire import encode_trade, trade_message
 from stock_gateway.market_data.model import MarketStatus, Quote, Trade, UpstreamState
@@ -60,7 +62,9 @@ class FinnhubEncoder:
     def market(self, status: MarketStatus) -> None:
         return None
 
-    def subscription(self, status: SubscriptionStatus, symbols: list[str]) -> None:
+    def subscription(
+        self, status: SubscriptionStatus, symbols: list[str], interval: Interval | None = None
+    ) -> None:
         return None
 
     def options(self, options: DeliveryOptions) -> None:
@@ -73,6 +77,12 @@ class FinnhubEncoder:
         return None
 
     def quote_unavailable(self, symbol: str, retry_after: float) -> None:
+        return None
+
+    def history(self, bars: Frame) -> None:
+        return None
+
+    def bar(self, event: BarEvent) -> None:
         return None
 
     def upstream_error(self) -> None:
