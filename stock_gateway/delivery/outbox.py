@@ -29,9 +29,8 @@ from typing import Protocol
 from stock_gateway.access.entitlements import UNRESTRICTED, Entitlements
 from stock_gateway.bars.book import Interval
 from stock_gateway.delivery.encoders import Encoder
-from stock_gateway.delivery.pacing import DeliveryGroup, Outgoing
+from stock_gateway.delivery.pacing import Outgoing
 from stock_gateway.delivery.stats import FanoutStats
-from stock_gateway.delivery.trade_groups import TradeGroup
 from stock_gateway.protocol import (
     CLOSE_GRACE_SECONDS,
     CLOSE_TRY_AGAIN_LATER,
@@ -101,7 +100,6 @@ class ClientConnection:
         self.id = str(uuid.uuid4())
         # What its dialect says of each event (chosen by its endpoint): delivery/encoders.py.
         self.encoder = encoder
-        self.trade_group: TradeGroup | None = None  # set by the hub's TradeGroups
         self.owner = owner  # whose fair share of the upstream its symbols use
         self.address = address  # its address (or /64): quote fetches are charged to it too
         self.entitlements = entitlements  # a refreshed token may change them
@@ -125,7 +123,6 @@ class ClientConnection:
         self._writer_started = False
         self._stopped = False
         self.options = DeliveryOptions()
-        self.group: DeliveryGroup | None = None  # set by the hub's DeliveryGroups
         self._cork: list[bytes] | None = None
         self._corked = 0  # bytes in _cork
 

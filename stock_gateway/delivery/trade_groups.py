@@ -33,7 +33,6 @@ class TradeFollower(Protocol):
     """A client as its trade group sees it."""
 
     symbols: set[str]
-    trade_group: TradeGroup | None
     address: str  # whose count of symbol sets its group is in
 
     def send(self, frame: Frame) -> None: ...
@@ -55,6 +54,7 @@ class TradeGroups:
         self._groups: dict[GroupKey, TradeGroup] = {}
         self._by_symbol: dict[str, set[TradeGroup]] = {}
         self._followers: dict[str, int] = {}  # symbol -> clients following its trades
+        self._group_of: dict[TradeFollower, TradeGroup] = {}  # each follower's group
         # address -> its groups -> how many of its members are in each
         self._by_address: dict[str, dict[TradeGroup, int]] = {}
 
@@ -79,14 +79,14 @@ class TradeGroups:
         group = self._groups.get((dialect, frozenset(symbols)))
         if group is not None and group in held:
             return False
-        old = member.trade_group
+        old = self._group_of.get(member)
         return old is None or held.get(old, 0) > 1
 
     def place(self, member: TradeFollower, dialect: TradeFormat | None) -> None:
         """Put `member` in the group its dialect and symbols call for (none if it holds
         nothing, or its dialect carries no raw trades)."""
         key = (dialect, frozenset(member.symbols)) if member.symbols and dialect else None
-        old = member.trade_group
+        old = self._group_of.get(member)
         if old is not None and old.key == key:
             return
         self.remove(member)
@@ -98,17 +98,16 @@ class TradeGroups:
             for symbol in key[1]:
                 self._by_symbol.setdefault(symbol, set()).add(group)
         group.members.add(member)
-        member.trade_group = group
+        self._group_of[member] = group
         held = self._by_address.setdefault(member.address, {})
         held[group] = held.get(group, 0) + 1
         for symbol in key[1]:
             self._followers[symbol] = self._followers.get(symbol, 0) + 1
 
     def remove(self, member: TradeFollower) -> None:
-        group = member.trade_group
+        group = self._group_of.pop(member, None)
         if group is None:
             return
-        member.trade_group = None
         group.members.discard(member)
         held = self._by_address[member.address]
         if held[group] > 1:
