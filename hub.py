@@ -37,10 +37,11 @@ from stock_gateway.access.entitlements import UNRESTRICTED, Entitlements
 from stock_gateway.access.holds import RefusedSymbols, SymbolHolds
 from stock_gateway.bars.delivery import BarDelivery
 from stock_gateway.delivery.encoders import Encoder, send_each
-from stock_gateway.delivery.outbox import OUTBOX_BYTES, ClientConnection, ClientSocket, FrameWriter
+from stock_gateway.delivery.outbox import OUTBOX_BYTES, ClientConnection
 from stock_gateway.delivery.pacing import MAX_BATCH_BYTES, DeliveryClock, DeliveryGroups
 from stock_gateway.delivery.quotes import quote_delivery
 from stock_gateway.delivery.snapshots import LatestPrices
+from stock_gateway.delivery.sockets import ClientSocket, FrameWriter
 from stock_gateway.delivery.stats import FanoutStats
 from stock_gateway.delivery.trade_groups import TradeGroups
 from stock_gateway.market_data.model import MarketStatus, Trade, UpstreamState
@@ -196,7 +197,7 @@ class Hub:
             self._subscribers.setdefault(symbol, set()).add(client)
             if client.immediate:
                 self._immediate.setdefault(symbol, set()).add(client)
-            client.symbols.add(symbol)
+            client.hold(symbol)
             added.append(symbol)
         for frame in encoder.refusals(refused.items()):
             client.send(frame)
@@ -228,7 +229,7 @@ class Hub:
     def set_options(self, client: ClientConnection, options: DeliveryOptions) -> None:
         """The client's delivery from now on; confirmed with an `options` message."""
         was_immediate = client.immediate
-        client.options = options
+        client.set_options(options)
         if client.immediate != was_immediate:
             for symbol in client.symbols:  # from one by one to its group, or back
                 if was_immediate:
@@ -253,8 +254,7 @@ class Hub:
         for symbol in symbols:
             if symbol not in client.symbols:
                 continue
-            client.symbols.discard(symbol)
-            client.forget_pending(symbol)
+            client.release(symbol)
             subscribers = self._subscribers[symbol]
             subscribers.discard(client)
             if not subscribers:

@@ -99,7 +99,7 @@ class BarDelivery:
                 refused.add(refusal, symbol)
                 continue
             charged[symbol] = cost
-            client.bar_intervals.setdefault(symbol, set()).add(interval)
+            client.hold_bars(symbol, interval)
             added.append(symbol)
         for error in client.encoder.refusals(refused.items()):
             client.send(error)
@@ -157,12 +157,9 @@ class BarDelivery:
                 self._leave(client, symbol, interval)
 
     def _leave(self, client: ClientConnection, symbol: str, interval: Interval) -> None:
-        intervals = client.bar_intervals.get(symbol)
-        if intervals is None or interval not in intervals:
+        if interval not in client.bar_intervals.get(symbol, ()):
             return
-        intervals.discard(interval)
-        if not intervals:
-            del client.bar_intervals[symbol]
+        client.release_bars(symbol, interval)
         subscribers = self._subscribers.get((symbol, interval))
         if subscribers is not None:
             subscribers.discard(client)

@@ -24,12 +24,12 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import deque
-from typing import Protocol
 
 from stock_gateway.access.entitlements import UNRESTRICTED, Entitlements
 from stock_gateway.bars.book import Interval
 from stock_gateway.delivery.encoders import Encoder
 from stock_gateway.delivery.pacing import Outgoing
+from stock_gateway.delivery.sockets import ClientSocket, FrameWriter
 from stock_gateway.delivery.stats import FanoutStats
 from stock_gateway.protocol import (
     CLOSE_GRACE_SECONDS,
@@ -45,33 +45,6 @@ OUTBOX_BYTES = 4_194_304  # CLIENT_OUTBOX_BYTES' default: 256 frames of 16 KiB
 # Written at once from a backlog or a cork (more if one frame is larger): well below the
 # least MAX_UNREAD_OUTPUT, so a client that reads is never cut for what we wrote at once.
 WRITE_CHUNK_BYTES = 16_384
-
-
-class ClientSocket(Protocol):
-    """What the hub needs from a client's WebSocket; send and close raise ConnectionError."""
-
-    async def send(self, frame: Frame) -> None: ...
-
-    async def close(self, code: int, reason: str) -> None: ...
-
-    def abort(self) -> None: ...
-
-    def queued_bytes(self) -> int: ...
-
-
-class FrameWriter(Protocol):
-    """A client's socket as a byte stream we may write whole WebSocket frames to.
-
-    The fast path: writing a pre-built frame costs one buffered, non-blocking write,
-    with no task switch. `ready()` is false while the socket's send buffer is full or
-    the connection is closing; `wait_ready()` raises ConnectionError once it is gone.
-    """
-
-    def ready(self) -> bool: ...
-
-    def write(self, data: bytes) -> None: ...
-
-    async def wait_ready(self) -> None: ...
 
 
 class ClientConnection:
@@ -137,6 +110,32 @@ class ClientConnection:
         `price_update`s, not paced (a paced client gets them through its group, a
         dialect of raw trades through its trade group)."""
         return self.encoder.trade_format is None and not self.options.paced
+
+    # -- what it holds and how it is served: changed only here ----------------------------
+
+    def hold(self, symbol: str) -> None:
+        self.symbols.add(symbol)
+
+    def release(self, symbol: str) -> None:
+        self.symbols.discard(symbol)
+        self.forget_pending(symbol)
+
+    def hold_bars(self, symbol: str, interval: Interval) -> None:
+        self.bar_intervals.setdefault(symbol, set()).add(interval)
+
+    def release_bars(self, symbol: str, interval: Interval) -> None:
+        intervals = self.bar_intervals.get(symbol)
+        if intervals is not None:
+            intervals.discard(interval)
+            if not intervals:
+                del self.bar_intervals[symbol]
+
+    def set_options(self, options: DeliveryOptions) -> None:
+        self.options = options
+
+    def set_entitlements(self, entitlements: Entitlements) -> None:
+        """A refreshed token's (the session drops what they no longer allow)."""
+        self.entitlements = entitlements
 
     def wants(self, symbol: str) -> bool:
         """True while the client holds `symbol` for prices or bars."""

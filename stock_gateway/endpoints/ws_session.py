@@ -271,7 +271,7 @@ class ClientSessions:
         """A refreshed token's entitlements: symbols (prices or bars) it no longer allows,
         or over its cap, are dropped: `forbidden_symbol`, then the unsubscriptions."""
         hub = self._hub
-        client.entitlements = entitlements
+        client.set_entitlements(entitlements)
         cap = hub.holds.cap_for(entitlements)
         held = sorted(client.symbols | client.bar_intervals.keys())
         dropped = [symbol for symbol in held if not entitlements.allow(symbol)]
