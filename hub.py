@@ -11,8 +11,13 @@ The hub holds symbols for its clients through `SymbolHolds` (access/holds.py), w
 decides what the upstream carries; all of it synchronous code on the event loop, so no
 interleaving can make the counts wrong. The broadcaster yields to the event loop every
 few thousand hand-offs (raw trades' too), so one huge upstream message cannot freeze
-`/health` or the other sockets. Clients of a dialect that carries raw trades
-(Finnhub's) get those, in their dialect, and nothing else (delivery/trade_groups.py).
+`/health` or the other sockets.
+
+The hub never asks which dialect a client speaks: it hands each client's `Encoder`
+(delivery/encoders.py, chosen by its endpoint) the events (a welcome, a status, a market
+change, confirmations, refusals, snapshots), and the encoder says them in its dialect or
+drops them. Live prices go to each client the way its encoder takes them: the relay's
+`price_update` frames, or raw trades per group of clients (delivery/trade_groups.py).
 
 This module must never await a client's socket from the broadcaster, and never talks
 to the upstream except through the holds' `SymbolInterest`.
@@ -28,16 +33,17 @@ from dataclasses import dataclass, field
 from itertools import chain
 from typing import Protocol
 
-from stock_gateway import protocol
 from stock_gateway.access.entitlements import UNRESTRICTED, Entitlements
 from stock_gateway.access.holds import RefusedSymbols, SymbolHolds
 from stock_gateway.bars.delivery import BarDelivery
-from stock_gateway.delivery.outbox import OUTBOX_BYTES, ClientConnection, ClientSocket, FrameWriter
+from stock_gateway.delivery.encoders import Encoder, send_each
+from stock_gateway.delivery.outbox import OUTBOX_BYTES, ClientConnection
 from stock_gateway.delivery.pacing import MAX_BATCH_BYTES, DeliveryClock, DeliveryGroups
 from stock_gateway.delivery.quotes import quote_delivery
 from stock_gateway.delivery.snapshots import LatestPrices
+from stock_gateway.delivery.sockets import ClientSocket, FrameWriter
 from stock_gateway.delivery.stats import FanoutStats
-from stock_gateway.delivery.trade_groups import TradeDialect, TradeGroups
+from stock_gateway.delivery.trade_groups import TradeGroups
 from stock_gateway.market_data.model import MarketStatus, Trade, UpstreamState
 from stock_gateway.market_data.quotes import QuoteService
 from stock_gateway.protocol import DeliveryOptions, Frame
@@ -88,11 +94,10 @@ class Hub:
         self.bars = bars  # bar subscriptions, held through the same holds
         self.quotes = quotes
         self.market_status: MarketStatus | None = None
-        self._market: Frame | None = None  # the last market status message
         self._quote_delivery = quote_delivery(quotes, self.subscribers_of, latest)
         self.clock = DeliveryClock()  # one timer for every throttled or batched client
         self.groups = DeliveryGroups(self.clock, self._count_conflated, max_batch_bytes)
-        self.trades = TradeGroups()  # clients whose dialect takes raw trades
+        self.trades = TradeGroups()  # clients whose encoder takes raw trades
         self.upstream_state: UpstreamState = "connecting"
         self.capacity = holds.capacity
         self.interest = holds.capacity.interest
@@ -101,8 +106,8 @@ class Hub:
         self._slow_consumer_timeout = slow_consumer_timeout
         self._clients: set[ClientConnection] = set()
         self._subscribers: dict[str, set[ClientConnection]] = {}
-        # Who gets a symbol's updates how: default-protocol clients one by one, paced
-        # clients (throttled or batched) once per delivery group.
+        # Who gets a symbol's updates how: `immediate` clients one by one, paced clients
+        # (throttled or batched) once per delivery group, raw trades per trade group.
         self._immediate: dict[str, set[ClientConnection]] = {}
         self._latest = latest
         # Bounded: a stalled broadcaster pushes back on the upstream reader, never buffers.
@@ -138,17 +143,16 @@ class Hub:
     async def connect(
         self,
         socket: ClientSocket,
-        direct: FrameWriter | None = None,
+        direct: FrameWriter | None,
         *,
+        encoder: Encoder,
         owner: str = "-",
         address: str = "-",
         entitlements: Entitlements = UNRESTRICTED,
-        dialect: str = "ws",
-        trade_dialect: TradeDialect | None = None,
     ) -> AsyncIterator[ClientConnection]:
         """Register a client for the length of the block; leaving releases everything.
-        `owner` (its address, or its user) is whose fair share its symbols use. A client
-        with a `trade_dialect` gets raw trades in that dialect and nothing else."""
+        `owner` (its address, or its user) is whose fair share its symbols use; `encoder`
+        is its dialect."""
         client = ClientConnection(
             socket,
             self.stats,
@@ -159,14 +163,10 @@ class Hub:
             outbox_size=self._outbox_size,
             outbox_bytes=self._outbox_bytes,
             slow_consumer_timeout=self._slow_consumer_timeout,
-            dialect=trade_dialect.name if trade_dialect is not None else dialect,
-            trade_dialect=trade_dialect,
+            encoder=encoder,
         )
-        if trade_dialect is None:
-            client.send(protocol.connection_message(client.id))
-            client.send(protocol.status_message(self.upstream_state))
-            if self._market is not None:
-                client.send(self._market)
+        for frame in encoder.welcome(client.id, self.upstream_state, self.market_status):
+            client.send(frame)
         self._clients.add(client)
         self.stats.joined(client)  # /health's client counts, kept as they change
         try:
@@ -182,11 +182,11 @@ class Hub:
 
     def subscribe(self, client: ClientConnection, symbols: list[str]) -> None:
         """Add symbols (already validated) to a client within the limits, say what was
-        refused and why, confirm what it now holds of them, then send snapshots (a raw
-        trade dialect: only what was refused, in its own words)."""
+        refused and why, confirm what it now holds of them, then send snapshots and
+        quotes (each as far as its dialect says such things)."""
         added: list[str] = []
         refused = RefusedSymbols()
-        dialect = client.trade_dialect
+        encoder = client.encoder
         for symbol in symbols:
             if symbol in client.symbols:
                 continue
@@ -195,66 +195,66 @@ class Hub:
                 refused.add(refusal, symbol)
                 continue
             self._subscribers.setdefault(symbol, set()).add(client)
-            if dialect is None and not client.options.paced:
+            if client.immediate:
                 self._immediate.setdefault(symbol, set()).add(client)
-            client.symbols.add(symbol)
+            client.hold(symbol)
             added.append(symbol)
-        if dialect is not None:
-            for reason, names in refused.reasons():
-                client.send(dialect.error(f"{reason}; refused: {', '.join(names)}"))
-            self.trades.place(client, dialect)
-            return
-        for error in refused.errors():
-            client.send(error)
-        if added:
-            self.groups.place(client)  # a paced client's symbols changed: its group too
+        for frame in encoder.refusals(refused.items()):
+            client.send(frame)
+        if added:  # its symbols changed: its delivery or trade group too
+            self._regroup(client)
         held = [symbol for symbol in symbols if symbol in client.symbols]
-        if held:
-            client.send(protocol.subscription_message("subscribed", held))
+        if held and (confirmation := encoder.subscription("subscribed", held)) is not None:
+            client.send(confirmation)
         for symbol in added:
             snapshot = self._latest.get(symbol)
-            if snapshot is not None:
-                client.offer_snapshot(symbol, snapshot)
-            if self._quote_delivery is not None:
+            said = encoder.snapshot(snapshot) if snapshot is not None else None
+            if said is not None:
+                client.offer_snapshot(symbol, said)
+            if self._quote_delivery is not None and encoder.quotes:
                 self._quote_delivery.send(client, symbol, quiet=snapshot is not None)
+
+    def _regroup(self, client: ClientConnection) -> None:
+        self.groups.place(client)
+        self.trades.place(client, client.encoder.trade_format)
 
     def market_changed(self, status: MarketStatus) -> None:
         if status == self.market_status:
             return
         self.market_status = status
-        self._market = protocol.market_message(status)
-        for client in self._clients:
-            if client.trade_dialect is None:
-                client.send(self._market)
+        send_each(self._clients, lambda encoder: encoder.market(status))
         if self._quote_delivery is not None:  # perhaps a new day: new previous closes
             self._quote_delivery.refresh(self._subscribers.keys(), self.interest.symbols)
 
     def set_options(self, client: ClientConnection, options: DeliveryOptions) -> None:
         """The client's delivery from now on; confirmed with an `options` message."""
-        if options.paced != client.options.paced:
+        was_immediate = client.immediate
+        client.set_options(options)
+        if client.immediate != was_immediate:
             for symbol in client.symbols:  # from one by one to its group, or back
-                if options.paced:
+                if was_immediate:
                     self._immediate[symbol].discard(client)
                 else:
                     self._immediate.setdefault(symbol, set()).add(client)
-        client.options = options
         self.groups.place(client)
-        client.send(protocol.options_message(options))
+        confirmation = client.encoder.options(options)
+        if confirmation is not None:
+            client.send(confirmation)
 
     def _count_conflated(self) -> None:
         self.stats.conflated_updates += 1
 
     def unsubscribe(self, client: ClientConnection, symbols: list[str]) -> None:
         self._leave(client, symbols)
-        if client.trade_dialect is None:
-            client.send(protocol.subscription_message("unsubscribed", symbols))
+        confirmation = client.encoder.subscription("unsubscribed", symbols)
+        if confirmation is not None:
+            client.send(confirmation)
 
     def _leave(self, client: ClientConnection, symbols: Iterable[str]) -> None:
         for symbol in symbols:
             if symbol not in client.symbols:
                 continue
-            client.symbols.discard(symbol)
-            client.forget_pending(symbol)
+            client.release(symbol)
             subscribers = self._subscribers[symbol]
             subscribers.discard(client)
             if not subscribers:
@@ -265,9 +265,7 @@ class Hub:
                 if not immediate:
                     del self._immediate[symbol]
             self.holds.release(client, symbol)
-        self.groups.place(client)
-        if client.trade_dialect is not None:
-            self.trades.place(client, client.trade_dialect)
+        self._regroup(client)
 
     # -- the upstream side -----------------------------------------------------------------
 
@@ -278,29 +276,21 @@ class Hub:
 
     def upstream_state_changed(self, state: UpstreamState) -> None:
         self.upstream_state = state
-        frame = protocol.status_message(state)
-        for client in self._clients:
-            if client.trade_dialect is None:
-                client.send(frame)
+        send_each(self._clients, lambda encoder: encoder.status(state))
 
     def upstream_refused(self, symbol: str | None) -> None:
         """Finnhub refused something: tell whoever asked (in fixed words: Finnhub's own
         text is logged by the feed, never relayed), and stop pretending we have it."""
         if symbol is None:
-            frame = protocol.error_message("upstream_error", protocol.UPSTREAM_REPORTED_ERROR)
-            for client in self._clients:
-                if client.trade_dialect is None:
-                    client.send(frame)
+            send_each(self._clients, lambda encoder: encoder.upstream_error())
             return
         self.capacity.rejected(symbol)
         holders = set(self._subscribers.get(symbol, ()))
         if self.bars is not None:
             holders |= self.bars.holders_of(symbol)
         refused = [symbol]
-        error = protocol.error_message("upstream_error", protocol.UPSTREAM_REFUSED_SYMBOL, refused)
+        send_each(holders, lambda encoder: encoder.upstream_refused(symbol))
         for client in holders:  # none: refused, but everyone who asked has already left
-            dialect = client.trade_dialect
-            client.send(error if dialect is None else dialect.error(f"Invalid symbol {symbol}"))
             if symbol in client.symbols:
                 self.unsubscribe(client, refused)
             if self.bars is not None:

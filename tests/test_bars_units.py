@@ -23,6 +23,7 @@ from stock_gateway.bars.book import (
 )
 from stock_gateway.bars.delivery import BarDelivery
 from stock_gateway.bars.history import SWEEP_AT, HistoryFrames, candles
+from stock_gateway.delivery.encoders import WS
 from stock_gateway.delivery.outbox import ClientConnection
 from stock_gateway.delivery.stats import FanoutStats
 from stock_gateway.market_data.model import SymbolInterest, Trade
@@ -292,7 +293,12 @@ async def test_clients_of_one_series_share_its_history_and_a_resubscribe_sends_n
     writers = [FakeWriter(), FakeWriter()]
     clients = [
         ClientConnection(
-            FakeSocket(), FanoutStats(), direct=writer, outbox_size=8, slow_consumer_timeout=10
+            FakeSocket(),
+            FanoutStats(),
+            direct=writer,
+            outbox_size=8,
+            slow_consumer_timeout=10,
+            encoder=WS,
         )
         for writer in writers
     ]

@@ -24,6 +24,7 @@ from stock_gateway import protocol
 from stock_gateway.access.capacity import UpstreamCapacity
 from stock_gateway.access.holds import SymbolHolds
 from stock_gateway.delivery import outbox
+from stock_gateway.delivery.encoders import WS
 from stock_gateway.delivery.outbox import ClientConnection
 from stock_gateway.delivery.snapshots import LatestPrices
 from stock_gateway.delivery.stats import FanoutStats
@@ -237,7 +238,12 @@ class Rigs:
         if outbox_bytes is not None:
             bounds["outbox_bytes"] = outbox_bytes
         client = ClientConnection(
-            socket, stats, direct=writer, slow_consumer_timeout=slow_consumer_timeout, **bounds
+            socket,
+            stats,
+            direct=writer,
+            slow_consumer_timeout=slow_consumer_timeout,
+            encoder=WS,
+            **bounds,
         )
         rig = Rig(client, socket, writer, stats)
         self.made.append(rig)
@@ -685,7 +691,9 @@ async def test_hub_reference_counts_follow_any_interleaving() -> None:
             roll = rng.random()
             if not model or (roll < 0.15 and len(model) < 10):
                 stack = AsyncExitStack()
-                client = await stack.enter_async_context(hub.connect(FakeSocket(), FakeWriter()))
+                client = await stack.enter_async_context(
+                    hub.connect(FakeSocket(), FakeWriter(), encoder=WS)
+                )
                 stacks[client] = stack
                 model[client] = set()
             elif roll < 0.25:
@@ -722,8 +730,8 @@ async def test_hub_reference_counts_follow_any_interleaving() -> None:
 async def test_symbol_limits_are_refused_by_name_then_what_is_held_is_confirmed() -> None:
     hub = make_hub(max_symbols_per_client=2, max_upstream_symbols=3)
     async with (
-        hub.connect(FakeSocket(), w1 := FakeWriter()) as c1,
-        hub.connect(FakeSocket(), w2 := FakeWriter()) as c2,
+        hub.connect(FakeSocket(), w1 := FakeWriter(), encoder=WS) as c1,
+        hub.connect(FakeSocket(), w2 := FakeWriter(), encoder=WS) as c2,
     ):
         start = len(w1.messages())
         hub.subscribe(c1, ["AAPL", "MSFT", "GOOG"])
@@ -777,7 +785,7 @@ async def test_a_later_subscriber_gets_the_last_update_at_once() -> None:
     hub = make_hub()
     broadcaster = asyncio.create_task(hub.broadcast_forever())
     try:
-        async with hub.connect(FakeSocket(), w1 := FakeWriter()) as c1:
+        async with hub.connect(FakeSocket(), w1 := FakeWriter(), encoder=WS) as c1:
             hub.subscribe(c1, ["AAPL"])
             batch = [update("AAPL", 1), update("AAPL", 2)]
             await hub.publish(UpdateBatch(batch, time.perf_counter()))
@@ -785,7 +793,7 @@ async def test_a_later_subscriber_gets_the_last_update_at_once() -> None:
             assert updates_seen(w1.payloads()) == [("AAPL", 1), ("AAPL", 2)]
             assert hub.stats.price_updates_sent == 2
 
-            async with hub.connect(FakeSocket(), w2 := FakeWriter()) as c2:
+            async with hub.connect(FakeSocket(), w2 := FakeWriter(), encoder=WS) as c2:
                 start = len(w2.payloads())
                 hub.subscribe(c2, ["AAPL"])  # no await: the snapshot is written at once
                 confirmation, snapshot = w2.payloads()[start:]
@@ -802,11 +810,11 @@ async def test_a_non_live_batch_only_fills_in_and_never_replaces_a_live_snapshot
     hub = make_hub()
 
     async def snapshot_for(symbol: str) -> list[tuple[str, int]]:
-        async with hub.connect(FakeSocket(), writer := FakeWriter()) as client:
+        async with hub.connect(FakeSocket(), writer := FakeWriter(), encoder=WS) as client:
             hub.subscribe(client, [symbol])
             return updates_seen(writer.payloads())
 
-    async with hub.connect(FakeSocket(), w1 := FakeWriter()) as c1:
+    async with hub.connect(FakeSocket(), w1 := FakeWriter(), encoder=WS) as c1:
         hub.subscribe(c1, ["AAPL", "MSFT"])
         hub.deliver(UpdateBatch([update("AAPL", 5)], time.perf_counter()))
         stale = [update("AAPL", 1), update("MSFT", 1)]
@@ -832,13 +840,13 @@ async def test_a_symbol_nobody_holds_forgets_its_snapshot() -> None:
     hub = make_hub()
 
     async def snapshot_for(symbol: str) -> list[tuple[str, int]]:
-        async with hub.connect(FakeSocket(), writer := FakeWriter()) as client:
+        async with hub.connect(FakeSocket(), writer := FakeWriter(), encoder=WS) as client:
             hub.subscribe(client, [symbol])
             return updates_seen(writer.payloads())
 
-    async with hub.connect(FakeSocket(), FakeWriter()) as c1:
+    async with hub.connect(FakeSocket(), FakeWriter(), encoder=WS) as c1:
         hub.subscribe(c1, ["AAPL", "MSFT"])
-        async with hub.connect(FakeSocket(), FakeWriter()) as c2:
+        async with hub.connect(FakeSocket(), FakeWriter(), encoder=WS) as c2:
             hub.subscribe(c2, ["AAPL"])
             frames = [update("AAPL", 1), update("MSFT", 1)]
             hub.deliver(UpdateBatch(frames, time.perf_counter()))
@@ -861,7 +869,7 @@ async def test_trades_are_encoded_as_seed_price_updates_and_unheld_symbols_skipp
     hub = make_hub(handoff_observer=observer)
     broadcaster = asyncio.create_task(hub.broadcast_forever())
     try:
-        async with hub.connect(FakeSocket(), writer := FakeWriter()) as client:
+        async with hub.connect(FakeSocket(), writer := FakeWriter(), encoder=WS) as client:
             hub.subscribe(client, ["AAPL"])
             # Only symbols nobody holds: nothing is published at all.
             relay = local_relay(hub)

@@ -12,7 +12,6 @@ import orjson
 from stock_gateway import protocol
 from stock_gateway.delivery.pacing import (
     DeliveryClock,
-    DeliveryGroup,
     DeliveryGroups,
     Outgoing,
     Pacing,
@@ -24,7 +23,6 @@ class Member:
     def __init__(self, options: DeliveryOptions, *symbols: str) -> None:
         self.options = options
         self.symbols = set(symbols)
-        self.group: DeliveryGroup | None = None
         self.received: list[Outgoing] = []
 
     def emit(self, outgoing: Outgoing) -> None:
@@ -69,15 +67,16 @@ async def test_a_client_that_moves_takes_what_its_group_held() -> None:
     mover, stayer = Member(options, "AAPL"), Member(options, "AAPL")
     groups.place(mover)
     groups.place(stayer)
-    assert mover.group is not None and mover.group is stayer.group
-    pacing = mover.group.pacing
+    group = groups.group_of(mover)
+    assert group is not None and group is groups.group_of(stayer)
+    pacing = group.pacing
     for price in (1.0, 2.0, 3.0):  # 1.0 goes at once, 2.0 and 3.0 wait a minute
         pacing.offer("AAPL", update("AAPL", price))
     mover.symbols.add("MSFT")
     groups.place(mover)
     assert prices(mover.received) == [1.0, 2.0, 3.0]  # nothing lost by moving
     assert prices(stayer.received) == [1.0]  # the others still wait for their batch
-    assert mover.group is not stayer.group
+    assert groups.group_of(mover) is not groups.group_of(stayer)
     groups.remove(stayer)
     groups.remove(mover)
     assert len(groups) == 0 and not groups.of_symbol("AAPL")
@@ -134,10 +133,11 @@ async def test_a_client_that_moves_again_and_again_takes_shared_frames_not_copie
     movers = [Member(options, "AAPL") for _ in range(20)]
     for member in [anchor, *movers]:
         groups.place(member)
-    assert anchor.group is not None
+    anchors = groups.group_of(anchor)
+    assert anchors is not None
     offered = [update("AAPL", price) for price in (1.0, 2.0, 3.0)]
     for frame in offered:  # 1.0 goes at once; 2.0 and 3.0 wait for the batch
-        anchor.group.pacing.offer("AAPL", frame)
+        anchors.pacing.offer("AAPL", frame)
     for _ in range(50):
         for mover in movers:
             mover.symbols.add("MSFT")
@@ -159,12 +159,13 @@ async def test_a_mover_is_not_handed_what_its_new_group_will_send_it() -> None:
     other = Member(options, "AAPL", "MSFT")
     for member in (mover, stayer, other):
         groups.place(member)
-    assert mover.group is not None and other.group is not None
+    movers, others = groups.group_of(mover), groups.group_of(other)
+    assert movers is not None and others is not None
     early, shared = update("AAPL", 1.0), update("AAPL", 2.0)
-    mover.group.pacing.offer("AAPL", update("AAPL", 0.5))  # first batches go at once
-    other.group.pacing.offer("AAPL", update("AAPL", 0.5))
-    mover.group.pacing.offer("AAPL", early)  # before `other`'s window: only here
-    for group in (mover.group, other.group):
+    movers.pacing.offer("AAPL", update("AAPL", 0.5))  # first batches go at once
+    others.pacing.offer("AAPL", update("AAPL", 0.5))
+    movers.pacing.offer("AAPL", early)  # before `other`'s window: only here
+    for group in (movers, others):
         group.pacing.offer("AAPL", shared)  # in both windows
     mover.symbols.add("MSFT")
     groups.place(mover)  # joins `other`'s group, whose batch will carry 2.0

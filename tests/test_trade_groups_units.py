@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import orjson
 
 from hub import UpdateBatch
-from stock_gateway.delivery.trade_groups import TradeGroup, TradeGroups
-from stock_gateway.endpoints.finnhub_ws import FINNHUB
+from stock_gateway.delivery.finnhub_encoder import FINNHUB
+from stock_gateway.delivery.trade_groups import TradeGroups
 from stock_gateway.market_data.finnhub_wire import MAX_TRADES_PER_SYMBOL_PER_MESSAGE
 from stock_gateway.market_data.model import NOT_SENT, Conditions, Trade
 from stock_gateway.protocol import Frame
@@ -30,7 +30,6 @@ class Member:
 
     address: str
     symbols: set[str] = field(default_factory=set)
-    trade_group: TradeGroup | None = None
     frames: list[Frame] = field(default_factory=list)
     ticks: list[int] = field(default_factory=list)
     clock: list[int] = field(default_factory=lambda: [0])

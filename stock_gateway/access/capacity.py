@@ -174,9 +174,6 @@ class UpstreamCapacity:
         self._rejected[symbol] = asyncio.get_running_loop().time() + self._reject_for
         self._release(symbol)
 
-    def is_rejected(self, symbol: str) -> bool:
-        return symbol in self._rejected
-
     def _release(self, symbol: str) -> None:
         timer = self._lingering.pop(symbol, None)
         if timer is not None:

@@ -16,7 +16,7 @@ from stock_gateway import protocol
 from stock_gateway.access.capacity import UpstreamCapacity
 from stock_gateway.access.entitlements import Entitlements
 from stock_gateway.access.refusal import Refusal
-from stock_gateway.protocol import ErrorCode, Frame
+from stock_gateway.protocol import ErrorCode
 
 
 class Holder(Protocol):
@@ -75,15 +75,9 @@ class RefusedSymbols:
         code = refusal.code or "invalid_message"
         self._by_code.setdefault(code, (refusal.reason, []))[1].append(symbol)
 
-    def reasons(self) -> list[tuple[str, list[str]]]:
-        """Each code's first reason and its symbols, in a stable order."""
-        return [self._by_code[code] for code in protocol.ERROR_CODES if code in self._by_code]
-
-    def errors(self) -> list[Frame]:
-        """One error per code (the first reason, then the symbols), in a stable order."""
+    def items(self) -> list[tuple[ErrorCode, str, list[str]]]:
+        """Each code, its first reason and its symbols, in a stable order (what an
+        encoder says of them: delivery/encoders.py)."""
         return [
-            protocol.error_message(code, f"{reason}; refused: {', '.join(names)}", names)
-            for code in protocol.ERROR_CODES
-            if code in self._by_code
-            for reason, names in (self._by_code[code],)
+            (code, *self._by_code[code]) for code in protocol.ERROR_CODES if code in self._by_code
         ]

@@ -23,10 +23,10 @@ reads the upstream or the clock except through those calls.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable, Iterable
 
-from stock_gateway import protocol
 from stock_gateway.access.history_budget import HistoryBudget
 from stock_gateway.access.holds import RefusedSymbols, SymbolHolds
 from stock_gateway.access.refusal import Refusal
@@ -34,8 +34,10 @@ from stock_gateway.bars.book import INTERVALS, Bar, BarBook, BarEvent, Interval
 from stock_gateway.bars.history import HistoryFrames
 from stock_gateway.bars.intervals import INTERVAL_MS
 from stock_gateway.bars.recorder import BarRecorder
+from stock_gateway.delivery.encoders import Encoder, send_each
 from stock_gateway.delivery.outbox import ClientConnection
 from stock_gateway.market_data.model import Trade, UpstreamState
+from stock_gateway.protocol import Frame
 
 BAR_CLOCK_SECONDS = 0.1  # how often closes and live updates are looked for
 TRADES_PER_SLICE = 5000  # trades counted between two yields to the event loop
@@ -97,13 +99,13 @@ class BarDelivery:
                 refused.add(refusal, symbol)
                 continue
             charged[symbol] = cost
-            client.bar_intervals.setdefault(symbol, set()).add(interval)
+            client.hold_bars(symbol, interval)
             added.append(symbol)
-        for error in refused.errors():
+        for error in client.encoder.refusals(refused.items()):
             client.send(error)
         held = [symbol for symbol in symbols if interval in client.bar_intervals.get(symbol, ())]
-        if held:
-            client.send(protocol.subscription_message("subscribed", held, interval))
+        if held and (said := client.encoder.subscription("subscribed", held, interval)):
+            client.send(said)
         if added and self._history_ready is not None:
             await self._history_ready(added)
         if added and self.recorder is not None and self._aggregating:
@@ -116,7 +118,8 @@ class BarDelivery:
             # can fall between them.
             history = self.histories.frame(symbol, interval)
             self._refund(client, charged[symbol] - len(history.wire))  # loaded meanwhile
-            client.send(history)
+            if (said := client.encoder.history(history)) is not None:
+                client.send(said)
             self._subscribers.setdefault((symbol, interval), set()).add(client)
 
     def _charge(self, client: ClientConnection, cost: int) -> Refusal | None:
@@ -132,7 +135,9 @@ class BarDelivery:
     def unsubscribe(self, client: ClientConnection, symbols: list[str], interval: Interval) -> None:
         for symbol in symbols:
             self._leave(client, symbol, interval)
-        client.send(protocol.subscription_message("unsubscribed", symbols, interval))
+        said = client.encoder.subscription("unsubscribed", symbols, interval)
+        if said is not None:
+            client.send(said)
 
     def holders_of(self, symbol: str) -> set[ClientConnection]:
         """Clients following `symbol`'s bars in any interval."""
@@ -152,12 +157,9 @@ class BarDelivery:
                 self._leave(client, symbol, interval)
 
     def _leave(self, client: ClientConnection, symbol: str, interval: Interval) -> None:
-        intervals = client.bar_intervals.get(symbol)
-        if intervals is None or interval not in intervals:
+        if interval not in client.bar_intervals.get(symbol, ()):
             return
-        intervals.discard(interval)
-        if not intervals:
-            del client.bar_intervals[symbol]
+        client.release_bars(symbol, interval)
         subscribers = self._subscribers.get((symbol, interval))
         if subscribers is not None:
             subscribers.discard(client)
@@ -243,9 +245,7 @@ class BarDelivery:
         for event in events:
             subscribers = self._subscribers.get((event.symbol, event.interval))
             if subscribers and not event.partial:  # a partial bar is for the store alone
-                frame = protocol.bar_message(event)
-                for client in subscribers:
-                    client.send(frame)
+                send_each(subscribers, functools.partial(_bar_of, event))
 
     async def run(self) -> None:
         """Close bars on the clock and send live updates (single-process mode)."""
@@ -268,3 +268,7 @@ def read_estimate(interval: Interval, start_ms: int, end_ms: int, limit: int) ->
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _bar_of(event: BarEvent, encoder: Encoder) -> Frame | None:
+    return encoder.bar(event)

@@ -24,13 +24,13 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import deque
-from typing import Protocol
 
 from stock_gateway.access.entitlements import UNRESTRICTED, Entitlements
 from stock_gateway.bars.book import Interval
-from stock_gateway.delivery.pacing import DeliveryGroup, Outgoing
+from stock_gateway.delivery.encoders import Encoder
+from stock_gateway.delivery.pacing import Outgoing
+from stock_gateway.delivery.sockets import ClientSocket, FrameWriter
 from stock_gateway.delivery.stats import FanoutStats
-from stock_gateway.delivery.trade_groups import TradeDialect, TradeGroup
 from stock_gateway.protocol import (
     CLOSE_GRACE_SECONDS,
     CLOSE_TRY_AGAIN_LATER,
@@ -47,44 +47,13 @@ OUTBOX_BYTES = 4_194_304  # CLIENT_OUTBOX_BYTES' default: 256 frames of 16 KiB
 WRITE_CHUNK_BYTES = 16_384
 
 
-class ClientSocket(Protocol):
-    """What the hub needs from a client's WebSocket; send and close raise ConnectionError."""
-
-    async def send(self, frame: Frame) -> None: ...
-
-    async def close(self, code: int, reason: str) -> None: ...
-
-    def abort(self) -> None: ...
-
-    def queued_bytes(self) -> int: ...
-
-
-class FrameWriter(Protocol):
-    """A client's socket as a byte stream we may write whole WebSocket frames to.
-
-    The fast path: writing a pre-built frame costs one buffered, non-blocking write,
-    with no task switch. `ready()` is false while the socket's send buffer is full or
-    the connection is closing; `wait_ready()` raises ConnectionError once it is gone.
-    """
-
-    def ready(self) -> bool: ...
-
-    def write(self, data: bytes) -> None: ...
-
-    async def wait_ready(self) -> None: ...
-
-
 class ClientConnection:
-    """One client: its symbols, and a bounded outbox drained by its own writer task.
-
-    While the client keeps up and nothing is queued, a frame is written straight to its
-    socket (`FrameWriter`) from the broadcaster: no task switch, no await. Otherwise
-    frames wait in a FIFO of at most `outbox_size` frames or `outbox_bytes` bytes; once
-    that is full, price updates go to `_latest` instead (one per symbol, newest wins).
-    The writer task sends the FIFO first, then those, so updates for one symbol are
-    never reordered and memory stays bounded by the number of symbols. Other frames
-    (confirmations, errors, histories, batches) always take the FIFO, up to twice
-    either bound.
+    """One client: its symbols, its dialect's encoder, and a bounded outbox drained by
+    its own writer task (the module's docstring). Price updates past the FIFO's bounds
+    go to `_latest` (one per symbol, newest wins); the writer sends the FIFO first,
+    then those, so updates for one symbol are never reordered and memory stays bounded
+    by the number of symbols. Other frames (confirmations, errors, histories, batches)
+    always take the FIFO, up to twice either bound.
     """
 
     def __init__(
@@ -98,15 +67,12 @@ class ClientConnection:
         direct: FrameWriter | None = None,
         outbox_size: int,
         slow_consumer_timeout: float,
-        dialect: str = "ws",
-        trade_dialect: TradeDialect | None = None,
+        encoder: Encoder,
         outbox_bytes: int = OUTBOX_BYTES,
     ) -> None:
         self.id = str(uuid.uuid4())
-        self.dialect = dialect  # "ws" (the gateway's protocol), "sse", "finnhub", ...
-        # A dialect that takes raw trades instead of the gateway's messages (Finnhub's).
-        self.trade_dialect = trade_dialect
-        self.trade_group: TradeGroup | None = None  # set by the hub's TradeGroups
+        # What its dialect says of each event (chosen by its endpoint): delivery/encoders.py.
+        self.encoder = encoder
         self.owner = owner  # whose fair share of the upstream its symbols use
         self.address = address  # its address (or /64): quote fetches are charged to it too
         self.entitlements = entitlements  # a refreshed token may change them
@@ -130,9 +96,46 @@ class ClientConnection:
         self._writer_started = False
         self._stopped = False
         self.options = DeliveryOptions()
-        self.group: DeliveryGroup | None = None  # set by the hub's DeliveryGroups
         self._cork: list[bytes] | None = None
         self._corked = 0  # bytes in _cork
+
+    @property
+    def dialect(self) -> str:
+        """ "ws" (the gateway's protocol), "sse", "finnhub": what /health counts."""
+        return self.encoder.name
+
+    @property
+    def immediate(self) -> bool:
+        """True while price updates go to it one by one as they come: the gateway's
+        `price_update`s, not paced (a paced client gets them through its group, a
+        dialect of raw trades through its trade group)."""
+        return self.encoder.trade_format is None and not self.options.paced
+
+    # -- what it holds and how it is served: changed only here ----------------------------
+
+    def hold(self, symbol: str) -> None:
+        self.symbols.add(symbol)
+
+    def release(self, symbol: str) -> None:
+        self.symbols.discard(symbol)
+        self.forget_pending(symbol)
+
+    def hold_bars(self, symbol: str, interval: Interval) -> None:
+        self.bar_intervals.setdefault(symbol, set()).add(interval)
+
+    def release_bars(self, symbol: str, interval: Interval) -> None:
+        intervals = self.bar_intervals.get(symbol)
+        if intervals is not None:
+            intervals.discard(interval)
+            if not intervals:
+                del self.bar_intervals[symbol]
+
+    def set_options(self, options: DeliveryOptions) -> None:
+        self.options = options
+
+    def set_entitlements(self, entitlements: Entitlements) -> None:
+        """A refreshed token's (the session drops what they no longer allow)."""
+        self.entitlements = entitlements
 
     def wants(self, symbol: str) -> bool:
         """True while the client holds `symbol` for prices or bars."""

@@ -199,7 +199,6 @@ class Member(Protocol):
 
     options: DeliveryOptions
     symbols: set[str]
-    group: DeliveryGroup | None
 
     def emit(self, outgoing: Outgoing) -> None: ...
 
@@ -240,6 +239,7 @@ class DeliveryGroups:
         self._max_batch_bytes = max_batch_bytes
         self._groups: dict[GroupKey, DeliveryGroup] = {}
         self._by_symbol: dict[str, set[DeliveryGroup]] = {}
+        self._group_of: dict[Member, DeliveryGroup] = {}  # each paced member's group
 
     def __len__(self) -> int:
         return len(self._groups)
@@ -253,7 +253,7 @@ class DeliveryGroups:
         new one will not send it."""
         options = member.options
         key = (options, frozenset(member.symbols)) if options.paced and member.symbols else None
-        old = member.group
+        old = self._group_of.get(member)
         if old is not None and old.key == key:
             return
         group = None if key is None else self._groups.get(key)
@@ -262,7 +262,7 @@ class DeliveryGroups:
             if held:
                 member.emit(held)  # early rather than lost
             self._leave(old, member)
-        member.group = None
+            del self._group_of[member]
         if key is None:
             return
         if group is None:
@@ -272,12 +272,15 @@ class DeliveryGroups:
             for symbol in key[1]:
                 self._by_symbol.setdefault(symbol, set()).add(group)
         group.members.add(member)
-        member.group = group
+        self._group_of[member] = group
+
+    def group_of(self, member: Member) -> DeliveryGroup | None:
+        return self._group_of.get(member)
 
     def remove(self, member: Member) -> None:
-        if member.group is not None:
-            self._leave(member.group, member)
-            member.group = None
+        group = self._group_of.pop(member, None)
+        if group is not None:
+            self._leave(group, member)
 
     def _leave(self, group: DeliveryGroup, member: Member) -> None:
         group.members.discard(member)

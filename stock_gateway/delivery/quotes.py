@@ -17,6 +17,9 @@ every subscriber has that price already (as its snapshot or as an update), or ha
 coming, and a client that shows the last message it got would go back to the older
 price. Such a quote still fills the cache (previous close, the day's change).
 
+Each client is told in its own dialect (its `Encoder`, delivery/encoders.py), the
+frame encoded once per dialect; a dialect without quotes (Finnhub's) is told nothing.
+
 This module never fetches anything itself (the `QuoteService` does) and never blocks:
 answers arrive by future callbacks on the event loop.
 """
@@ -28,7 +31,7 @@ import functools
 from collections.abc import Callable, Collection, Iterable
 from typing import Protocol
 
-from stock_gateway import protocol
+from stock_gateway.delivery.encoders import send_each
 from stock_gateway.delivery.outbox import ClientConnection
 from stock_gateway.market_data.model import Quote
 from stock_gateway.market_data.quotes import QuoteService
@@ -80,10 +83,12 @@ class QuoteDelivery:
         if self._outdated(symbol, quote):
             return  # the live price carries the new close in its change fields
         waiting = self._waiting.get(symbol)
-        frame = protocol.quote_message(symbol, quote)
-        for client in self._subscribers_of(symbol):
-            if waiting is None or client not in waiting[1]:
-                client.send(frame)
+        told = [
+            client
+            for client in self._subscribers_of(symbol)
+            if waiting is None or client not in waiting[1]
+        ]
+        send_each(told, lambda encoder: encoder.quote(symbol, quote))
 
     def _came(self, symbol: str, waiting: Waiting, _done: object) -> None:
         if self._waiting.get(symbol) is waiting:
@@ -104,21 +109,13 @@ class QuoteDelivery:
         failure = future.exception()
         if failure is not None:
             waiting = [client for client in waiting if not clients[client]]
-            retry = getattr(failure, "retry_after", 1.0)
-            frame = protocol.error_message(
-                "quote_unavailable",
-                f"no quote could be fetched in time; live prices follow when the symbol "
-                f"trades (try again in {max(1, round(retry))} s)",
-                [symbol],
-            )
+            retry: float = getattr(failure, "retry_after", 1.0)
+            send_each(waiting, lambda encoder: encoder.quote_unavailable(symbol, retry))
         elif (quote := future.result()) is not None:
             if self._outdated(symbol, quote):
                 return  # older than the live price its subscribers have or will have
-            frame = protocol.quote_message(symbol, quote)
-        else:
-            return  # Finnhub has no quote for this symbol: nothing to show
-        for client in waiting:
-            client.send(frame)
+            send_each(waiting, lambda encoder: encoder.quote(symbol, quote))
+        # else: Finnhub has no quote for this symbol: nothing to show
 
 
 def quote_delivery(

@@ -16,7 +16,8 @@ from typing import Protocol
 class CountedClient(Protocol):
     """A client as the counts see it (delivery/outbox.py's ClientConnection)."""
 
-    dialect: str
+    @property
+    def dialect(self) -> str: ...
 
     @property
     def fast_path(self) -> bool: ...

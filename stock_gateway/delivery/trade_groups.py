@@ -23,40 +23,22 @@ from collections.abc import Iterator, Sequence
 from itertools import chain
 from typing import Protocol
 
+from stock_gateway.delivery.encoders import TradeFormat
 from stock_gateway.market_data.finnhub_wire import newest_per_symbol
 from stock_gateway.market_data.model import Trade
 from stock_gateway.protocol import Frame
-
-
-class TradeDialect(Protocol):
-    """How a dialect encodes what the hub sends its clients."""
-
-    name: str
-
-    def encode(self, trade: Trade) -> bytes:
-        """One trade, encoded once per upstream message for every frame it goes into."""
-        ...
-
-    def trades(self, encoded: Sequence[bytes]) -> Frame:
-        """One upstream message's trades for one client (`encode`d), in upstream order."""
-        ...
-
-    def error(self, message: str) -> Frame:
-        """A refusal (the connection stays open)."""
-        ...
 
 
 class TradeFollower(Protocol):
     """A client as its trade group sees it."""
 
     symbols: set[str]
-    trade_group: TradeGroup | None
     address: str  # whose count of symbol sets its group is in
 
     def send(self, frame: Frame) -> None: ...
 
 
-GroupKey = tuple[TradeDialect, frozenset[str]]
+GroupKey = tuple[TradeFormat, frozenset[str]]
 
 
 class TradeGroup:
@@ -72,6 +54,7 @@ class TradeGroups:
         self._groups: dict[GroupKey, TradeGroup] = {}
         self._by_symbol: dict[str, set[TradeGroup]] = {}
         self._followers: dict[str, int] = {}  # symbol -> clients following its trades
+        self._group_of: dict[TradeFollower, TradeGroup] = {}  # each follower's group
         # address -> its groups -> how many of its members are in each
         self._by_address: dict[str, dict[TradeGroup, int]] = {}
 
@@ -86,9 +69,7 @@ class TradeGroups:
         """Distinct symbol sets the clients of `address` follow (groups it is in)."""
         return len(self._by_address.get(address, ()))
 
-    def would_add_set(
-        self, member: TradeFollower, dialect: TradeDialect, symbols: set[str]
-    ) -> bool:
+    def would_add_set(self, member: TradeFollower, dialect: TradeFormat, symbols: set[str]) -> bool:
         """True if `member` following `symbols` would put its address in one more group:
         a set no client of its address follows yet, while its present group keeps
         another client of its address (or it has none)."""
@@ -98,14 +79,14 @@ class TradeGroups:
         group = self._groups.get((dialect, frozenset(symbols)))
         if group is not None and group in held:
             return False
-        old = member.trade_group
+        old = self._group_of.get(member)
         return old is None or held.get(old, 0) > 1
 
-    def place(self, member: TradeFollower, dialect: TradeDialect) -> None:
+    def place(self, member: TradeFollower, dialect: TradeFormat | None) -> None:
         """Put `member` in the group its dialect and symbols call for (none if it holds
-        nothing)."""
-        key = (dialect, frozenset(member.symbols)) if member.symbols else None
-        old = member.trade_group
+        nothing, or its dialect carries no raw trades)."""
+        key = (dialect, frozenset(member.symbols)) if member.symbols and dialect else None
+        old = self._group_of.get(member)
         if old is not None and old.key == key:
             return
         self.remove(member)
@@ -117,17 +98,16 @@ class TradeGroups:
             for symbol in key[1]:
                 self._by_symbol.setdefault(symbol, set()).add(group)
         group.members.add(member)
-        member.trade_group = group
+        self._group_of[member] = group
         held = self._by_address.setdefault(member.address, {})
         held[group] = held.get(group, 0) + 1
         for symbol in key[1]:
             self._followers[symbol] = self._followers.get(symbol, 0) + 1
 
     def remove(self, member: TradeFollower) -> None:
-        group = member.trade_group
+        group = self._group_of.pop(member, None)
         if group is None:
             return
-        member.trade_group = None
         group.members.discard(member)
         held = self._by_address[member.address]
         if held[group] > 1:
@@ -171,7 +151,7 @@ class TradeGroups:
         positions: dict[str, list[int]] = {}  # symbol -> where its trades are in `kept`
         for index, trade in enumerate(kept):
             positions.setdefault(trade.symbol, []).append(index)
-        encoded: dict[TradeDialect, list[bytes]] = {}
+        encoded: dict[TradeFormat, list[bytes]] = {}
         groups: set[TradeGroup] = set()
         for symbol in positions:
             groups |= self._by_symbol.get(symbol, _NONE)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
 
 import orjson
 from starlette.websockets import WebSocket
@@ -38,11 +37,10 @@ from hub import Hub
 from stock_gateway import protocol
 from stock_gateway.access.admission import Admission, Admitted
 from stock_gateway.access.token_session import ClientAuth
+from stock_gateway.delivery.finnhub_encoder import FINNHUB
 from stock_gateway.delivery.outbox import ClientConnection
 from stock_gateway.endpoints.ws_io import AsgiClientSocket, Ended, FastPath, RequestReader
 from stock_gateway.endpoints.ws_session import close_with, open_socket
-from stock_gateway.market_data.finnhub_wire import encode_trade, trade_message
-from stock_gateway.market_data.model import Trade
 from stock_gateway.protocol import CLOSE_TOKEN_EXPIRED, Frame, ProtocolError
 from stock_gateway.runtime.logs import get_logger
 from stock_gateway.server.connection import server_connection
@@ -51,22 +49,6 @@ from stock_gateway.settings import Settings
 logger = get_logger(__name__)
 
 
-class FinnhubDialect:
-    """How the hub speaks to a Finnhub-dialect client (delivery/trade_groups.py)."""
-
-    name = "finnhub"
-
-    def encode(self, trade: Trade) -> bytes:
-        return encode_trade(trade)
-
-    def trades(self, encoded: Sequence[bytes]) -> Frame:
-        return Frame(trade_message(encoded), "trade")
-
-    def error(self, message: str) -> Frame:
-        return Frame(orjson.dumps({"type": "error", "msg": message}), "error")
-
-
-FINNHUB = FinnhubDialect()
 PING = Frame(b'{"type":"ping"}', "ping")
 TOKEN_EXPIRED = FINNHUB.error("Token expired")
 
@@ -113,7 +95,7 @@ class FinnhubSessions:
             owner=admitted.owner,
             address=admitted.address,
             entitlements=admitted.entitlements,
-            trade_dialect=FINNHUB,
+            encoder=FINNHUB,
         ) as client:
             logger.info(
                 "finnhub client connected client_id=%s address=%s user=%s",

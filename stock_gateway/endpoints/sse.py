@@ -37,6 +37,7 @@ from stock_gateway import protocol
 from stock_gateway.access.admission import Admitted, address_key, request_token
 from stock_gateway.access.refusal import Refusal
 from stock_gateway.access.token_session import ClientAuth
+from stock_gateway.delivery.encoders import SSE
 from stock_gateway.protocol import Frame
 from stock_gateway.runtime.logs import get_logger
 from stock_gateway.server.connection import HttpConnection, http_connection
@@ -191,7 +192,7 @@ class EventStreams:
                 owner=admitted.owner,
                 address=admitted.address,
                 entitlements=admitted.entitlements,
-                dialect="sse",
+                encoder=SSE,
             ) as client:
                 logger.info(
                     "stream opened client_id=%s address=%s user=%s", client.id, address, user

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from stock_gateway.access.message_budget import MessageBudget
-from stock_gateway.delivery.outbox import FrameWriter
+from stock_gateway.delivery.sockets import FrameWriter
 from stock_gateway.protocol import (
     CLOSE_MESSAGE_TOO_BIG,
     CLOSE_POLICY_VIOLATION,

@@ -35,6 +35,7 @@ from stock_gateway.access.entitlements import Entitlements
 from stock_gateway.access.refusal import Refusal
 from stock_gateway.access.token_session import ClientAuth
 from stock_gateway.access.tokens import AuthFailed
+from stock_gateway.delivery.encoders import WS
 from stock_gateway.delivery.outbox import ClientConnection
 from stock_gateway.endpoints.ws_io import AsgiClientSocket, Ended, FastPath, RequestReader
 from stock_gateway.endpoints.ws_requests import WsRequests, parse_client_message
@@ -157,6 +158,7 @@ class ClientSessions:
             async with hub.connect(
                 socket,
                 direct,
+                encoder=WS,
                 owner=admitted.owner,
                 address=admitted.address,
                 entitlements=admitted.entitlements,
@@ -269,7 +271,7 @@ class ClientSessions:
         """A refreshed token's entitlements: symbols (prices or bars) it no longer allows,
         or over its cap, are dropped: `forbidden_symbol`, then the unsubscriptions."""
         hub = self._hub
-        client.entitlements = entitlements
+        client.set_entitlements(entitlements)
         cap = hub.holds.cap_for(entitlements)
         held = sorted(client.symbols | client.bar_intervals.keys())
         dropped = [symbol for symbol in held if not entitlements.allow(symbol)]

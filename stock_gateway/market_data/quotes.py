@@ -113,13 +113,6 @@ class QuoteService:
 
     # -- what the hub and the HTTP side ask ----------------------------------------------
 
-    def cached(self, symbol: str) -> Quote | None:
-        """A fresh quote, if one is cached (None also for a fresh "no quote")."""
-        return self._cache.get(symbol) if self.is_fresh(symbol) else None
-
-    def is_fresh(self, symbol: str) -> bool:
-        return self._cache.fresh(symbol, asyncio.get_running_loop().time())
-
     def previous_close(self, symbol: str) -> float | None:
         return self._cache.previous_close(symbol)
 

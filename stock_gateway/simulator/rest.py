@@ -53,9 +53,6 @@ class RestCalls:
     tokens_in_urls: int = 0  # calls that carried the key in the query string
     carried: list[Carried] = field(default_factory=list)
 
-    def in_window(self, start: float, seconds: float = 60.0) -> int:
-        return sum(1 for at, *_ in self.log if start <= at < start + seconds)
-
     def max_in_any_window(self, seconds: float = 60.0) -> int:
         times = sorted(at for at, *_ in self.log)
         most, first = 0, 0
