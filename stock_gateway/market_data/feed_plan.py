@@ -50,12 +50,17 @@ class PlanLimits:
     changes_per_minute: int  # UPSTREAM_CHANGES_PER_MINUTE: subscribes + unsubscribes
 
     @property
+    def rotation_slots(self) -> int:
+        """Slots kept for turns once rotating: never more than half the socket."""
+        return min(self.sampled_slots, max(1, self.socket_slots // 2))
+
+    @property
     def sampled_symbols(self) -> int:
         """How many symbols the rotation serves (each about once a minute); the rest
         are polled. A turn costs a subscribe and an unsubscribe."""
         by_rate = self.changes_per_minute // 2
-        by_slots = int(self.sampled_slots * 60 / max(self.turn_seconds, 0.1))
-        return max(self.sampled_slots, min(by_rate, by_slots))
+        by_slots = int(self.rotation_slots * 60 / max(self.turn_seconds, 0.1))
+        return max(self.rotation_slots, min(by_rate, by_slots))
 
 
 class FeedPlanner:
@@ -130,7 +135,7 @@ class FeedPlanner:
             self._first_wanted.setdefault(symbol, now)
         ranked = sorted(demand, key=lambda s: (-demand[s], s))
         rotating = len(demand) > self.limits.socket_slots
-        live_cap = self.limits.socket_slots - (self.limits.sampled_slots if rotating else 0)
+        live_cap = self.limits.socket_slots - (self.limits.rotation_slots if rotating else 0)
         self._choose_live(ranked, max(live_cap, 0))
         rest = [s for s in ranked if s not in self._live]
         self._sampled = self._keep_best(self._sampled, rest, self.limits.sampled_symbols)
