@@ -125,7 +125,8 @@ class FeedPlanner:
 
     def plan(self, demand: Mapping[str, float]) -> dict[str, Feed]:
         """Re-plan from every wanted symbol's demand; returns the symbols whose feed
-        changed (new ones included), with their new feed."""
+        changed, with their new feed: a new symbol counts only when it is not live (the
+        usual case, a few symbols, then costs subscribers no message)."""
         now = self._clock()
         self._refill(now)
         self._demand = demand
@@ -149,8 +150,11 @@ class FeedPlanner:
                 if symbol in self._sampled
                 else "polled"
             )
-            if self._feeds.get(symbol) != feed:
-                self._feeds[symbol] = changed[symbol] = feed
+            before = self._feeds.get(symbol)
+            if before != feed:
+                self._feeds[symbol] = feed
+                if before is not None or feed != "live":
+                    changed[symbol] = feed
         return changed
 
     # -- the choices -------------------------------------------------------------------

@@ -76,7 +76,8 @@ class MarketSimulator:
         self.rate = rate  # trades per second over all subscribed symbols, per connection
         self.ping_interval = ping_interval
         self.token = token
-        self.max_symbols = max_symbols
+        self.max_symbols = max_symbols  # on one socket, as Finnhub's free plan
+        self.refused_over_cap = 0  # subscribes refused for it: never carried
         self.received: list[dict[str, object]] = []
         self.connections: list[UpstreamConnection] = []
         self.connection_count = 0
@@ -187,6 +188,7 @@ class MarketSimulator:
         if isinstance(symbol, str):
             if kind == "subscribe" and symbol not in connection.symbols:
                 if len(connection.symbols) >= self.max_symbols:
+                    self.refused_over_cap += 1
                     await connection.ws.send_str(
                         '{"type":"error","msg":"Subscribing to too many symbols"}'
                     )
