@@ -78,6 +78,7 @@ class MarketSimulator:
         self.token = token
         self.max_symbols = max_symbols  # on one socket, as Finnhub's free plan
         self.refused_over_cap = 0  # subscribes refused for it: never carried
+        self.max_carried = 0  # the most symbols one socket carried at once
         self.received: list[dict[str, object]] = []
         self.connections: list[UpstreamConnection] = []
         self.connection_count = 0
@@ -194,6 +195,7 @@ class MarketSimulator:
                     )
                 else:
                     connection.symbols.append(symbol)
+                    self.max_carried = max(self.max_carried, len(connection.symbols))
             elif kind == "unsubscribe" and symbol in connection.symbols:
                 connection.symbols.remove(symbol)
         await self.notify()
