@@ -108,7 +108,7 @@ async def test_stream_carries_the_feed_field_and_messages(busy_market: Market) -
             assert (await stream.expect("subscription"))["symbols"] == SYMBOLS
             told = await stream.expect("feed", timeout=10)
             assert told["feed"] in ("sampled", "polled") and told["symbol"] in SYMBOLS
-            sampled = set()
+            sampled: set[str] = set()
             async with asyncio.timeout(30):
                 while len(sampled) < 3:
                     kind, message = await stream.next()
