@@ -63,6 +63,7 @@ class FinnhubFeed:
         subscribe_burst: int = 50,
         trade_max_age: float = 7 * 86400.0,
         trade_max_ahead: float = 3600.0,
+        max_symbols: int | None = None,
     ) -> None:
         self.state: UpstreamState = "connecting"
         self.counters = UpstreamCounters()
@@ -78,6 +79,8 @@ class FinnhubFeed:
         self._pacer = TokenBucket(subscribe_rate, subscribe_burst)
         self._trade_bounds = {"max_age": trade_max_age, "max_ahead": trade_max_ahead}
         self.interest = interest
+        # Never more on the socket than this, whatever order changes come in.
+        self._max_symbols = max_symbols
         self._sent: set[str] = set()  # subscribed on the current socket
         self._recent_subscribes: deque[tuple[str, float]] = deque()
         self.blame_window = BLAME_WINDOW_SECONDS
@@ -196,18 +199,27 @@ class FinnhubFeed:
                 wanted = self.interest.symbols
                 changes = [(symbol, False) for symbol in sorted(self._sent - wanted)]
                 changes += [(symbol, True) for symbol in sorted(wanted - self._sent)]
+                sent = 0
                 for symbol, subscribe in changes:
                     if self._needed(symbol, subscribe):
                         await self._paced()
                     if self._needed(symbol, subscribe):  # not reconciled away meanwhile
                         await self._send_change(ws, symbol, subscribe)
-                if self.interest.symbols == self._sent:
+                        sent += 1
+                if self.interest.symbols == self._sent or not sent:  # done, or full
                     await self.interest.wait_changed()
         except (aiohttp.ClientError, ConnectionError):
             pass  # the socket is closing; the reader sees it and the loop reconnects
 
     def _needed(self, symbol: str, subscribe: bool) -> bool:
+        if subscribe and self._max_symbols is not None and len(self._sent) >= self._max_symbols:
+            return False  # full: the next pass unsubscribes what the interest dropped first
         return (symbol in self.interest) == subscribe and (symbol in self._sent) != subscribe
+
+    def feed_of(self, symbol: str) -> str:
+        """Everything this socket carries is live (market_data/planned_upstream.py says
+        otherwise for symbols that only take turns on it)."""
+        return "live"
 
     async def _paced(self) -> None:
         """Wait for the subscribe budget (a deadline, not an event: nothing to await)."""

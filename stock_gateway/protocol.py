@@ -1,11 +1,7 @@
-"""The client protocol on `/ws`: what browsers may send, and the frames we send back.
-
-This is the seed's contract (`connection`, `subscription`, `price_update`) plus the
-additions documented in asyncapi.yaml and docs/protocol.md (`status`, `pong`, `error`, and
-the error and close codes listed here). Message shapes live here and nowhere else, so
-a change to the contract is a change to this file. Pure functions only: no I/O, no
-state, never anything from the upstream's credentials.
-"""
+"""The client protocol on `/ws`: what browsers may send, and the frames we send back: the
+seed's contract (`connection`, `subscription`, `price_update`) plus the additions in
+asyncapi.yaml and docs/protocol.md. Message shapes live here and nowhere else. Pure
+functions only: no I/O, no state, never anything from the upstream's credentials."""
 
 from __future__ import annotations
 
@@ -94,6 +90,7 @@ MESSAGE_SCHEMAS = {
     "bar": "BarMessage",
     "quote": "Quote",
     "market": "Market",
+    "feed": "FeedChange",
     "pong": "Pong",
     "error": "Error",
 }
@@ -298,29 +295,32 @@ def price_update_message(
     volume: float,
     timestamp: int,
     previous_close: float | None = None,
+    feed: str = "live",
 ) -> Frame:
     """The seed's `price_update`; with `change` and `change_percent` against the previous
-    close added when the gateway knows it (added fields only: the seed's shape stays)."""
+    close added when the gateway knows it, and the `feed` it came by (added fields only)."""
     data: dict[str, float | int] = {"price": price, "volume": volume, "timestamp": timestamp}
     if previous_close:  # unknown (None) or a symbol without one (0): no change fields
         data["change"] = round(price - previous_close, 6)
         data["change_percent"] = round((price - previous_close) / previous_close * 100, 4)
-    return _encode({"type": "price_update", "symbol": symbol, "data": data})
+    return _encode({"type": "price_update", "symbol": symbol, "data": data, "feed": feed})
 
 
 def encode_trades(
-    trades: list[Trade], previous_close: Callable[[str], float | None] | None = None
+    trades: list[Trade],
+    previous_close: Callable[[str], float | None] | None = None,
+    feed_of: Callable[[str], str] = lambda symbol: "live",
 ) -> list[Frame]:
-    """The one place trades become frames: the newest trade of each symbol in one
-    upstream message, as a `price_update` (with the day's change where the previous
-    close is known). Bars count every trade; prices only need the newest."""
+    """The one place trades become frames: each symbol's newest trade in one upstream message
+    as a `price_update` (the day's change when known, the symbol's feed)."""
     newest, _ = newest_per_symbol(trades)
-    if previous_close is None:
-        return [price_update_message(t.symbol, t.price, t.volume, t.timestamp) for t in newest]
-    return [
-        price_update_message(t.symbol, t.price, t.volume, t.timestamp, previous_close(t.symbol))
-        for t in newest
-    ]
+    close = previous_close or dict[str, float]().get
+    return [price_update_message(*t[:4], close(t.symbol), feed_of(t.symbol)) for t in newest]
+
+
+def feed_message(symbol: str, feed: str) -> Frame:
+    """A symbol's feed changed: "live", "sampled" or "polled" (market_data/feed_plan.py)."""
+    return _encode({"type": "feed", "symbol": symbol, "feed": feed})
 
 
 def quote_body(symbol: str, quote: Quote) -> dict[str, object]:
@@ -339,6 +339,7 @@ def quote_body(symbol: str, quote: Quote) -> dict[str, object]:
             "previous_close": quote.previous_close,
             "timestamp": quote.timestamp,
         },
+        "feed": "polled",
     }
 
 
@@ -369,7 +370,6 @@ def invalid_symbols_error(rejected: list[str]) -> Frame:
 
 PONG = _encode({"type": "pong"})
 
-# What clients are told when Finnhub refuses something: fixed words, never Finnhub's own
-# text (which reaches every browser and could carry anything).
+# Told when Finnhub refuses something: fixed words, never Finnhub's text (could be anything).
 UPSTREAM_REFUSED_SYMBOL = "the upstream (Finnhub) refused this symbol"
 UPSTREAM_REPORTED_ERROR = "the upstream (Finnhub) reported an error; prices may pause"

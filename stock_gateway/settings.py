@@ -62,10 +62,14 @@ class Settings:
     upstream_idle_timeout: float = setting(90.0, minimum=0.01)
     # The upstream's TCP connect plus WebSocket handshake must finish within this.
     upstream_handshake_timeout: float = setting(10.0, minimum=0.01)
-    # Upstream subscribe/unsubscribe frames: a token bucket (per second, burst).
     upstream_subscribe_rate: float = setting(10.0, minimum=0.1)
-    upstream_subscribe_burst: int = setting(50, minimum=1)
-    # The last client leaving a symbol releases it upstream only after this many seconds.
+    upstream_subscribe_burst: int = setting(50, minimum=1)  # those two: (un)subscribes/s
+    # Past MAX_UPSTREAM_SYMBOLS (market_data/feed_plan.py): slots for sampled symbols'
+    # turns, a turn's length, (un)subscribe messages the planner may cause a minute.
+    sampled_slots: int = setting(5, minimum=1)
+    sample_turn_seconds: float = setting(2.0, minimum=0.1)
+    upstream_changes_per_minute: int = setting(240, minimum=2)
+    # The last client leaving a symbol releases it upstream after this many seconds.
     symbol_linger_seconds: float = setting(30.0, minimum=0)
     # A symbol Finnhub refused is refused to every client for this many seconds.
     rejected_symbol_seconds: float = setting(600.0, minimum=0)

@@ -2,11 +2,15 @@
 which core tasks the `Supervisor` owns.
 
 ```
-FinnhubFeed --trades--> Relay --frames--> Hub --frames--> ClientConnection (per client)
-    ^                 (LocalRelay, or         |  ^
-    |                  RedisRelay on a        |  +-- QuoteService <-- FinnhubRest
+PlannedUpstream --trades--> Relay --frames--> Hub --frames--> ClientConnection
+ (FinnhubFeed: the socket) (LocalRelay, or      |  ^
+    ^    |                  RedisRelay on a     |  +-- QuoteService <-- FinnhubRest
+    |    +-- feeds, polls --> FeedNotices ------+-------^ (polled quotes)
     +-- SymbolInterest <-- UpstreamCapacity <-- SymbolHolds (prices and bars)
 ```
+
+The `PlannedUpstream` plans which wanted symbols ride the socket's few slots (live, or
+sampled in turns) and which are polled by REST (market_data/feed_plan.py).
 
 Each part is built whole, with every collaborator it needs, in dependency order: no
 part is handed one after construction. Single process or cluster is the choice of one
@@ -39,9 +43,11 @@ from stock_gateway.cluster.bars import MirrorBars, StoredBars
 from stock_gateway.cluster.link import RedisLink
 from stock_gateway.cluster.relay import RedisRelay
 from stock_gateway.cluster.rest import ClusterQuoteSource, RedisBudget, RedisResponseCache
+from stock_gateway.delivery.feed_notices import FeedNotices
 from stock_gateway.delivery.snapshots import LatestPrices
 from stock_gateway.endpoints.finnhub_ws import FinnhubSessions
 from stock_gateway.endpoints.ws_session import ClientSessions
+from stock_gateway.market_data.feed_plan import FeedPlanner, PlanLimits
 from stock_gateway.market_data.finnhub_rest import (
     WINDOW_SLACK,
     CallBudget,
@@ -50,10 +56,10 @@ from stock_gateway.market_data.finnhub_rest import (
 )
 from stock_gateway.market_data.market_watch import MarketWatch
 from stock_gateway.market_data.model import SymbolInterest
+from stock_gateway.market_data.planned_upstream import PlannedUpstream
 from stock_gateway.market_data.quotes import QuoteService, QuoteSource
 from stock_gateway.market_data.rest_mirror import MemoryResponseCache, ResponseCache, RestMirror
 from stock_gateway.market_data.rest_shares import rest_shares
-from stock_gateway.market_data.upstream import Upstream
 from stock_gateway.relay.base import Relay
 from stock_gateway.relay.local import LocalRelay
 from stock_gateway.runtime.backoff import Backoff
@@ -74,7 +80,7 @@ class Running:
     """What exists while the app is up: built by `start`, torn down with its stack."""
 
     hub: Hub
-    upstream: Upstream
+    upstream: PlannedUpstream
     relay: Relay
     rest: FinnhubRest
     mirror: RestMirror
@@ -116,7 +122,6 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
 
     capacity = UpstreamCapacity(
         wanted,
-        max_symbols=settings.max_upstream_symbols,
         max_per_owner=settings.max_symbols_per_address,
         new_per_owner_hour=settings.new_symbols_per_address,
         allowed=SymbolPatterns.from_setting(settings.symbols_allowed),
@@ -126,10 +131,11 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
     )
     stack.callback(capacity.close)
     holds = SymbolHolds(capacity, max_symbols_per_client=settings.max_symbols_per_client)
-    upstream = FinnhubFeed(
+    socket = FinnhubFeed(
         ws_url,
         key,
-        wanted if link is None else SymbolInterest(),
+        SymbolInterest(),  # what the planner puts on the socket
+        max_symbols=settings.max_upstream_symbols,
         backoff=Backoff(settings.reconnect_initial_delay, settings.reconnect_max_delay),
         reset_backoff_after=settings.reconnect_reset_after,
         idle_timeout=settings.upstream_idle_timeout,
@@ -168,6 +174,9 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
         unknown_ttl=settings.quote_unknown_ttl,
         lookups_per_minute=shares.lookups,
         refreshes_per_minute=shares.refreshes,
+        # Polled symbols get what the reserve leaves: one call a minute kept back for
+        # the market-status poll; subscribers' own asks always go first.
+        polls_per_minute=max(1, shares.reserved - 1),
     )
     # The REST mirror's forwarded calls (GET /api/v1/...): their answers are kept in
     # this process, or on a cluster in Redis beside the budget.
@@ -217,6 +226,27 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
         max_batch_bytes=settings.max_batch_bytes,
         slow_consumer_timeout=settings.slow_consumer_timeout,
         handoff_observer=handoff,
+    )
+    planner = FeedPlanner(
+        PlanLimits(
+            socket_slots=settings.max_upstream_symbols,
+            sampled_slots=settings.sampled_slots,
+            turn_seconds=settings.sample_turn_seconds,
+            changes_per_minute=settings.upstream_changes_per_minute,
+        ),
+        time.monotonic,
+    )
+    notices = FeedNotices(hub.subscribers_of, latest, planner.priced)
+    quotes.on_polled(notices.polled)
+    # One process: the wanted symbols are this process's; on a cluster the leader sets
+    # them to the cluster's union (cluster/leader.py), so one plan serves the key.
+    upstream = PlannedUpstream(
+        socket,
+        planner,
+        wanted if link is None else SymbolInterest(),
+        demand=capacity.demand,
+        on_feeds=notices.feeds_changed,
+        poll=quotes.poll if settings.rest_enabled else lambda symbols: None,
     )
     watch_market = partial(
         MarketWatch,

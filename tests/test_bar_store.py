@@ -456,7 +456,7 @@ class SlowReads(MemoryStore):
 
 async def test_an_owner_reads_bars_over_http_one_answer_at_a_time() -> None:
     store = SlowReads()
-    capacity = UpstreamCapacity(SymbolInterest(), max_symbols=50)
+    capacity = UpstreamCapacity(SymbolInterest())
     bars = BarDelivery(
         BarBook(),
         SymbolHolds(capacity, max_symbols_per_client=50),

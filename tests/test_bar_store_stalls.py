@@ -285,7 +285,7 @@ async def test_trades_held_while_a_symbol_loads_count_after_its_stored_bars(
     store = SlowStore(Bar.of(start, 10.0, 1.0, start))  # one trade, stored open
     recorder = BarRecorder(store, {})
     book = BarBook()
-    capacity = UpstreamCapacity(SymbolInterest(), max_symbols=50)
+    capacity = UpstreamCapacity(SymbolInterest())
     bars = BarDelivery(book, SymbolHolds(capacity, max_symbols_per_client=50), recorder=recorder)
     async with asyncio.timeout(1):  # the store answers nothing yet
         await bars.trades_received([Trade("AAPL", 11.0, 1.0, start + 1, None)])

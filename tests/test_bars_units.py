@@ -288,7 +288,7 @@ async def test_clients_of_one_series_share_its_history_and_a_resubscribe_sends_n
     now = int(time.time() * 1000)
     book = BarBook()
     book.add_trades([trade(100.0 + i, now - 300_000 + i * 1_000) for i in range(240)], now)
-    capacity = UpstreamCapacity(SymbolInterest(), max_symbols=50)
+    capacity = UpstreamCapacity(SymbolInterest())
     bars = BarDelivery(book, SymbolHolds(capacity, max_symbols_per_client=50))
     writers = [FakeWriter(), FakeWriter()]
     clients = [

@@ -187,16 +187,13 @@ async def wait_for(event: asyncio.Event) -> None:
 def make_hub(
     *,
     max_symbols_per_client: int = 50,
-    max_upstream_symbols: int = 50,
     handoff_observer: Observer | None = None,
 ) -> Hub:
     """The one place a `Hub` is built (and `upstream_refused` called, below), so a change
     of its constructor is a change here."""
     latest = LatestPrices()
     # Refused symbols may be asked for again at once: these tests are about counts.
-    capacity = UpstreamCapacity(
-        SymbolInterest(), max_symbols=max_upstream_symbols, reject_for=0, on_release=latest.forget
-    )
+    capacity = UpstreamCapacity(SymbolInterest(), reject_for=0, on_release=latest.forget)
     holds = SymbolHolds(capacity, max_symbols_per_client=max_symbols_per_client)
     return Hub(holds, latest, handoff_observer=handoff_observer)
 
@@ -646,6 +643,7 @@ async def test_asgi_path_sends_text_frames_in_order(rigs: Rigs) -> None:
         "type": "price_update",
         "symbol": "AAPL",
         "data": {"price": 100.0, "volume": 1.0, "timestamp": 0},
+        "feed": "live",
     }
 
 
@@ -728,7 +726,7 @@ async def test_hub_reference_counts_follow_any_interleaving() -> None:
 
 
 async def test_symbol_limits_are_refused_by_name_then_what_is_held_is_confirmed() -> None:
-    hub = make_hub(max_symbols_per_client=2, max_upstream_symbols=3)
+    hub = make_hub(max_symbols_per_client=2)
     async with (
         hub.connect(FakeSocket(), w1 := FakeWriter(), encoder=WS) as c1,
         hub.connect(FakeSocket(), w2 := FakeWriter(), encoder=WS) as c2,
@@ -748,18 +746,16 @@ async def test_symbol_limits_are_refused_by_name_then_what_is_held_is_confirmed(
 
         hub.subscribe(c2, ["TSLA"])  # the third distinct symbol upstream
         start = len(w2.messages())
+        # Capacity is no reason to refuse (it was `symbol_limit` past MAX_UPSTREAM_SYMBOLS):
+        # a fourth distinct symbol is served; only the client's own cap refuses.
         hub.subscribe(c2, ["NVDA", "AAPL", "AMZN"])
-        too_many, symbol_limit, confirmation = w2.messages()[start:]
+        too_many, confirmation = w2.messages()[start:]
         assert too_many["code"] == "too_many_symbols"
-        assert too_many["symbols"] == ["AMZN"]
+        assert too_many["symbols"] == ["AAPL", "AMZN"]
         assert "AMZN" in too_many["message"]
-        assert symbol_limit["type"] == "error"
-        assert symbol_limit["code"] == "symbol_limit"
-        assert symbol_limit["symbols"] == ["NVDA"]
-        assert "NVDA" in symbol_limit["message"]
-        assert confirmation == {"type": "subscription", "status": "subscribed", "symbols": ["AAPL"]}
-        assert hub.interest.symbols == {"AAPL", "MSFT", "TSLA"}
-        assert c2.symbols == {"TSLA", "AAPL"}
+        assert confirmation == {"type": "subscription", "status": "subscribed", "symbols": ["NVDA"]}
+        assert hub.interest.symbols == {"AAPL", "MSFT", "TSLA", "NVDA"}
+        assert c2.symbols == {"TSLA", "NVDA"}
         assert_hub_consistent(hub)
 
         # A symbol already held is confirmed again, after the refusal of the others.
@@ -887,11 +883,13 @@ async def test_trades_are_encoded_as_seed_price_updates_and_unheld_symbols_skipp
                     "type": "price_update",
                     "symbol": "AAPL",
                     "data": {"price": 189.5, "volume": 100.0, "timestamp": 1_700_000_000_000},
+                    "feed": "live",
                 },
                 {
                     "type": "price_update",
                     "symbol": "AAPL",
                     "data": {"price": 189.25, "volume": 0.5, "timestamp": 1_700_000_000_001},
+                    "feed": "live",
                 },
             ]
             # One batch reached the broadcaster: the MSFT-only one was never published.

@@ -18,6 +18,7 @@ def price_update(
         "type": "price_update",
         "symbol": symbol,
         "data": {"price": price, "volume": volume, "timestamp": timestamp},
+        "feed": "live",
     }
 
 

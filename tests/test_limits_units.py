@@ -30,7 +30,7 @@ def capacity(**options: object) -> UpstreamCapacity:
 
 
 async def test_a_share_charges_each_holder_of_a_symbol_its_fraction() -> None:
-    table = capacity(max_symbols=50, max_per_owner=2)
+    table = capacity(max_per_owner=2)
     table.join("A", "alice")
     table.join("B", "alice")
     refusal = table.refusal("C", "alice")
@@ -55,7 +55,7 @@ async def test_a_share_charges_each_holder_of_a_symbol_its_fraction() -> None:
 
 
 async def test_two_owners_subscribing_the_same_symbols_in_turn_get_two_shares() -> None:
-    table = capacity(max_symbols=50, max_per_owner=10)
+    table = capacity(max_per_owner=10)
     symbols = [f"Z{index}" for index in range(50)]
     for _round in range(10):  # each takes, in chunks of 10, all it is given
         for owner in ("alice", "bob"):
@@ -96,17 +96,17 @@ async def test_a_share_filled_exactly_in_fractions_is_not_refused_by_rounding() 
     assert table.refusal("D", "x1") is not None and table.refusal("D", "x2") is None
 
 
-async def test_the_cap_refuses_unless_a_lingering_symbol_can_make_room() -> None:
-    table = capacity(max_symbols=2, max_per_owner=10, linger=30)
-    table.join("A", "x")
-    table.join("B", "x")
-    refusal = table.refusal("C", "y")
-    assert refusal is not None and refusal.code == "symbol_limit"
-    table.leave("A", "x")  # lingers
-    assert table.lingering == ["A"] and table.interest.symbols == {"A", "B"}
-    assert table.refusal("C", "y") is None
-    table.join("C", "y")
-    assert table.interest.symbols == {"B", "C"} and table.lingering == []
+async def test_no_symbol_is_refused_for_capacity_and_lingering_ones_have_no_demand() -> None:
+    # Past MAX_UPSTREAM_SYMBOLS, symbols were refused (`symbol_limit`); now every symbol is
+    # served and the feed planner decides which ride the socket, by demand.
+    table = capacity(max_per_owner=10, linger=30)
+    for symbol in ("A", "B", "C"):
+        assert table.refusal(symbol, "y") is None
+        table.join(symbol, "y")
+    table.join("B", "z")
+    table.leave("A", "y")  # lingers: still wanted, with no demand
+    assert table.lingering == ["A"] and table.interest.symbols == {"A", "B", "C"}
+    assert table.demand() == {"A": 0.0, "B": 2.0, "C": 1.0}
     table.close()
 
 

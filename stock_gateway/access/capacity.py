@@ -1,9 +1,11 @@
-"""The upstream's symbol capacity: which symbols it carries, and who may add one more.
+"""Which symbols the gateway serves, who holds them, and who may add one more.
 
-Finnhub's free plan carries about 50 symbols per socket, one socket per key: a shared,
-scarce resource. `UpstreamCapacity` keeps the upstream `SymbolInterest` and decides:
+Finnhub's free plan carries about 50 symbols per socket, one socket per key; the
+gateway serves every symbol wanted however many there are (market_data/feed_plan.py
+decides which ride the socket: capacity is never a reason to refuse).
+`UpstreamCapacity` keeps the wanted `SymbolInterest`, each symbol's demand
+(`demand()`: its holders, weighted by owner) and decides:
 
-- **the cap** (`MAX_UPSTREAM_SYMBOLS`): no more distinct symbols than that;
 - **a fair share** (`MAX_SYMBOLS_PER_ADDRESS`): one owner (a client address, or a user
   once users are known) is charged for the symbols it holds, a symbol that n owners
   hold costing each of them 1/n, and may not go over that many. The charges of all
@@ -21,8 +23,8 @@ scarce resource. `UpstreamCapacity` keeps the upstream `SymbolInterest` and deci
   refused to everyone for `REJECTED_SYMBOL_SECONDS`;
 - **linger** (`SYMBOL_LINGER_SECONDS`): when the last holder leaves, the symbol stays
   upstream a while, so a client that comes back (a page reload, a flapping dashboard)
-  costs no upstream frame. A lingering symbol never blocks anyone: when the cap is
-  reached, the longest-lingering one is released to make room.
+  costs no upstream frame. A lingering symbol has no demand: the planner gives its
+  socket slot to any symbol somebody holds.
 
 The hub tells it every (symbol, owner) join and leave; all of it is synchronous code on
 the event loop. It never talks to clients or to the upstream except through the interest.
@@ -37,6 +39,7 @@ from collections.abc import Callable
 from stock_gateway.access.allowances import Allowances
 from stock_gateway.access.entitlements import SymbolPatterns
 from stock_gateway.access.refusal import Refusal
+from stock_gateway.market_data.feed_plan import owner_weighted
 from stock_gateway.market_data.model import SymbolInterest
 
 # Charges are sums of 1/n in floating point: a share filled exactly (say 10 halves and
@@ -50,7 +53,6 @@ class UpstreamCapacity:
         self,
         interest: SymbolInterest,
         *,
-        max_symbols: int = 50,
         max_per_owner: int = 50,
         new_per_owner_hour: int | None = None,
         allowed: SymbolPatterns | None = None,
@@ -62,7 +64,6 @@ class UpstreamCapacity:
         # Called with each symbol the upstream stops carrying: its snapshot and bars
         # would only go stale.
         self.on_release = on_release
-        self._max_symbols = max_symbols
         self._max_per_owner = max_per_owner
         self._new_per_owner_hour = new_per_owner_hour
         self._new_symbols = (
@@ -82,10 +83,16 @@ class UpstreamCapacity:
     def lingering(self) -> list[str]:
         return sorted(self._lingering)
 
+    def demand(self) -> dict[str, float]:
+        """Each wanted symbol's demand: its holders weighted by owner (lingering: 0)."""
+        weights = {symbol: owner_weighted(held) for symbol, held in self._holders.items()}
+        weights.update(dict.fromkeys(self._lingering, 0.0))
+        return weights
+
     def charge(self, owner: str) -> float:
         """What `owner`'s symbols use of its share: 1/n for each, n owners holding it.
         Computed when asked, so a join or leave costs O(1) however popular the symbol;
-        an owner holds at most MAX_UPSTREAM_SYMBOLS symbols, so this is bounded too."""
+        an owner holds at most its clients' caps of symbols, so this is bounded too."""
         holders = self._holders
         return sum(1 / len(holders[symbol]) for symbol in self._held.get(owner, ()))
 
@@ -124,12 +131,6 @@ class UpstreamCapacity:
                     "try again later",
                     retry_after=max(1, round(wait)),
                 )
-        carried = len(self.interest)
-        if symbol not in self.interest and carried >= self._max_symbols and not self._lingering:
-            return Refusal(
-                code="symbol_limit",
-                reason=f"the gateway carries at most {self._max_symbols} distinct symbols upstream",
-            )
         return None
 
     def join(self, symbol: str, owner: str) -> None:
@@ -143,8 +144,6 @@ class UpstreamCapacity:
             elif symbol not in self.interest:
                 if self._new_symbols is not None:  # refusal() said there was one to spend
                     self._new_symbols.spend(owner, asyncio.get_running_loop().time(), 1)
-                if len(self.interest) >= self._max_symbols:
-                    self._release(next(iter(self._lingering)))  # make room: oldest linger
                 self.interest.want(symbol)
         if holders[owner] == 0:
             self._held.setdefault(owner, set()).add(symbol)

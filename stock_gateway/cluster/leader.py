@@ -134,7 +134,9 @@ class Leadership:
                 grace=self._bar_grace,
                 recorder=self._recorder,
             )
-        publisher = UpstreamPublisher(self._link, self._previous_close, bars)
+        publisher = UpstreamPublisher(
+            self._link, self._previous_close, bars, self._upstream.feed_of
+        )
         duties = [
             asyncio.create_task(self._upstream.run(publisher), name="cluster-feed"),
             asyncio.create_task(publisher.forward_events(), name="cluster-events"),

@@ -32,8 +32,10 @@ class UpstreamPublisher:
         link: RedisLink,
         previous_close: Callable[[str], float | None] | None,
         bars: LeaderBars | None = None,
+        feed_of: Callable[[str], str] = lambda symbol: "live",
     ) -> None:
         self._redis = link.client()
+        self._feed_of = feed_of  # the leader's plan: every node's clients see its feeds
         self._key = link.key
         self._previous_close = previous_close
         self._bars = bars  # the leader's bar aggregation (cluster/bars.py)
@@ -42,7 +44,7 @@ class UpstreamPublisher:
     async def trades_received(self, trades: list[Trade], received_at: float) -> None:
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                for frame in protocol.encode_trades(trades, self._previous_close):
+                for frame in protocol.encode_trades(trades, self._previous_close, self._feed_of):
                     pipe.publish(self._key("trades", frame.symbol), frame.payload)  # encoded once
                     pipe.set(self._key("last", frame.symbol), frame.payload, ex=86_400)
                 # The message's trades as Finnhub sent them, for clients of its dialect.

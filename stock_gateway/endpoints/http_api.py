@@ -84,6 +84,7 @@ class HttpApi:
             "refusals": dict(sorted(running.admission.refused.items())),
             "symbols": hub.symbols(),
             "symbols_lingering": hub.capacity.lingering,
+            "feeds": running.upstream.report(),  # the feed planner's: leader's on a cluster
             "upstream_messages_received": counters.messages,
             "upstream_trades_received": counters.trades,
             "upstream_messages_malformed": counters.malformed,

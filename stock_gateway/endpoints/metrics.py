@@ -13,7 +13,7 @@ This module must never export anything that could carry the API key or a client 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -24,8 +24,8 @@ from stock_gateway.access.admission import Admission
 from stock_gateway.delivery.stats import send_queue_bytes
 from stock_gateway.market_data.finnhub_rest import REST_STATES, FinnhubRest
 from stock_gateway.market_data.model import UPSTREAM_STATES
+from stock_gateway.market_data.planned_upstream import PlannedUpstream
 from stock_gateway.market_data.rest_mirror import RestMirror
-from stock_gateway.market_data.upstream import Upstream
 from stock_gateway.relay.base import Relay
 from stock_gateway.runtime.supervisor import Supervisor
 from stock_gateway.server.guard import ConnectionGuard
@@ -42,6 +42,10 @@ METRICS: dict[str, str] = {
     "gateway_authenticated_users": "Distinct users connected with a verified signed token",
     "gateway_refusals_total": "Connections, handshakes and frames refused (label reason)",
     "gateway_upstream_frames_sent_total": "Subscribe and unsubscribe frames sent to Finnhub",
+    "gateway_symbols_by_feed": "Wanted symbols by feed (label feed: live, sampled, polled)",
+    "gateway_feed_slot_turnover_total": "Symbols that took or gave up a socket slot",
+    "gateway_upstream_subscribe_messages_per_minute": "Subscribe and unsubscribe frames, last 60 s",
+    "gateway_price_staleness_seconds": "Seconds since wanted symbols were priced (label quantile)",
     "gateway_rest_calls_total": "Calls made to Finnhub's REST API (quotes, status, /api/v1)",
     "gateway_rest_state": "1 for the REST side's current state (label state)",
     "gateway_rest_budget_per_minute": "REST calls a minute the gateway allows itself",
@@ -85,7 +89,7 @@ class MeteredParts(Protocol):
     """What the collector reads of the running gateway (`wiring.Running` has it all)."""
 
     hub: Hub
-    upstream: Upstream
+    upstream: PlannedUpstream
     relay: Relay
     rest: FinnhubRest
     mirror: RestMirror
@@ -146,6 +150,7 @@ class GatewayCollector(Collector):
             refusals.add_metric([reason], count)
         yield refusals
         yield _counter("gateway_upstream_frames_sent_total", counters.frames_sent)
+        yield from _feed_metrics(running.upstream.report())
         yield _counter("gateway_rest_calls_total", running.rest.calls)
         rest_state = GaugeMetricFamily(
             "gateway_rest_state", METRICS["gateway_rest_state"], labels=["state"]
@@ -201,6 +206,26 @@ class GatewayCollector(Collector):
             yield _counter("gateway_bar_store_bars_written_total", recorder.written)
             yield _counter("gateway_bar_store_bars_dropped_total", recorder.dropped)
             yield _counter("gateway_bar_store_bars_skipped_total", recorder.store.skipped)
+
+
+def _feed_metrics(report: dict[str, Any]) -> Iterator[Metric]:
+    by_feed = GaugeMetricFamily(
+        "gateway_symbols_by_feed", METRICS["gateway_symbols_by_feed"], labels=["feed"]
+    )
+    for feed, count in report["symbols_by_feed"].items():
+        by_feed.add_metric([feed], count)
+    yield by_feed
+    yield _counter("gateway_feed_slot_turnover_total", report["slot_turnover"])
+    per_minute = report["upstream_subscribe_messages_per_minute"]
+    yield _gauge("gateway_upstream_subscribe_messages_per_minute", per_minute)
+    stale = GaugeMetricFamily(
+        "gateway_price_staleness_seconds",
+        METRICS["gateway_price_staleness_seconds"],
+        labels=["quantile"],
+    )
+    for name, seconds in report["price_staleness_seconds"].items():
+        stale.add_metric([name], seconds)
+    yield stale
 
 
 def create_registry(

@@ -21,7 +21,11 @@ decided here, in this order:
 3. **a refresh**: at a market-session change (`refresh`, a new trading day may have
    begun) every carried symbol whose quote is older than `QUOTE_TTL` is fetched again,
    in the order given (subscribed symbols first), one at a time at most
-   `refreshes_per_minute` (a quarter of the plan), and only when no client waits.
+   `refreshes_per_minute` (a quarter of the plan), and only when no client waits;
+4. **a poll** (`poll`): the symbols the feed planner serves by REST (polled ones,
+   market_data/feed_plan.py), most urgent first, evenly spaced at `polls_per_minute`
+   (what the reserved subscriber share leaves), only when no client waits and no
+   refresh is due; each answer goes to the `on_polled` listeners.
 
 At most `IN_FLIGHT` fetches are on their way at once, so a subscriber's ask never
 waits at the budget behind more than those. Each fetch is charged to every owner
@@ -53,7 +57,7 @@ from stock_gateway.runtime.sliding_window import SlidingWindow
 
 logger = get_logger(__name__)
 
-SUBSCRIBER, LOOKUP, REFRESH = 0, 1, 2  # what a fetch is for, first served first
+SUBSCRIBER, LOOKUP, REFRESH, POLL = 0, 1, 2, 3  # what a fetch is for, first served first
 IN_FLIGHT = 4  # fetches on their way to the budget at once
 
 
@@ -91,6 +95,7 @@ class QuoteService:
         unknown_ttl: float = 3600.0,
         lookups_per_minute: int = 30,
         refreshes_per_minute: int = 15,
+        polls_per_minute: int = 0,
         max_queued: int = 256,
     ) -> None:
         self._source = source
@@ -106,6 +111,10 @@ class QuoteService:
         self._lookups = SlidingWindow(max(lookups_per_minute, 1), MINUTE)
         # Refreshes one at a time, evenly spaced: a session change never takes a burst.
         self._refreshed = SlidingWindow(1, MINUTE / max(refreshes_per_minute, 1))
+        self._polls: list[str] = []  # the symbols to poll, most urgent first
+        self._polled = SlidingWindow(1, MINUTE / max(polls_per_minute, 1))
+        self._polling = polls_per_minute > 0
+        self._poll_listeners: list[Callable[[str, Quote], None]] = []
         self._work = asyncio.Event()
         self._listeners: list[Callable[[str, Quote], None]] = []
         self.fetched = 0
@@ -167,6 +176,18 @@ class QuoteService:
         if self._refreshes:
             self._work.set()
 
+    def poll(self, symbols: list[str]) -> None:
+        """From now on, poll these symbols (most urgent first) at the poll pace."""
+        if not self._polling:
+            return
+        self._polls = symbols
+        if symbols:
+            self._work.set()
+
+    def on_polled(self, listener: Callable[[str, Quote], None]) -> None:
+        """Call `listener(symbol, quote)` with every polled quote."""
+        self._poll_listeners.append(listener)
+
     def remember(self, symbol: str, quote: Quote | None) -> None:
         """A quote learned elsewhere (another process of the cluster)."""
         self._store(symbol, quote)
@@ -213,6 +234,13 @@ class QuoteService:
                     if refresh is not None:
                         return refresh
                     continue
+            if self._polls and not self._refreshes:
+                wait = self._polled.wait(now)
+                if not wait:
+                    polled = self._take_poll(loop)
+                    if polled is not None:
+                        return polled
+                pause = wait if wait else None
             self._work.clear()
             try:
                 async with asyncio.timeout(pause):
@@ -230,6 +258,17 @@ class QuoteService:
             self._refreshed.take(now)
             ask = self._pending[symbol] = _Ask(loop.create_future(), now + self._wait, REFRESH)
             return symbol, ask
+        return None
+
+    def _take_poll(self, loop: asyncio.AbstractEventLoop) -> tuple[str, _Ask] | None:
+        now = loop.time()
+        for symbol in self._polls:
+            if symbol not in self._pending:
+                self._polls = [s for s in self._polls if s != symbol]
+                self._polled.take(now)
+                ask = self._pending[symbol] = _Ask(loop.create_future(), now + self._wait, POLL)
+                return symbol, ask
+        self._polls = []  # every one of them is being fetched already
         return None
 
     async def _fetch(self, symbol: str, ask: _Ask, in_flight: asyncio.Semaphore) -> None:
@@ -254,6 +293,9 @@ class QuoteService:
         self.fetched += 1
         self._store(symbol, quote)
         self._settle(symbol, quote)
+        if ask.kind == POLL and quote is not None:
+            for listener in self._poll_listeners:
+                listener(symbol, quote)
 
     # -- the bookkeeping ---------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 an upstream, and what an upstream tells whoever listens.
 
 Finnhub (`finnhub_feed.FinnhubFeed`) is the one provider today. Another one is a class
-with the same four members: it keeps its subscriptions equal to `interest`, counts
+with the same five members: it keeps its subscriptions equal to `interest`, counts
 what it receives in `counters`, reports its `state`, and hands parsed trades, state
 changes and refusals to its `UpstreamListener` (a relay). Nothing here does I/O.
 """
@@ -40,6 +40,10 @@ class Upstream(Protocol):
     interest: SymbolInterest  # what it must carry: its only input
     counters: UpstreamCounters
     state: UpstreamState
+
+    def feed_of(self, symbol: str) -> str:
+        """How `symbol`'s trades come: "live" or "sampled" (market_data/feed_plan.py)."""
+        ...
 
     async def run(self, listener: UpstreamListener) -> None:
         """Stay connected (reconnecting as needed) until cancelled."""

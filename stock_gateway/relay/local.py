@@ -56,7 +56,7 @@ class LocalRelay:
         trades = [trade for trade in trades if trade.symbol in carried]  # else released
         if self._bars is not None:
             await self._bars.trades_received(trades)  # every trade counts in a bar
-        updates = protocol.encode_trades(trades, self._previous_close)
+        updates = protocol.encode_trades(trades, self._previous_close, self._upstream.feed_of)
         if updates:
             await self._hub.publish(UpdateBatch(updates, received_at, trades=trades))
 

@@ -76,7 +76,9 @@ class MarketSimulator:
         self.rate = rate  # trades per second over all subscribed symbols, per connection
         self.ping_interval = ping_interval
         self.token = token
-        self.max_symbols = max_symbols
+        self.max_symbols = max_symbols  # on one socket, as Finnhub's free plan
+        self.refused_over_cap = 0  # subscribes refused for it: never carried
+        self.max_carried = 0  # the most symbols one socket carried at once
         self.received: list[dict[str, object]] = []
         self.connections: list[UpstreamConnection] = []
         self.connection_count = 0
@@ -187,11 +189,13 @@ class MarketSimulator:
         if isinstance(symbol, str):
             if kind == "subscribe" and symbol not in connection.symbols:
                 if len(connection.symbols) >= self.max_symbols:
+                    self.refused_over_cap += 1
                     await connection.ws.send_str(
                         '{"type":"error","msg":"Subscribing to too many symbols"}'
                     )
                 else:
                     connection.symbols.append(symbol)
+                    self.max_carried = max(self.max_carried, len(connection.symbols))
             elif kind == "unsubscribe" and symbol in connection.symbols:
                 connection.symbols.remove(symbol)
         await self.notify()

@@ -32,8 +32,9 @@ const client = new StockClient(wsUrl, {
   // Four updates a second per card is what an eye can follow; the gateway sends the newest.
   throttleMs: 250,
   ...(pageToken ? { getToken: () => pageToken } : {}),
-  onPrice: (symbol, data) => update(symbol, data),
+  onPrice: (symbol, data, feed) => update(symbol, data, feed),
   onQuote: (symbol, quote) => showQuote(symbol, quote),
+  onFeed: (symbol, feed) => markFeed(symbol, feed),
   onBars: (symbol, interval, bars) => {
     const card = cards.get(symbol);
     if (!card || interval !== BAR_INTERVAL) return;
@@ -167,9 +168,17 @@ function showQuote(symbol, quote) {
   element.querySelector(".volume").textContent = `as of ${new Date(quote.timestamp).toLocaleString()}`;
 }
 
-function update(symbol, data) {
+// Past the upstream's cap a symbol is sampled or polled: its price may be delayed.
+function markFeed(symbol, feed) {
+  const card = cards.get(symbol);
+  if (card) card.element.classList.toggle("delayed", feed !== "live");
+  if (card) card.element.title = feed === "live" ? "" : `delayed (${feed})`;
+}
+
+function update(symbol, data, feed = "live") {
   const card = cards.get(symbol);
   if (!card) return;
+  markFeed(symbol, feed);
   const previous = card.last;
   card.live = true;
   card.first ??= data.price;
@@ -177,7 +186,7 @@ function update(symbol, data) {
   const { element } = card;
   const digits = digitsFor(data.price);
   element.querySelector(".price").textContent = data.price.toFixed(digits);
-  element.querySelector(".source").textContent = "live";
+  element.querySelector(".source").textContent = feed;
   if (data.change !== undefined && data.change_percent !== undefined) {
     showChange(element, data.change, data.change_percent, digits, "today");
   } else {

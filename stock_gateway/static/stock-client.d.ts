@@ -237,7 +237,9 @@ export interface SubscriptionMessage {
  * milliseconds. When the gateway knows the previous close (from a quote), `change` and
  * `change_percent` against it are added; the seed's fields are always there. A client
  * that falls behind gets only the newest pending update per symbol, never out of order,
- * and one upstream message delivers at most its newest 100 trades per symbol.
+ * and one upstream message delivers at most its newest 100 trades per symbol. `feed`
+ * says how it came: `live` (the symbol is on the upstream socket) or `sampled` (the
+ * symbol takes turns on it, so trades between turns are missed).
  */
 export interface PriceUpdateMessage {
   type: "price_update";
@@ -253,6 +255,7 @@ export interface PriceUpdateMessage {
     /** change against the previous close */
     change_percent?: number;
   };
+  feed?: Feed;
 }
 
 /**
@@ -267,6 +270,7 @@ export interface PriceUpdatesMessage {
     | {
     symbol: string;
     data: PriceUpdateMessage["data"];
+    feed?: Feed;
   })[];
 }
 
@@ -348,7 +352,9 @@ export interface AuthStatusMessage {
  * symbol's last `price_update`: a client that shows the last message it got never goes
  * back to an older price. Not a live trade: show it as the last close or a quote.
  * `timestamp` is in Unix milliseconds; `change` and `change_percent` (against
- * `previous_close`) may be null. A symbol Finnhub has no quote for gets none.
+ * `previous_close`) may be null. A symbol Finnhub has no quote for gets none. `feed` is
+ * always `polled`: a quote comes by REST; a polled symbol (see `feed`) gets a new quote
+ * whenever the gateway polls it.
  */
 export interface QuoteMessage {
   type: "quote";
@@ -365,6 +371,22 @@ export interface QuoteMessage {
     /** Unix milliseconds */
     timestamp: number;
   };
+  feed?: Feed;
+}
+
+export type Feed = "live" | "sampled" | "polled";
+
+/**
+ * `feed`: How a symbol the client follows is carried changed. `live`: on the upstream
+ * socket, every trade arrives; `sampled`: the symbol takes turns on the socket's few
+ * rotation slots, so prices may be seconds to a minute old; `polled`: priced by REST
+ * quotes within the key's budget, minutes old (show it as delayed). Finnhub's plan
+ * carries MAX_UPSTREAM_SYMBOLS symbols live; the most demanded ones are.
+ */
+export interface FeedChangeMessage {
+  type: "feed";
+  symbol: string;
+  feed: Feed;
 }
 
 /**
@@ -427,6 +449,7 @@ export type ServerMessage =
   | BarMessage
   | QuoteMessage
   | MarketMessage
+  | FeedChangeMessage
   | PongMessage
   | ErrorMessage;
 

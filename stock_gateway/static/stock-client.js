@@ -35,6 +35,9 @@ export class StockClient {
    * @param {(symbol: string, quote: {price: number, change: number|null, change_percent: number|null, open: number, high: number, low: number, previous_close: number, timestamp: number}) => void} [options.onQuote]
    *   a quote (not a live trade): sent when a symbol has no live price yet, e.g. the market is closed,
    *   and never older than the last onPrice of its symbol (the gateway does not send those)
+   *   The third argument of onPrice and onQuote is the price's `feed`: "live", "sampled" or "polled"
+   * @param {(symbol: string, feed: "live"|"sampled"|"polled") => void} [options.onFeed]
+   *   how a followed symbol is carried changed: "sampled" and "polled" prices may be delayed
    * @param {(market: {exchange: string, is_open: boolean, session: string, holiday: string|null}) => void} [options.onMarket]
    *   the market's session, on connect and whenever it changes
    * @param {(status: {connection: string, upstream: string|null}) => void} [options.onStatus]
@@ -59,6 +62,7 @@ export class StockClient {
     this.connection = "connecting";
     this.upstream = null;
     this.market = null; // the last `market` message
+    this.feeds = new Map(); // symbol -> "live" | "sampled" | "polled", as last told
     this.attempt = 0;
     this.closed = false;
     this.socket = null;
@@ -210,10 +214,16 @@ export class StockClient {
     }
     switch (message.type) {
       case "price_update":
-        this.options.onPrice?.(message.symbol, message.data);
+        this.options.onPrice?.(message.symbol, message.data, message.feed ?? "live");
         break;
       case "price_updates": // a batch (batchMs): the same updates, in order
-        for (const update of message.updates) this.options.onPrice?.(update.symbol, update.data);
+        for (const update of message.updates) {
+          this.options.onPrice?.(update.symbol, update.data, update.feed ?? "live");
+        }
+        break;
+      case "feed": // past the upstream's cap a symbol may be sampled or polled: delayed
+        this.feeds.set(message.symbol, message.feed);
+        this.options.onFeed?.(message.symbol, message.feed);
         break;
       case "bars":
         this.options.onBars?.(message.symbol, message.interval, message.bars);
@@ -225,7 +235,7 @@ export class StockClient {
         });
         break;
       case "quote":
-        this.options.onQuote?.(message.symbol, message.data);
+        this.options.onQuote?.(message.symbol, message.data, message.feed ?? "polled");
         break;
       case "market":
         this.market = message;

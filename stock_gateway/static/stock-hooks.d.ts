@@ -21,7 +21,10 @@ export interface GatewayOptions {
 }
 
 /** A symbol's price: a live trade, or (before it trades, say the market is shut) its quote. */
-export type Price = (PriceData & { live: true }) | (QuoteData & { live: false });
+/** `feed`: how it came; "sampled" and "polled" prices may be delayed (past the upstream's cap). */
+export type Price =
+  | (PriceData & { live: true; feed: "live" | "sampled" })
+  | (QuoteData & { live: false; feed: "polled" });
 
 export interface StockPrices {
   prices: { [symbol: string]: Price | undefined };

@@ -81,13 +81,13 @@ class Feed {
       throttleMs,
       batchMs,
       getToken: getToken ? () => this.getToken() : undefined,
-      onPrice: (symbol, data) => {
-        this.prices.set(symbol, { ...data, live: true });
+      onPrice: (symbol, data, feed) => {
+        this.prices.set(symbol, { ...data, live: true, feed });
         this.emit({ kind: "price", symbol });
       },
-      onQuote: (symbol, quote) => {
+      onQuote: (symbol, quote, feed) => {
         this.quotes.set(symbol, quote);
-        this.quotePrices.set(symbol, { ...quote, live: false });
+        this.quotePrices.set(symbol, { ...quote, live: false, feed });
         this.emit({ kind: "quote", symbol });
       },
       onMarket: (market) => {
