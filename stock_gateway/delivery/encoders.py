@@ -85,6 +85,10 @@ class Encoder(Protocol):
 
     def quote(self, symbol: str, quote: Quote) -> Frame | None: ...
 
+    def feed(self, symbol: str, feed: str) -> Frame | None:
+        """How a symbol now comes: "live", "sampled" or "polled" (market_data/feed_plan.py)."""
+        ...
+
     def history(self, bars: Frame) -> Frame | None:
         """A series' history (`bars`: the gateway's `bars` message, shared)."""
         ...
@@ -151,6 +155,9 @@ class GatewayEncoder:
 
     def quote(self, symbol: str, quote: Quote) -> Frame:
         return protocol.quote_message(symbol, quote)
+
+    def feed(self, symbol: str, feed: str) -> Frame:
+        return protocol.feed_message(symbol, feed)
 
     def history(self, bars: Frame) -> Frame:
         return bars

@@ -2,20 +2,21 @@
 to every subscriber of a symbol whose feed changed, and each polled quote to the
 subscribers of its symbol (unless older than the last live price they have).
 
-Only clients of the gateway's own protocol (`/ws`, `/stream`) hear either: Finnhub's
-dialect (`/`) has no such message and no quote, so nothing is invented for it; its
-clients get the trades of live and sampled symbols as they come. Never blocks, never
-fetches anything.
+Each client hears them in its own dialect (delivery/encoders.py): Finnhub's (`/`) has
+no such message and no quote, so nothing is invented for it; its clients get the
+trades of live and sampled symbols as they come. Never blocks, never fetches anything.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 
-from stock_gateway import protocol
+from stock_gateway.delivery.encoders import Encoder
 from stock_gateway.delivery.outbox import ClientConnection
 from stock_gateway.delivery.quotes import LastPrices
 from stock_gateway.market_data.model import Quote
+from stock_gateway.protocol import Frame
 
 
 class FeedNotices:
@@ -33,19 +34,34 @@ class FeedNotices:
 
     def feeds_changed(self, changes: Mapping[str, str]) -> None:
         for symbol, feed in changes.items():
-            frame = protocol.feed_message(symbol, feed)
-            for client in self._subscribers_of(symbol):
-                if client.trade_dialect is None:
-                    client.send(frame)
-                    self.feed_messages += 1
+            self.feed_messages += self._send(symbol, partial(_feed, symbol=symbol, feed=feed))
 
     def polled(self, symbol: str, quote: Quote) -> None:
         self._priced(symbol)
         last_price_at = self._last_prices.timestamp(symbol)
         if last_price_at is not None and quote.timestamp < last_price_at:
             return  # its subscribers have a newer live price
-        frame = protocol.quote_message(symbol, quote)
+        self.polled_quotes += self._send(symbol, partial(_quote, symbol=symbol, quote=quote))
+
+    def _send(self, symbol: str, encode: Callable[[Encoder], Frame | None]) -> int:
+        """One event to the symbol's subscribers, encoded once per dialect; how many
+        were sent it (a dialect without such a message sends nothing)."""
+        frames: dict[Encoder, Frame | None] = {}
+        sent = 0
         for client in self._subscribers_of(symbol):
-            if client.trade_dialect is None:
+            encoder = client.encoder
+            if encoder not in frames:
+                frames[encoder] = encode(encoder)
+            frame = frames[encoder]
+            if frame is not None:
                 client.send(frame)
-                self.polled_quotes += 1
+                sent += 1
+        return sent
+
+
+def _feed(encoder: Encoder, symbol: str, feed: str) -> Frame | None:
+    return encoder.feed(symbol, feed)
+
+
+def _quote(encoder: Encoder, symbol: str, quote: Quote) -> Frame | None:
+    return encoder.quote(symbol, quote)

@@ -76,6 +76,9 @@ class FinnhubEncoder:
     def quote(self, symbol: str, quote: Quote) -> None:
         return None
 
+    def feed(self, symbol: str, feed: str) -> None:
+        return None
+
     def quote_unavailable(self, symbol: str, retry_after: float) -> None:
         return None
 

@@ -35,9 +35,11 @@ export interface BarState {
 
 export interface StockClientOptions {
   /** A live trade. */
-  onPrice?: (symbol: string, data: PriceData) => void;
+  onPrice?: (symbol: string, data: PriceData, feed: Feed) => void;
   /** A quote, sent when a symbol has no live price yet (say the market is closed); never older than its last onPrice. */
-  onQuote?: (symbol: string, quote: QuoteData) => void;
+  onQuote?: (symbol: string, quote: QuoteData, feed: Feed) => void;
+  /** How a symbol it follows is carried changed: "live", "sampled" (delayed) or "polled". */
+  onFeed?: (symbol: string, feed: Feed) => void;
   /** The market's session, on connect and whenever it changes. */
   onMarket?: (market: MarketMessage) => void;
   onStatus?: (status: ConnectionStatus) => void;
@@ -75,6 +77,8 @@ export declare class StockClient {
   readonly upstream: UpstreamState | null;
   /** The last `market` message, if any. */
   readonly market: MarketMessage | null;
+  /** How each symbol it follows is carried, as the gateway last said (`feed` messages). */
+  readonly feeds: Map<string, Feed>;
   /** Follow symbols; remembered across reconnects. */
   subscribe(symbols: string[]): void;
   /** Stop following symbols. */
