@@ -35,7 +35,7 @@ from typing import Protocol
 
 from stock_gateway.access.entitlements import UNRESTRICTED, Entitlements
 from stock_gateway.access.holds import RefusedSymbols, SymbolHolds
-from stock_gateway.bars.delivery import BarDelivery
+from stock_gateway.delivery.bar_delivery import BarDelivery
 from stock_gateway.delivery.encoders import Encoder, send_each
 from stock_gateway.delivery.outbox import OUTBOX_BYTES, ClientConnection
 from stock_gateway.delivery.pacing import MAX_BATCH_BYTES, DeliveryClock, DeliveryGroups

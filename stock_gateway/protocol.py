@@ -267,7 +267,7 @@ def subscription_message(
 
 
 def bars_message(symbol: str, interval: Interval, bars: bytes = b"[]") -> Frame:
-    """A series' history; `bars` is the JSON array of its bars, encoded by bars/history.py."""
+    """A series' history; `bars`: the JSON array of its bars (delivery/bar_history.py)."""
     head = orjson.dumps({"type": "bars", "symbol": symbol, "interval": interval})
     return Frame(head[:-1] + b',"bars":' + bars + b"}", "bars", symbol)
 

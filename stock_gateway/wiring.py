@@ -30,19 +30,18 @@ from functools import partial
 from finnhub_feed import FinnhubFeed
 from hub import Hub, Observer
 from stock_gateway.access.admission import Admission
-from stock_gateway.access.allowances import Allowances
 from stock_gateway.access.capacity import UpstreamCapacity
 from stock_gateway.access.entitlements import SymbolPatterns
 from stock_gateway.access.history_budget import HistoryBudget
 from stock_gateway.access.holds import SymbolHolds
 from stock_gateway.bars.book import MAX_BAR_BYTES, MAX_OPEN_BARS, BarBook
-from stock_gateway.bars.delivery import BarDelivery
 from stock_gateway.bars.outages import Outages
 from stock_gateway.bars.startup import open_recorder
 from stock_gateway.cluster.bars import MirrorBars, StoredBars
 from stock_gateway.cluster.link import RedisLink
 from stock_gateway.cluster.relay import RedisRelay
 from stock_gateway.cluster.rest import ClusterQuoteSource, RedisBudget, RedisResponseCache
+from stock_gateway.delivery.bar_delivery import BarDelivery
 from stock_gateway.delivery.feed_notices import FeedNotices
 from stock_gateway.delivery.snapshots import LatestPrices
 from stock_gateway.endpoints.finnhub_ws import FinnhubSessions
@@ -62,6 +61,7 @@ from stock_gateway.market_data.rest_mirror import MemoryResponseCache, ResponseC
 from stock_gateway.market_data.rest_shares import rest_shares
 from stock_gateway.relay.base import Relay
 from stock_gateway.relay.local import LocalRelay
+from stock_gateway.runtime.allowances import Allowances
 from stock_gateway.runtime.backoff import Backoff
 from stock_gateway.runtime.logs import get_logger
 from stock_gateway.runtime.supervisor import Supervisor

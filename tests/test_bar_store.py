@@ -25,11 +25,11 @@ from stock_gateway.access.holds import SymbolHolds
 from stock_gateway.access.refusal import Refusal
 from stock_gateway.bars import sqlite_store
 from stock_gateway.bars.book import Bar, BarBook, BarEvent, Interval
-from stock_gateway.bars.delivery import BarDelivery
 from stock_gateway.bars.intervals import NEW_YORK, day_of
 from stock_gateway.bars.recorder import BarRecorder
 from stock_gateway.bars.sqlite_store import SqliteStore
 from stock_gateway.bars.store import BarStore, MemoryStore
+from stock_gateway.delivery.bar_delivery import BarDelivery
 from stock_gateway.market_data.model import SymbolInterest, Trade
 from tests.helpers import (
     PROJECT,

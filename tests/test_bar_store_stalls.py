@@ -25,12 +25,12 @@ import pytest
 
 from stock_gateway.access.capacity import UpstreamCapacity
 from stock_gateway.access.holds import SymbolHolds
-from stock_gateway.bars import delivery as bars_delivery
 from stock_gateway.bars import recorder as recorder_module
 from stock_gateway.bars.book import Bar, BarBook, BarEvent
-from stock_gateway.bars.delivery import BarDelivery
 from stock_gateway.bars.recorder import BarRecorder
 from stock_gateway.bars.sqlite_store import SqliteStore
+from stock_gateway.delivery import bar_delivery as bars_delivery
+from stock_gateway.delivery.bar_delivery import BarDelivery
 from stock_gateway.market_data.model import SymbolInterest, Trade
 from tests.helpers import Client, GatewayUnderTest, Market, poll_until, run_gateway, settings_for
 from tests.postgres_server import PostgresServer, postgres_bin

@@ -21,8 +21,8 @@ from stock_gateway.bars.book import (
     BarEvent,
     Interval,
 )
-from stock_gateway.bars.delivery import BarDelivery
-from stock_gateway.bars.history import SWEEP_AT, HistoryFrames, candles
+from stock_gateway.delivery.bar_delivery import BarDelivery
+from stock_gateway.delivery.bar_history import SWEEP_AT, HistoryFrames, candles
 from stock_gateway.delivery.encoders import WS
 from stock_gateway.delivery.outbox import ClientConnection
 from stock_gateway.delivery.stats import FanoutStats

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from stock_gateway.access.admission import Admission, Admitted, address_key
-from stock_gateway.access.allowances import Allowances
 from stock_gateway.access.capacity import UpstreamCapacity
 from stock_gateway.access.entitlements import SymbolPatterns
 from stock_gateway.access.history_budget import HistoryBudget
@@ -19,6 +18,7 @@ from stock_gateway.market_data.finnhub_rest import SlidingWindowBudget
 from stock_gateway.market_data.finnhub_wire import decode, newest_per_symbol, parse_trades, redact
 from stock_gateway.market_data.model import Quote, SymbolInterest, Trade
 from stock_gateway.market_data.quotes import QuoteService, QuoteUnavailable
+from stock_gateway.runtime.allowances import Allowances
 from stock_gateway.runtime.token_bucket import TokenBucket
 from stock_gateway.settings import Settings
 

@@ -9,11 +9,11 @@ import asyncio
 
 import pytest
 
-from stock_gateway.access.allowances import Allowances
 from stock_gateway.market_data.finnhub_rest import SlidingWindowBudget, usable_rate
 from stock_gateway.market_data.model import Quote
 from stock_gateway.market_data.quote_cache import MAX_UNKNOWN, QuoteCache
 from stock_gateway.market_data.quotes import IN_FLIGHT, QuoteService, QuoteUnavailable
+from stock_gateway.runtime.allowances import Allowances
 from stock_gateway.runtime.sliding_window import SlidingWindow
 
 

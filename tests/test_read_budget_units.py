@@ -4,7 +4,7 @@ settled with the size after; an owner in debt refused before any work."""
 from __future__ import annotations
 
 from stock_gateway.access.history_budget import HistoryBudget
-from stock_gateway.bars.delivery import ESTIMATED_BAR_BYTES, read_estimate
+from stock_gateway.delivery.bar_delivery import ESTIMATED_BAR_BYTES, read_estimate
 
 
 def test_the_estimate_is_the_limit_or_the_bars_that_fit_the_span() -> None:

@@ -43,11 +43,11 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
 
-from stock_gateway.access.allowances import Allowances
 from stock_gateway.access.entitlements import UNRESTRICTED, Entitlements
 from stock_gateway.access.refusal import Refusal
 from stock_gateway.access.tokens import Authenticator, AuthFailed, Identity
 from stock_gateway.protocol import CLOSE_AUTH_FAILED, CLOSE_TOO_MANY_FOR_USER, CLOSE_TRY_AGAIN_LATER
+from stock_gateway.runtime.allowances import Allowances
 from stock_gateway.settings import Settings
 
 USER_PREFIX = "user:"  # a user's key beside the addresses' (no address starts so)

@@ -14,7 +14,7 @@ decides which ride the socket: capacity is never a reason to refuse).
   cannot fill the cap), while a popular symbol costs each of its holders little;
 - **new symbols** (`NEW_SYMBOLS_PER_ADDRESS` an hour): one owner may make the upstream
   start carrying at most that many symbols it did not carry (nor let linger), a token
-  bucket per owner (access/allowances.py). Every symbol carried is recorded in the bar
+  bucket per owner (runtime/allowances.py). Every symbol carried is recorded in the bar
   store for months, so rotating through new symbols would otherwise grow the store
   without bound (docs/bars.md says what the bound costs); joining a symbol already
   carried is free;
@@ -36,11 +36,11 @@ import asyncio
 from collections import Counter
 from collections.abc import Callable
 
-from stock_gateway.access.allowances import Allowances
 from stock_gateway.access.entitlements import SymbolPatterns
 from stock_gateway.access.refusal import Refusal
 from stock_gateway.market_data.feed_plan import owner_weighted
 from stock_gateway.market_data.model import SymbolInterest
+from stock_gateway.runtime.allowances import Allowances
 
 # Charges are sums of 1/n in floating point: a share filled exactly (say 10 halves and
 # 5 whole symbols) must not be refused over a rounding error.

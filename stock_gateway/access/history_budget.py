@@ -6,7 +6,7 @@ and asking again costs the client one small message. So each history sent is cha
 its bytes, the cost it really has, to the client's allowance
 (`HISTORY_BYTES_PER_CLIENT` a minute) and to its owner's (its address, or its user
 with signed tokens: `HISTORY_BYTES_PER_ADDRESS` a minute), token buckets of bytes
-(access/allowances.py). A history that does not fit either is refused with
+(runtime/allowances.py). A history that does not fit either is refused with
 `rate_limited`, naming the limit; one bigger than a whole allowance is allowed from a
 full one and leaves it in debt, so it stays possible, only rare.
 
@@ -25,8 +25,8 @@ from __future__ import annotations
 import math
 import time
 
-from stock_gateway.access.allowances import Allowances
 from stock_gateway.access.refusal import Refusal
+from stock_gateway.runtime.allowances import Allowances
 
 MINUTE = 60.0
 READ_BURST_SECONDS = 5.0  # HTTP reads of the whole gateway at once: 5 s of their rate

@@ -24,7 +24,7 @@ message of trades stamped up to an hour ahead must not make thousands of future 
 At most `history` closed bars are kept per symbol and interval, plus the open one(s).
 `revision()` names the state of a series' closed bars and of its open ones, each changing
 with that part (never reused), so an encoded history is kept until it is out of date
-(bars/history.py). Pure bookkeeping: never clients, Redis or the clock (times passed in).
+(delivery/bar_history.py). Pure bookkeeping: never clients, Redis or the clock (times passed in).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from stock_gateway.bars.book import Bar, BarBook, Interval
 from stock_gateway.market_data.model import Trade
 
 LOAD_SECONDS = 5.0  # one load's reads in all; the held trades wait at most this long
-# Trades waiting for their symbols' loads: one slice of the feed's (bars/delivery.py
+# Trades waiting for their symbols' loads: one slice of the feed's (delivery/bar_delivery.py
 # TRADES_PER_SLICE), so counting them when a load ends costs the loop no more than one.
 MAX_HELD_TRADES = 5_000
 

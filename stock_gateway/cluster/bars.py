@@ -43,10 +43,10 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from stock_gateway.bars.book import INTERVALS, Bar, BarBook, BarEvent, Interval
-from stock_gateway.bars.delivery import BAR_CLOCK_SECONDS, TRADES_PER_SLICE
 from stock_gateway.bars.loads import Stored, StoredBarLoads
 from stock_gateway.bars.outages import Outages
 from stock_gateway.bars.recorder import BarRecorder
+from stock_gateway.delivery.bar_delivery import BAR_CLOCK_SECONDS, TRADES_PER_SLICE
 from stock_gateway.market_data.model import Trade, UpstreamState
 from stock_gateway.runtime.cancellation import raise_if_cancelling
 from stock_gateway.runtime.logs import get_logger

@@ -39,12 +39,12 @@ from redis.exceptions import RedisError
 
 from hub import Hub, UpdateBatch
 from stock_gateway import protocol
-from stock_gateway.bars.delivery import BarDelivery
 from stock_gateway.bars.recorder import BarRecorder
 from stock_gateway.cluster.bars import MirrorBars, StoredBars
 from stock_gateway.cluster.leader import Leadership, MarketWatchFactory
 from stock_gateway.cluster.link import RedisLink
 from stock_gateway.cluster.rest import decode_announcement
+from stock_gateway.delivery.bar_delivery import BarDelivery
 from stock_gateway.market_data.finnhub_wire import UndecodableMessage, decode, parse_trades
 from stock_gateway.market_data.model import UPSTREAM_STATES, MarketStatus, UpstreamState
 from stock_gateway.market_data.quotes import QuoteService

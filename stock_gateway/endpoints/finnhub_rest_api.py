@@ -38,8 +38,8 @@ from stock_gateway import protocol
 from stock_gateway.access.admission import Admitted, address_key
 from stock_gateway.access.refusal import Refusal
 from stock_gateway.bars.book import Interval
-from stock_gateway.bars.history import candles
 from stock_gateway.bars.store import MAX_READ
+from stock_gateway.delivery.bar_history import candles
 from stock_gateway.market_data.model import MarketStatus, Quote
 from stock_gateway.market_data.quotes import QuoteUnavailable
 from stock_gateway.market_data.rest_mirror import MirrorRefused, without_credentials

@@ -24,8 +24,8 @@ from stock_gateway import protocol
 from stock_gateway.access.admission import Admitted, address_key, request_token
 from stock_gateway.access.refusal import Refusal
 from stock_gateway.bars.book import INTERVALS
-from stock_gateway.bars.history import candles
 from stock_gateway.bars.store import MAX_READ
+from stock_gateway.delivery.bar_history import candles
 from stock_gateway.endpoints import docs
 from stock_gateway.market_data.quotes import QuoteUnavailable
 from stock_gateway.settings import Settings

@@ -47,10 +47,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from stock_gateway.access.allowances import Allowances
 from stock_gateway.market_data.finnhub_rest import MINUTE, RestUnavailable
 from stock_gateway.market_data.model import Quote
 from stock_gateway.market_data.quote_cache import QuoteCache
+from stock_gateway.runtime.allowances import Allowances
 from stock_gateway.runtime.cancellation import raise_if_cancelling
 from stock_gateway.runtime.logs import get_logger
 from stock_gateway.runtime.sliding_window import SlidingWindow

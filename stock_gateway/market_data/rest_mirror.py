@@ -34,8 +34,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 from urllib.parse import urlencode
 
-from stock_gateway.access.allowances import Allowances
 from stock_gateway.market_data.finnhub_rest import MINUTE, FinnhubRest, RestAnswer, RestUnavailable
+from stock_gateway.runtime.allowances import Allowances
 from stock_gateway.runtime.logs import get_logger
 from stock_gateway.runtime.sliding_window import SlidingWindow
 

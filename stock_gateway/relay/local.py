@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from hub import Hub, UpdateBatch
 from stock_gateway import protocol
-from stock_gateway.bars.delivery import BarDelivery
+from stock_gateway.delivery.bar_delivery import BarDelivery
 from stock_gateway.market_data.market_watch import MarketWatch
 from stock_gateway.market_data.model import Trade, UpstreamState
 from stock_gateway.market_data.quotes import QuoteService

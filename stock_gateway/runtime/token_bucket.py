@@ -2,7 +2,7 @@
 
 One small class for every budget in the gateway: a client's messages
 (access/message_budget.py), a connection's frames (server/), handshakes per address
-and bytes of bar history (access/allowances.py) and the upstream's subscribe frames
+and bytes of bar history (runtime/allowances.py) and the upstream's subscribe frames
 (finnhub_feed). A token is whatever the budget counts: a message, a frame, a byte.
 Time is passed in, so callers use their loop's clock and tests need no sleeps. No I/O,
 no logging.

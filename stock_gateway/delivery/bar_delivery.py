@@ -6,7 +6,7 @@ entitlements, per-client cap and upstream capacity as a price subscription: a sy
 wanted only for bars is still carried upstream, and counted once per client however
 many intervals it follows), confirms with a `subscription` carrying the interval, then
 sends each symbol's held history as one `bars` message, encoded once for every client
-until the series changes (bars/history.py). A history costs its bytes from the client's
+until the series changes (delivery/bar_history.py). A history costs its bytes from the client's
 and its address's allowances (access/history_budget.py): one that does not fit is
 refused (`rate_limited`, naming the limit) and the symbol is not subscribed; a series
 the client already follows gets the confirmation and no history again, for free. From
@@ -31,9 +31,9 @@ from stock_gateway.access.history_budget import HistoryBudget
 from stock_gateway.access.holds import RefusedSymbols, SymbolHolds
 from stock_gateway.access.refusal import Refusal
 from stock_gateway.bars.book import INTERVALS, Bar, BarBook, BarEvent, Interval
-from stock_gateway.bars.history import HistoryFrames
 from stock_gateway.bars.intervals import INTERVAL_MS
 from stock_gateway.bars.recorder import BarRecorder
+from stock_gateway.delivery.bar_history import HistoryFrames
 from stock_gateway.delivery.encoders import Encoder, send_each
 from stock_gateway.delivery.outbox import ClientConnection
 from stock_gateway.market_data.model import Trade, UpstreamState
