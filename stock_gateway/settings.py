@@ -85,7 +85,7 @@ class Settings:
     quote_requests_per_address: float = setting(20.0, minimum=1)  # quote fetches/min
     # Seconds a symbol Finnhub has no quote for (junk) is remembered as such.
     quote_unknown_ttl: float = setting(3600.0, minimum=0)
-    # The shares of the usable REST rate (market_data/rest_shares.py): one-off GET /quote
+    # The shares of the usable REST rate (rest_shares.py): one-off GET /quote
     # lookups (symbols nobody subscribes to) may spend QUOTE_LOOKUP_SHARE a minute, and
     # at least QUOTE_SUBSCRIBER_SHARE is kept for the quotes of symbols clients hold.
     quote_lookup_share: float = setting(0.3, minimum=0.01, maximum=1)

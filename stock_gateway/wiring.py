@@ -58,9 +58,9 @@ from stock_gateway.market_data.model import SymbolInterest
 from stock_gateway.market_data.planned_upstream import PlannedUpstream
 from stock_gateway.market_data.quotes import QuoteService, QuoteSource
 from stock_gateway.market_data.rest_mirror import MemoryResponseCache, ResponseCache, RestMirror
-from stock_gateway.market_data.rest_shares import rest_shares
 from stock_gateway.relay.base import Relay
 from stock_gateway.relay.local import LocalRelay
+from stock_gateway.rest_shares import rest_shares
 from stock_gateway.runtime.allowances import Allowances
 from stock_gateway.runtime.backoff import Backoff
 from stock_gateway.runtime.logs import get_logger

@@ -1,5 +1,5 @@
 """Two addresses cannot spend the whole REST budget: one-off lookups and forwarded calls
-have shares that add up to less than the usable rate (market_data/rest_shares.py), one
+have shares that add up to less than the usable rate (rest_shares.py), one
 address has at most a third of the forwarded share, and the quotes of symbols clients
 hold keep the rest. Against the real gateway and the simulator's REST side enforcing
 the plan."""
@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from bench.spend_attacks import HELD, spend
-from stock_gateway.market_data.rest_shares import rest_shares
+from stock_gateway.rest_shares import rest_shares
 from stock_gateway.settings import ConfigError, Settings
 from tests.helpers import Client, Market, run_gateway, settings_for
 

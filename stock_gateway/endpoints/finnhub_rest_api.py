@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from starlette.requests import Request
@@ -40,13 +40,11 @@ from stock_gateway.access.refusal import Refusal
 from stock_gateway.bars.book import Interval
 from stock_gateway.bars.store import MAX_READ
 from stock_gateway.delivery.bar_history import candles
+from stock_gateway.endpoints.running_app import RunningApp
 from stock_gateway.market_data.model import MarketStatus, Quote
 from stock_gateway.market_data.quotes import QuoteUnavailable
 from stock_gateway.market_data.rest_mirror import MirrorRefused, without_credentials
 from stock_gateway.settings import Settings
-
-if TYPE_CHECKING:
-    from stock_gateway.wiring import Running
 
 # Finnhub's candle resolutions the gateway builds bars for: one table, so a new
 # interval of bars/book.py is one more row here.
@@ -108,7 +106,7 @@ def _seconds(raw: str | None) -> int | None:
 
 
 class FinnhubRestApi:
-    def __init__(self, settings: Settings, running: Callable[[], Running]) -> None:
+    def __init__(self, settings: Settings, running: Callable[[], RunningApp]) -> None:
         self._settings = settings
         self._running = running
 

@@ -1,8 +1,8 @@
 """The HTTP endpoints: `/`, `/health`, `/metrics`, `/docs`, `/asyncapi.yaml`, `/demo`,
 `/favicon.ico` and `GET /quote/{symbol}`.
 
-They read what the lifespan built (`Running`) and never change it, except that a quote
-asked for here is fetched (within the REST budget, a share of it per user and per
+They read what the lifespan built (`RunningApp`) and never change it, except that a
+quote asked for here is fetched (within the REST budget, a share of it per user and per
 address, and for a symbol nobody subscribes to, the one-off lookups' share).
 Nothing here may expose the Finnhub key or a client token.
 """
@@ -13,7 +13,6 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -27,11 +26,9 @@ from stock_gateway.bars.book import INTERVALS
 from stock_gateway.bars.store import MAX_READ
 from stock_gateway.delivery.bar_history import candles
 from stock_gateway.endpoints import docs
+from stock_gateway.endpoints.running_app import RunningApp
 from stock_gateway.market_data.quotes import QuoteUnavailable
 from stock_gateway.settings import Settings
-
-if TYPE_CHECKING:
-    from stock_gateway.wiring import Running
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 
@@ -40,7 +37,7 @@ class HttpApi:
     def __init__(
         self,
         settings: Settings,
-        running: Callable[[], Running],
+        running: Callable[[], RunningApp],
         registry: CollectorRegistry,
         docs_page: str,
     ) -> None:

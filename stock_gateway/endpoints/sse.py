@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator, Callable
-from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -38,13 +37,11 @@ from stock_gateway.access.admission import Admitted, address_key, request_token
 from stock_gateway.access.refusal import Refusal
 from stock_gateway.access.token_session import ClientAuth
 from stock_gateway.delivery.encoders import SSE
+from stock_gateway.endpoints.running_app import RunningApp
 from stock_gateway.protocol import Frame
 from stock_gateway.runtime.logs import get_logger
 from stock_gateway.server.connection import HttpConnection, http_connection
 from stock_gateway.settings import Settings
-
-if TYPE_CHECKING:
-    from stock_gateway.wiring import Running
 
 logger = get_logger(__name__)
 
@@ -127,7 +124,7 @@ def event(frame: Frame) -> bytes:
 
 
 class EventStreams:
-    def __init__(self, settings: Settings, running: Callable[[], Running]) -> None:
+    def __init__(self, settings: Settings, running: Callable[[], RunningApp]) -> None:
         self._settings = settings
         self._running = running
 
