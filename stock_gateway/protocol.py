@@ -1,4 +1,5 @@
-"""The client protocol on `/ws`: what browsers may send, and the frames we send back: the
+"""The client protocol on `/ws`: the frames we send back (what browsers may send is read
+in client_requests.py, by this module's symbol rule and error codes): the
 seed's contract (`connection`, `subscription`, `price_update`) plus the additions in
 asyncapi.yaml and docs/protocol.md. Message shapes live here and nowhere else. Pure
 functions only: no I/O, no state, never anything from the upstream's credentials."""
@@ -96,18 +97,6 @@ MESSAGE_SCHEMAS = {
 }
 
 
-class ProtocolError(Exception):
-    """A client message we refuse; `code` is the stable error code sent to the client."""
-
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-MAX_OPTION_MS = 60_000  # throttle_ms and batch_ms: 0 (off) up to a minute
-
-
 @dataclass(frozen=True)
 class DeliveryOptions:
     """How a client wants its price updates: `throttle_ms` at most one per symbol per that
@@ -124,43 +113,6 @@ class DeliveryOptions:
     def changed(self, given: Mapping[str, int]) -> DeliveryOptions:
         """These options with the values a client gave (the others stay as they are)."""
         return replace(self, **given)
-
-
-def normalize_symbol(raw: str) -> str | None:
-    """The canonical form of a symbol, or None if it is not a symbol."""
-    symbol = raw.strip().upper()
-    return symbol if SYMBOL_PATTERN.fullmatch(symbol) else None
-
-
-def parse_options(values: Mapping[str, object], *, from_query: bool = False) -> dict[str, int]:
-    """The `throttle_ms` / `batch_ms` a client gave, validated: JSON integers in a message,
-    text digits in a query string; ProtocolError("invalid_options") otherwise."""
-    given = {name: values[name] for name in ("throttle_ms", "batch_ms") if name in values}
-    if not given:
-        raise ProtocolError("invalid_options", "give throttle_ms and/or batch_ms")
-    chosen: dict[str, int] = {}
-    for name, raw in given.items():
-        value = int(raw) if from_query and isinstance(raw, str) and raw.isdigit() else raw
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_OPTION_MS:
-            raise ProtocolError(
-                "invalid_options",
-                f"{name} must be a whole number of milliseconds from 0 (off) to {MAX_OPTION_MS}",
-            )
-        chosen[name] = value
-    return chosen
-
-
-def split_symbols(raw_symbols: tuple[str, ...]) -> tuple[list[str], list[str]]:
-    """Normalize a request's symbols: (valid ones, deduplicated in order; rejected raw ones)."""
-    valid: dict[str, None] = {}
-    rejected: list[str] = []
-    for raw in raw_symbols:
-        symbol = normalize_symbol(raw)
-        if symbol is None:
-            rejected.append(raw)
-        else:
-            valid[symbol] = None
-    return list(valid), rejected
 
 
 def quoted(value: str, limit: int = 40) -> str:

@@ -23,6 +23,7 @@ LAYERS = (
     "gateway",
     "wiring",
     "endpoints",
+    "client_requests",
     "cluster",
     "relay",
     "hub",

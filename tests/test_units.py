@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from stock_gateway.client_requests import ProtocolError, normalize_symbol, split_symbols
 from stock_gateway.endpoints.ws_requests import parse_client_message
 from stock_gateway.market_data.finnhub_wire import (
     MAX_TRADE_PRICE,
@@ -14,7 +15,6 @@ from stock_gateway.market_data.finnhub_wire import (
     redact,
 )
 from stock_gateway.market_data.model import NOT_SENT, Trade
-from stock_gateway.protocol import ProtocolError, normalize_symbol, split_symbols
 from stock_gateway.runtime.backoff import Backoff
 
 

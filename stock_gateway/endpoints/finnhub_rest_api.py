@@ -34,7 +34,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from stock_gateway import protocol
+from stock_gateway import client_requests, protocol
 from stock_gateway.access.admission import Admitted, address_key
 from stock_gateway.access.refusal import Refusal
 from stock_gateway.bars.book import Interval
@@ -120,7 +120,7 @@ class FinnhubRestApi:
         if len(given) > 1:  # which one would Finnhub read? Entitlements must see that one.
             return self._refuse("bad_request", "Give one symbol.", 422)
         raw_symbol = given[0] if given else None
-        symbol = protocol.normalize_symbol(raw_symbol) if raw_symbol is not None else None
+        symbol = client_requests.normalize_symbol(raw_symbol) if raw_symbol is not None else None
         asker = await self._admit(request, symbol)
         if isinstance(asker, Response):
             return asker

@@ -34,14 +34,15 @@ import orjson
 from starlette.websockets import WebSocket
 
 from hub import Hub
-from stock_gateway import protocol
+from stock_gateway import client_requests
 from stock_gateway.access.admission import Admission, Admitted
 from stock_gateway.access.token_session import ClientAuth
+from stock_gateway.client_requests import ProtocolError
 from stock_gateway.delivery.finnhub_encoder import FINNHUB
 from stock_gateway.delivery.outbox import ClientConnection
 from stock_gateway.endpoints.ws_io import AsgiClientSocket, Ended, FastPath, RequestReader
 from stock_gateway.endpoints.ws_session import close_with, open_socket
-from stock_gateway.protocol import CLOSE_TOKEN_EXPIRED, Frame, ProtocolError
+from stock_gateway.protocol import CLOSE_TOKEN_EXPIRED, Frame
 from stock_gateway.runtime.logs import get_logger
 from stock_gateway.server.connection import server_connection
 from stock_gateway.settings import Settings
@@ -150,7 +151,7 @@ class FinnhubSessions:
         if kind not in ("subscribe", "unsubscribe") or not isinstance(raw, str):
             client.send(FINNHUB.error('Send {"type":"subscribe","symbol":"AAPL"} or unsubscribe'))
             return
-        symbol = protocol.normalize_symbol(raw)
+        symbol = client_requests.normalize_symbol(raw)
         if symbol is None:
             client.send(FINNHUB.error(f"Invalid symbol {raw[:40]}"))
             return

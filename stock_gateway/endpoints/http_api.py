@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
-from stock_gateway import protocol
+from stock_gateway import client_requests, protocol
 from stock_gateway.access.admission import Admitted, address_key, request_token
 from stock_gateway.access.refusal import Refusal
 from stock_gateway.bars.book import INTERVALS
@@ -173,7 +173,7 @@ class HttpApi:
         """The path's symbol and who asks (whose shares the request spends: its user's
         with signed tokens, and its address's); or the refusal: 400, 401, 403 for a
         symbol the token's entitlements do not allow."""
-        symbol = protocol.normalize_symbol(request.path_params["symbol"])
+        symbol = client_requests.normalize_symbol(request.path_params["symbol"])
         if symbol is None:
             return JSONResponse({"error": f"a symbol is {protocol.SYMBOL_RULE}"}, 400)
         admitted = await self._running().admission.admit(

@@ -32,7 +32,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from stock_gateway import protocol
+from stock_gateway import client_requests, protocol
 from stock_gateway.access.admission import Admitted, address_key, request_token
 from stock_gateway.access.refusal import Refusal
 from stock_gateway.access.token_session import ClientAuth
@@ -139,14 +139,14 @@ class EventStreams:
         if isinstance(admitted, Refusal):
             return JSONResponse({"error": admitted.reason}, admitted.status, admitted.headers())
         raw = [part for part in request.query_params.get("symbols", "").split(",") if part]
-        symbols, rejected = protocol.split_symbols(tuple(raw[:MAX_SYMBOLS_IN_QUERY]))
+        symbols, rejected = client_requests.split_symbols(tuple(raw[:MAX_SYMBOLS_IN_QUERY]))
         if rejected or not symbols:
             return JSONResponse({"error": f"symbols=... each {protocol.SYMBOL_RULE}"}, 400)
         given: dict[str, int] = {}
         if "throttle_ms" in request.query_params or "batch_ms" in request.query_params:
             try:
-                given = protocol.parse_options(request.query_params, from_query=True)
-            except protocol.ProtocolError as exc:
+                given = client_requests.parse_options(request.query_params, from_query=True)
+            except client_requests.ProtocolError as exc:
                 return JSONResponse({"error": exc.message, "code": exc.code}, 400)
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         connection = http_connection(request.scope)

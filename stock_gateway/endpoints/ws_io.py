@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from stock_gateway.access.message_budget import MessageBudget
+from stock_gateway.client_requests import ProtocolError
 from stock_gateway.delivery.sockets import FrameWriter
 from stock_gateway.protocol import (
     CLOSE_MESSAGE_TOO_BIG,
     CLOSE_POLICY_VIOLATION,
     Frame,
-    ProtocolError,
 )
 from stock_gateway.runtime.logs import get_logger
 from stock_gateway.server.connection import ServerConnection

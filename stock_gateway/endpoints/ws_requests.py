@@ -17,10 +17,11 @@ from typing import Any, Literal
 import orjson
 
 from hub import Hub
-from stock_gateway import protocol
+from stock_gateway import client_requests, protocol
 from stock_gateway.bars.book import INTERVALS, Interval
+from stock_gateway.client_requests import ProtocolError
 from stock_gateway.delivery.outbox import ClientConnection
-from stock_gateway.protocol import ProtocolError, quoted
+from stock_gateway.protocol import quoted
 
 Action = Literal[
     "subscribe", "unsubscribe", "ping", "options", "auth", "subscribe_bars", "unsubscribe_bars"
@@ -73,7 +74,7 @@ PARSERS: dict[str, Parser] = {
         "unsubscribe_bars", _symbols(m), interval=_interval(m)
     ),
     "ping": lambda m: ClientRequest("ping"),
-    "options": lambda m: ClientRequest("options", options=protocol.parse_options(m)),
+    "options": lambda m: ClientRequest("options", options=client_requests.parse_options(m)),
     "auth": lambda m: ClientRequest("auth", token=_token(m)),
 }
 
@@ -128,7 +129,7 @@ class WsRequests:
     @staticmethod
     def _valid(client: ClientConnection, request: ClientRequest) -> list[str]:
         """The request's valid symbols; the invalid ones are refused by name."""
-        symbols, rejected = protocol.split_symbols(request.symbols)
+        symbols, rejected = client_requests.split_symbols(request.symbols)
         if rejected:
             client.send(protocol.invalid_symbols_error(rejected))
         return symbols

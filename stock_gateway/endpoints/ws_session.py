@@ -29,7 +29,7 @@ from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from hub import Hub
-from stock_gateway import protocol
+from stock_gateway import client_requests, protocol
 from stock_gateway.access.admission import Admission, Admitted, OpenConnection, address_key
 from stock_gateway.access.entitlements import Entitlements
 from stock_gateway.access.refusal import Refusal
@@ -93,14 +93,14 @@ class ClientSessions:
                     got = await reader.next()
                     if isinstance(got, Ended):
                         return False
-                    if isinstance(got, protocol.ProtocolError):
+                    if isinstance(got, client_requests.ProtocolError):
                         await websocket.send_text(
                             protocol.error_message(got.code, got.message).text
                         )
                         continue
                     try:
                         request = parse_client_message(got)
-                    except protocol.ProtocolError as exc:
+                    except client_requests.ProtocolError as exc:
                         if exc.code == "auth_failed":  # an auth message without a token
                             raise AuthFailed("invalid") from None
                         error = protocol.error_message(exc.code, exc.message)
@@ -212,7 +212,7 @@ class ClientSessions:
                     return CLOSE_TOKEN_EXPIRED
             if isinstance(got, Ended):
                 return got.code
-            if isinstance(got, protocol.ProtocolError):
+            if isinstance(got, client_requests.ProtocolError):
                 client.send(protocol.error_message(got.code, got.message))
                 continue
             code = await self._handle_request(websocket, client, got, auth)
@@ -225,8 +225,8 @@ class ClientSessions:
         if "throttle_ms" not in query and "batch_ms" not in query:
             return
         try:
-            given = protocol.parse_options(query, from_query=True)
-        except protocol.ProtocolError as exc:
+            given = client_requests.parse_options(query, from_query=True)
+        except client_requests.ProtocolError as exc:
             client.send(protocol.error_message(exc.code, exc.message))
             return
         self._hub.set_options(client, client.options.changed(given))
@@ -237,7 +237,7 @@ class ClientSessions:
         """Apply one request; a close code when it ended the connection."""
         try:
             request = parse_client_message(text)
-        except protocol.ProtocolError as exc:
+        except client_requests.ProtocolError as exc:
             if exc.code == "auth_failed" and auth is not None:  # an auth message, no token
                 return await self._refresh(websocket, client, "", auth)
             client.send(protocol.error_message(exc.code, exc.message))
