@@ -48,13 +48,8 @@ from stock_gateway.endpoints.sse import EventStreams
 from stock_gateway.protocol import CLOSE_SERVICE_RESTART
 from stock_gateway.runtime.logs import ROOT_LOGGER, configure_logging
 from stock_gateway.server.uvicorn_protocols import HTTP_IMPORT_PATH, STATE_KEY, WS_IMPORT_PATH
-from stock_gateway.settings import (
-    ConfigError,
-    Settings,
-    documented_defaults,
-    env_file_strays,
-    load_settings,
-)
+from stock_gateway.setting_sources import env_file_strays, load_settings
+from stock_gateway.settings import ConfigError, Settings, documented_defaults
 
 logger = logging.getLogger(ROOT_LOGGER)
 

@@ -5,7 +5,8 @@ upper case, its type says how the text is read (enumerations are `Literal`s), an
 bounds, and each URL's scheme and host (setting_urls.py), are checked at start-up, so a
 mistake fails with one line naming the variable instead of deep inside a library.
 Values come from the process environment first, then from a `.env` file in the working
-directory (python-decouple's order); a key of that file that is no setting is warned of.
+directory (setting_sources.py reads them); a key of that file that is no setting is
+warned of.
 Everything else takes a `Settings` object rather than reading the environment, so tests
 build one directly.
 
@@ -15,15 +16,10 @@ This module must never log or format a secret (`repr` hides them).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
-import os
-import types
 import typing
-from dataclasses import dataclass, fields, replace
-from typing import Any, Literal, Union, get_args, get_origin
-
-from decouple import Config, RepositoryEmpty, RepositoryEnv
+from dataclasses import dataclass, fields
+from typing import Any, Literal, get_args, get_origin
 
 from stock_gateway.market_data.model import Session
 from stock_gateway.setting_urls import URL_RULES, frontend_origins, is_host, url_complaint
@@ -221,7 +217,7 @@ class Settings:
             maximum = spec.metadata.get("maximum")
             if maximum is not None and value > maximum:
                 raise ConfigError(f"{spec.name.upper()} must be at most {maximum:g}; got {value}")
-            choices = _choices(_field_type(spec))
+            choices = choices_of(field_type(spec))
             if choices and value not in choices:
                 raise ConfigError(
                     f"{spec.name.upper()} must be one of {', '.join(choices)}; got {value!r}"
@@ -303,73 +299,14 @@ def documented_defaults() -> dict[str, str]:
     return shown
 
 
-def load_settings(env_file: str = ".env", **overrides: Any) -> Settings:
-    """Read the settings from the environment, then `env_file` if it exists."""
-    repository = RepositoryEnv(env_file) if os.path.isfile(env_file) else RepositoryEmpty()
-    config = Config(repository)
-    values: dict[str, Any] = {}
-    for spec in fields(Settings):
-        name = spec.name.upper()
-        raw = config(name, default=None)
-        if raw is not None:
-            values[spec.name] = _parse(name, raw.strip(), _field_type(spec))
-    try:
-        return replace(Settings(**values), **overrides)
-    except TypeError as exc:  # an unknown override: a programming error, say which
-        raise ConfigError(str(exc)) from None
-
-
-def env_file_strays(env_file: str = ".env") -> list[str]:
-    """A warning for each key of `env_file` that is not a setting (a typo would otherwise
-    be ignored without a word), naming the closest setting. Only the file's keys: the
-    process environment holds many variables that are not the gateway's."""
-    if not os.path.isfile(env_file):
-        return []
-    names = environment_names()
-    warnings = []
-    for key in RepositoryEnv(env_file).data:
-        if key not in names:
-            close = difflib.get_close_matches(key.upper(), names, n=1)
-            hint = f"did you mean {close[0]}?" if close else "docs/configuration.md lists them"
-            warnings.append(f"{key} in {env_file} is not a setting; {hint}")
-    return warnings
-
-
 @functools.cache
 def _field_types() -> dict[str, Any]:
     return typing.get_type_hints(Settings)
 
 
-def _field_type(spec: dataclasses.Field[Any]) -> Any:
+def field_type(spec: dataclasses.Field[Any]) -> Any:
     return _field_types()[spec.name]
 
 
-def _choices(kind: Any) -> tuple[str, ...]:
+def choices_of(kind: Any) -> tuple[str, ...]:
     return tuple(get_args(kind)) if get_origin(kind) is Literal else ()
-
-
-def _parse(name: str, raw: str, kind: Any) -> Any:
-    """Text from the environment as the field's type, or ConfigError naming the variable."""
-    if get_origin(kind) in (Union, types.UnionType):  # Optional[...]: only for completeness
-        kind = next(arg for arg in get_args(kind) if arg is not type(None))
-    choices = _choices(kind)
-    if choices:
-        for choice in choices:
-            if raw.lower() == choice.lower():
-                return choice
-        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {raw!r}")
-    if kind is bool:
-        lowered = raw.lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off", ""):
-            return False
-        raise ConfigError(f"{name} must be true or false; got {raw!r}")
-    if kind is int or kind is float:
-        try:
-            return kind(raw)
-        except ValueError:
-            raise ConfigError(f"{name} must be a number; got {raw!r}") from None
-    if get_origin(kind) is tuple:
-        return tuple(part.strip() for part in raw.split(",") if part.strip())
-    return raw

@@ -33,6 +33,7 @@ LAYERS = (
     "access",
     "protocol",
     "bars",
+    "setting_sources",
     "rest_shares",
     "settings",
     "setting_urls",

@@ -7,12 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from stock_gateway.settings import (
-    ConfigError,
-    env_file_strays,
-    environment_names,
-    load_settings,
-)
+from stock_gateway.setting_sources import env_file_strays, load_settings
+from stock_gateway.settings import ConfigError, environment_names
 from tests.helpers import PROJECT
 
 

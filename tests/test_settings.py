@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from stock_gateway.settings import ConfigError, Settings, environment_names, load_settings
+from stock_gateway.setting_sources import load_settings
+from stock_gateway.settings import ConfigError, Settings, environment_names
 
 
 @pytest.fixture(autouse=True)
