@@ -43,6 +43,12 @@ class RestShares:
         """Calls a minute lookups and forwarded calls can never take: subscribers'."""
         return self.usable - self.lookups - self.forwarded
 
+    @property
+    def polls(self) -> int:
+        """Calls a minute for polled symbols (the feed planner's): what the reserve leaves
+        less one for the market-status poll; subscribers' own asks always go first."""
+        return max(1, self.reserved - 1)
+
 
 def rest_shares(settings: Settings) -> RestShares:
     usable = usable_rate(settings.finnhub_rest_rate)

@@ -34,9 +34,9 @@ from stock_gateway.access.capacity import UpstreamCapacity
 from stock_gateway.access.entitlements import SymbolPatterns
 from stock_gateway.access.history_budget import HistoryBudget
 from stock_gateway.access.holds import SymbolHolds
-from stock_gateway.bars.book import MAX_BAR_BYTES, MAX_OPEN_BARS, BarBook
+from stock_gateway.bars.book import BarBook
 from stock_gateway.bars.outages import Outages
-from stock_gateway.bars.startup import open_recorder
+from stock_gateway.bars.startup import open_recorder, warn_if_histories_outgrow_unread_output
 from stock_gateway.cluster.bars import MirrorBars, StoredBars
 from stock_gateway.cluster.link import RedisLink
 from stock_gateway.cluster.relay import RedisRelay
@@ -111,7 +111,7 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
     # time say so (`gap`); a mirror's bars carry the leader's flags.
     blind_from = Outages(down_since=int(time.time() * 1000)) if aggregating else None
     book = BarBook(history=settings.bar_history, grace=settings.bar_grace, outages=blind_from)
-    _warn_if_histories_outgrow_unread_output(settings)
+    warn_if_histories_outgrow_unread_output(settings)
 
     def released(symbol: str) -> None:  # the upstream stopped carrying `symbol`
         latest.forget(symbol)
@@ -168,15 +168,13 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
     )
     quotes = QuoteService(
         source,
-        Allowances(settings.quote_requests_per_address / 60, settings.quote_requests_per_address),
+        Allowances.per_minute(settings.quote_requests_per_address),
         ttl=settings.quote_ttl,
         wait=settings.quote_wait,
         unknown_ttl=settings.quote_unknown_ttl,
         lookups_per_minute=shares.lookups,
         refreshes_per_minute=shares.refreshes,
-        # Polled symbols get what the reserve leaves: one call a minute kept back for
-        # the market-status poll; subscribers' own asks always go first.
-        polls_per_minute=max(1, shares.reserved - 1),
+        polls_per_minute=shares.polls,
     )
     # The REST mirror's forwarded calls (GET /api/v1/...): their answers are kept in
     # this process, or on a cluster in Redis beside the budget.
@@ -185,11 +183,10 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
         if link is None
         else RedisResponseCache(link.client, link.key, settings.finnhub_rest_cache_bytes)
     )
-    per_address = shares.forwarded_per_address
     rest_mirror = RestMirror(
         rest,
         answers,
-        Allowances(per_address / 60, per_address),
+        Allowances.per_minute(shares.forwarded_per_address),
         allowed=settings.finnhub_rest_allow,
         wait=settings.finnhub_rest_wait,
         calls_per_minute=shares.forwarded,
@@ -333,21 +330,6 @@ async def _upstream_endpoints(settings: Settings, stack: AsyncExitStack) -> tupl
         settings.demo_session,
     )
     return ws_url, simulator_rest_url(ws_url), DEMO_TOKEN
-
-
-def _warn_if_histories_outgrow_unread_output(settings: Settings) -> None:
-    # A client is cut once more than MAX_UNREAD_OUTPUT waits for it, and a history is
-    # written whole: one that may not fit would cut readers too (docs/limits.md).
-    largest = (settings.bar_history + MAX_OPEN_BARS) * MAX_BAR_BYTES
-    if largest > settings.max_unread_output // 2:
-        logger.warning(
-            "BAR_HISTORY=%d makes histories of up to %d bytes, over half of "
-            "MAX_UNREAD_OUTPUT=%d: clients may be cut while they read one; raise "
-            "MAX_UNREAD_OUTPUT or lower BAR_HISTORY",
-            settings.bar_history,
-            largest,
-            settings.max_unread_output,
-        )
 
 
 def connection_limits(settings: Settings) -> ConnectionLimits:

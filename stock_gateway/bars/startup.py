@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from contextlib import AsyncExitStack
 
-from stock_gateway.bars.book import BarBook, Interval
+from stock_gateway.bars.book import MAX_BAR_BYTES, MAX_OPEN_BARS, BarBook, Interval
 from stock_gateway.bars.recorder import BarRecorder, open_store
 from stock_gateway.bars.store import CorruptStore, StoreError, default_url
 from stock_gateway.runtime.logs import get_logger
@@ -74,3 +74,18 @@ def retention(settings: Settings) -> dict[Interval, float]:
         "1h": settings.bar_retention_days * day,
         "1d": settings.bar_retention_1d_days * day,
     }
+
+
+def warn_if_histories_outgrow_unread_output(settings: Settings) -> None:
+    # A client is cut once more than MAX_UNREAD_OUTPUT waits for it, and a history is
+    # written whole: one that may not fit would cut readers too (docs/limits.md).
+    largest = (settings.bar_history + MAX_OPEN_BARS) * MAX_BAR_BYTES
+    if largest > settings.max_unread_output // 2:
+        logger.warning(
+            "BAR_HISTORY=%d makes histories of up to %d bytes, over half of "
+            "MAX_UNREAD_OUTPUT=%d: clients may be cut while they read one; raise "
+            "MAX_UNREAD_OUTPUT or lower BAR_HISTORY",
+            settings.bar_history,
+            largest,
+            settings.max_unread_output,
+        )

@@ -23,6 +23,11 @@ class Allowances:
         self._buckets: dict[str, TokenBucket] = {}
         self._sweep_at = SWEEP_AT
 
+    @classmethod
+    def per_minute(cls, count: float) -> Allowances:
+        """`count` a minute per key, all of them at once if a key has waited a minute."""
+        return cls(count / 60, count)
+
     def __len__(self) -> int:
         return len(self._buckets)
 
