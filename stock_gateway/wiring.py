@@ -198,13 +198,14 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
     recorder = None
     if link is None or settings.bar_store_url:
         recorder = await open_recorder(settings, stack, book if aggregating else None)
-    mirror = StoredBars(link.client, link.key) if link is not None else None
-    mirrored = MirrorBars(mirror, book) if mirror is not None else None
+    # On a cluster: the Redis keys of its bars, and this process's copy of them.
+    stored_bars = StoredBars(link.client, link.key) if link is not None else None
+    bar_mirror = MirrorBars(stored_bars, book) if stored_bars is not None else None
     bars = BarDelivery(
         book,
         holds,
         aggregating=aggregating,
-        history_ready=mirrored.wait_loaded if mirrored is not None else None,
+        history_ready=bar_mirror.wait_loaded if bar_mirror is not None else None,
         budget=HistoryBudget(
             settings.history_bytes_per_client,
             settings.history_bytes_per_address,
@@ -268,8 +269,8 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
             quotes=quotes,
             market_watch=watch_market if settings.rest_enabled else None,
             bars=bars,
-            mirror=mirrored,
-            stored_bars=mirror,
+            mirror=bar_mirror,
+            stored_bars=stored_bars,
             recorder=recorder,
             bar_history=settings.bar_history,
             bar_grace=settings.bar_grace,
