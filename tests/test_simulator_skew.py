@@ -12,28 +12,29 @@ from stock_gateway.simulator.market import MarketSimulator, serve
 UNIVERSE = tuple(f"S{rank:02d}" for rank in range(1, 21))  # most traded first
 
 
-async def test_a_zipf_market_trades_every_symbol_at_its_rank_and_carries_at_most_the_cap() -> (
-    None
-):
+async def test_a_zipf_market_trades_every_symbol_at_its_rank_and_carries_at_most_the_cap() -> None:
     simulator = MarketSimulator(
         rate=400, tick=0.01, max_symbols=3, seed=7, skew="zipf", universe=UNIVERSE
     )
     skewed = simulator.skewed
     assert skewed is not None
     wanted = ["S01", "S02", "S20", "S05", "S06"]
-    async with serve(simulator) as url, aiohttp.ClientSession() as session:
-        async with session.ws_connect(url + "?token=t") as ws:
-            for symbol in wanted:
-                await ws.send_str(orjson.dumps({"type": "subscribe", "symbol": symbol}).decode())
-            await simulator.wait_for(lambda: simulator.refused_over_cap == 2)
-            await simulator.wait_for(lambda: len(skewed.history["S01"]) >= 300, timeout=20)
-            received: set[str] = set()
-            while "S01" not in received or "S02" not in received:
-                message = orjson.loads((await ws.receive()).data)
-                if message["type"] == "trade":
-                    received |= {trade["s"] for trade in message["data"]}
-            async with session.get(url.replace("ws://", "http://") + "history") as response:
-                history = (await response.json())["history"]
+    async with (
+        serve(simulator) as url,
+        aiohttp.ClientSession() as session,
+        session.ws_connect(url + "?token=t") as ws,
+    ):
+        for symbol in wanted:
+            await ws.send_str(orjson.dumps({"type": "subscribe", "symbol": symbol}).decode())
+        await simulator.wait_for(lambda: simulator.refused_over_cap == 2)
+        await simulator.wait_for(lambda: len(skewed.history["S01"]) >= 300, timeout=20)
+        received: set[str] = set()
+        while "S01" not in received or "S02" not in received:
+            message = orjson.loads((await ws.receive()).data)
+            if message["type"] == "trade":
+                received |= {trade["s"] for trade in message["data"]}
+        async with session.get(url.replace("ws://", "http://") + "history") as response:
+            history = (await response.json())["history"]
     assert simulator.max_carried == 3 and received <= {"S01", "S02", "S20"}
     counts = {symbol: len(trades) for symbol, trades in history.items()}
     # The unsubscribed trade too (each opens with one trade at its starting price).
@@ -46,12 +47,15 @@ async def test_a_zipf_market_trades_every_symbol_at_its_rank_and_carries_at_most
 async def test_without_skew_only_subscribed_symbols_trade() -> None:
     simulator = MarketSimulator(rate=200, tick=0.01, seed=7)
     assert simulator.skewed is None
-    async with serve(simulator) as url, aiohttp.ClientSession() as session:
-        async with session.ws_connect(url + "?token=t") as ws:
-            await ws.send_str('{"type":"subscribe","symbol":"AAPL"}')
+    async with (
+        serve(simulator) as url,
+        aiohttp.ClientSession() as session,
+        session.ws_connect(url + "?token=t") as ws,
+    ):
+        await ws.send_str('{"type":"subscribe","symbol":"AAPL"}')
+        message = orjson.loads((await ws.receive()).data)
+        while message["type"] != "trade":
             message = orjson.loads((await ws.receive()).data)
-            while message["type"] != "trade":
-                message = orjson.loads((await ws.receive()).data)
-            async with session.get(url.replace("ws://", "http://") + "history") as response:
-                assert response.status == 404
+        async with session.get(url.replace("ws://", "http://") + "history") as response:
+            assert response.status == 404
     assert {trade["s"] for trade in message["data"]} == {"AAPL"}

@@ -8,17 +8,46 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import suppress
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import orjson
 from aiohttp import web
 
 from stock_gateway.simulator.prices import reference_price
+from stock_gateway.simulator.rest import QuoteBook
+from stock_gateway.simulator.skew import SkewedMarket
 
-if TYPE_CHECKING:
-    from stock_gateway.simulator.market import MarketSimulator
+
+class Carrying(Protocol):
+    """One gateway's socket (simulator/market.py's UpstreamConnection)."""
+
+    @property
+    def ws(self) -> web.WebSocketResponse: ...
+
+    @property
+    def symbols(self) -> list[str]: ...
+
+
+class MarketSimulator(Protocol):
+    """What this module uses of simulator/market.py's MarketSimulator."""
+
+    skewed: SkewedMarket | None
+    rate: float
+    tick: float
+    prices: dict[str, float]
+    book: QuoteBook
+    trades_sent: int
+
+    @property
+    def connections(self) -> Sequence[Carrying]: ...
+
+    def trading(self, symbols: list[str]) -> list[str]: ...
+
+    def next_trade(self, symbol: str, now_ms: int) -> dict[str, object]: ...
+
+    async def notify(self) -> None: ...
 
 
 def add_skewed_trading(app: web.Application, simulator: MarketSimulator) -> None:
