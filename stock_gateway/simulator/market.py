@@ -279,6 +279,10 @@ class MarketSimulator:
                 "sent_per_second": {str(k): v for k, v in self.sent_per_second.items()},
                 "rest_calls": self.rest_calls.by_path(),
                 "rest_calls_max_in_a_minute": self.rest_calls.max_in_any_window(),
+                "refused_over_cap": self.refused_over_cap,
+                "max_carried": self.max_carried,
+                "socket_changes": len(self.received_of("subscribe"))
+                + len(self.received_of("unsubscribe")),
             },
             dumps=lambda value: orjson.dumps(value).decode(),
         )
