@@ -99,7 +99,7 @@ async def main(args: argparse.Namespace, plan: list[list[str]]) -> None:
     async with sessions[0].get(args.simulator + "/history") as response:
         market = histories((await response.json(loads=orjson.loads))["history"])
     report = summarise(clients, samples, market, since_ms)
-    sys.stdout.write(orjson.dumps(report).decode() + "\n")
+    sys.stdout.write(orjson.dumps(report, option=orjson.OPT_NON_STR_KEYS).decode() + "\n")
     sys.stdout.flush()
     for session in sessions:
         await session.close()
