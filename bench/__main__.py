@@ -18,6 +18,11 @@ Scenarios (each bounded in time, stopping by itself):
   finnhub       (only when asked) 1,000 dashboard loads through the REST mirror (/api/v1):
                 upstream calls, cache hits, p50/p99; Finnhub's protocol at / beside /ws:
                 deliveries per CPU-second
+  symbols       (only when asked) 500 symbols over 1,000 clients past a 50-symbol socket
+                and 60 REST calls a minute, demand and trades Zipf: how long each held
+                price is out of date (p50/p95/p99), never priced, feeds, subscribe
+                messages and REST calls a minute, 429s; the planner beside the gateway
+                before it (refused past the cap) and a naive round-robin poll (modelled)
 
 `--reference DIR` also runs the throughput scenario on the gateway in DIR (another
 revision, e.g. from `git worktree add /tmp/ref <rev>`), with `--reference-flags` for
@@ -63,6 +68,7 @@ def main() -> None:
             "bars",
             "finnhub",
             "bar-store",
+            "symbols",
         ],
     )
     parser.add_argument("--soak-seconds", type=float, help="soak duration (default 600)")

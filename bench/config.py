@@ -63,6 +63,15 @@ class Config:
     dashboard_concurrency: int = 50
     dashboard_plans: tuple[int, ...] = (300, 60)
     finnhub_rates: tuple[float, ...] = (100, 200)
+    # The symbols scenario (issue 29): symbols over clients, socket slots, REST calls a
+    # minute, market trades a second (Zipf over the symbols), each arm's length.
+    symbols_count: int = 500
+    symbols_clients: int = 1000
+    symbols_per_client: int = 5
+    symbols_slots: int = 50
+    symbols_rest_rate: int = 60
+    symbols_rate: float = 100.0
+    symbols_seconds: float = 150.0
 
 
 QUICK = Config(
@@ -94,4 +103,9 @@ QUICK = Config(
     dashboard_concurrency=10,
     dashboard_plans=(60,),
     finnhub_rates=(20,),
+    symbols_count=30,
+    symbols_clients=20,
+    symbols_per_client=3,
+    symbols_slots=5,
+    symbols_seconds=8.0,
 )

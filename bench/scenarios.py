@@ -23,6 +23,7 @@ from bench.finnhub import finnhub
 from bench.measure import Window, best_sustained, collect, measure, ramp
 from bench.processes import cpu_seconds, free_port, load, process, rss_kib, stack
 from bench.report import machine
+from bench.symbols import symbols_scenario
 
 
 async def throughput(
@@ -366,4 +367,6 @@ async def run(
         results["finnhub"] = await finnhub(config)
     if "bar-store" in scenarios:
         results["bar_store"] = await bar_store(config)
+    if "symbols" in scenarios:
+        results["symbols"] = await symbols_scenario(config)
     return results

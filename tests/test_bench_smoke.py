@@ -92,3 +92,16 @@ async def test_quick_bar_store_scenario_measures_every_store_beside_memory(
     assert prune["with index"]["deleted"] == prune["without index"]["deleted"] > 0
     assert "bars_by_age" in prune["with index"]["plan"]
     assert b"on disk per symbol trading all day" in output
+
+
+async def test_quick_symbols_scenario_measures_three_arms(tmp_path: Path) -> None:
+    results = (await quick_run(tmp_path, "symbols"))[0]["symbols"]
+    planner, before = results["planner"], results["before planner"]
+    naive = results["naive round robin (modelled)"]
+    for arm in (planner, before, naive):
+        assert set(arm["lag_by_demand"]) == {"p50", "p95", "p99", "max"}
+        assert arm["rest_429s"] == 0
+    assert planner["samples"] > 0 and planner["max_carried"] <= results["socket_slots"]
+    assert planner["refused_over_cap"] == 0  # the planner keeps within the cap
+    assert sum(planner["gateway_feeds"].values()) > results["socket_slots"]
+    assert before["refused_over_cap"] > 0 and before["never_priced"] > 0

@@ -9,6 +9,7 @@ from contextlib import suppress
 
 from stock_gateway.market_data.model import SESSIONS
 from stock_gateway.simulator.market import MESSAGE_INTERVAL_SECONDS, MarketSimulator, serve
+from stock_gateway.simulator.skew import SKEWS, ranked
 
 logger = logging.getLogger("simulator")
 
@@ -22,6 +23,9 @@ async def _main(args: argparse.Namespace) -> None:
         max_symbols=args.max_symbols,
         session=args.session,
         rest_rate=args.rest_rate,
+        skew=args.skew,
+        universe=tuple(ranked(args.universe)),
+        zipf_exponent=args.zipf_exponent,
     )
     host, port, rate = args.host, args.port, args.rate
     async with serve(simulator, host, port) as url:
@@ -44,6 +48,11 @@ def main() -> None:
     )
     parser.add_argument("--session", choices=SESSIONS, default="regular", help="market hours")
     parser.add_argument("--rest-rate", type=float, default=60.0, help="REST calls per minute")
+    parser.add_argument(
+        "--skew", choices=SKEWS, default="none", help="zipf: the whole market trades, skewed"
+    )
+    parser.add_argument("--universe", default="", help="--skew zipf: symbols, most traded first")
+    parser.add_argument("--zipf-exponent", type=float, default=1.0, help="--skew zipf's s")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     with suppress(KeyboardInterrupt):

@@ -22,6 +22,10 @@ volume is its per-symbol sequence number, so load clients can count what they mi
 `GET /stats` reports what was sent per second, `POST /rate?value=N` changes the rate and
 `POST /drop` closes every gateway's socket (a Finnhub restart).
 
+With `skew="zipf"` (`--skew zipf --universe A,B,...`) the whole market trades, subscribed
+or not, each symbol at its Zipf rate (simulator/skew.py), and each gateway gets the
+trades of the symbols it carries; `GET /history` has every trade, for benchmarks.
+
 Run standalone: `python -m stock_gateway.simulator --port 8765 --rate 50`.
 This module must never log the token it is given.
 """
@@ -42,6 +46,8 @@ from aiohttp import WSMsgType, web
 from stock_gateway.market_data.model import SESSIONS, Session
 from stock_gateway.simulator.prices import reference_price
 from stock_gateway.simulator.rest import REST_PREFIX, QuoteBook, RestCalls, add_rest_routes
+from stock_gateway.simulator.skew import SkewedMarket
+from stock_gateway.simulator.skewed_trading import add_skewed_trading, open_symbol
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +78,9 @@ class MarketSimulator:
         sequenced: bool = False,
         session: Session = "regular",
         rest_rate: float = 60.0,
+        skew: str = "none",
+        universe: tuple[str, ...] = (),
+        zipf_exponent: float = 1.0,
     ) -> None:
         self.rate = rate  # trades per second over all subscribed symbols, per connection
         self.ping_interval = ping_interval
@@ -94,8 +103,11 @@ class MarketSimulator:
         self.rest_calls = RestCalls()
         self._next_symbol = 0
         self._random = random.Random(seed)
-        self._prices: dict[str, float] = {}
-        self.book = QuoteBook(self._prices)  # what /quote answers: the day so far
+        self.prices: dict[str, float] = {}
+        self.book = QuoteBook(self.prices)  # what /quote answers: the day so far
+        self.skewed = (
+            SkewedMarket(universe, zipf_exponent, self._random) if skew == "zipf" else None
+        )
 
     def make_app(self) -> web.Application:
         """A fresh aiohttp application over this simulator's state (one per serve)."""
@@ -106,6 +118,8 @@ class MarketSimulator:
         app.router.add_post("/drop", self._drop)
         app.router.add_post("/session", self._set_session)
         add_rest_routes(app, self)
+        if self.skewed is not None:
+            add_skewed_trading(app, self)
 
         async def close_sockets(app: web.Application) -> None:
             # Without this, shutting down waits for every gateway to hang up first.
@@ -195,6 +209,8 @@ class MarketSimulator:
                     )
                 else:
                     connection.symbols.append(symbol)
+                    if self.skewed is not None and self.skewed.join(symbol):
+                        open_symbol(self, symbol)
                     self.max_carried = max(self.max_carried, len(connection.symbols))
             elif kind == "unsubscribe" and symbol in connection.symbols:
                 connection.symbols.remove(symbol)
@@ -215,6 +231,8 @@ class MarketSimulator:
                 await connection.ws.send_str('{"type":"ping"}')
                 self.pings_sent += 1
                 await self.notify()
+            if self.skewed is not None:
+                continue  # the market's own task trades (_trade_market_forever)
             owed += self.rate * self.tick
             count = int(owed)
             trading = self.trading(connection.symbols)
@@ -236,7 +254,7 @@ class MarketSimulator:
             data = [self._sequenced_trade(symbols, now_ms) for _ in range(count)]
         else:
             count = min(count, len(symbols) * MAX_TRADES_PER_SYMBOL_PER_FRAME)
-            data = [self._next_trade(self._random.choice(symbols), now_ms) for _ in range(count)]
+            data = [self.next_trade(self._random.choice(symbols), now_ms) for _ in range(count)]
         self.trades_sent += len(data)
         return orjson.dumps({"type": "trade", "data": data}).decode()
 
@@ -246,7 +264,7 @@ class MarketSimulator:
         sequence = self.sequences[symbol] = self.sequences.get(symbol, 0) + 1
         second = self.sent_per_second.setdefault(now_ms // 1000, {})
         second[symbol] = second.get(symbol, 0) + 1
-        trade = self._next_trade(symbol, now_ms)
+        trade = self.next_trade(symbol, now_ms)
         trade["v"] = sequence
         return trade
 
@@ -261,6 +279,10 @@ class MarketSimulator:
                 "sent_per_second": {str(k): v for k, v in self.sent_per_second.items()},
                 "rest_calls": self.rest_calls.by_path(),
                 "rest_calls_max_in_a_minute": self.rest_calls.max_in_any_window(),
+                "refused_over_cap": self.refused_over_cap,
+                "max_carried": self.max_carried,
+                "socket_changes": len(self.received_of("subscribe"))
+                + len(self.received_of("unsubscribe")),
             },
             dumps=lambda value: orjson.dumps(value).decode(),
         )
@@ -284,10 +306,10 @@ class MarketSimulator:
             return web.json_response({"error": "POST /rate?value=<trades per second>"}, status=400)
         return web.json_response({"rate": self.rate})
 
-    def _next_trade(self, symbol: str, now_ms: int) -> dict[str, object]:
-        price = self._prices.get(symbol) or reference_price(symbol)
+    def next_trade(self, symbol: str, now_ms: int) -> dict[str, object]:
+        price = self.prices.get(symbol) or reference_price(symbol)
         price = max(0.01, price * (1 + self._random.gauss(0, 0.0005)))
-        self._prices[symbol] = price
+        self.prices[symbol] = price
         self.book.traded(symbol, price, now_ms)
         decimals = 5 if price < 10 else 2
         volume: float
