@@ -41,6 +41,20 @@ def test_while_everything_fits_every_symbol_is_live() -> None:
     assert plan.socket == set(zipf(10))
 
 
+def test_while_everything_fits_a_symbol_waiting_for_the_change_budget_is_live() -> None:
+    """Churn spends the budget of upstream changes (a fuzzing client, say); a symbol
+    wanted meanwhile is still live, its subscribe only queued: nobody is told
+    `sampled` while the socket has room."""
+    plan, clock = planner(slots=10, changes=60)  # a burst of 20 changes, then 1 a second
+    for round_ in range(15):
+        plan.plan({f"C{round_}": 1.0})  # each round: one subscribe, one unsubscribe
+    assert plan.plan({"C14": 1.0, "AAPL": 1.0}) == {}
+    assert plan.feed_of("AAPL") == "live" and "AAPL" not in plan.socket  # queued
+    clock.now += 2  # the budget refills
+    assert plan.plan({"C14": 1.0, "AAPL": 1.0}) == {}
+    assert "AAPL" in plan.socket
+
+
 def test_past_the_cap_the_most_demanded_are_live_the_next_sampled_the_rest_polled() -> None:
     plan, _ = planner(slots=10, sampled_slots=2, turn=2.0, changes=60)  # 30 turns a minute
     demand = zipf(100)

@@ -143,9 +143,11 @@ class FeedPlanner:
         self._rotate(now, self.limits.socket_slots - len(self._live))
         changed: dict[str, Feed] = {}
         for symbol in demand:
+            # While everything fits, a symbol waiting for the change budget is live all
+            # the same: its subscribe is only queued (as the feed paced it before).
             feed: Feed = (
                 "live"
-                if symbol in self._live
+                if symbol in self._live or not rotating
                 else "sampled"
                 if symbol in self._sampled
                 else "polled"
