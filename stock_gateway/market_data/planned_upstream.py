@@ -87,9 +87,14 @@ class PlannedUpstream:
 
     async def run(self, listener: UpstreamListener) -> None:
         tap = _Tap(self, listener)
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(self._socket.run(tap), name="upstream-socket")
-            tasks.create_task(self._steer(), name="feed-planner")
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._socket.run(tap), name="upstream-socket")
+                tasks.create_task(self._steer(), name="feed-planner")
+        except ExceptionGroup as group:
+            # Whoever supervises the upstream names its failure by its type, as for
+            # the bare socket: the first failure, not the group that carried it.
+            raise group.exceptions[0] from group
 
     async def _steer(self) -> None:
         loop = asyncio.get_running_loop()
