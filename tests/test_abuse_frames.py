@@ -53,6 +53,9 @@ async def flood(rig: AbuseRig, batch: tuple[bytes, int], first: bytes = b"") -> 
             client_frame(OP_TEXT, b"{", fin=False),
         ),
     ],
+    # Named, not derived from the random masked bytes: every xdist worker collects the
+    # same ids.
+    ids=["pings", "pongs", "continuations"],
 )
 async def test_a_frame_flood_is_cut_and_nobody_else_notices(
     name: str, batch: tuple[bytes, int], first: bytes
