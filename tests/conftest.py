@@ -21,6 +21,21 @@ from tests.helpers import (
     settings_for,
 )
 
+# The tiers' documented durations, checked under CI (tests/tier_durations.py).
+pytest_plugins = ["tests.tier_durations"]
+
+
+# Tests that assert rates, latencies or memory while the gateway is under attack: under
+# xdist they share one group, so no two of them ever run at once (each spawns its own
+# CPU-hungry attackers); see docs/testing.md.
+TIMING_MODULES = ("test_abuse_", "test_bench_smoke")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name.startswith(TIMING_MODULES) or item.get_closest_marker("timing"):
+            item.add_marker(pytest.mark.xdist_group("timing"))
+
 
 def _fingerprint(data: Path) -> dict[str, tuple[int, int]]:
     """Every file under `data`, with its size and modification time."""
