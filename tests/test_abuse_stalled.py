@@ -15,7 +15,7 @@ import pytest
 from bench.abuse import PUMP_SYMBOL, abuse_rig
 from bench.attacks import closed_by_peer
 from bench.stuck import open_never_reading_client, open_never_reading_stream, send_queues
-from tests.test_abuse_frames import assert_absorbed
+from tests.abuse import assert_absorbed
 
 pytestmark = pytest.mark.slow
 STALLED = 100
