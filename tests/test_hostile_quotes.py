@@ -27,8 +27,7 @@ from tests.helpers import (
     settings_for,
     trade,
 )
-from tests.test_auth import token
-from tests.test_auth_units import SECRET
+from tests.tokens import SECRET, token
 
 SKIP = ("status", "market")
 
