@@ -18,10 +18,10 @@ from stock_gateway.bars.book import BarEvent
 from stock_gateway.bars.postgres_store import PostgresStore
 from stock_gateway.bars.recorder import BarRecorder
 from stock_gateway.bars.store import StoreError
+from tests.bar_stores import assert_partial_bars_merge
+from tests.bars import now_ms, trade_at
 from tests.helpers import Market, poll_until, run_gateway, settings_for
 from tests.postgres_server import PostgresServer, postgres_bin
-from tests.test_bar_store import assert_partial_bars_merge
-from tests.test_bars import now_ms, trade_at
 
 MINUTE, DAY = 60_000, 86_400_000
 
