@@ -3,6 +3,9 @@ real redis-server. The helpers they use are in tests/helpers.py."""
 
 from __future__ import annotations
 
+import tempfile
+import uuid
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -20,6 +23,22 @@ from tests.helpers import (
     run_gateway,
     settings_for,
 )
+from tests.postgres_server import PostgresServer, postgres_bin
+
+# The tiers' documented durations, checked under CI (tests/tier_durations.py).
+pytest_plugins = ["tests.tier_durations"]
+
+
+# Tests that assert rates, latencies or memory while the gateway is under attack: under
+# xdist they share one group, so no two of them ever run at once (each spawns its own
+# CPU-hungry attackers); see docs/testing.md.
+TIMING_MODULES = ("test_abuse_", "test_bench_smoke")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name.startswith(TIMING_MODULES) or item.get_closest_marker("timing"):
+            item.add_marker(pytest.mark.xdist_group("timing"))
 
 
 def _fingerprint(data: Path) -> dict[str, tuple[int, int]]:
@@ -69,6 +88,28 @@ async def gateway(
         await probe.wait_upstream_connected()
         await probe.ws.close()
         yield running
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A Redis key prefix of the test's own: cluster tests share no keys."""
+    return f"test-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[str]:
+    """A throw-away PostgreSQL server, one per test module that asks for it."""
+    if postgres_bin() is None:
+        message = "NO POSTGRESQL SERVER BINARIES: the PostgreSQL bar store is NOT TESTED"
+        warnings.warn(message, stacklevel=1)
+        pytest.skip(message)
+    with tempfile.TemporaryDirectory(prefix="bars-pg-") as root:
+        server = PostgresServer(Path(root))
+        server.start()
+        try:
+            yield server.url
+        finally:
+            server.stop()
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from bench.abuse import AbuseRig, abuse_rig
-from tests.test_abuse_frames import assert_absorbed
+from tests.abuse import assert_absorbed
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 
 from bench.read_attacks import history_reads, rig_with_history
-from tests.test_abuse_frames import assert_absorbed
+from tests.abuse import assert_absorbed
 
 pytestmark = pytest.mark.slow
 

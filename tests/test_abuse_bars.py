@@ -21,7 +21,7 @@ from bench.bar_attacks import (
 )
 from bench.stuck import open_never_reading_client
 from stock_gateway.settings import Settings
-from tests.test_abuse_frames import assert_absorbed
+from tests.abuse import assert_absorbed
 
 pytestmark = pytest.mark.slow
 UNREAD_OUTPUT = 'gateway_refusals_total{reason="unread_output"}'

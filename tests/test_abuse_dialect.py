@@ -28,7 +28,7 @@ import pytest
 
 from bench.abuse import Measure, abuse_rig
 from bench.attacks import http_hammer, ws_handshake
-from tests.test_abuse_frames import assert_absorbed
+from tests.abuse import assert_absorbed
 
 pytestmark = pytest.mark.slow
 

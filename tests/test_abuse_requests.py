@@ -22,7 +22,7 @@ from bench.attacks import (
     open_idle_sockets,
     slowloris,
 )
-from tests.test_abuse_frames import assert_absorbed
+from tests.abuse import assert_absorbed
 
 pytestmark = pytest.mark.slow
 

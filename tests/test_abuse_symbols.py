@@ -12,8 +12,8 @@ import orjson
 import pytest
 
 from bench.abuse import PUMP_SYMBOL, abuse_rig
+from tests.abuse import assert_absorbed
 from tests.helpers import Market, run_gateway, settings_for
-from tests.test_abuse_frames import assert_absorbed
 
 ZZ = [f"ZZ{index}" for index in range(50)]
 

@@ -13,6 +13,7 @@ import pytest
 
 from bench.abuse import abuse_rig
 from stock_gateway.simulator.market import MarketSimulator
+from tests.abuse import assert_absorbed
 from tests.helpers import (
     T0,
     TEST_KEY,
@@ -22,7 +23,6 @@ from tests.helpers import (
     settings_for,
     trade,
 )
-from tests.test_abuse_frames import assert_absorbed
 
 
 async def test_an_upstream_that_accepts_and_never_answers_is_retried() -> None:

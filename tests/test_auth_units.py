@@ -12,25 +12,12 @@ from typing import Any
 import jwt
 import orjson
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from stock_gateway.access.token_session import ClientAuth
 from stock_gateway.access.tokens import Authenticator, AuthFailed, Identity
 from stock_gateway.settings import ConfigError, Settings
-
-SECRET = "hs256-test-secret-with-enough-length-0123456789"
-RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-EC_KEY = ec.generate_private_key(ec.SECP256R1())
-OTHER_RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-def public_pem(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> str:
-    return (
-        key.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
-    )
+from tests.tokens import EC_KEY, OTHER_RSA_KEY, RSA_KEY, SECRET, public_pem
 
 
 def claims(**overrides: Any) -> dict[str, Any]:

@@ -15,9 +15,9 @@ import pytest
 from stock_gateway.bars.book import Bar, BarBook
 from stock_gateway.bars.outages import MAX_SPANS, Outages
 from stock_gateway.market_data.model import Trade
+from tests.bar_stores import gateway_on, get_json
+from tests.bars import next_second_boundary, now_ms, subscribe_bars, trade_at
 from tests.helpers import Client, GatewayUnderTest, Market, poll_until
-from tests.test_bar_store import gateway_on, get_json
-from tests.test_bars import next_second_boundary, now_ms, subscribe_bars, trade_at
 
 MINUTE, DAY = 60_000, 86_400_000
 T = 1_764_000_000_000 // MINUTE * MINUTE  # a whole minute

@@ -5,11 +5,6 @@ PostgreSQL's server binaries (.ci/run installs Debian's postgresql)."""
 
 from __future__ import annotations
 
-import tempfile
-import warnings
-from collections.abc import Iterator
-from pathlib import Path
-
 import asyncpg
 import pytest
 
@@ -18,27 +13,11 @@ from stock_gateway.bars.book import BarEvent
 from stock_gateway.bars.postgres_store import PostgresStore
 from stock_gateway.bars.recorder import BarRecorder
 from stock_gateway.bars.store import StoreError
+from tests.bar_stores import assert_partial_bars_merge
+from tests.bars import now_ms, trade_at
 from tests.helpers import Market, poll_until, run_gateway, settings_for
-from tests.postgres_server import PostgresServer, postgres_bin
-from tests.test_bar_store import assert_partial_bars_merge
-from tests.test_bars import now_ms, trade_at
 
 MINUTE, DAY = 60_000, 86_400_000
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[str]:
-    if postgres_bin() is None:
-        message = "NO POSTGRESQL SERVER BINARIES: the PostgreSQL bar store is NOT TESTED"
-        warnings.warn(message, stacklevel=1)
-        pytest.skip(message)
-    with tempfile.TemporaryDirectory(prefix="bars-pg-") as root:
-        server = PostgresServer(Path(root))
-        server.start()
-        try:
-            yield server.url
-        finally:
-            server.stop()
 
 
 async def test_bars_outlive_the_gateway_in_postgresql(market: Market, postgres: str) -> None:

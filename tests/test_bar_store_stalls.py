@@ -32,10 +32,10 @@ from stock_gateway.bars.sqlite_store import SqliteStore
 from stock_gateway.delivery import bar_delivery as bars_delivery
 from stock_gateway.delivery.bar_delivery import BarDelivery
 from stock_gateway.market_data.model import SymbolInterest, Trade
+from tests.bar_stores import SlowStore, gateway_on, get_json
+from tests.bars import now_ms, trade_at
 from tests.helpers import Client, GatewayUnderTest, Market, poll_until, run_gateway, settings_for
 from tests.postgres_server import PostgresServer, postgres_bin
-from tests.test_bar_store import SlowStore, gateway_on, get_json
-from tests.test_bars import now_ms, trade_at
 
 SILENCE_BOUND = 1.0  # seconds a bystander may go without a price while trades flow
 MEDIAN_LATENCY_BOUND = 0.1  # seconds from a trade's stamp to the bystander (median)

@@ -9,6 +9,7 @@ import itertools
 import time
 from typing import Any
 
+from tests.bars import next_second_boundary, now_ms, subscribe_bars, trade_at
 from tests.helpers import (
     Client,
     GatewayUnderTest,
@@ -20,16 +21,6 @@ from tests.helpers import (
     without_gap,
 )
 
-BAR_KINDS = ("status", "market", "bars", "bar", "subscription")
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def trade_at(symbol: str, price: float, t: int, volume: float = 10) -> dict[str, Any]:
-    return {"s": symbol, "p": price, "v": volume, "t": t}
-
 
 async def next_bar(client: Client, *, final: bool, timeout: float = 5.0) -> dict[str, Any]:
     async with asyncio.timeout(timeout):
@@ -37,28 +28,6 @@ async def next_bar(client: Client, *, final: bool, timeout: float = 5.0) -> dict
             message = await client.expect("bar", skip=("status", "market", "bar"))
             if message["final"] is final:
                 return message
-
-
-async def subscribe_bars(client: Client, symbol: str, interval: str) -> list[dict[str, Any]]:
-    """Subscribe; the history the gateway sent."""
-    await client.send({"action": "subscribe_bars", "symbols": [symbol], "interval": interval})
-    confirmed = await client.expect("subscription")
-    assert confirmed == {
-        "type": "subscription",
-        "status": "subscribed",
-        "symbols": [symbol],
-        "interval": interval,
-    }
-    history = await client.expect("bars")
-    assert history["symbol"] == symbol and history["interval"] == interval
-    bars: list[dict[str, Any]] = history["bars"]
-    return bars
-
-
-async def next_second_boundary() -> int:
-    """Sleep into the start of the next second (so a test's trades share one 1s bar)."""
-    await asyncio.sleep(1 - (time.time() % 1) + 0.01)
-    return now_ms() - now_ms() % 1000
 
 
 async def test_history_then_live_then_final_on_the_clock(

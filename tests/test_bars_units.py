@@ -27,7 +27,7 @@ from stock_gateway.delivery.encoders import WS
 from stock_gateway.delivery.outbox import ClientConnection
 from stock_gateway.delivery.stats import FanoutStats
 from stock_gateway.market_data.model import SymbolInterest, Trade
-from tests.test_fanout_units import FakeSocket, FakeWriter
+from tests.fakes import FakeSocket, FakeWriter
 
 MINUTE = 60_000
 T = 1_764_000_000_000 - 1_764_000_000_000 % (5 * MINUTE)  # a whole 5-minute boundary

@@ -3,57 +3,18 @@ upstream restart and a gateway restart. Saves a screenshot to test-artifacts/dem
 
 from __future__ import annotations
 
-import shutil
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import jwt
 import pytest
 
 from stock_gateway.simulator.market import MarketSimulator, serve
+from tests.browser import ARTIFACTS, CHROMIUM, CHROMIUM_FLAGS, chromium_page, expect, playwright_api
 from tests.helpers import TEST_KEY, Market, free_port, poll_until, run_gateway, settings_for
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-playwright_api = pytest.importorskip(
-    "playwright.async_api", reason="SKIPPED LOUDLY: playwright is not installed"
-)
-
 pytestmark = pytest.mark.slow
-
-if CHROMIUM is None:
-    pytest.skip(
-        "SKIPPED LOUDLY: no Chromium on this machine (.ci/run installs Debian's chromium)",
-        allow_module_level=True,
-    )
-expect = playwright_api.expect
-
-
-@asynccontextmanager
-async def chromium_page() -> AsyncIterator[Any]:
-    """A page in a fresh headless Chromium, closed afterwards."""
-    async with playwright_api.async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True
-        )
-        try:
-            yield await browser.new_page()
-        finally:
-            await browser.close()
 
 
 async def price_keeps_changing(page: Any, symbol: str) -> None:

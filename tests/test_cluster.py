@@ -4,109 +4,34 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
-import uuid
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from stock_gateway.server.uvicorn_protocols import HTTP_IMPORT_PATH
-from stock_gateway.simulator.market import MarketSimulator, rest_url
+from stock_gateway.simulator.market import MarketSimulator
+from tests.cluster import (
+    LEASE_SECONDS,
+    a_follower,
+    connect,
+    expect_prices,
+    gateway_process,
+    has_leader,
+    health,
+    nodes_seen,
+    warm_up,
+)
 from tests.helpers import (
-    PROJECT,
-    TEST_KEY,
     Client,
-    GatewayProcess,
     Market,
     RedisServer,
-    free_port,
-    gateway_subprocess,
     poll_until,
     trade,
 )
 
 pytestmark = pytest.mark.slow
-LEASE_SECONDS = 1.5
-
-
-@asynccontextmanager
-async def gateway_process(
-    tmp_path: Path,
-    upstream: str,
-    redis_url: str,
-    prefix: str,
-    *extra: str,
-    rest: bool = False,
-    env: dict[str, str] | None = None,
-) -> AsyncIterator[tuple[GatewayProcess, int]]:
-    """One cluster-mode gateway process (uvicorn as deployed) on a free port; quotes and
-    market status (REST) only when asked, as they add messages at their own moments;
-    `env` adds to (or overrides) its environment."""
-    port = free_port()
-    command = (
-        sys.executable, "-m", "uvicorn", "--app-dir", str(PROJECT), "gateway:app",
-        "--http", HTTP_IMPORT_PATH, *extra,
-    )  # fmt: skip
-    settings = {
-        "FINNHUB_WS_URL": upstream,
-        "FINNHUB_REST_URL": rest_url(upstream),
-        "FINNHUB_API_KEY": TEST_KEY,
-        "REDIS_URL": redis_url,
-        "REDIS_PREFIX": prefix,
-        "LEADER_LEASE_SECONDS": str(LEASE_SECONDS),
-        "SYMBOL_LINGER_SECONDS": "0",  # releases are checked at once (linger: test_abuse_*)
-        "LOG_LEVEL": "INFO",
-        "REST_ENABLED": "true" if rest else "false",
-    }
-    async with gateway_subprocess(tmp_path, port, command, settings | (env or {})) as gateway:
-        yield gateway, port
-
-
-async def health(session: aiohttp.ClientSession, port: int) -> dict[str, Any]:
-    async with session.get(f"http://127.0.0.1:{port}/health") as response:
-        result: dict[str, Any] = await response.json()
-        return result
-
-
-async def connect(session: aiohttp.ClientSession, port: int) -> Client:
-    client = Client(await session.ws_connect(f"ws://127.0.0.1:{port}/ws"))
-    assert (await client.receive())["type"] == "connection"
-    return client
-
-
-async def warm_up(simulator: MarketSimulator, clients: list[Client], symbol: str) -> None:
-    """Send a marker trade until every client has one: every relay is subscribed."""
-    waiting = list(clients)
-    async with asyncio.timeout(15):
-        while waiting:
-            await simulator.send_trades([trade(symbol, 1.0)])
-            still = []
-            for client in waiting:
-                try:
-                    async with asyncio.timeout(0.3):
-                        await client.expect("price_update", skip=("status", "subscription"))
-                except TimeoutError:
-                    still.append(client)
-            waiting = still
-
-
-async def expect_prices(client: Client, symbol: str, prices: list[float]) -> None:
-    """The next updates for `symbol` after any warm-up markers are exactly `prices`."""
-    received: list[float] = []
-    while len(received) < len(prices):
-        update = await client.expect("price_update", skip=("status", "subscription"))
-        if update["symbol"] == symbol and update["data"]["price"] != 1.0:
-            received.append(update["data"]["price"])
-    assert received == prices
-
-
-@pytest.fixture
-def prefix() -> str:
-    return f"test-{uuid.uuid4().hex[:8]}"
 
 
 async def test_three_processes_share_one_upstream_socket(
@@ -184,25 +109,14 @@ async def test_follower_interest_reaches_upstream_and_is_released(
         gateway_process(tmp_path, upstream, redis_server.url, prefix) as (_, second),
         aiohttp.ClientSession() as session,
     ):
-        await poll_until(lambda: _has_leader(session, [first, second]), timeout=15)
-        follower = await _follower(session, [first, second])
+        await poll_until(lambda: has_leader(session, [first, second]), timeout=15)
+        follower = await a_follower(session, [first, second])
         client = await connect(session, follower)
         await client.subscribe("MSFT")
         await simulator.wait_for(lambda: "MSFT" in simulator.subscribed_symbols(), timeout=15)
         await client.ws.close()
         await simulator.wait_for(lambda: bool(simulator.received_of("unsubscribe", "MSFT")), 15)
         assert simulator.subscribed_symbols() == set()
-
-
-async def _has_leader(session: aiohttp.ClientSession, ports: list[int]) -> bool:
-    return any([(await health(session, port))["role"] == "leader" for port in ports])
-
-
-async def _follower(session: aiohttp.ClientSession, ports: list[int]) -> int:
-    for port in ports:
-        if (await health(session, port))["role"] == "follower":
-            return port
-    raise AssertionError("no follower")
 
 
 async def test_sigkill_of_the_leader_fails_over(
@@ -218,7 +132,7 @@ async def test_sigkill_of_the_leader_fails_over(
         ]
         session = await stack.enter_async_context(aiohttp.ClientSession())
         ports = [port for _, port in processes]
-        await poll_until(lambda: _has_leader(session, ports), timeout=15)
+        await poll_until(lambda: has_leader(session, ports), timeout=15)
         roles = [(await health(session, port))["role"] for port in ports]
         leader = processes[roles.index("leader")]
         survivors = [port for _, port in processes if port != leader[1]]
@@ -341,7 +255,7 @@ async def test_quotes_and_the_market_status_are_fetched_once_for_the_cluster(
             for _ in range(3)
         ]  # fmt: skip
         session = await stack.enter_async_context(aiohttp.ClientSession())
-        await poll_until(lambda: _has_leader(session, ports), timeout=15)
+        await poll_until(lambda: has_leader(session, ports), timeout=15)
         clients = [await connect(session, port) for port in ports]
         for client in clients:
             await client.send({"action": "subscribe", "symbols": ["AAPL"]})
@@ -368,8 +282,8 @@ async def test_options_and_streams_work_on_a_follower(
         gateway_process(tmp_path, upstream, redis_server.url, prefix) as (_, second),
         aiohttp.ClientSession() as session,
     ):
-        await poll_until(lambda: _has_leader(session, [first, second]), timeout=15)
-        follower = await _follower(session, [first, second])
+        await poll_until(lambda: has_leader(session, [first, second]), timeout=15)
+        follower = await a_follower(session, [first, second])
         batched = Client(await session.ws_connect(f"ws://127.0.0.1:{follower}/ws?batch_ms=50"))
         assert (await batched.receive())["type"] == "connection"
         await batched.expect("options")
@@ -412,10 +326,10 @@ async def test_a_followers_subscribe_reaches_finnhub_at_once(
         gateway_process(tmp_path, upstream, redis_server.url, prefix) as (_, second),
         aiohttp.ClientSession() as session,
     ):
-        await poll_until(lambda: _has_leader(session, [first, second]), timeout=15)
+        await poll_until(lambda: has_leader(session, [first, second]), timeout=15)
         # Both nodes in the leader's view, so a fresh announcement is all that is missing.
-        await poll_until(lambda: _nodes_seen(session, [first, second], 2), timeout=15)
-        client = await connect(session, await _follower(session, [first, second]))
+        await poll_until(lambda: nodes_seen(session, [first, second], 2), timeout=15)
+        client = await connect(session, await a_follower(session, [first, second]))
         loop = asyncio.get_running_loop()
         took: list[float] = []
         for symbol in ("NVDA", "AMD", "INTC", "TSLA", "META"):
@@ -424,10 +338,6 @@ async def test_a_followers_subscribe_reaches_finnhub_at_once(
             await simulator.wait_for(lambda s=symbol: s in simulator.subscribed_symbols())
             took.append(loop.time() - started)
         assert max(took) < 1.0, took
-
-
-async def _nodes_seen(session: aiohttp.ClientSession, ports: list[int], nodes: int) -> bool:
-    return all([(await health(session, port))["cluster_nodes"] == nodes for port in ports])
 
 
 async def test_a_finnhub_client_on_a_follower_gets_the_leaders_trades_as_sent(
@@ -441,8 +351,8 @@ async def test_a_finnhub_client_on_a_follower_gets_the_leaders_trades_as_sent(
         gateway_process(tmp_path, upstream, redis_server.url, prefix) as (_, second),
         aiohttp.ClientSession() as session,
     ):
-        await poll_until(lambda: _has_leader(session, [first, second]), timeout=15)
-        follower = await _follower(session, [first, second])
+        await poll_until(lambda: has_leader(session, [first, second]), timeout=15)
+        follower = await a_follower(session, [first, second])
         async with session.ws_connect(f"ws://127.0.0.1:{follower}/") as ws:
             await ws.send_json({"type": "subscribe", "symbol": "AMD"})
             await simulator.wait_for(lambda: "AMD" in simulator.subscribed_symbols(), timeout=15)

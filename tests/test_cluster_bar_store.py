@@ -23,6 +23,17 @@ from stock_gateway.bars.recorder import BarRecorder
 from stock_gateway.cluster.bars import LeaderBars, StoredBars
 from stock_gateway.cluster.link import RedisLink
 from stock_gateway.market_data.model import Trade
+from tests.cluster import (
+    a_follower,
+    bar_with,
+    carried,
+    connect,
+    gateway_process,
+    has_leader,
+    health,
+    now_ms,
+    subscribe_bars,
+)
 from tests.helpers import (
     PROJECT,
     TEST_KEY,
@@ -32,10 +43,6 @@ from tests.helpers import (
     poll_until,
     run_to_exit,
 )
-from tests.test_bar_store_postgres import postgres as postgres
-from tests.test_cluster import _follower, _has_leader, connect, gateway_process, health
-from tests.test_cluster import prefix as prefix
-from tests.test_cluster_bars import bar_with, carried, now_ms, subscribe_bars
 
 pytestmark = pytest.mark.slow
 MINUTE = 60_000
@@ -71,8 +78,8 @@ async def test_a_new_leader_continues_the_stored_bars_after_a_sigkill(
             gateway_process(tmp_path, upstream, redis_server.url, prefix, env=env) as (two, second),
             aiohttp.ClientSession() as session,
         ):
-            await poll_until(lambda: _has_leader(session, [first, second]), timeout=15)
-            follower = await _follower(session, [first, second])
+            await poll_until(lambda: has_leader(session, [first, second]), timeout=15)
+            follower = await a_follower(session, [first, second])
             leader = first if follower == second else second
             leader_process = one if follower == second else two
             for port in (leader, follower):  # every node reads the store

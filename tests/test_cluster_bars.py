@@ -8,40 +8,24 @@ import asyncio
 import signal
 import time
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.helpers import Client, Market, RedisServer, poll_until, without_gap
-from tests.test_cluster import _follower, _has_leader, connect, gateway_process, health
-from tests.test_cluster import prefix as prefix
+from tests.cluster import (
+    a_follower,
+    bar_with,
+    carried,
+    connect,
+    gateway_process,
+    has_leader,
+    health,
+    now_ms,
+    subscribe_bars,
+)
+from tests.helpers import Market, RedisServer, poll_until, without_gap
 
 pytestmark = pytest.mark.slow
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-async def subscribe_bars(client: Client, symbol: str, interval: str) -> list[dict[str, Any]]:
-    await client.send({"action": "subscribe_bars", "symbols": [symbol], "interval": interval})
-    assert (await client.expect("subscription"))["interval"] == interval
-    history: list[dict[str, Any]] = (await client.expect("bars"))["bars"]
-    return history
-
-
-async def bar_with(client: Client, start: int, trades: int, timeout: float = 15) -> dict[str, Any]:
-    """The next `bar` message for the bar starting at `start` once it counts `trades`."""
-    async with asyncio.timeout(timeout):
-        while True:
-            message = await client.expect("bar", skip=("status", "market", "bar"))
-            if message["bar"]["t"] == start and message["bar"]["n"] >= trades:
-                return message
-
-
-async def carried(market: Market, symbol: str) -> None:
-    await market.simulator.wait_for(lambda: symbol in market.simulator.subscribed_symbols(), 15)
 
 
 async def test_a_follower_serves_history_and_live_bars(
@@ -53,8 +37,8 @@ async def test_a_follower_serves_history_and_live_bars(
         gateway_process(tmp_path, upstream, redis_server.url, prefix) as (_, second),
         aiohttp.ClientSession() as session,
     ):
-        await poll_until(lambda: _has_leader(session, [first, second]), timeout=15)
-        follower = await _follower(session, [first, second])
+        await poll_until(lambda: has_leader(session, [first, second]), timeout=15)
+        follower = await a_follower(session, [first, second])
         client = await connect(session, follower)
         assert await subscribe_bars(client, "AAPL", "1s") == []
         await carried(market, "AAPL")
@@ -91,8 +75,8 @@ async def test_a_new_leader_continues_the_bars_from_redis(
         gateway_process(tmp_path, upstream, redis_server.url, prefix) as (two, second),
         aiohttp.ClientSession() as session,
     ):
-        await poll_until(lambda: _has_leader(session, [first, second]), timeout=15)
-        follower = await _follower(session, [first, second])
+        await poll_until(lambda: has_leader(session, [first, second]), timeout=15)
+        follower = await a_follower(session, [first, second])
         leader_process = one if follower == second else two
         client = await connect(session, follower)
         await subscribe_bars(client, "MSFT", "5m")

@@ -17,17 +17,16 @@ import pytest
 import redis.asyncio as redis
 
 from stock_gateway.cluster.bars import StoredBars
-from tests.helpers import Market, RedisServer, poll_until, run_gateway, settings_for, trade
-from tests.test_cluster import (
-    _follower,
-    _has_leader,
+from tests.cluster import (
+    a_follower,
     connect,
     expect_prices,
     gateway_process,
+    has_leader,
+    subscribe_bars,
     warm_up,
 )
-from tests.test_cluster import prefix as prefix
-from tests.test_cluster_bars import subscribe_bars
+from tests.helpers import Market, RedisServer, poll_until, run_gateway, settings_for, trade
 
 pytestmark = pytest.mark.slow
 
@@ -54,8 +53,8 @@ async def test_a_malformed_stored_bar_is_skipped_and_the_symbol_still_served(
         gateway_process(tmp_path, upstream, redis_server.url, prefix) as (_, second),
         aiohttp.ClientSession() as session,
     ):
-        await poll_until(lambda: _has_leader(session, [first, second]), timeout=15)
-        follower = await _follower(session, [first, second])
+        await poll_until(lambda: has_leader(session, [first, second]), timeout=15)
+        follower = await a_follower(session, [first, second])
         leader = first if follower == second else second
         chart = await connect(session, follower)
         # Stored by a version before the gap flag: read as a bar without a gap.

@@ -16,8 +16,8 @@ from stock_gateway.endpoints.ws_requests import PARSERS, WsRequests, parse_clien
 from stock_gateway.market_data.model import UPSTREAM_STATES
 from stock_gateway.settings import documented_defaults
 from tests.contract import assert_server_message, validator
+from tests.fakes import make_hub
 from tests.helpers import GatewayUnderTest
-from tests.test_fanout_units import make_hub
 
 DOCUMENT = load_asyncapi()
 MESSAGES = DOCUMENT["components"]["messages"]

@@ -17,8 +17,8 @@ import subprocess
 from typing import Any
 
 import jsonschema
-import yaml
 
+from tests.deploy_files import compose, nginx_config
 from tests.helpers import PROJECT
 
 FORWARDING_HEADERS = ("X-Forwarded-For", "X-Real-IP", "X-Forwarded-Proto")
@@ -28,20 +28,6 @@ FORWARDING_HEADERS = ("X-Forwarded-For", "X-Real-IP", "X-Forwarded-Proto")
 COMPOSE_SCHEMA = PROJECT / "tests" / "compose-spec.json"
 # A `location [modifier] path {` block without nested blocks.
 _LOCATION = re.compile(r"location\s+(?:(?:=|\^~|~\*?)\s+)?(\S+)\s*\{([^{}]*)\}")
-
-
-def compose() -> dict[str, Any]:
-    loaded: dict[str, Any] = yaml.safe_load((PROJECT / "docker-compose.yml").read_text())
-    return loaded
-
-
-def nginx_config() -> str:
-    """The nginx configuration the compose file gives its proxy (a file of the project)."""
-    project = compose()
-    [mounted] = project["services"]["proxy"]["configs"]
-    assert mounted["target"] == "/etc/nginx/conf.d/default.conf"
-    source = str(project["configs"][mounted["source"]]["file"])
-    return (PROJECT / source).read_text()
 
 
 def environment(service: dict[str, Any]) -> dict[str, str]:

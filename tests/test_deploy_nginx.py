@@ -25,6 +25,7 @@ import websocket
 from yarl import URL
 
 from stock_gateway.simulator.market import MarketSimulator, rest_url, serve
+from tests.deploy_files import dockerfile_instruction, nginx_config
 from tests.helpers import (
     T0,
     TEST_KEY,
@@ -34,8 +35,6 @@ from tests.helpers import (
     gateway_subprocess,
     trade,
 )
-from tests.test_deploy import nginx_config
-from tests.test_process import dockerfile_instruction
 
 pytestmark = pytest.mark.slow
 

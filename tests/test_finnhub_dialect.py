@@ -16,13 +16,10 @@ import aiohttp
 import pytest
 import websocket
 
+from tests.finnhub_dialect import finnhub_url
 from tests.helpers import T0, GatewayUnderTest, Market, run_gateway, settings_for, trade
 
 RECEIVE = 5.0
-
-
-def finnhub_url(gateway: GatewayUnderTest, query: str = "") -> str:
-    return gateway.ws_url.removesuffix("/ws") + (f"/?{query}" if query else "/")
 
 
 @contextmanager

@@ -14,9 +14,8 @@ from typing import Any
 
 import aiohttp
 
+from tests.finnhub_dialect import finnhub_url, market_known
 from tests.helpers import Market, run_gateway, settings_for, trade
-from tests.test_finnhub_dialect import finnhub_url
-from tests.test_hostile_quotes import market_known
 
 FINNHUB_TYPES = {"trade", "ping", "error"}
 RECEIVE = 5.0

@@ -26,7 +26,7 @@ from tests.helpers import (
     settings_for,
     trade,
 )
-from tests.test_auth_units import SECRET
+from tests.tokens import SECRET
 
 R = TypeVar("R")
 CLIENTS_KEY = "clients-own-finnhub-key-5e1a"  # what an app written for Finnhub still sends

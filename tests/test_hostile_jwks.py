@@ -16,8 +16,16 @@ from aiohttp import web
 
 from stock_gateway.access.tokens import JWKS_MAX_BYTES, JWKS_MAX_KEYS, JWKS_TIMEOUT_SECONDS
 from tests.helpers import Market
-from tests.test_auth import jwk, jwt_gateway, open_socket, signed_in, streams, token
-from tests.test_auth_units import EC_KEY, OTHER_RSA_KEY
+from tests.tokens import (
+    EC_KEY,
+    OTHER_RSA_KEY,
+    jwk,
+    jwt_gateway,
+    open_socket,
+    signed_in,
+    streams,
+    token,
+)
 
 HOSTILE = ("declared too large", "streamed too large", "too many keys", "nested deep")
 STREAMED_BYTES = 64 * 1_048_576

@@ -17,31 +17,23 @@ import aiohttp
 import pytest
 
 from stock_gateway.simulator.market import MarketSimulator, serve
+from tests.finnhub_dialect import market_known
 from tests.helpers import (
     TEST_KEY,
     Client,
     GatewayUnderTest,
     Market,
-    poll_until,
     run_gateway,
     settings_for,
     trade,
 )
-from tests.test_auth import token
-from tests.test_auth_units import SECRET
+from tests.tokens import SECRET, token
 
 SKIP = ("status", "market")
 
 
 def with_quotes(market: Market, **overrides: Any) -> Any:
     return settings_for(market, rest_enabled=True, **overrides)
-
-
-async def market_known(gateway: GatewayUnderTest) -> None:
-    async def known() -> bool:
-        return (await gateway.health())["market"] is not None
-
-    await poll_until(known)
 
 
 async def change_of(market: Market, client: Client, symbol: str, price: float) -> float:

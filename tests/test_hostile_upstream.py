@@ -17,6 +17,7 @@ from aiohttp import web
 
 from stock_gateway.bars.book import BAR_MAX_AHEAD_SECONDS, INTERVALS
 from stock_gateway.simulator.market import MarketSimulator
+from tests.bars import BAR_KINDS, subscribe_bars, trade_at
 from tests.helpers import (
     TEST_KEY,
     Client,
@@ -25,7 +26,6 @@ from tests.helpers import (
     run_gateway,
     settings_for,
 )
-from tests.test_bars import BAR_KINDS, subscribe_bars, trade_at
 
 
 def now_ms() -> int:

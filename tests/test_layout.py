@@ -168,3 +168,24 @@ def test_log_level_reaches_every_module_logger() -> None:
     finally:
         for logger, level in zip(levelled, before, strict=True):
             logger.setLevel(level)
+
+
+def test_no_test_module_imports_another() -> None:
+    """Shared helpers and fixtures live in conftest.py and helper modules (tests/*.py not
+    named test_*), never in a test module another one imports: a test module is read
+    and run on its own."""
+    tests = PROJECT / "tests"
+    offenders = []
+    for path in sorted(tests.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                named = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+            elif isinstance(node, ast.Import):
+                named = [alias.name for alias in node.names]
+            else:
+                continue
+            for name in named:
+                if name.startswith("tests.") and name.split(".")[-1].startswith("test_"):
+                    offenders.append(f"{path.relative_to(PROJECT)}: {name}")
+    assert not offenders, offenders

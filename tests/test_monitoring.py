@@ -21,6 +21,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from stock_gateway.simulator.market import MarketSimulator, serve
+from tests.deploy_files import compose, nginx_config
 from tests.helpers import (
     PROJECT,
     TEST_KEY,
@@ -31,7 +32,6 @@ from tests.helpers import (
     settings_for,
     trade,
 )
-from tests.test_deploy import compose, nginx_config
 
 MONITORING = PROJECT / "monitoring"
 DASHBOARD: dict[str, Any] = json.loads(

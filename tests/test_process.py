@@ -16,6 +16,7 @@ import pytest
 
 from bench.stuck import open_never_reading_client
 from stock_gateway.simulator.market import MarketSimulator, rest_url, serve
+from tests.deploy_files import dockerfile_instruction
 from tests.helpers import (
     PROJECT,
     TEST_KEY,
@@ -219,13 +220,6 @@ async def test_sigterm_with_a_stalled_client_still_shuts_down(tmp_path: Path) ->
                         await asyncio.sleep(0.1)
                 assert await gateway.terminate() in (0, -signal.SIGTERM)
         assert "Application shutdown complete" in gateway.output
-
-
-def dockerfile_instruction(name: str) -> str:
-    lines = (PROJECT / "Dockerfile").read_text().replace("\\\n", " ").splitlines()
-    matches = [line.split(None, 1)[1] for line in lines if line.split(None, 1)[:1] == [name]]
-    assert len(matches) == 1, name
-    return matches[0]
 
 
 async def test_container_start_command_serves_health(tmp_path: Path) -> None:

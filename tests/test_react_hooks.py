@@ -19,6 +19,10 @@ from aiohttp import web
 
 from stock_gateway.simulator.market import MarketSimulator, serve
 from tests import node
+
+# The browser set-up, and its loud skips without Chromium or playwright.
+from tests.browser import ARTIFACTS, chromium_page, expect
+from tests.docs_blocks import docs_code_blocks
 from tests.helpers import (
     PROJECT,
     TEST_KEY,
@@ -29,10 +33,6 @@ from tests.helpers import (
     run_gateway,
     settings_for,
 )
-
-# The browser set-up of test_browser.py, and its loud skips without Chromium or playwright.
-from tests.test_browser import ARTIFACTS, chromium_page, expect
-from tests.test_typescript import docs_code_blocks
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ import pytest
 
 from stock_gateway.simulator.market import MarketSimulator, serve
 from tests.helpers import TEST_KEY, Market, run_gateway, settings_for
-from tests.test_sse import opened
+from tests.sse import opened
 
 CAP = 4  # the simulator's socket, and MAX_UPSTREAM_SYMBOLS
 SYMBOLS = [f"SYM{i}" for i in range(10)]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import json
 import re
-import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import pytest
 
 from stock_gateway.endpoints.docs import load_asyncapi
 from tests import node
+from tests.docs_blocks import docs_code_blocks
 from tests.helpers import PROJECT
 from tests.protocol_types import DECLARATIONS, Writer, committed_block, message_types
 
@@ -28,15 +28,7 @@ CLIENT_JS = (STATIC / "stock-client.js").read_text(encoding="utf-8")
 HOOKS_JS = (STATIC / "stock-hooks.js").read_text(encoding="utf-8")
 CLIENT_TYPES = DECLARATIONS.read_text(encoding="utf-8")
 HOOKS_TYPES = (STATIC / "stock-hooks.d.ts").read_text(encoding="utf-8")
-BROWSER_CLIENT_PAGE = PROJECT / "docs" / "browser-client.md"
 EXAMPLE_PAGE = PROJECT / "examples" / "nextjs" / "app" / "page.tsx"
-_FENCED = re.compile(r"^( *)```(\w+)\n(.*?)^\1```", re.MULTILINE | re.DOTALL)
-
-
-def docs_code_blocks(language: str) -> list[str]:
-    """The fenced blocks of docs/browser-client.md in `language`, dedented."""
-    text = BROWSER_CLIENT_PAGE.read_text(encoding="utf-8")
-    return [textwrap.dedent(body) for _, fence, body in _FENCED.findall(text) if fence == language]
 
 
 def declared_block(text: str, opening: str) -> str:

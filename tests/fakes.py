@@ -1,0 +1,133 @@
+"""Fakes of the hub tests: a socket and a writer that record what the hub sends, the one
+place a Hub is built, and how long an awaited event may take."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+
+from hub import Hub, Observer
+from stock_gateway.access.capacity import UpstreamCapacity
+from stock_gateway.access.holds import SymbolHolds
+from stock_gateway.delivery.snapshots import LatestPrices
+from stock_gateway.market_data.model import SymbolInterest
+from stock_gateway.protocol import Frame
+
+WAIT = 1.0  # the longest any awaited event may take before a test fails
+
+
+class FakeSocket:
+    """A `ClientSocket`: records texts, closes and aborts. While `reading` is clear it
+    behaves like a client that stopped reading: sends and the close both block."""
+
+    def __init__(self, *, reading: bool = True, changed: asyncio.Event | None = None) -> None:
+        self.texts: list[str] = []
+        self.closes: list[tuple[int, str]] = []
+        self.aborts = 0
+        self.events: list[str] = []  # "close", "closed", "abort", in the order they happened
+        self.reading = asyncio.Event()
+        if reading:
+            self.reading.set()
+        self.send_started = asyncio.Event()
+        self.close_called = asyncio.Event()
+        self.aborted = asyncio.Event()
+        self.changed = changed if changed is not None else asyncio.Event()  # on any of these
+
+    async def send(self, frame: Frame) -> None:
+        self.send_started.set()
+        await self.reading.wait()
+        self.texts.append(frame.text)
+        self.changed.set()
+
+    async def close(self, code: int, reason: str) -> None:
+        self.closes.append((code, reason))
+        self.events.append("close")
+        self.close_called.set()
+        self.changed.set()
+        await self.reading.wait()
+        self.events.append("closed")
+
+    def abort(self) -> None:
+        self.aborts += 1
+        self.events.append("abort")
+        self.aborted.set()
+        self.changed.set()
+
+    def queued_bytes(self) -> int:
+        return 0
+
+
+class FakeWriter:
+    """A `FrameWriter`: `ready()` is toggled by the test; `write` records bytes and, with
+    `fills_on_write`, makes it not ready (the backlog filled the send buffer)."""
+
+    def __init__(self, *, ready: bool = True, fills_on_write: bool = False) -> None:
+        self.writes: list[bytes] = []
+        self.fills_on_write = fills_on_write
+        self._ready = asyncio.Event()
+        if ready:
+            self._ready.set()
+        self.waiting = asyncio.Event()  # someone is blocked in wait_ready()
+        self.changed = asyncio.Event()
+
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    def set_ready(self, ready: bool) -> None:
+        if ready:
+            self._ready.set()
+        else:
+            self._ready.clear()
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+        self.changed.set()
+        if self.fills_on_write:
+            self._ready.clear()
+
+    async def wait_ready(self) -> None:
+        if not self._ready.is_set():
+            self.waiting.set()
+        await self._ready.wait()
+
+    def payloads(self) -> list[bytes]:
+        return split_wire(b"".join(self.writes))
+
+    def messages(self) -> list[dict[str, Any]]:
+        return [orjson.loads(payload) for payload in self.payloads()]
+
+
+def make_hub(
+    *,
+    max_symbols_per_client: int = 50,
+    handoff_observer: Observer | None = None,
+) -> Hub:
+    """The one place a `Hub` is built (and `upstream_refused` called, below), so a change
+    of its constructor is a change here."""
+    latest = LatestPrices()
+    # Refused symbols may be asked for again at once: these tests are about counts.
+    capacity = UpstreamCapacity(SymbolInterest(), reject_for=0, on_release=latest.forget)
+    holds = SymbolHolds(capacity, max_symbols_per_client=max_symbols_per_client)
+    return Hub(holds, latest, handoff_observer=handoff_observer)
+
+
+def split_wire(data: bytes) -> list[bytes]:
+    """The payloads of concatenated unmasked WebSocket text frames (RFC 6455 5.2)."""
+    payloads: list[bytes] = []
+    at = 0
+    while at < len(data):
+        assert data[at] == 0x81, "not a final, unmasked text frame"
+        length = data[at + 1]
+        at += 2
+        if length == 126:
+            length = int.from_bytes(data[at : at + 2], "big")
+            at += 2
+        elif length == 127:
+            length = int.from_bytes(data[at : at + 8], "big")
+            at += 8
+        payloads.append(data[at : at + length])
+        at += length
+    assert at == len(data), "a frame is cut short"
+    return payloads
