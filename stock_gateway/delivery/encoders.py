@@ -191,9 +191,11 @@ class Recipient(Protocol):
     def send(self, frame: Frame) -> None: ...
 
 
-def send_each(clients: Iterable[Recipient], encode: Callable[[Encoder], Frame | None]) -> None:
-    """One event to every client, in its own dialect: encoded once per encoder."""
+def send_each(clients: Iterable[Recipient], encode: Callable[[Encoder], Frame | None]) -> int:
+    """One event to every client, in its own dialect: encoded once per encoder; how
+    many were sent it (a dialect without such a message sends nothing)."""
     frames: dict[Encoder, Frame | None] = {}
+    sent = 0
     for client in clients:
         encoder = client.encoder
         if encoder in frames:
@@ -202,3 +204,5 @@ def send_each(clients: Iterable[Recipient], encode: Callable[[Encoder], Frame | 
             frame = frames[encoder] = encode(encoder)
         if frame is not None:
             client.send(frame)
+            sent += 1
+    return sent

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 
-from stock_gateway.delivery.encoders import Encoder
+from stock_gateway.delivery.encoders import Encoder, send_each
 from stock_gateway.delivery.outbox import ClientConnection
 from stock_gateway.delivery.quotes import LastPrices
 from stock_gateway.market_data.model import Quote
@@ -34,29 +34,18 @@ class FeedNotices:
 
     def feeds_changed(self, changes: Mapping[str, str]) -> None:
         for symbol, feed in changes.items():
-            self.feed_messages += self._send(symbol, partial(_feed, symbol=symbol, feed=feed))
+            self.feed_messages += send_each(
+                self._subscribers_of(symbol), partial(_feed, symbol=symbol, feed=feed)
+            )
 
     def polled(self, symbol: str, quote: Quote) -> None:
         self._priced(symbol)
         last_price_at = self._last_prices.timestamp(symbol)
         if last_price_at is not None and quote.timestamp < last_price_at:
             return  # its subscribers have a newer live price
-        self.polled_quotes += self._send(symbol, partial(_quote, symbol=symbol, quote=quote))
-
-    def _send(self, symbol: str, encode: Callable[[Encoder], Frame | None]) -> int:
-        """One event to the symbol's subscribers, encoded once per dialect; how many
-        were sent it (a dialect without such a message sends nothing)."""
-        frames: dict[Encoder, Frame | None] = {}
-        sent = 0
-        for client in self._subscribers_of(symbol):
-            encoder = client.encoder
-            if encoder not in frames:
-                frames[encoder] = encode(encoder)
-            frame = frames[encoder]
-            if frame is not None:
-                client.send(frame)
-                sent += 1
-        return sent
+        self.polled_quotes += send_each(
+            self._subscribers_of(symbol), partial(_quote, symbol=symbol, quote=quote)
+        )
 
 
 def _feed(encoder: Encoder, symbol: str, feed: str) -> Frame | None:
