@@ -29,8 +29,9 @@ from collections.abc import AsyncIterator
 import aiohttp
 import orjson
 
-from stock_gateway.market_data.finnhub_wire import UndecodableMessage, decode, parse_trades, redact
+from stock_gateway.finnhub.wire import redact
 from stock_gateway.market_data.model import SymbolInterest, UpstreamState
+from stock_gateway.market_data.trade_wire import UndecodableMessage, decode, parse_trades
 from stock_gateway.market_data.upstream import UpstreamCounters, UpstreamListener
 from stock_gateway.runtime.backoff import Backoff
 from stock_gateway.runtime.cancellation import raise_if_cancelling

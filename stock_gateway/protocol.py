@@ -14,8 +14,8 @@ from typing import Any, Literal, get_args
 import orjson
 
 from stock_gateway.bars.book import BarEvent, Interval
-from stock_gateway.market_data.finnhub_wire import newest_per_symbol
 from stock_gateway.market_data.model import MarketStatus, Quote, Trade, UpstreamState
+from stock_gateway.market_data.trade_wire import newest_per_symbol
 
 # Finnhub's symbol forms: stocks (AAPL, BRK.B), indices (^GSPC), crypto
 # (BINANCE:BTCUSDT), forex (OANDA:EUR_USD, and brokers with a space, "IC MARKETS:1").
@@ -322,6 +322,7 @@ def invalid_symbols_error(rejected: list[str]) -> Frame:
 
 PONG = _encode({"type": "pong"})
 
-# Told when Finnhub refuses something: fixed words, never Finnhub's text (could be anything).
-UPSTREAM_REFUSED_SYMBOL = "the upstream (Finnhub) refused this symbol"
-UPSTREAM_REPORTED_ERROR = "the upstream (Finnhub) reported an error; prices may pause"
+# Told when the upstream refuses something: fixed words naming no provider, never the
+# upstream's own text (could be anything).
+UPSTREAM_REFUSED_SYMBOL = "the upstream refused this symbol"
+UPSTREAM_REPORTED_ERROR = "the upstream reported an error; prices may pause"

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from stock_gateway.market_data.finnhub_rest import usable_rate
+from stock_gateway.market_data.rest_budget import usable_rate
 from stock_gateway.settings import Settings
 
 # A forwarded call's share serves at least this many addresses at their full allowance.

@@ -46,18 +46,17 @@ from stock_gateway.delivery.feed_notices import FeedNotices
 from stock_gateway.delivery.snapshots import LatestPrices
 from stock_gateway.endpoints.finnhub_ws import FinnhubSessions
 from stock_gateway.endpoints.ws_session import ClientSessions
+from stock_gateway.finnhub.addresses import finnhub_addresses
+from stock_gateway.finnhub.rest import FinnhubRest
 from stock_gateway.market_data.feed_plan import FeedPlanner, PlanLimits
-from stock_gateway.market_data.finnhub_rest import (
-    WINDOW_SLACK,
-    CallBudget,
-    FinnhubRest,
-    SlidingWindowBudget,
-)
 from stock_gateway.market_data.market_watch import MarketWatch
 from stock_gateway.market_data.model import SymbolInterest
 from stock_gateway.market_data.planned_upstream import PlannedUpstream
+from stock_gateway.market_data.provider import CallBudget, ProviderRest
 from stock_gateway.market_data.quotes import QuoteService, QuoteSource
+from stock_gateway.market_data.rest_budget import WINDOW_SLACK, SlidingWindowBudget
 from stock_gateway.market_data.rest_mirror import MemoryResponseCache, ResponseCache, RestMirror
+from stock_gateway.market_data.upstream import Upstream
 from stock_gateway.relay.base import Relay
 from stock_gateway.relay.local import LocalRelay
 from stock_gateway.rest_shares import rest_shares
@@ -67,12 +66,8 @@ from stock_gateway.runtime.logs import get_logger
 from stock_gateway.runtime.supervisor import Supervisor
 from stock_gateway.server.guard import ConnectionGuard, ConnectionLimits
 from stock_gateway.settings import Settings
-from stock_gateway.simulator.market import MarketSimulator, serve
-from stock_gateway.simulator.market import rest_url as simulator_rest_url
 
 logger = get_logger(__name__)
-
-DEMO_TOKEN = "demo"
 
 
 @dataclass
@@ -82,7 +77,7 @@ class Running:
     hub: Hub
     upstream: PlannedUpstream
     relay: Relay
-    rest: FinnhubRest
+    rest: ProviderRest
     mirror: RestMirror
     sessions: ClientSessions
     finnhub_sessions: FinnhubSessions
@@ -99,7 +94,6 @@ class Running:
 async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) -> Running:
     """Build every part with everything it needs, in dependency order; then start the
     core tasks. Single process or cluster is the choice of one relay."""
-    ws_url, rest_url, key = await _upstream_endpoints(settings, stack)
     link = RedisLink(settings.redis_url, settings.redis_prefix) if settings.redis_url else None
     aggregating = link is None  # on a cluster the leader aggregates bars (cluster/leader.py)
 
@@ -131,30 +125,15 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
     )
     stack.callback(capacity.close)
     holds = SymbolHolds(capacity, max_symbols_per_client=settings.max_symbols_per_client)
-    socket = FinnhubFeed(
-        ws_url,
-        key,
-        SymbolInterest(),  # what the planner puts on the socket
-        max_symbols=settings.max_upstream_symbols,
-        backoff=Backoff(settings.reconnect_initial_delay, settings.reconnect_max_delay),
-        reset_backoff_after=settings.reconnect_reset_after,
-        idle_timeout=settings.upstream_idle_timeout,
-        handshake_timeout=settings.upstream_handshake_timeout,
-        subscribe_rate=settings.upstream_subscribe_rate,
-        subscribe_burst=settings.upstream_subscribe_burst,
-        trade_max_age=settings.trade_max_age,
-        trade_max_ahead=settings.trade_max_ahead,
-    )
-
-    # Finnhub's REST API within the key's budget (shared through Redis on a cluster),
-    # a margin under the plan.
+    # The provider's REST calls within the key's budget (shared through Redis on a
+    # cluster), a margin under the plan.
     shares = rest_shares(settings)  # who may spend how much of it
     budget: CallBudget = (
         SlidingWindowBudget(shares.usable, slack=WINDOW_SLACK)
         if link is None
         else RedisBudget(link.client, link.key("rest-calls"), shares.usable, slack=WINDOW_SLACK)
     )
-    rest = await stack.enter_async_context(FinnhubRest(rest_url, key, budget))
+    socket, rest = await _finnhub(settings, stack, budget)
     source: QuoteSource = (
         rest
         if link is None
@@ -310,27 +289,27 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
     )
 
 
-async def _upstream_endpoints(settings: Settings, stack: AsyncExitStack) -> tuple[str, str, str]:
-    """Finnhub's WebSocket and REST addresses and the key; in demo mode the simulator's,
-    started in this process."""
-    if not settings.demo:
-        return settings.finnhub_ws_url, settings.finnhub_rest_url, settings.finnhub_api_key
-    # Demo mode means simulated prices, whatever else is configured: /health says
-    # "demo": true, so a key (say, left in .env) must not quietly stream the real feed.
-    if settings.finnhub_api_key:
-        logger.warning(
-            "DEMO MODE: FINNHUB_API_KEY is set (environment or .env) but ignored in demo "
-            "mode; unset DEMO and drop --demo (./dev run passes it) for the real feed"
-        )
-    market_simulator = MarketSimulator(rate=settings.demo_trade_rate, session=settings.demo_session)
-    ws_url = await stack.enter_async_context(serve(market_simulator))
-    logger.warning(
-        "DEMO MODE: prices are SIMULATED by the simulator package at %s (market %s); "
-        "the live page is /demo on this server",
+async def _finnhub(
+    settings: Settings, stack: AsyncExitStack, budget: CallBudget
+) -> tuple[Upstream, ProviderRest]:
+    """The provider, Finnhub (in demo mode the simulator): its socket, following the
+    symbols the planner puts on it, and its REST client within `budget`."""
+    ws_url, rest_url, key = await finnhub_addresses(settings, stack)
+    socket = FinnhubFeed(
         ws_url,
-        settings.demo_session,
+        key,
+        SymbolInterest(),  # what the planner puts on the socket
+        max_symbols=settings.max_upstream_symbols,
+        backoff=Backoff(settings.reconnect_initial_delay, settings.reconnect_max_delay),
+        reset_backoff_after=settings.reconnect_reset_after,
+        idle_timeout=settings.upstream_idle_timeout,
+        handshake_timeout=settings.upstream_handshake_timeout,
+        subscribe_rate=settings.upstream_subscribe_rate,
+        subscribe_burst=settings.upstream_subscribe_burst,
+        trade_max_age=settings.trade_max_age,
+        trade_max_ahead=settings.trade_max_ahead,
     )
-    return ws_url, simulator_rest_url(ws_url), DEMO_TOKEN
+    return socket, await stack.enter_async_context(FinnhubRest(rest_url, key, budget))
 
 
 def connection_limits(settings: Settings) -> ConnectionLimits:

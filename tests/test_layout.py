@@ -28,6 +28,7 @@ LAYERS = (
     "relay",
     "hub",
     "finnhub_feed",
+    "finnhub",
     "simulator",
     "delivery",
     "access",

@@ -14,10 +14,11 @@ from stock_gateway.access.capacity import UpstreamCapacity
 from stock_gateway.access.entitlements import SymbolPatterns
 from stock_gateway.access.history_budget import HistoryBudget
 from stock_gateway.access.refusal import Refusal
-from stock_gateway.market_data.finnhub_rest import SlidingWindowBudget
-from stock_gateway.market_data.finnhub_wire import decode, newest_per_symbol, parse_trades, redact
+from stock_gateway.finnhub.wire import redact
 from stock_gateway.market_data.model import Quote, SymbolInterest, Trade
 from stock_gateway.market_data.quotes import QuoteService, QuoteUnavailable
+from stock_gateway.market_data.rest_budget import SlidingWindowBudget
+from stock_gateway.market_data.trade_wire import decode, newest_per_symbol, parse_trades
 from stock_gateway.runtime.allowances import Allowances
 from stock_gateway.runtime.token_bucket import TokenBucket
 from stock_gateway.settings import Settings

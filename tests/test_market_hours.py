@@ -223,9 +223,7 @@ async def test_429_is_honoured_and_401_is_reported_once(
             assert error["code"] == "quote_unavailable"
         assert (await gateway.health())["rest"] == "unauthorized"
     refused = [
-        r
-        for r in caplog.records
-        if r.name == "gateway.market_data.finnhub_rest" and r.levelname == "ERROR"
+        r for r in caplog.records if r.name == "gateway.finnhub.rest" and r.levelname == "ERROR"
     ]
     assert len(refused) == 1 and "refused the API key" in refused[0].getMessage()
     assert TEST_KEY not in caplog.text

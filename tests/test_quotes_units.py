@@ -9,10 +9,10 @@ import asyncio
 
 import pytest
 
-from stock_gateway.market_data.finnhub_rest import SlidingWindowBudget, usable_rate
 from stock_gateway.market_data.model import Quote
 from stock_gateway.market_data.quote_cache import MAX_UNKNOWN, QuoteCache
 from stock_gateway.market_data.quotes import IN_FLIGHT, QuoteService, QuoteUnavailable
+from stock_gateway.market_data.rest_budget import SlidingWindowBudget, usable_rate
 from stock_gateway.runtime.allowances import Allowances
 from stock_gateway.runtime.sliding_window import SlidingWindow
 

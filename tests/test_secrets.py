@@ -76,7 +76,7 @@ async def test_upstream_error_text_is_redacted_before_it_is_cut_and_never_relaye
         ):
             await market.simulator.send_raw(orjson.dumps({"type": "error", "msg": text}).decode())
             error = await client.expect("error")
-            assert error["message"] == "the upstream (Finnhub) reported an error; prices may pause"
+            assert error["message"] == "the upstream reported an error; prices may pause"
     assert TEST_KEY[:8].lower() not in caplog.text.lower()
 
 

@@ -15,8 +15,8 @@ import orjson
 from hub import UpdateBatch
 from stock_gateway.delivery.finnhub_encoder import FINNHUB
 from stock_gateway.delivery.trade_groups import TradeGroups
-from stock_gateway.market_data.finnhub_wire import MAX_TRADES_PER_SYMBOL_PER_MESSAGE
 from stock_gateway.market_data.model import NOT_SENT, Conditions, Trade
+from stock_gateway.market_data.trade_wire import MAX_TRADES_PER_SYMBOL_PER_MESSAGE
 from stock_gateway.protocol import Frame
 from tests.fakes import WAIT, make_hub
 from tests.helpers import T0

@@ -8,13 +8,9 @@ import pytest
 
 from stock_gateway.client_requests import ProtocolError, normalize_symbol, split_symbols
 from stock_gateway.endpoints.ws_requests import parse_client_message
-from stock_gateway.market_data.finnhub_wire import (
-    MAX_TRADE_PRICE,
-    MAX_TRADE_VOLUME,
-    parse_trades,
-    redact,
-)
+from stock_gateway.finnhub.wire import redact
 from stock_gateway.market_data.model import NOT_SENT, Trade
+from stock_gateway.market_data.trade_wire import MAX_TRADE_PRICE, MAX_TRADE_VOLUME, parse_trades
 from stock_gateway.runtime.backoff import Backoff
 
 

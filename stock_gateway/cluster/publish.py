@@ -16,8 +16,8 @@ from redis.exceptions import RedisError
 from stock_gateway import protocol
 from stock_gateway.cluster.bars import LeaderBars
 from stock_gateway.cluster.link import RedisLink
-from stock_gateway.market_data.finnhub_wire import encode_trade_message
 from stock_gateway.market_data.model import MarketStatus, Trade, UpstreamState
+from stock_gateway.market_data.trade_wire import encode_trade_message
 from stock_gateway.runtime.cancellation import raise_if_cancelling
 from stock_gateway.runtime.logs import get_logger
 

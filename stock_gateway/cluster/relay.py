@@ -45,9 +45,9 @@ from stock_gateway.cluster.leader import Leadership, MarketWatchFactory
 from stock_gateway.cluster.link import RedisLink
 from stock_gateway.cluster.rest import decode_announcement
 from stock_gateway.delivery.bar_delivery import BarDelivery
-from stock_gateway.market_data.finnhub_wire import UndecodableMessage, decode, parse_trades
 from stock_gateway.market_data.model import UPSTREAM_STATES, MarketStatus, UpstreamState
 from stock_gateway.market_data.quotes import QuoteService
+from stock_gateway.market_data.trade_wire import UndecodableMessage, decode, parse_trades
 from stock_gateway.market_data.upstream import Upstream
 from stock_gateway.relay.base import ClusterView, Duty
 from stock_gateway.runtime.backoff import Backoff

@@ -5,7 +5,7 @@ The budget belongs to the key, so with `REDIS_URL` it is kept in Redis: `RedisBu
 is a sliding-window log in a sorted set, checked and extended by one Lua script on
 Redis's own clock, so no 60-second window holds more calls than `FINNHUB_REST_RATE`
 whichever processes make them, across failovers too (with the same margin and slack
-as one process's window: market_data/finnhub_rest.py). Any process may call Finnhub
+as one process's window: market_data/rest_budget.py). Any process may call Finnhub
 (a Redis-side limiter rather than leader-only fetching: a follower's client gets its
 quote without a round trip through the leader, and a new leader inherits the window
 instead of starting a fresh one).
@@ -39,8 +39,10 @@ import orjson
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from stock_gateway.market_data.finnhub_rest import MINUTE, FinnhubRest, RestUnavailable
 from stock_gateway.market_data.model import Quote
+from stock_gateway.market_data.provider import UpstreamUnavailable
+from stock_gateway.market_data.quotes import QuoteSource
+from stock_gateway.market_data.rest_budget import MINUTE
 from stock_gateway.runtime.logs import get_logger
 
 logger = get_logger(__name__)
@@ -144,10 +146,10 @@ class RedisBudget:
                     self._last_wait = int(wait_ms) / 1000
                     await asyncio.sleep(min(self._last_wait, max(deadline - loop.time(), 0)))
         except TimeoutError:
-            raise RestUnavailable("the REST budget is spent", self._last_wait) from None
+            raise UpstreamUnavailable("the REST budget is spent", self._last_wait) from None
         except (RedisError, OSError) as exc:
             why = f"the cluster's budget is unreachable ({type(exc).__name__})"
-            raise RestUnavailable(why) from None
+            raise UpstreamUnavailable(why) from None
 
     def wait_estimate(self) -> float:
         return max(self._last_wait, 1.0)
@@ -160,7 +162,7 @@ class ClusterQuoteSource:
         self,
         client: Callable[[], redis.Redis],
         key: Callable[..., str],
-        rest: FinnhubRest,
+        rest: QuoteSource,
         *,
         ttl: float,
         unknown_ttl: float,
@@ -188,11 +190,11 @@ class ClusterQuoteSource:
                     finally:  # only our own lock: it may have expired and passed on
                         await self._client().eval(RELEASE_IF_OURS, 1, lock, token)
                 if loop.time() + POLL_SECONDS >= deadline:
-                    raise RestUnavailable("another process is still fetching this quote")
+                    raise UpstreamUnavailable("another process is still fetching this quote")
                 await asyncio.sleep(POLL_SECONDS)  # another process is fetching: its result
         except (RedisError, OSError, ValueError, TypeError) as exc:
             why = f"the cluster's quote cache is unreachable or unreadable ({type(exc).__name__})"
-            raise RestUnavailable(why) from None
+            raise UpstreamUnavailable(why) from None
 
     async def store(self, symbol: str, quote: Quote | None) -> None:
         payload = encode_quote(symbol, quote)

@@ -14,8 +14,8 @@ import orjson
 from stock_gateway.bars.bar import BarEvent
 from stock_gateway.bars.intervals import Interval
 from stock_gateway.delivery.encoders import Refusals, SubscriptionStatus, TradeFormat
-from stock_gateway.market_data.finnhub_wire import encode_trade, trade_message
 from stock_gateway.market_data.model import MarketStatus, Quote, Trade, UpstreamState
+from stock_gateway.market_data.trade_wire import encode_trade, trade_message
 from stock_gateway.protocol import DeliveryOptions, Frame
 
 

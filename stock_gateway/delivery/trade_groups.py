@@ -2,7 +2,7 @@
 protocol, endpoints/finnhub_ws.py): for each upstream message, one frame per client
 with that client's trades of it, in upstream order; of each symbol at most the newest
 `MAX_TRADES_PER_SYMBOL_PER_MESSAGE`, the bound `/ws`'s price updates have
-(market_data/finnhub_wire.py `newest_per_symbol`).
+(market_data/trade_wire.py `newest_per_symbol`).
 
 Clients of one dialect following the same symbols receive exactly the same frames, so
 they form one `TradeGroup`: the same bytes go to every member (as paced clients share
@@ -24,8 +24,8 @@ from itertools import chain
 from typing import Protocol
 
 from stock_gateway.delivery.encoders import TradeFormat
-from stock_gateway.market_data.finnhub_wire import newest_per_symbol
 from stock_gateway.market_data.model import Trade
+from stock_gateway.market_data.trade_wire import newest_per_symbol
 from stock_gateway.protocol import Frame
 
 

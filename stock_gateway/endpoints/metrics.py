@@ -22,9 +22,9 @@ from prometheus_client.registry import Collector
 from hub import Hub
 from stock_gateway.access.admission import Admission
 from stock_gateway.delivery.stats import send_queue_bytes
-from stock_gateway.market_data.finnhub_rest import REST_STATES, FinnhubRest
 from stock_gateway.market_data.model import UPSTREAM_STATES
 from stock_gateway.market_data.planned_upstream import PlannedUpstream
+from stock_gateway.market_data.provider import REST_STATES, ProviderRest
 from stock_gateway.market_data.rest_mirror import RestMirror
 from stock_gateway.relay.base import Relay
 from stock_gateway.runtime.supervisor import Supervisor
@@ -91,7 +91,7 @@ class MeteredParts(Protocol):
     hub: Hub
     upstream: PlannedUpstream
     relay: Relay
-    rest: FinnhubRest
+    rest: ProviderRest
     mirror: RestMirror
     supervisor: Supervisor
     admission: Admission

@@ -9,8 +9,8 @@ from typing import Protocol
 
 from hub import Hub
 from stock_gateway.access.admission import Admission
-from stock_gateway.market_data.finnhub_rest import FinnhubRest
 from stock_gateway.market_data.planned_upstream import PlannedUpstream
+from stock_gateway.market_data.provider import ProviderRest
 from stock_gateway.market_data.rest_mirror import RestMirror
 from stock_gateway.runtime.supervisor import Supervisor
 
@@ -23,7 +23,7 @@ class RunningApp(Protocol):
     def upstream(self) -> PlannedUpstream: ...
 
     @property
-    def rest(self) -> FinnhubRest: ...
+    def rest(self) -> ProviderRest: ...
 
     @property
     def mirror(self) -> RestMirror: ...

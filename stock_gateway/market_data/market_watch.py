@@ -1,5 +1,5 @@
 """The market's session (open or closed, pre-market, regular, post-market, holiday),
-polled from Finnhub's `/stock/market-status` at a modest interval within the REST
+polled from the provider (Finnhub's `/stock/market-status`) at a modest interval within the REST
 budget, and announced to the hub whenever it changes.
 
 In a single process `MarketWatch.run()` polls; in a cluster only the leader polls and
@@ -13,8 +13,8 @@ import asyncio
 from collections.abc import Callable
 from typing import Protocol
 
-from stock_gateway.market_data.finnhub_rest import RestUnavailable
 from stock_gateway.market_data.model import MarketStatus
+from stock_gateway.market_data.provider import UpstreamUnavailable
 from stock_gateway.runtime.logs import get_logger
 
 logger = get_logger(__name__)
@@ -45,7 +45,7 @@ class MarketWatch:
             try:
                 deadline = loop.time() + self._interval
                 self.changed(await self._source.market_status(self._exchange, deadline))
-            except RestUnavailable as exc:
+            except UpstreamUnavailable as exc:
                 logger.info("market status unavailable reason=%s", exc)
             await asyncio.sleep(self._interval)
 

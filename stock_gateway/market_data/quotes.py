@@ -47,9 +47,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from stock_gateway.market_data.finnhub_rest import MINUTE, RestUnavailable
 from stock_gateway.market_data.model import Quote
+from stock_gateway.market_data.provider import UpstreamUnavailable
 from stock_gateway.market_data.quote_cache import QuoteCache
+from stock_gateway.market_data.rest_budget import MINUTE
 from stock_gateway.runtime.allowances import Allowances
 from stock_gateway.runtime.cancellation import raise_if_cancelling
 from stock_gateway.runtime.logs import get_logger
@@ -274,7 +275,7 @@ class QuoteService:
     async def _fetch(self, symbol: str, ask: _Ask, in_flight: asyncio.Semaphore) -> None:
         try:
             quote = await self._source.quote(symbol, ask.deadline)
-        except RestUnavailable as exc:
+        except UpstreamUnavailable as exc:
             self.unavailable += 1
             logger.info("quote unavailable symbol=%s reason=%s", symbol, exc)
             self._settle(symbol, QuoteUnavailable(str(exc), exc.retry_after))

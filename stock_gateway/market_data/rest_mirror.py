@@ -34,7 +34,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 from urllib.parse import urlencode
 
-from stock_gateway.market_data.finnhub_rest import MINUTE, FinnhubRest, RestAnswer, RestUnavailable
+from stock_gateway.market_data.provider import ProviderRest, RestAnswer, UpstreamUnavailable
+from stock_gateway.market_data.rest_budget import MINUTE
 from stock_gateway.runtime.allowances import Allowances
 from stock_gateway.runtime.logs import get_logger
 from stock_gateway.runtime.sliding_window import SlidingWindow
@@ -141,7 +142,7 @@ def listed_paths(paths: Iterable[str]) -> frozenset[str]:
 class RestMirror:
     def __init__(
         self,
-        rest: FinnhubRest,
+        rest: ProviderRest,
         cache: ResponseCache,
         quotas: Allowances,
         *,
@@ -221,7 +222,7 @@ class RestMirror:
                 seconds = CACHE_SECONDS.get(path, DEFAULT_CACHE_SECONDS)
                 await self._cache.put(key, answer.body, seconds)
             future.set_result(answer)
-        except RestUnavailable as exc:
+        except UpstreamUnavailable as exc:
             logger.info("forwarded call unavailable path=%s reason=%s", path, exc)
             # The budget's wait, or Finnhub itself: answered as Finnhub does at its limit
             # unless Finnhub cannot be reached or refuses the key.

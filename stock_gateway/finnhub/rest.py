@@ -1,23 +1,19 @@
 """Finnhub's REST API (`/quote`, `/stock/market-status`, and the calls the REST mirror
-forwards: `forward`), always within the key's budget.
+forwards: `forward`), always within the key's budget: the provider's `ProviderRest`
+(market_data/provider.py).
 
 One aiohttp `ClientSession` for the process; the key travels only in the
 `X-Finnhub-Token` header, never in a URL that could be logged. Every call first takes
-a slot from a `CallBudget`: a sliding window, so no 60-second window ever holds more
-calls than the plan allows (a token bucket that starts full would let nearly twice
-the limit through in its first minute), plus Finnhub's 30 calls a second on every
-plan. The gateway keeps a margin under the plan (`usable_rate`: 5%, at least one call
-a minute, for anything else that uses the key) and counts its minute `WINDOW_SLACK`
-longer: a call counted when its slot was granted reaches Finnhub a little later, and
-without the slack the first call of a minute, slow to arrive, and the first of the next
-minute, quick, could fall into one of Finnhub's 60 s windows with a whole plan's calls
-between them. Slots are granted in the order they were asked for. A 429 pauses every call
+a slot from a `CallBudget` (market_data/rest_budget.py: a sliding window under the
+plan, with Finnhub's 30 calls a second). A 429 pauses every call
 (honouring `Retry-After`), a 401/403 marks the REST side unauthorized (logged once),
 network errors and 5xx are retried with backoff, all within the caller's deadline.
 Redirects are never followed: the key header would go wherever the `Location` points,
 so a 3xx is an error (logged with its status, not where it pointed). A forwarded call's
 answer is passed on as Finnhub sent it (its bytes, and its status for a client error
 such as 403 "You don't have access to this resource", which says nothing of the key).
+No answer is `UpstreamUnavailable`, in words that name no provider (they may reach a
+client through `GET /quote`); the log lines name Finnhub and its settings.
 
 This module never logs the key or a URL carrying it, and knows nothing of clients.
 """
@@ -26,99 +22,27 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections import deque
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, get_args
+from typing import Any
 
 import aiohttp
 
-from stock_gateway.market_data.finnhub_wire import parse_market_status, parse_quote
+from stock_gateway.finnhub.wire import parse_market_status, parse_quote
 from stock_gateway.market_data.model import MarketStatus, Quote
+from stock_gateway.market_data.provider import (
+    CallBudget,
+    Params,
+    RestAnswer,
+    RestState,
+    UpstreamUnavailable,
+)
+from stock_gateway.market_data.rest_budget import MINUTE
 from stock_gateway.runtime.cancellation import raise_if_cancelling
 from stock_gateway.runtime.logs import get_logger
 
 logger = get_logger(__name__)
 
-RestState = Literal["ok", "unauthorized", "rate_limited", "unreachable"]
-REST_STATES: tuple[RestState, ...] = get_args(RestState)
-MINUTE = 60.0
-WINDOW_SLACK = 1.0  # seconds added to our minute: more than a call's way to Finnhub
 MAX_ANSWER_BYTES = 8 * 1024 * 1024  # a forwarded answer larger than this is refused
-Params = Mapping[str, str] | Sequence[tuple[str, str]]
-
-
-def usable_rate(plan_rate: int) -> int:
-    """The calls a minute the gateway makes of a plan's `plan_rate`: a margin kept back."""
-    return max(1, plan_rate - max(1, plan_rate // 20))
-
-
-class RestUnavailable(Exception):
-    """No answer within the deadline: budget spent, Finnhub unreachable or refusing."""
-
-    def __init__(self, message: str, retry_after: float = 0.0) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-@dataclass(frozen=True)
-class RestAnswer:
-    """A forwarded call's answer as Finnhub sent it: 200, or a client error passed on."""
-
-    status: int
-    body: bytes
-
-
-class CallBudget(Protocol):
-    """Where call slots come from: this process's window, or a cluster-wide one."""
-
-    per_minute: int  # the key's limit (FINNHUB_REST_RATE), for /metrics
-
-    async def acquire(self, deadline: float) -> None:
-        """Wait for a slot until `deadline` (loop time); RestUnavailable if none by then."""
-
-    def wait_estimate(self) -> float:
-        """Seconds until a slot is likely free (for `Retry-After`)."""
-
-
-class SlidingWindowBudget:
-    """At most `per_minute` calls in any 60 s (`slack` seconds more, to be safe) and
-    `per_second` in any second, FIFO."""
-
-    def __init__(self, per_minute: int, per_second: int = 30, *, slack: float = 0.0) -> None:
-        self.per_minute = per_minute
-        self._minute = MINUTE + slack
-        self._windows = ((per_minute, self._minute), (per_second, 1.0))
-        self._calls: deque[float] = deque()  # loop times of the calls of the last minute
-        self._turn = asyncio.Lock()  # asyncio.Lock wakes waiters in FIFO order
-
-    def _wait(self, now: float) -> float:
-        while self._calls and self._calls[0] <= now - self._minute:
-            self._calls.popleft()
-        wait = 0.0
-        for limit, span in self._windows:
-            recent = self._calls
-            if span < self._minute:
-                recent = deque(t for t in self._calls if t > now - span)
-            if len(recent) >= limit:
-                wait = max(wait, recent[len(recent) - limit] + span - now)
-        return wait
-
-    async def acquire(self, deadline: float) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout_at(deadline), self._turn:
-                while True:  # a deadline to wait for, not an event
-                    wait = self._wait(loop.time())
-                    if wait <= 0:
-                        break
-                    await asyncio.sleep(wait)
-                self._calls.append(loop.time())
-        except TimeoutError:
-            raise RestUnavailable("the REST budget is spent", self.wait_estimate()) from None
-
-    def wait_estimate(self) -> float:
-        return max(self._wait(asyncio.get_running_loop().time()), 1.0)
 
 
 class FinnhubRest:
@@ -160,14 +84,14 @@ class FinnhubRest:
         try:
             return parse_quote(body)
         except ValueError:
-            raise RestUnavailable("Finnhub sent a malformed quote") from None
+            raise UpstreamUnavailable("the upstream sent a malformed quote") from None
 
     async def market_status(self, exchange: str, deadline: float) -> MarketStatus:
         body = await self.get("/stock/market-status", {"exchange": exchange}, deadline)
         try:
             return parse_market_status(body, exchange)
         except ValueError:
-            raise RestUnavailable("Finnhub sent a malformed market status") from None
+            raise UpstreamUnavailable("the upstream sent a malformed market status") from None
 
     async def get(self, path: str, params: Params, deadline: float) -> Any:
         """One call's JSON, within the budget, retried until `deadline` (loop time):
@@ -185,7 +109,7 @@ class FinnhubRest:
             async with asyncio.timeout_at(deadline):
                 return await self._get(path, params, deadline, raw)
         except TimeoutError:
-            raise RestUnavailable("no answer from Finnhub in time", 1.0) from None
+            raise UpstreamUnavailable("no answer from the upstream in time", 1.0) from None
 
     async def _get(self, path: str, params: Params, deadline: float, raw: bool) -> Any:
         loop = asyncio.get_running_loop()
@@ -193,7 +117,7 @@ class FinnhubRest:
         while True:
             if self._paused_until > loop.time():
                 if self._paused_until >= deadline:
-                    raise RestUnavailable(self._pause_reason, self._paused_until - loop.time())
+                    raise UpstreamUnavailable(self._pause_reason, self._paused_until - loop.time())
                 await asyncio.sleep(self._paused_until - loop.time())
             async with self._in_flight:
                 if self._paused_until > loop.time():
@@ -206,7 +130,7 @@ class FinnhubRest:
             delay = min(self._backoff_cap, 0.5 * 2**attempt) * (0.5 + random.random() / 2)
             delay = max(delay, retry.after)
             if loop.time() + delay >= deadline:
-                raise RestUnavailable(retry.why, delay)
+                raise UpstreamUnavailable(retry.why, delay)
             await asyncio.sleep(delay)
 
     async def _call_once(self, path: str, params: Params, raw: bool) -> Any:
@@ -226,7 +150,9 @@ class FinnhubRest:
                         path,
                     )
                     self._set_state("unreachable")
-                    raise RestUnavailable(f"Finnhub answered HTTP {answer.status} (a redirect)")
+                    raise UpstreamUnavailable(
+                        f"the upstream answered HTTP {answer.status} (a redirect)"
+                    )
                 if answer.status == 200:
                     body = (
                         RestAnswer(200, await _read_capped(answer))
@@ -237,23 +163,23 @@ class FinnhubRest:
                     return body
                 if answer.status == 429:
                     after = _retry_after(answer.headers.get("Retry-After"))
-                    self._pause(after, "rate limited by Finnhub")
+                    self._pause(after, "rate limited by the upstream")
                     self._set_state("rate_limited")
-                    return _Retry("rate limited by Finnhub", after)
+                    return _Retry("rate limited by the upstream", after)
                 if raw and 400 <= answer.status < 500 and answer.status not in (401, 429):
                     # The caller's own mistake or a premium endpoint: not the key's.
                     return RestAnswer(answer.status, await _read_capped(answer))
                 if answer.status in (401, 403):
                     # Asking again at once would only spend the budget on refusals.
-                    self._pause(MINUTE, "Finnhub refused the API key")
+                    self._pause(MINUTE, "the upstream refused the API key")
                     self._set_state("unauthorized")
-                    raise RestUnavailable("Finnhub refused the API key", MINUTE)
+                    raise UpstreamUnavailable("the upstream refused the API key", MINUTE)
                 self._set_state("unreachable")
-                return _Retry(f"Finnhub answered HTTP {answer.status}")
+                return _Retry(f"the upstream answered HTTP {answer.status}")
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise_if_cancelling(exc)
             self._set_state("unreachable")
-            return _Retry(f"Finnhub unreachable ({type(exc).__name__})")
+            return _Retry(f"the upstream is unreachable ({type(exc).__name__})")
 
     def _pause(self, seconds: float, reason: str) -> None:
         self._paused_until = asyncio.get_running_loop().time() + seconds
@@ -277,13 +203,13 @@ class _Retry:
 
 
 async def _read_capped(answer: aiohttp.ClientResponse) -> bytes:
-    """The answer's body; RestUnavailable (asking again would not help) past
+    """The answer's body; UpstreamUnavailable (asking again would not help) past
     MAX_ANSWER_BYTES."""
     body = bytearray()
     async for chunk in answer.content.iter_chunked(65_536):
         body += chunk
         if len(body) > MAX_ANSWER_BYTES:
-            raise RestUnavailable("Finnhub's answer is too large to pass on")
+            raise UpstreamUnavailable("the upstream's answer is too large to pass on")
     return bytes(body)
 
 

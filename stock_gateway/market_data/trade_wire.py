@@ -1,33 +1,26 @@
-"""Finnhub's wire format, read defensively: decode a frame, validate each trade on its
-own, and keep the API key out of any text that is logged.
+"""Trade messages on the wire, in Finnhub's shape (`{"type":"trade","data":[...]}`),
+which the gateway speaks in three places: read from Finnhub's socket (finnhub_feed.py),
+written to the clients of Finnhub's dialect (delivery/finnhub_encoder.py), and between a
+cluster's processes (cluster/publish.py, cluster/relay.py). Provider-neutral: a
+provider with another format parses its own and hands the gateway `Trade`s.
 
-Finnhub (or anything pretending to be it) can send malformed JSON, `NaN`, absurd
-values or its own error text. Every trade is checked alone: a bad one is skipped and
-counted, and the rest of its frame is still delivered. Pure functions: no I/O.
+Whatever sends them can send malformed JSON, `NaN`, absurd values or its own error
+text. Every trade is checked alone: a bad one is skipped and counted, and the rest of
+its frame is still delivered. Pure functions: no I/O.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
 import time
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
 import orjson
 
-from stock_gateway.market_data.model import (
-    NOT_SENT,
-    SESSIONS,
-    Conditions,
-    MarketStatus,
-    Quote,
-    Session,
-    Trade,
-)
+from stock_gateway.market_data.model import NOT_SENT, Conditions, Trade
 
-_TOKEN_IN_TEXT = re.compile(r"(token=)[^&\s'\"]+", re.IGNORECASE)
 # Plausible trades only (README "Security and limits"): no listed instrument trades
 # near these, and a volume near float64's limit makes every sum of volumes infinite,
 # which JSON cannot carry (a bar stored as `null` stopped a whole cluster).
@@ -80,9 +73,9 @@ def parse_trades(
             continue
         if (
             isinstance(symbol, str)
-            and _is_number(price)
+            and is_number(price)
             and 0 < price <= MAX_TRADE_PRICE
-            and _is_number(volume)
+            and is_number(volume)
             and 0 <= volume <= MAX_TRADE_VOLUME
             and isinstance(timestamp, int)
             and not isinstance(timestamp, bool)
@@ -173,51 +166,5 @@ def newest_per_symbol(
     return kept, len(trades) - len(kept)
 
 
-def parse_quote(body: Any) -> Quote | None:
-    """A quote from `/quote`'s JSON, or None for "no quote": an unknown symbol is
-    answered with zeros. `t` is in seconds there; the quote carries milliseconds."""
-    if not isinstance(body, dict):
-        raise ValueError("a quote must be a JSON object")
-    price, previous = _float(body.get("c")) or 0.0, _float(body.get("pc")) or 0.0
-    if price <= 0 and previous <= 0:
-        return None
-    return Quote(
-        price=price if price > 0 else previous,
-        change=_float(body.get("d")),
-        change_percent=_float(body.get("dp")),
-        open=_float(body.get("o")) or 0.0,
-        high=_float(body.get("h")) or 0.0,
-        low=_float(body.get("l")) or 0.0,
-        previous_close=max(previous, 0.0),
-        timestamp=int(_float(body.get("t")) or 0) * 1000,
-    )
-
-
-def parse_market_status(body: Any, exchange: str) -> MarketStatus:
-    """`/stock/market-status`'s JSON. Finnhub says `session: null` when closed; anything
-    unknown counts as closed."""
-    if not isinstance(body, dict):
-        raise ValueError("a market status must be a JSON object")
-    session, holiday = body.get("session"), body.get("holiday")
-    return MarketStatus(
-        exchange=str(body.get("exchange") or exchange),
-        is_open=body.get("isOpen") is True,
-        session=cast(Session, session) if session in SESSIONS else "closed",
-        holiday=holiday if isinstance(holiday, str) and holiday else None,
-    )
-
-
-def _float(value: object) -> float | None:
-    return float(value) if _is_number(value) else None  # type: ignore[arg-type]
-
-
-def _is_number(value: object) -> bool:
+def is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def redact(text: str, secret: str) -> str:
-    """Text with the secret (in any letter case) and any `token=` query value masked.
-    Redact first, shorten after: a secret cut in half by a length limit still leaks."""
-    if secret:
-        text = re.sub(re.escape(secret), "***", text, flags=re.IGNORECASE)
-    return _TOKEN_IN_TEXT.sub(r"\1***", text)
