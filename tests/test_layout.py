@@ -131,6 +131,19 @@ def test_redis_and_uvicorn_internals_have_one_home_each(module: str) -> None:
         assert top == "server", f"{module} reaches into {sorted(internals)}"
 
 
+# The upstream providers' own parts: only wiring.py, which chooses the provider, imports
+# them; every other part sees market_data/upstream.py and market_data/provider.py.
+PROVIDER_PARTS = frozenset({"finnhub_feed", "finnhub"})
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_only_wiring_reaches_a_provider(module: str) -> None:
+    if part_of(module) in PROVIDER_PARTS | {"wiring"}:
+        return
+    reached = {part_of(name) for name in project_imports(module)} & PROVIDER_PARTS
+    assert not reached, f"{module} imports the provider's {sorted(reached)}"
+
+
 @pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith("simulator")))
 def test_the_simulator_never_imports_the_gateway(module: str) -> None:
     outside = {
