@@ -38,6 +38,7 @@ from stock_gateway.bars.book import BarBook
 from stock_gateway.bars.outages import Outages
 from stock_gateway.bars.startup import open_recorder, warn_if_histories_outgrow_unread_output
 from stock_gateway.cluster.bars import MirrorBars, StoredBars
+from stock_gateway.cluster.feeds import ClusterFeeds
 from stock_gateway.cluster.link import RedisLink
 from stock_gateway.cluster.relay import RedisRelay
 from stock_gateway.cluster.rest import ClusterQuoteSource, RedisBudget, RedisResponseCache
@@ -214,15 +215,16 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
         time.monotonic,
     )
     notices = FeedNotices(hub.subscribers_of, latest, planner.priced)
-    quotes.on_polled(notices.polled)
-    # One process: the wanted symbols are this process's; on a cluster the leader sets
-    # them to the cluster's union (cluster/leader.py), so one plan serves the key.
+    feeds = ClusterFeeds(link, wanted, notices, capacity.demand, planner.feeds) if link else None
+    quotes.on_polled(notices.polled if feeds is None else feeds.polled)
+    # One process: this process's wanted symbols; on a cluster the leader plans the union
+    # (cluster/leader.py) from every node's demand, for every node (cluster/feeds.py).
     upstream = PlannedUpstream(
         socket,
         planner,
         wanted if link is None else SymbolInterest(),
-        demand=capacity.demand,
-        on_feeds=notices.feeds_changed,
+        demand=capacity.demand if feeds is None else feeds.demand,
+        on_feeds=notices.feeds_changed if feeds is None else feeds.planned,
         poll=quotes.poll if settings.rest_enabled else lambda symbols: None,
     )
     watch_market = partial(
@@ -239,11 +241,12 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
             quotes=quotes,
             market=watch_market(hub.market_changed) if settings.rest_enabled else None,
         )
-        if link is None
+        if link is None or feeds is None
         else RedisRelay(
             link,
             upstream,
             hub,
+            feeds,
             lease_seconds=settings.leader_lease_seconds,
             quotes=quotes,
             market_watch=watch_market if settings.rest_enabled else None,

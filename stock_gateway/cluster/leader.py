@@ -4,7 +4,8 @@ The lease is `SET {prefix}:leader {node} NX PX lease`, renewed every third of th
 by a check-and-extend script and released on a clean exit by a check-and-delete. While
 it holds the lease, `Leadership` runs the upstream (following the cluster-wide union of
 interest), an `UpstreamPublisher` as its listener (trades encoded once, out through
-Redis), the bar aggregation (`LeaderBars`), with a bar store its writes
+Redis), the feeds its planner plans and the quotes it polls, out to every node
+(`ClusterFeeds.lead`), the bar aggregation (`LeaderBars`), with a bar store its writes
 (`cluster-bar-store`: only the leader writes), and the market watch. When a leadership
 ends, however it ends, what it recorded and has not written (open bars included) is
 written at once, before the lease is released; what cannot be written in time is
@@ -28,6 +29,7 @@ from redis.exceptions import RedisError
 
 from stock_gateway.bars.recorder import BarRecorder
 from stock_gateway.cluster.bars import LeaderBars, StoredBars
+from stock_gateway.cluster.feeds import ClusterFeeds
 from stock_gateway.cluster.link import RedisLink
 from stock_gateway.cluster.publish import UpstreamPublisher
 from stock_gateway.market_data.market_watch import MarketWatch
@@ -63,6 +65,7 @@ class Leadership:
         link: RedisLink,
         node: str,
         upstream: Upstream,
+        feeds: ClusterFeeds,
         union: Callable[[], AbstractSet[str]],
         *,
         lease_seconds: float,
@@ -78,6 +81,7 @@ class Leadership:
         self._link = link
         self._node = node
         self._upstream = upstream
+        self._feeds = feeds  # the plan and the polled quotes, out to every node
         self._union = union  # the cluster-wide interest, as the relay last saw it
         self._lease_ms = int(lease_seconds * 1000)
         self._previous_close = previous_close
@@ -140,6 +144,7 @@ class Leadership:
         duties = [
             asyncio.create_task(self._upstream.run(publisher), name="cluster-feed"),
             asyncio.create_task(publisher.forward_events(), name="cluster-events"),
+            asyncio.create_task(self._feeds.lead(), name="cluster-feeds"),
         ]
         if bars is not None:
             duties.append(asyncio.create_task(bars.run(), name="cluster-bars"))

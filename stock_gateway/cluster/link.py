@@ -3,7 +3,8 @@
 Every part of the cluster package reaches Redis through one link, built first, so the
 parts can be built whole in any order: `client()` is the current connection (remade by
 `reconnect()` after the relay restarts), `key("trades", "AAPL")` is
-`{prefix}:trades:AAPL`. This module never stores anything itself.
+`{prefix}:trades:AAPL`; `text` and `as_bytes` read what Redis returns. This module
+never stores anything itself.
 """
 
 from __future__ import annotations
@@ -37,3 +38,11 @@ class RedisLink:
         return redis.from_url(
             self._url, socket_timeout=2, socket_connect_timeout=2, decode_responses=False
         )
+
+
+def text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def as_bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()

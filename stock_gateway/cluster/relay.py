@@ -18,6 +18,8 @@ duties, run under one supervised task (`cluster`), each retried through Redis ou
   `{prefix}:last:{symbol}` for snapshots) and to status, refusals, market status,
   quotes and bars, and publishes what arrives into the local hub, as the feed would
   in a single process.
+- **feeds** (cluster/feeds.py): every node's demand shared, the leader's feeds and
+  polled quotes told to this process's clients.
 
 When Redis is unreachable, clients stay connected, `/health` says `"cluster":
 "degraded"`, and every duty retries until Redis returns. This module never publishes
@@ -41,8 +43,9 @@ from hub import Hub, UpdateBatch
 from stock_gateway import protocol
 from stock_gateway.bars.recorder import BarRecorder
 from stock_gateway.cluster.bars import MirrorBars, StoredBars
+from stock_gateway.cluster.feeds import ClusterFeeds
 from stock_gateway.cluster.leader import Leadership, MarketWatchFactory
-from stock_gateway.cluster.link import RedisLink
+from stock_gateway.cluster.link import RedisLink, as_bytes, text
 from stock_gateway.cluster.rest import decode_announcement
 from stock_gateway.delivery.bar_delivery import BarDelivery
 from stock_gateway.market_data.model import UPSTREAM_STATES, MarketStatus, UpstreamState
@@ -63,14 +66,6 @@ ALIVE = b""  # marker member of every interest set; never a symbol
 VIEW_SECONDS = 2.0  # the safety net: the view is re-read this often even with no news
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _bytes(value: bytes | str) -> bytes:
-    return value if isinstance(value, bytes) else value.encode()
-
-
 class RedisRelay:
     """This process's part in the cluster: `hub` is fed from Redis; `upstream` runs only
     while this process leads, following the cluster-wide union."""
@@ -80,6 +75,7 @@ class RedisRelay:
         link: RedisLink,
         upstream: Upstream,
         hub: Hub,
+        feeds: ClusterFeeds,
         *,
         lease_seconds: float = 5.0,
         quotes: QuoteService | None = None,
@@ -105,15 +101,17 @@ class RedisRelay:
         self._mirror = mirror  # this process's copy of the cluster's bars
         self._stored_bars = stored_bars
         self._view_stale = asyncio.Event()
+        self._feeds = feeds
         # Each duty's crashes in a row (not Redis outages: those are `degraded`).
         self._restarts = {
             name: Restarts(Backoff(RETRY_SECONDS, CRASH_MAX_DELAY, floor=0.5))
-            for name in ("interest", "relay", "view", "leadership")
+            for name in ("interest", "relay", "view", "leadership", "feeds")
         }
         self.leadership = Leadership(
             link,
             self.node,
             upstream,
+            feeds,
             lambda: self.cluster_symbols,
             lease_seconds=lease_seconds,
             previous_close=quotes.previous_close if quotes is not None else None,
@@ -163,6 +161,7 @@ class RedisRelay:
                 duties.create_task(self._retrying("relay", self._relay))
                 duties.create_task(self._retrying("view", self._watch_cluster))
                 duties.create_task(self._retrying("leadership", self.leadership.run))
+                duties.create_task(self._retrying("feeds", self._feeds.run))
         finally:
             await self._leave()
 
@@ -238,11 +237,11 @@ class RedisRelay:
             raise_if_cancelling()
             self._view_stale.clear()
             holder = await redis().get(self._link.key("leader"))
-            self.lease_holder = _text(holder) if holder else None
+            self.lease_holder = text(holder) if holder else None
             keys = [key async for key in redis().scan_iter(self._link.key("interest", "*"))]
             members = await redis().sunion(keys) if keys else set()
             self.nodes = len(keys)
-            self.cluster_symbols = {_text(member) for member in members if member != ALIVE}
+            self.cluster_symbols = {text(member) for member in members if member != ALIVE}
             self.degraded = False
             self.leadership.follow(self.cluster_symbols)
             try:
@@ -269,8 +268,8 @@ class RedisRelay:
                 key("ticks"),
             )
             state = await redis.get(key("upstream"))
-            if state and _text(state) in UPSTREAM_STATES:
-                hub.upstream_state_changed(cast(UpstreamState, _text(state)))
+            if state and text(state) in UPSTREAM_STATES:
+                hub.upstream_state_changed(cast(UpstreamState, text(state)))
             market = await redis.get(key("market"))
             if market:
                 hub.market_changed(MarketStatus(**orjson.loads(market)))
@@ -293,7 +292,7 @@ class RedisRelay:
                     subscribed = wanted
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.05)
                 if message is not None:
-                    await self._deliver(_text(message["channel"]), message["data"], prefix)
+                    await self._deliver(text(message["channel"]), message["data"], prefix)
         finally:
             await pubsub.aclose()
 
@@ -315,7 +314,7 @@ class RedisRelay:
         keys = [self._link.key("last", symbol) for symbol in ordered]
         payloads = await self._link.client().mget(keys)
         snapshots = [
-            protocol.price_update_frame(symbol, _bytes(payload))
+            protocol.price_update_frame(symbol, as_bytes(payload))
             for symbol, payload in zip(ordered, payloads, strict=True)
             if payload
         ]

@@ -4,14 +4,15 @@ It is the gateway's `Upstream` (market_data/upstream.py): its `interest` holds e
 symbol clients want, however many. While it runs, a steering loop re-plans every
 `tick` seconds and whenever the interest changes (`FeedPlanner`,
 market_data/feed_plan.py): the socket's own `SymbolInterest` (followed by the wrapped
-`FinnhubFeed`) is set to the planner's live symbols and turns, changed feeds go to
-`on_feeds` (clients are told), and the polled symbols, most urgent first, to `poll`
-(the quote service's poller). Every trade that comes is a price for the planner
-(a sampled symbol's turn ends when it trades).
+`FinnhubFeed`) is set to the planner's live symbols and turns, each plan's changed
+feeds (often none) go to `on_feeds` (clients are told), and the polled symbols, most
+urgent first, to `poll` (the quote service's poller). Every trade that comes is a
+price for the planner (a sampled symbol's turn ends when it trades).
 
 On a cluster only the leader runs its upstream, so one plan serves the key: the
-price frames the leader encodes carry its feeds (`feed_of`). This module does no I/O
-of its own; the wrapped upstream does.
+price frames the leader encodes carry its feeds (`feed_of`), and its feeds and polled
+quotes reach every node through cluster/feeds.py. This module does no I/O of its own;
+the wrapped upstream does.
 """
 
 from __future__ import annotations
@@ -81,8 +82,7 @@ class PlannedUpstream:
         demand = {symbol: known.get(symbol, 1.0) for symbol in self.interest.symbols}
         changes = self.planner.plan(demand)
         self._socket.interest.replace(self.planner.socket)
-        if changes:
-            self._on_feeds(changes)
+        self._on_feeds(changes)  # every plan, changes or none (a cluster's leader syncs)
         self._poll(self.planner.poll_order())
 
     async def run(self, listener: UpstreamListener) -> None:
