@@ -21,7 +21,7 @@ import pytest
 from finnhub_feed import FinnhubFeed
 from hub import Hub, UpdateBatch
 from stock_gateway import protocol
-from stock_gateway.delivery import outbox
+from stock_gateway.delivery import sockets
 from stock_gateway.delivery.encoders import WS
 from stock_gateway.delivery.outbox import ClientConnection
 from stock_gateway.delivery.stats import FanoutStats
@@ -142,7 +142,7 @@ async def rigs() -> AsyncIterator[Rigs]:
 
 @pytest.fixture
 def short_grace(monkeypatch: pytest.MonkeyPatch) -> float:
-    monkeypatch.setattr(outbox, "CLOSE_GRACE_SECONDS", GRACE)
+    monkeypatch.setattr(sockets, "CLOSE_GRACE_SECONDS", GRACE)  # the slow consumer's close
     return GRACE
 
 
