@@ -37,8 +37,8 @@ from stock_gateway.access.entitlements import UNRESTRICTED, Entitlements
 from stock_gateway.access.holds import RefusedSymbols, SymbolHolds
 from stock_gateway.delivery.bar_delivery import BarDelivery
 from stock_gateway.delivery.encoders import Encoder, send_each
-from stock_gateway.delivery.outbox import OUTBOX_BYTES, ClientConnection
-from stock_gateway.delivery.pacing import MAX_BATCH_BYTES, DeliveryClock, DeliveryGroups
+from stock_gateway.delivery.outbox import ClientConnection, OutboxLimits
+from stock_gateway.delivery.pacing import DeliveryClock, DeliveryGroups
 from stock_gateway.delivery.quotes import quote_delivery
 from stock_gateway.delivery.snapshots import LatestPrices
 from stock_gateway.delivery.sockets import ClientSocket, FrameWriter
@@ -50,6 +50,7 @@ from stock_gateway.protocol import DeliveryOptions, Frame
 
 # Hand-offs between two yields to the event loop inside one upstream message (~a few ms).
 OFFERS_PER_SLICE = 5000
+QUEUE_SIZE = 1024  # upstream messages queued for the broadcaster (not a setting)
 
 
 class Observer(Protocol):
@@ -82,11 +83,9 @@ class Hub:
         *,
         bars: BarDelivery | None = None,
         quotes: QuoteService | None = None,
-        outbox_size: int = 256,
-        outbox_bytes: int = OUTBOX_BYTES,
-        max_batch_bytes: int = MAX_BATCH_BYTES,
-        slow_consumer_timeout: float = 10.0,
-        queue_size: int = 1024,
+        outbox: OutboxLimits,
+        max_batch_bytes: int,
+        queue_size: int = QUEUE_SIZE,
         handoff_observer: Observer | None = None,
     ) -> None:
         self.stats = FanoutStats()
@@ -101,9 +100,7 @@ class Hub:
         self.upstream_state: UpstreamState = "connecting"
         self.capacity = holds.capacity
         self.interest = holds.capacity.interest
-        self._outbox_size = outbox_size
-        self._outbox_bytes = outbox_bytes
-        self._slow_consumer_timeout = slow_consumer_timeout
+        self._outbox = outbox
         self._clients: set[ClientConnection] = set()
         self._subscribers: dict[str, set[ClientConnection]] = {}
         # Who gets a symbol's updates how: `immediate` clients one by one, paced clients
@@ -129,10 +126,6 @@ class Hub:
         if self.bars is None:
             return sorted(self._subscribers)
         return sorted(self._subscribers.keys() | self.bars.symbols())
-
-    def subscribed_symbols(self) -> list[str]:
-        """Symbols some client follows for prices (bars aside)."""
-        return list(self._subscribers)
 
     def subscribers_of(self, symbol: str) -> frozenset[ClientConnection]:
         return frozenset(self._subscribers.get(symbol, ()))
@@ -160,9 +153,9 @@ class Hub:
             address=address,
             entitlements=entitlements,
             direct=direct,
-            outbox_size=self._outbox_size,
-            outbox_bytes=self._outbox_bytes,
-            slow_consumer_timeout=self._slow_consumer_timeout,
+            outbox_size=self._outbox.frames,
+            outbox_bytes=self._outbox.bytes,
+            slow_consumer_timeout=self._outbox.slow_consumer_timeout,
             encoder=encoder,
         )
         for frame in encoder.welcome(client.id, self.upstream_state, self.market_status):
@@ -300,33 +293,31 @@ class Hub:
 
     async def broadcast_forever(self) -> None:
         while True:
-            batch = await self._batches.get()
-            offers = 0
-            # A client's several updates from one upstream message: one write, not one
-            # per update (each is still its own WebSocket frame).
-            corked: list[ClientConnection] | None = [] if len(batch.updates) > 1 else None
-            updates = (self._deliver_one(update, batch.live, corked) for update in batch.updates)
-            for work in chain(updates, self.trades.deliveries(batch.trades)):
-                offers += work
-                if offers >= OFFERS_PER_SLICE:
-                    # One upstream message can carry tens of thousands of trades: let
-                    # /health, the other sockets and the feed run in between.
-                    offers = 0
-                    _uncork(corked)
-                    await asyncio.sleep(0)
-            _uncork(corked)
-            if self._handoff_observer is not None:
-                # Upstream arrival to the last hand-off, one observation per message.
-                self._handoff_observer.observe(time.perf_counter() - batch.received_at)
+            await self.broadcast(await self._batches.get())
             # get() does not yield while a backlog is queued; writers and socket I/O
             # must run between batches or clients fall behind for no fault of theirs.
             await asyncio.sleep(0)
 
-    def deliver(self, batch: UpdateBatch) -> None:
-        """Hand a whole batch over at once (tests and tools; the broadcaster slices)."""
-        for update in batch.updates:
-            self._deliver_one(update, batch.live)
-        self.trades.deliver(batch.trades)
+    async def broadcast(self, batch: UpdateBatch) -> None:
+        """Hand one upstream message's updates and trades to every subscriber, yielding
+        to the event loop every OFFERS_PER_SLICE hand-offs."""
+        offers = 0
+        # A client's several updates from one upstream message: one write, not one
+        # per update (each is still its own WebSocket frame).
+        corked: list[ClientConnection] | None = [] if len(batch.updates) > 1 else None
+        updates = (self._deliver_one(update, batch.live, corked) for update in batch.updates)
+        for work in chain(updates, self.trades.deliveries(batch.trades)):
+            offers += work
+            if offers >= OFFERS_PER_SLICE:
+                # One upstream message can carry tens of thousands of trades: let
+                # /health, the other sockets and the feed run in between.
+                offers = 0
+                _uncork(corked)
+                await asyncio.sleep(0)
+        _uncork(corked)
+        if self._handoff_observer is not None:
+            # Upstream arrival to the last hand-off, one observation per message.
+            self._handoff_observer.observe(time.perf_counter() - batch.received_at)
 
     def _deliver_one(
         self, frame: Frame, live: bool, corked: list[ClientConnection] | None = None

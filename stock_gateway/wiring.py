@@ -43,6 +43,7 @@ from stock_gateway.cluster.relay import RedisRelay
 from stock_gateway.cluster.rest import ClusterQuoteSource, RedisBudget, RedisResponseCache
 from stock_gateway.delivery.bar_delivery import BarDelivery
 from stock_gateway.delivery.feed_notices import FeedNotices
+from stock_gateway.delivery.outbox import OutboxLimits
 from stock_gateway.delivery.snapshots import LatestPrices
 from stock_gateway.endpoints.finnhub_ws import FinnhubSessions
 from stock_gateway.endpoints.ws_session import ClientSessions
@@ -219,10 +220,8 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
         latest,
         bars=bars,
         quotes=quotes if settings.rest_enabled else None,
-        outbox_size=settings.client_outbox_size,
-        outbox_bytes=settings.client_outbox_bytes,
+        outbox=OutboxLimits.of(settings),
         max_batch_bytes=settings.max_batch_bytes,
-        slow_consumer_timeout=settings.slow_consumer_timeout,
         handoff_observer=handoff,
     )
     planner = FeedPlanner(

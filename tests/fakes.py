@@ -11,9 +11,14 @@ import orjson
 from hub import Hub, Observer
 from stock_gateway.access.capacity import UpstreamCapacity
 from stock_gateway.access.holds import SymbolHolds
+from stock_gateway.delivery.outbox import OutboxLimits
 from stock_gateway.delivery.snapshots import LatestPrices
 from stock_gateway.market_data.model import SymbolInterest
 from stock_gateway.protocol import Frame
+from stock_gateway.settings import Settings
+
+# The settings' own defaults: objects the tests build get what a default gateway has.
+DEFAULTS = Settings()
 
 WAIT = 1.0  # the longest any awaited event may take before a test fails
 
@@ -110,7 +115,13 @@ def make_hub(
     # Refused symbols may be asked for again at once: these tests are about counts.
     capacity = UpstreamCapacity(SymbolInterest(), reject_for=0, on_release=latest.forget)
     holds = SymbolHolds(capacity, max_symbols_per_client=max_symbols_per_client)
-    return Hub(holds, latest, handoff_observer=handoff_observer)
+    return Hub(
+        holds,
+        latest,
+        outbox=OutboxLimits.of(DEFAULTS),
+        max_batch_bytes=DEFAULTS.max_batch_bytes,
+        handoff_observer=handoff_observer,
+    )
 
 
 def split_wire(data: bytes) -> list[bytes]:

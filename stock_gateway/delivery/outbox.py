@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import deque
+from dataclasses import dataclass
 
 from stock_gateway.access.entitlements import UNRESTRICTED, Entitlements
 from stock_gateway.delivery.client_holdings import ClientHoldings
@@ -36,13 +37,31 @@ from stock_gateway.protocol import (
     Frame,
 )
 from stock_gateway.runtime.logs import get_logger
+from stock_gateway.settings import Settings
 
 logger = get_logger(__name__)
 
-OUTBOX_BYTES = 4_194_304  # CLIENT_OUTBOX_BYTES' default: 256 frames of 16 KiB
 # Written at once from a backlog or a cork (more if one frame is larger): well below the
 # least MAX_UNREAD_OUTPUT, so a client that reads is never cut for what we wrote at once.
 WRITE_CHUNK_BYTES = 16_384
+
+
+@dataclass(frozen=True)
+class OutboxLimits:
+    """Every client's outbox bounds: CLIENT_OUTBOX_SIZE, CLIENT_OUTBOX_BYTES and
+    SLOW_CONSUMER_TIMEOUT (settings.py holds their defaults)."""
+
+    frames: int
+    bytes: int
+    slow_consumer_timeout: float
+
+    @classmethod
+    def of(cls, settings: Settings) -> OutboxLimits:
+        return cls(
+            settings.client_outbox_size,
+            settings.client_outbox_bytes,
+            settings.slow_consumer_timeout,
+        )
 
 
 class ClientConnection(ClientHoldings):
@@ -67,7 +86,7 @@ class ClientConnection(ClientHoldings):
         outbox_size: int,
         slow_consumer_timeout: float,
         encoder: Encoder,
-        outbox_bytes: int = OUTBOX_BYTES,
+        outbox_bytes: int,
     ) -> None:
         super().__init__(owner, address, entitlements)
         self.id = str(uuid.uuid4())
