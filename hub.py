@@ -1,11 +1,11 @@
 """Fan-out: who is subscribed to what, and getting each update to each subscriber.
 
-The `Hub` holds the symbol -> clients map and a bounded queue of `UpdateBatch`es that
-one broadcaster coroutine drains. Everything enters through `publish()`, already
-encoded, from the relay (relay/local.py in one process, cluster/relay.py from Redis),
-so the hot path and its accounting (sent counts, snapshots, hand-off timing) are one
-piece of code. Each frame is handed to every subscriber's `ClientConnection` without
-awaiting.
+The `Hub` holds the symbol -> clients map (delivery/subscribers.py) and a bounded queue
+of `UpdateBatch`es that one broadcaster coroutine drains. Everything enters through
+`publish()`, already encoded, from the relay (relay/local.py in one process,
+cluster/relay.py from Redis), so the hot path and its accounting (sent counts,
+snapshots, hand-off timing) are one piece of code. Each frame is handed to every
+subscriber's `ClientConnection` without awaiting.
 
 The hub holds symbols for its clients through `SymbolHolds` (access/holds.py), which
 decides what the upstream carries; all of it synchronous code on the event loop, so no
@@ -31,7 +31,6 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Protocol
 
 from stock_gateway.access.entitlements import UNRESTRICTED, Entitlements
 from stock_gateway.access.holds import RefusedSymbols, SymbolHolds
@@ -42,7 +41,8 @@ from stock_gateway.delivery.pacing import DeliveryClock, DeliveryGroups
 from stock_gateway.delivery.quotes import quote_delivery
 from stock_gateway.delivery.snapshots import LatestPrices
 from stock_gateway.delivery.sockets import ClientSocket, FrameWriter
-from stock_gateway.delivery.stats import FanoutStats
+from stock_gateway.delivery.stats import FanoutStats, Observer
+from stock_gateway.delivery.subscribers import Subscribers
 from stock_gateway.delivery.trade_groups import TradeGroups
 from stock_gateway.market_data.model import MarketStatus, Trade, UpstreamState
 from stock_gateway.market_data.quotes import QuoteService
@@ -51,12 +51,6 @@ from stock_gateway.protocol import DeliveryOptions, Frame
 # Hand-offs between two yields to the event loop inside one upstream message (~a few ms).
 OFFERS_PER_SLICE = 5000
 QUEUE_SIZE = 1024  # upstream messages queued for the broadcaster (not a setting)
-
-
-class Observer(Protocol):
-    """Where timings go (a prometheus_client Histogram, in the app)."""
-
-    def observe(self, amount: float) -> None: ...
 
 
 @dataclass
@@ -102,10 +96,11 @@ class Hub:
         self.interest = holds.capacity.interest
         self._outbox = outbox
         self._clients: set[ClientConnection] = set()
-        self._subscribers: dict[str, set[ClientConnection]] = {}
         # Who gets a symbol's updates how: `immediate` clients one by one, paced clients
         # (throttled or batched) once per delivery group, raw trades per trade group.
-        self._immediate: dict[str, set[ClientConnection]] = {}
+        self._map = Subscribers()
+        self._subscribers = self._map.of_symbol  # read directly on the hot path
+        self._immediate = self._map.immediate
         self._latest = latest
         # Bounded: a stalled broadcaster pushes back on the upstream reader, never buffers.
         self._batches: asyncio.Queue[UpdateBatch] = asyncio.Queue(maxsize=queue_size)
@@ -153,9 +148,7 @@ class Hub:
             address=address,
             entitlements=entitlements,
             direct=direct,
-            outbox_size=self._outbox.frames,
-            outbox_bytes=self._outbox.bytes,
-            slow_consumer_timeout=self._outbox.slow_consumer_timeout,
+            limits=self._outbox,
             encoder=encoder,
         )
         for frame in encoder.welcome(client.id, self.upstream_state, self.market_status):
@@ -187,9 +180,7 @@ class Hub:
             if refusal is not None:
                 refused.add(refusal, symbol)
                 continue
-            self._subscribers.setdefault(symbol, set()).add(client)
-            if client.immediate:
-                self._immediate.setdefault(symbol, set()).add(client)
+            self._map.add(client, symbol)
             client.hold(symbol)
             added.append(symbol)
         for frame in encoder.refusals(refused.items()):
@@ -223,12 +214,7 @@ class Hub:
         """The client's delivery from now on; confirmed with an `options` message."""
         was_immediate = client.immediate
         client.set_options(options)
-        if client.immediate != was_immediate:
-            for symbol in client.symbols:  # from one by one to its group, or back
-                if was_immediate:
-                    self._immediate[symbol].discard(client)
-                else:
-                    self._immediate.setdefault(symbol, set()).add(client)
+        self._map.served_anew(client, was_immediate)
         self.groups.place(client)
         confirmation = client.encoder.options(options)
         if confirmation is not None:
@@ -248,15 +234,7 @@ class Hub:
             if symbol not in client.symbols:
                 continue
             client.release(symbol)
-            subscribers = self._subscribers[symbol]
-            subscribers.discard(client)
-            if not subscribers:
-                del self._subscribers[symbol]
-            immediate = self._immediate.get(symbol)
-            if immediate is not None:
-                immediate.discard(client)
-                if not immediate:
-                    del self._immediate[symbol]
+            self._map.remove(client, symbol)
             self.holds.release(client, symbol)
         self._regroup(client)
 

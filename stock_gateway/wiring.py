@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from finnhub_feed import FinnhubFeed
-from hub import Hub, Observer
+from hub import Hub
 from stock_gateway.access.admission import Admission
 from stock_gateway.access.capacity import UpstreamCapacity
 from stock_gateway.access.entitlements import SymbolPatterns
@@ -45,6 +45,7 @@ from stock_gateway.delivery.bar_delivery import BarDelivery
 from stock_gateway.delivery.feed_notices import FeedNotices
 from stock_gateway.delivery.outbox import OutboxLimits
 from stock_gateway.delivery.snapshots import LatestPrices
+from stock_gateway.delivery.stats import Observer
 from stock_gateway.endpoints.finnhub_ws import FinnhubSessions
 from stock_gateway.endpoints.ws_session import ClientSessions
 from stock_gateway.market_data.feed_plan import FeedPlanner, PlanLimits
@@ -220,7 +221,11 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
         latest,
         bars=bars,
         quotes=quotes if settings.rest_enabled else None,
-        outbox=OutboxLimits.of(settings),
+        outbox=OutboxLimits(
+            settings.client_outbox_size,
+            settings.client_outbox_bytes,
+            settings.slow_consumer_timeout,
+        ),
         max_batch_bytes=settings.max_batch_bytes,
         handoff_observer=handoff,
     )

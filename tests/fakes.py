@@ -4,15 +4,17 @@ place a Hub is built, and how long an awaited event may take."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 import orjson
 
-from hub import Hub, Observer
+from hub import Hub
 from stock_gateway.access.capacity import UpstreamCapacity
 from stock_gateway.access.holds import SymbolHolds
 from stock_gateway.delivery.outbox import OutboxLimits
 from stock_gateway.delivery.snapshots import LatestPrices
+from stock_gateway.delivery.stats import Observer
 from stock_gateway.market_data.model import SymbolInterest
 from stock_gateway.protocol import Frame
 from stock_gateway.settings import Settings
@@ -104,6 +106,16 @@ class FakeWriter:
         return [orjson.loads(payload) for payload in self.payloads()]
 
 
+def outbox_limits(**changed: Any) -> OutboxLimits:
+    """A client's outbox bounds: the settings' defaults, but for what a test changes."""
+    defaults = OutboxLimits(
+        DEFAULTS.client_outbox_size,
+        DEFAULTS.client_outbox_bytes,
+        DEFAULTS.slow_consumer_timeout,
+    )
+    return dataclasses.replace(defaults, **changed)
+
+
 def make_hub(
     *,
     max_symbols_per_client: int = 50,
@@ -118,7 +130,7 @@ def make_hub(
     return Hub(
         holds,
         latest,
-        outbox=OutboxLimits.of(DEFAULTS),
+        outbox=outbox_limits(),
         max_batch_bytes=DEFAULTS.max_batch_bytes,
         handoff_observer=handoff_observer,
     )

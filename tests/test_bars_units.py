@@ -27,7 +27,7 @@ from stock_gateway.delivery.encoders import WS
 from stock_gateway.delivery.outbox import ClientConnection
 from stock_gateway.delivery.stats import FanoutStats
 from stock_gateway.market_data.model import SymbolInterest, Trade
-from tests.fakes import DEFAULTS, FakeSocket, FakeWriter
+from tests.fakes import FakeSocket, FakeWriter, outbox_limits
 
 MINUTE = 60_000
 T = 1_764_000_000_000 - 1_764_000_000_000 % (5 * MINUTE)  # a whole 5-minute boundary
@@ -296,9 +296,7 @@ async def test_clients_of_one_series_share_its_history_and_a_resubscribe_sends_n
             FakeSocket(),
             FanoutStats(),
             direct=writer,
-            outbox_size=8,
-            outbox_bytes=DEFAULTS.client_outbox_bytes,
-            slow_consumer_timeout=10,
+            limits=outbox_limits(frames=8),
             encoder=WS,
         )
         for writer in writers

@@ -22,7 +22,7 @@ from hub import Hub, UpdateBatch
 from stock_gateway import protocol
 from stock_gateway.delivery import sockets
 from stock_gateway.delivery.encoders import WS
-from stock_gateway.delivery.outbox import ClientConnection
+from stock_gateway.delivery.outbox import ClientConnection, OutboxLimits
 from stock_gateway.delivery.stats import FanoutStats
 from stock_gateway.market_data.model import Trade
 from stock_gateway.protocol import CLOSE_TRY_AGAIN_LATER, Frame
@@ -116,9 +116,7 @@ class Rigs:
             socket,
             stats,
             direct=writer,
-            outbox_size=outbox_size,
-            outbox_bytes=outbox_bytes,
-            slow_consumer_timeout=slow_consumer_timeout,
+            limits=OutboxLimits(outbox_size, outbox_bytes, slow_consumer_timeout),
             encoder=WS,
         )
         rig = Rig(client, socket, writer, stats)

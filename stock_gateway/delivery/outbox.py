@@ -2,7 +2,7 @@
 
 While the client keeps up and nothing is queued, a frame is written straight to its
 socket (`FrameWriter`) from the broadcaster: no task switch, no await. Otherwise
-frames wait in a FIFO of at most `outbox_size` frames and `outbox_bytes` bytes; once
+frames wait in a FIFO of at most `limits.frames` frames and `limits.bytes` bytes; once
 that is full, price updates are conflated to the newest per symbol. A client that
 stays behind too long, or keeps asking while it does not read (twice either bound), is
 closed with 1013 (`protocol.CLOSE_TRY_AGAIN_LATER`). A backlog goes out WRITE_CHUNK_BYTES
@@ -37,7 +37,6 @@ from stock_gateway.protocol import (
     Frame,
 )
 from stock_gateway.runtime.logs import get_logger
-from stock_gateway.settings import Settings
 
 logger = get_logger(__name__)
 
@@ -54,14 +53,6 @@ class OutboxLimits:
     frames: int
     bytes: int
     slow_consumer_timeout: float
-
-    @classmethod
-    def of(cls, settings: Settings) -> OutboxLimits:
-        return cls(
-            settings.client_outbox_size,
-            settings.client_outbox_bytes,
-            settings.slow_consumer_timeout,
-        )
 
 
 class ClientConnection(ClientHoldings):
@@ -83,10 +74,8 @@ class ClientConnection(ClientHoldings):
         address: str = "-",
         entitlements: Entitlements = UNRESTRICTED,
         direct: FrameWriter | None = None,
-        outbox_size: int,
-        slow_consumer_timeout: float,
+        limits: OutboxLimits,
         encoder: Encoder,
-        outbox_bytes: int,
     ) -> None:
         super().__init__(owner, address, entitlements)
         self.id = str(uuid.uuid4())
@@ -96,9 +85,9 @@ class ClientConnection(ClientHoldings):
         self._socket = socket
         self._direct = direct
         self._stats = stats
-        self._outbox_size = outbox_size
-        self._outbox_bytes = outbox_bytes
-        self._slow_consumer_timeout = slow_consumer_timeout
+        self._outbox_size = limits.frames
+        self._outbox_bytes = limits.bytes
+        self._slow_consumer_timeout = limits.slow_consumer_timeout
         self._frames: deque[Frame] = deque()
         self._latest: dict[str, Frame] = {}
         self._queued = 0  # bytes in _frames and _latest
