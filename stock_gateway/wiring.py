@@ -46,6 +46,7 @@ from stock_gateway.delivery.feed_notices import FeedNotices
 from stock_gateway.delivery.outbox import OutboxLimits
 from stock_gateway.delivery.snapshots import LatestPrices
 from stock_gateway.delivery.stats import Observer
+from stock_gateway.demo_upstream import upstream_endpoints
 from stock_gateway.endpoints.finnhub_ws import FinnhubSessions
 from stock_gateway.endpoints.ws_session import ClientSessions
 from stock_gateway.market_data.feed_plan import FeedPlanner, PlanLimits
@@ -69,12 +70,8 @@ from stock_gateway.runtime.logs import get_logger
 from stock_gateway.runtime.supervisor import Supervisor
 from stock_gateway.server.guard import ConnectionGuard, ConnectionLimits
 from stock_gateway.settings import Settings
-from stock_gateway.simulator.market import MarketSimulator, serve
-from stock_gateway.simulator.market import rest_url as simulator_rest_url
 
 logger = get_logger(__name__)
-
-DEMO_TOKEN = "demo"
 
 
 @dataclass
@@ -101,7 +98,7 @@ class Running:
 async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) -> Running:
     """Build every part with everything it needs, in dependency order; then start the
     core tasks. Single process or cluster is the choice of one relay."""
-    ws_url, rest_url, key = await _upstream_endpoints(settings, stack)
+    ws_url, rest_url, key = await upstream_endpoints(settings, stack)
     link = RedisLink(settings.redis_url, settings.redis_prefix) if settings.redis_url else None
     aggregating = link is None  # on a cluster the leader aggregates bars (cluster/leader.py)
 
@@ -312,29 +309,6 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
         guard,
         time.monotonic(),
     )
-
-
-async def _upstream_endpoints(settings: Settings, stack: AsyncExitStack) -> tuple[str, str, str]:
-    """Finnhub's WebSocket and REST addresses and the key; in demo mode the simulator's,
-    started in this process."""
-    if not settings.demo:
-        return settings.finnhub_ws_url, settings.finnhub_rest_url, settings.finnhub_api_key
-    # Demo mode means simulated prices, whatever else is configured: /health says
-    # "demo": true, so a key (say, left in .env) must not quietly stream the real feed.
-    if settings.finnhub_api_key:
-        logger.warning(
-            "DEMO MODE: FINNHUB_API_KEY is set (environment or .env) but ignored in demo "
-            "mode; unset DEMO and drop --demo (./dev run passes it) for the real feed"
-        )
-    market_simulator = MarketSimulator(rate=settings.demo_trade_rate, session=settings.demo_session)
-    ws_url = await stack.enter_async_context(serve(market_simulator))
-    logger.warning(
-        "DEMO MODE: prices are SIMULATED by the simulator package at %s (market %s); "
-        "the live page is /demo on this server",
-        ws_url,
-        settings.demo_session,
-    )
-    return ws_url, simulator_rest_url(ws_url), DEMO_TOKEN
 
 
 def connection_limits(settings: Settings) -> ConnectionLimits:

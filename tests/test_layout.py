@@ -22,6 +22,7 @@ from tests.helpers import PROJECT
 LAYERS = (
     "gateway",
     "wiring",
+    "demo_upstream",
     "endpoints",
     "client_requests",
     "cluster",
