@@ -270,7 +270,7 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
             quotes=quotes,
             market_watch=watch_market if settings.rest_enabled else None,
             bars=bars,
-            mirror=bar_mirror,
+            bar_mirror=bar_mirror,
             stored_bars=stored_bars,
             recorder=recorder,
             bar_history=settings.bar_history,
