@@ -38,7 +38,7 @@ from stock_gateway.delivery.bar_delivery import BarDelivery
 from stock_gateway.delivery.encoders import Encoder, send_each
 from stock_gateway.delivery.outbox import ClientConnection, OutboxLimits
 from stock_gateway.delivery.pacing import DeliveryClock, DeliveryGroups
-from stock_gateway.delivery.quotes import quote_delivery
+from stock_gateway.delivery.quote_delivery import quote_delivery
 from stock_gateway.delivery.snapshots import LatestPrices
 from stock_gateway.delivery.sockets import ClientSocket, FrameWriter
 from stock_gateway.delivery.stats import FanoutStats, Observer
