@@ -116,16 +116,30 @@ def outbox_limits(**changed: Any) -> OutboxLimits:
     return dataclasses.replace(defaults, **changed)
 
 
+def make_capacity(interest: SymbolInterest | None = None, **changed: Any) -> UpstreamCapacity:
+    """An `UpstreamCapacity` with the settings' defaults, but for what a test changes."""
+    options: dict[str, Any] = {
+        "max_per_owner": DEFAULTS.max_symbols_per_address,
+        "new_per_owner_hour": DEFAULTS.new_symbols_per_address,
+        "linger": DEFAULTS.symbol_linger_seconds,
+        "reject_for": DEFAULTS.rejected_symbol_seconds,
+    }
+    return UpstreamCapacity(
+        interest if interest is not None else SymbolInterest(), **(options | changed)
+    )
+
+
 def make_hub(
     *,
-    max_symbols_per_client: int = 50,
+    max_symbols_per_client: int = DEFAULTS.max_symbols_per_client,
     handoff_observer: Observer | None = None,
 ) -> Hub:
     """The one place a `Hub` is built (and `upstream_refused` called, below), so a change
     of its constructor is a change here."""
     latest = LatestPrices()
-    # Refused symbols may be asked for again at once: these tests are about counts.
-    capacity = UpstreamCapacity(SymbolInterest(), reject_for=0, on_release=latest.forget)
+    # Refused symbols may be asked for again at once and a released one goes at once
+    # (linger has tests of its own): these tests are about counts.
+    capacity = make_capacity(reject_for=0, linger=0, on_release=latest.forget)
     holds = SymbolHolds(capacity, max_symbols_per_client=max_symbols_per_client)
     return Hub(
         holds,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,17 +17,18 @@ from stock_gateway.access.history_budget import HistoryBudget
 from stock_gateway.access.refusal import Refusal
 from stock_gateway.market_data.finnhub_rest import SlidingWindowBudget
 from stock_gateway.market_data.finnhub_wire import decode, newest_per_symbol, parse_trades, redact
-from stock_gateway.market_data.model import Quote, SymbolInterest, Trade
+from stock_gateway.market_data.model import Quote, Trade
 from stock_gateway.market_data.quotes import QuoteService, QuoteUnavailable
 from stock_gateway.runtime.allowances import Allowances
 from stock_gateway.runtime.token_bucket import TokenBucket
 from stock_gateway.settings import Settings
+from tests.fakes import make_capacity
 
 NOW = 1_800_000_000.0
 
 
-def capacity(**options: object) -> UpstreamCapacity:
-    return UpstreamCapacity(SymbolInterest(), **options)  # type: ignore[arg-type]
+def capacity(**options: Any) -> UpstreamCapacity:
+    return make_capacity(**options)
 
 
 async def test_a_share_charges_each_holder_of_a_symbol_its_fraction() -> None:
