@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from finnhub_feed import FinnhubFeed
 from hub import Hub
 from stock_gateway.access.capacity import UpstreamCapacity
 from stock_gateway.access.holds import SymbolHolds
@@ -17,6 +18,7 @@ from stock_gateway.delivery.snapshots import LatestPrices
 from stock_gateway.delivery.stats import Observer
 from stock_gateway.market_data.model import SymbolInterest
 from stock_gateway.protocol import Frame
+from stock_gateway.runtime.backoff import Backoff
 from stock_gateway.settings import Settings
 
 # The settings' own defaults: objects the tests build get what a default gateway has.
@@ -126,6 +128,24 @@ def make_capacity(interest: SymbolInterest | None = None, **changed: Any) -> Ups
     }
     return UpstreamCapacity(
         interest if interest is not None else SymbolInterest(), **(options | changed)
+    )
+
+
+def make_feed(interest: SymbolInterest, url: str = "ws://127.0.0.1:9") -> FinnhubFeed:
+    """A `FinnhubFeed` with the settings' defaults (tests that start none never dial)."""
+    return FinnhubFeed(
+        url,
+        "unused",
+        interest,
+        backoff=Backoff(DEFAULTS.reconnect_initial_delay, DEFAULTS.reconnect_max_delay),
+        reset_backoff_after=DEFAULTS.reconnect_reset_after,
+        idle_timeout=DEFAULTS.upstream_idle_timeout,
+        handshake_timeout=DEFAULTS.upstream_handshake_timeout,
+        subscribe_rate=DEFAULTS.upstream_subscribe_rate,
+        subscribe_burst=DEFAULTS.upstream_subscribe_burst,
+        trade_max_age=DEFAULTS.trade_max_age,
+        trade_max_ahead=DEFAULTS.trade_max_ahead,
+        max_symbols=DEFAULTS.max_upstream_symbols,
     )
 
 

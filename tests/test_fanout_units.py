@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 import orjson
 import pytest
 
-from finnhub_feed import FinnhubFeed
 from hub import Hub, UpdateBatch
 from stock_gateway import protocol
 from stock_gateway.delivery import sockets
@@ -27,8 +26,7 @@ from stock_gateway.delivery.stats import FanoutStats
 from stock_gateway.market_data.model import Trade
 from stock_gateway.protocol import CLOSE_TRY_AGAIN_LATER, Frame
 from stock_gateway.relay.local import LocalRelay
-from stock_gateway.runtime.backoff import Backoff
-from tests.fakes import DEFAULTS, WAIT, FakeSocket, FakeWriter, make_hub
+from tests.fakes import DEFAULTS, WAIT, FakeSocket, FakeWriter, make_feed, make_hub
 from tests.helpers import assert_hub_consistent
 
 GRACE = 0.05  # CLOSE_GRACE_SECONDS, shortened
@@ -81,8 +79,7 @@ async def wait_for(event: asyncio.Event) -> None:
 
 def local_relay(hub: Hub) -> LocalRelay:
     """The single-process relay in front of `hub`, its upstream never started."""
-    feed = FinnhubFeed("ws://127.0.0.1:9", "unused", hub.interest, backoff=Backoff(1, 1))
-    return LocalRelay(feed, hub)
+    return LocalRelay(make_feed(hub.interest), hub)
 
 
 def refuse_upstream(hub: Hub, symbol: str) -> None:
