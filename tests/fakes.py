@@ -17,7 +17,10 @@ from stock_gateway.delivery.outbox import OutboxLimits
 from stock_gateway.delivery.snapshots import LatestPrices
 from stock_gateway.delivery.stats import Observer
 from stock_gateway.market_data.model import SymbolInterest
+from stock_gateway.market_data.quotes import QuoteService, QuoteSource
 from stock_gateway.protocol import Frame
+from stock_gateway.rest_shares import rest_shares
+from stock_gateway.runtime.allowances import Allowances
 from stock_gateway.runtime.backoff import Backoff
 from stock_gateway.settings import Settings
 
@@ -147,6 +150,21 @@ def make_feed(interest: SymbolInterest, url: str = "ws://127.0.0.1:9") -> Finnhu
         trade_max_ahead=DEFAULTS.trade_max_ahead,
         max_symbols=DEFAULTS.max_upstream_symbols,
     )
+
+
+def make_quotes(source: QuoteSource, shares: Allowances, **changed: Any) -> QuoteService:
+    """A `QuoteService` with the settings' defaults and their REST shares (rest_shares.py),
+    but for what a test changes."""
+    budget = rest_shares(DEFAULTS)
+    options: dict[str, Any] = {
+        "ttl": DEFAULTS.quote_ttl,
+        "wait": DEFAULTS.quote_wait,
+        "unknown_ttl": DEFAULTS.quote_unknown_ttl,
+        "lookups_per_minute": budget.lookups,
+        "refreshes_per_minute": budget.refreshes,
+        "polls_per_minute": budget.polls,
+    }
+    return QuoteService(source, shares, **(options | changed))
 
 
 def make_hub(

@@ -18,11 +18,11 @@ from stock_gateway.access.refusal import Refusal
 from stock_gateway.market_data.finnhub_rest import SlidingWindowBudget
 from stock_gateway.market_data.finnhub_wire import decode, newest_per_symbol, parse_trades, redact
 from stock_gateway.market_data.model import Quote, Trade
-from stock_gateway.market_data.quotes import QuoteService, QuoteUnavailable
+from stock_gateway.market_data.quotes import QuoteUnavailable
 from stock_gateway.runtime.allowances import Allowances
 from stock_gateway.runtime.token_bucket import TokenBucket
 from stock_gateway.settings import Settings
-from tests.fakes import make_capacity
+from tests.fakes import make_capacity, make_quotes
 
 NOW = 1_800_000_000.0
 
@@ -305,7 +305,7 @@ class _SlowSource:
 
 async def test_quote_requests_are_bounded_per_owner_and_in_all() -> None:
     source = _SlowSource()
-    service = QuoteService(source, Allowances(2 / 60, 2), wait=5, max_queued=3)
+    service = make_quotes(source, Allowances(2 / 60, 2), wait=5, max_queued=3)
     worker = asyncio.create_task(service.run())
     try:
         mine = [service.request(f"S{index}", "alice") for index in range(3)]
