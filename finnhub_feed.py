@@ -57,14 +57,14 @@ class FinnhubFeed:
         interest: SymbolInterest,
         *,
         backoff: Backoff,
-        reset_backoff_after: float = 10.0,
-        idle_timeout: float = 90.0,
-        handshake_timeout: float = 10.0,
-        subscribe_rate: float = 10.0,
-        subscribe_burst: int = 50,
-        trade_max_age: float = 7 * 86400.0,
-        trade_max_ahead: float = 3600.0,
-        max_symbols: int | None = None,
+        reset_backoff_after: float,
+        idle_timeout: float,
+        handshake_timeout: float,
+        subscribe_rate: float,
+        subscribe_burst: int,
+        trade_max_age: float,
+        trade_max_ahead: float,
+        max_symbols: int | None,
     ) -> None:
         self.state: UpstreamState = "connecting"
         self.counters = UpstreamCounters()

@@ -47,7 +47,9 @@ from stock_gateway.endpoints.request_rate import RequestRate
 from stock_gateway.endpoints.sse import EventStreams
 from stock_gateway.protocol import CLOSE_SERVICE_RESTART
 from stock_gateway.runtime.logs import ROOT_LOGGER, configure_logging
-from stock_gateway.server.uvicorn_protocols import HTTP_IMPORT_PATH, STATE_KEY, WS_IMPORT_PATH
+from stock_gateway.server.guard import STATE_KEY
+from stock_gateway.server.uvicorn_protocols import HTTP_IMPORT_PATH
+from stock_gateway.server.ws_protocol import WS_IMPORT_PATH
 from stock_gateway.setting_sources import env_file_strays, load_settings
 from stock_gateway.settings import ConfigError, Settings, documented_defaults
 

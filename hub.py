@@ -1,11 +1,11 @@
 """Fan-out: who is subscribed to what, and getting each update to each subscriber.
 
-The `Hub` holds the symbol -> clients map and a bounded queue of `UpdateBatch`es that
-one broadcaster coroutine drains. Everything enters through `publish()`, already
-encoded, from the relay (relay/local.py in one process, cluster/relay.py from Redis),
-so the hot path and its accounting (sent counts, snapshots, hand-off timing) are one
-piece of code. Each frame is handed to every subscriber's `ClientConnection` without
-awaiting.
+The `Hub` holds the symbol -> clients map (delivery/subscribers.py) and a bounded queue
+of `UpdateBatch`es that one broadcaster coroutine drains. Everything enters through
+`publish()`, already encoded, from the relay (relay/local.py in one process,
+cluster/relay.py from Redis), so the hot path and its accounting (sent counts,
+snapshots, hand-off timing) are one piece of code. Each frame is handed to every
+subscriber's `ClientConnection` without awaiting.
 
 The hub holds symbols for its clients through `SymbolHolds` (access/holds.py), which
 decides what the upstream carries; all of it synchronous code on the event loop, so no
@@ -31,18 +31,18 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Protocol
 
 from stock_gateway.access.entitlements import UNRESTRICTED, Entitlements
 from stock_gateway.access.holds import RefusedSymbols, SymbolHolds
 from stock_gateway.delivery.bar_delivery import BarDelivery
 from stock_gateway.delivery.encoders import Encoder, send_each
-from stock_gateway.delivery.outbox import OUTBOX_BYTES, ClientConnection
-from stock_gateway.delivery.pacing import MAX_BATCH_BYTES, DeliveryClock, DeliveryGroups
-from stock_gateway.delivery.quotes import quote_delivery
+from stock_gateway.delivery.outbox import ClientConnection, OutboxLimits
+from stock_gateway.delivery.pacing import DeliveryClock, DeliveryGroups
+from stock_gateway.delivery.quote_delivery import quote_delivery
 from stock_gateway.delivery.snapshots import LatestPrices
 from stock_gateway.delivery.sockets import ClientSocket, FrameWriter
-from stock_gateway.delivery.stats import FanoutStats
+from stock_gateway.delivery.stats import FanoutStats, Observer
+from stock_gateway.delivery.subscribers import Subscribers
 from stock_gateway.delivery.trade_groups import TradeGroups
 from stock_gateway.market_data.model import MarketStatus, Trade, UpstreamState
 from stock_gateway.market_data.quotes import QuoteService
@@ -50,12 +50,7 @@ from stock_gateway.protocol import DeliveryOptions, Frame
 
 # Hand-offs between two yields to the event loop inside one upstream message (~a few ms).
 OFFERS_PER_SLICE = 5000
-
-
-class Observer(Protocol):
-    """Where timings go (a prometheus_client Histogram, in the app)."""
-
-    def observe(self, amount: float) -> None: ...
+QUEUE_SIZE = 1024  # upstream messages queued for the broadcaster (not a setting)
 
 
 @dataclass
@@ -82,11 +77,9 @@ class Hub:
         *,
         bars: BarDelivery | None = None,
         quotes: QuoteService | None = None,
-        outbox_size: int = 256,
-        outbox_bytes: int = OUTBOX_BYTES,
-        max_batch_bytes: int = MAX_BATCH_BYTES,
-        slow_consumer_timeout: float = 10.0,
-        queue_size: int = 1024,
+        outbox: OutboxLimits,
+        max_batch_bytes: int,
+        queue_size: int = QUEUE_SIZE,
         handoff_observer: Observer | None = None,
     ) -> None:
         self.stats = FanoutStats()
@@ -101,14 +94,13 @@ class Hub:
         self.upstream_state: UpstreamState = "connecting"
         self.capacity = holds.capacity
         self.interest = holds.capacity.interest
-        self._outbox_size = outbox_size
-        self._outbox_bytes = outbox_bytes
-        self._slow_consumer_timeout = slow_consumer_timeout
+        self._outbox = outbox
         self._clients: set[ClientConnection] = set()
-        self._subscribers: dict[str, set[ClientConnection]] = {}
         # Who gets a symbol's updates how: `immediate` clients one by one, paced clients
         # (throttled or batched) once per delivery group, raw trades per trade group.
-        self._immediate: dict[str, set[ClientConnection]] = {}
+        self._map = Subscribers()
+        self._subscribers = self._map.of_symbol  # read directly on the hot path
+        self._immediate = self._map.immediate
         self._latest = latest
         # Bounded: a stalled broadcaster pushes back on the upstream reader, never buffers.
         self._batches: asyncio.Queue[UpdateBatch] = asyncio.Queue(maxsize=queue_size)
@@ -129,10 +121,6 @@ class Hub:
         if self.bars is None:
             return sorted(self._subscribers)
         return sorted(self._subscribers.keys() | self.bars.symbols())
-
-    def subscribed_symbols(self) -> list[str]:
-        """Symbols some client follows for prices (bars aside)."""
-        return list(self._subscribers)
 
     def subscribers_of(self, symbol: str) -> frozenset[ClientConnection]:
         return frozenset(self._subscribers.get(symbol, ()))
@@ -160,9 +148,7 @@ class Hub:
             address=address,
             entitlements=entitlements,
             direct=direct,
-            outbox_size=self._outbox_size,
-            outbox_bytes=self._outbox_bytes,
-            slow_consumer_timeout=self._slow_consumer_timeout,
+            limits=self._outbox,
             encoder=encoder,
         )
         for frame in encoder.welcome(client.id, self.upstream_state, self.market_status):
@@ -194,9 +180,7 @@ class Hub:
             if refusal is not None:
                 refused.add(refusal, symbol)
                 continue
-            self._subscribers.setdefault(symbol, set()).add(client)
-            if client.immediate:
-                self._immediate.setdefault(symbol, set()).add(client)
+            self._map.add(client, symbol)
             client.hold(symbol)
             added.append(symbol)
         for frame in encoder.refusals(refused.items()):
@@ -230,12 +214,7 @@ class Hub:
         """The client's delivery from now on; confirmed with an `options` message."""
         was_immediate = client.immediate
         client.set_options(options)
-        if client.immediate != was_immediate:
-            for symbol in client.symbols:  # from one by one to its group, or back
-                if was_immediate:
-                    self._immediate[symbol].discard(client)
-                else:
-                    self._immediate.setdefault(symbol, set()).add(client)
+        self._map.served_anew(client, was_immediate)
         self.groups.place(client)
         confirmation = client.encoder.options(options)
         if confirmation is not None:
@@ -255,15 +234,7 @@ class Hub:
             if symbol not in client.symbols:
                 continue
             client.release(symbol)
-            subscribers = self._subscribers[symbol]
-            subscribers.discard(client)
-            if not subscribers:
-                del self._subscribers[symbol]
-            immediate = self._immediate.get(symbol)
-            if immediate is not None:
-                immediate.discard(client)
-                if not immediate:
-                    del self._immediate[symbol]
+            self._map.remove(client, symbol)
             self.holds.release(client, symbol)
         self._regroup(client)
 
@@ -300,33 +271,31 @@ class Hub:
 
     async def broadcast_forever(self) -> None:
         while True:
-            batch = await self._batches.get()
-            offers = 0
-            # A client's several updates from one upstream message: one write, not one
-            # per update (each is still its own WebSocket frame).
-            corked: list[ClientConnection] | None = [] if len(batch.updates) > 1 else None
-            updates = (self._deliver_one(update, batch.live, corked) for update in batch.updates)
-            for work in chain(updates, self.trades.deliveries(batch.trades)):
-                offers += work
-                if offers >= OFFERS_PER_SLICE:
-                    # One upstream message can carry tens of thousands of trades: let
-                    # /health, the other sockets and the feed run in between.
-                    offers = 0
-                    _uncork(corked)
-                    await asyncio.sleep(0)
-            _uncork(corked)
-            if self._handoff_observer is not None:
-                # Upstream arrival to the last hand-off, one observation per message.
-                self._handoff_observer.observe(time.perf_counter() - batch.received_at)
+            await self.broadcast(await self._batches.get())
             # get() does not yield while a backlog is queued; writers and socket I/O
             # must run between batches or clients fall behind for no fault of theirs.
             await asyncio.sleep(0)
 
-    def deliver(self, batch: UpdateBatch) -> None:
-        """Hand a whole batch over at once (tests and tools; the broadcaster slices)."""
-        for update in batch.updates:
-            self._deliver_one(update, batch.live)
-        self.trades.deliver(batch.trades)
+    async def broadcast(self, batch: UpdateBatch) -> None:
+        """Hand one upstream message's updates and trades to every subscriber, yielding
+        to the event loop every OFFERS_PER_SLICE hand-offs."""
+        offers = 0
+        # A client's several updates from one upstream message: one write, not one
+        # per update (each is still its own WebSocket frame).
+        corked: list[ClientConnection] | None = [] if len(batch.updates) > 1 else None
+        updates = (self._deliver_one(update, batch.live, corked) for update in batch.updates)
+        for work in chain(updates, self.trades.deliveries(batch.trades)):
+            offers += work
+            if offers >= OFFERS_PER_SLICE:
+                # One upstream message can carry tens of thousands of trades: let
+                # /health, the other sockets and the feed run in between.
+                offers = 0
+                _uncork(corked)
+                await asyncio.sleep(0)
+        _uncork(corked)
+        if self._handoff_observer is not None:
+            # Upstream arrival to the last hand-off, one observation per message.
+            self._handoff_observer.observe(time.perf_counter() - batch.received_at)
 
     def _deliver_one(
         self, frame: Frame, live: bool, corked: list[ClientConnection] | None = None

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from finnhub_feed import FinnhubFeed
-from hub import Hub, Observer
+from hub import Hub
 from stock_gateway.access.admission import Admission
 from stock_gateway.access.capacity import UpstreamCapacity
 from stock_gateway.access.entitlements import SymbolPatterns
@@ -44,7 +44,9 @@ from stock_gateway.cluster.relay import RedisRelay
 from stock_gateway.cluster.rest import ClusterQuoteSource, RedisBudget, RedisResponseCache
 from stock_gateway.delivery.bar_delivery import BarDelivery
 from stock_gateway.delivery.feed_notices import FeedNotices
+from stock_gateway.delivery.outbox import OutboxLimits
 from stock_gateway.delivery.snapshots import LatestPrices
+from stock_gateway.delivery.stats import Observer
 from stock_gateway.endpoints.finnhub_ws import FinnhubSessions
 from stock_gateway.endpoints.ws_session import ClientSessions
 from stock_gateway.finnhub.addresses import finnhub_addresses
@@ -199,10 +201,12 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
         latest,
         bars=bars,
         quotes=quotes if settings.rest_enabled else None,
-        outbox_size=settings.client_outbox_size,
-        outbox_bytes=settings.client_outbox_bytes,
+        outbox=OutboxLimits(
+            settings.client_outbox_size,
+            settings.client_outbox_bytes,
+            settings.slow_consumer_timeout,
+        ),
         max_batch_bytes=settings.max_batch_bytes,
-        slow_consumer_timeout=settings.slow_consumer_timeout,
         handoff_observer=handoff,
     )
     planner = FeedPlanner(
@@ -251,7 +255,7 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
             quotes=quotes,
             market_watch=watch_market if settings.rest_enabled else None,
             bars=bars,
-            mirror=bar_mirror,
+            bar_mirror=bar_mirror,
             stored_bars=stored_bars,
             recorder=recorder,
             bar_history=settings.bar_history,

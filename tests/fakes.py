@@ -4,16 +4,28 @@ place a Hub is built, and how long an awaited event may take."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 import orjson
 
-from hub import Hub, Observer
+from finnhub_feed import FinnhubFeed
+from hub import Hub
 from stock_gateway.access.capacity import UpstreamCapacity
 from stock_gateway.access.holds import SymbolHolds
+from stock_gateway.delivery.outbox import OutboxLimits
 from stock_gateway.delivery.snapshots import LatestPrices
+from stock_gateway.delivery.stats import Observer
 from stock_gateway.market_data.model import SymbolInterest
+from stock_gateway.market_data.quotes import QuoteService, QuoteSource
 from stock_gateway.protocol import Frame
+from stock_gateway.rest_shares import rest_shares
+from stock_gateway.runtime.allowances import Allowances
+from stock_gateway.runtime.backoff import Backoff
+from stock_gateway.settings import Settings
+
+# The settings' own defaults: objects the tests build get what a default gateway has.
+DEFAULTS = Settings()
 
 WAIT = 1.0  # the longest any awaited event may take before a test fails
 
@@ -99,18 +111,81 @@ class FakeWriter:
         return [orjson.loads(payload) for payload in self.payloads()]
 
 
+def outbox_limits(**changed: Any) -> OutboxLimits:
+    """A client's outbox bounds: the settings' defaults, but for what a test changes."""
+    defaults = OutboxLimits(
+        DEFAULTS.client_outbox_size,
+        DEFAULTS.client_outbox_bytes,
+        DEFAULTS.slow_consumer_timeout,
+    )
+    return dataclasses.replace(defaults, **changed)
+
+
+def make_capacity(interest: SymbolInterest | None = None, **changed: Any) -> UpstreamCapacity:
+    """An `UpstreamCapacity` with the settings' defaults, but for what a test changes."""
+    options: dict[str, Any] = {
+        "max_per_owner": DEFAULTS.max_symbols_per_address,
+        "new_per_owner_hour": DEFAULTS.new_symbols_per_address,
+        "linger": DEFAULTS.symbol_linger_seconds,
+        "reject_for": DEFAULTS.rejected_symbol_seconds,
+    }
+    return UpstreamCapacity(
+        interest if interest is not None else SymbolInterest(), **(options | changed)
+    )
+
+
+def make_feed(interest: SymbolInterest, url: str = "ws://127.0.0.1:9") -> FinnhubFeed:
+    """A `FinnhubFeed` with the settings' defaults (tests that start none never dial)."""
+    return FinnhubFeed(
+        url,
+        "unused",
+        interest,
+        backoff=Backoff(DEFAULTS.reconnect_initial_delay, DEFAULTS.reconnect_max_delay),
+        reset_backoff_after=DEFAULTS.reconnect_reset_after,
+        idle_timeout=DEFAULTS.upstream_idle_timeout,
+        handshake_timeout=DEFAULTS.upstream_handshake_timeout,
+        subscribe_rate=DEFAULTS.upstream_subscribe_rate,
+        subscribe_burst=DEFAULTS.upstream_subscribe_burst,
+        trade_max_age=DEFAULTS.trade_max_age,
+        trade_max_ahead=DEFAULTS.trade_max_ahead,
+        max_symbols=DEFAULTS.max_upstream_symbols,
+    )
+
+
+def make_quotes(source: QuoteSource, shares: Allowances, **changed: Any) -> QuoteService:
+    """A `QuoteService` with the settings' defaults and their REST shares (rest_shares.py),
+    but for what a test changes."""
+    budget = rest_shares(DEFAULTS)
+    options: dict[str, Any] = {
+        "ttl": DEFAULTS.quote_ttl,
+        "wait": DEFAULTS.quote_wait,
+        "unknown_ttl": DEFAULTS.quote_unknown_ttl,
+        "lookups_per_minute": budget.lookups,
+        "refreshes_per_minute": budget.refreshes,
+        "polls_per_minute": budget.polls,
+    }
+    return QuoteService(source, shares, **(options | changed))
+
+
 def make_hub(
     *,
-    max_symbols_per_client: int = 50,
+    max_symbols_per_client: int = DEFAULTS.max_symbols_per_client,
     handoff_observer: Observer | None = None,
 ) -> Hub:
     """The one place a `Hub` is built (and `upstream_refused` called, below), so a change
     of its constructor is a change here."""
     latest = LatestPrices()
-    # Refused symbols may be asked for again at once: these tests are about counts.
-    capacity = UpstreamCapacity(SymbolInterest(), reject_for=0, on_release=latest.forget)
+    # Refused symbols may be asked for again at once and a released one goes at once
+    # (linger has tests of its own): these tests are about counts.
+    capacity = make_capacity(reject_for=0, linger=0, on_release=latest.forget)
     holds = SymbolHolds(capacity, max_symbols_per_client=max_symbols_per_client)
-    return Hub(holds, latest, handoff_observer=handoff_observer)
+    return Hub(
+        holds,
+        latest,
+        outbox=outbox_limits(),
+        max_batch_bytes=DEFAULTS.max_batch_bytes,
+        handoff_observer=handoff_observer,
+    )
 
 
 def split_wire(data: bytes) -> list[bytes]:

@@ -403,7 +403,11 @@ def assert_hub_consistent(hub: Hub) -> None:
     for client in hub.clients:
         for symbol in client.symbols:
             expected.setdefault(symbol, set()).add(client)
-    actual = {symbol: set(hub.subscribers_of(symbol)) for symbol in hub.subscribed_symbols()}
+    # hub.symbols(): every symbol held, for prices or bars (the public view of its map).
+    actual = {symbol: set(hub.subscribers_of(symbol)) for symbol in hub.symbols()}
+    actual = {symbol: clients for symbol, clients in actual.items() if clients}
     assert expected == actual, "hub subscriber map disagrees with its clients' symbols"
+    bars = set(hub.bars.symbols()) if hub.bars is not None else set()
+    assert set(hub.symbols()) == expected.keys() | bars, "a symbol nobody holds in the hub"
     wanted = set(hub.symbols()) | set(hub.capacity.lingering)
     assert wanted == hub.interest.symbols, "hub subscriber map disagrees with the interest"

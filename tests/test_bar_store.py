@@ -18,7 +18,6 @@ from typing import Any
 import aiohttp
 import pytest
 
-from stock_gateway.access.capacity import UpstreamCapacity
 from stock_gateway.access.history_budget import HistoryBudget
 from stock_gateway.access.holds import SymbolHolds
 from stock_gateway.access.refusal import Refusal
@@ -29,7 +28,7 @@ from stock_gateway.bars.recorder import BarRecorder
 from stock_gateway.bars.sqlite_store import SqliteStore
 from stock_gateway.bars.store import MemoryStore
 from stock_gateway.delivery.bar_delivery import BarDelivery
-from stock_gateway.market_data.model import SymbolInterest, Trade
+from stock_gateway.market_data.model import Trade
 from tests.bar_stores import (
     DAY,
     MINUTE,
@@ -40,6 +39,7 @@ from tests.bar_stores import (
     get_json,
 )
 from tests.bars import now_ms, trade_at
+from tests.fakes import make_capacity
 from tests.helpers import (
     PROJECT,
     Market,
@@ -376,7 +376,7 @@ class SlowReads(MemoryStore):
 
 async def test_an_owner_reads_bars_over_http_one_answer_at_a_time() -> None:
     store = SlowReads()
-    capacity = UpstreamCapacity(SymbolInterest())
+    capacity = make_capacity()
     bars = BarDelivery(
         BarBook(),
         SymbolHolds(capacity, max_symbols_per_client=50),

@@ -10,7 +10,6 @@ import time
 import orjson
 import pytest
 
-from stock_gateway.access.capacity import UpstreamCapacity
 from stock_gateway.access.history_budget import HistoryBudget
 from stock_gateway.access.holds import SymbolHolds
 from stock_gateway.bars.book import (
@@ -26,8 +25,8 @@ from stock_gateway.delivery.bar_history import SWEEP_AT, HistoryFrames, candles
 from stock_gateway.delivery.encoders import WS
 from stock_gateway.delivery.outbox import ClientConnection
 from stock_gateway.delivery.stats import FanoutStats
-from stock_gateway.market_data.model import SymbolInterest, Trade
-from tests.fakes import FakeSocket, FakeWriter
+from stock_gateway.market_data.model import Trade
+from tests.fakes import FakeSocket, FakeWriter, make_capacity, outbox_limits
 
 MINUTE = 60_000
 T = 1_764_000_000_000 - 1_764_000_000_000 % (5 * MINUTE)  # a whole 5-minute boundary
@@ -288,7 +287,7 @@ async def test_clients_of_one_series_share_its_history_and_a_resubscribe_sends_n
     now = int(time.time() * 1000)
     book = BarBook()
     book.add_trades([trade(100.0 + i, now - 300_000 + i * 1_000) for i in range(240)], now)
-    capacity = UpstreamCapacity(SymbolInterest())
+    capacity = make_capacity()
     bars = BarDelivery(book, SymbolHolds(capacity, max_symbols_per_client=50))
     writers = [FakeWriter(), FakeWriter()]
     clients = [
@@ -296,8 +295,7 @@ async def test_clients_of_one_series_share_its_history_and_a_resubscribe_sends_n
             FakeSocket(),
             FanoutStats(),
             direct=writer,
-            outbox_size=8,
-            slow_consumer_timeout=10,
+            limits=outbox_limits(frames=8),
             encoder=WS,
         )
         for writer in writers

@@ -13,23 +13,20 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Any
 
 import orjson
 import pytest
 
-from finnhub_feed import FinnhubFeed
 from hub import Hub, UpdateBatch
 from stock_gateway import protocol
-from stock_gateway.delivery import outbox
+from stock_gateway.delivery import sockets
 from stock_gateway.delivery.encoders import WS
-from stock_gateway.delivery.outbox import ClientConnection
+from stock_gateway.delivery.outbox import ClientConnection, OutboxLimits
 from stock_gateway.delivery.stats import FanoutStats
 from stock_gateway.market_data.model import Trade
 from stock_gateway.protocol import CLOSE_TRY_AGAIN_LATER, Frame
 from stock_gateway.relay.local import LocalRelay
-from stock_gateway.runtime.backoff import Backoff
-from tests.fakes import WAIT, FakeSocket, FakeWriter, make_hub
+from tests.fakes import DEFAULTS, WAIT, FakeSocket, FakeWriter, make_feed, make_hub
 from tests.helpers import assert_hub_consistent
 
 GRACE = 0.05  # CLOSE_GRACE_SECONDS, shortened
@@ -82,8 +79,7 @@ async def wait_for(event: asyncio.Event) -> None:
 
 def local_relay(hub: Hub) -> LocalRelay:
     """The single-process relay in front of `hub`, its upstream never started."""
-    feed = FinnhubFeed("ws://127.0.0.1:9", "unused", hub.interest, backoff=Backoff(1, 1))
-    return LocalRelay(feed, hub)
+    return LocalRelay(make_feed(hub.interest), hub)
 
 
 def refuse_upstream(hub: Hub, symbol: str) -> None:
@@ -108,21 +104,17 @@ class Rigs:
         writer: FakeWriter | None,
         socket: FakeSocket | None = None,
         outbox_size: int = 3,
-        outbox_bytes: int | None = None,
+        outbox_bytes: int = DEFAULTS.client_outbox_bytes,
         slow_consumer_timeout: float = 10.0,
     ) -> Rig:
         stats = FanoutStats()
         socket = socket if socket is not None else FakeSocket()
-        bounds: dict[str, Any] = {"outbox_size": outbox_size}
-        if outbox_bytes is not None:
-            bounds["outbox_bytes"] = outbox_bytes
         client = ClientConnection(
             socket,
             stats,
             direct=writer,
-            slow_consumer_timeout=slow_consumer_timeout,
+            limits=OutboxLimits(outbox_size, outbox_bytes, slow_consumer_timeout),
             encoder=WS,
-            **bounds,
         )
         rig = Rig(client, socket, writer, stats)
         self.made.append(rig)
@@ -142,7 +134,7 @@ async def rigs() -> AsyncIterator[Rigs]:
 
 @pytest.fixture
 def short_grace(monkeypatch: pytest.MonkeyPatch) -> float:
-    monkeypatch.setattr(outbox, "CLOSE_GRACE_SECONDS", GRACE)
+    monkeypatch.setattr(sockets, "CLOSE_GRACE_SECONDS", GRACE)  # the slow consumer's close
     return GRACE
 
 
@@ -694,23 +686,23 @@ async def test_a_non_live_batch_only_fills_in_and_never_replaces_a_live_snapshot
 
     async with hub.connect(FakeSocket(), w1 := FakeWriter(), encoder=WS) as c1:
         hub.subscribe(c1, ["AAPL", "MSFT"])
-        hub.deliver(UpdateBatch([update("AAPL", 5)], time.perf_counter()))
+        await hub.broadcast(UpdateBatch([update("AAPL", 5)], time.perf_counter()))
         stale = [update("AAPL", 1), update("MSFT", 1)]
-        hub.deliver(UpdateBatch(stale, time.perf_counter(), live=False))
+        await hub.broadcast(UpdateBatch(stale, time.perf_counter(), live=False))
         # MSFT had no snapshot: filled in (and passed on); AAPL had a live one: untouched.
         assert updates_seen(w1.payloads()) == [("AAPL", 5), ("MSFT", 1)]
         assert await snapshot_for("AAPL") == [("AAPL", 5)]
         assert await snapshot_for("MSFT") == [("MSFT", 1)]
 
-        hub.deliver(UpdateBatch([update("MSFT", 7)], time.perf_counter()))
+        await hub.broadcast(UpdateBatch([update("MSFT", 7)], time.perf_counter()))
         assert await snapshot_for("MSFT") == [("MSFT", 7)]  # live replaces the fill-in
-        hub.deliver(UpdateBatch([update("MSFT", 2)], 0.0, live=False))
+        await hub.broadcast(UpdateBatch([update("MSFT", 2)], 0.0, live=False))
         assert await snapshot_for("MSFT") == [("MSFT", 7)]
         assert updates_seen(w1.payloads()) == [("AAPL", 5), ("MSFT", 1), ("MSFT", 7)]
 
         # Nobody holds GOOG: neither kind of update is kept for it.
-        hub.deliver(UpdateBatch([update("GOOG", 1)], 0.0, live=False))
-        hub.deliver(UpdateBatch([update("GOOG", 2)], 0.0))
+        await hub.broadcast(UpdateBatch([update("GOOG", 1)], 0.0, live=False))
+        await hub.broadcast(UpdateBatch([update("GOOG", 2)], 0.0))
         assert await snapshot_for("GOOG") == []
 
 
@@ -727,7 +719,7 @@ async def test_a_symbol_nobody_holds_forgets_its_snapshot() -> None:
         async with hub.connect(FakeSocket(), FakeWriter(), encoder=WS) as c2:
             hub.subscribe(c2, ["AAPL"])
             frames = [update("AAPL", 1), update("MSFT", 1)]
-            hub.deliver(UpdateBatch(frames, time.perf_counter()))
+            await hub.broadcast(UpdateBatch(frames, time.perf_counter()))
             hub.unsubscribe(c1, ["AAPL"])
             assert await snapshot_for("AAPL") == [("AAPL", 1)]  # c2 still holds it
         # c2 left, the last holder of AAPL: the snapshot goes with it.

@@ -42,7 +42,7 @@ LAYERS = (
     "server",
     "runtime",
 )
-MAX_LINES = 375  # "about 350": a module longer than this wants splitting
+MAX_LINES = 350  # a module longer than this wants splitting (by job, not by size)
 
 
 PACKAGE = PROJECT / "stock_gateway"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,19 +16,20 @@ from stock_gateway.access.entitlements import SymbolPatterns
 from stock_gateway.access.history_budget import HistoryBudget
 from stock_gateway.access.refusal import Refusal
 from stock_gateway.finnhub.wire import redact
-from stock_gateway.market_data.model import Quote, SymbolInterest, Trade
-from stock_gateway.market_data.quotes import QuoteService, QuoteUnavailable
+from stock_gateway.market_data.model import Quote, Trade
+from stock_gateway.market_data.quotes import QuoteUnavailable
 from stock_gateway.market_data.rest_budget import SlidingWindowBudget
 from stock_gateway.market_data.trade_wire import decode, newest_per_symbol, parse_trades
 from stock_gateway.runtime.allowances import Allowances
 from stock_gateway.runtime.token_bucket import TokenBucket
 from stock_gateway.settings import Settings
+from tests.fakes import make_capacity, make_quotes
 
 NOW = 1_800_000_000.0
 
 
-def capacity(**options: object) -> UpstreamCapacity:
-    return UpstreamCapacity(SymbolInterest(), **options)  # type: ignore[arg-type]
+def capacity(**options: Any) -> UpstreamCapacity:
+    return make_capacity(**options)
 
 
 async def test_a_share_charges_each_holder_of_a_symbol_its_fraction() -> None:
@@ -304,7 +306,7 @@ class _SlowSource:
 
 async def test_quote_requests_are_bounded_per_owner_and_in_all() -> None:
     source = _SlowSource()
-    service = QuoteService(source, Allowances(2 / 60, 2), wait=5, max_queued=3)
+    service = make_quotes(source, Allowances(2 / 60, 2), wait=5, max_queued=3)
     worker = asyncio.create_task(service.run())
     try:
         mine = [service.request(f"S{index}", "alice") for index in range(3)]

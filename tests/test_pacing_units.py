@@ -17,6 +17,7 @@ from stock_gateway.delivery.pacing import (
     Pacing,
 )
 from stock_gateway.protocol import DeliveryOptions, Frame
+from tests.fakes import DEFAULTS
 
 
 class Member:
@@ -45,7 +46,7 @@ def prices(outgoing: list[Outgoing]) -> list[float]:
 
 async def test_identical_clients_share_one_group_and_the_same_bytes() -> None:
     clock = DeliveryClock()
-    groups = DeliveryGroups(clock, lambda: None)
+    groups = DeliveryGroups(clock, lambda: None, DEFAULTS.max_batch_bytes)
     batched = DeliveryOptions(batch_ms=50)
     members = [Member(batched, "AAPL", "MSFT") for _ in range(100)]
     for member in members:
@@ -62,7 +63,7 @@ async def test_identical_clients_share_one_group_and_the_same_bytes() -> None:
 
 async def test_a_client_that_moves_takes_what_its_group_held() -> None:
     clock = DeliveryClock()
-    groups = DeliveryGroups(clock, lambda: None)
+    groups = DeliveryGroups(clock, lambda: None, DEFAULTS.max_batch_bytes)
     options = DeliveryOptions(batch_ms=60_000)
     mover, stayer = Member(options, "AAPL"), Member(options, "AAPL")
     groups.place(mover)
@@ -93,7 +94,13 @@ async def test_the_clock_flushes_a_throttled_symbol_with_its_newest_price() -> N
         flushed.set()
 
     conflated = []
-    pacing = Pacing(DeliveryOptions(throttle_ms=50), clock, emit, lambda: conflated.append(1))
+    pacing = Pacing(
+        DeliveryOptions(throttle_ms=50),
+        clock,
+        emit,
+        lambda: conflated.append(1),
+        DEFAULTS.max_batch_bytes,
+    )
     try:
         pacing.offer("AAPL", update("AAPL", 1.0))  # window open: at once
         flushed.clear()
@@ -127,7 +134,7 @@ async def test_a_batch_of_every_update_goes_out_early_at_its_byte_cap() -> None:
 
 
 async def test_a_client_that_moves_again_and_again_takes_shared_frames_not_copies() -> None:
-    groups = DeliveryGroups(DeliveryClock(), lambda: None)
+    groups = DeliveryGroups(DeliveryClock(), lambda: None, DEFAULTS.max_batch_bytes)
     options = DeliveryOptions(batch_ms=60_000)
     anchor = Member(options, "AAPL")
     movers = [Member(options, "AAPL") for _ in range(20)]
@@ -153,7 +160,7 @@ async def test_a_client_that_moves_again_and_again_takes_shared_frames_not_copie
 
 
 async def test_a_mover_is_not_handed_what_its_new_group_will_send_it() -> None:
-    groups = DeliveryGroups(DeliveryClock(), lambda: None)
+    groups = DeliveryGroups(DeliveryClock(), lambda: None, DEFAULTS.max_batch_bytes)
     options = DeliveryOptions(batch_ms=60_000)
     mover, stayer = Member(options, "AAPL"), Member(options, "AAPL")
     other = Member(options, "AAPL", "MSFT")

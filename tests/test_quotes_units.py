@@ -11,10 +11,11 @@ import pytest
 
 from stock_gateway.market_data.model import Quote
 from stock_gateway.market_data.quote_cache import MAX_UNKNOWN, QuoteCache
-from stock_gateway.market_data.quotes import IN_FLIGHT, QuoteService, QuoteUnavailable
+from stock_gateway.market_data.quotes import IN_FLIGHT, QuoteUnavailable
 from stock_gateway.market_data.rest_budget import SlidingWindowBudget, usable_rate
 from stock_gateway.runtime.allowances import Allowances
 from stock_gateway.runtime.sliding_window import SlidingWindow
+from tests.fakes import make_quotes
 
 
 def a_quote(previous_close: float = 100.0) -> Quote:
@@ -83,7 +84,7 @@ async def test_subscribers_go_first_lookups_keep_to_their_share_and_refreshes_to
     None
 ):
     source = _Source()
-    service = QuoteService(
+    service = make_quotes(
         source, Allowances(100, 100), ttl=0.0, lookups_per_minute=IN_FLIGHT + 1,
         refreshes_per_minute=1,
     )  # fmt: skip
@@ -112,7 +113,7 @@ async def test_subscribers_go_first_lookups_keep_to_their_share_and_refreshes_to
 
 
 async def test_a_new_previous_close_is_announced() -> None:
-    service = QuoteService(_Source(), Allowances(1, 1))
+    service = make_quotes(_Source(), Allowances(1, 1))
     heard: list[tuple[str, float]] = []
     service.on_new_close(lambda symbol, quote: heard.append((symbol, quote.previous_close)))
     service.remember("AAPL", a_quote(100.0))

@@ -53,11 +53,11 @@ class UpstreamCapacity:
         self,
         interest: SymbolInterest,
         *,
-        max_per_owner: int = 50,
-        new_per_owner_hour: int | None = None,
+        max_per_owner: int,
+        new_per_owner_hour: int | None,
         allowed: SymbolPatterns | None = None,
-        linger: float = 0.0,
-        reject_for: float = 600.0,
+        linger: float,
+        reject_for: float,
         on_release: Callable[[str], None] = lambda symbol: None,
     ) -> None:
         self.interest = interest

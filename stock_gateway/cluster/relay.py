@@ -3,14 +3,10 @@
 With `REDIS_URL` set, `wiring.py` builds this relay instead of the local one. Its
 duties, run under one supervised task (`cluster`), each retried through Redis outages:
 
-- **interest**: the symbols this process's clients want, as the set
-  `{prefix}:interest:{node}`, which expires unless refreshed (a crashed process's
-  symbols are released by themselves); every change is announced on
-  `{prefix}:interest-changed`.
-- **view**: who leads, how many nodes, the union of every node's interest. It is
-  re-read at once when any node announces a change (so a follower's subscribe reaches
-  Finnhub within milliseconds) and every `VIEW_SECONDS` as a safety net; the leader's
-  upstream follows the union.
+- **interest** and **view** (cluster/membership.py): this process's symbols in Redis,
+  and who leads, how many nodes, the union of every node's interest, re-read at once
+  when any node announces a change (so a follower's subscribe reaches Finnhub within
+  milliseconds); the leader's upstream follows the union.
 - **leadership** (cluster/leader.py): the lease, and while it holds, the upstream, the
   publisher, the bar aggregation (and the bar store's writes) and the market watch.
 - **relay**: subscribes to the trades of this process's symbols (published encoded,
@@ -46,6 +42,7 @@ from stock_gateway.cluster.bars import MirrorBars, StoredBars
 from stock_gateway.cluster.feeds import ClusterFeeds
 from stock_gateway.cluster.leader import Leadership, MarketWatchFactory
 from stock_gateway.cluster.link import RedisLink, as_bytes, text
+from stock_gateway.cluster.membership import Membership
 from stock_gateway.cluster.rest import decode_announcement
 from stock_gateway.delivery.bar_delivery import BarDelivery
 from stock_gateway.market_data.model import UPSTREAM_STATES, MarketStatus, UpstreamState
@@ -62,8 +59,6 @@ logger = get_logger(__name__)
 
 RETRY_SECONDS = 0.5
 CRASH_MAX_DELAY = 30.0  # the longest pause before a crashed duty or leadership runs again
-ALIVE = b""  # marker member of every interest set; never a symbol
-VIEW_SECONDS = 2.0  # the safety net: the view is re-read this often even with no news
 
 
 class RedisRelay:
@@ -77,31 +72,28 @@ class RedisRelay:
         hub: Hub,
         feeds: ClusterFeeds,
         *,
-        lease_seconds: float = 5.0,
-        quotes: QuoteService | None = None,
-        market_watch: MarketWatchFactory | None = None,
-        bars: BarDelivery | None = None,
-        mirror: MirrorBars | None = None,
-        stored_bars: StoredBars | None = None,
-        recorder: BarRecorder | None = None,
-        bar_history: int = 240,
-        bar_grace: float = 0.5,
+        lease_seconds: float,
+        quotes: QuoteService | None,
+        market_watch: MarketWatchFactory | None,
+        bars: BarDelivery | None,
+        bar_mirror: MirrorBars | None,
+        stored_bars: StoredBars | None,
+        recorder: BarRecorder | None,
+        bar_history: int,
+        bar_grace: float,
     ) -> None:
         self.node = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.interest = hub.interest  # this process's clients' symbols
-        self.lease_holder: str | None = None
-        self.cluster_symbols: set[str] = set()
-        self.nodes = 0
         self.degraded = False
         self._link = link
         self._hub = hub
         self._lease_ms = int(lease_seconds * 1000)
         self._quotes = quotes  # remembers every quote announced
         self._bars = bars
-        self._mirror = mirror  # this process's copy of the cluster's bars
-        self._stored_bars = stored_bars
-        self._view_stale = asyncio.Event()
+        self._bar_mirror = bar_mirror  # this process's copy of the cluster's bars
+        self._stored_bars = stored_bars  # the cluster's bars in Redis (the leader writes)
         self._feeds = feeds
+        self.membership = Membership(link, self.node, self.interest, self._lease_ms, self._viewed)
         # Each duty's crashes in a row (not Redis outages: those are `degraded`).
         self._restarts = {
             name: Restarts(Backoff(RETRY_SECONDS, CRASH_MAX_DELAY, floor=0.5))
@@ -112,7 +104,7 @@ class RedisRelay:
             self.node,
             upstream,
             feeds,
-            lambda: self.cluster_symbols,
+            lambda: self.membership.symbols,
             lease_seconds=lease_seconds,
             previous_close=quotes.previous_close if quotes is not None else None,
             stored_bars=stored_bars,
@@ -131,12 +123,13 @@ class RedisRelay:
         return {"cluster": self.run}
 
     def cluster_view(self) -> ClusterView:
+        view = self.membership
         return ClusterView(
             self.node,
             self.role,
-            self.lease_holder,
-            self.nodes,
-            len(self.cluster_symbols),
+            view.lease_holder,
+            view.nodes,
+            len(view.symbols),
             self.degraded,
             self._stored_bars.skipped if self._stored_bars is not None else 0,
         )
@@ -145,9 +138,9 @@ class RedisRelay:
         """Duties crash-looping (`cluster.<duty>` -> what ended them), for `/health`."""
         return {f"cluster.{name}": r.reason for name, r in self._restarts.items() if r.looping}
 
-    @property
-    def _interest_key(self) -> str:
-        return self._link.key("interest", self.node)
+    def _viewed(self, cluster_symbols: set[str]) -> None:
+        self.degraded = False  # Redis answered
+        self.leadership.follow(cluster_symbols)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -157,9 +150,9 @@ class RedisRelay:
         self._link.reconnect()  # restarted after a crash: _leave() closed the old client
         try:
             async with asyncio.TaskGroup() as duties:
-                duties.create_task(self._retrying("interest", self._publish_interest))
+                duties.create_task(self._retrying("interest", self.membership.publish_interest))
                 duties.create_task(self._retrying("relay", self._relay))
-                duties.create_task(self._retrying("view", self._watch_cluster))
+                duties.create_task(self._retrying("view", self.membership.watch))
                 duties.create_task(self._retrying("leadership", self.leadership.run))
                 duties.create_task(self._retrying("feeds", self._feeds.run))
         finally:
@@ -171,7 +164,7 @@ class RedisRelay:
             async with asyncio.timeout(2):
                 try:
                     await self.leadership.release()
-                    await redis.delete(self._interest_key)
+                    await redis.delete(self.membership.interest_key)
                     await redis.publish(self._link.key("interest-changed"), self.node)
                 finally:
                     await self._link.close()
@@ -207,49 +200,6 @@ class RedisRelay:
                 logger.warning("cluster duty interrupted duty=%s; restarting it", name)
             await asyncio.sleep(delay)
 
-    # -- this process's interest, and the cluster's -----------------------------------------
-
-    async def _publish_interest(self) -> None:
-        """Keep `{prefix}:interest:{node}` equal to this process's symbols, and alive;
-        announce each change so the leader re-reads the union at once."""
-        refresh = self._lease_ms / 3000
-        while True:
-            raise_if_cancelling()
-            symbols = sorted(self.interest.symbols)
-            async with self._link.client().pipeline(transaction=True) as pipe:
-                pipe.delete(self._interest_key)
-                pipe.sadd(self._interest_key, ALIVE)  # the key exists even with no symbols
-                if symbols:
-                    pipe.sadd(self._interest_key, *[symbol.encode() for symbol in symbols])
-                pipe.pexpire(self._interest_key, self._lease_ms)
-                pipe.publish(self._link.key("interest-changed"), self.node)
-                await pipe.execute()
-            try:
-                async with asyncio.timeout(refresh):
-                    await self.interest.wait_changed()
-            except TimeoutError as timeout:
-                raise_if_cancelling(timeout)
-
-    async def _watch_cluster(self) -> None:
-        """The cluster-wide view: who leads, how many nodes, the union of interest."""
-        redis = self._link.client
-        while True:
-            raise_if_cancelling()
-            self._view_stale.clear()
-            holder = await redis().get(self._link.key("leader"))
-            self.lease_holder = text(holder) if holder else None
-            keys = [key async for key in redis().scan_iter(self._link.key("interest", "*"))]
-            members = await redis().sunion(keys) if keys else set()
-            self.nodes = len(keys)
-            self.cluster_symbols = {text(member) for member in members if member != ALIVE}
-            self.degraded = False
-            self.leadership.follow(self.cluster_symbols)
-            try:
-                async with asyncio.timeout(VIEW_SECONDS):
-                    await self._view_stale.wait()  # a node announced a change
-            except TimeoutError as timeout:
-                raise_if_cancelling(timeout)
-
     # -- the relay into this process's hub ---------------------------------------------------
 
     async def _relay(self) -> None:
@@ -283,12 +233,12 @@ class RedisRelay:
                     if added:
                         await pubsub.subscribe(*[prefix + symbol for symbol in added])
                         await self._seed_snapshots(added)
-                        if self._mirror is not None:
-                            await self._mirror.load(added)
+                        if self._bar_mirror is not None:
+                            await self._bar_mirror.load(added)
                     if removed:
                         await pubsub.unsubscribe(*[prefix + symbol for symbol in removed])
-                        if self._mirror is not None:
-                            self._mirror.forget(removed)
+                        if self._bar_mirror is not None:
+                            self._bar_mirror.forget(removed)
                     subscribed = wanted
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.05)
                 if message is not None:
@@ -298,7 +248,11 @@ class RedisRelay:
 
     async def _relay_trades(self, data: bytes) -> None:
         """A leader's upstream message, as Finnhub sent it: read like any upstream data
-        (checked trade by trade), this process's symbols to the hub."""
+        (checked trade by trade), this process's symbols to the hub. Not encoded once:
+        the leader re-encodes the trades it parsed (cluster/publish.py), each follower
+        decodes them here, and its trade groups encode them again per group (their
+        frames depend on this process's clients), so Redis carries only Finnhub's own
+        shape and a follower never trusts the leader's bytes more than Finnhub's."""
         try:
             message = decode(data.decode())
         except (UndecodableMessage, UnicodeDecodeError):
@@ -327,7 +281,7 @@ class RedisRelay:
             update = protocol.price_update_frame(channel[len(trades_prefix) :], data)
             await hub.publish(UpdateBatch([update], time.perf_counter()))
         elif channel == key("interest-changed"):
-            self._view_stale.set()
+            self.membership.stale.set()
         elif channel == key("ticks"):
             if hub.trades:  # read only while a client here follows raw trades
                 await self._relay_trades(data)
@@ -336,8 +290,8 @@ class RedisRelay:
             if state in UPSTREAM_STATES:
                 hub.upstream_state_changed(state)
         elif channel == key("bars"):
-            if self._mirror is not None and self._bars is not None:
-                self._bars.deliver(self._mirror.received(data))
+            if self._bar_mirror is not None and self._bars is not None:
+                self._bars.deliver(self._bar_mirror.received(data))
         elif channel == key("market"):
             hub.market_changed(MarketStatus(**orjson.loads(data)))
         elif channel == key("quotes"):

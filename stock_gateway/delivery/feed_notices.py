@@ -14,7 +14,7 @@ from functools import partial
 
 from stock_gateway.delivery.encoders import Encoder, send_each
 from stock_gateway.delivery.outbox import ClientConnection
-from stock_gateway.delivery.quotes import LastPrices
+from stock_gateway.delivery.quote_delivery import LastPrices
 from stock_gateway.market_data.model import Quote
 from stock_gateway.protocol import Frame
 

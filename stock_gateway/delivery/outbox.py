@@ -2,7 +2,7 @@
 
 While the client keeps up and nothing is queued, a frame is written straight to its
 socket (`FrameWriter`) from the broadcaster: no task switch, no await. Otherwise
-frames wait in a FIFO of at most `outbox_size` frames and `outbox_bytes` bytes; once
+frames wait in a FIFO of at most `limits.frames` frames and `limits.bytes` bytes; once
 that is full, price updates are conflated to the newest per symbol. A client that
 stays behind too long, or keeps asking while it does not read (twice either bound), is
 closed with 1013 (`protocol.CLOSE_TRY_AGAIN_LATER`). A backlog goes out WRITE_CHUNK_BYTES
@@ -24,16 +24,15 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import deque
+from dataclasses import dataclass
 
 from stock_gateway.access.entitlements import UNRESTRICTED, Entitlements
-from stock_gateway.bars.book import Interval
+from stock_gateway.delivery.client_holdings import ClientHoldings
 from stock_gateway.delivery.encoders import Encoder
 from stock_gateway.delivery.pacing import Outgoing
-from stock_gateway.delivery.sockets import ClientSocket, FrameWriter
+from stock_gateway.delivery.sockets import ClientSocket, FrameWriter, close_slow_consumer
 from stock_gateway.delivery.stats import FanoutStats
 from stock_gateway.protocol import (
-    CLOSE_GRACE_SECONDS,
-    CLOSE_TRY_AGAIN_LATER,
     DeliveryOptions,
     Frame,
 )
@@ -41,19 +40,29 @@ from stock_gateway.runtime.logs import get_logger
 
 logger = get_logger(__name__)
 
-OUTBOX_BYTES = 4_194_304  # CLIENT_OUTBOX_BYTES' default: 256 frames of 16 KiB
 # Written at once from a backlog or a cork (more if one frame is larger): well below the
 # least MAX_UNREAD_OUTPUT, so a client that reads is never cut for what we wrote at once.
 WRITE_CHUNK_BYTES = 16_384
 
 
-class ClientConnection:
-    """One client: its symbols, its dialect's encoder, and a bounded outbox drained by
-    its own writer task (the module's docstring). Price updates past the FIFO's bounds
-    go to `_latest` (one per symbol, newest wins); the writer sends the FIFO first,
-    then those, so updates for one symbol are never reordered and memory stays bounded
-    by the number of symbols. Other frames (confirmations, errors, histories, batches)
-    always take the FIFO, up to twice either bound.
+@dataclass(frozen=True)
+class OutboxLimits:
+    """Every client's outbox bounds: CLIENT_OUTBOX_SIZE, CLIENT_OUTBOX_BYTES and
+    SLOW_CONSUMER_TIMEOUT (settings.py holds their defaults)."""
+
+    frames: int
+    bytes: int
+    slow_consumer_timeout: float
+
+
+class ClientConnection(ClientHoldings):
+    """One client: what it holds (`ClientHoldings`), its dialect's encoder, and a
+    bounded outbox drained by its own writer task (the module's docstring). Price
+    updates past the FIFO's bounds go to `_latest` (one per symbol, newest wins); the
+    writer sends the FIFO first, then those, so updates for one symbol are never
+    reordered and memory stays bounded by the number of symbols. Other frames
+    (confirmations, errors, histories, batches) always take the FIFO, up to twice
+    either bound.
     """
 
     def __init__(
@@ -65,26 +74,20 @@ class ClientConnection:
         address: str = "-",
         entitlements: Entitlements = UNRESTRICTED,
         direct: FrameWriter | None = None,
-        outbox_size: int,
-        slow_consumer_timeout: float,
+        limits: OutboxLimits,
         encoder: Encoder,
-        outbox_bytes: int = OUTBOX_BYTES,
     ) -> None:
+        super().__init__(owner, address, entitlements)
         self.id = str(uuid.uuid4())
         # What its dialect says of each event (chosen by its endpoint): delivery/encoders.py.
         self.encoder = encoder
-        self.owner = owner  # whose fair share of the upstream its symbols use
-        self.address = address  # its address (or /64): quote fetches are charged to it too
-        self.entitlements = entitlements  # a refreshed token may change them
-        self.symbols: set[str] = set()  # price updates
-        self.bar_intervals: dict[str, set[Interval]] = {}  # symbol -> bar subscriptions
         self.evicted = False
         self._socket = socket
         self._direct = direct
         self._stats = stats
-        self._outbox_size = outbox_size
-        self._outbox_bytes = outbox_bytes
-        self._slow_consumer_timeout = slow_consumer_timeout
+        self._outbox_size = limits.frames
+        self._outbox_bytes = limits.bytes
+        self._slow_consumer_timeout = limits.slow_consumer_timeout
         self._frames: deque[Frame] = deque()
         self._latest: dict[str, Frame] = {}
         self._queued = 0  # bytes in _frames and _latest
@@ -111,39 +114,14 @@ class ClientConnection:
         dialect of raw trades through its trade group)."""
         return self.encoder.trade_format is None and not self.options.paced
 
-    # -- what it holds and how it is served: changed only here ----------------------------
-
-    def hold(self, symbol: str) -> None:
-        self.symbols.add(symbol)
+    # -- how it is served: changed only here --------------------------------------------
 
     def release(self, symbol: str) -> None:
-        self.symbols.discard(symbol)
+        super().release(symbol)
         self.forget_pending(symbol)
-
-    def hold_bars(self, symbol: str, interval: Interval) -> None:
-        self.bar_intervals.setdefault(symbol, set()).add(interval)
-
-    def release_bars(self, symbol: str, interval: Interval) -> None:
-        intervals = self.bar_intervals.get(symbol)
-        if intervals is not None:
-            intervals.discard(interval)
-            if not intervals:
-                del self.bar_intervals[symbol]
 
     def set_options(self, options: DeliveryOptions) -> None:
         self.options = options
-
-    def set_entitlements(self, entitlements: Entitlements) -> None:
-        """A refreshed token's (the session drops what they no longer allow)."""
-        self.entitlements = entitlements
-
-    def wants(self, symbol: str) -> bool:
-        """True while the client holds `symbol` for prices or bars."""
-        return symbol in self.symbols or symbol in self.bar_intervals
-
-    def wanted_count(self) -> int:
-        """Distinct symbols held, for prices or bars: what the per-client cap counts."""
-        return len(self.symbols) + sum(1 for s in self.bar_intervals if s not in self.symbols)
 
     @property
     def fast_path(self) -> bool:
@@ -300,7 +278,7 @@ class ClientConnection:
             pass  # the client is gone; its reader sees the disconnect and cleans up
         finally:
             if self.evicted:
-                await self._close_slow_consumer()
+                await close_slow_consumer(self._socket)
 
     def _take_pending(self, limit: float = float("inf")) -> list[Frame]:
         """What is queued, in the order it must be sent (the FIFO, then conflated), up
@@ -355,16 +333,3 @@ class ClientConnection:
         elif self._wakeup is not None:
             # Cancelling a task before its first step would skip its body, close included.
             self._wakeup.set()
-
-    async def _close_slow_consumer(self) -> None:
-        # A client this far behind may not read our close frame for a long time (or
-        # ever), and its unread bytes hold memory. One that is still reading gets the
-        # 1013 close within the grace period; one that is not gets a reset after it.
-        try:
-            async with asyncio.timeout(CLOSE_GRACE_SECONDS):
-                await self._socket.close(CLOSE_TRY_AGAIN_LATER, "slow consumer")
-                await asyncio.sleep(CLOSE_GRACE_SECONDS)  # cancelled once it disconnects
-        except (TimeoutError, ConnectionError):
-            pass
-        finally:
-            self._socket.abort()

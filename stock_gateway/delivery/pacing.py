@@ -4,7 +4,7 @@ A client that sets `throttle_ms` gets at most one update per symbol per that man
 milliseconds, always the newest (conflated, never reordered); one that sets `batch_ms`
 gets its updates grouped into one `price_updates` frame at most that often, in arrival
 order (with a throttle too, the newest per symbol). A batch of every update (no
-throttle) is sent early once it holds `max_batch_bytes` (MAX_BATCH_BYTES): a long
+throttle) is sent early once it holds `max_batch_bytes` (the MAX_BATCH_BYTES setting): a long
 `batch_ms` on a busy stream must not hold minutes of updates, nor make frames of
 megabytes; the client still gets every update, in order.
 
@@ -37,7 +37,6 @@ from typing import Protocol
 from stock_gateway.protocol import DeliveryOptions, Frame, price_updates_message
 
 PACING_TICK_SECONDS = 0.01
-MAX_BATCH_BYTES = 32_768  # the setting's default
 # What a pacing hands on: single price updates (each naming its symbol), or one batch.
 Outgoing = list[Frame]
 
@@ -95,7 +94,7 @@ class Pacing:
         clock: DeliveryClock,
         emit: Callable[[Outgoing], None],
         on_conflated: Callable[[], None],
-        max_batch_bytes: int = MAX_BATCH_BYTES,
+        max_batch_bytes: int,
     ) -> None:
         self._throttle = options.throttle_ms / 1000
         self._batch = options.batch_ms / 1000
@@ -214,7 +213,7 @@ class DeliveryGroup:
         key: GroupKey,
         clock: DeliveryClock,
         on_conflated: Callable[[], None],
-        max_batch_bytes: int = MAX_BATCH_BYTES,
+        max_batch_bytes: int,
     ) -> None:
         self.key = key
         self.members: set[Member] = set()
@@ -232,7 +231,7 @@ class DeliveryGroups:
         self,
         clock: DeliveryClock,
         on_conflated: Callable[[], None],
-        max_batch_bytes: int = MAX_BATCH_BYTES,
+        max_batch_bytes: int,
     ) -> None:
         self._clock = clock
         self._on_conflated = on_conflated

@@ -1,7 +1,7 @@
 """A new subscriber's snapshot: the last `price_update` of each symbol the upstream
 carries, kept by the hub as updates pass and forgotten when the upstream lets the
 symbol go. Frames only; no I/O. Also what the quotes compare with: a quote older
-than the last price is not sent (delivery/quotes.py).
+than the last price is not sent (delivery/quote_delivery.py).
 """
 
 from __future__ import annotations

@@ -1,13 +1,15 @@
 """What delivery needs of a client's socket: `ClientSocket` (awaited sends, by the
 client's own writer task) and `FrameWriter` (the fast path's non-blocking writes of
-whole WebSocket frames, from the broadcaster). endpoints/ws_io.py and endpoints/sse.py
-provide them over ASGI and the server's connection (server/)."""
+whole WebSocket frames, from the broadcaster), and how a slow consumer's socket is
+closed. endpoints/ws_io.py and endpoints/sse.py provide them over ASGI and the server's
+connection (server/)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Protocol
 
-from stock_gateway.protocol import Frame
+from stock_gateway.protocol import CLOSE_GRACE_SECONDS, CLOSE_TRY_AGAIN_LATER, Frame
 
 
 class ClientSocket(Protocol):
@@ -35,3 +37,18 @@ class FrameWriter(Protocol):
     def write(self, data: bytes) -> None: ...
 
     async def wait_ready(self) -> None: ...
+
+
+async def close_slow_consumer(socket: ClientSocket) -> None:
+    """1013 to a client too far behind, or a reset. A client this far behind may not
+    read our close frame for a long time (or ever), and its unread bytes hold memory.
+    One that is still reading gets the 1013 close within the grace period; one that is
+    not gets a reset after it."""
+    try:
+        async with asyncio.timeout(CLOSE_GRACE_SECONDS):
+            await socket.close(CLOSE_TRY_AGAIN_LATER, "slow consumer")
+            await asyncio.sleep(CLOSE_GRACE_SECONDS)  # cancelled once it disconnects
+    except (TimeoutError, ConnectionError):
+        pass
+    finally:
+        socket.abort()

@@ -2,8 +2,9 @@
 totals, clients included, kept as clients come and go so that reading them costs the
 same however many are connected (a /health that looked at every client let one
 address hammering it take the whole CPU); and `send_queue_bytes`, the one look at
-every connected client, which only /metrics takes (paced per address). Counts only;
-no I/O but that look's one ioctl per client.
+every connected client, which only /metrics takes (paced per address); `Observer`,
+where the hub's hand-off timings go. Counts only; no I/O but that look's one ioctl per
+client.
 """
 
 from __future__ import annotations
@@ -11,6 +12,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
+
+
+class Observer(Protocol):
+    """Where timings go (a prometheus_client Histogram, in the app)."""
+
+    def observe(self, amount: float) -> None: ...
 
 
 class CountedClient(Protocol):

@@ -40,8 +40,8 @@ from stock_gateway.access.token_session import ClientAuth
 from stock_gateway.client_requests import ProtocolError
 from stock_gateway.delivery.finnhub_encoder import FINNHUB
 from stock_gateway.delivery.outbox import ClientConnection
+from stock_gateway.endpoints.ws_handshake import close_with, open_socket
 from stock_gateway.endpoints.ws_io import AsgiClientSocket, Ended, FastPath, RequestReader
-from stock_gateway.endpoints.ws_session import close_with, open_socket
 from stock_gateway.protocol import CLOSE_TOKEN_EXPIRED, Frame
 from stock_gateway.runtime.logs import get_logger
 from stock_gateway.server.connection import server_connection

@@ -6,7 +6,7 @@ The reader closes a connection itself for the two reasons it owns (1009 frame to
 1008 over the message budget for longer than RATE_LIMIT_CLOSE_AFTER); everything else
 it returns to the session: a request's text, an error to send back, or the end. This
 module never interprets a request and never reads uvicorn's internals except through
-server/uvicorn_protocols.py's `ServerConnection`.
+server/connection.py's `ServerConnection`.
 """
 
 from __future__ import annotations

@@ -1,22 +1,22 @@
 """One client's session on `/ws`: the handshake checks, then its requests, in order.
 
 `ClientSessions.serve(websocket)` refuses a handshake that `Admission` turns down
-(Origin, token, per-address limits), accepts, and, when the gateway verifies signed
-tokens, learns who the client is: from `?token=` at the handshake (401 when bad), or
-from a first message `{"action":"auth","token":...}` within `AUTH_TIMEOUT` (else
-`auth_required` to anything sent before it, and `auth_failed` / `auth_timeout` then a
-close with 4003 / 4008). It then registers the client with the hub for the length of
-the connection (its user, else its address, is whose fair share its symbols use) and
-turns each request its `RequestReader` (ws_io.py: frame size and message budget)
-returns into a hub call, while it waits for the token's next deadline: "expiring", then a close with
-4001 unless a fresh token came. It closes a connection itself only for the reasons it
-owns (1013 server full, 4001/4003/4008/4029 tokens; its reader: 1008 rate limit, 1009
-frame too big); everything else a client receives is sent through its
-`ClientConnection`.
+(Origin, token, per-address limits; ws_handshake.py), accepts, and, when the gateway
+verifies signed tokens, learns who the client is: from `?token=` at the handshake (401
+when bad), or from a first message `{"action":"auth","token":...}` within
+`AUTH_TIMEOUT` (else `auth_required` to anything sent before it, and `auth_failed` /
+`auth_timeout` then a close with 4003 / 4008). It then registers the client with the
+hub for the length of the connection (its user, else its address, is whose fair share
+its symbols use) and turns each request its `RequestReader` (ws_io.py: frame size and
+message budget) returns into a hub call, while it waits for the token's next deadline:
+"expiring", then a close with 4001 unless a fresh token came. It closes a connection
+itself only for the reasons it owns (1013 server full, 4001/4003/4008/4029 tokens; its
+reader: 1008 rate limit, 1009 frame too big); everything else a client receives is
+sent through its `ClientConnection`.
 One line is logged per connect and per disconnect, naming the user, never the token.
 
 This module must never write price updates (the hub does) and never reads uvicorn's
-internals except through `server/uvicorn_protocols.server_connection()`.
+internals except through `server/connection.server_connection()`.
 """
 
 from __future__ import annotations
@@ -25,28 +25,24 @@ import asyncio
 import time
 from collections.abc import Mapping
 
-from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from hub import Hub
 from stock_gateway import client_requests, protocol
-from stock_gateway.access.admission import Admission, Admitted, OpenConnection, address_key
+from stock_gateway.access.admission import Admission, Admitted, OpenConnection
 from stock_gateway.access.entitlements import Entitlements
-from stock_gateway.access.refusal import Refusal
 from stock_gateway.access.token_session import ClientAuth
 from stock_gateway.access.tokens import AuthFailed
 from stock_gateway.delivery.encoders import WS
 from stock_gateway.delivery.outbox import ClientConnection
+from stock_gateway.endpoints.ws_handshake import close_refused, close_with, open_socket
 from stock_gateway.endpoints.ws_io import AsgiClientSocket, Ended, FastPath, RequestReader
 from stock_gateway.endpoints.ws_requests import WsRequests, parse_client_message
 from stock_gateway.protocol import (
     CLOSE_AUTH_FAILED,
     CLOSE_AUTH_TIMEOUT,
-    CLOSE_GRACE_SECONDS,
-    CLOSE_POLICY_VIOLATION,
     CLOSE_TOKEN_EXPIRED,
     CLOSE_TRY_AGAIN_LATER,
-    Frame,
 )
 from stock_gateway.runtime.logs import get_logger
 from stock_gateway.server.connection import server_connection
@@ -124,7 +120,7 @@ class ClientSessions:
         except (WebSocketDisconnect, RuntimeError, ConnectionError):
             return False  # gone while we answered
         if refusal is not None:
-            await _close_refused(websocket, refusal)
+            await close_refused(websocket, refusal)
             return False
         return True
 
@@ -292,76 +288,3 @@ class ClientSessions:
 AUTH_FIRST = protocol.error_message(
     "auth_required", 'send {"action":"auth","token":"..."} first; nothing else is served before it'
 )
-
-
-async def close_with(websocket: WebSocket, error: Frame, code: int, reason: str) -> None:
-    """Tell a client why, then close; a client that does not read is cut off instead."""
-    try:
-        async with asyncio.timeout(CLOSE_GRACE_SECONDS):
-            await websocket.send_text(error.text)
-            await websocket.close(code, reason)
-    except TimeoutError:
-        connection = server_connection(websocket.scope)
-        if connection is not None:
-            connection.abort()
-    except (WebSocketDisconnect, RuntimeError):
-        pass  # already gone
-
-
-async def _close_refused(websocket: WebSocket, refusal: Refusal) -> None:
-    """An accepted socket refused: the error (when it has a code), then its close code."""
-    code = refusal.close_code or CLOSE_POLICY_VIOLATION
-    if refusal.code is None:
-        await websocket.close(code, refusal.reason)
-        return
-    error = protocol.error_message(refusal.code, refusal.reason)
-    await close_with(websocket, error, code, refusal.code.replace("_", " "))
-
-
-async def refuse_handshake(websocket: WebSocket, refusal: Refusal, address: str) -> None:
-    """Refuse a handshake with an HTTP status and a plain-text reason where the server
-    supports denial responses; otherwise a close before accept (uvicorn answers 403).
-    A full server accepts and closes with 1013, which every client can read and retry."""
-    origin = websocket.headers.get("origin", "")[:100]
-    logger.warning(
-        "websocket refused status=%d reason=%r address=%s origin=%r",
-        refusal.status, refusal.reason, address, origin,
-    )  # fmt: skip
-    if refusal.status == 503 and refusal.close_code is not None:
-        await websocket.accept()
-        await websocket.close(refusal.close_code, refusal.reason)
-        return
-    if "websocket.http.response" in websocket.scope.get("extensions", {}):
-        response = PlainTextResponse(
-            refusal.reason, status_code=refusal.status, headers=refusal.headers()
-        )
-        await websocket.send_denial_response(response)
-    else:
-        await websocket.close(CLOSE_POLICY_VIOLATION, refusal.reason)
-
-
-async def open_socket(
-    websocket: WebSocket, admission: Admission, token: str | None, *, token_later: bool = False
-) -> OpenConnection | None:
-    """A WebSocket handshake through the one admission path: the connection, counted
-    while open; or None once the handshake was refused (its status and reason sent)."""
-    address = _address(websocket)
-    admitted = await admission.admit(
-        "connection",
-        address=address,
-        origin=websocket.headers.get("origin"),
-        host=websocket.headers.get("host"),
-        token=token,
-        token_later=token_later,
-    )
-    connection = admission.open(admitted) if isinstance(admitted, Admitted) else admitted
-    if isinstance(connection, Refusal):
-        await refuse_handshake(websocket, connection, address)
-        return None
-    return connection
-
-
-def _address(websocket: WebSocket) -> str:
-    """Whose per-address allowance this client uses (an IPv6 client: its /64)."""
-    client = websocket.client
-    return address_key(client.host) if client is not None else "-"

@@ -91,12 +91,12 @@ class QuoteService:
         source: QuoteSource,
         shares: Allowances,
         *,
-        ttl: float = 60.0,
-        wait: float = 10.0,
-        unknown_ttl: float = 3600.0,
-        lookups_per_minute: int = 30,
-        refreshes_per_minute: int = 15,
-        polls_per_minute: int = 0,
+        ttl: float,
+        wait: float,
+        unknown_ttl: float,
+        lookups_per_minute: int,
+        refreshes_per_minute: int,
+        polls_per_minute: int,
         max_queued: int = 256,
     ) -> None:
         self._source = source

@@ -4,8 +4,9 @@
 application"); a `ConnectionGuard` holds them plus what every connection's protocol shares:
 sockets per peer address still sending their request, refusal counts for `/metrics`,
 and a rate-limited log line when a limit bites. The lifespan builds one from the
-settings and hands it to the server protocols (uvicorn_protocols.py) through uvicorn's
-lifespan state. Plain data and counters: this module never touches a socket.
+settings and hands it to the server protocols (uvicorn_protocols.py, ws_protocol.py)
+through uvicorn's lifespan state (`STATE_KEY`, read back by `guard_in`). Plain data
+and counters: this module never touches a socket.
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ from __future__ import annotations
 import resource
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from stock_gateway.runtime.logs import get_logger
 
 logger = get_logger(__name__)
 
+STATE_KEY = "gateway.connection_guard"  # where uvicorn's lifespan state holds the guard
 FD_RESERVE = 64  # descriptors kept for the upstream, Redis, files and the listener
 LOG_EVERY_SECONDS = 10.0
 
@@ -91,3 +95,12 @@ class ConnectionGuard:
         if now - self._logged_at.get(reason, -LOG_EVERY_SECONDS) >= LOG_EVERY_SECONDS:
             self._logged_at[reason] = now
             logger.warning("%s refused=%d", message, self.refused[reason])
+
+
+_FALLBACK_GUARD = ConnectionGuard()  # before the lifespan hands over the real one
+
+
+def guard_in(app_state: Mapping[str, Any]) -> ConnectionGuard:
+    """The guard the lifespan handed the server protocols (uvicorn's lifespan state)."""
+    guard = app_state.get(STATE_KEY)
+    return guard if isinstance(guard, ConnectionGuard) else _FALLBACK_GUARD
