@@ -49,7 +49,8 @@ async def write_cost(url: str, rate: float, symbols: int, seconds: float) -> dic
     store = open_store(url)
     await store.open()
     recorder = BarRecorder(store, {})
-    book = BarBook()
+    defaults = Settings()
+    book = BarBook(history=defaults.bar_history, grace=defaults.bar_grace)
     rng = random.Random(1)
     names = [f"W{index:02d}" for index in range(symbols)]
     start_ms = int(time.time() * 1000) // 1000 * 1000

@@ -13,6 +13,7 @@ from finnhub_feed import FinnhubFeed
 from hub import Hub
 from stock_gateway.access.capacity import UpstreamCapacity
 from stock_gateway.access.holds import SymbolHolds
+from stock_gateway.bars.book import BarBook
 from stock_gateway.delivery.outbox import OutboxLimits
 from stock_gateway.delivery.snapshots import LatestPrices
 from stock_gateway.delivery.stats import Observer
@@ -26,6 +27,13 @@ from stock_gateway.settings import Settings
 
 # The settings' own defaults: objects the tests build get what a default gateway has.
 DEFAULTS = Settings()
+
+
+def make_book(**changed: Any) -> BarBook:
+    """A bar book as a default gateway's (BAR_HISTORY, BAR_GRACE), with `changed`."""
+    values: dict[str, Any] = {"history": DEFAULTS.bar_history, "grace": DEFAULTS.bar_grace}
+    return BarBook(**(values | changed))
+
 
 WAIT = 1.0  # the longest any awaited event may take before a test fails
 

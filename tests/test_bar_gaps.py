@@ -12,11 +12,12 @@ from typing import Any
 import aiohttp
 import pytest
 
-from stock_gateway.bars.book import Bar, BarBook
+from stock_gateway.bars.book import Bar
 from stock_gateway.bars.outages import MAX_SPANS, Outages
 from stock_gateway.market_data.model import Trade
 from tests.bar_stores import gateway_on, get_json
 from tests.bars import next_second_boundary, now_ms, subscribe_bars, trade_at
+from tests.fakes import make_book
 from tests.helpers import Client, GatewayUnderTest, Market, poll_until
 
 MINUTE, DAY = 60_000, 86_400_000
@@ -60,7 +61,7 @@ def test_outages_stay_bounded_and_merging_only_marks_more() -> None:
 
 
 def test_the_book_marks_open_bars_at_a_loss_and_bars_opened_after_it() -> None:
-    book = BarBook(outages=Outages(), grace=0.5)
+    book = make_book(outages=Outages(), grace=0.5)
     book.add_trades([at(10.0, T + 1_000)], T + 1_500)
     assert not book.bars("AAPL", "1m")[0].gap
     book.upstream_down(T + 5_000)
@@ -84,7 +85,7 @@ def test_the_book_marks_open_bars_at_a_loss_and_bars_opened_after_it() -> None:
 
 
 def test_a_book_that_starts_blind_marks_the_bars_its_start_fell_in() -> None:
-    book = BarBook(outages=Outages(down_since=T + 30_000))
+    book = make_book(outages=Outages(down_since=T + 30_000))
     book.upstream_up(T + 31_000)
     book.add_trades([at(10.0, T + 45_000)], T + 45_100)
     assert book.bars("AAPL", "1m")[0].gap  # its first 31 s were before the gateway
@@ -92,7 +93,7 @@ def test_a_book_that_starts_blind_marks_the_bars_its_start_fell_in() -> None:
 
 
 def test_an_open_bar_read_back_from_a_store_is_a_gap() -> None:
-    book = BarBook()
+    book = make_book()
     left_open = Bar.of(T, 10.0, 1.0, T + 1_000)
     book.restore("AAPL", "1m", [Bar.of(T - MINUTE, 9.0, 1.0, T - 1)], left_open)
     before, reopened = book.bars("AAPL", "1m")

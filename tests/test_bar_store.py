@@ -22,7 +22,7 @@ from stock_gateway.access.history_budget import HistoryBudget
 from stock_gateway.access.holds import SymbolHolds
 from stock_gateway.access.refusal import Refusal
 from stock_gateway.bars import sqlite_store
-from stock_gateway.bars.book import Bar, BarBook, BarEvent, Interval
+from stock_gateway.bars.book import Bar, BarEvent, Interval
 from stock_gateway.bars.intervals import NEW_YORK, day_of
 from stock_gateway.bars.recorder import BarRecorder
 from stock_gateway.bars.sqlite_store import SqliteStore
@@ -39,7 +39,7 @@ from tests.bar_stores import (
     get_json,
 )
 from tests.bars import now_ms, trade_at
-from tests.fakes import make_capacity
+from tests.fakes import DEFAULTS, make_book, make_capacity
 from tests.helpers import (
     PROJECT,
     Market,
@@ -203,7 +203,7 @@ async def test_trades_arriving_while_stored_bars_load_count_after_them() -> None
     start = now_ms() - now_ms() % MINUTE
     store = SlowStore(Bar.of(start, 10.0, 1.0, start))  # one trade, stored open
     recorder = BarRecorder(store, {})
-    book = BarBook()
+    book = make_book()
 
     async def first_trade() -> None:  # as BarDelivery.trades_received does
         await recorder.load(book, ["AAPL"], 240)
@@ -298,7 +298,7 @@ async def test_a_failed_read_heals_with_a_read_and_a_failed_write_only_with_a_wr
     await working.open()
     try:
         recorder = BarRecorder(broken, {})
-        book = BarBook(history=10, grace=0.5)
+        book = make_book(history=10, grace=0.5)
         assert await recorder.series(book, "AAPL", "1m", 0, 2**40, 10) == []
         assert recorder.state == "degraded"
         recorder.store = working
@@ -378,10 +378,11 @@ async def test_an_owner_reads_bars_over_http_one_answer_at_a_time() -> None:
     store = SlowReads()
     capacity = make_capacity()
     bars = BarDelivery(
-        BarBook(),
+        make_book(),
         SymbolHolds(capacity, max_symbols_per_client=50),
         budget=HistoryBudget(1_000_000, 1_000_000),
         recorder=BarRecorder(store, {}),
+        history=DEFAULTS.bar_history,
     )
     series: tuple[str, Interval, int, int, int] = ("AAPL", "1m", 0, 60_000, 10)
     first = asyncio.create_task(bars.read("10.0.0.1", series, lambda found: b"x" * 500))

@@ -25,7 +25,7 @@ import pytest
 
 from stock_gateway.access.holds import SymbolHolds
 from stock_gateway.bars import recorder as recorder_module
-from stock_gateway.bars.book import Bar, BarBook, BarEvent
+from stock_gateway.bars.book import Bar, BarEvent
 from stock_gateway.bars.recorder import BarRecorder
 from stock_gateway.bars.sqlite_store import SqliteStore
 from stock_gateway.delivery import bar_delivery as bars_delivery
@@ -33,7 +33,7 @@ from stock_gateway.delivery.bar_delivery import BarDelivery
 from stock_gateway.market_data.model import Trade
 from tests.bar_stores import SlowStore, gateway_on, get_json
 from tests.bars import now_ms, trade_at
-from tests.fakes import make_capacity
+from tests.fakes import DEFAULTS, make_book, make_capacity
 from tests.helpers import Client, GatewayUnderTest, Market, poll_until, run_gateway, settings_for
 from tests.postgres_server import PostgresServer, postgres_bin
 
@@ -284,9 +284,14 @@ async def test_trades_held_while_a_symbol_loads_count_after_its_stored_bars(
     monkeypatch.setattr(bars_delivery, "_now_ms", lambda: start + 30_000)
     store = SlowStore(Bar.of(start, 10.0, 1.0, start))  # one trade, stored open
     recorder = BarRecorder(store, {})
-    book = BarBook()
+    book = make_book()
     capacity = make_capacity()
-    bars = BarDelivery(book, SymbolHolds(capacity, max_symbols_per_client=50), recorder=recorder)
+    bars = BarDelivery(
+        book,
+        SymbolHolds(capacity, max_symbols_per_client=50),
+        recorder=recorder,
+        history=DEFAULTS.bar_history,
+    )
     async with asyncio.timeout(1):  # the store answers nothing yet
         await bars.trades_received([Trade("AAPL", 11.0, 1.0, start + 1, None)])
     await store.reading.wait()

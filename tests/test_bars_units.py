@@ -26,7 +26,7 @@ from stock_gateway.delivery.encoders import WS
 from stock_gateway.delivery.outbox import ClientConnection
 from stock_gateway.delivery.stats import FanoutStats
 from stock_gateway.market_data.model import Trade
-from tests.fakes import FakeSocket, FakeWriter, make_capacity, outbox_limits
+from tests.fakes import DEFAULTS, FakeSocket, FakeWriter, make_book, make_capacity, outbox_limits
 
 MINUTE = 60_000
 T = 1_764_000_000_000 - 1_764_000_000_000 % (5 * MINUTE)  # a whole 5-minute boundary
@@ -41,7 +41,7 @@ def finals(events: list[BarEvent], interval: str = "1m") -> list[BarEvent]:
 
 
 def test_bars_align_to_utc_boundaries_by_trade_time_and_close_on_the_clock() -> None:
-    book = BarBook(grace=0.5, max_ahead=60.0)  # these trades run up to a minute ahead of now
+    book = make_book(grace=0.5, max_ahead=60.0)  # these trades run up to a minute ahead of now
     now = T + 10
     assert book.add_trades([trade(10.0, T + 5), trade(12.0, T + 30_000)], now) == []
     assert book.add_trades([trade(9.0, T + 59_999), trade(11.0, T + MINUTE)], now) == []
@@ -58,7 +58,7 @@ def test_bars_align_to_utc_boundaries_by_trade_time_and_close_on_the_clock() -> 
 
 
 def test_open_and_close_follow_trade_time_not_arrival() -> None:
-    book = BarBook()
+    book = make_book()
     book.add_trades([trade(20.0, T + 20_000), trade(30.0, T + 40_000)], T + 41_000)
     book.add_trades([trade(10.0, T + 1_000), trade(25.0, T + 30_000)], T + 42_000)
     bar = book.bars("AAPL", "1m")[0]
@@ -66,7 +66,7 @@ def test_open_and_close_follow_trade_time_not_arrival() -> None:
 
 
 def test_a_late_trade_revises_its_closed_bar_and_an_empty_interval_gets_one() -> None:
-    book = BarBook(grace=0.5)
+    book = make_book(grace=0.5)
     book.add_trades([trade(10.0, T + 1_000)], T + 2_000)
     book.due(T + 3 * MINUTE)  # minute 0 closed; minutes 1 and 2 had no trades
     assert [bar.t for bar in book.bars("AAPL", "1m")] == [T]
@@ -82,7 +82,7 @@ def test_a_late_trade_revises_its_closed_bar_and_an_empty_interval_gets_one() ->
 
 
 def test_live_updates_at_most_once_per_second_and_only_when_changed() -> None:
-    book = BarBook(live_every=1.0)
+    book = make_book(live_every=1.0)
     now = T + 100
     book.add_trades([trade(10.0, now)], now)
     live = [e for e in book.due(now) if not e.final and e.interval == "1s"]
@@ -96,7 +96,7 @@ def test_live_updates_at_most_once_per_second_and_only_when_changed() -> None:
 
 
 def test_history_is_bounded_and_forgotten_with_the_symbol() -> None:
-    book = BarBook(history=5)
+    book = make_book(history=5)
     for second in range(20):
         t = T + second * 1_000
         book.add_trades([trade(10.0 + second, t)], t)
@@ -114,14 +114,14 @@ def test_history_is_bounded_and_forgotten_with_the_symbol() -> None:
 
 
 def test_fractional_volumes_sum_exactly_enough() -> None:
-    book = BarBook()
+    book = make_book()
     for _ in range(10):
         book.add_trades([trade(65_000.0, T + 1, volume=0.1, symbol="BINANCE:BTCUSDT")], T + 2)
     assert book.bars("BINANCE:BTCUSDT", "1m")[0].as_dict()["v"] == 1.0
 
 
 def test_a_mirror_applies_live_and_final_bars() -> None:
-    leader, mirror = BarBook(), BarBook()
+    leader, mirror = make_book(), make_book()
     leader.add_trades([trade(10.0, T + 1)], T + 2)
     for event in leader.due(T + 2):
         mirror.apply(event)
@@ -148,12 +148,12 @@ def test_candles_use_finnhubs_shape() -> None:
 
 def test_grace_is_at_most_one_second() -> None:
     with pytest.raises(ValueError, match="grace"):
-        BarBook(grace=1.5)
+        make_book(grace=1.5)
 
 
 def test_memory_per_symbol_is_bounded() -> None:
     """A full history in all three intervals stays within a fixed budget per symbol."""
-    book = BarBook(history=240)
+    book = make_book(history=240)
     for second in range(240 * 300):  # 240 5-minute bars: every series full
         t = T + second * 1_000
         book.add_trades([trade(10.0, t)], t)
@@ -167,7 +167,7 @@ def test_memory_per_symbol_is_bounded() -> None:
 
 
 def test_loading_stored_bars_reopens_the_open_one_and_a_late_tick_closes_it() -> None:
-    book = BarBook(grace=0.5)
+    book = make_book(grace=0.5)
     stored = [Bar.of(T, 10.0, 1.0, T)]
     book.load("AAPL", "1m", stored, Bar.of(T + MINUTE, 11.0, 1.0, T + MINUTE))
     book.add_trades([trade(12.0, T + MINUTE + 31_000)], T + MINUTE + 31_000)
@@ -175,7 +175,7 @@ def test_loading_stored_bars_reopens_the_open_one_and_a_late_tick_closes_it() ->
     assert (open_bar.t, open_bar.n, open_bar.o, open_bar.c) == (T + MINUTE, 2, 11.0, 12.0)
     assert [e.bar["t"] for e in finals(book.due(T + 2 * MINUTE + 500))] == [T + MINUTE]
     # A bar left open by a leader that died long ago is closed, with its final, at once.
-    later = BarBook(grace=0.5)
+    later = make_book(grace=0.5)
     later.load("AAPL", "1m", [], Bar.of(T, 10.0, 1.0, T))
     assert [(e.bar["t"], e.final) for e in later.due(T + 10 * MINUTE) if e.interval == "1m"] == [
         (T, True)
@@ -183,7 +183,7 @@ def test_loading_stored_bars_reopens_the_open_one_and_a_late_tick_closes_it() ->
 
 
 def test_trades_stamped_ahead_of_the_clock_make_no_future_bars() -> None:
-    book = BarBook(grace=0.5)
+    book = make_book(grace=0.5)
     now = T + 10
     ahead = round(BAR_MAX_AHEAD_SECONDS * 1000)
     # One message of trades stamped up to an hour ahead, one second apart.
@@ -196,14 +196,14 @@ def test_trades_stamped_ahead_of_the_clock_make_no_future_bars() -> None:
 
 
 def test_open_bars_per_series_are_capped() -> None:
-    book = BarBook(grace=0.5, max_ahead=3600.0)  # a clock far behind its trades
+    book = make_book(grace=0.5, max_ahead=3600.0)  # a clock far behind its trades
     book.add_trades([trade(10.0, T + second * 1000) for second in range(3600)], T)
     assert len(book.bars("AAPL", "1s")) == MAX_OPEN_BARS
     assert len(book.bars("AAPL", "1m")) == MAX_OPEN_BARS
 
 
 def test_a_volume_sum_that_would_overflow_stays_finite() -> None:
-    book = BarBook()
+    book = make_book()
     book.add_trades([trade(10.0, T, volume=1e308), trade(10.0, T + 1, volume=1e308)], T)
     bar = book.bars("AAPL", "1m")[0]
     assert bar.v == sys.float_info.max and bar.n == 2
@@ -245,7 +245,7 @@ def _encoded_the_old_way(book: BarBook, symbol: str, interval: Interval) -> byte
 
 def test_a_history_is_encoded_once_and_kept_until_its_series_changes() -> None:
     now = T + 5 * MINUTE
-    book = BarBook()
+    book = make_book()
     book.add_trades([trade(100.0 + i, T + i * 1_000) for i in range(200)], now)  # closed
     book.add_trades([trade(150.0, now - 100)], now)  # and the open bar
     histories = HistoryFrames(book)
@@ -276,7 +276,7 @@ def test_a_history_is_encoded_once_and_kept_until_its_series_changes() -> None:
 
 
 def test_a_history_keeps_time_order_when_an_open_bar_is_older_than_a_closed_one() -> None:
-    book = BarBook()
+    book = make_book()
     book.load("AAPL", "1m", [Bar.of(T + MINUTE, 2.0, 1.0, T + MINUTE)], Bar.of(T, 1.0, 1.0, T))
     payload = HistoryFrames(book).frame("AAPL", "1m").payload
     assert payload == _encoded_the_old_way(book, "AAPL", "1m")
@@ -285,10 +285,12 @@ def test_a_history_keeps_time_order_when_an_open_bar_is_older_than_a_closed_one(
 
 async def test_clients_of_one_series_share_its_history_and_a_resubscribe_sends_none() -> None:
     now = int(time.time() * 1000)
-    book = BarBook()
+    book = make_book()
     book.add_trades([trade(100.0 + i, now - 300_000 + i * 1_000) for i in range(240)], now)
     capacity = make_capacity()
-    bars = BarDelivery(book, SymbolHolds(capacity, max_symbols_per_client=50))
+    bars = BarDelivery(
+        book, SymbolHolds(capacity, max_symbols_per_client=50), history=DEFAULTS.bar_history
+    )
     writers = [FakeWriter(), FakeWriter()]
     clients = [
         ClientConnection(

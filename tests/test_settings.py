@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from stock_gateway import wiring
+from stock_gateway.server.guard import ConnectionLimits
 from stock_gateway.setting_sources import load_settings
 from stock_gateway.settings import ConfigError, Settings, environment_names
 
@@ -111,3 +113,9 @@ def test_a_cluster_refuses_a_sqlite_bar_store() -> None:
     Settings(redis_url="redis://127.0.0.1:1/0", bar_store_url="postgresql://h/db")
     Settings(redis_url="redis://127.0.0.1:1/0", bar_store_url="memory://")
     Settings(bar_store_url="sqlite:///data/bars.sqlite3")  # one process: its own file
+
+
+def test_the_guards_limits_before_the_lifespan_are_the_settings_defaults() -> None:
+    """server/ cannot read the settings (it sits below them), so its fallback limits are
+    written out again: they must stay what a default gateway's settings give."""
+    assert ConnectionLimits() == wiring.connection_limits(Settings())

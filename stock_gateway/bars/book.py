@@ -95,8 +95,8 @@ class BarBook:
     def __init__(
         self,
         *,
-        history: int = 240,
-        grace: float = 0.5,
+        history: int,
+        grace: float,
         live_every: float = 1.0,
         max_ahead: float = BAR_MAX_AHEAD_SECONDS,
         outages: Outages | None = None,

@@ -55,7 +55,7 @@ class BarDelivery:
         history_ready: Callable[[list[str]], Awaitable[None]] | None = None,
         budget: HistoryBudget | None = None,
         recorder: BarRecorder | None = None,
-        history: int = 240,
+        history: int,
     ) -> None:
         self.book = book
         self.histories = HistoryFrames(book)
