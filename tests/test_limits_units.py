@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from stock_gateway.access.admission import Admission, Admitted, address_key
+from stock_gateway.access.admission import Admission, Admitted
 from stock_gateway.access.capacity import UpstreamCapacity
+from stock_gateway.access.credentials import address_key
 from stock_gateway.access.entitlements import SymbolPatterns
 from stock_gateway.access.history_budget import HistoryBudget
 from stock_gateway.access.refusal import Refusal

@@ -34,15 +34,12 @@ reads message bodies and never logs a token.
 
 from __future__ import annotations
 
-import hmac
-import ipaddress
 import math
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import urlsplit
 
+from stock_gateway.access.credentials import own_origin, same_secret
 from stock_gateway.access.entitlements import UNRESTRICTED, Entitlements
 from stock_gateway.access.refusal import Refusal
 from stock_gateway.access.tokens import Authenticator, AuthFailed, Identity
@@ -51,20 +48,6 @@ from stock_gateway.runtime.allowances import Allowances
 from stock_gateway.settings import Settings
 
 USER_PREFIX = "user:"  # a user's key beside the addresses' (no address starts so)
-
-
-def address_key(host: str) -> str:
-    """Whose allowance a client address uses: the address itself, or for IPv6 its /64
-    (one subscriber line gets a whole /64: counting single addresses would be no limit)."""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return host
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.ip_network(f"{address}/64", strict=False))
-    return host
 
 
 @dataclass(frozen=True)
@@ -175,7 +158,7 @@ class Admission:
             except AuthFailed as exc:
                 reason = f"token {exc.reason}" if token else "a token is required"
                 return Refusal(reason, "auth_failed", 401, CLOSE_AUTH_FAILED)
-        elif settings.gateway_token and not _same(token or "", settings.gateway_token):
+        elif settings.gateway_token and not same_secret(token or "", settings.gateway_token):
             return self._refuse("token", Refusal("missing or wrong token", status=401))
         if kind == "connection":
             if identity is not None:
@@ -307,37 +290,6 @@ class Admission:
 SERVER_FULL = Refusal(
     "server full, try again later", "too_many_connections", 503, CLOSE_TRY_AGAIN_LATER
 )
-
-
-def own_origin(origin: str, host: str | None) -> bool:
-    """The gateway's own origin: its pages, and clients such as `websocket-client` that
-    send `Origin: http://<host>:<port>` naming the gateway itself. Trusted only when the
-    Host asked for is an IP address or `localhost`: DNS rebinding (a hostile page whose
-    name is re-pointed at the gateway, so Origin and Host agree) needs a DNS name, and a
-    DNS name is trusted only when listed in FRONTEND_URL."""
-    if not host or origin.lower() not in (f"http://{host.lower()}", f"https://{host.lower()}"):
-        return False
-    hostname = urlsplit(f"//{host}").hostname or ""
-    if hostname == "localhost" or hostname.endswith(".localhost"):
-        return True  # browsers resolve these to loopback themselves, never through DNS
-    try:
-        ipaddress.ip_address(hostname)
-    except ValueError:
-        return False
-    return True
-
-
-def request_token(query: Mapping[str, str], headers: Mapping[str, str]) -> str | None:
-    """A client's token over HTTP: `?token=`, else `Authorization: Bearer ...`."""
-    token = query.get("token")
-    authorization = headers.get("authorization", "")
-    if token is None and authorization.lower().startswith("bearer "):
-        token = authorization[7:].strip()
-    return token
-
-
-def _same(presented: str, expected: str) -> bool:
-    return hmac.compare_digest(presented.encode(), expected.encode())  # constant time
 
 
 def user_key(user: str) -> str:

@@ -35,7 +35,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from stock_gateway import client_requests, protocol
-from stock_gateway.access.admission import Admitted, address_key
+from stock_gateway.access.admission import Admitted
+from stock_gateway.access.credentials import address_key
 from stock_gateway.access.refusal import Refusal
 from stock_gateway.bars.book import Interval
 from stock_gateway.bars.store import MAX_READ

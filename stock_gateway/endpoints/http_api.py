@@ -20,7 +20,8 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 from stock_gateway import client_requests, protocol
-from stock_gateway.access.admission import Admitted, address_key, request_token
+from stock_gateway.access.admission import Admitted
+from stock_gateway.access.credentials import address_key, request_token
 from stock_gateway.access.refusal import Refusal
 from stock_gateway.bars.book import INTERVALS
 from stock_gateway.bars.store import MAX_READ

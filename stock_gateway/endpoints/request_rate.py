@@ -17,7 +17,8 @@ from collections.abc import Callable
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from stock_gateway.access.admission import Admission, address_key
+from stock_gateway.access.admission import Admission
+from stock_gateway.access.credentials import address_key
 
 UNPACED_PATHS = frozenset({"/health", "/stream"})
 

@@ -33,7 +33,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from stock_gateway import client_requests, protocol
-from stock_gateway.access.admission import Admitted, address_key, request_token
+from stock_gateway.access.admission import Admitted
+from stock_gateway.access.credentials import address_key, request_token
 from stock_gateway.access.refusal import Refusal
 from stock_gateway.access.token_session import ClientAuth
 from stock_gateway.delivery.encoders import SSE

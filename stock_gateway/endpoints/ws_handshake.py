@@ -18,7 +18,8 @@ from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from stock_gateway import protocol
-from stock_gateway.access.admission import Admission, Admitted, OpenConnection, address_key
+from stock_gateway.access.admission import Admission, Admitted, OpenConnection
+from stock_gateway.access.credentials import address_key
 from stock_gateway.access.refusal import Refusal
 from stock_gateway.protocol import CLOSE_GRACE_SECONDS, CLOSE_POLICY_VIOLATION, Frame
 from stock_gateway.runtime.logs import get_logger
