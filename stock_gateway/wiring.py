@@ -37,11 +37,12 @@ from stock_gateway.access.holds import SymbolHolds
 from stock_gateway.bars.book import BarBook
 from stock_gateway.bars.outages import Outages
 from stock_gateway.bars.startup import open_recorder, warn_if_histories_outgrow_unread_output
-from stock_gateway.cluster.bars import MirrorBars, StoredBars
+from stock_gateway.cluster.bars import MirrorBars
 from stock_gateway.cluster.feeds import ClusterFeeds
 from stock_gateway.cluster.link import RedisLink
 from stock_gateway.cluster.relay import RedisRelay
 from stock_gateway.cluster.rest import ClusterQuoteSource, RedisBudget, RedisResponseCache
+from stock_gateway.cluster.stored_bars import StoredBars
 from stock_gateway.delivery.bar_delivery import BarDelivery
 from stock_gateway.delivery.feed_notices import FeedNotices
 from stock_gateway.delivery.outbox import OutboxLimits

@@ -20,8 +20,9 @@ import redis.asyncio as redis
 from stock_gateway.bars.book import Bar, BarEvent
 from stock_gateway.bars.postgres_store import PostgresStore
 from stock_gateway.bars.recorder import BarRecorder
-from stock_gateway.cluster.bars import LeaderBars, StoredBars
+from stock_gateway.cluster.bars import LeaderBars
 from stock_gateway.cluster.link import RedisLink
+from stock_gateway.cluster.stored_bars import StoredBars
 from stock_gateway.market_data.model import Trade
 from tests.cluster import (
     a_follower,

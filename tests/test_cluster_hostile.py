@@ -16,7 +16,7 @@ import orjson
 import pytest
 import redis.asyncio as redis
 
-from stock_gateway.cluster.bars import StoredBars
+from stock_gateway.cluster.stored_bars import StoredBars
 from tests.cluster import (
     a_follower,
     connect,

@@ -28,10 +28,11 @@ from collections.abc import Set as AbstractSet
 from redis.exceptions import RedisError
 
 from stock_gateway.bars.recorder import BarRecorder
-from stock_gateway.cluster.bars import LeaderBars, StoredBars
+from stock_gateway.cluster.bars import LeaderBars
 from stock_gateway.cluster.feeds import ClusterFeeds
 from stock_gateway.cluster.link import RedisLink
 from stock_gateway.cluster.publish import UpstreamPublisher
+from stock_gateway.cluster.stored_bars import StoredBars
 from stock_gateway.market_data.market_watch import MarketWatch
 from stock_gateway.market_data.model import MarketStatus
 from stock_gateway.market_data.upstream import Upstream

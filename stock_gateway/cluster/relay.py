@@ -38,12 +38,13 @@ from redis.exceptions import RedisError
 from hub import Hub, UpdateBatch
 from stock_gateway import protocol
 from stock_gateway.bars.recorder import BarRecorder
-from stock_gateway.cluster.bars import MirrorBars, StoredBars
+from stock_gateway.cluster.bars import MirrorBars
 from stock_gateway.cluster.feeds import ClusterFeeds
 from stock_gateway.cluster.leader import Leadership, MarketWatchFactory
 from stock_gateway.cluster.link import RedisLink, as_bytes, text
 from stock_gateway.cluster.membership import Membership
 from stock_gateway.cluster.rest import decode_announcement
+from stock_gateway.cluster.stored_bars import StoredBars
 from stock_gateway.delivery.bar_delivery import BarDelivery
 from stock_gateway.market_data.model import UPSTREAM_STATES, MarketStatus, UpstreamState
 from stock_gateway.market_data.quotes import QuoteService
