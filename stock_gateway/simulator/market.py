@@ -43,7 +43,8 @@ from dataclasses import dataclass, field
 import orjson
 from aiohttp import WSMsgType, web
 
-from stock_gateway.market_data.model import SESSIONS, Session
+from stock_gateway.market_data.model import Session
+from stock_gateway.simulator.controls import add_control_routes
 from stock_gateway.simulator.prices import reference_price
 from stock_gateway.simulator.rest import REST_PREFIX, QuoteBook, RestCalls, add_rest_routes
 from stock_gateway.simulator.skew import SkewedMarket
@@ -113,10 +114,7 @@ class MarketSimulator:
         """A fresh aiohttp application over this simulator's state (one per serve)."""
         app = web.Application()
         app.router.add_get("/", self._handle)
-        app.router.add_get("/stats", self._stats)
-        app.router.add_post("/rate", self._set_rate)
-        app.router.add_post("/drop", self._drop)
-        app.router.add_post("/session", self._set_session)
+        add_control_routes(app, self)
         add_rest_routes(app, self)
         if self.skewed is not None:
             add_skewed_trading(app, self)
@@ -267,44 +265,6 @@ class MarketSimulator:
         trade = self.next_trade(symbol, now_ms)
         trade["v"] = sequence
         return trade
-
-    async def _stats(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            {
-                "trades_sent": self.trades_sent,
-                "rate": self.rate,
-                "connections": len(self.connections),
-                "subscribed": sorted(self.subscribed_symbols()),
-                "sequences": self.sequences,
-                "sent_per_second": {str(k): v for k, v in self.sent_per_second.items()},
-                "rest_calls": self.rest_calls.by_path(),
-                "rest_calls_max_in_a_minute": self.rest_calls.max_in_any_window(),
-                "refused_over_cap": self.refused_over_cap,
-                "max_carried": self.max_carried,
-                "socket_changes": len(self.received_of("subscribe"))
-                + len(self.received_of("unsubscribe")),
-            },
-            dumps=lambda value: orjson.dumps(value).decode(),
-        )
-
-    async def _drop(self, request: web.Request) -> web.Response:
-        dropped = len(self.connections)
-        await self.drop_connections()
-        return web.json_response({"dropped": dropped})
-
-    async def _set_session(self, request: web.Request) -> web.Response:
-        value = request.query.get("value", "")
-        if value not in SESSIONS:
-            return web.json_response({"error": f"value must be one of {SESSIONS}"}, status=400)
-        self.session = value
-        return web.json_response({"session": self.session})
-
-    async def _set_rate(self, request: web.Request) -> web.Response:
-        try:
-            self.rate = float(request.query["value"])
-        except (KeyError, ValueError):
-            return web.json_response({"error": "POST /rate?value=<trades per second>"}, status=400)
-        return web.json_response({"rate": self.rate})
 
     def next_trade(self, symbol: str, now_ms: int) -> dict[str, object]:
         price = self.prices.get(symbol) or reference_price(symbol)
