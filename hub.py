@@ -3,7 +3,7 @@
 The `Hub` holds the symbol -> clients map (delivery/subscribers.py) and a bounded queue
 of `UpdateBatch`es that one broadcaster coroutine drains. Everything enters through
 `publish()`, already encoded, from the relay (relay/local.py in one process,
-cluster/relay.py from Redis), so the hot path and its accounting (sent counts,
+cluster/redis_relay.py from Redis), so the hot path and its accounting (sent counts,
 snapshots, hand-off timing) are one piece of code. Each frame is handed to every
 subscriber's `ClientConnection` without awaiting.
 

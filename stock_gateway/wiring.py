@@ -40,7 +40,7 @@ from stock_gateway.bars.startup import open_recorder, warn_if_histories_outgrow_
 from stock_gateway.cluster.bars import MirrorBars
 from stock_gateway.cluster.feeds import ClusterFeeds
 from stock_gateway.cluster.link import RedisLink
-from stock_gateway.cluster.relay import RedisRelay
+from stock_gateway.cluster.redis_relay import RedisRelay
 from stock_gateway.cluster.rest import ClusterQuoteSource, RedisBudget, RedisResponseCache
 from stock_gateway.cluster.stored_bars import StoredBars
 from stock_gateway.delivery.bar_delivery import BarDelivery

@@ -178,7 +178,7 @@ def test_log_level_reaches_every_module_logger() -> None:
         assert logging.getLogger("gateway.access.tokens").isEnabledFor(logging.DEBUG)
         configure_logging("WARNING")
         assert not logging.getLogger("gateway.access.tokens").isEnabledFor(logging.INFO)
-        assert logging.getLogger("gateway.cluster.relay").isEnabledFor(logging.WARNING)
+        assert logging.getLogger("gateway.cluster.redis_relay").isEnabledFor(logging.WARNING)
     finally:
         for logger, level in zip(levelled, before, strict=True):
             logger.setLevel(level)

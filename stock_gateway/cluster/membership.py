@@ -1,5 +1,5 @@
 """This process's membership of the cluster, in Redis: its interest published, and the
-cluster's view read (cluster/relay.py runs both as duties, through Redis outages).
+cluster's view read (cluster/redis_relay.py runs both as duties, through Redis outages).
 
 - **interest**: the symbols this process's clients want, as the set
   `{prefix}:interest:{node}`, which expires unless refreshed (a crashed process's

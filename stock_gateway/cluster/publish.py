@@ -1,7 +1,7 @@
 """What a cluster's leader publishes through Redis: everything its feed learns (trades,
 encoded once with the day's change; upstream state; refusals) and the market status it
 polls. Every process, the leader included, receives them through its relay
-(cluster/relay.py). The last upstream state and market status are also kept in Redis,
+(cluster/redis_relay.py). The last upstream state and market status are also kept in Redis,
 for processes that start later. This module never publishes or stores the key.
 """
 

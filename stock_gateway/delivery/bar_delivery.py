@@ -16,7 +16,7 @@ interval's subscribers, encoded once.
 Where the events come from depends on the mode: in one process, `trades_received`
 feeds the local `BarBook` and `run()` reports what is due every `BAR_CLOCK_SECONDS`; in a
 cluster, the leader aggregates and every node `apply`s the events it publishes
-(cluster/relay.py), so the book here is a mirror that serves history. This module never
+(cluster/redis_relay.py), so the book here is a mirror that serves history. This module never
 reads the upstream or the clock except through those calls.
 """
 

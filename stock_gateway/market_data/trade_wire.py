@@ -1,7 +1,7 @@
 """Trade messages on the wire, in Finnhub's shape (`{"type":"trade","data":[...]}`),
 which the gateway speaks in three places: read from Finnhub's socket (finnhub_feed.py),
 written to the clients of Finnhub's dialect (delivery/finnhub_encoder.py), and between a
-cluster's processes (cluster/publish.py, cluster/relay.py). Provider-neutral: a
+cluster's processes (cluster/publish.py, cluster/redis_relay.py). Provider-neutral: a
 provider with another format parses its own and hands the gateway `Trade`s.
 
 Whatever sends them can send malformed JSON, `NaN`, absurd values or its own error
