@@ -8,8 +8,8 @@ import asyncio
 import json
 import queue
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -22,10 +22,12 @@ from tests.helpers import T0, GatewayUnderTest, Market, run_gateway, settings_fo
 RECEIVE = 5.0
 
 
-@contextmanager
-def finnhub_example(url: str, symbols: list[str]) -> Iterator[queue.Queue[Any]]:
+@asynccontextmanager
+async def finnhub_example(url: str, symbols: list[str]) -> AsyncIterator[queue.Queue[Any]]:
     """Finnhub's documented client: `websocket.WebSocketApp` with `on_open` subscribing,
-    run_forever in its own thread; every message it gets lands in the queue."""
+    run_forever in its own thread; every message it gets lands in the queue. It is
+    closed off the event loop: its close waits for the gateway's close frame, which the
+    gateway, in this loop, could not send while the loop was blocked."""
     received: queue.Queue[Any] = queue.Queue()
 
     def on_open(ws: websocket.WebSocketApp) -> None:
@@ -45,8 +47,8 @@ def finnhub_example(url: str, symbols: list[str]) -> Iterator[queue.Queue[Any]]:
     try:
         yield received
     finally:
-        app.close()
-        thread.join(timeout=5)
+        await asyncio.to_thread(app.close)
+        await asyncio.to_thread(thread.join, 5)
 
 
 async def next_message(received: queue.Queue[Any], skip: tuple[str, ...] = ("ping",)) -> Any:
@@ -60,7 +62,7 @@ async def next_message(received: queue.Queue[Any], skip: tuple[str, ...] = ("pin
 async def test_finnhubs_websocket_example_gets_trades_as_finnhub_sends_them(
     gateway: GatewayUnderTest, market: Market
 ) -> None:
-    with finnhub_example(finnhub_url(gateway, "token=my-own-finnhub-key"), ["AAPL"]) as got:
+    async with finnhub_example(finnhub_url(gateway, "token=my-own-finnhub-key"), ["AAPL"]) as got:
         assert await next_message(got) == "open"
         await market.simulator.wait_for(lambda: "AAPL" in market.simulator.subscribed_symbols())
         sent = [
