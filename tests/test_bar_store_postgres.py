@@ -1,6 +1,7 @@
 """The bar store through a real PostgreSQL server the tests start themselves (one per
-session, a fresh database per test; tests/conftest.py): bars written by one gateway are served by the next for a symbol nobody
-follows, and retention deletes what is past its time. Skipped, loudly, without
+session, a fresh database per test; tests/conftest.py): bars written by one gateway are
+served by the next for a symbol nobody follows, and retention deletes what is past its
+time. Skipped, loudly, without
 PostgreSQL's server binaries (.ci/run installs Debian's postgresql)."""
 
 from __future__ import annotations

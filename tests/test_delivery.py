@@ -177,11 +177,11 @@ async def test_batch_and_throttle_send_the_newest_per_symbol(
     sending = asyncio.create_task(send())
     pending = {119, 419}  # the newest of each symbol: once both came, nothing else is due
 
-    def last(batch: dict[str, Any]) -> bool:
+    def both_newest_came(batch: dict[str, Any]) -> bool:
         pending.difference_update(u["data"]["price"] for u in batch["updates"])
         return not pending
 
-    batches = await collect(client, "price_updates", loop.time() + 10, last)
+    batches = await collect(client, "price_updates", loop.time() + 10, both_newest_came)
     await sending
     assert 2 <= len(batches) <= 4
     for _, batch in batches:
