@@ -69,11 +69,11 @@ async def test_batched_and_throttled_streams(market: Market, gateway: GatewayUnd
 
 
 async def test_a_quiet_stream_gets_keep_alive_comments(market: Market) -> None:
-    settings = settings_for(market, heartbeat_interval=0.05)
+    settings = settings_for(market, heartbeat_interval=0.2)
     async with run_gateway(settings) as gateway, opened(gateway, "symbols=AAPL") as stream:
         await stream.expect("subscription")
         with contextlib.suppress(TimeoutError):
-            await stream.next(timeout=0.25)  # no event comes: only comments
+            await stream.next(timeout=1.0)  # no event comes: only comments
         assert stream.comments.count(": keep-alive") >= 3
 
 
