@@ -5,6 +5,7 @@ the corners (several symbols, errors, limits, tokens, origins)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import queue
 import threading
@@ -42,7 +43,10 @@ async def finnhub_example(url: str, symbols: list[str]) -> AsyncIterator[queue.Q
         received.put(error)
 
     app = websocket.WebSocketApp(url, on_open=on_open, on_message=on_message, on_error=on_error)
-    thread = threading.Thread(target=app.run_forever, name="finnhub-example", daemon=True)
+    # run_forever as the example calls it, but its wait for data wakes every 0.1 s (no
+    # pings are sent without ping_interval), so it sees the close below at once.
+    run = functools.partial(app.run_forever, ping_timeout=0.1)
+    thread = threading.Thread(target=run, name="finnhub-example", daemon=True)
     thread.start()
     try:
         yield received
