@@ -9,6 +9,7 @@ import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from stock_gateway.simulator.market import MarketSimulator, serve
@@ -96,9 +97,10 @@ def prefix() -> str:
     return f"test-{uuid.uuid4().hex[:8]}"
 
 
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[str]:
-    """A throw-away PostgreSQL server, one per test module that asks for it."""
+@pytest.fixture(scope="session")
+def shared_postgres() -> Iterator[PostgresServer]:
+    """A throw-away PostgreSQL server started once per session (per xdist worker): tests
+    share it, each in a database of its own (`postgres`)."""
     if postgres_bin() is None:
         message = "NO POSTGRESQL SERVER BINARIES: the PostgreSQL bar store is NOT TESTED"
         warnings.warn(message, stacklevel=1)
@@ -107,9 +109,21 @@ def postgres() -> Iterator[str]:
         server = PostgresServer(Path(root))
         server.start()
         try:
-            yield server.url
+            yield server
         finally:
             server.stop()
+
+
+@pytest.fixture
+async def postgres(shared_postgres: PostgresServer) -> str:
+    """The URL of a fresh, empty database of the test's own on the session's server."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(shared_postgres.url)
+    try:
+        await admin.execute(f"CREATE DATABASE {name}")
+    finally:
+        await admin.close()
+    return shared_postgres.url.rsplit("/", 1)[0] + "/" + name
 
 
 @pytest.fixture

@@ -129,6 +129,10 @@ class Reader:
         return bar
 
 
+# Real seconds of 1 s bars around a real reconnection (up to five tries to land the
+# loss within a trade's second; ~4.5 s): the slow tier. The book's units above prove
+# the gap rule itself in the fast tier.
+@pytest.mark.slow
 async def test_a_bar_open_while_finnhub_drops_the_connection_says_so(
     market: Market, gateway: GatewayUnderTest
 ) -> None:

@@ -1,6 +1,7 @@
 """The bar store through a real PostgreSQL server the tests start themselves (one per
-module): bars written by one gateway are served by the next for a symbol nobody
-follows, and retention deletes what is past its time. Skipped, loudly, without
+session, a fresh database per test; tests/conftest.py): bars written by one gateway are
+served by the next for a symbol nobody follows, and retention deletes what is past its
+time. Skipped, loudly, without
 PostgreSQL's server binaries (.ci/run installs Debian's postgresql)."""
 
 from __future__ import annotations
@@ -91,13 +92,7 @@ async def test_retention_in_postgresql_reaches_old_bars_by_an_index(postgres: st
 
 
 async def test_a_database_kept_by_one_feed_refuses_the_other(postgres: str) -> None:
-    admin = await asyncpg.connect(postgres)
-    try:
-        await admin.execute("CREATE DATABASE feed_claim")
-    finally:
-        await admin.close()
-    url = postgres.rsplit("/", 1)[0] + "/feed_claim"
-    demo = PostgresStore(url)
+    demo = PostgresStore(postgres)  # the test's own database: no feed has claimed it
     await demo.open()
     try:
         await demo.claim("demo")

@@ -9,6 +9,8 @@ import itertools
 import time
 from typing import Any
 
+import pytest
+
 from tests.bars import next_second_boundary, now_ms, subscribe_bars, trade_at
 from tests.helpers import (
     Client,
@@ -70,6 +72,9 @@ async def test_history_then_live_then_final_on_the_clock(
     assert candles["o"][-1] == 9.0 and candles["v"][-1] == 10.5 + 10
 
 
+# The real second of live-bar pacing, end to end (its slowest run is ~2.5 s of trades and
+# waiting): the slow tier.
+@pytest.mark.slow
 async def test_live_updates_come_at_most_once_a_second(
     market: Market, gateway: GatewayUnderTest
 ) -> None:

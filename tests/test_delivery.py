@@ -9,6 +9,7 @@ import asyncio
 import itertools
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -29,8 +30,14 @@ async def pump(
     return prices
 
 
-async def collect(client: Client, kind: str, until: float) -> list[tuple[float, dict[str, Any]]]:
-    """Every `kind` message until the loop time `until`, with its arrival time."""
+async def collect(
+    client: Client,
+    kind: str,
+    until: float,
+    last: Callable[[dict[str, Any]], bool] = lambda message: False,
+) -> list[tuple[float, dict[str, Any]]]:
+    """Every `kind` message until the loop time `until`, or until one that is `last`
+    (the newest trade's, which ends what the test waits for), with its arrival time."""
     loop = asyncio.get_running_loop()
     seen: list[tuple[float, dict[str, Any]]] = []
     while (left := until - loop.time()) > 0:
@@ -39,7 +46,14 @@ async def collect(client: Client, kind: str, until: float) -> list[tuple[float, 
         except TimeoutError:
             break
         seen.append((loop.time(), message))
+        if last(message):
+            break
     return seen
+
+
+def carries(price: float) -> Callable[[dict[str, Any]], bool]:
+    """Whether a price_updates frame carries `price`."""
+    return lambda batch: any(u["data"]["price"] == price for u in batch["updates"])
 
 
 async def subscribed(
@@ -64,7 +78,10 @@ async def test_throttle_spaces_updates_and_ends_on_the_newest(
     loop = asyncio.get_running_loop()
     started = loop.time()
     sending = asyncio.create_task(pump(market, "AAPL", 60, 0.02))  # 50 a second for 1.2 s
-    received = await collect(client, "price_update", loop.time() + 2.0)
+    newest = round(100 + 59 * 0.01, 2)  # pump's last price: its arrival ends the wait
+    received = await collect(
+        client, "price_update", loop.time() + 10, lambda m: m["data"]["price"] == newest
+    )
     prices = await sending
     pumped = loop.time() - started  # 1.2 s, or more on a busy machine
     gaps = [later - earlier for (earlier, _), (later, _) in itertools.pairwise(received)]
@@ -97,7 +114,7 @@ async def test_batches_keep_every_update_in_order_in_few_frames(
 
     started = loop.time()
     sending = asyncio.create_task(send())
-    batches = await collect(client, "price_updates", started + 1.2)
+    batches = await collect(client, "price_updates", started + 10, carries(100.29))  # the last
     sent_for = round((await sending - started) * 1000)  # ms: 600, or more on a busy machine
     updates = [(u["symbol"], u["data"]["price"]) for _, batch in batches for u in batch["updates"]]
     assert updates == sent  # nothing lost, nothing reordered
@@ -120,15 +137,20 @@ async def test_a_batched_client_gets_at_most_one_frame_per_interval(
     client = await subscribed(gateway, market, symbols, **query)
     loop = asyncio.get_running_loop()
 
+    count = 250
+
     async def send() -> None:
-        for index in range(500):  # ~1.5 s; offers land at every point of an interval
+        for index in range(count):  # ~0.8 s; offers land at every point of an interval
             symbol = symbols[index % len(symbols)]
             await market.simulator.send_trades([trade(symbol, 100 + index / 100)])
             await asyncio.sleep(0.003)
 
     started = loop.time()
     sending = asyncio.create_task(send())
-    batches = await collect(client, "price_updates", started + 2.5)
+    # Until the last trade's frame (the newest per symbol is never held back): the
+    # count below is of every frame up to then.
+    newest = carries(100 + (count - 1) / 100)
+    batches = await collect(client, "price_updates", started + 10, newest)
     await sending
     assert len(batches) >= 5, batches
     elapsed_ms = int((batches[-1][0] - started) * 1000)  # whole ms: no float edge cases
@@ -153,7 +175,13 @@ async def test_batch_and_throttle_send_the_newest_per_symbol(
             await asyncio.sleep(0.02)
 
     sending = asyncio.create_task(send())
-    batches = await collect(client, "price_updates", loop.time() + 1.0)
+    pending = {119, 419}  # the newest of each symbol: once both came, nothing else is due
+
+    def both_newest_came(batch: dict[str, Any]) -> bool:
+        pending.difference_update(u["data"]["price"] for u in batch["updates"])
+        return not pending
+
+    batches = await collect(client, "price_updates", loop.time() + 10, both_newest_came)
     await sending
     assert 2 <= len(batches) <= 4
     for _, batch in batches:

@@ -5,11 +5,12 @@ the corners (several symbols, errors, limits, tokens, origins)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import queue
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
@@ -22,10 +23,12 @@ from tests.helpers import T0, GatewayUnderTest, Market, run_gateway, settings_fo
 RECEIVE = 5.0
 
 
-@contextmanager
-def finnhub_example(url: str, symbols: list[str]) -> Iterator[queue.Queue[Any]]:
+@asynccontextmanager
+async def finnhub_example(url: str, symbols: list[str]) -> AsyncIterator[queue.Queue[Any]]:
     """Finnhub's documented client: `websocket.WebSocketApp` with `on_open` subscribing,
-    run_forever in its own thread; every message it gets lands in the queue."""
+    run_forever in its own thread; every message it gets lands in the queue. It is
+    closed off the event loop: its close waits for the gateway's close frame, which the
+    gateway, in this loop, could not send while the loop was blocked."""
     received: queue.Queue[Any] = queue.Queue()
 
     def on_open(ws: websocket.WebSocketApp) -> None:
@@ -40,13 +43,16 @@ def finnhub_example(url: str, symbols: list[str]) -> Iterator[queue.Queue[Any]]:
         received.put(error)
 
     app = websocket.WebSocketApp(url, on_open=on_open, on_message=on_message, on_error=on_error)
-    thread = threading.Thread(target=app.run_forever, name="finnhub-example", daemon=True)
+    # run_forever as the example calls it, but its wait for data wakes every 0.1 s (no
+    # pings are sent without ping_interval), so it sees the close below at once.
+    run = functools.partial(app.run_forever, ping_timeout=0.1)
+    thread = threading.Thread(target=run, name="finnhub-example", daemon=True)
     thread.start()
     try:
         yield received
     finally:
-        app.close()
-        thread.join(timeout=5)
+        await asyncio.to_thread(app.close)
+        await asyncio.to_thread(thread.join, 5)
 
 
 async def next_message(received: queue.Queue[Any], skip: tuple[str, ...] = ("ping",)) -> Any:
@@ -60,7 +66,7 @@ async def next_message(received: queue.Queue[Any], skip: tuple[str, ...] = ("pin
 async def test_finnhubs_websocket_example_gets_trades_as_finnhub_sends_them(
     gateway: GatewayUnderTest, market: Market
 ) -> None:
-    with finnhub_example(finnhub_url(gateway, "token=my-own-finnhub-key"), ["AAPL"]) as got:
+    async with finnhub_example(finnhub_url(gateway, "token=my-own-finnhub-key"), ["AAPL"]) as got:
         assert await next_message(got) == "open"
         await market.simulator.wait_for(lambda: "AAPL" in market.simulator.subscribed_symbols())
         sent = [

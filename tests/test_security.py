@@ -146,7 +146,9 @@ async def test_distinct_upstream_symbol_cap(market: Market) -> None:
     """Past MAX_UPSTREAM_SYMBOLS nothing is refused any more (it was `symbol_limit`): the
     third symbol is served by turns on the socket, which never carries more than two."""
     market.simulator.max_symbols = 2
-    async with run_gateway(settings_for(market, max_upstream_symbols=2)) as gateway:
+    # Short turns (SAMPLE_TURN_SECONDS): NVDA's comes in a fraction of a second.
+    settings = settings_for(market, max_upstream_symbols=2, sample_turn_seconds=0.2)
+    async with run_gateway(settings) as gateway:
         first, second = await gateway.connect(), await gateway.connect()
         await first.wait_upstream_connected()
         await first.subscribe("AAPL", "MSFT")

@@ -17,8 +17,12 @@ from bench.stuck import masked_text_frame, open_never_reading_stream
 from tests.helpers import GatewayUnderTest, Market, poll_until, run_gateway, settings_for, trade
 
 STALLED_FROM = "127.0.0.3"
-TRADES_PER_SECOND = 20  # an ordinary rate: a few KB/s to each client
-REAPED_WITHIN = 10.0  # seconds: the 4 KiB buffer fills in a few, then about 1.75 timeouts
+# SLOW_CONSUMER_TIMEOUT in milliseconds' scale (the watch samples it, server/progress.py:
+# the same rule at any timeout), and the trade rate scaled with it so the buffers fill
+# in as many timeouts as at 20 a second and a 1 s timeout.
+SLOW_CONSUMER_TIMEOUT = 0.25
+TRADES_PER_SECOND = 80  # still an ordinary rate: several KB/s to each client
+REAPED_WITHIN = 10.0  # seconds: a bound only; the 4 KiB buffer fills, then ~1.75 timeouts
 
 
 async def stalled_stream(gateway: GatewayUnderTest, port: int) -> socket.socket:
@@ -65,7 +69,9 @@ async def reader_events(session: aiohttp.ClientSession, url: str) -> AsyncGenera
 async def test_a_client_that_stops_reading_is_ended_at_an_ordinary_rate(
     market: Market, open_stalled: Opener
 ) -> None:
-    settings = settings_for(market, slow_consumer_timeout=1.0, max_connections_per_address=1)
+    settings = settings_for(
+        market, slow_consumer_timeout=SLOW_CONSUMER_TIMEOUT, max_connections_per_address=1
+    )
     async with run_gateway(settings) as gateway:
         port = int(gateway.base_url.rsplit(":", 1)[1])
         trades = asyncio.create_task(pump(market))
@@ -87,7 +93,7 @@ async def test_a_client_that_stops_reading_is_ended_at_an_ordinary_rate(
                     assert response.status == 200
             # The reader was never taken for stalled: its stream goes on.
             async with asyncio.timeout(5):
-                for _ in range(3 * TRADES_PER_SECOND):  # 3 s of trades, 3 timeouts
+                for _ in range(round(3 * SLOW_CONSUMER_TIMEOUT * TRADES_PER_SECOND)):  # 3 timeouts
                     await anext(reading)
         finally:
             trades.cancel()

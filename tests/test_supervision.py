@@ -5,12 +5,14 @@ part that crash-loops stays named between its crashes until it has run long enou
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Any, cast
 
 import pytest
 
 from hub import UpdateBatch
+from stock_gateway import wiring
 from stock_gateway.runtime.backoff import Backoff
 from stock_gateway.runtime.supervisor import CRASH_LOOP_AFTER, Restarts, Supervisor
 from tests.helpers import GatewayUnderTest, Market, poll_until, run_gateway, settings_for, trade
@@ -88,14 +90,17 @@ async def test_a_part_that_returns_is_restarted_and_exit_cancels_every_part() ->
 
 
 async def test_a_crash_looping_part_stays_down_while_it_runs_between_crashes(
-    market: Market,
+    market: Market, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Restarts after 5-10 ms, doubling: the wiring's supervisor is made with that
+    # delay (each part's backoff is fixed when the part starts, so setting it later
+    # would not reach the broadcaster's).
+    monkeypatch.setattr(wiring, "Supervisor", functools.partial(Supervisor, initial_delay=0.01))
     async with run_gateway(settings_for(market)) as gateway:
         client = await gateway.connect()
         await client.subscribe("AAPL")
         await market.simulator.wait_for(lambda: "AAPL" in market.simulator.subscribed_symbols())
         supervisor = gateway.gateway.running.supervisor
-        supervisor.initial_delay = 0.01
         for crash in range(1, CRASH_LOOP_AFTER + 1):
             await gateway.gateway.running.hub.publish(cast(UpdateBatch, object()))
 
