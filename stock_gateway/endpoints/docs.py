@@ -6,6 +6,7 @@ Everything is HTML-escaped; `backticks` become inline code and nothing else is m
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import re
@@ -38,9 +39,12 @@ h2 { margin-top: 2rem; border-bottom: 1px solid #e5e7eb; }
 """
 
 
+@functools.cache
 def load_asyncapi() -> dict[str, Any]:
-    # libyaml's safe loader where PyYAML was built with it: the pure-Python one took a
-    # third of a second of every app's start.
+    """The protocol's description, read once per process (every app built in it, tests'
+    too, renders /docs from it): one shared document, so callers copy before changing.
+    libyaml's safe loader where PyYAML was built with it: the pure-Python one took a
+    third of a second of every app's start."""
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     document: dict[str, Any] = yaml.load(ASYNCAPI.read_text(encoding="utf-8"), Loader=loader)
     return document
