@@ -3,6 +3,7 @@ real redis-server. The helpers they use are in tests/helpers.py."""
 
 from __future__ import annotations
 
+import re
 import tempfile
 import uuid
 import warnings
@@ -34,6 +35,21 @@ pytest_plugins = ["tests.tier_durations"]
 # xdist they share one group, so no two of them ever run at once (each spawns its own
 # CPU-hungry attackers); see docs/testing.md.
 TIMING_MODULES = ("test_abuse_", "test_bench_smoke")
+
+
+# A module marked slow as a whole (`pytestmark = ... slow ...` at its top level).
+_WHOLLY_SLOW = re.compile(r"^pytestmark = .*\bslow\b", re.MULTILINE)
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """The fast tier (`-m "not slow"`) does not even import a module that is slow as a
+    whole: every test in it would be deselected, and importing them (hypothesis,
+    the browser's and the cluster's helpers) cost each worker seconds."""
+    if config.getoption("markexpr") != "not slow" or not collection_path.name.startswith("test_"):
+        return None
+    if collection_path.suffix == ".py" and _WHOLLY_SLOW.search(collection_path.read_text()):
+        return True
+    return None
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

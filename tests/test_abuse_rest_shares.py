@@ -30,6 +30,7 @@ async def quotes_for(client: Client, symbols: list[str]) -> dict[str, float]:
     return got
 
 
+@pytest.mark.slow  # REST shares spent at their real rate
 async def test_two_addresses_spending_lookups_and_forwarded_calls_leave_a_third_its_share(
     market: Market,
 ) -> None:

@@ -43,6 +43,7 @@ async def test_one_address_cannot_fill_the_upstream_cap(market: Market) -> None:
         assert (await hog.subscribe("AAPL"))["symbols"] == ["AAPL"]
 
 
+@pytest.mark.slow  # fair shares settling over linger and replanning
 async def test_two_cooperating_addresses_hold_no_more_than_their_two_shares(
     market: Market,
 ) -> None:

@@ -25,6 +25,7 @@ from tests.helpers import (
 )
 
 
+@pytest.mark.slow  # a handshake timeout and a retry
 async def test_an_upstream_that_accepts_and_never_answers_is_retried() -> None:
     accepted = 0
     held: list[asyncio.StreamWriter] = []

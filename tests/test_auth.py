@@ -117,6 +117,7 @@ async def test_bad_tokens_get_auth_failed_then_4003_and_401_at_the_handshake(
         assert refusals["auth_expired"] == 2 and refusals["auth_invalid"] == 4
 
 
+@pytest.mark.slow  # the first message's deadline
 async def test_nothing_is_served_before_the_token_and_silence_times_out(
     market: Market,
 ) -> None:

@@ -166,6 +166,7 @@ async def test_a_bar_open_while_finnhub_drops_the_connection_says_so(
     assert candles["gap"][candles["t"].index(whole // 1000)] is False
 
 
+@pytest.mark.slow  # two gateways in turn over real 1 s bars
 async def test_a_bar_left_open_by_a_stopped_gateway_comes_back_as_a_gap(
     tmp_path: Path, market: Market
 ) -> None:

@@ -134,6 +134,7 @@ def under_a_file(data: Path) -> None:  # its directory cannot be made
     data.write_bytes(b"")
 
 
+@pytest.mark.slow  # a gateway process started to fail
 @pytest.mark.parametrize("spoil", [a_directory, under_a_file])
 async def test_an_unwritable_store_fails_start_up_naming_the_setting(
     tmp_path: Path, market: Market, spoil: Callable[[Path], None]
@@ -260,6 +261,7 @@ async def test_partial_bars_merge_into_sqlite(tmp_path: Path) -> None:
         await store.close()
 
 
+@pytest.mark.slow  # real 1 s bars closing
 async def test_a_late_trade_older_than_the_history_held_revises_the_stored_bar(
     tmp_path: Path, market: Market
 ) -> None:

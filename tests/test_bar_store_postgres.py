@@ -21,6 +21,7 @@ from tests.helpers import Market, poll_until, run_gateway, settings_for
 MINUTE, DAY = 60_000, 86_400_000
 
 
+@pytest.mark.slow  # two gateways in turn on a real PostgreSQL
 async def test_bars_outlive_the_gateway_in_postgresql(market: Market, postgres: str) -> None:
     settings = settings_for(market, bar_store_url=postgres)
     sent = now_ms()
@@ -65,6 +66,7 @@ async def test_retention_in_postgresql(postgres: str) -> None:
         await store.close()
 
 
+@pytest.mark.slow  # a real PostgreSQL's writes over bar boundaries
 async def test_partial_bars_merge_into_postgresql(postgres: str) -> None:
     store = PostgresStore(postgres)
     await store.open()

@@ -213,6 +213,7 @@ async def test_a_sqlite_file_locked_by_another_process_never_stalls_prices(
         await assert_prices_flow_while_new_symbols_load(gateway, market, locked(path))
 
 
+@pytest.mark.slow  # a 200,000-bar backlog retried in chunks
 async def test_a_failing_retry_of_a_full_backlog_holds_the_loop_briefly(tmp_path: Path) -> None:
     store = SqliteStore(str(tmp_path / "bars.sqlite3"))
     await store.open()
@@ -247,6 +248,7 @@ async def test_a_failing_retry_of_a_full_backlog_holds_the_loop_briefly(tmp_path
     assert longest < LOOP_STALL_BOUND
 
 
+@pytest.mark.slow  # a gateway started on a damaged store, then repaired
 async def test_a_corrupt_sqlite_file_starts_the_gateway_degraded_naming_the_repair(
     tmp_path: Path, market: Market
 ) -> None:

@@ -32,6 +32,7 @@ async def next_bar(client: Client, *, final: bool, timeout: float = 5.0) -> dict
                 return message
 
 
+@pytest.mark.slow  # real seconds of 1 s bars on the wall clock
 async def test_history_then_live_then_final_on_the_clock(
     market: Market, gateway: GatewayUnderTest
 ) -> None:

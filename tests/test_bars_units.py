@@ -151,6 +151,7 @@ def test_grace_is_at_most_one_second() -> None:
         make_book(grace=1.5)
 
 
+@pytest.mark.slow  # measures the memory of thousands of series
 def test_memory_per_symbol_is_bounded() -> None:
     """A full history in all three intervals stays within a fixed budget per symbol."""
     book = make_book(history=240)

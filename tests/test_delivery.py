@@ -69,6 +69,7 @@ async def subscribed(
     return client
 
 
+@pytest.mark.slow  # real throttle intervals between frames
 async def test_throttle_spaces_updates_and_ends_on_the_newest(
     market: Market, gateway: GatewayUnderTest
 ) -> None:
@@ -96,6 +97,7 @@ async def test_throttle_spaces_updates_and_ends_on_the_newest(
     assert got == sorted(got)  # never reordered
 
 
+@pytest.mark.slow  # real batch intervals
 async def test_batches_keep_every_update_in_order_in_few_frames(
     market: Market, gateway: GatewayUnderTest
 ) -> None:
@@ -124,6 +126,7 @@ async def test_batches_keep_every_update_in_order_in_few_frames(
     assert statistics.median(gaps) >= 0.095, gaps
 
 
+@pytest.mark.slow  # real batch intervals
 @pytest.mark.parametrize("throttle_ms", [0, 50])
 async def test_a_batched_client_gets_at_most_one_frame_per_interval(
     market: Market, gateway: GatewayUnderTest, throttle_ms: int
@@ -161,6 +164,7 @@ async def test_a_batched_client_gets_at_most_one_frame_per_interval(
             assert len(names) == len(set(names))  # the throttle still keeps one per symbol
 
 
+@pytest.mark.slow  # real batch and throttle intervals
 async def test_batch_and_throttle_send_the_newest_per_symbol(
     market: Market, gateway: GatewayUnderTest
 ) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import aiohttp
+import pytest
 
 from tests.finnhub_dialect import finnhub_url, market_known
 from tests.helpers import Market, run_gateway, settings_for, trade
@@ -29,6 +30,7 @@ async def _until_trade(ws: aiohttp.ClientWebSocketResponse) -> list[dict[str, An
     return got
 
 
+@pytest.mark.slow  # a reconnection and a session change on the real clock
 async def test_a_finnhub_client_gets_nothing_but_finnhubs_messages(market: Market) -> None:
     simulator = market.simulator
     simulator.session = "closed"

@@ -59,6 +59,7 @@ def calls_to(market: Market, path: str) -> int:
     return sum(1 for _, called, _, _ in market.simulator.rest_calls.log if called == path)
 
 
+@pytest.mark.slow  # the third-party client's blocking calls in a thread
 async def test_finnhubs_python_client_reads_quotes_status_profile_news_and_candles(
     market: Market,
 ) -> None:
@@ -125,6 +126,7 @@ async def test_finnhubs_python_client_reads_quotes_status_profile_news_and_candl
         assert calls_to(market, "/stock/candle") == 0
 
 
+@pytest.mark.slow  # a slow upstream answer held while thirty requests wait
 async def test_thirty_identical_profile_requests_make_one_upstream_call(market: Market) -> None:
     async with run_gateway(mirror(market)) as gateway:
         clients = [finnhub_client(gateway) for _ in range(30)]  # one session per thread

@@ -45,6 +45,7 @@ async def change_of(market: Market, client: Client, symbol: str, price: float) -
     return change
 
 
+@pytest.mark.slow  # a session change's paced refreshes
 async def test_a_session_change_refreshes_a_stale_previous_close(market: Market) -> None:
     simulator = market.simulator
     simulator.session = "closed"

@@ -42,6 +42,7 @@ async def carried(market: Market, symbol: str) -> None:
     await market.simulator.wait_for(lambda: symbol in market.simulator.subscribed_symbols())
 
 
+@pytest.mark.slow  # waits out a bar's second to see nothing came
 async def test_a_volume_at_the_float_limit_reaches_no_client_and_no_bar(
     market: Market, gateway: GatewayUnderTest
 ) -> None:

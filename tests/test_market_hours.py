@@ -109,6 +109,7 @@ async def test_get_quote_over_http(market: Market) -> None:
         assert market.simulator.rest_calls.of("/quote", "AAPL") == 1  # the second was cached
 
 
+@pytest.mark.slow  # the market status poll's interval
 async def test_the_market_session_on_connect_and_on_change(market: Market) -> None:
     market.simulator.session = "pre-market"
     async with run_gateway(with_quotes(market, market_status_interval=0.5)) as gateway:
@@ -253,6 +254,7 @@ async def test_one_address_cannot_spend_the_budget_for_everyone(market: Market) 
         assert market.simulator.rest_calls.of("/quote") == 6
 
 
+@pytest.mark.slow  # QUOTE_WAIT on the real clock
 async def test_quote_wait_bounds_a_slow_finnhub() -> None:
     async def slow_quote(request: web.Request) -> web.Response:
         await asyncio.sleep(5)

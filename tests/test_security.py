@@ -142,6 +142,7 @@ async def test_symbols_per_client_cap(market: Market) -> None:
         assert (await client.subscribe("D"))["symbols"] == ["D"]
 
 
+@pytest.mark.slow  # sampled turns on the real clock
 async def test_distinct_upstream_symbol_cap(market: Market) -> None:
     """Past MAX_UPSTREAM_SYMBOLS nothing is refused any more (it was `symbol_limit`): the
     third symbol is served by turns on the socket, which never carries more than two."""
@@ -186,6 +187,7 @@ async def test_rate_limit_then_1008(market: Market) -> None:
                 assert message.type is aiohttp.WSMsgType.TEXT
 
 
+@pytest.mark.slow  # a request rate measured over real time
 async def test_plain_http_requests_are_paced_per_address(market: Market) -> None:
     settings = settings_for(
         market,
@@ -242,6 +244,7 @@ async def test_max_clients_closes_the_extra_one_with_1013(market: Market) -> Non
         assert not second.ws.closed
 
 
+@pytest.mark.slow  # heartbeat intervals
 async def test_heartbeat_drops_a_client_that_stopped_answering(market: Market) -> None:
     settings = settings_for(market, heartbeat_interval=0.2, heartbeat_timeout=0.2)
     async with run_gateway(settings) as gateway:

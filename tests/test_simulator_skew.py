@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import aiohttp
 import orjson
+import pytest
 
 from stock_gateway.simulator.market import MarketSimulator, serve
 
 UNIVERSE = tuple(f"S{rank:02d}" for rank in range(1, 21))  # most traded first
 
 
+@pytest.mark.slow  # a market trading for long enough to count ranks
 async def test_a_zipf_market_trades_every_symbol_at_its_rank_and_carries_at_most_the_cap() -> None:
     # A busy market, so rank 1's 300 trades (the counts compared below) come in ~0.5 s.
     simulator = MarketSimulator(

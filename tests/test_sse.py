@@ -68,6 +68,7 @@ async def test_batched_and_throttled_streams(market: Market, gateway: GatewayUnd
             batch = await stream.expect("price_updates")
 
 
+@pytest.mark.slow  # keep-alive intervals on the real clock
 async def test_a_quiet_stream_gets_keep_alive_comments(market: Market) -> None:
     settings = settings_for(market, heartbeat_interval=0.2)
     async with run_gateway(settings) as gateway, opened(gateway, "symbols=AAPL") as stream:
@@ -111,6 +112,7 @@ async def test_streams_obey_the_same_limits(market: Market) -> None:
 SEND_BUFFER = 4096
 
 
+@pytest.mark.slow  # a stalled stream cut at its real deadlines
 @pytest.mark.parametrize("ended_by", ["write_deadline", "eviction"])
 async def test_a_stream_that_stops_reading_is_cut_and_releases_everything(
     market: Market, monkeypatch: pytest.MonkeyPatch, ended_by: str

@@ -65,6 +65,7 @@ async def reader_events(session: aiohttp.ClientSession, url: str) -> AsyncGenera
                 yield line
 
 
+@pytest.mark.slow  # three stall timeouts of reading on every surface
 @pytest.mark.parametrize("open_stalled", [stalled_stream, stalled_ws, stalled_finnhub])
 async def test_a_client_that_stops_reading_is_ended_at_an_ordinary_rate(
     market: Market, open_stalled: Opener

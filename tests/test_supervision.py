@@ -24,6 +24,7 @@ async def health_response(gateway: GatewayUnderTest) -> tuple[int, dict[str, Any
         return response.status, body
 
 
+@pytest.mark.slow  # a restart's backoff
 async def test_a_crashed_broadcaster_degrades_health_then_is_restarted(
     market: Market, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -47,6 +47,7 @@ def assert_socket_within_cap(market: Market) -> None:
     assert market.simulator.refused_over_cap == 0
 
 
+@pytest.mark.slow  # sampled turns and polls on the real clock
 async def test_ws_every_symbol_past_the_cap_is_served_and_priced(busy_market: Market) -> None:
     async with planned(busy_market) as gateway:
         client = await gateway.connect()
@@ -72,6 +73,7 @@ async def test_ws_every_symbol_past_the_cap_is_served_and_priced(busy_market: Ma
         assert_socket_within_cap(busy_market)
 
 
+@pytest.mark.slow  # the linger before a slot is given back
 async def test_a_symbol_fifty_clients_follow_goes_live_and_gives_its_slot_back(
     busy_market: Market,
 ) -> None:
@@ -117,6 +119,7 @@ async def test_stream_carries_the_feed_field_and_messages(busy_market: Market) -
         assert_socket_within_cap(busy_market)
 
 
+@pytest.mark.slow  # sampled turns on the real clock
 async def test_finnhub_dialect_gets_sampled_trades_and_nothing_invented(
     busy_market: Market,
 ) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from stock_gateway.simulator.market import MarketSimulator, serve
 from tests.helpers import TEST_KEY, Market, run_gateway, settings_for
 
@@ -17,6 +19,7 @@ SYMBOLS = [f"POL{i}" for i in range(8)]
 REST_RATE = 600
 
 
+@pytest.mark.slow  # polls paced at the REST rate
 async def test_a_polled_symbols_subscriber_gets_fresh_polled_quotes_within_the_rest_rate() -> None:
     simulator = MarketSimulator(
         rate=40, token=TEST_KEY, max_symbols=2, tick=0.05, rest_rate=REST_RATE,
