@@ -4,7 +4,7 @@ address, and the measures that judge an attack: the bystander's update rate with
 without it, its median latency (trade stamped to update read) and longest wait between
 two updates during it, `/health` latency throughout, and the gateway's RSS.
 
-Used by tests/test_abuse_*.py (short attacks, asserted) and by `python -m bench
+Used by tests/abuse/test_abuse_*.py (short attacks, asserted) and by `python -m bench
 --scenario abuse` (longer attacks, reported in BENCHMARKS.md). Loopback only; every
 wait is bounded.
 """

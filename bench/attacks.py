@@ -3,7 +3,7 @@
 Each attack is a coroutine over raw sockets (or aiohttp where a real client library is
 the point), bound to a chosen local address (127.0.0.x emulates distinct clients), and
 bounded in time or count. They report what the server did (a status, a close code,
-how long it took); judging that is the caller's job (tests/test_abuse_*.py and
+how long it took); judging that is the caller's job (tests/abuse/test_abuse_*.py and
 `python -m bench --scenario abuse`).
 """
 

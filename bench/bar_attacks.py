@@ -10,7 +10,7 @@
 The histories come from `carried_with_history`: a reading client on another address
 holds the symbols, and the scripted Finnhub sends trades stamped over the last minutes,
 so every 1s series is full. Each attack reports what it saw; judging it is the
-caller's job (tests/test_abuse_bars.py). `python -m bench.bar_attacks ATTACK COUNT
+caller's job (tests/abuse/test_abuse_bars.py). `python -m bench.bar_attacks ATTACK COUNT
 SECONDS` runs one against a fresh gateway and prints the rig's measure as JSON (the
 figures in BENCHMARKS.md, "Bar histories and batches under attack").
 """

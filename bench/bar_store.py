@@ -49,7 +49,7 @@ from bench.config import Config
 from bench.measure import collect, measure
 from bench.processes import CLOCK_TICKS, Stack, cpu_seconds, load, pin, stack
 from stock_gateway.bars.sqlite_store import AGE_INDEX
-from tests.postgres_server import PostgresServer, postgres_bin
+from tests.support.postgres_server import PostgresServer, postgres_bin
 
 STORES = ("memory", "sqlite", "postgresql")
 NO_POSTGRES = "NO POSTGRESQL SERVER BINARIES: the postgresql row is SKIPPED"
@@ -165,7 +165,7 @@ async def one_run(
 
 
 async def _postgres(root: Path, resources: AsyncExitStack) -> tuple[str, int] | None:
-    """A throw-away PostgreSQL server (tests/postgres_server.py) on the load's core: its
+    """A throw-away PostgreSQL server (tests/support/postgres_server.py) on the load's core: its
     URL and its postmaster's pid; None, loudly, without PostgreSQL's binaries."""
     if postgres_bin() is None:
         warnings.warn(NO_POSTGRES, stacklevel=1)

@@ -20,7 +20,7 @@ import uvicorn
 from gateway import create_app, uvicorn_options
 from stock_gateway.settings import Settings
 from stock_gateway.simulator.market import MarketSimulator, rest_url, serve
-from tests.helpers import free_port
+from tests.support.helpers import free_port
 
 CLIENTS = """
 import asyncio, sys, aiohttp, orjson

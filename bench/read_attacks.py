@@ -1,6 +1,6 @@
 """Attacks on what a client can make the gateway read and keep over HTTP: long bar
 histories read back to back from many addresses (GET /bars, Finnhub's candle endpoint),
-against a store filled beforehand. Used by tests/test_abuse_bar_reads.py and
+against a store filled beforehand. Used by tests/abuse/test_abuse_bar_reads.py and
 `python -m bench --scenario abuse`."""
 
 from __future__ import annotations

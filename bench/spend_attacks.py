@@ -2,7 +2,7 @@
 the key's REST budget (one-off quote lookups and forwarded /api/v1 calls) while a third
 subscribes to symbols that need a quote, and one address rotating through new symbols
 so the store records ever more of them. With the history reads of
-bench/read_attacks.py, each on a rig of its own; used by tests/test_abuse_*.py and
+bench/read_attacks.py, each on a rig of its own; used by tests/abuse/test_abuse_*.py and
 `python -m bench --scenario abuse`."""
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ SYMBOL_RULE = (
 
 
 # Every error code the server can send (asyncapi.yaml and docs/protocol.md document each;
-# tests/test_docs.py holds all three in agreement).
+# tests/project/test_docs.py holds all three in agreement).
 ErrorCode = Literal[
     "invalid_json",
     "invalid_message",
@@ -78,7 +78,7 @@ CLOSE_CODES = (
 
 # Every message type the server sends -> its schema in asyncapi.yaml (a Frame's `kind`).
 # A new message type is a builder below, a row here and a schema there;
-# tests/test_contract.py holds the three together.
+# tests/protocol/test_contract.py holds the three together.
 MESSAGE_SCHEMAS = {
     "connection": "Connection",
     "status": "Status",

@@ -1,5 +1,5 @@
 """Fixtures: the simulator as a scripted Finnhub, the gateway on it under uvicorn, and a
-real redis-server. The helpers they use are in tests/helpers.py."""
+real redis-server. The helpers they use are in tests/support/helpers.py."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 from stock_gateway.simulator.market import MarketSimulator, serve
-from tests.helpers import (
+from tests.support.helpers import (
     PROJECT,
     REDIS_SERVER,
     TEST_KEY,
@@ -25,10 +25,10 @@ from tests.helpers import (
     run_gateway,
     settings_for,
 )
-from tests.postgres_server import PostgresServer, postgres_bin
+from tests.support.postgres_server import PostgresServer, postgres_bin
 
-# The tiers' documented durations, checked under CI (tests/tier_durations.py).
-pytest_plugins = ["tests.tier_durations"]
+# The tiers' documented durations, checked under CI (tests/support/tier_durations.py).
+pytest_plugins = ["tests.support.tier_durations"]
 
 
 # Tests that assert rates, latencies or memory while the gateway is under attack: under

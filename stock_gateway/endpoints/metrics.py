@@ -5,7 +5,7 @@ run many.
 
 Every metric is declared once in `METRICS` (name and help text); the collector can only
 emit names from it, and /docs and docs/operations.md must list the same names
-(tests/test_docs.py).
+(tests/project/test_docs.py).
 
 This module must never export anything that could carry the API key or a client token.
 """

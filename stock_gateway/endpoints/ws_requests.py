@@ -2,7 +2,7 @@
 action -> parser of its JSON) and what it does (`WsRequests`: action -> handler).
 
 A new client action is one parser here, one handler here, and its schema in
-asyncapi.yaml (tests/test_contract.py holds them together). `auth` is read here but
+asyncapi.yaml (tests/protocol/test_contract.py holds them together). `auth` is read here but
 handled by the session (endpoints/ws_session.py), which owns the connection's token
 and may close the socket. Handlers only call the hub and the bar delivery; they never
 write to a socket themselves.

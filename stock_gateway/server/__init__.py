@@ -1,4 +1,4 @@
 """Everything that touches uvicorn's internals: our HTTP and WebSocket protocol
 classes, the fast path, and the limits below the app. Pinned in setup.cfg and guarded
-by tests/test_server_protocol.py.
+by tests/server/test_server_protocol.py.
 """

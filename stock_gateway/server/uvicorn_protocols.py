@@ -24,7 +24,7 @@ For each plain HTTP request the app finds an `HttpConnection` (server/connection
 abort, send-buffer cap, queued bytes) in the ASGI scope.
 
 This package is the only place that reads uvicorn's attributes; the version range it was
-written against is pinned in setup.cfg and tests/test_server_protocol.py fails loudly
+written against is pinned in setup.cfg and tests/server/test_server_protocol.py fails loudly
 if the fast path stops engaging. It must never parse application messages.
 """
 

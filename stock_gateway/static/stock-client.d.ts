@@ -1,7 +1,7 @@
 // Types for stock-client.js, the gateway's browser client (see /docs for the protocol).
 //
 // The message types below the options are written from asyncapi.yaml, so they say what
-// the gateway sends; tests/test_typescript.py fails when either changes without the
+// the gateway sends; tests/static/test_typescript.py fails when either changes without the
 // other. Everything else here is written by hand, and a test checks that every option
 // and method of stock-client.js is declared.
 
@@ -109,7 +109,7 @@ export declare class StockClient {
   private setStatus;
 }
 
-// ---- BEGIN messages: from asyncapi.yaml by `./dev python -m tests.protocol_types`
+// ---- BEGIN messages: from asyncapi.yaml by `./dev python -m tests.support.protocol_types`
 
 /**
  * Matches ^[A-Z0-9^][A-Z0-9.:_/^ -]{0,39}$

@@ -1,4 +1,4 @@
-// The page tests/test_react_hooks.py drives: the hooks as shipped (stock_gateway/static/stock-hooks.js),
+// The page tests/static/test_react_hooks.py drives: the hooks as shipped (stock_gateway/static/stock-hooks.js),
 // bundled by esbuild with React 18 or 19 in development mode, so strict mode runs every
 // effect twice. window.harness mounts, updates and unmounts; window.sockets counts the
 // WebSockets ever opened (an init script wraps the constructor).

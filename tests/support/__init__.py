@@ -1,0 +1,1 @@
+"""What the tests share: helpers, fakes, servers the tests start, fixtures' parts."""
