@@ -124,6 +124,18 @@ class AbuseRig:
         await asyncio.sleep(seconds)
         return (self.bystander_updates - before) / (time.monotonic() - started)
 
+    async def settled(self, pause: float, within: float = 15.0) -> None:
+        """`pause` seconds for timeouts and evictions to settle, then until the
+        bystander's updates arrive fresh again (an attack's backlog drained), at most
+        `within` seconds more: the next attack's baseline starts clean."""
+        await asyncio.sleep(pause)
+        deadline, seen = time.monotonic() + within, len(self.bystander_arrivals)
+        while time.monotonic() < deadline:  # the bystander's reader has no event to await
+            fresh = self.bystander_arrivals[seen:]
+            if fresh and fresh[-1][1] < 100:
+                return
+            await asyncio.sleep(0.05)
+
     async def measure(
         self, attack: Callable[[], Coroutine[Any, Any, T]], seconds: float, baseline: float = 2.0
     ) -> tuple[Measure, T | None]:
