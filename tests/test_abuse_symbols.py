@@ -156,8 +156,9 @@ async def test_one_client_churning_fifty_symbols_cannot_churn_finnhub() -> None:
         measure, requests = await rig.measure(churn, seconds=6, baseline=1)
         upstream_frames = len(rig.simulator.received) - frames_before
         assert requests is not None and requests >= 35
-        # The churn did reach Finnhub (its first subscribes), and was damped after that.
-        assert 40 <= upstream_frames <= 200, upstream_frames
+        # The churn did reach Finnhub (its first subscribes), and was damped after that
+        # (about 53 frames; undamped, about 120 in these 5 s).
+        assert 40 <= upstream_frames <= 100, upstream_frames
         assert_absorbed(measure)
         # Once the churner is gone, the upstream ends with exactly what is wanted.
         async with asyncio.timeout(30):
