@@ -119,17 +119,44 @@ class AbuseRig:
             if line and not line.startswith("#")
         }
 
-    async def bystander_rate(self, seconds: float) -> float:
+    async def bystander_rate(
+        self, seconds: float, *, until: asyncio.Task[Any] | None = None, at_least: float = 0.0
+    ) -> float:
+        """The bystander's updates a second over `seconds`, or until `until` is done if
+        that comes first (but not before `at_least` seconds)."""
         before, started = self.bystander_updates, time.monotonic()
-        await asyncio.sleep(seconds)
+        if until is None:
+            await asyncio.sleep(seconds)
+        else:
+            await asyncio.sleep(at_least)
+            await asyncio.wait([until], timeout=max(0.0, seconds - at_least))
         return (self.bystander_updates - before) / (time.monotonic() - started)
 
+    async def settled(self, pause: float, within: float = 15.0) -> None:
+        """`pause` seconds for timeouts and evictions to settle, then until the
+        bystander's updates arrive fresh again (an attack's backlog drained), at most
+        `within` seconds more: the next attack's baseline starts clean."""
+        await asyncio.sleep(pause)
+        deadline, seen = time.monotonic() + within, len(self.bystander_arrivals)
+        while time.monotonic() < deadline:  # the bystander's reader has no event to await
+            fresh = self.bystander_arrivals[seen:]
+            if fresh and fresh[-1][1] < 100:
+                return
+            await asyncio.sleep(0.05)
+
     async def measure(
-        self, attack: Callable[[], Coroutine[Any, Any, T]], seconds: float, baseline: float = 2.0
+        self,
+        attack: Callable[[], Coroutine[Any, Any, T]],
+        seconds: float,
+        baseline: float = 1.0,
+        *,
+        ends_with_attack: float | None = None,
     ) -> tuple[Measure, T | None]:
         """The bystander's rate for `baseline` seconds, then for `seconds` while `attack`
         runs (cancelled if it is still running then), with /health probed and RSS sampled
-        throughout. Returns the measure and the attack's result (None if cancelled)."""
+        throughout; with `ends_with_attack`, the window ends when the attack does, but
+        lasts at least that many seconds. Returns the measure and the attack's result
+        (None if cancelled)."""
         rss_before = self.rss_mib()
         baseline_rate = await self.bystander_rate(baseline)
         latencies: list[float] = []
@@ -154,7 +181,12 @@ class AbuseRig:
         prober = asyncio.create_task(probe())
         arrivals_before, started = len(self.bystander_arrivals), time.monotonic()
         try:
-            attack_rate = await self.bystander_rate(seconds)
+            if ends_with_attack is None:
+                attack_rate = await self.bystander_rate(seconds)
+            else:
+                attack_rate = await self.bystander_rate(
+                    seconds, until=running, at_least=ends_with_attack
+                )
         finally:
             prober.cancel()
             if not running.done():

@@ -2,9 +2,8 @@
 one gateway process with default settings, one after the other; each row reports the
 bystander's update rate without and with the attack, its median latency and longest
 wait between two updates during it, /health's worst latency, and the gateway's RSS
-before, at its peak and after. The attacker reconnects as soon as it is
-cut, so each attack lasts the whole window.
-"""
+before, at its peak and after. The attacker reconnects as soon as it is cut, so each
+attack lasts the whole window."""
 
 from __future__ import annotations
 
@@ -115,11 +114,9 @@ async def idle_sockets(rig: AbuseRig, seconds: float) -> dict[str, Any]:
 
 
 async def connection_hog(rig: AbuseRig, seconds: float) -> dict[str, Any]:
-    sessions: list[aiohttp.ClientSession] = []
     accepted = refused = 0
     local = aiohttp.TCPConnector(local_addr=("127.0.0.220", 0), limit=0)
     session = aiohttp.ClientSession(connector=local)
-    sessions.append(session)
     sockets = []
     try:
         deadline = time.monotonic() + seconds
@@ -300,20 +297,21 @@ async def abuse(config: Config) -> list[dict[str, Any]]:
         for name, attack in ATTACKS.items():
             measure, result = await rig.measure(
                 lambda attack=attack: attack(rig, config.abuse_seconds),  # type: ignore[misc]
-                seconds=config.abuse_seconds + 1,
+                seconds=config.abuse_seconds + config.abuse_tail,
                 baseline=config.abuse_baseline,
             )
             rows.append({"attack": name, **measure.as_dict(), "attack_result": result})
-            await asyncio.sleep(config.abuse_pause)  # let timeouts and evictions settle
+            await rig.settled(config.abuse_pause)
         _, health, _ = await rig.health()
         symbols, rss = len(health["symbols"]), round(rig.rss_mib(), 1)
         rows.append({"attack": "after all", "clients": health["clients"], "symbols": symbols,
                      "rss_mib": rss})  # fmt: skip
+    own_rig = {"baseline": config.abuse_own_baseline, "tail": config.abuse_tail}
     for name, (kind, count) in BAR_ATTACKS.items():
-        measured = await measured_bar_attack(kind, count, config.abuse_seconds, {})
+        measured = await measured_bar_attack(kind, count, config.abuse_seconds, {}, **own_rig)
         rows.append({**measured, "attack": name})
     for name in OWN_RIG_ATTACKS:  # bench/spend_attacks.py: the REST budget, the store
-        rows.append(await measured_own_rig_attack(name, config.abuse_seconds))
+        rows.append(await measured_own_rig_attack(name, config.abuse_seconds, **own_rig))
     return rows
 
 

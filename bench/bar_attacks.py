@@ -220,24 +220,33 @@ async def never_reading_bar_subscribers(
 
 
 async def measured_bar_attack(
-    attack: str, count: int, seconds: float, env: dict[str, str]
+    attack: str,
+    count: int,
+    seconds: float,
+    env: dict[str, str],
+    *,
+    baseline: float = 2.0,
+    tail: float = 1.0,
 ) -> dict[str, object]:
+    """One attack on a rig of its own: the bystander's rate for `baseline` seconds, then
+    while the attack runs `seconds` and `tail` seconds past it."""
+    window = {"seconds": seconds + tail, "baseline": baseline}
     if attack == "churners":
         async with abuse_rig(env, pump_per_second=2000) as rig:
             measure, result = await rig.measure(
-                lambda: batch_churners(rig, churners=count, seconds=seconds), seconds + 1
+                lambda: batch_churners(rig, churners=count, seconds=seconds), **window
             )
     else:
         rigged = abuse_rig({**BAR_ATTACK_ENV, **env})
         async with rigged as rig, carried_with_history(rig, HISTORY_SYMBOLS):
             if attack == "flap":
                 measure, result = await rig.measure(
-                    lambda: history_flap(rig, sockets=count, seconds=seconds), seconds + 1
+                    lambda: history_flap(rig, sockets=count, seconds=seconds), **window
                 )
             else:
                 measure, result = await rig.measure(
                     lambda: never_reading_bar_subscribers(rig, clients=count, seconds=seconds),
-                    seconds + 1,
+                    **window,
                 )
     return {"attack": attack, "count": count, **measure.as_dict(), "result": result}
 

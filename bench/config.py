@@ -15,6 +15,7 @@ class Config:
     drain: float = 3.0
     connection_clients: int = 10_000
     connection_rate: float = 100.0
+    connection_symbols: int = 200  # past the upstream's subscribe burst: paced in
     slow_measure: float = 30.0
     soak_seconds: float = 600.0
     cluster_rates: tuple[float, ...] = (50, 100, 150)
@@ -56,6 +57,10 @@ class Config:
     abuse_seconds: float = 20.0
     abuse_baseline: float = 3.0
     abuse_pause: float = 12.0
+    # The measuring window runs this long past each attack (it ends with the attack's
+    # own clean-up); the attacks on a rig of their own take `abuse_own_baseline` first.
+    abuse_tail: float = 1.0
+    abuse_own_baseline: float = 2.0
     # The finnhub scenario: dashboard loads through the REST mirror (so many at once),
     # once per plan (REST calls a minute, Finnhub's and the gateway's), and the trade
     # rates at which the two dialects are compared.
@@ -74,15 +79,18 @@ class Config:
     symbols_seconds: float = 150.0
 
 
+# The smoke run proves every scenario runs and reports every figure, not the figures:
+# the shortest windows and smallest loads that still take every code path.
 QUICK = Config(
     clients=20,
     rates=(20, 40),
-    warmup=0.5,
-    measure=2.0,
-    drain=1.0,
-    connection_clients=200,
+    warmup=0.25,
+    measure=1.0,
+    drain=0.5,
+    connection_clients=100,
     connection_rate=20,
-    slow_measure=3.0,
+    connection_symbols=50,
+    slow_measure=1.0,
     soak_seconds=5.0,
     cluster_rates=(20,),
     slow_consumer_timeout=1.0,
@@ -93,12 +101,14 @@ QUICK = Config(
     store_rounds=1,
     store_price_clients=5,
     store_bar_clients=5,
-    store_measure=2.0,
+    store_measure=1.0,
     prune_symbols=1,
-    cost_seconds=5.0,
-    abuse_seconds=1.0,
-    abuse_baseline=0.5,
-    abuse_pause=0.5,
+    cost_seconds=2.0,
+    abuse_seconds=0.3,
+    abuse_baseline=0.2,
+    abuse_pause=0.1,
+    abuse_tail=0.3,
+    abuse_own_baseline=0.2,
     dashboard_loads=40,
     dashboard_concurrency=10,
     dashboard_plans=(60,),
@@ -107,5 +117,5 @@ QUICK = Config(
     symbols_clients=20,
     symbols_per_client=3,
     symbols_slots=5,
-    symbols_seconds=8.0,
+    symbols_seconds=3.0,
 )

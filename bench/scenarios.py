@@ -117,7 +117,7 @@ async def bars(config: Config, reference: Path | None) -> dict[str, Any]:
 
 
 async def connections(config: Config) -> list[dict[str, Any]]:
-    universe = [f"C{index:03d}" for index in range(200)]
+    universe = [f"C{index:03d}" for index in range(config.connection_symbols)]
     async with stack(config, {}) as running:
         baseline = rss_kib(running.gateway_pid)
         halves = (config.connection_clients + 1) // 2

@@ -163,22 +163,25 @@ def _long_rows(store: Path) -> int:
     return int(count)
 
 
-async def measured_own_rig_attack(name: str, seconds: float) -> dict[str, object]:
-    """One of OWN_RIG_ATTACKS on a rig of its own: the measure and the attack's result."""
+async def measured_own_rig_attack(
+    name: str, seconds: float, *, baseline: float = 2.0, tail: float = 1.0
+) -> dict[str, object]:
+    """One of OWN_RIG_ATTACKS on a rig of its own: the measure (the bystander's rate for
+    `baseline` seconds, then while the attack runs and `tail` seconds past it) and the
+    attack's result."""
+    window = {"seconds": seconds + tail, "baseline": baseline}
     async with AsyncExitStack() as stack:
         if name == OWN_RIG_ATTACKS[2]:
             rig = await stack.enter_async_context(rig_with_history())
             statuses: Counter[str] = Counter()
-            measure, _ = await rig.measure(
-                lambda: history_reads(rig, statuses, seconds), seconds + 1
-            )
+            measure, _ = await rig.measure(lambda: history_reads(rig, statuses, seconds), **window)
             return {"attack": name, **measure.as_dict(), "attack_result": dict(statuses)}
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="spend-attack-")))
         store = folder / "bars.sqlite3"
         rig = await stack.enter_async_context(abuse_rig({"BAR_STORE_URL": f"sqlite:///{store}"}))
         if name == OWN_RIG_ATTACKS[0]:
             measure, result = await rig.measure(
-                lambda: rest_spenders(rig.base_url, rig.ws_url, seconds), seconds + 1
+                lambda: rest_spenders(rig.base_url, rig.ws_url, seconds), **window
             )
         else:
 
@@ -188,7 +191,10 @@ async def measured_own_rig_attack(name: str, seconds: float) -> dict[str, object
                     [{"s": symbol, "p": 10.0, "t": now, "v": 1} for symbol in symbols]
                 )
 
+            # The rotation ends with its 2 s round and the recorder's last writes.
             measure, result = await rig.measure(
-                lambda: rotate_new_symbols(rig.ws_url, trade, seconds, store), seconds + 5
+                lambda: rotate_new_symbols(rig.ws_url, trade, seconds, store),
+                seconds=seconds + 4 + tail,
+                baseline=baseline,
             )
         return {"attack": name, **measure.as_dict(), "attack_result": result}

@@ -18,9 +18,9 @@ pytestmark = pytest.mark.slow
 async def test_whole_histories_read_from_ten_addresses_leave_the_bystander_its_stream() -> None:
     async with rig_with_history() as rig:
         statuses: Counter[str] = Counter()
-        measure, _ = await rig.measure(
-            lambda: history_reads(rig, statuses, seconds=8), seconds=8, baseline=2
-        )
+        # The reads are refused within the first second; 4 s of them keep the pressure
+        # on long enough to judge the bystander's stream.
+        measure, _ = await rig.measure(lambda: history_reads(rig, statuses, seconds=4), seconds=4)
         assert statuses["200"] > 0, (statuses, measure)
         assert statuses["429"] > 0 and statuses["429 without Retry-After"] == 0, statuses
         assert set(statuses) <= {"200", "429"}, statuses

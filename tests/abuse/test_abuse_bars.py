@@ -29,28 +29,28 @@ UNREAD_OUTPUT = 'gateway_refusals_total{reason="unread_output"}'
 
 async def test_flapping_full_histories_cost_their_bytes_not_the_gateways_cpu() -> None:
     # 40 sockets alternating subscribe_bars / unsubscribe_bars of 50 full 1s histories
-    # (~0.9 MB a subscribe) 9 times a second: ~450 MB in 5 s, a whole core, without
+    # (~0.9 MB a subscribe) 9 times a second: ~270 MB in 3 s, a whole core, without
     # the budget; the bystander fell from ~100 to ~2 updates a second.
     async with abuse_rig(BAR_ATTACK_ENV) as rig, carried_with_history(rig, HISTORY_SYMBOLS):
         measure, result = await rig.measure(
-            lambda: history_flap(rig, sockets=40, seconds=5), seconds=6
+            lambda: history_flap(rig, sockets=40, seconds=3), seconds=4
         )
         assert_absorbed(measure)
         assert result is not None and result["refused"] > 0
         # What the address may be sent: its minute's allowance, plus what refilled.
         allowance = Settings().history_bytes_per_address
-        assert result["bytes_received"] < allowance * (1 + 7 / 60) + 2**20
+        assert result["bytes_received"] < allowance * (1 + 5 / 60) + 2**20
 
 
 async def test_never_reading_clients_moving_between_long_batches_hold_bounded_memory() -> None:
     # Each move handed the client its old group's whole pending batch, encoded anew: with
-    # batch_ms=60000 on 2000 updates a second, +300 MB in 5 s, never given back.
+    # batch_ms=60000 on 2000 updates a second, +180 MB in 3 s, never given back.
     async with abuse_rig(pump_per_second=2000) as rig:
         measure, result = await rig.measure(
-            lambda: batch_churners(rig, churners=20, seconds=5), seconds=6
+            lambda: batch_churners(rig, churners=20, seconds=3), seconds=4
         )
         assert_absorbed(measure, rss_growth_mib=50)
-        assert result is not None and result["toggles"] > 500
+        assert result is not None and result["toggles"] > 300  # 540 at 9 a second each
 
 
 async def test_one_history_bigger_than_a_client_may_leave_unread_cuts_it_at_once() -> None:

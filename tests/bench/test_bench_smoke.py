@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from bench.abuse_runs import ATTACKS, BAR_ATTACKS
+from bench.config import QUICK
 from bench.spend_attacks import OWN_RIG_ATTACKS
 from tests.support.postgres_server import postgres_bin
 
@@ -42,7 +43,7 @@ async def test_quick_benchmark_runs_every_scenario(tmp_path: Path) -> None:
     assert steps and all(step["deliveries_per_s"] > 0 for step in steps)
     assert all(step["reordered"] == 0 for step in steps)
     assert results["asgi"]["steps"]
-    assert results["connections"][0]["connected_clients"] == 200
+    assert results["connections"][0]["connected_clients"] == QUICK.connection_clients
     assert [row["clients"] for row in results["slow"]] == [20, 20]
     assert b"deliv/s" in output
 
