@@ -30,7 +30,7 @@ def tier_of(config: pytest.Config) -> str | None:
     """Which whole tier this run is, or None when it ran a selection of it."""
     if config.args_source != pytest.Config.ArgsSource.TESTPATHS:
         return None
-    if config.option.keyword or config.option.deselect or config.option.lf:
+    if config.option.keyword or config.option.deselect or getattr(config.option, "lf", False):
         return None
     return MARKS.get(config.option.markexpr.strip())
 
