@@ -1,14 +1,17 @@
 """Who may spend how much of the key's REST budget: the policy's arithmetic, in one place.
 
 The gateway makes `usable_rate(FINNHUB_REST_RATE)` calls a minute (the plan less a
-margin for anything else using the key). Of those, in any 60 s:
+margin for anything else using the key; "a minute" of the plan is its window,
+`FINNHUB_REST_WINDOW` seconds, which the budget and the shares' windows and spacings
+span). Of those, in any such window:
 
 - **one-off lookups** (`GET /quote` of a symbol nobody subscribes to) spend at most
   `QUOTE_LOOKUP_SHARE` of them;
 - **forwarded calls** (the REST mirror, `GET /api/v1/...`) at most `FINNHUB_REST_SHARE`,
   and one address (or user) at most a `FAIR_ADDRESSES`-th of that (or its
-  `FINNHUB_REST_REQUESTS_PER_ADDRESS`, if smaller): two busy addresses can never leave
-  a third none;
+  `FINNHUB_REST_REQUESTS_PER_ADDRESS`, if smaller; an address's allowance counts a
+  clock's minute, so a window shorter than that only makes it stricter): two busy
+  addresses can never leave a third none;
 - **the rest is reserved** (at least `QUOTE_SUBSCRIBER_SHARE`: settings.py refuses
   shares that add up to more than the whole) for what neither may take: the quotes of
   symbols clients hold (a subscriber's quote, a refresh at a session change) and the

@@ -76,6 +76,9 @@ class Settings:
     rest_enabled: bool = setting(True)  # false: no REST calls, no quotes, no market status
     finnhub_rest_url: str = setting("https://finnhub.io/api/v1")
     finnhub_rest_rate: int = setting(60, minimum=1)  # calls per minute: the plan's limit
+    # The plan's window: FINNHUB_REST_RATE calls in any this many seconds (Finnhub counts
+    # a minute; tests shorten it so windows pass in seconds).
+    finnhub_rest_window: float = setting(60.0, minimum=1)
     quote_ttl: float = setting(60.0, minimum=0)  # seconds a quote is served from the cache
     quote_wait: float = setting(10.0, minimum=0.1)  # seconds a client waits at most
     quote_requests_per_address: float = setting(20.0, minimum=1)  # quote fetches/min

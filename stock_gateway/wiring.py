@@ -132,10 +132,13 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
     # The provider's REST calls within the key's budget (shared through Redis on a
     # cluster), a margin under the plan.
     shares = rest_shares(settings)  # who may spend how much of it
+    window = settings.finnhub_rest_window  # the plan's minute: the span of every share
     budget: CallBudget = (
-        SlidingWindowBudget(shares.usable, slack=WINDOW_SLACK)
+        SlidingWindowBudget(shares.usable, window, slack=WINDOW_SLACK)
         if link is None
-        else RedisBudget(link.client, link.key("rest-calls"), shares.usable, slack=WINDOW_SLACK)
+        else RedisBudget(
+            link.client, link.key("rest-calls"), shares.usable, window, slack=WINDOW_SLACK
+        )
     )
     socket, rest = await _finnhub(settings, stack, budget)
     source: QuoteSource = (
@@ -155,6 +158,7 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
         ttl=settings.quote_ttl,
         wait=settings.quote_wait,
         unknown_ttl=settings.quote_unknown_ttl,
+        window=window,
         lookups_per_minute=shares.lookups,
         refreshes_per_minute=shares.refreshes,
         polls_per_minute=shares.polls,
@@ -172,6 +176,7 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
         Allowances.per_minute(shares.forwarded_per_address),
         allowed=settings.finnhub_rest_allow,
         wait=settings.finnhub_rest_wait,
+        window=window,
         calls_per_minute=shares.forwarded,
     )
     stack.push_async_callback(rest_mirror.aclose)  # before the REST client closes

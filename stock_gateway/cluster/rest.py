@@ -3,12 +3,12 @@ process of a cluster.
 
 The budget belongs to the key, so with `REDIS_URL` it is kept in Redis: `RedisBudget`
 is a sliding-window log in a sorted set, checked and extended by one Lua script on
-Redis's own clock, so no 60-second window holds more calls than `FINNHUB_REST_RATE`
-whichever processes make them, across failovers too (with the same margin and slack
-as one process's window: market_data/rest_budget.py). Any process may call Finnhub
-(a Redis-side limiter rather than leader-only fetching: a follower's client gets its
-quote without a round trip through the leader, and a new leader inherits the window
-instead of starting a fresh one).
+Redis's own clock, so no window (`FINNHUB_REST_WINDOW`, a minute) holds more calls
+than `FINNHUB_REST_RATE` whichever processes make them, across failovers too (with the
+same margin and slack as one process's window: market_data/rest_budget.py). Any
+process may call Finnhub (a Redis-side limiter rather than leader-only fetching: a
+follower's client gets its quote without a round trip through the leader, and a new
+leader inherits the window instead of starting a fresh one).
 
 `ClusterQuoteSource` serves quotes from `{prefix}:quote:{symbol}` (expiring after
 `QUOTE_TTL`, or `QUOTE_UNKNOWN_TTL` for "no quote"); on a miss one process wins
@@ -42,13 +42,12 @@ from redis.exceptions import RedisError
 from stock_gateway.market_data.model import Quote
 from stock_gateway.market_data.provider import UpstreamUnavailable
 from stock_gateway.market_data.quotes import QuoteSource
-from stock_gateway.market_data.rest_budget import MINUTE
 from stock_gateway.runtime.logs import get_logger
 
 logger = get_logger(__name__)
 
-# KEYS[1] the call log; ARGV: limit per minute, limit per second, a unique member, the
-# minute's length in ms (60 s and the slack). Returns 0 (a slot was taken) or the
+# KEYS[1] the call log; ARGV: limit per window, limit per second, a unique member, the
+# window's length in ms (FINNHUB_REST_WINDOW and the slack). Returns 0 (a slot was taken) or the
 # milliseconds until one frees.
 TAKE_SLOT = """
 local now = redis.call('TIME')
@@ -111,12 +110,13 @@ class RedisBudget:
         client: Callable[[], redis.Redis],
         key: str,
         per_minute: int,
+        window: float,
         per_second: int = 30,
         *,
         slack: float = 0.0,
     ) -> None:
         self._client = client  # the cluster's current connection (it is remade on restart)
-        self._span_ms = int((MINUTE + slack) * 1000)
+        self._span_ms = int((window + slack) * 1000)
         self._key = key
         self.per_minute = per_minute
         self._per_second = per_second

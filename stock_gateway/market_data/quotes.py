@@ -50,7 +50,6 @@ from typing import Protocol
 from stock_gateway.market_data.model import Quote
 from stock_gateway.market_data.provider import UpstreamUnavailable
 from stock_gateway.market_data.quote_cache import QuoteCache
-from stock_gateway.market_data.rest_budget import MINUTE
 from stock_gateway.runtime.allowances import Allowances
 from stock_gateway.runtime.cancellation import raise_if_cancelling
 from stock_gateway.runtime.logs import get_logger
@@ -94,6 +93,7 @@ class QuoteService:
         ttl: float,
         wait: float,
         unknown_ttl: float,
+        window: float,  # the plan's minute, FINNHUB_REST_WINDOW: the per-minute counts' span
         lookups_per_minute: int,
         refreshes_per_minute: int,
         polls_per_minute: int,
@@ -109,11 +109,11 @@ class QuoteService:
         self._order = itertools.count()
         self._fetching: set[str] = set()
         self._refreshes: dict[str, None] = {}  # the symbols to refresh, in order
-        self._lookups = SlidingWindow(max(lookups_per_minute, 1), MINUTE)
+        self._lookups = SlidingWindow(max(lookups_per_minute, 1), window)
         # Refreshes one at a time, evenly spaced: a session change never takes a burst.
-        self._refreshed = SlidingWindow(1, MINUTE / max(refreshes_per_minute, 1))
+        self._refreshed = SlidingWindow(1, window / max(refreshes_per_minute, 1))
         self._polls: list[str] = []  # the symbols to poll, most urgent first
-        self._polled = SlidingWindow(1, MINUTE / max(polls_per_minute, 1))
+        self._polled = SlidingWindow(1, window / max(polls_per_minute, 1))
         self._polling = polls_per_minute > 0
         self._poll_listeners: list[Callable[[str, Quote], None]] = []
         self._work = asyncio.Event()

@@ -16,8 +16,8 @@ one budget as little as possible:
 - **who may spend**: a call that is neither cached nor in flight is charged to every
   owner named (a client's user and address, `FINNHUB_REST_REQUESTS_PER_ADDRESS` a minute
   each, at most a third of the share: rest_shares.py), and forwarded calls together
-  spend at most their share of the usable rate (`FINNHUB_REST_SHARE`) in any 60 s, so
-  quotes and the market status keep theirs;
+  spend at most their share of the usable rate (`FINNHUB_REST_SHARE`) in any window of
+  the plan (`FINNHUB_REST_WINDOW`, a minute), so quotes and the market status keep theirs;
   past either: `MirrorRefused` 429 at once. A call waits for the budget at most
   `FINNHUB_REST_WAIT` seconds, then 429 too: nothing is left hanging.
 
@@ -148,6 +148,7 @@ class RestMirror:
         *,
         allowed: Iterable[str],
         wait: float,
+        window: float,  # the plan's minute, FINNHUB_REST_WINDOW: `calls_per_minute`'s span
         calls_per_minute: int,
     ) -> None:
         self.allowed = listed_paths(allowed)
@@ -155,7 +156,7 @@ class RestMirror:
         self._cache = cache
         self._quotas = quotas  # each owner's calls a minute
         self._wait = wait
-        self._share = SlidingWindow(max(calls_per_minute, 1), MINUTE)
+        self._share = SlidingWindow(max(calls_per_minute, 1), window)
         self._in_flight: dict[str, asyncio.Future[RestAnswer]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.forwarded = 0  # calls Finnhub answered

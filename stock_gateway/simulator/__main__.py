@@ -23,6 +23,7 @@ async def _main(args: argparse.Namespace) -> None:
         max_symbols=args.max_symbols,
         session=args.session,
         rest_rate=args.rest_rate,
+        rest_window=args.rest_window,
         skew=args.skew,
         universe=tuple(ranked(args.universe)),
         zipf_exponent=args.zipf_exponent,
@@ -47,7 +48,10 @@ def main() -> None:
         "--sequenced", action="store_true", help="benchmark mode: volume = per-symbol sequence"
     )
     parser.add_argument("--session", choices=SESSIONS, default="regular", help="market hours")
-    parser.add_argument("--rest-rate", type=float, default=60.0, help="REST calls per minute")
+    parser.add_argument("--rest-rate", type=float, default=60.0, help="REST calls per window")
+    parser.add_argument(
+        "--rest-window", type=float, default=60.0, help="seconds --rest-rate counts over"
+    )
     parser.add_argument(
         "--skew", choices=SKEWS, default="none", help="zipf: the whole market trades, skewed"
     )

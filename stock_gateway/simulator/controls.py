@@ -1,5 +1,7 @@
 """The simulator's controls for benchmarks and tests, over HTTP: `GET /stats` (what was
-sent, per second in sequenced mode, REST calls, the socket's cap), `POST /rate?value=N`
+sent, per second in sequenced mode, REST calls, the socket's cap;
+`rest_calls_max_in_a_minute`, named for Finnhub's minute, is the most calls in any
+`--rest-window` seconds, a minute unless shortened), `POST /rate?value=N`
 (trades per second), `POST /drop` (close every gateway's socket, as a Finnhub restart)
 and `POST /session?value=...` (the market's session). Never part of Finnhub's API."""
 

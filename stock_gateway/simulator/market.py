@@ -79,6 +79,7 @@ class MarketSimulator:
         sequenced: bool = False,
         session: Session = "regular",
         rest_rate: float = 60.0,
+        rest_window: float = 60.0,
         skew: str = "none",
         universe: tuple[str, ...] = (),
         zipf_exponent: float = 1.0,
@@ -100,8 +101,8 @@ class MarketSimulator:
         self.sequences: dict[str, int] = {}  # sequenced mode: last sequence sent per symbol
         self.sent_per_second: dict[int, dict[str, int]] = {}  # sequenced mode
         self.session: Session = session
-        self.rest_rate = rest_rate  # REST calls per 60 s before 429, as Finnhub's free plan
-        self.rest_calls = RestCalls()
+        self.rest_rate = rest_rate  # REST calls per window before 429, as Finnhub's free plan
+        self.rest_calls = RestCalls(window=rest_window)
         self._next_symbol = 0
         self._random = random.Random(seed)
         self.prices: dict[str, float] = {}
@@ -109,6 +110,15 @@ class MarketSimulator:
         self.skewed = (
             SkewedMarket(universe, zipf_exponent, self._random) if skew == "zipf" else None
         )
+
+    @property
+    def rest_window(self) -> float:
+        """Seconds `rest_rate` counts over (60, as Finnhub); kept where the calls are."""
+        return self.rest_calls.window
+
+    @rest_window.setter
+    def rest_window(self, seconds: float) -> None:
+        self.rest_calls.window = seconds
 
     def make_app(self) -> web.Application:
         """A fresh aiohttp application over this simulator's state (one per serve)."""

@@ -5,7 +5,8 @@ other path under `/api/v1` gets Finnhub's 403 for a resource the plan does not i
 
 The key comes in the `X-Finnhub-Token` header (or a `token` query parameter); a
 missing or wrong one gets 401 `{"error":"Invalid API key."}`. Past `rest_rate` calls in
-any 60 seconds the answer is 429 with `Retry-After`. A symbol the simulator does not
+any `rest_window` seconds (60, as Finnhub; tests shorten it) the answer is 429 with
+`Retry-After`. A symbol the simulator does not
 know gets all zeros, as Finnhub answers an unknown symbol; it knows its reference
 symbols (simulator/prices.py) and those it has traded (any symbol a gateway subscribes
 while it trades). Quotes agree with the trade stream: the day opens at the price the
@@ -13,7 +14,7 @@ random walk starts from, `c` is the last traded price (low <= open, close <= hig
 the last trade's time or now (seconds), `pc` a fixed previous close per symbol and
 simulated (UTC) day (or the one a test scripts: `QuoteBook.previous_closes`), `d`/`dp`
 the change against it.
-Every call is recorded (`rest_calls`) so tests can count them per minute, and what it
+Every call is recorded (`rest_calls`) so tests can count them per window, and what it
 carried (its query string and headers) so they can see where the key went.
 This module never logs the key.
 """
@@ -52,8 +53,11 @@ class RestCalls:
     log: list[tuple[float, str, str, int]] = field(default_factory=list)
     tokens_in_urls: int = 0  # calls that carried the key in the query string
     carried: list[Carried] = field(default_factory=list)
+    window: float = 60.0  # seconds: the span of the plan's rate (the simulator's rest_window)
 
-    def max_in_any_window(self, seconds: float = 60.0) -> int:
+    def max_in_any_window(self, seconds: float | None = None) -> int:
+        """The most calls in any `seconds` (the plan's window unless given)."""
+        seconds = self.window if seconds is None else seconds
         times = sorted(at for at, *_ in self.log)
         most, first = 0, 0
         for last, at in enumerate(times):
@@ -124,7 +128,7 @@ class Market(Protocol):
     book: QuoteBook
     rate: float
     session: Session
-    rest_calls: RestCalls
+    rest_calls: RestCalls  # its `window` is the plan's: `rest_rate` calls in it
     token: str | None
     rest_rate: float
 
@@ -192,11 +196,12 @@ def _refusal(request: web.Request, market: Market) -> web.Response | None:
     if not token or (market.token is not None and token != market.token):
         _record(market, request, request.query.get("symbol", ""), 401)
         return web.json_response({"error": "Invalid API key."}, status=401)
-    now = time.monotonic()
-    recent = [at for at, _, _, status in market.rest_calls.log if at > now - 60 and status == 200]
+    now, window = time.monotonic(), market.rest_calls.window
+    calls = market.rest_calls.log
+    recent = [at for at, _, _, status in calls if at > now - window and status == 200]
     if len(recent) >= market.rest_rate:
         _record(market, request, request.query.get("symbol", ""), 429)
-        retry = max(1, int(recent[0] + 60 - now) + 1)
+        retry = max(1, int(recent[0] + window - now) + 1)
         return web.json_response(
             {"error": "API limit reached. Please try again later."},
             status=429,

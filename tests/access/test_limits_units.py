@@ -19,12 +19,11 @@ from stock_gateway.access.refusal import Refusal
 from stock_gateway.finnhub.wire import redact
 from stock_gateway.market_data.model import Quote, Trade
 from stock_gateway.market_data.quotes import QuoteUnavailable
-from stock_gateway.market_data.rest_budget import SlidingWindowBudget
 from stock_gateway.market_data.trade_wire import decode, newest_per_symbol, parse_trades
 from stock_gateway.runtime.allowances import Allowances
 from stock_gateway.runtime.token_bucket import TokenBucket
 from stock_gateway.settings import Settings
-from tests.support.fakes import make_capacity, make_quotes
+from tests.support.fakes import make_budget, make_capacity, make_quotes
 
 NOW = 1_800_000_000.0
 
@@ -284,11 +283,11 @@ async def test_owners_with_no_symbol_are_forgotten() -> None:
 
 
 async def test_the_rest_window_allows_30_a_second_and_the_plan_a_minute() -> None:
-    budget = SlidingWindowBudget(per_minute=100, per_second=30)
+    budget = make_budget(per_minute=100, per_second=30)
     budget._calls.extend([10.0 + index / 100 for index in range(30)])  # 30 within 0.3 s
     assert budget._wait(10.5) == pytest.approx(0.5)  # the oldest of the second expires at 11.0
     assert budget._wait(11.01) == 0
-    budget = SlidingWindowBudget(per_minute=60)
+    budget = make_budget(per_minute=60)
     budget._calls.extend([float(index) for index in range(60)])  # one a second for a minute
     assert budget._wait(59.5) == pytest.approx(0.5)  # t=0 leaves the window at 60
     assert budget._wait(60.0) == pytest.approx(0.0)

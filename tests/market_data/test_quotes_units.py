@@ -12,10 +12,10 @@ import pytest
 from stock_gateway.market_data.model import Quote
 from stock_gateway.market_data.quote_cache import MAX_UNKNOWN, QuoteCache
 from stock_gateway.market_data.quotes import IN_FLIGHT, QuoteUnavailable
-from stock_gateway.market_data.rest_budget import SlidingWindowBudget, usable_rate
+from stock_gateway.market_data.rest_budget import usable_rate
 from stock_gateway.runtime.allowances import Allowances
 from stock_gateway.runtime.sliding_window import SlidingWindow
-from tests.support.fakes import make_quotes
+from tests.support.fakes import make_budget, make_quotes
 
 
 def a_quote(previous_close: float = 100.0) -> Quote:
@@ -24,12 +24,21 @@ def a_quote(previous_close: float = 100.0) -> Quote:
 
 def test_the_budget_keeps_a_margin_and_counts_a_longer_minute() -> None:
     assert [usable_rate(rate) for rate in (1, 2, 12, 60, 300)] == [1, 1, 11, 57, 285]
-    budget = SlidingWindowBudget(per_minute=60, slack=1.0)
+    budget = make_budget(per_minute=60, slack=1.0)
     budget._calls.extend([float(index) for index in range(60)])  # one a second for a minute
     # t=0 leaves our window at 61, not 60: a call granted at 60 that reached Finnhub
     # sooner than the one granted at 0 would be its 61st in 60 s.
     assert budget._wait(60.0) == pytest.approx(1.0)
     assert budget._wait(61.0) == 0
+
+
+def test_the_budget_counts_the_plans_window_not_a_fixed_minute() -> None:
+    budget = make_budget(per_minute=11, window=6.0, slack=1.0)  # FINNHUB_REST_WINDOW=6
+    budget._calls.extend([index / 2 for index in range(11)])  # the plan's 11 within 5 s
+    assert budget._wait(5.5) == pytest.approx(1.5)  # t=0 leaves at 6 + 1 of slack, not 61
+    assert budget._wait(7.0) == 0
+    budget._calls.append(7.0)
+    assert budget._wait(7.0) == pytest.approx(0.5)  # the next, t=0.5, leaves at 7.5
 
 
 def test_a_sliding_window_holds_in_every_span_and_is_exact_at_its_edge() -> None:

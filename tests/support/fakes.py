@@ -19,6 +19,7 @@ from stock_gateway.delivery.snapshots import LatestPrices
 from stock_gateway.delivery.stats import Observer
 from stock_gateway.market_data.model import SymbolInterest
 from stock_gateway.market_data.quotes import QuoteService, QuoteSource
+from stock_gateway.market_data.rest_budget import SlidingWindowBudget
 from stock_gateway.protocol import Frame
 from stock_gateway.rest_shares import rest_shares
 from stock_gateway.runtime.allowances import Allowances
@@ -160,6 +161,12 @@ def make_feed(interest: SymbolInterest, url: str = "ws://127.0.0.1:9") -> Finnhu
     )
 
 
+def make_budget(per_minute: int, **changed: Any) -> SlidingWindowBudget:
+    """This process's REST budget over a default gateway's window (FINNHUB_REST_WINDOW),
+    but for what a test changes."""
+    return SlidingWindowBudget(per_minute, **({"window": DEFAULTS.finnhub_rest_window} | changed))
+
+
 def make_quotes(source: QuoteSource, shares: Allowances, **changed: Any) -> QuoteService:
     """A `QuoteService` with the settings' defaults and their REST shares (rest_shares.py),
     but for what a test changes."""
@@ -168,6 +175,7 @@ def make_quotes(source: QuoteSource, shares: Allowances, **changed: Any) -> Quot
         "ttl": DEFAULTS.quote_ttl,
         "wait": DEFAULTS.quote_wait,
         "unknown_ttl": DEFAULTS.quote_unknown_ttl,
+        "window": DEFAULTS.finnhub_rest_window,
         "lookups_per_minute": budget.lookups,
         "refreshes_per_minute": budget.refreshes,
         "polls_per_minute": budget.polls,
