@@ -20,6 +20,7 @@ import pytest
 from stock_gateway.simulator.reference_data import company_news, profile2
 from tests.support.helpers import (
     TEST_KEY,
+    Client,
     GatewayUnderTest,
     Market,
     run_gateway,
@@ -343,19 +344,35 @@ async def test_the_budget_holds_under_a_burst_of_distinct_uncached_calls(market:
 
 async def test_the_budget_holds_in_every_window_over_windows_of_bursts(market: Market) -> None:
     """Bursts 2.5 s apart for 7.5 s on a plan whose window is 6 s (a minute scaled down
-    tenfold, FINNHUB_REST_WINDOW and the simulator alike): the windows that span two or
-    three of them hold too, and calls are made again once the window lets them."""
+    tenfold, FINNHUB_REST_WINDOW and the simulator alike), each with a subscriber's new
+    symbols beside it (their quotes have no share of their own: only the budget bounds
+    them with the rest): the windows that span two or three bursts hold too, and calls
+    are made again once the window lets them."""
     window = 6.0
     async with run_gateway(small_plan(market, window)) as gateway:
         await poll_until_polled(gateway)
+        watcher = await gateway.connect(local="127.0.0.5")
+        reader = asyncio.create_task(drain(watcher))  # its quotes and confirmations: let go
         answers: list[tuple[int, float]] = []
-        for round_number in range(4):
-            if round_number:
-                await asyncio.sleep(window / 2.4)  # the scenario's pace, not a synchronisation
-            answers += await burst(gateway, 100 * round_number, 20)
+        try:
+            for round_number in range(4):
+                if round_number:
+                    await asyncio.sleep(window / 2.4)  # the scenario's pace, not a synchronisation
+                symbols = [f"SUB{round_number}X{index}" for index in range(4)]
+                await watcher.send({"action": "subscribe", "symbols": symbols})
+                answers += await burst(gateway, 100 * round_number, 20)
+        finally:
+            reader.cancel()
+            await asyncio.wait([reader])
     assert_within_the_plan(market, answers, window)
     made = sum(1 for *_, status in market.simulator.rest_calls.log if status == 200)
     assert made > 12  # the window moved on: later bursts got calls too
+    assert any(symbol.startswith("SUB") for _, _, symbol, _ in market.simulator.rest_calls.log)
+
+
+async def drain(client: Client) -> None:
+    while True:
+        await client.receive(timeout=30)
 
 
 async def poll_until_polled(gateway: GatewayUnderTest) -> None:
