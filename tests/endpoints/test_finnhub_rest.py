@@ -342,6 +342,7 @@ async def test_the_budget_holds_under_a_burst_of_distinct_uncached_calls(market:
     assert 0 < statuses.count(200) <= 11 and statuses.count(429) >= 29
 
 
+@pytest.mark.slow  # windows of the plan on the clock, at a 6 s window
 async def test_the_budget_holds_in_every_window_over_windows_of_bursts(market: Market) -> None:
     """Bursts 2.5 s apart for 7.5 s on a plan whose window is 6 s (a minute scaled down
     tenfold, FINNHUB_REST_WINDOW and the simulator alike), each with a subscriber's new

@@ -194,6 +194,7 @@ async def drain(client: Client) -> None:
         await client.receive(timeout=30)
 
 
+@pytest.mark.slow  # windows of the plan on the clock, at a 6 s window
 async def test_no_window_of_finnhubs_log_holds_more_than_the_plan() -> None:
     """Demand well past the plan for a window and a half, on a plan whose window is 6 s (a
     minute scaled down tenfold, FINNHUB_REST_WINDOW and the simulator alike): the
