@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from itertools import chain
@@ -113,6 +113,7 @@ class Hub:
         # Bounded: a stalled broadcaster pushes back on the upstream reader, never buffers.
         self._batches: asyncio.Queue[UpdateBatch] = asyncio.Queue(maxsize=queue_size)
         self._handoff_observer = handoff_observer
+        self.joined: Callable[[ClientConnection, list[str]], None] = lambda client, added: None
 
     # -- what the HTTP side reads ------------------------------------------------------
 
@@ -206,6 +207,7 @@ class Hub:
         held = [symbol for symbol in symbols if symbol in client.symbols]
         if held and (confirmation := encoder.subscription("subscribed", held)) is not None:
             client.send(confirmation)
+        self.joined(client, added)  # how each comes, if not live (delivery/feed_notices.py)
         for symbol in added:
             snapshot = self._latest.get(symbol)
             said = encoder.snapshot(snapshot) if snapshot is not None else None

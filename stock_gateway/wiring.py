@@ -56,6 +56,7 @@ from stock_gateway.market_data.finnhub_rest import (
 from stock_gateway.market_data.market_watch import MarketWatch
 from stock_gateway.market_data.model import SymbolInterest
 from stock_gateway.market_data.planned_upstream import PlannedUpstream
+from stock_gateway.market_data.quote_polls import poll_pace
 from stock_gateway.market_data.quotes import QuoteService, QuoteSource
 from stock_gateway.market_data.rest_mirror import MemoryResponseCache, ResponseCache, RestMirror
 from stock_gateway.relay.base import Relay
@@ -174,7 +175,7 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
         unknown_ttl=settings.quote_unknown_ttl,
         lookups_per_minute=shares.lookups,
         refreshes_per_minute=shares.refreshes,
-        polls_per_minute=shares.polls,
+        polls=poll_pace(budget, shares.polls, shares.reserved_polls),
     )
     # The REST mirror's forwarded calls (GET /api/v1/...): their answers are kept in
     # this process, or on a cluster in Redis beside the budget.
@@ -234,8 +235,10 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
         ),
         time.monotonic,
     )
-    notices = FeedNotices(hub.subscribers_of, latest, planner.priced)
+    notices = FeedNotices(hub.subscribers_of, latest, planner.feed_of)
+    hub.joined = notices.joined
     quotes.on_polled(notices.polled)
+    quotes.on_quoted(lambda symbol, _quote: planner.priced(symbol))  # a subscriber's too
     # One process: the wanted symbols are this process's; on a cluster the leader sets
     # them to the cluster's union (cluster/leader.py), so one plan serves the key.
     upstream = PlannedUpstream(

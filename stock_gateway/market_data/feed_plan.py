@@ -119,9 +119,10 @@ class FeedPlanner:
     # -- what the planner is told ------------------------------------------------------
 
     def priced(self, symbol: str) -> None:
-        """A price for `symbol` came (a trade, a quote): its turn, if any, may end."""
-        if symbol in self._feeds:
-            self._priced[symbol] = self._clock()
+        """A price for `symbol` came (a trade, a quote): its turn, if any, may end. A
+        symbol not planned yet is remembered too (its first subscriber's quote may come
+        before the plan); the next plan forgets it if nobody wants it."""
+        self._priced[symbol] = self._clock()
 
     def plan(self, demand: Mapping[str, float]) -> dict[str, Feed]:
         """Re-plan from every wanted symbol's demand; returns the symbols whose feed
@@ -132,6 +133,8 @@ class FeedPlanner:
         self._demand = demand
         for symbol in [s for s in self._feeds if s not in demand]:
             self._drop(symbol)
+        for symbol in [s for s in self._priced if s not in demand]:
+            del self._priced[symbol]  # priced before it was planned, and no longer wanted
         for symbol in demand:
             self._first_wanted.setdefault(symbol, now)
         ranked = sorted(demand, key=lambda s: (-demand[s], s))
