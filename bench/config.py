@@ -64,14 +64,16 @@ class Config:
     dashboard_plans: tuple[int, ...] = (300, 60)
     finnhub_rates: tuple[float, ...] = (100, 200)
     # The symbols scenario (issue 29): symbols over clients, socket slots, REST calls a
-    # minute, market trades a second (Zipf over the symbols), each arm's length.
+    # minute, market trades a second (Zipf over the symbols), each arm's length, and
+    # the ramp over which the clients arrive (shuffled: BENCHMARKS.md says why 420 s).
     symbols_count: int = 500
     symbols_clients: int = 1000
     symbols_per_client: int = 5
     symbols_slots: int = 50
     symbols_rest_rate: int = 60
     symbols_rate: float = 100.0
-    symbols_seconds: float = 150.0
+    symbols_seconds: float = 540.0
+    symbols_ramp: float = 420.0
 
 
 QUICK = Config(
@@ -108,4 +110,5 @@ QUICK = Config(
     symbols_per_client=3,
     symbols_slots=5,
     symbols_seconds=8.0,
+    symbols_ramp=3.0,
 )
