@@ -74,6 +74,7 @@ class Config:
     symbols_rate: float = 100.0
     symbols_seconds: float = 540.0
     symbols_ramp: float = 420.0
+    symbols_before_arm: int = 1  # 0: skip the before-the-planner arm (scaled experiments)
 
 
 QUICK = Config(

@@ -78,7 +78,8 @@ async def symbols_scenario(config: Config) -> dict[str, Any]:
     }
     planner, market, joined = await _arm(config, symbols, plan, planned=True)
     results["planner"] = planner
-    results["before planner"], _, _ = await _arm(config, symbols, plan, planned=False)
+    if config.symbols_before_arm:
+        results["before planner"], _, _ = await _arm(config, symbols, plan, planned=False)
     results["naive round robin (modelled)"] = naive(config, plan, market, joined)
     return results
 
