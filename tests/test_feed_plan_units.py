@@ -173,3 +173,20 @@ def test_a_price_that_comes_before_the_plan_counts_and_is_forgotten_if_unwanted(
     assert len(plan.staleness()) == 12
     plan.plan({**demand, "NOBODY": 1.0})
     assert "NOBODY" in plan.poll_order()[:-1]  # wanted now, never priced since: urgent
+
+
+def test_a_little_wanted_symbol_is_not_starved_by_a_more_wanted_one() -> None:
+    """Polls go by staleness times the square root of demand: a symbol one client wants,
+    three times as stale as one four clients want, is polled first (by demand alone it
+    would wait behind it, and again behind every more wanted symbol)."""
+    plan, clock = planner(slots=2, sampled_slots=1, turn=60.0, changes=6000)  # 1 sampled
+    demand = {"L0": 100.0, "S0": 90.0, "WANTED": 4.0, "LITTLE": 1.0}
+    plan.plan(demand)
+    plan.priced("S0")  # the sampled one: priced by its turn, so polls leave it be
+    plan.priced("LITTLE")
+    clock.now += 20
+    plan.priced("WANTED")
+    clock.now += 10  # LITTLE: 30 s stale, WANTED: 10 s
+    plan.plan(demand)
+    assert plan.feed_of("WANTED") == plan.feed_of("LITTLE") == "polled"
+    assert plan.poll_order() == ["LITTLE", "WANTED"]

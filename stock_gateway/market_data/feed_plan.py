@@ -10,7 +10,7 @@ its demand (clients weighted by owner: `owner_weighted`), re-planned on every `p
   do not flap;
 - **sampled**: the next most demanded take turns on the `sampled_slots` slots kept
   for rotation: each is subscribed until it trades or its turn (`turn_seconds`) ends,
-  then the next, never-priced first, then most stale times most demanded;
+  then the next, never-priced first, then most stale times the square root of demand;
 - **polled**: the rest are priced by REST quotes (`poll_order()`, the order to poll
   in; the poller spends only what the REST budget leaves).
 
@@ -226,8 +226,11 @@ class FeedPlanner:
             self._turns[symbol] = now
 
     def _urgency(self, symbol: str) -> float:
+        """Staleness times the square root of demand: the most wanted first, but a
+        little-wanted symbol is not starved (most symbols past the socket are wanted by
+        a few clients, and each of them sees its price age)."""
         now = self._clock()
-        demand = self._demand.get(symbol, 0.0)
+        demand = math.sqrt(self._demand.get(symbol, 0.0))
         checked = max(self._checked.get(symbol, -math.inf), self._first_wanted[symbol])
         priced = self._priced.get(symbol)
         if priced is None:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Container
 from stock_gateway.market_data.finnhub_rest import MINUTE, CallBudget, SlidingWindowBudget
 from stock_gateway.runtime.sliding_window import SlidingWindow
 
-POLL_HEADROOM = 2  # calls a poll leaves free for a subscriber's ask or a lookup
+POLL_HEADROOM = 4  # calls polls leave free: a few new subscribers' asks go at once
 FULL_RETRY = 1.0  # seconds before looking again at a budget with no room to poll
 
 
