@@ -65,15 +65,15 @@ class Config:
     finnhub_rates: tuple[float, ...] = (100, 200)
     # The symbols scenario (issue 29): symbols over clients, socket slots, REST calls a
     # minute, market trades a second (Zipf over the symbols), each arm's length, and
-    # the ramp over which the clients arrive (shuffled: BENCHMARKS.md says why 420 s).
+    # the ramp over which the clients arrive (shuffled: BENCHMARKS.md says why 600 s).
     symbols_count: int = 500
     symbols_clients: int = 1000
     symbols_per_client: int = 5
     symbols_slots: int = 50
     symbols_rest_rate: int = 60
     symbols_rate: float = 100.0
-    symbols_seconds: float = 540.0
-    symbols_ramp: float = 420.0
+    symbols_seconds: float = 720.0
+    symbols_ramp: float = 600.0
     symbols_before_arm: int = 1  # 0: skip the before-the-planner arm (scaled experiments)
 
 
