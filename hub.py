@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from itertools import chain
@@ -74,7 +74,9 @@ class Hub:
         self,
         holds: SymbolHolds,
         latest: LatestPrices,
+        subscribers: Subscribers,
         *,
+        joined: Callable[[ClientConnection, list[str]], None],
         bars: BarDelivery | None = None,
         quotes: QuoteService | None = None,
         outbox: OutboxLimits,
@@ -98,13 +100,14 @@ class Hub:
         self._clients: set[ClientConnection] = set()
         # Who gets a symbol's updates how: `immediate` clients one by one, paced clients
         # (throttled or batched) once per delivery group, raw trades per trade group.
-        self._map = Subscribers()
+        self._map = subscribers  # built by wiring.py: the feed notices read it too
         self._subscribers = self._map.of_symbol  # read directly on the hot path
         self._immediate = self._map.immediate
         self._latest = latest
         # Bounded: a stalled broadcaster pushes back on the upstream reader, never buffers.
         self._batches: asyncio.Queue[UpdateBatch] = asyncio.Queue(maxsize=queue_size)
         self._handoff_observer = handoff_observer
+        self._joined = joined  # how each new symbol comes, if not live (delivery/feed_notices.py)
 
     # -- what the HTTP side reads ------------------------------------------------------
 
@@ -190,6 +193,7 @@ class Hub:
         held = [symbol for symbol in symbols if symbol in client.symbols]
         if held and (confirmation := encoder.subscription("subscribed", held)) is not None:
             client.send(confirmation)
+        self._joined(client, added)
         for symbol in added:
             snapshot = self._latest.get(symbol)
             said = encoder.snapshot(snapshot) if snapshot is not None else None

@@ -72,6 +72,10 @@ def main() -> None:
         ],
     )
     parser.add_argument("--soak-seconds", type=float, help="soak duration (default 600)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="FIELD=VALUE",
+        help="override a Config field, e.g. --set symbols_count=100 (scaled runs)",
+    )  # fmt: skip
     parser.add_argument("--out", default="bench-results/latest.json")
     parser.add_argument("--reference", type=Path, help="another revision's tree to compare")
     parser.add_argument(
@@ -81,6 +85,10 @@ def main() -> None:
     config = QUICK if args.quick else Config()
     if args.soak_seconds:
         config = dataclasses.replace(config, soak_seconds=args.soak_seconds)
+    for override in args.set:
+        field, _, value = override.partition("=")
+        kind = type(getattr(config, field))
+        config = dataclasses.replace(config, **{field: kind(value)})
     scenarios = args.scenario or ["throughput", "asgi", "connections", "slow"]
     results = asyncio.run(
         run(config, scenarios, args.reference, tuple(args.reference_flags.split()))

@@ -69,14 +69,17 @@ class Config:
     dashboard_plans: tuple[int, ...] = (300, 60)
     finnhub_rates: tuple[float, ...] = (100, 200)
     # The symbols scenario (issue 29): symbols over clients, socket slots, REST calls a
-    # minute, market trades a second (Zipf over the symbols), each arm's length.
+    # minute, market trades a second (Zipf over the symbols), each arm's length, and
+    # the ramp over which the clients arrive (shuffled: BENCHMARKS.md says why 600 s).
     symbols_count: int = 500
     symbols_clients: int = 1000
     symbols_per_client: int = 5
     symbols_slots: int = 50
     symbols_rest_rate: int = 60
     symbols_rate: float = 100.0
-    symbols_seconds: float = 150.0
+    symbols_seconds: float = 720.0
+    symbols_ramp: float = 600.0
+    symbols_before_arm: int = 1  # 0: skip the before-the-planner arm (scaled experiments)
 
 
 # The smoke run proves every scenario runs and reports every figure, not the figures:
@@ -117,5 +120,6 @@ QUICK = Config(
     symbols_clients=20,
     symbols_per_client=3,
     symbols_slots=5,
-    symbols_seconds=3.0,
+    symbols_seconds=4.0,
+    symbols_ramp=2.0,
 )

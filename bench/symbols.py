@@ -10,7 +10,10 @@ each client's prices are (bench/freshness.py), three ways, in one run:
 
 `symbols_count` symbols over `symbols_clients` clients with `symbols_per_client` each,
 demand Zipf-distributed (every symbol wanted by at least one client); the simulator
-trades them Zipf-skewed too, the most wanted the most traded (`--skew zipf`).
+trades them Zipf-skewed too, the most wanted the most traded (`--skew zipf`). The
+clients arrive in shuffled order over `symbols_ramp` seconds (a watchlist app's users,
+not all at once and not most-wanted first); every arm reports how many symbols got a
+first price within 60 s of their first subscriber, and the worst wait.
 """
 
 from __future__ import annotations
@@ -43,7 +46,23 @@ def demand_plan(config: Config, seed: int = 29) -> tuple[list[str], list[list[st
             if symbol not in picks:
                 picks.append(symbol)
         plan.append(picks)
+    rng.shuffle(plan)  # the order they arrive in
     return symbols, plan
+
+
+FIRST_PRICE_BOUND_MS = 60_000  # issue 29: every symbol priced within 60 s of its first subscriber
+
+
+def first_prices(wanted: dict[str, int], priced: dict[str, int], end_ms: int) -> dict[str, Any]:
+    """How many symbols got a first price within the bound of their first subscriber,
+    and the worst wait (a symbol never priced waits until the end of the arm)."""
+    waits = [priced.get(symbol, end_ms) - at for symbol, at in wanted.items()]
+    within = sum(1 for wait in waits if wait <= FIRST_PRICE_BOUND_MS)
+    return {
+        "priced_within_60s": within,
+        "of": len(waits),
+        "worst_first_price_seconds": round(max(waits, default=0) / 1000, 1),
+    }
 
 
 async def symbols_scenario(config: Config) -> dict[str, Any]:
@@ -55,17 +74,19 @@ async def symbols_scenario(config: Config) -> dict[str, Any]:
         "rest_per_minute": config.symbols_rest_rate,
         "trades_per_second": config.symbols_rate,
         "seconds": config.symbols_seconds,
+        "ramp_seconds": config.symbols_ramp,
     }
-    planner, market = await _arm(config, symbols, plan, planned=True)
+    planner, market, joined = await _arm(config, symbols, plan, planned=True)
     results["planner"] = planner
-    results["before planner"], _ = await _arm(config, symbols, plan, planned=False)
-    results["naive round robin (modelled)"] = naive(config, plan, market)
+    if config.symbols_before_arm:
+        results["before planner"], _, _ = await _arm(config, symbols, plan, planned=False)
+    results["naive round robin (modelled)"] = naive(config, plan, market, joined)
     return results
 
 
 async def _arm(
     config: Config, symbols: list[str], plan: list[list[str]], *, planned: bool
-) -> tuple[dict[str, Any], dict[str, Any]]:
+) -> tuple[dict[str, Any], dict[str, Any], list[int | None]]:
     cap = config.symbols_slots
     env = {
         "MAX_UPSTREAM_SYMBOLS": str(cap if planned else 100_000),
@@ -102,6 +123,7 @@ async def _arm(
         "lag_by_demand": quantiles(lags),
         "lag_by_symbol": quantiles(lags, by_symbol=True),
         "never_priced": len(report["never_priced"]),
+        **first_prices(report["first_wanted_ms"], report["first_priced_ms"], report["end_ms"]),
         "symbols_by_feed": dict(Counter(report["feeds"].values())) if planned else {"live": cap},
         "gateway_feeds": health.get("feeds", {}).get("symbols_by_feed"),
         "subscribe_messages_per_minute": round(stats["socket_changes"] / minutes, 1),
@@ -113,7 +135,7 @@ async def _arm(
         "samples": report["samples"],
         "window": window,
     }
-    return row, market
+    return row, market, report["joined_ms"]
 
 
 async def _measure(
@@ -123,6 +145,7 @@ async def _measure(
     command = [
         sys.executable, "-m", "bench.symbols_load", "--url", ws_url,
         "--simulator", running.simulator_url, "--plan", str(plan_file), "--addresses", "8",
+        "--ramp", str(config.symbols_ramp),
     ]  # fmt: skip
     async with process(*command, cpus=running.load_cpus) as child:
         assert child.stdin is not None and child.stdout is not None
@@ -142,35 +165,53 @@ async def _measure(
     return report, window
 
 
-def naive(config: Config, plan: list[list[str]], raw: dict[str, Any]) -> dict[str, Any]:
-    """Every symbol past the cap polled round robin at the REST rate, on the planner
-    arm's market: the lags the same clients would have seen, second by second."""
+def naive(
+    config: Config, plan: list[list[str]], raw: dict[str, Any], joined: list[int | None]
+) -> dict[str, Any]:
+    """Every symbol past the cap polled round robin at the full REST rate, on the
+    planner arm's market with its clients' arrival times: the first `symbols_slots`
+    symbols wanted are live (lag 0), each later one joins the round robin when first
+    wanted; the lags the same clients would have seen, second by second."""
     market = histories(raw)
-    order = list(dict.fromkeys(symbol for picks in plan for symbol in picks))
+    arrivals = [(at, picks) for at, picks in zip(joined, plan, strict=True) if at is not None]
+    first_wanted: dict[str, int] = {}
+    for at, picks in arrivals:
+        for symbol in picks:
+            first_wanted.setdefault(symbol, at)
+    order = sorted(first_wanted, key=lambda symbol: first_wanted[symbol])
     live, polled = set(order[: config.symbols_slots]), order[config.symbols_slots :]
-    start_ms = min((times[0] for times, _ in market.values() if times), default=0)
+    start_ms = min((at for at, _ in arrivals), default=0)
     end_ms = start_ms + int(config.symbols_seconds * 1000)
     interval_ms = 60_000 / config.symbols_rest_rate
     polls: dict[str, list[int]] = {symbol: [] for symbol in polled}
-    for turn in range(int((end_ms - start_ms) / interval_ms) + 1):
-        if polled:
-            polls[polled[turn % len(polled)]].append(int(start_ms + turn * interval_ms))
+    turn = 0
+    for slot in range(int((end_ms - start_ms) / interval_ms) + 1):
+        at_ms = int(start_ms + slot * interval_ms)
+        wanted = [symbol for symbol in polled if first_wanted[symbol] <= at_ms]
+        if wanted:
+            polls[wanted[turn % len(wanted)]].append(at_ms)
+            turn += 1
     lags: dict[str, Counter[int]] = {symbol: Counter() for symbol in order}
     for sample_ms in range(start_ms + 1000, end_ms + 1, 1000):
-        for picks in plan:
+        for at, picks in arrivals:
+            if at > sample_ms:
+                break  # arrivals are in order: none later has come yet
             for symbol in picks:
                 history = market.get(symbol, ([], []))
                 if symbol in live:
                     add_lag(lags[symbol], 0.0)
                     continue
-                polled_at = [at for at in polls[symbol] if at <= sample_ms]
+                polled_at = [t for t in polls[symbol] if t <= sample_ms]
                 held = latest_at(history, polled_at[-1]) if polled_at else None
-                add_lag(lags[symbol], lag_seconds(history, held, sample_ms, start_ms))
+                add_lag(lags[symbol], lag_seconds(history, held, sample_ms, at))
+    priced = {symbol: first_wanted[symbol] for symbol in live}
+    priced.update({symbol: times[0] for symbol, times in polls.items() if times})
     minutes = config.symbols_seconds / 60
     return {
         "lag_by_demand": quantiles(lags),
         "lag_by_symbol": quantiles(lags, by_symbol=True),
         "never_priced": sum(1 for symbol in polled if not polls[symbol]),
+        **first_prices(first_wanted, priced, end_ms),
         "symbols_by_feed": {"live": len(live), "polled": len(polled)},
         "subscribe_messages_per_minute": round(len(live) / minutes, 1),
         "rest_calls_per_minute": config.symbols_rest_rate,

@@ -48,8 +48,15 @@ class RestShares:
 
     @property
     def polls(self) -> int:
-        """Calls a minute for polled symbols (the feed planner's): what the reserve leaves
-        less one for the market-status poll; subscribers' own asks always go first."""
+        """The pace of polls of the feed planner's polled symbols, a minute: the whole
+        usable rate less one for the market-status poll. Polls take only what the budget
+        has free (market_data/quote_polls.py: a few calls always left), so they spend
+        whatever subscribers, lookups and forwarded calls leave; on a cluster, whose
+        shared budget cannot say, the reserve less the market-status poll."""
+        return max(1, self.usable - 1)
+
+    @property
+    def reserved_polls(self) -> int:
         return max(1, self.reserved - 1)
 
 

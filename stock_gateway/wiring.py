@@ -38,7 +38,7 @@ from stock_gateway.bars.book import BarBook
 from stock_gateway.bars.outages import Outages
 from stock_gateway.bars.startup import open_recorder, warn_if_histories_outgrow_unread_output
 from stock_gateway.cluster.bars import MirrorBars
-from stock_gateway.cluster.feeds import ClusterFeeds
+from stock_gateway.cluster.feeds import ClusterFeeds, FeedMap
 from stock_gateway.cluster.link import RedisLink
 from stock_gateway.cluster.redis_relay import RedisRelay
 from stock_gateway.cluster.rest import ClusterQuoteSource, RedisBudget, RedisResponseCache
@@ -48,6 +48,7 @@ from stock_gateway.delivery.feed_notices import FeedNotices
 from stock_gateway.delivery.outbox import OutboxLimits
 from stock_gateway.delivery.snapshots import LatestPrices
 from stock_gateway.delivery.stats import Observer
+from stock_gateway.delivery.subscribers import Subscribers
 from stock_gateway.endpoints.finnhub_ws import FinnhubSessions
 from stock_gateway.endpoints.ws_session import ClientSessions
 from stock_gateway.finnhub.addresses import finnhub_addresses
@@ -57,6 +58,7 @@ from stock_gateway.market_data.market_watch import MarketWatch
 from stock_gateway.market_data.model import SymbolInterest
 from stock_gateway.market_data.planned_upstream import PlannedUpstream
 from stock_gateway.market_data.provider import CallBudget, ProviderRest
+from stock_gateway.market_data.quote_polls import poll_pace
 from stock_gateway.market_data.quotes import QuoteService, QuoteSource
 from stock_gateway.market_data.rest_budget import WINDOW_SLACK, SlidingWindowBudget
 from stock_gateway.market_data.rest_mirror import MemoryResponseCache, ResponseCache, RestMirror
@@ -68,8 +70,9 @@ from stock_gateway.runtime.allowances import Allowances
 from stock_gateway.runtime.backoff import Backoff
 from stock_gateway.runtime.logs import get_logger
 from stock_gateway.runtime.supervisor import Supervisor
-from stock_gateway.server.guard import ConnectionGuard, ConnectionLimits
+from stock_gateway.server.guard import ConnectionGuard
 from stock_gateway.settings import Settings
+from stock_gateway.socket_limits import connection_limits
 
 logger = get_logger(__name__)
 
@@ -161,7 +164,7 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
         window=window,
         lookups_per_minute=shares.lookups,
         refreshes_per_minute=shares.refreshes,
-        polls_per_minute=shares.polls,
+        polls=poll_pace(budget, shares.polls, shares.reserved_polls, window),
     )
     # The REST mirror's forwarded calls (GET /api/v1/...): their answers are kept in
     # this process, or on a cluster in Redis beside the budget.
@@ -202,9 +205,26 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
         recorder=recorder,
         history=settings.bar_history,
     )
+    planner = FeedPlanner(
+        PlanLimits(
+            socket_slots=settings.max_upstream_symbols,
+            sampled_slots=settings.sampled_slots,
+            turn_seconds=settings.sample_turn_seconds,
+            changes_per_minute=settings.upstream_changes_per_minute,
+        ),
+        time.monotonic,
+    )
+    subscribers = Subscribers()  # symbol -> clients: the hub keeps it, the notices read it
+    # On a cluster, clients hear the leader's plan as this node learned it (cluster/feeds.py).
+    feed_map = FeedMap() if link is not None else None
+    notices = FeedNotices(
+        subscribers.of, latest, planner.feed_of if feed_map is None else feed_map.feed_of
+    )
     hub = Hub(
         holds,
         latest,
+        subscribers,
+        joined=notices.joined,
         bars=bars,
         quotes=quotes if settings.rest_enabled else None,
         outbox=OutboxLimits(
@@ -215,18 +235,13 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
         max_batch_bytes=settings.max_batch_bytes,
         handoff_observer=handoff,
     )
-    planner = FeedPlanner(
-        PlanLimits(
-            socket_slots=settings.max_upstream_symbols,
-            sampled_slots=settings.sampled_slots,
-            turn_seconds=settings.sample_turn_seconds,
-            changes_per_minute=settings.upstream_changes_per_minute,
-        ),
-        time.monotonic,
+    feeds = (
+        ClusterFeeds(link, notices, feed_map, capacity.demand, planner.feeds)
+        if link is not None and feed_map is not None
+        else None
     )
-    notices = FeedNotices(hub.subscribers_of, latest, planner.priced)
-    feeds = ClusterFeeds(link, wanted, notices, capacity.demand, planner.feeds) if link else None
     quotes.on_polled(notices.polled if feeds is None else feeds.polled)
+    quotes.on_quoted(lambda symbol, _quote: planner.priced(symbol))  # a subscriber's too
     # One process: this process's wanted symbols; on a cluster the leader plans the union
     # (cluster/leader.py) from every node's demand, for every node (cluster/feeds.py).
     upstream = PlannedUpstream(
@@ -323,16 +338,3 @@ async def _finnhub(
         trade_max_ahead=settings.trade_max_ahead,
     )
     return socket, await stack.enter_async_context(FinnhubRest(rest_url, key, budget))
-
-
-def connection_limits(settings: Settings) -> ConnectionLimits:
-    return ConnectionLimits(
-        handshake_timeout=settings.handshake_timeout,
-        max_request_header_bytes=settings.max_request_header_bytes,
-        max_connections=settings.max_connections,
-        max_pending_per_address=settings.max_pending_per_address,
-        frame_rate=settings.client_frame_rate,
-        frame_burst=settings.client_frame_burst,
-        max_unread_output=settings.max_unread_output,
-        write_timeout=settings.slow_consumer_timeout,
-    )

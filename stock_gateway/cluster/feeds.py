@@ -17,9 +17,9 @@ cluster's union of wanted symbols), so `ClusterFeeds` carries its plan to every 
 
 Every node, the leader included, reads the map when it joins (and after any Redis
 outage), applies what is published, and tells its own clients who hold a symbol when
-its feed changes and a polled quote of it (delivery/feed_notices.py); the first of its
-clients to hold a symbol that is not live is told its feed. This module never talks
-to clients except through the notices, and never publishes the key.
+its feed changes and a polled quote of it (delivery/feed_notices.py), which read this
+node's `FeedMap` to tell a client joining a symbol that is not live its feed. This
+module never talks to clients except through the notices, and never publishes the key.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from stock_gateway.cluster.link import RedisLink, text
 from stock_gateway.cluster.rest import decode_announcement, encode_quote
 from stock_gateway.delivery.feed_notices import FeedNotices
 from stock_gateway.market_data.feed_plan import FEEDS
-from stock_gateway.market_data.model import Quote, SymbolInterest
+from stock_gateway.market_data.model import Quote
 from stock_gateway.runtime.cancellation import raise_if_cancelling
 from stock_gateway.runtime.logs import get_logger
 
@@ -84,17 +84,16 @@ class ClusterFeeds:
     def __init__(
         self,
         link: RedisLink,
-        interest: SymbolInterest,
         notices: FeedNotices,
+        feed_map: FeedMap,
         local_demand: Callable[[], Mapping[str, float]],
         plan: Callable[[], Mapping[str, str]],
         *,
         demand_seconds: float = DEMAND_SECONDS,
         lease_seconds: float = 5.0,
     ) -> None:
-        self.map = FeedMap()
+        self.map = feed_map  # the notices read it too: a client joining is told its feed
         self._link = link
-        self._interest = interest  # this node's clients' symbols
         self._notices = notices
         self._local_demand = local_demand
         self._plan = plan  # the planner's feeds: what the leader publishes
@@ -161,16 +160,10 @@ class ClusterFeeds:
         pubsub = redis.pubsub()
         try:
             await pubsub.subscribe(key("feeds"), key("polled"))
-            held = set(self._interest.symbols)  # told by the map's changes just below
             stored = await redis.hgetall(key("feed-map"))
             self._tell(self.map.replace({text(s): text(f) for s, f in stored.items()}))
             while True:
                 raise_if_cancelling()
-                wanted = set(self._interest.symbols)
-                if joined := wanted - held:  # first held here: told the symbol's feed
-                    feeds = {symbol: self.map.feed_of(symbol) for symbol in joined}
-                    self._tell({symbol: f for symbol, f in feeds.items() if f != "live"})
-                held = wanted
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.05)
                 if message is not None:
                     self._received(text(message["channel"]), message["data"])

@@ -1,5 +1,6 @@
 """What clients hear of the feed planner (market_data/feed_plan.py): a `feed` message
-to every subscriber of a symbol whose feed changed, and each polled quote to the
+to every subscriber of a symbol whose feed changed, and to a client that joins a
+symbol already sampled or polled (it heard no change); each polled quote to the
 subscribers of its symbol (unless older than the last live price they have).
 
 Each client hears them in its own dialect (delivery/encoders.py): Finnhub's (`/`) has
@@ -24,11 +25,11 @@ class FeedNotices:
         self,
         subscribers_of: Callable[[str], Iterable[ClientConnection]],
         last_prices: LastPrices,
-        priced: Callable[[str], None] = lambda symbol: None,
+        feed_of: Callable[[str], str] = lambda symbol: "live",
     ) -> None:
         self._subscribers_of = subscribers_of
         self._last_prices = last_prices
-        self._priced = priced  # the planner hears of every polled price
+        self._feed_of = feed_of  # the planner's (a symbol it has not planned: "live")
         self.feed_messages = 0
         self.polled_quotes = 0
 
@@ -38,8 +39,14 @@ class FeedNotices:
                 self._subscribers_of(symbol), partial(_feed, symbol=symbol, feed=feed)
             )
 
+    def joined(self, client: ClientConnection, symbols: Iterable[str]) -> None:
+        """`client` took `symbols`: the feed of each one not live (a new symbol's comes
+        with the plan's change, to every subscriber)."""
+        for symbol in symbols:
+            if (feed := self._feed_of(symbol)) != "live":
+                self.feed_messages += send_each((client,), partial(_feed, symbol=symbol, feed=feed))
+
     def polled(self, symbol: str, quote: Quote) -> None:
-        self._priced(symbol)
         last_price_at = self._last_prices.timestamp(symbol)
         if last_price_at is not None and quote.timestamp < last_price_at:
             return  # its subscribers have a newer live price

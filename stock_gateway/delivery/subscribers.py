@@ -20,6 +20,9 @@ class Subscribers:
         self.of_symbol: dict[str, set[ClientConnection]] = {}
         self.immediate: dict[str, set[ClientConnection]] = {}
 
+    def of(self, symbol: str) -> frozenset[ClientConnection]:
+        return frozenset(self.of_symbol.get(symbol, ()))
+
     def add(self, client: ClientConnection, symbol: str) -> None:
         self.of_symbol.setdefault(symbol, set()).add(client)
         if client.immediate:

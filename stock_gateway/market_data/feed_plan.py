@@ -10,7 +10,7 @@ its demand (clients weighted by owner: `owner_weighted`), re-planned on every `p
   do not flap;
 - **sampled**: the next most demanded take turns on the `sampled_slots` slots kept
   for rotation: each is subscribed until it trades or its turn (`turn_seconds`) ends,
-  then the next, never-priced first, then most stale times most demanded;
+  then the next, never-priced first, then most stale times the square root of demand;
 - **polled**: the rest are priced by REST quotes (`poll_order()`, the order to poll
   in; the poller spends only what the REST budget leaves).
 
@@ -119,9 +119,10 @@ class FeedPlanner:
     # -- what the planner is told ------------------------------------------------------
 
     def priced(self, symbol: str) -> None:
-        """A price for `symbol` came (a trade, a quote): its turn, if any, may end."""
-        if symbol in self._feeds:
-            self._priced[symbol] = self._clock()
+        """A price for `symbol` came (a trade, a quote): its turn, if any, may end. A
+        symbol not planned yet is remembered too (its first subscriber's quote may come
+        before the plan); the next plan forgets it if nobody wants it."""
+        self._priced[symbol] = self._clock()
 
     def plan(self, demand: Mapping[str, float]) -> dict[str, Feed]:
         """Re-plan from every wanted symbol's demand; returns the symbols whose feed
@@ -132,6 +133,8 @@ class FeedPlanner:
         self._demand = demand
         for symbol in [s for s in self._feeds if s not in demand]:
             self._drop(symbol)
+        for symbol in [s for s in self._priced if s not in demand]:
+            del self._priced[symbol]  # priced before it was planned, and no longer wanted
         for symbol in demand:
             self._first_wanted.setdefault(symbol, now)
         ranked = sorted(demand, key=lambda s: (-demand[s], s))
@@ -223,8 +226,11 @@ class FeedPlanner:
             self._turns[symbol] = now
 
     def _urgency(self, symbol: str) -> float:
+        """Staleness times the square root of demand: the most wanted first, but a
+        little-wanted symbol is not starved (most symbols past the socket are wanted by
+        a few clients, and each of them sees its price age)."""
         now = self._clock()
-        demand = self._demand.get(symbol, 0.0)
+        demand = math.sqrt(self._demand.get(symbol, 0.0))
         checked = max(self._checked.get(symbol, -math.inf), self._first_wanted[symbol])
         priced = self._priced.get(symbol)
         if priced is None:

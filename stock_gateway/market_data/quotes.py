@@ -2,38 +2,32 @@
 the symbol is quiet), and the previous close behind each update's daily change.
 
 `QuoteService.request(symbol, owners)` returns a future shared by everyone asking for
-that symbol: a fresh cached quote resolves it at once (market_data/quote_cache.py:
-`QUOTE_TTL`, and `QUOTE_UNKNOWN_TTL` for a symbol Finnhub has no quote for, which
-resolves to None), otherwise the symbol joins a queue that `run()` works through, each
-fetch through the REST budget and within `QUOTE_WAIT` of being asked; past that the
-future fails with `QuoteUnavailable` (never a hang). Thousands of subscribers of one
-symbol cost one call.
-
-The key's budget is tiny (60 calls a minute on the free plan), so who gets it is
-decided here, in this order:
+that symbol: a fresh cached quote (quote_cache.py: `QUOTE_TTL`, `QUOTE_UNKNOWN_TTL`)
+resolves it at once, otherwise the symbol joins a queue `run()` works through, each
+fetch through the REST budget within `QUOTE_WAIT` of being asked, else the future fails
+with `QuoteUnavailable` (never a hang). Thousands of subscribers of one symbol cost one
+call. Who gets the key's tiny budget (60 calls a minute on the free plan), in order:
 
 1. **a subscriber's ask**: a client subscribing (or `GET /quote` of a symbol some
    client subscribes to) goes ahead of everything else in the queue;
 2. **a one-off lookup** (`GET /quote` of a symbol nobody subscribes to): at most
-   `lookups_per_minute` (`QUOTE_LOOKUP_SHARE` of the usable rate: rest_shares.py,
-   which keeps subscribers a share no lookup can take) in any 60 s, more are
+   `lookups_per_minute` (`QUOTE_LOOKUP_SHARE`: rest_shares.py) in any 60 s, more are
    refused at once, so junk lookups can never take the budget from subscribers;
-3. **a refresh**: at a market-session change (`refresh`, a new trading day may have
-   begun) every carried symbol whose quote is older than `QUOTE_TTL` is fetched again,
-   in the order given (subscribed symbols first), one at a time at most
-   `refreshes_per_minute` (a quarter of the plan), and only when no client waits;
-4. **a poll** (`poll`): the symbols the feed planner serves by REST (polled ones,
-   market_data/feed_plan.py), most urgent first, evenly spaced at `polls_per_minute`
-   (what the reserved subscriber share leaves), only when no client waits and no
-   refresh is due; each answer goes to the `on_polled` listeners.
+3. **a refresh**: at a market-session change (`refresh`: perhaps a new trading day)
+   every carried symbol whose quote is older than `QUOTE_TTL`, in the order given, one
+   at a time at most `refreshes_per_minute`, only when no client waits;
+4. **a poll** (`poll`): the symbols the feed planner serves by REST (feed_plan.py),
+   most urgent first, evenly spaced (`polls`), when no client waits, no refresh is
+   due and the key's budget has room (quote_polls.py): whatever the others leave.
+   Polled answers go to `on_polled` listeners; every answer (a subscriber's too) to
+   `on_quoted` ones (the planner: a first subscriber's quote is the symbol's first
+   price; a poll of a symbol already being fetched joins that fetch).
 
 At most `IN_FLIGHT` fetches are on their way at once, so a subscriber's ask never
 waits at the budget behind more than those. Each fetch is charged to every owner
 named (a client's user and its address, `QUOTE_REQUESTS_PER_ADDRESS` a minute each);
 cached and in-flight quotes cost nothing. At most `max_queued` fetches wait at once.
-A quote with a new previous close (a new day's) is announced to `on_new_close`
-listeners, so subscribers see the day's change move at once.
-
+A quote with a new previous close (a new day's) goes to `on_new_close` listeners.
 This module never talks to clients (the hub does) and never spends the budget itself
 (the `QuoteSource` does).
 """
@@ -50,6 +44,7 @@ from typing import Protocol
 from stock_gateway.market_data.model import Quote
 from stock_gateway.market_data.provider import UpstreamUnavailable
 from stock_gateway.market_data.quote_cache import QuoteCache
+from stock_gateway.market_data.quote_polls import PollPace
 from stock_gateway.runtime.allowances import Allowances
 from stock_gateway.runtime.cancellation import raise_if_cancelling
 from stock_gateway.runtime.logs import get_logger
@@ -59,6 +54,7 @@ logger = get_logger(__name__)
 
 SUBSCRIBER, LOOKUP, REFRESH, POLL = 0, 1, 2, 3  # what a fetch is for, first served first
 IN_FLIGHT = 4  # fetches on their way to the budget at once
+QuoteListener = Callable[[str, Quote], None]
 
 
 class QuoteUnavailable(Exception):
@@ -96,7 +92,7 @@ class QuoteService:
         window: float,  # the plan's minute, FINNHUB_REST_WINDOW: the per-minute counts' span
         lookups_per_minute: int,
         refreshes_per_minute: int,
-        polls_per_minute: int,
+        polls: PollPace,
         max_queued: int = 256,
     ) -> None:
         self._source = source
@@ -112,12 +108,11 @@ class QuoteService:
         self._lookups = SlidingWindow(max(lookups_per_minute, 1), window)
         # Refreshes one at a time, evenly spaced: a session change never takes a burst.
         self._refreshed = SlidingWindow(1, window / max(refreshes_per_minute, 1))
-        self._polls: list[str] = []  # the symbols to poll, most urgent first
-        self._polled = SlidingWindow(1, window / max(polls_per_minute, 1))
-        self._polling = polls_per_minute > 0
-        self._poll_listeners: list[Callable[[str, Quote], None]] = []
+        self._polls = polls
+        self._poll_listeners: list[QuoteListener] = []
+        self._quote_listeners: list[QuoteListener] = []
+        self._listeners: list[QuoteListener] = []  # of new previous closes
         self._work = asyncio.Event()
-        self._listeners: list[Callable[[str, Quote], None]] = []
         self.fetched = 0
         self.unavailable = 0
 
@@ -126,7 +121,7 @@ class QuoteService:
     def previous_close(self, symbol: str) -> float | None:
         return self._cache.previous_close(symbol)
 
-    def on_new_close(self, listener: Callable[[str, Quote], None]) -> None:
+    def on_new_close(self, listener: QuoteListener) -> None:
         """Call `listener(symbol, quote)` whenever a quote brings a new previous close."""
         self._listeners.append(listener)
 
@@ -179,15 +174,16 @@ class QuoteService:
 
     def poll(self, symbols: list[str]) -> None:
         """From now on, poll these symbols (most urgent first) at the poll pace."""
-        if not self._polling:
-            return
-        self._polls = symbols
-        if symbols:
+        if self._polls.replace(symbols):
             self._work.set()
 
-    def on_polled(self, listener: Callable[[str, Quote], None]) -> None:
+    def on_polled(self, listener: QuoteListener) -> None:
         """Call `listener(symbol, quote)` with every polled quote."""
         self._poll_listeners.append(listener)
+
+    def on_quoted(self, listener: QuoteListener) -> None:
+        """... and this one with every quote fetched, whoever asked."""
+        self._quote_listeners.append(listener)
 
     def remember(self, symbol: str, quote: Quote | None) -> None:
         """A quote learned elsewhere (another process of the cluster)."""
@@ -236,7 +232,7 @@ class QuoteService:
                         return refresh
                     continue
             if self._polls and not self._refreshes:
-                wait = self._polled.wait(now)
+                wait = self._polls.wait(now)
                 if not wait:
                     polled = self._take_poll(loop)
                     if polled is not None:
@@ -263,14 +259,10 @@ class QuoteService:
 
     def _take_poll(self, loop: asyncio.AbstractEventLoop) -> tuple[str, _Ask] | None:
         now = loop.time()
-        for symbol in self._polls:
-            if symbol not in self._pending:
-                self._polls = [s for s in self._polls if s != symbol]
-                self._polled.take(now)
-                ask = self._pending[symbol] = _Ask(loop.create_future(), now + self._wait, POLL)
-                return symbol, ask
-        self._polls = []  # every one of them is being fetched already
-        return None
+        if (symbol := self._polls.take(now, self._pending)) is None:
+            return None
+        ask = self._pending[symbol] = _Ask(loop.create_future(), now + self._wait, POLL)
+        return symbol, ask
 
     async def _fetch(self, symbol: str, ask: _Ask, in_flight: asyncio.Semaphore) -> None:
         try:
@@ -294,8 +286,9 @@ class QuoteService:
         self.fetched += 1
         self._store(symbol, quote)
         self._settle(symbol, quote)
-        if ask.kind == POLL and quote is not None:
-            for listener in self._poll_listeners:
+        told = self._quote_listeners + (self._poll_listeners if ask.kind == POLL else [])
+        if quote is not None:
+            for listener in told:
                 listener(symbol, quote)
 
     # -- the bookkeeping ---------------------------------------------------------------

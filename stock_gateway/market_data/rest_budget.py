@@ -70,3 +70,8 @@ class SlidingWindowBudget:
 
     def wait_estimate(self) -> float:
         return max(self._wait(asyncio.get_running_loop().time()), 1.0)
+
+    def free(self) -> int:
+        """Calls that could go now, in the plan's window (the poller's headroom)."""
+        self._wait(asyncio.get_running_loop().time())  # forgets the calls aged out
+        return max(0, self.per_minute - len(self._calls))

@@ -31,7 +31,7 @@ LOG_EVERY_SECONDS = 10.0
 class ConnectionLimits:
     # server/ sits below the settings, so it cannot read them: these defaults serve only
     # the guard used before the lifespan hands over the real one, and a test holds them
-    # equal to the settings' (wiring.connection_limits(Settings())).
+    # equal to the settings' (socket_limits.connection_limits(Settings())).
     handshake_timeout: float = 10.0  # request headers, then the WebSocket handshake
     max_request_header_bytes: int = 16_384  # request line plus headers
     max_connections: int = 0  # open sockets; 0: the open-file limit minus a reserve

@@ -13,7 +13,7 @@ import pytest
 
 from bench.attacks import closed_by_peer
 from bench.stuck import open_never_reading_stream, send_queues
-from stock_gateway import wiring
+from stock_gateway import socket_limits, wiring
 from tests.support.helpers import (
     GatewayUnderTest,
     Market,
@@ -127,7 +127,7 @@ async def test_a_stream_that_stops_reading_is_cut_and_releases_everything(
     if ended_by == "eviction":
         # Only the hub's slow-consumer eviction may end it: the server's write deadline
         # (which comes first, as writes pause before the outbox fills) is pushed out.
-        limits = wiring.connection_limits
+        limits = socket_limits.connection_limits
         monkeypatch.setattr(
             wiring, "connection_limits", lambda s: replace(limits(s), write_timeout=600)
         )

@@ -155,3 +155,38 @@ def test_a_symbol_nobody_wants_gives_its_slot_back() -> None:
 def test_owners_count_less_than_their_sockets() -> None:
     assert owner_weighted({"one": 100}) == pytest.approx(10.0)
     assert owner_weighted({f"o{i}": 1 for i in range(100)}) == pytest.approx(100.0)
+
+
+def test_a_price_that_comes_before_the_plan_counts_and_is_forgotten_if_unwanted() -> None:
+    """A new symbol's first subscriber's quote may come before the planner has planned
+    it: it is priced all the same, so REST goes to the never-priced ones first (the
+    quote was the symbol's poll); a price for a symbol nobody wants is not kept."""
+    plan, clock = planner(slots=4, sampled_slots=1, turn=60.0, changes=6000)  # 1 sampled
+    demand = {"P0": 100.0, "P1": 90.0, "P2": 80.0, "P3": 70.0, "P11": 50.0}
+    demand |= {f"P{i}": 10.0 for i in range(4, 11)}  # P11: the most demanded polled one
+    plan.priced("P11")  # its subscriber's quote, before any plan
+    plan.priced("NOBODY")
+    plan.plan(demand)
+    clock.now += 5
+    order = plan.poll_order()
+    assert plan.feed_of("P11") == "polled" and order[-1] == "P11"
+    assert len(plan.staleness()) == 12
+    plan.plan({**demand, "NOBODY": 1.0})
+    assert "NOBODY" in plan.poll_order()[:-1]  # wanted now, never priced since: urgent
+
+
+def test_a_little_wanted_symbol_is_not_starved_by_a_more_wanted_one() -> None:
+    """Polls go by staleness times the square root of demand: a symbol one client wants,
+    three times as stale as one four clients want, is polled first (by demand alone it
+    would wait behind it, and again behind every more wanted symbol)."""
+    plan, clock = planner(slots=2, sampled_slots=1, turn=60.0, changes=6000)  # 1 sampled
+    demand = {"L0": 100.0, "S0": 90.0, "WANTED": 4.0, "LITTLE": 1.0}
+    plan.plan(demand)
+    plan.priced("S0")  # the sampled one: priced by its turn, so polls leave it be
+    plan.priced("LITTLE")
+    clock.now += 20
+    plan.priced("WANTED")
+    clock.now += 10  # LITTLE: 30 s stale, WANTED: 10 s
+    plan.plan(demand)
+    assert plan.feed_of("WANTED") == plan.feed_of("LITTLE") == "polled"
+    assert plan.poll_order() == ["LITTLE", "WANTED"]

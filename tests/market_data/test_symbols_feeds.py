@@ -140,3 +140,41 @@ async def test_finnhub_dialect_gets_sampled_trades_and_nothing_invented(
         assert kinds <= {"trade", "ping"}  # no feed, no quote: Finnhub's protocol has none
         assert feeds["live"] == CAP - 2 and feeds["sampled"] + feeds["polled"] == 8
         assert_socket_within_cap(busy_market)
+
+
+async def joined_by_two(gateway: Any) -> str:
+    """Two clients (one address: demand sqrt(2) each) on every symbol; the first
+    symbol they are told is sampled. A third joining it leaves every feed as it is
+    (sqrt(3) is within the hysteresis of sqrt(2))."""
+    first, second = await gateway.connect(), await gateway.connect()
+    await first.wait_upstream_connected()
+    await first.subscribe(*SYMBOLS)
+    await second.subscribe(*SYMBOLS)
+    async with asyncio.timeout(10):
+        while (message := await first.receive())["type"] != "feed":
+            pass
+    assert message["feed"] == "sampled"
+    symbol: str = message["symbol"]
+    return symbol
+
+
+async def test_ws_a_client_joining_a_sampled_symbol_is_told_its_feed(busy_market: Market) -> None:
+    async with planned(busy_market) as gateway:
+        symbol = await joined_by_two(gateway)
+        joining = await gateway.connect()
+        assert (await joining.subscribe(symbol))["symbols"] == [symbol]
+        async with asyncio.timeout(5):
+            while (message := await joining.receive())["type"] != "feed":
+                pass
+        assert message == {"type": "feed", "symbol": symbol, "feed": "sampled"}
+
+
+async def test_stream_a_client_joining_a_sampled_symbol_is_told_its_feed(
+    busy_market: Market,
+) -> None:
+    async with planned(busy_market) as gateway:
+        symbol = await joined_by_two(gateway)
+        async with opened(gateway, f"symbols={symbol}") as stream:
+            assert (await stream.expect("subscription"))["symbols"] == [symbol]
+            told = await stream.expect("feed", timeout=5)
+            assert (told["symbol"], told["feed"]) == (symbol, "sampled")

@@ -35,6 +35,7 @@ LAYERS = (
     "protocol",
     "bars",
     "setting_sources",
+    "socket_limits",
     "rest_shares",
     "settings",
     "setting_urls",

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from stock_gateway import wiring
 from stock_gateway.server.guard import ConnectionLimits
 from stock_gateway.setting_sources import load_settings
 from stock_gateway.settings import ConfigError, Settings, environment_names
+from stock_gateway.socket_limits import connection_limits
 
 
 @pytest.fixture(autouse=True)
@@ -118,4 +118,4 @@ def test_a_cluster_refuses_a_sqlite_bar_store() -> None:
 def test_the_guards_limits_before_the_lifespan_are_the_settings_defaults() -> None:
     """server/ cannot read the settings (it sits below them), so its fallback limits are
     written out again: they must stay what a default gateway's settings give."""
-    assert ConnectionLimits() == wiring.connection_limits(Settings())
+    assert ConnectionLimits() == connection_limits(Settings())

@@ -17,7 +17,9 @@ from stock_gateway.bars.book import BarBook
 from stock_gateway.delivery.outbox import OutboxLimits
 from stock_gateway.delivery.snapshots import LatestPrices
 from stock_gateway.delivery.stats import Observer
+from stock_gateway.delivery.subscribers import Subscribers
 from stock_gateway.market_data.model import SymbolInterest
+from stock_gateway.market_data.quote_polls import PollPace
 from stock_gateway.market_data.quotes import QuoteService, QuoteSource
 from stock_gateway.market_data.rest_budget import SlidingWindowBudget
 from stock_gateway.protocol import Frame
@@ -178,7 +180,7 @@ def make_quotes(source: QuoteSource, shares: Allowances, **changed: Any) -> Quot
         "window": DEFAULTS.finnhub_rest_window,
         "lookups_per_minute": budget.lookups,
         "refreshes_per_minute": budget.refreshes,
-        "polls_per_minute": budget.polls,
+        "polls": PollPace(budget.polls, DEFAULTS.finnhub_rest_window),
     }
     return QuoteService(source, shares, **(options | changed))
 
@@ -198,6 +200,8 @@ def make_hub(
     return Hub(
         holds,
         latest,
+        Subscribers(),
+        joined=lambda client, added: None,
         outbox=outbox_limits(),
         max_batch_bytes=DEFAULTS.max_batch_bytes,
         handoff_observer=handoff_observer,
