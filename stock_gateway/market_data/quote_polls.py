@@ -43,6 +43,11 @@ class PollPace:
         full = self._headroom is not None and self._headroom() <= POLL_HEADROOM
         return FULL_RETRY if full else 0.0
 
+    def answered(self, symbol: str) -> None:
+        """A quote of `symbol` just came, whoever asked: it is not due for a poll now
+        (the list was planned before that answer came)."""
+        self._symbols = [s for s in self._symbols if s != symbol]
+
     def take(self, now: float, busy: Container[str]) -> str | None:
         """The most urgent symbol not `busy` (already being fetched: joining that fetch
         is the poll), its poll counted; None when every one of them is busy."""

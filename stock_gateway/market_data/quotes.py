@@ -286,6 +286,7 @@ class QuoteService:
         self.fetched += 1
         self._store(symbol, quote)
         self._settle(symbol, quote)
+        self._polls.answered(symbol)
         told = self._quote_listeners + (self._poll_listeners if ask.kind == POLL else [])
         if quote is not None:
             for listener in told:
