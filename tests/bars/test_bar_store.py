@@ -38,7 +38,7 @@ from tests.support.bar_stores import (
     gateway_on,
     get_json,
 )
-from tests.support.bars import now_ms, trade_at
+from tests.support.bars import floored_ms, now_ms, trade_at
 from tests.support.fakes import DEFAULTS, make_book, make_capacity
 from tests.support.helpers import (
     PROJECT,
@@ -184,7 +184,7 @@ async def test_retention_deletes_what_is_past_its_time(tmp_path: Path) -> None:
     await store.open()
     try:
         recorder = BarRecorder(store, {"1s": 3600.0, "1m": 30 * 86_400.0})
-        now = now_ms() - now_ms() % MINUTE
+        now = floored_ms(MINUTE)
 
         def event(interval: Any, t: int) -> BarEvent:
             bar = {"t": t, "o": 1.0, "h": 1.0, "l": 1.0, "c": 1.0, "v": 1.0, "n": 1}
@@ -201,7 +201,7 @@ async def test_retention_deletes_what_is_past_its_time(tmp_path: Path) -> None:
 
 
 async def test_trades_arriving_while_stored_bars_load_count_after_them() -> None:
-    start = now_ms() - now_ms() % MINUTE
+    start = floored_ms(MINUTE)
     store = SlowStore(Bar.of(start, 10.0, 1.0, start))  # one trade, stored open
     recorder = BarRecorder(store, {})
     book = make_book()
@@ -272,7 +272,7 @@ async def test_a_late_trade_older_than_the_history_held_revises_the_stored_bar(
         client = await gateway.connect()
         await client.subscribe("AAPL")
         await market.simulator.wait_for(lambda: "AAPL" in market.simulator.subscribed_symbols())
-        sent = now_ms() - now_ms() % MINUTE
+        sent = floored_ms(MINUTE)
         minutes = [sent - k * MINUTE for k in range(10, 4, -1)]  # six, the oldest first
         await market.simulator.send_trades([trade_at("AAPL", 100.0, t + 1_000) for t in minutes])
         await client.expect("price_update")

@@ -15,7 +15,7 @@ from stock_gateway.bars.postgres_store import PostgresStore
 from stock_gateway.bars.recorder import BarRecorder
 from stock_gateway.bars.store import StoreError
 from tests.support.bar_stores import assert_partial_bars_merge
-from tests.support.bars import now_ms, trade_at
+from tests.support.bars import floored_ms, now_ms, trade_at
 from tests.support.helpers import Market, poll_until, run_gateway, settings_for
 
 MINUTE, DAY = 60_000, 86_400_000
@@ -54,7 +54,7 @@ async def test_retention_in_postgresql(postgres: str) -> None:
     await store.open()
     try:
         recorder = BarRecorder(store, {"5m": 90 * 86_400.0})
-        now = now_ms() - now_ms() % (5 * MINUTE)
+        now = floored_ms(5 * MINUTE)
         bar = {"o": 1.0, "h": 1.0, "l": 1.0, "c": 1.0, "v": 1.0, "n": 1}
         recorder.record(
             BarEvent("RET", "5m", {"t": t, **bar}, final=True) for t in (now - 91 * DAY, now - DAY)

@@ -32,7 +32,7 @@ from stock_gateway.delivery import bar_delivery as bars_delivery
 from stock_gateway.delivery.bar_delivery import BarDelivery
 from stock_gateway.market_data.model import Trade
 from tests.support.bar_stores import SlowStore, gateway_on, get_json
-from tests.support.bars import now_ms, trade_at
+from tests.support.bars import floored_ms, now_ms, trade_at
 from tests.support.fakes import DEFAULTS, make_book, make_capacity
 from tests.support.helpers import (
     Client,
@@ -226,7 +226,7 @@ async def test_a_failing_retry_of_a_full_backlog_holds_the_loop_briefly(tmp_path
     await store.open()
     await store.close()  # every write fails from now on, as a full disk's would
     recorder = BarRecorder(store, {})
-    start = now_ms() - now_ms() % 60_000
+    start = floored_ms(60_000)
     recorder.record(
         BarEvent(f"S{n % 500}", "1s", {"t": start - 1000 * (n // 500), "o": 1.0, "h": 1.0,
                  "l": 1.0, "c": 1.0, "v": 1.0, "n": 1}, final=True)

@@ -24,6 +24,7 @@ from stock_gateway.cluster.bars import LeaderBars
 from stock_gateway.cluster.link import RedisLink
 from stock_gateway.cluster.stored_bars import StoredBars
 from stock_gateway.market_data.model import Trade
+from tests.support.bars import floored_ms, now_ms
 from tests.support.cluster import (
     a_follower,
     bar_with,
@@ -32,7 +33,6 @@ from tests.support.cluster import (
     gateway_process,
     has_leader,
     health,
-    now_ms,
     subscribe_bars,
 )
 from tests.support.helpers import (
@@ -65,7 +65,7 @@ async def test_a_new_leader_continues_the_stored_bars_after_a_sigkill(
 ) -> None:
     store = PostgresStore(postgres)
     await store.open()
-    minute = now_ms() - now_ms() % MINUTE
+    minute = floored_ms(MINUTE)
     # Before the cluster: a bar of IBM and one of a symbol it will never carry.
     t0, t1, t2, t3, t4 = (minute - m * MINUTE for m in (90, 40, 30, 20, 10))
     await store.write(

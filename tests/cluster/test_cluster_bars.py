@@ -12,6 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.support.bars import floored_ms, now_ms
 from tests.support.cluster import (
     a_follower,
     bar_with,
@@ -20,7 +21,6 @@ from tests.support.cluster import (
     gateway_process,
     has_leader,
     health,
-    now_ms,
     subscribe_bars,
 )
 from tests.support.helpers import Market, RedisServer, poll_until, without_gap
@@ -43,7 +43,7 @@ async def test_a_follower_serves_history_and_live_bars(
         assert await subscribe_bars(client, "AAPL", "1s") == []
         await carried(market, "AAPL")
         await asyncio.sleep(1 - time.time() % 1 + 0.01)  # the start of a fresh second
-        start = now_ms() - now_ms() % 1000
+        start = floored_ms(1000)
         await market.simulator.send_trades(
             [
                 {"s": "AAPL", "p": 10.0, "v": 1, "t": start + 10},

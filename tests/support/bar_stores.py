@@ -15,7 +15,7 @@ import aiohttp
 from stock_gateway.bars.book import Bar, BarEvent, Interval
 from stock_gateway.bars.recorder import BarRecorder
 from stock_gateway.bars.store import BarStore, MemoryStore
-from tests.support.bars import now_ms
+from tests.support.bars import floored_ms
 from tests.support.helpers import (
     PROJECT,
     TEST_KEY,
@@ -71,7 +71,7 @@ class SlowStore(MemoryStore):
 async def assert_partial_bars_merge(store: BarStore) -> None:
     """A late trade for a bar older than the book holds arrives as a partial bar (that
     trade alone); the store counts it in the bar it keeps, by trade time and sum."""
-    start = now_ms() - now_ms() % MINUTE - 10 * DAY
+    start = floored_ms(MINUTE) - 10 * DAY
     kept = Bar(start, 10.0, 12.0, 9.0, 11.0, 5.0, 2, start + 10_000, start + 50_000)
     recorder = BarRecorder(store, {})
     recorder.record([BarEvent.of("PART", "1m", kept, final=True)])

@@ -15,6 +15,14 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def floored_ms(period: int) -> int:
+    """Now in ms, floored to a multiple of `period` ms, from one reading of the clock
+    (`now_ms() - now_ms() % period` reads it twice and misses the floor by the ms
+    between the two readings)."""
+    now = now_ms()
+    return now - now % period
+
+
 def trade_at(symbol: str, price: float, t: int, volume: float = 10) -> dict[str, Any]:
     return {"s": symbol, "p": price, "v": volume, "t": t}
 
@@ -38,4 +46,4 @@ async def subscribe_bars(client: Client, symbol: str, interval: str) -> list[dic
 async def next_second_boundary() -> int:
     """Sleep into the start of the next second (so a test's trades share one 1s bar)."""
     await asyncio.sleep(1 - (time.time() % 1) + 0.01)
-    return now_ms() - now_ms() % 1000
+    return floored_ms(1000)

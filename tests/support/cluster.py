@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -113,10 +112,6 @@ async def a_follower(session: aiohttp.ClientSession, ports: list[int]) -> int:
 
 async def nodes_seen(session: aiohttp.ClientSession, ports: list[int], nodes: int) -> bool:
     return all([(await health(session, port))["cluster_nodes"] == nodes for port in ports])
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 async def subscribe_bars(client: Client, symbol: str, interval: str) -> list[dict[str, Any]]:
