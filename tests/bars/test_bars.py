@@ -94,11 +94,16 @@ async def test_live_updates_come_at_most_once_a_second(
         await asyncio.sleep(0.05)
     await asyncio.sleep(0.7)  # for the update the last trades are due
     reading.cancel()
-    live = [m for _, m in received if not m["final"]]
-    assert 1 <= len(live) <= 3, [m["bar"]["n"] for m in live]  # not one per trade
-    times = [at for at, m in received if not m["final"] and m["bar"]["t"] == live[0]["bar"]["t"]]
-    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
-    assert all(gap >= 0.9 for gap in gaps), gaps  # at most one a second per bar series
+    # Per bar series: the 2.2 s may cross a minute, and the next minute is a new bar.
+    series: dict[int, list[float]] = {}
+    for at, message in received:
+        if not message["final"]:
+            series.setdefault(message["bar"]["t"], []).append(at)
+    assert 1 <= len(series) <= 2, sorted(series)
+    for times in series.values():
+        assert len(times) <= 3, [len(t) for t in series.values()]  # not one per trade
+        gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+        assert all(gap >= 0.9 for gap in gaps), gaps  # at most one a second per bar series
     assert sum(1 for _, m in received if m["bar"]["c"] == 129) >= 1  # ends on the newest
 
 
