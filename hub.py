@@ -38,7 +38,7 @@ from stock_gateway.delivery.bar_delivery import BarDelivery
 from stock_gateway.delivery.encoders import Encoder, send_each
 from stock_gateway.delivery.outbox import ClientConnection, OutboxLimits
 from stock_gateway.delivery.pacing import DeliveryClock, DeliveryGroups
-from stock_gateway.delivery.quote_delivery import quote_delivery
+from stock_gateway.delivery.quote_delivery import Feeds, quote_delivery
 from stock_gateway.delivery.snapshots import LatestPrices
 from stock_gateway.delivery.sockets import ClientSocket, FrameWriter
 from stock_gateway.delivery.stats import FanoutStats, Observer
@@ -77,6 +77,7 @@ class Hub:
         subscribers: Subscribers,
         *,
         joined: Callable[[ClientConnection, list[str]], None],
+        feeds: Feeds,
         bars: BarDelivery | None = None,
         quotes: QuoteService | None = None,
         outbox: OutboxLimits,
@@ -89,7 +90,8 @@ class Hub:
         self.bars = bars  # bar subscriptions, held through the same holds
         self.quotes = quotes
         self.market_status: MarketStatus | None = None
-        self._quote_delivery = quote_delivery(quotes, self.subscribers_of, latest)
+        # Only a live symbol's subscriber asks for a quote: the planner prices the rest.
+        self._quote_delivery = quote_delivery(quotes, self.subscribers_of, latest, feeds)
         self.clock = DeliveryClock()  # one timer for every throttled or batched client
         self.groups = DeliveryGroups(self.clock, self._count_conflated, max_batch_bytes)
         self.trades = TradeGroups()  # clients whose encoder takes raw trades

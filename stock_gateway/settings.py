@@ -62,8 +62,8 @@ class Settings:
     upstream_subscribe_burst: int = setting(50, minimum=1)  # those two: (un)subscribes/s
     # Past MAX_UPSTREAM_SYMBOLS (market_data/feed_plan.py): slots for sampled symbols'
     # turns, a turn's length, (un)subscribe messages the planner may cause a minute.
-    sampled_slots: int = setting(10, minimum=1)
-    sample_turn_seconds: float = setting(5.0, minimum=0.1)
+    sampled_slots: int = setting(20, minimum=1)
+    sample_turn_seconds: float = setting(20.0, minimum=0.1)
     upstream_changes_per_minute: int = setting(240, minimum=2)
     # The last client leaving a symbol releases it upstream after this many seconds.
     symbol_linger_seconds: float = setting(30.0, minimum=0)

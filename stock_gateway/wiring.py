@@ -46,6 +46,7 @@ from stock_gateway.cluster.stored_bars import StoredBars
 from stock_gateway.delivery.bar_delivery import BarDelivery
 from stock_gateway.delivery.feed_notices import FeedNotices
 from stock_gateway.delivery.outbox import OutboxLimits
+from stock_gateway.delivery.quote_delivery import Feeds
 from stock_gateway.delivery.snapshots import LatestPrices
 from stock_gateway.delivery.stats import Observer
 from stock_gateway.delivery.subscribers import Subscribers
@@ -155,6 +156,7 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
             unknown_ttl=settings.quote_unknown_ttl,
         )
     )
+    polls = poll_pace(budget, shares.polls, shares.reserved_polls, window)
     quotes = QuoteService(
         source,
         Allowances.per_minute(settings.quote_requests_per_address),
@@ -164,7 +166,7 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
         window=window,
         lookups_per_minute=shares.lookups,
         refreshes_per_minute=shares.refreshes,
-        polls=poll_pace(budget, shares.polls, shares.reserved_polls, window),
+        polls=polls,
     )
     # The REST mirror's forwarded calls (GET /api/v1/...): their answers are kept in
     # this process, or on a cluster in Redis beside the budget.
@@ -211,20 +213,21 @@ async def start(settings: Settings, stack: AsyncExitStack, handoff: Observer) ->
             sampled_slots=settings.sampled_slots,
             turn_seconds=settings.sample_turn_seconds,
             changes_per_minute=settings.upstream_changes_per_minute,
+            polls_per_second=polls.per_second if settings.rest_enabled else 0.0,
         ),
         time.monotonic,
     )
     subscribers = Subscribers()  # symbol -> clients: the hub keeps it, the notices read it
     # On a cluster, clients hear the leader's plan as this node learned it (cluster/feeds.py).
     feed_map = FeedMap() if link is not None else None
-    notices = FeedNotices(
-        subscribers.of, latest, planner.feed_of if feed_map is None else feed_map.feed_of
-    )
+    feeds_seen: Feeds = planner if feed_map is None else feed_map  # what clients are told
+    notices = FeedNotices(subscribers.of, latest, feeds_seen.feed_of)
     hub = Hub(
         holds,
         latest,
         subscribers,
         joined=notices.joined,
+        feeds=feeds_seen,
         bars=bars,
         quotes=quotes if settings.rest_enabled else None,
         outbox=OutboxLimits(

@@ -53,23 +53,35 @@ class FeedMap:
 
     def __init__(self) -> None:
         self._feeds: dict[str, str] = {}
+        self._past_socket = 0  # planned symbols not live: the socket is full
 
     def feed_of(self, symbol: str) -> str:
-        return self._feeds.get(symbol, "live")  # as the planner: a new symbol is live
+        return self._feeds.get(symbol, self._unplanned())
+
+    @property
+    def rotating(self) -> bool:
+        return self._past_socket > 0
+
+    def _unplanned(self) -> str:
+        """As the planner says of a symbol it has not planned yet."""
+        return "sampled" if self.rotating else "live"
 
     def feeds(self) -> dict[str, str]:
         return dict(self._feeds)
 
     def apply(self, changes: FeedChanges) -> dict[str, str]:
         """Take these changes; return the symbols whose feed is now another (a symbol
-        first planned counts only when it is not live, as the planner tells it)."""
+        first planned counts only when it is not what `feed_of` said of it before)."""
         told: dict[str, str] = {}
+        unplanned = self._unplanned()  # the same for every symbol not planned yet
         for symbol, feed in changes.items():
-            before = self.feed_of(symbol)
+            before = self._feeds.get(symbol, unplanned)
+            self._past_socket -= self._feeds.get(symbol, "live") != "live"
             if feed is None:
                 self._feeds.pop(symbol, None)
                 continue
             self._feeds[symbol] = feed
+            self._past_socket += feed != "live"
             if feed != before:
                 told[symbol] = feed
         return told

@@ -4,9 +4,16 @@ new previous close to every subscriber of its symbol.
 `QuoteDelivery.send(client, symbol, quiet=...)` sends a fresh cached quote at once, or
 asks the `QuoteService` (charged to the client's owner and address) and sends the
 answer to every client that asked while that fetch was under way and still holds the
-symbol: one fetch, one frame, many clients. A fetch that fails in time becomes a
-`quote_unavailable` error for those clients, except `quiet` ones (they have a live
-snapshot already, so a stale quote being refreshed is no error to them); "no quote"
+symbol: one fetch, one frame, many clients. Only a live symbol's subscriber asks
+(`Feeds.feed_of`): one past the socket is priced by the feed planner (a turn, then a
+poll whose quote reaches every subscriber), and asks for each of hundreds of new
+symbols would spend the whole REST budget on first quotes. While the socket is full
+(`Feeds.rotating`) a `quiet` subscriber does not ask either when its symbol's previous
+close is known: its snapshot carries the day's change, and REST is what prices the
+symbols past the socket (a session change still refreshes every previous close). A
+fetch that fails in time becomes a `quote_unavailable` error for those clients, except
+`quiet` ones (they have a live snapshot already, so a stale quote being refreshed is no
+error to them); "no quote"
 (an unknown symbol) sends nothing. At a market-session change `refresh` has the
 carried symbols' stale quotes fetched again, subscribed ones first; a quote that
 brings a new previous close (a new trading day) goes to every subscriber of its
@@ -46,14 +53,26 @@ class LastPrices(Protocol):
     def timestamp(self, symbol: str) -> int | None: ...
 
 
+class Feeds(Protocol):
+    """How the feed planner serves each symbol (market_data/feed_plan.py's `FeedPlanner`;
+    on a cluster, the leader's plan as this node learned it: cluster/feeds.py)."""
+
+    @property
+    def rotating(self) -> bool: ...  # more symbols wanted than the socket carries
+
+    def feed_of(self, symbol: str) -> str: ...
+
+
 class QuoteDelivery:
     def __init__(
         self,
         quotes: QuoteService,
         subscribers_of: Callable[[str], Iterable[ClientConnection]],
         last_prices: LastPrices,
+        feeds: Feeds,
     ) -> None:
         self._quotes = quotes
+        self._feeds = feeds
         self._subscribers_of = subscribers_of
         self._last_prices = last_prices
         self._waiting: dict[str, Waiting] = {}  # symbol -> the fetch under way, its clients
@@ -61,7 +80,12 @@ class QuoteDelivery:
 
     def send(self, client: ClientConnection, symbol: str, *, quiet: bool) -> None:
         """The symbol's quote: at once if fresh in the cache, else fetched (one fetch for
-        every client waiting) and sent when it comes."""
+        every client waiting) and sent when it comes, if the client needs one."""
+        if not self._quotes.fresh(symbol):
+            if self._feeds.feed_of(symbol) != "live":
+                return  # the planner prices it, and its polls reach every subscriber
+            if quiet and self._feeds.rotating and self._quotes.previous_close(symbol):
+                return  # its snapshot is a live price, with the day's change
         future = self._quotes.request(symbol, (client.owner, client.address))
         if future.done():
             self._deliver(symbol, future, {client: quiet})
@@ -122,6 +146,7 @@ def quote_delivery(
     quotes: QuoteService | None,
     subscribers_of: Callable[[str], Iterable[ClientConnection]],
     last_prices: LastPrices,
+    feeds: Feeds,
 ) -> QuoteDelivery | None:
     """The hub's quote delivery; None without quotes (REST_ENABLED=false)."""
-    return None if quotes is None else QuoteDelivery(quotes, subscribers_of, last_prices)
+    return None if quotes is None else QuoteDelivery(quotes, subscribers_of, last_prices, feeds)

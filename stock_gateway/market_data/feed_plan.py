@@ -2,19 +2,24 @@
 
 Finnhub's free plan carries `MAX_UPSTREAM_SYMBOLS` symbols on its one socket; clients
 may want many more. `FeedPlanner` gives every wanted symbol one of three feeds, from
-its demand (clients weighted by owner: `owner_weighted`), re-planned on every `plan()`:
+its demand (clients weighted by owner: `owner_weighted`) and how often it trades
+(trade_rates.py), re-planned on every `plan()`:
 
 - **live**: the most demanded symbols hold a socket slot for as long as they stay among
   the most demanded. A symbol outside takes the slot of the least demanded live one
   only when its demand is more than `HYSTERESIS` above it, so symbols near the boundary
   do not flap;
-- **sampled**: the next most demanded take turns on the `sampled_slots` slots kept
-  for rotation: each is subscribed until it trades or its turn (`turn_seconds`) ends,
-  then the next, never-priced first, then most stale times the square root of demand;
-- **polled**: the rest are priced by REST quotes (`poll_order()`, the order to poll
-  in; the poller spends only what the REST budget leaves).
+- **sampled**: of the rest, those that trade most often take turns on the
+  `rotation_slots` slots kept for rotation: each is subscribed until it trades or its
+  turn ends (about two of its trade gaps, at most `turn_seconds`), then the next, the
+  one whose price is probably most out of date (trade_rates.py: `expected_lag`);
+- **polled**: the rest, which trade rarely (a turn would mostly wait), are priced by
+  REST quotes (`poll_order()`, the order to poll in; the poller spends only what the
+  REST budget leaves), most out of date first, the same way.
 
-While no more symbols are wanted than the socket carries, all of them are live.
+How many are sampled follows both budgets (rotation.py). A symbol never priced goes
+first: a turn (a trade is free), then, if none came, a poll before any other. While no
+more symbols are wanted than the socket carries, all of them are live.
 
 Every change of the socket's symbols is one subscribe or unsubscribe message to
 Finnhub: the planner spends at most `changes_per_minute` of them (a token bucket) and
@@ -30,10 +35,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal, get_args
 
+from stock_gateway.market_data.rotation import sample_count, turn_length
+from stock_gateway.market_data.trade_rates import TradeRates
+from stock_gateway.runtime.token_bucket import TokenBucket
+
 Feed = Literal["live", "sampled", "polled"]
 FEEDS: tuple[Feed, ...] = get_args(Feed)
-HYSTERESIS = 0.25  # a challenger needs this much more demand than the one it displaces
+HYSTERESIS = 0.25  # a challenger needs this much more demand (or trades) than the one it displaces
 NEVER_PRICED_BONUS = 1e9  # a symbol never priced goes before any stale one
+FEED_DWELL = 60.0  # seconds a symbol stays sampled or polled before it may change again
 
 
 def owner_weighted(holders: Mapping[str, int]) -> float:
@@ -48,39 +58,35 @@ class PlanLimits:
     sampled_slots: int  # SAMPLED_SLOTS: of those, kept for rotation when needed
     turn_seconds: float  # SAMPLE_TURN_SECONDS: a sampled symbol's longest turn
     changes_per_minute: int  # UPSTREAM_CHANGES_PER_MINUTE: subscribes + unsubscribes
+    polls_per_second: float  # REST quotes the poller may make (0: none)
 
     @property
     def rotation_slots(self) -> int:
         """Slots kept for turns once rotating: never more than half the socket."""
         return min(self.sampled_slots, max(1, self.socket_slots // 2))
 
-    @property
-    def sampled_symbols(self) -> int:
-        """How many symbols the rotation serves (each about once a minute); the rest
-        are polled. A turn costs a subscribe and an unsubscribe."""
-        by_rate = self.changes_per_minute // 2
-        by_slots = int(self.rotation_slots * 60 / max(self.turn_seconds, 0.1))
-        return max(self.rotation_slots, min(by_rate, by_slots))
-
 
 class FeedPlanner:
     def __init__(self, limits: PlanLimits, clock: Callable[[], float]) -> None:
         self.limits = limits
         self._clock = clock
+        self.rates = TradeRates()
         self._live: set[str] = set()
         self._sampled: set[str] = set()
         self._feeds: dict[str, Feed] = {}
-        self._turns: dict[str, float] = {}  # symbol on its turn -> when the turn began
+        # On its turn -> (since, length): fixed, as waiting lowers the symbol's rate.
+        self._turns: dict[str, tuple[float, float]] = {}
         self._priced: dict[str, float] = {}  # symbol -> when a price last came
-        # symbol -> when its last turn ended without a trade: its price was still current
-        self._checked: dict[str, float] = {}
+        # Never priced, and its turn brought no trade: when that turn ended.
+        self._probed: dict[str, float] = {}
+        self._feed_since: dict[str, float] = {}  # symbol -> when its feed last changed
         self._first_wanted: dict[str, float] = {}
         self._demand: Mapping[str, float] = {}
-        rate = limits.changes_per_minute / 60.0
-        self._burst = float(max(2 * limits.socket_slots, 2))
-        self._tokens = self._burst
-        self._rate = rate
-        self._updated = clock()
+        self._rotating = False  # more symbols wanted than the socket carries
+        # Subscribe and unsubscribe messages: a burst of two socketfuls, then the rate.
+        rate, burst = limits.changes_per_minute / 60.0, max(2 * limits.socket_slots, 2)
+        self._changes = TokenBucket(rate, burst, clock())
+        self._planned_at = clock()
         self.changes_sent = 0  # socket changes planned (subscribe + unsubscribe)
         self.turnover = 0  # symbols that took or gave up a live slot, or began a turn
 
@@ -91,8 +97,18 @@ class FeedPlanner:
         """The symbols the upstream socket should carry now: live ones and turns."""
         return frozenset(self._live | self._turns.keys())
 
+    @property
+    def rotating(self) -> bool:
+        """More symbols are wanted than the socket carries."""
+        return self._rotating
+
     def feed_of(self, symbol: str) -> Feed:
-        return self._feeds.get(symbol, "live")
+        """A symbol not planned yet, while the socket is full: "sampled" (its first
+        price: a turn, as planned; the plan may make it live or polled a moment later)."""
+        return self._feeds.get(symbol, self._unplanned())
+
+    def _unplanned(self) -> Feed:
+        return "sampled" if self._rotating else "live"
 
     def feeds(self) -> dict[str, Feed]:
         return dict(self._feeds)
@@ -107,29 +123,32 @@ class FeedPlanner:
         return [now - self._priced.get(s, self._first_wanted[s]) for s in self._feeds]
 
     def poll_order(self) -> list[str]:
-        """The symbols REST should price, most urgent first: polled ones, and sampled
-        ones no turn has priced yet; never priced first, then stale times demanded."""
-        wanting = [
-            symbol
-            for symbol, feed in self._feeds.items()
-            if feed == "polled" or (feed == "sampled" and symbol not in self._priced)
-        ]
-        return sorted(wanting, key=self._urgency, reverse=True)
+        """The symbols REST should price, most urgent first: polled ones, and any not
+        live and never priced whose turn brought no trade (or that waited a longest
+        turn for one); never priced first, then probably most out of date."""
+        now = self._clock()
+        wanting = [s for s, feed in self._feeds.items() if self._pollable(s, feed, now)]
+        return sorted(wanting, key=self._poll_urgency, reverse=True)
 
     # -- what the planner is told ------------------------------------------------------
 
     def priced(self, symbol: str) -> None:
-        """A price for `symbol` came (a trade, a quote): its turn, if any, may end. A
-        symbol not planned yet is remembered too (its first subscriber's quote may come
-        before the plan); the next plan forgets it if nobody wants it."""
+        """A price for `symbol` came (a trade, a quote): its turn, if any, may end. One
+        not planned yet is remembered too; the next plan forgets it if nobody wants it."""
         self._priced[symbol] = self._clock()
+        self._probed.pop(symbol, None)
+
+    def traded(self, symbol: str, trades: int) -> None:
+        """`trades` trades of `symbol` came on the socket: a price, and its trade rate."""
+        self.rates.traded(symbol, trades)
+        self.priced(symbol)
 
     def plan(self, demand: Mapping[str, float]) -> dict[str, Feed]:
         """Re-plan from every wanted symbol's demand; returns the symbols whose feed
-        changed, with their new feed: a new symbol counts only when it is not live (the
-        usual case, a few symbols, then costs subscribers no message)."""
+        changed, with their new feed (a new symbol's only if `feed_of` said otherwise)."""
         now = self._clock()
-        self._refill(now)
+        self.rates.carried(self.socket, now - self._planned_at)
+        self._planned_at = now
         self._demand = demand
         for symbol in [s for s in self._feeds if s not in demand]:
             self._drop(symbol)
@@ -138,11 +157,15 @@ class FeedPlanner:
         for symbol in demand:
             self._first_wanted.setdefault(symbol, now)
         ranked = sorted(demand, key=lambda s: (-demand[s], s))
-        rotating = len(demand) > self.limits.socket_slots
+        unplanned = self._unplanned()  # what a symbol not planned yet was said to be
+        rotating = self._rotating = len(demand) > self.limits.socket_slots
         live_cap = self.limits.socket_slots - (self.limits.rotation_slots if rotating else 0)
         self._choose_live(ranked, max(live_cap, 0))
-        rest = [s for s in ranked if s not in self._live]
-        self._sampled = self._keep_best(self._sampled, rest, self.limits.sampled_symbols)
+        by_rate = sorted(  # the ones held past the socket (lingering ones take no turn)
+            (s for s in ranked if s not in self._live and demand[s] > 0),
+            key=lambda s: (-self.rates.rate(s), s),
+        )
+        self._sampled = self._split(now, by_rate)
         self._rotate(now, self.limits.socket_slots - len(self._live))
         changed: dict[str, Feed] = {}
         for symbol in demand:
@@ -155,11 +178,11 @@ class FeedPlanner:
                 if symbol in self._sampled
                 else "polled"
             )
-            before = self._feeds.get(symbol)
-            if before != feed:
-                self._feeds[symbol] = feed
-                if before is not None or feed != "live":
+            if self._feeds.get(symbol) != feed:
+                if self._feeds.get(symbol, unplanned) != feed:
                     changed[symbol] = feed
+                self._feeds[symbol] = feed
+                self._feed_since[symbol] = now
         return changed
 
     # -- the choices -------------------------------------------------------------------
@@ -184,69 +207,108 @@ class FeedPlanner:
             self._unsubscribe(weakest, live=True)
             self._subscribe(challenger, live=True)
 
-    def _keep_best(self, current: set[str], ranked: list[str], cap: int) -> set[str]:
-        """The `cap` most demanded of `ranked`, keeping members unless clearly beaten."""
-        demand = self._demand
+    def _split(self, now: float, by_rate: list[str]) -> set[str]:
+        """The sampled ones of `by_rate` (not live, most often trading first): about
+        `sample_count` of them, the most often trading, keeping members unless clearly
+        beaten; a symbol whose feed changed less than `FEED_DWELL` ago keeps it (rates
+        are estimates: two symbols close in rate must not trade places at every turn)."""
+        settled = [s for s in by_rate if now - self._feed_since.get(s, -math.inf) >= FEED_DWELL]
+        pinned = self._sampled.intersection(by_rate).difference(settled)
+        count = sample_count(
+            [self.rates.rate(s) for s in by_rate],
+            slots=self.limits.rotation_slots,
+            longest_turn=self.limits.turn_seconds,
+            changes_per_minute=self.limits.changes_per_minute,
+            polls_per_second=self.limits.polls_per_second,
+        )
+        cap = max(0, count - len(pinned))
+        return pinned | self._keep_best(self._sampled, settled, cap, self.rates.rate)
+
+    def _keep_best(
+        self, current: set[str], ranked: list[str], cap: int, score: Callable[[str], float]
+    ) -> set[str]:
+        """The `cap` first of `ranked` (by `score`), keeping members unless clearly beaten."""
         allowed = set(ranked)
         kept = {s for s in current if s in allowed}
         while len(kept) > cap:
-            kept.discard(min(kept, key=lambda s: (demand[s], s)))
+            kept.discard(min(kept, key=lambda s: (score(s), s)))
         for symbol in ranked:
             if symbol in kept:
                 continue
             if len(kept) < cap:
                 kept.add(symbol)
                 continue
-            weakest = min(kept, key=lambda s: (demand[s], s), default=None)
-            if weakest is None or demand[symbol] <= demand[weakest] * (1 + HYSTERESIS):
+            weakest = min(kept, key=lambda s: (score(s), s), default=None)
+            if weakest is None or score(symbol) <= score(weakest) * (1 + HYSTERESIS):
                 break
             kept.discard(weakest)
             kept.add(symbol)
         return kept
 
+    def _takes_turns(self, symbol: str) -> bool:
+        """Sampled, or never priced and not yet tried (its first price: a turn first)."""
+        if symbol in self._sampled:
+            return True
+        if symbol in self._live or symbol in self._priced or symbol in self._probed:
+            return False
+        return self._demand.get(symbol, 0.0) > 0
+
+    def _pollable(self, symbol: str, feed: Feed, now: float) -> bool:
+        if feed == "live" or symbol in self._turns or not self._demand.get(symbol, 0.0):
+            return False
+        if symbol in self._priced:
+            return feed == "polled"
+        waited = now - self._first_wanted.get(symbol, now)
+        return symbol in self._probed or waited >= self.limits.turn_seconds
+
     def _rotate(self, now: float, slots: int) -> None:
-        """End the turns that are over; give the free slots to the next sampled ones."""
-        for symbol, began in list(self._turns.items()):
-            over = now - began >= self.limits.turn_seconds
+        """End the turns that are over; give the free slots to the next ones."""
+        for symbol, (began, length) in list(self._turns.items()):
+            over = now - began >= length
             traded = self._priced.get(symbol, -math.inf) >= began
             if symbol in self._live:
                 del self._turns[symbol]  # promoted while on its turn: the slot stays
-            elif over or traded or symbol not in self._sampled or len(self._turns) > slots:
+            elif over or traded or not self._takes_turns(symbol) or len(self._turns) > slots:
                 self._unsubscribe(symbol, live=False)
-                self._checked[symbol] = now
+                if over and symbol not in self._priced:
+                    self._probed[symbol] = now
         waiting = sorted(
-            (s for s in self._sampled if s not in self._turns),
-            key=self._urgency,
+            (s for s in self._demand if s not in self._turns and self._takes_turns(s)),
+            key=self._turn_urgency,
             reverse=True,
         )
         for symbol in waiting:
             if len(self._turns) >= slots or not self._afford(symbol, extra=1):
                 break
             self._subscribe(symbol, live=False)
-            self._turns[symbol] = now
+            length = turn_length(self.rates.rate(symbol), self.limits.turn_seconds)
+            self._turns[symbol] = now, length
 
-    def _urgency(self, symbol: str) -> float:
-        """Staleness times the square root of demand: the most wanted first, but a
-        little-wanted symbol is not starved (most symbols past the socket are wanted by
-        a few clients, and each of them sees its price age)."""
+    def _poll_urgency(self, symbol: str) -> tuple[float, float]:
+        """Never priced: before all, the longest waiting first (its first subscriber
+        waits). Then the price most probably out of date (`expected_lag`), then demand.
+        Past the socket every symbol counts alike: demand chose the live ones, and each
+        of the rest is wanted by a few clients who each see its price age."""
         now = self._clock()
-        demand = math.sqrt(self._demand.get(symbol, 0.0))
-        checked = max(self._checked.get(symbol, -math.inf), self._first_wanted[symbol])
         priced = self._priced.get(symbol)
         if priced is None:
-            return NEVER_PRICED_BONUS + (now - checked) * max(demand, 1e-3)
-        return (now - max(priced, checked)) * max(demand, 1e-3)
+            return NEVER_PRICED_BONUS + now - self._first_wanted[symbol], 0.0
+        return self.rates.expected_lag(symbol, now - priced), self._demand.get(symbol, 0.0)
+
+    def _turn_urgency(self, symbol: str) -> tuple[float, float]:
+        """As for polls, but a never-priced symbol whose turn brought no trade waits like
+        any other (REST prices it first): since that turn."""
+        if symbol in self._probed:
+            lag = self.rates.expected_lag(symbol, self._clock() - self._probed[symbol])
+            return lag, self._demand.get(symbol, 0.0)
+        return self._poll_urgency(symbol)
 
     # -- the socket's changes, within the rate -------------------------------------------
-
-    def _refill(self, now: float) -> None:
-        self._tokens = min(self._burst, self._tokens + (now - self._updated) * self._rate)
-        self._updated = now
 
     def _afford(self, symbol: str, extra: int = 0) -> bool:
         """Whether putting `symbol` on the socket (and `extra` changes more) fits the rate."""
         cost = (0 if symbol in self.socket else 1) + extra
-        return self._tokens >= cost
+        return self._changes.wait(self._clock(), cost) == 0.0
 
     def _subscribe(self, symbol: str, *, live: bool) -> None:
         if symbol not in self.socket:
@@ -267,7 +329,7 @@ class FeedPlanner:
             self.turnover += 1
 
     def _spend(self) -> None:
-        self._tokens -= 1
+        self._changes.spend(self._clock(), 1)
         self.changes_sent += 1
 
     def _drop(self, symbol: str) -> None:
@@ -276,5 +338,12 @@ class FeedPlanner:
         if symbol in self._turns:
             self._unsubscribe(symbol, live=False)
         self._sampled.discard(symbol)
-        for table in (self._feeds, self._priced, self._checked, self._first_wanted):
+        self.rates.forget(symbol)
+        for table in (
+            self._feeds,
+            self._feed_since,
+            self._priced,
+            self._probed,
+            self._first_wanted,
+        ):
             table.pop(symbol, None)

@@ -7,7 +7,8 @@ market_data/feed_plan.py): the socket's own `SymbolInterest` (followed by the wr
 `FinnhubFeed`) is set to the planner's live symbols and turns, each plan's changed
 feeds (often none) go to `on_feeds` (clients are told), and the polled symbols, most
 urgent first, to `poll` (the quote service's poller). Every trade that comes is a
-price for the planner (a sampled symbol's turn ends when it trades).
+price for the planner (a sampled symbol's turn ends when it trades), and counts
+towards its trade rate.
 
 On a cluster only the leader runs its upstream, so one plan serves the key: the
 price frames the leader encodes carry its feeds (`feed_of`), and its feeds and polled
@@ -18,7 +19,7 @@ the wrapped upstream does.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 
 from stock_gateway.market_data.feed_plan import Feed, FeedPlanner
@@ -124,8 +125,8 @@ class _Tap:
         self._listener = listener
 
     async def trades_received(self, trades: list[Trade], received_at: float) -> None:
-        for symbol in {trade.symbol for trade in trades}:
-            self._upstream.planner.priced(symbol)
+        for symbol, count in Counter(trade.symbol for trade in trades).items():
+            self._upstream.planner.traded(symbol, count)
         await self._listener.trades_received(trades, received_at)
 
     def upstream_state_changed(self, state: UpstreamState) -> None:

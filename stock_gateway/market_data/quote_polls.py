@@ -24,6 +24,7 @@ class PollPace:
         self, per_minute: int, window: float, headroom: Callable[[], int] | None = None
     ) -> None:
         self.enabled = per_minute > 0  # `per_minute`: in the plan's window (FINNHUB_REST_WINDOW)
+        self.per_second = per_minute / window if self.enabled else 0.0  # at most
         self._spaced = SlidingWindow(1, window / max(per_minute, 1))
         self._headroom = headroom  # calls the key's budget has free now (None: unknown)
         self._symbols: list[str] = []  # to poll, most urgent first

@@ -121,6 +121,10 @@ class QuoteService:
     def previous_close(self, symbol: str) -> float | None:
         return self._cache.previous_close(symbol)
 
+    def fresh(self, symbol: str) -> bool:
+        """Whether a quote of `symbol` is cached and fresh (asking costs nothing)."""
+        return self._cache.fresh(symbol, asyncio.get_running_loop().time())
+
     def on_new_close(self, listener: QuoteListener) -> None:
         """Call `listener(symbol, quote)` whenever a quote brings a new previous close."""
         self._listeners.append(listener)

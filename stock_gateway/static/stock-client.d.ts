@@ -381,11 +381,15 @@ export interface QuoteMessage {
 export type Feed = "live" | "sampled" | "polled";
 
 /**
- * `feed`: How a symbol the client follows is carried changed. `live`: on the upstream
- * socket, every trade arrives; `sampled`: the symbol takes turns on the socket's few
- * rotation slots, so prices may be seconds to a minute old; `polled`: priced by REST
- * quotes within the key's budget, minutes old (show it as delayed). Finnhub's plan
- * carries MAX_UPSTREAM_SYMBOLS symbols live; the most demanded ones are.
+ * `feed`: How a symbol the client follows is carried changed (and, right after the
+ * `subscription` confirmation, how each symbol joined is carried if not live). `live`:
+ * on the upstream socket, every trade arrives; `sampled`: a symbol that trades often
+ * takes turns on the socket's few rotation slots, so its price may be seconds to minutes
+ * old; `polled`: a symbol that trades rarely is priced by REST quotes within the key's
+ * budget, minutes old (show both as delayed). Finnhub's plan carries
+ * MAX_UPSTREAM_SYMBOLS symbols live; the most demanded ones are. A symbol past the
+ * socket gets its first price (a sampled update or a polled quote) within about a minute
+ * of its first subscriber.
  */
 export interface FeedChangeMessage {
   type: "feed";

@@ -22,12 +22,18 @@ from tests.support.helpers import TEST_KEY, Client, RedisServer, poll_until
 pytestmark = pytest.mark.slow
 
 SYMBOLS = [f"CLF{i}" for i in range(8)]
-REST_RATE = 30  # calls a minute: the simulator's and FINNHUB_REST_RATE
-PLANNED = {  # two socket slots, one of them rotating, one sampled symbol: six polled
+REST_RATE = 12  # calls a window: the simulator's and FINNHUB_REST_RATE
+WINDOW = 6.0  # the plan's window scaled down tenfold: polls ten times as often
+# Two socket slots, one of them rotating. A cluster polls at its subscriber reserve: two
+# calls a window here, a poll every 3 s, so the rotation (a turn costing a symbol's trade
+# gap, 20 s before it is known; 5 s turns) is worth one sampled symbol at first.
+PLANNED = {
     "MAX_UPSTREAM_SYMBOLS": "2",
     "SAMPLED_SLOTS": "1",
-    "UPSTREAM_CHANGES_PER_MINUTE": "2",
+    "SAMPLE_TURN_SECONDS": "5",
+    "UPSTREAM_CHANGES_PER_MINUTE": "60",
     "FINNHUB_REST_RATE": str(REST_RATE),
+    "FINNHUB_REST_WINDOW": str(WINDOW),
     "QUOTE_TTL": "0.5",
 }
 
@@ -52,7 +58,7 @@ class Heard:
             self.news.set()
 
     def polled_quotes(self) -> dict[str, set[int]]:
-        """Quote times of symbols told polled, beyond the subscription's own quote."""
+        """Quote times of symbols told polled, two polls at least."""
         return {
             symbol: times
             for symbol, times in self.quoted.items()
@@ -86,7 +92,7 @@ async def test_follower_clients_see_the_leaders_feeds_and_polled_quotes(
 ) -> None:
     simulator = MarketSimulator(
         rate=40, token=TEST_KEY, max_symbols=2, tick=0.05, rest_rate=REST_RATE,
-        skew="zipf", universe=tuple(SYMBOLS),
+        rest_window=WINDOW, skew="zipf", universe=tuple(SYMBOLS),
     )  # fmt: skip
     async with AsyncExitStack() as stack:
         upstream = await stack.enter_async_context(serve(simulator))

@@ -17,7 +17,11 @@ class Clock:
 
 
 def planner(
-    slots: int = 10, sampled_slots: int = 2, turn: float = 2.0, changes: int = 6000
+    slots: int = 10,
+    sampled_slots: int = 2,
+    turn: float = 2.0,
+    changes: int = 6000,
+    polls_per_second: float = 1.0,
 ) -> tuple[FeedPlanner, Clock]:
     clock = Clock()
     limits = PlanLimits(
@@ -25,8 +29,27 @@ def planner(
         sampled_slots=sampled_slots,
         turn_seconds=turn,
         changes_per_minute=changes,
+        polls_per_second=polls_per_second,
     )
     return FeedPlanner(limits, clock), clock
+
+
+def turns(plan: FeedPlanner) -> set[str]:
+    return set(plan.socket) - {s for s, feed in plan.feeds().items() if feed == "live"}
+
+
+def carry(plan: FeedPlanner, clock: Clock, seconds: float, trading: dict[str, float]) -> None:
+    """`seconds` of planning every 0.25 s, each symbol in `trading` trading every so
+    many seconds, seen while it is on the socket (a turn ends at its first trade)."""
+    for _ in range(int(seconds / 0.25)):
+        clock.now += 0.25
+        for symbol, every in trading.items():
+            if symbol in plan.socket and int(clock.now / every) != int((clock.now - 0.25) / every):
+                plan.traded(symbol, 1)
+        plan.plan(DEMAND_OF[id(plan)])
+
+
+DEMAND_OF: dict[int, dict[str, float]] = {}
 
 
 def zipf(n: int) -> dict[str, float]:
@@ -55,19 +78,46 @@ def test_while_everything_fits_a_symbol_waiting_for_the_change_budget_is_live() 
     assert "AAPL" in plan.socket
 
 
-def test_past_the_cap_the_most_demanded_are_live_the_next_sampled_the_rest_polled() -> None:
-    plan, _ = planner(slots=10, sampled_slots=2, turn=2.0, changes=60)  # 30 turns a minute
+def test_past_the_cap_the_most_demanded_are_live_the_rest_sampled_or_polled() -> None:
+    plan, _ = planner(slots=10, sampled_slots=2, turn=2.0, changes=60)
     demand = zipf(100)
     plan.plan(demand)
     counts = plan.counts()
     assert counts["live"] == 8
-    assert counts["sampled"] == plan.limits.sampled_symbols == 30
-    assert counts["polled"] == 100 - 8 - 30
+    assert counts["sampled"] + counts["polled"] == 92 and counts["sampled"] > 0
     live = {s for s, feed in plan.feeds().items() if feed == "live"}
     assert live == {f"S{i:03d}" for i in range(8)}
     assert len(plan.socket) <= 10
-    polled = plan.poll_order()
-    assert polled and all(plan.feed_of(s) != "live" for s in polled)
+    assert all(plan.feed_of(s) != "live" for s in plan.poll_order())
+
+
+def test_the_sampled_and_polled_split_follows_both_budgets() -> None:
+    """As many are sampled as the rotation refreshes as often as REST refreshes the
+    rest: more REST, fewer sampled; no REST at all, every one sampled."""
+    counts = []
+    for polls_per_second in (0.2, 1.0, 5.0, 0.0):
+        plan, _ = planner(slots=10, sampled_slots=4, turn=20.0, polls_per_second=polls_per_second)
+        plan.plan(zipf(200))
+        counts.append(plan.counts()["sampled"])
+    assert counts[0] > counts[1] > counts[2] > 0
+    assert counts[3] == 200 - 6
+
+
+def test_symbols_that_trade_often_are_sampled_and_rare_ones_polled() -> None:
+    """Demand alone cannot tell: the planner learns each symbol's trade rate from the
+    socket (a turn that waits without a trade lowers it) and samples the frequent
+    traders (a turn prices them in a moment), polling the rare ones."""
+    plan, clock = planner(slots=4, sampled_slots=2, turn=20.0, changes=6000, polls_per_second=0.1)
+    demand = {"L0": 100.0, "L1": 90.0} | {f"F{i}": 5.0 for i in range(4)}
+    demand |= {f"R{i}": 5.0 for i in range(4)}
+    DEMAND_OF[id(plan)] = demand
+    plan.plan(demand)
+    trading = {f"F{i}": 1.0 for i in range(4)} | {f"R{i}": 120.0 for i in range(4)}
+    carry(plan, clock, 600, trading)
+    feeds = plan.feeds()
+    assert all(feeds[f"F{i}"] == "sampled" for i in range(4)), feeds
+    assert sum(feeds[f"R{i}"] == "polled" for i in range(4)) >= 3, feeds
+    assert all(plan.rates.rate(f"F{i}") > 10 * plan.rates.rate(f"R{i}") for i in range(4))
 
 
 def test_the_socket_never_carries_more_than_its_slots_whatever_the_demand() -> None:
@@ -82,21 +132,19 @@ def test_the_socket_never_carries_more_than_its_slots_whatever_the_demand() -> N
 
 
 def test_sampled_symbols_take_turns_until_they_trade_or_the_turn_ends() -> None:
-    plan, clock = planner(slots=4, sampled_slots=2, turn=2.0)
+    plan, clock = planner(slots=4, sampled_slots=2, turn=2.0, polls_per_second=0.0)
     demand = zipf(8)
     plan.plan(demand)
-    turns = plan.socket - {s for s, f in plan.feeds().items() if f == "live"}
-    assert len(turns) == 2
-    first, second = sorted(turns)
-    plan.priced(first)  # it traded: its turn ends at the next plan
+    first, second = sorted(turns(plan))
+    plan.traded(first, 1)  # it traded: its turn ends at the next plan
     clock.now += 0.25
     plan.plan(demand)
     assert first not in plan.socket and second in plan.socket
     clock.now += 2.0  # the second's turn is over
     plan.plan(demand)
     assert second not in plan.socket
-    # Every sampled symbol gets its turn in time, never-priced ones first.
-    seen = set(turns)
+    # Every sampled symbol gets its turn in time.
+    seen = {first, second}
     for _ in range(40):
         seen |= plan.socket
         clock.now += 2.0
@@ -104,8 +152,42 @@ def test_sampled_symbols_take_turns_until_they_trade_or_the_turn_ends() -> None:
     assert seen >= {s for s, f in plan.feeds().items() if f == "sampled"}
 
 
+def test_a_turn_lasts_about_two_trade_gaps_within_the_longest_turn() -> None:
+    plan, clock = planner(slots=3, sampled_slots=1, turn=30.0, polls_per_second=0.0)
+    demand = {"L0": 10.0, "L1": 9.0, "OFTEN": 1.0, "OTHER": 1.0}
+    DEMAND_OF[id(plan)] = demand
+    plan.plan(demand)
+    carry(plan, clock, 300, {"OFTEN": 0.5, "OTHER": 0.5, "L0": 0.5, "L1": 0.5})
+    assert 0.5 < 1 / plan.rates.rate("OFTEN") < 2.0
+    turns_begun, began = plan.turnover, clock.now
+    while plan.turnover == turns_begun:  # no trade comes: the turn on the slot ends
+        clock.now += 0.25
+        plan.plan(demand)
+    assert clock.now - began <= 2.25  # two trade gaps (the shortest turn), not 30 s
+
+
+def test_a_new_symbol_past_the_socket_takes_a_turn_then_is_polled_first() -> None:
+    """A symbol never priced is said to be `sampled` before it is planned (its first
+    price: a turn, which is free); if its turn brings no trade it goes first in the
+    poll order, so its first subscriber has a price within a turn and a poll."""
+    plan, clock = planner(slots=3, sampled_slots=1, turn=10.0, polls_per_second=1.0)
+    demand = {"L0": 10.0, "L1": 9.0, "OLD": 1.0, "OTHER": 1.0}
+    plan.priced("OTHER")
+    plan.plan(demand)
+    plan.priced("OLD")
+    clock.now += 30
+    assert plan.feed_of("NEW") == "sampled"  # before any plan: the socket is full
+    changes = plan.plan({**demand, "NEW": 1.0})
+    assert "NEW" not in changes or changes["NEW"] != "sampled"  # it was told so already
+    assert "NEW" in plan.socket and "NEW" not in plan.poll_order()  # its turn first
+    clock.now += 10.0  # no trade in its turn
+    plan.plan({**demand, "NEW": 1.0})
+    assert "NEW" not in plan.socket
+    assert plan.poll_order()[0] == "NEW"  # before the 40 s stale OLD
+
+
 def test_hysteresis_keeps_a_symbol_near_the_boundary_from_flapping() -> None:
-    plan, clock = planner(slots=4, sampled_slots=1, turn=1.0)
+    plan, clock = planner(slots=4, sampled_slots=1, turn=1.0, polls_per_second=0.0)
     demand = {"A": 10.0, "B": 9.0, "C": 8.0, "D": 5.0, "E": 4.9}
     plan.plan(demand)
     assert plan.feed_of("C") == "live" and plan.feed_of("D") == "sampled"
@@ -161,32 +243,53 @@ def test_a_price_that_comes_before_the_plan_counts_and_is_forgotten_if_unwanted(
     """A new symbol's first subscriber's quote may come before the planner has planned
     it: it is priced all the same, so REST goes to the never-priced ones first (the
     quote was the symbol's poll); a price for a symbol nobody wants is not kept."""
-    plan, clock = planner(slots=4, sampled_slots=1, turn=60.0, changes=6000)  # 1 sampled
+    plan, clock = planner(slots=4, sampled_slots=1, turn=5.0, changes=6000)
     demand = {"P0": 100.0, "P1": 90.0, "P2": 80.0, "P3": 70.0, "P11": 50.0}
-    demand |= {f"P{i}": 10.0 for i in range(4, 11)}  # P11: the most demanded polled one
+    demand |= {f"P{i}": 10.0 for i in range(4, 11)}
     plan.priced("P11")  # its subscriber's quote, before any plan
     plan.priced("NOBODY")
     plan.plan(demand)
     clock.now += 5
+    plan.plan(demand)
     order = plan.poll_order()
-    assert plan.feed_of("P11") == "polled" and order[-1] == "P11"
+    assert order and order[-1] == "P11"  # the others were never priced: first
     assert len(plan.staleness()) == 12
+    plan.plan({**demand, "NOBODY": 1.0})
+    clock.now += 5
     plan.plan({**demand, "NOBODY": 1.0})
     assert "NOBODY" in plan.poll_order()[:-1]  # wanted now, never priced since: urgent
 
 
-def test_a_little_wanted_symbol_is_not_starved_by_a_more_wanted_one() -> None:
-    """Polls go by staleness times the square root of demand: a symbol one client wants,
-    three times as stale as one four clients want, is polled first (by demand alone it
-    would wait behind it, and again behind every more wanted symbol)."""
-    plan, clock = planner(slots=2, sampled_slots=1, turn=60.0, changes=6000)  # 1 sampled
+def test_past_the_socket_the_price_most_probably_out_of_date_goes_first() -> None:
+    """Every symbol past the socket counts alike (demand chose the live ones): the one
+    whose price has most probably missed trades is polled first; of two as old, the
+    one that trades more often; demand only breaks a tie."""
+    plan, clock = planner(slots=2, sampled_slots=1, turn=60.0, polls_per_second=100.0)
     demand = {"L0": 100.0, "S0": 90.0, "WANTED": 4.0, "LITTLE": 1.0}
     plan.plan(demand)
-    plan.priced("S0")  # the sampled one: priced by its turn, so polls leave it be
-    plan.priced("LITTLE")
+    for symbol in ("S0", "WANTED", "LITTLE"):
+        plan.priced(symbol)
     clock.now += 20
     plan.priced("WANTED")
-    clock.now += 10  # LITTLE: 30 s stale, WANTED: 10 s
+    plan.priced("S0")
+    clock.now += 10  # LITTLE: 30 s old, WANTED and S0: 10 s
     plan.plan(demand)
     assert plan.feed_of("WANTED") == plan.feed_of("LITTLE") == "polled"
-    assert plan.poll_order() == ["LITTLE", "WANTED"]
+    assert plan.poll_order()[:2] == ["LITTLE", "WANTED"]
+    for symbol in ("S0", "WANTED", "LITTLE"):
+        plan.priced(symbol)
+    clock.now += 10
+    plan.rates.carried(["LITTLE"], 600.0)  # it has been seen not to trade for long
+    assert plan.poll_order()[-1] == "LITTLE"
+
+
+def test_a_lingering_symbol_takes_no_turn_and_no_poll() -> None:
+    """A symbol nobody holds any more (demand 0, lingering before its release) is not
+    worth a slot's time or a call: the held ones get them."""
+    plan, clock = planner(slots=2, sampled_slots=1, turn=2.0, polls_per_second=1.0)
+    demand = {"HELD": 5.0, "ALSO": 1.0, "GONE": 0.0}
+    for _ in range(200):
+        plan.plan(demand)
+        assert "GONE" not in plan.socket and "GONE" not in plan.poll_order()
+        clock.now += 0.25
+    assert "ALSO" in plan.poll_order() or "ALSO" in plan.socket

@@ -95,13 +95,15 @@ async def test_polls_spend_the_whole_budget_left_within_the_rate() -> None:
     every symbol has had its first quote, the next eight polls come within 3 s (0.8 s at
     the whole budget's pace; at the reserve's 11 a window they would take 4.4 s), and
     never a 429 or a window over the rate. Read from the simulator's own log, so how
-    soon the client reads its quotes does not move the verdict."""
+    soon the client reads its quotes does not move the verdict. (Short turns: a symbol
+    past the socket is polled once a turn could have priced it.)"""
     simulator = polled_market(60)
     async with serve(simulator) as url:
         market = Market(simulator, url)
         settings = settings_for(
             market, rest_enabled=True, max_upstream_symbols=2, sampled_slots=1,
             upstream_changes_per_minute=2, finnhub_rest_window=WINDOW,
+            sample_turn_seconds=1.0,
         )  # fmt: skip
         async with run_gateway(settings) as gateway:
             client = await gateway.connect()
@@ -129,40 +131,47 @@ def polls_after_first_quotes(simulator: MarketSimulator, symbols: list[str]) -> 
     return None
 
 
-async def test_a_new_symbols_first_subscriber_costs_one_call_and_prices_it() -> None:
+async def test_a_new_symbol_past_the_socket_is_polled_first_once_and_prices_it() -> None:
     """A symbol past the socket, subscribed while the poller is busy with others: its
-    subscriber's quote is its first price (within the bound, at once) and the planner
-    counts it, so it is not polled again straight away as never priced: one REST call
-    for it while the poller goes on with the others."""
+    subscriber asks for no quote of its own (hundreds of new symbols would spend the
+    whole budget on them); its turn brings no trade (it is the market's rarest, and the
+    change budget leaves it none), so it goes first in the poll order, and that one
+    poll's quote prices it for its subscriber well within the bound, one REST call for
+    it while the poller goes on with the others."""
     simulator = polled_market(60)
     async with serve(simulator) as url:
         market = Market(simulator, url)
         settings = settings_for(
             market, rest_enabled=True, max_upstream_symbols=2, sampled_slots=1,
             upstream_changes_per_minute=2, quote_ttl=0.5, finnhub_rest_window=WINDOW,
+            sample_turn_seconds=2.0,
         )  # fmt: skip
         async with run_gateway(settings) as gateway:
             client = await gateway.connect()
             await client.wait_upstream_connected()
             await client.subscribe(*MANY[:12])
-            # Their subscriber's quotes (12 calls), then the poller once round the 10
-            # past the socket (a live one and a sampled one): none is never-priced now.
-            async with asyncio.timeout(10):
-                while len(quote_calls(simulator)) < 12 + 10:
+            # The poller round the 11 past the socket: none is never-priced now.
+            async with asyncio.timeout(20):
+                while len({s for _, s in quote_calls(simulator)} & set(MANY[:12])) < 11:
                     await client.receive()
             newcomer = await gateway.connect()
             subscribed = time.monotonic()
             await newcomer.subscribe(NEWCOMER)
+            feeds = []
             async with asyncio.timeout(FIRST_PRICE_BOUND):
                 while (message := await newcomer.receive())["type"] != "quote":
-                    pass
-            assert message["symbol"] == NEWCOMER
+                    if message["type"] == "feed":
+                        feeds.append(message["feed"])
+            assert message["symbol"] == NEWCOMER and message["feed"] == "polled"
+            assert feeds[0] == "sampled"  # told at once: past the socket, a turn first
             priced = time.monotonic()
             async with asyncio.timeout(10):  # the poller goes on to five others
                 while len([s for _, s in quote_calls(simulator, priced)]) < 5:
                     await client.receive()
         calls = [at for at, symbol in quote_calls(simulator) if symbol == NEWCOMER]
-        assert len(calls) == 1 and calls[0] - subscribed < FIRST_PRICE_BOUND
+        # One call, and not the subscriber's own (that would go at once): the poll once
+        # its turn's time (2 s) had passed without a trade.
+        assert len(calls) == 1 and 2.0 <= calls[0] - subscribed < 2.0 + WINDOW
 
 
 FIRST_PRICE_BOUND = 60.0  # docs/limits.md: a symbol is priced within 60 s of its first subscriber

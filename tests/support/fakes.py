@@ -185,6 +185,15 @@ def make_quotes(source: QuoteSource, shares: Allowances, **changed: Any) -> Quot
     return QuoteService(source, shares, **(options | changed))
 
 
+class AllLive:
+    """Feeds while the socket carries every symbol (market_data/feed_plan.py)."""
+
+    rotating = False
+
+    def feed_of(self, symbol: str) -> str:
+        return "live"
+
+
 def make_hub(
     *,
     max_symbols_per_client: int = DEFAULTS.max_symbols_per_client,
@@ -202,6 +211,7 @@ def make_hub(
         latest,
         Subscribers(),
         joined=lambda client, added: None,
+        feeds=AllLive(),
         outbox=outbox_limits(),
         max_batch_bytes=DEFAULTS.max_batch_bytes,
         handoff_observer=handoff_observer,
