@@ -43,7 +43,7 @@ from pathlib import Path
 
 import orjson
 
-from bench.config import QUICK, Config
+from bench.config import QUICK, Config, with_overrides
 from bench.report import summary
 from bench.scenarios import run
 
@@ -85,10 +85,7 @@ def main() -> None:
     config = QUICK if args.quick else Config()
     if args.soak_seconds:
         config = dataclasses.replace(config, soak_seconds=args.soak_seconds)
-    for override in args.set:
-        field, _, value = override.partition("=")
-        kind = type(getattr(config, field))
-        config = dataclasses.replace(config, **{field: kind(value)})
+    config = with_overrides(config, args.set)
     scenarios = args.scenario or ["throughput", "asgi", "connections", "slow"]
     results = asyncio.run(
         run(config, scenarios, args.reference, tuple(args.reference_flags.split()))

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T", bound=Any)  # a dataclass
 
 
 @dataclass
@@ -123,3 +128,13 @@ QUICK = Config(
     symbols_seconds=4.0,
     symbols_ramp=2.0,
 )
+
+
+def with_overrides(settings: T, overrides: Iterable[str]) -> T:
+    """A dataclass `settings` with `FIELD=VALUE` overrides (`--set`), each value of the
+    field's own type."""
+    for override in overrides:
+        field, _, value = override.partition("=")
+        kind = type(getattr(settings, field))
+        settings = dataclasses.replace(settings, **{field: kind(value)})
+    return settings

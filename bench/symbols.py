@@ -55,13 +55,15 @@ FIRST_PRICE_BOUND_MS = 60_000  # issue 29: every symbol priced within 60 s of it
 
 def first_prices(wanted: dict[str, int], priced: dict[str, int], end_ms: int) -> dict[str, Any]:
     """How many symbols got a first price within the bound of their first subscriber,
-    and the worst wait (a symbol never priced waits until the end of the arm)."""
-    waits = [priced.get(symbol, end_ms) - at for symbol, at in wanted.items()]
-    within = sum(1 for wait in waits if wait <= FIRST_PRICE_BOUND_MS)
+    the worst wait (a symbol never priced waits until the end of the arm), and the
+    symbols past the bound."""
+    waits = {symbol: priced.get(symbol, end_ms) - at for symbol, at in wanted.items()}
+    late = {s: round(wait / 1000, 1) for s, wait in waits.items() if wait > FIRST_PRICE_BOUND_MS}
     return {
-        "priced_within_60s": within,
+        "priced_within_60s": len(waits) - len(late),
         "of": len(waits),
-        "worst_first_price_seconds": round(max(waits, default=0) / 1000, 1),
+        "worst_first_price_seconds": round(max(waits.values(), default=0) / 1000, 1),
+        "priced_late": late,  # symbol -> seconds from its first subscriber to its price
     }
 
 

@@ -106,3 +106,22 @@ async def test_quick_symbols_scenario_measures_three_arms(tmp_path: Path) -> Non
     assert planner["refused_over_cap"] == 0  # the planner keeps within the cap
     assert sum(planner["gateway_feeds"].values()) > results["socket_slots"]
     assert before["refused_over_cap"] > 0 and before["never_priced"] > 0
+
+
+async def test_the_symbols_model_runs_the_real_planner_offline() -> None:
+    """`python -m bench.symbols_model`, scaled down: the planner past its socket's
+    slots, within them, and the naive baseline beside it."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.symbols_model", "--set", "symbols_count=60",
+        "--set", "symbols_clients=100", "--set", "symbols_ramp=30",
+        "--set", "symbols_seconds=60", "--set", "symbols_slots=10",
+        cwd=PROJECT, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    async with asyncio.timeout(60):
+        output, _ = await process.communicate()
+    assert process.returncode == 0
+    report = orjson.loads(output)
+    planner = report["planner"]
+    assert planner["max_carried"] <= 10 and planner["symbols_by_feed"]["live"] < 10
+    assert sum(planner["symbols_by_feed"].values()) == planner["of"] == 60
+    assert report["naive"]["lag_by_symbol"]["p95"] > 0 and report["p95_by_symbol_ratio"] > 0
