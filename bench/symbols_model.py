@@ -111,7 +111,9 @@ class Model:
                 self.first_wanted.setdefault(symbol, self.now)
                 if (snapshot := self.snapshot.get(symbol)) is not None:
                     self.give(client, symbol, snapshot)
-                if (cached := self.cached.get(symbol)) and self.now - cached[0] < QUOTE_TTL:
+                cached = self.cached.get(symbol)
+                past_socket = self.planner.feed_of(symbol) != "live"  # its last, however old
+                if cached and (self.now - cached[0] < QUOTE_TTL or past_socket):
                     self.give(client, symbol, cached[1])
                 elif self.asks_quote(symbol, quiet=snapshot is not None):
                     deadline, askers = self.asks.get(symbol, (self.now + QUOTE_WAIT, []))

@@ -70,19 +70,22 @@ class FeedMap:
         return dict(self._feeds)
 
     def apply(self, changes: FeedChanges) -> dict[str, str]:
-        """Take these changes; return the symbols whose feed is now another (a symbol
-        first planned counts only when it is not what `feed_of` said of it before)."""
+        """Take these changes; return the symbols whose clients are to be told. A
+        symbol first planned is told unless it is live while nothing was past the
+        socket: its clients joined on this node before or after another change filled
+        the socket (told nothing, so live; or told "sampled"), so a repeat is the safe
+        side."""
         told: dict[str, str] = {}
-        unplanned = self._unplanned()  # the same for every symbol not planned yet
+        rotating = self.rotating  # as at the batch's start
         for symbol, feed in changes.items():
-            before = self._feeds.get(symbol, unplanned)
-            self._past_socket -= self._feeds.get(symbol, "live") != "live"
+            before = self._feeds.get(symbol)
+            self._past_socket -= before is not None and before != "live"
             if feed is None:
                 self._feeds.pop(symbol, None)
                 continue
             self._feeds[symbol] = feed
             self._past_socket += feed != "live"
-            if feed != before:
+            if feed != before if before is not None else (feed != "live" or rotating):
                 told[symbol] = feed
         return told
 

@@ -7,7 +7,8 @@ answer to every client that asked while that fetch was under way and still holds
 symbol: one fetch, one frame, many clients. Only a live symbol's subscriber asks
 (`Feeds.feed_of`): one past the socket is priced by the feed planner (a turn, then a
 poll whose quote reaches every subscriber), and asks for each of hundreds of new
-symbols would spend the whole REST budget on first quotes. While the socket is full
+symbols would spend the whole REST budget on first quotes; it is sent the symbol's last
+quote at once, however old. While the socket is full
 (`Feeds.rotating`) a `quiet` subscriber does not ask either when its symbol's previous
 close is known: its snapshot carries the day's change, and REST is what prices the
 symbols past the socket (a session change still refreshes every previous close). A
@@ -83,7 +84,12 @@ class QuoteDelivery:
         every client waiting) and sent when it comes, if the client needs one."""
         if not self._quotes.fresh(symbol):
             if self._feeds.feed_of(symbol) != "live":
-                return  # the planner prices it, and its polls reach every subscriber
+                # The planner prices it (its polls reach every subscriber); meanwhile the
+                # last quote there is, however old: a polled price is a delayed one.
+                last = self._quotes.last(symbol)
+                if last is not None and not self._outdated(symbol, last):
+                    send_each((client,), lambda encoder: encoder.quote(symbol, last))
+                return
             if quiet and self._feeds.rotating and self._quotes.previous_close(symbol):
                 return  # its snapshot is a live price, with the day's change
         future = self._quotes.request(symbol, (client.owner, client.address))

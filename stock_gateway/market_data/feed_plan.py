@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-from stock_gateway.market_data.rotation import sample_count, turn_length
+from stock_gateway.market_data.rotation import keep_best, sample_count, turn_length
 from stock_gateway.market_data.trade_rates import TradeRates
 from stock_gateway.runtime.token_bucket import TokenBucket
 
@@ -44,6 +44,7 @@ FEEDS: tuple[Feed, ...] = get_args(Feed)
 HYSTERESIS = 0.25  # a challenger needs this much more demand (or trades) than the one it displaces
 NEVER_PRICED_BONUS = 1e9  # a symbol never priced goes before any stale one
 FEED_DWELL = 60.0  # seconds a symbol stays sampled or polled before it may change again
+QUIET_SOCKET = 30.0  # no trade at all for this long: market closed, or upstream down
 
 
 def owner_weighted(holders: Mapping[str, int]) -> float:
@@ -87,6 +88,7 @@ class FeedPlanner:
         rate, burst = limits.changes_per_minute / 60.0, max(2 * limits.socket_slots, 2)
         self._changes = TokenBucket(rate, burst, clock())
         self._planned_at = clock()
+        self._last_trade = -math.inf  # when the socket last brought a trade, any symbol's
         self.changes_sent = 0  # socket changes planned (subscribe + unsubscribe)
         self.turnover = 0  # symbols that took or gave up a live slot, or began a turn
 
@@ -139,15 +141,19 @@ class FeedPlanner:
         self._probed.pop(symbol, None)
 
     def traded(self, symbol: str, trades: int) -> None:
-        """`trades` trades of `symbol` came on the socket: a price, and its trade rate."""
-        self.rates.traded(symbol, trades)
+        """`trades` trades of `symbol` came on the socket: a price, and its trade rate
+        (not a symbol no longer planned: trades still on their way after it left)."""
+        self._last_trade = self._clock()
+        if symbol in self._feeds:
+            self.rates.traded(symbol, trades)
         self.priced(symbol)
 
     def plan(self, demand: Mapping[str, float]) -> dict[str, Feed]:
         """Re-plan from every wanted symbol's demand; returns the symbols whose feed
         changed, with their new feed (a new symbol's only if `feed_of` said otherwise)."""
         now = self._clock()
-        self.rates.carried(self.socket, now - self._planned_at)
+        if now - self._last_trade <= QUIET_SOCKET:  # else nothing could trade: no lesson
+            self.rates.carried(self.socket, now - self._planned_at)
         self._planned_at = now
         self._demand = demand
         for symbol in [s for s in self._feeds if s not in demand]:
@@ -221,29 +227,12 @@ class FeedPlanner:
             changes_per_minute=self.limits.changes_per_minute,
             polls_per_second=self.limits.polls_per_second,
         )
+        # The rotation's slots are never idle while a symbol is polled: a turn costs no
+        # call, and teaches the symbol's rate.
+        count = max(count, min(self.limits.rotation_slots, len(by_rate)))
         cap = max(0, count - len(pinned))
-        return pinned | self._keep_best(self._sampled, settled, cap, self.rates.rate)
-
-    def _keep_best(
-        self, current: set[str], ranked: list[str], cap: int, score: Callable[[str], float]
-    ) -> set[str]:
-        """The `cap` first of `ranked` (by `score`), keeping members unless clearly beaten."""
-        allowed = set(ranked)
-        kept = {s for s in current if s in allowed}
-        while len(kept) > cap:
-            kept.discard(min(kept, key=lambda s: (score(s), s)))
-        for symbol in ranked:
-            if symbol in kept:
-                continue
-            if len(kept) < cap:
-                kept.add(symbol)
-                continue
-            weakest = min(kept, key=lambda s: (score(s), s), default=None)
-            if weakest is None or score(symbol) <= score(weakest) * (1 + HYSTERESIS):
-                break
-            kept.discard(weakest)
-            kept.add(symbol)
-        return kept
+        kept = keep_best(self._sampled, settled, cap, self.rates.rate, HYSTERESIS)
+        return pinned | kept
 
     def _takes_turns(self, symbol: str) -> bool:
         """Sampled, or never priced and not yet tried (its first price: a turn first)."""
@@ -262,14 +251,17 @@ class FeedPlanner:
         return symbol in self._probed or waited >= self.limits.turn_seconds
 
     def _rotate(self, now: float, slots: int) -> None:
-        """End the turns that are over; give the free slots to the next ones."""
+        """End the turns that are over; give the free slots to the next ones (one whose
+        turn just ended may take the next: it stays subscribed, no message either way)."""
+        ended: list[str] = []
         for symbol, (began, length) in list(self._turns.items()):
             over = now - began >= length
             traded = self._priced.get(symbol, -math.inf) >= began
             if symbol in self._live:
                 del self._turns[symbol]  # promoted while on its turn: the slot stays
             elif over or traded or not self._takes_turns(symbol) or len(self._turns) > slots:
-                self._unsubscribe(symbol, live=False)
+                del self._turns[symbol]
+                ended.append(symbol)
                 if over and symbol not in self._priced:
                     self._probed[symbol] = now
         waiting = sorted(
@@ -278,11 +270,20 @@ class FeedPlanner:
             reverse=True,
         )
         for symbol in waiting:
-            if len(self._turns) >= slots or not self._afford(symbol, extra=1):
+            again = symbol in ended
+            if len(self._turns) >= slots:
                 break
-            self._subscribe(symbol, live=False)
+            if again:
+                ended.remove(symbol)
+                self.turnover += 1
+            elif self._afford(symbol, extra=1 + len(ended)):  # and the ended ones' leaving
+                self._subscribe(symbol, live=False)
+            else:
+                break
             length = turn_length(self.rates.rate(symbol), self.limits.turn_seconds)
             self._turns[symbol] = now, length
+        for symbol in ended:
+            self._unsubscribe(symbol, live=False)
 
     def _poll_urgency(self, symbol: str) -> tuple[float, float]:
         """Never priced: before all, the longest waiting first (its first subscriber

@@ -55,6 +55,7 @@ logger = get_logger(__name__)
 SUBSCRIBER, LOOKUP, REFRESH, POLL = 0, 1, 2, 3  # what a fetch is for, first served first
 IN_FLIGHT = 4  # fetches on their way to the budget at once
 QuoteListener = Callable[[str, Quote], None]
+AnswerListener = Callable[[str, Quote | None], None]
 
 
 class QuoteUnavailable(Exception):
@@ -110,7 +111,7 @@ class QuoteService:
         self._refreshed = SlidingWindow(1, window / max(refreshes_per_minute, 1))
         self._polls = polls
         self._poll_listeners: list[QuoteListener] = []
-        self._quote_listeners: list[QuoteListener] = []
+        self._quote_listeners: list[AnswerListener] = []
         self._listeners: list[QuoteListener] = []  # of new previous closes
         self._work = asyncio.Event()
         self.fetched = 0
@@ -120,6 +121,10 @@ class QuoteService:
 
     def previous_close(self, symbol: str) -> float | None:
         return self._cache.previous_close(symbol)
+
+    def last(self, symbol: str) -> Quote | None:
+        """The last quote of `symbol` remembered, however old (costs nothing)."""
+        return self._cache.get(symbol)
 
     def fresh(self, symbol: str) -> bool:
         """Whether a quote of `symbol` is cached and fresh (asking costs nothing)."""
@@ -185,8 +190,8 @@ class QuoteService:
         """Call `listener(symbol, quote)` with every polled quote."""
         self._poll_listeners.append(listener)
 
-    def on_quoted(self, listener: QuoteListener) -> None:
-        """... and this one with every quote fetched, whoever asked."""
+    def on_quoted(self, listener: AnswerListener) -> None:
+        """... and this one with every answer fetched (None: no quote), whoever asked."""
         self._quote_listeners.append(listener)
 
     def remember(self, symbol: str, quote: Quote | None) -> None:
@@ -291,9 +296,10 @@ class QuoteService:
         self._store(symbol, quote)
         self._settle(symbol, quote)
         self._polls.answered(symbol)
-        told = self._quote_listeners + (self._poll_listeners if ask.kind == POLL else [])
-        if quote is not None:
-            for listener in told:
+        for answered in self._quote_listeners:
+            answered(symbol, quote)  # "no quote" too: the planner has its answer
+        if quote is not None and ask.kind == POLL:
+            for listener in self._poll_listeners:
                 listener(symbol, quote)
 
     # -- the bookkeeping ---------------------------------------------------------------

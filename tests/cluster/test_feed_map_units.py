@@ -16,16 +16,18 @@ def test_a_symbol_not_planned_is_live_until_the_socket_is_full_then_sampled() ->
     assert feeds.apply({"C": None}) == {} and not feeds.rotating
 
 
-def test_a_new_symbol_is_told_only_what_differs_from_what_it_was_said_to_be() -> None:
-    """In one batch that makes the socket full, every new symbol not live is told (its
-    clients joined while the map said "live"); once full, a new "sampled" one is not
-    (they were told "sampled" when they joined), a new "polled" one is."""
+def test_a_new_symbol_is_told_unless_live_while_nothing_was_past_the_socket() -> None:
+    """Its clients joined before or after another change filled the socket (told
+    nothing, so live; or told "sampled"): a new symbol not live is always told, and a
+    new live one once the socket was full (a repeat is the safe side)."""
     feeds = FeedMap()
     assert feeds.apply({"X": "sampled", "Y": "sampled", "Z": "live"}) == {
         "X": "sampled",
         "Y": "sampled",
     }
     assert feeds.apply({"P": "sampled", "Q": "polled", "R": "live"}) == {
+        "P": "sampled",
         "Q": "polled",
         "R": "live",
     }
+    assert feeds.apply({"P": "sampled", "Q": "sampled"}) == {"Q": "sampled"}  # known ones

@@ -27,6 +27,8 @@ class CountingSource:
 
     async def quote(self, symbol: str, deadline: float) -> Quote | None:
         self.asked.append(symbol)
+        if symbol == "JUNK":
+            return None  # Finnhub's zeros: no such symbol
         return Quote(100.0, 1.0, 1.0, 99.0, 101.0, 98.0, 99.0, 1_000)
 
 
@@ -53,6 +55,7 @@ class Rig:
     plan: Plan
     delivery: QuoteDelivery
     client: ClientConnection
+    writer: FakeWriter
 
     async def fetched_after(self, send: list[tuple[str, bool]]) -> list[str]:
         """What the source was asked for once `send` (symbol, quiet) went: a lookup
@@ -69,13 +72,14 @@ async def rig() -> AsyncIterator[Rig]:
     source = CountingSource()
     quotes = make_quotes(source, Allowances.per_minute(1000), ttl=0.0)  # never fresh
     plan = Plan()
+    writer = FakeWriter()
     client = ClientConnection(
-        FakeSocket(), FanoutStats(), direct=FakeWriter(), limits=outbox_limits(), encoder=WS
+        FakeSocket(), FanoutStats(), direct=writer, limits=outbox_limits(), encoder=WS
     )
     delivery = QuoteDelivery(quotes, lambda symbol: [client], NoLivePrices(), plan)
     running = asyncio.create_task(quotes.run())
     try:
-        yield Rig(source, quotes, plan, delivery, client)
+        yield Rig(source, quotes, plan, delivery, client, writer)
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
@@ -101,3 +105,26 @@ async def test_with_a_snapshot_and_a_known_close_a_subscriber_asks_only_while_th
     assert await rig.fetched_after([("LIVE", True)]) == []
     assert await rig.fetched_after([("LIVE", False)]) == ["LIVE"]
     assert await rig.fetched_after([("NEW", True)]) == ["NEW"]  # no close known yet
+
+
+async def test_a_symbol_past_the_socket_gets_its_last_quote_at_once_however_old(rig: Rig) -> None:
+    """A later subscriber of a polled symbol (no live snapshot) is not left with nothing
+    until the next poll: the last quote, stale as it is, comes at once, for no call."""
+    assert await rig.fetched_after([("P", False)]) == ["P"]
+    rig.plan.rotating = True
+    rig.plan.past = {"P"}
+    before = sum(m.get("type") == "quote" for m in rig.writer.messages())
+    assert await rig.fetched_after([("P", False)]) == []
+    quotes = [m for m in rig.writer.messages() if m.get("type") == "quote"]
+    assert len(quotes) == before + 1 and quotes[-1]["symbol"] == "P"
+
+
+async def test_every_answer_reaches_the_planner_no_quote_too(rig: Rig) -> None:
+    """A symbol Finnhub has no quote for is answered all the same: the planner must not
+    keep it first in the poll order as never priced."""
+    answers: list[tuple[str, Quote | None]] = []
+    rig.quotes.on_quoted(lambda symbol, quote: answers.append((symbol, quote)))
+    await rig.quotes.get("JUNK")
+    await rig.quotes.get("REAL")
+    assert [symbol for symbol, _ in answers] == ["JUNK", "REAL"]
+    assert answers[0][1] is None and answers[1][1] is not None

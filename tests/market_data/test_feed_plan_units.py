@@ -266,7 +266,10 @@ def test_past_the_socket_the_price_most_probably_out_of_date_goes_first() -> Non
     one that trades more often; demand only breaks a tie."""
     plan, clock = planner(slots=2, sampled_slots=1, turn=60.0, polls_per_second=100.0)
     demand = {"L0": 100.0, "S0": 90.0, "WANTED": 4.0, "LITTLE": 1.0}
+    plan.rates.carried(["S0"], 100.0)
+    plan.rates.traded("S0", 100)  # the one rotation slot: the frequent trader's
     plan.plan(demand)
+    assert plan.feed_of("S0") == "sampled"
     for symbol in ("S0", "WANTED", "LITTLE"):
         plan.priced(symbol)
     clock.now += 20
@@ -293,3 +296,38 @@ def test_a_lingering_symbol_takes_no_turn_and_no_poll() -> None:
         assert "GONE" not in plan.socket and "GONE" not in plan.poll_order()
         clock.now += 0.25
     assert "ALSO" in plan.poll_order() or "ALSO" in plan.socket
+
+
+def test_seconds_without_any_trade_on_the_socket_teach_nothing() -> None:
+    """The market closed or the upstream down: no symbol trades, and the hours carried
+    meanwhile must not make every symbol look rare at the open."""
+    plan, clock = planner(slots=3, sampled_slots=1, polls_per_second=0.0)
+    demand = {"L0": 5.0, "L1": 4.0, "S": 1.0}
+    plan.plan(demand)
+    plan.traded("L0", 10)
+    for _ in range(int(3600 / 5)):
+        clock.now += 5
+        plan.plan(demand)
+    assert plan.rates.rate("L0") > 10 / 60  # 11 trades in ~30 s carried, not in an hour
+
+
+def test_the_rotation_slots_are_never_idle_while_a_symbol_is_polled() -> None:
+    """However plentiful REST is, the rotation's slots sample (a turn costs no call and
+    teaches a symbol's rate)."""
+    plan, _ = planner(slots=10, sampled_slots=4, polls_per_second=1000.0)
+    plan.plan(zipf(100))
+    assert plan.counts()["sampled"] == 4
+
+
+def test_a_symbol_whose_turn_ends_may_take_the_next_at_once_for_no_message() -> None:
+    plan, clock = planner(slots=2, sampled_slots=1, turn=5.0, polls_per_second=0.0)
+    demand = {"LIVE": 5.0, "ONLY": 1.0, "GONE": 0.0}  # one symbol to rotate
+    plan.plan(demand)
+    assert "ONLY" in plan.socket
+    sent, began = plan.changes_sent, plan.turnover
+    for _ in range(10):
+        plan.traded("ONLY", 1)  # each trade ends its turn: it takes the next one
+        clock.now += 0.25
+        plan.plan(demand)
+        assert "ONLY" in plan.socket
+    assert plan.changes_sent == sent and plan.turnover == began + 10
