@@ -19,9 +19,8 @@ call. Who gets the key's tiny budget (60 calls a minute on the free plan), in or
 4. **a poll** (`poll`): the symbols the feed planner serves by REST (feed_plan.py),
    most urgent first, evenly spaced (`polls`), when no client waits, no refresh is
    due and the key's budget has room (quote_polls.py): whatever the others leave.
-   Polled answers go to `on_polled` listeners; every answer (a subscriber's too) to
-   `on_quoted` ones (the planner: a first subscriber's quote is the symbol's first
-   price; a poll of a symbol already being fetched joins that fetch).
+   Polled quotes go to `on_polled` listeners, every answer ("no quote" too) to
+   `on_quoted` ones (the planner); a poll of a symbol being fetched joins that fetch.
 
 At most `IN_FLIGHT` fetches are on their way at once, so a subscriber's ask never
 waits at the budget behind more than those. Each fetch is charged to every owner
@@ -122,8 +121,7 @@ class QuoteService:
     def previous_close(self, symbol: str) -> float | None:
         return self._cache.previous_close(symbol)
 
-    def last(self, symbol: str) -> Quote | None:
-        """The last quote of `symbol` remembered, however old (costs nothing)."""
+    def last(self, symbol: str) -> Quote | None:  # however old: asking costs nothing
         return self._cache.get(symbol)
 
     def fresh(self, symbol: str) -> bool:
