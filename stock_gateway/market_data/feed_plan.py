@@ -18,8 +18,8 @@ its demand (clients weighted by owner: `owner_weighted`) and how often it trades
   REST budget leaves), most out of date first, the same way.
 
 How many are sampled follows both budgets (rotation.py). A symbol never priced goes
-first: a turn (a trade is free), then, if none came, a poll before any other. While no
-more symbols are wanted than the socket carries, all of them are live.
+first: a turn (a trade is free), then, if none came, a poll before any other. All are
+live while the socket carries every wanted symbol; one nobody holds takes no turn.
 
 Every change of the socket's symbols is one subscribe or unsubscribe message to
 Finnhub: the planner spends at most `changes_per_minute` of them (a token bucket) and
@@ -78,8 +78,7 @@ class FeedPlanner:
         # On its turn -> (since, length): fixed, as waiting lowers the symbol's rate.
         self._turns: dict[str, tuple[float, float]] = {}
         self._priced: dict[str, float] = {}  # symbol -> when a price last came
-        # Never priced, and its turn brought no trade: when that turn ended.
-        self._probed: dict[str, float] = {}
+        self._probed: dict[str, float] = {}  # never priced, turn without a trade: its end
         self._feed_since: dict[str, float] = {}  # symbol -> when its feed last changed
         self._first_wanted: dict[str, float] = {}
         self._demand: Mapping[str, float] = {}
@@ -141,8 +140,8 @@ class FeedPlanner:
         self._probed.pop(symbol, None)
 
     def traded(self, symbol: str, trades: int) -> None:
-        """`trades` trades of `symbol` came on the socket: a price, and its trade rate
-        (not a symbol no longer planned: trades still on their way after it left)."""
+        """Trades of `symbol` came on the socket: a price, and its rate (not for one no
+        longer planned: trades still on their way after it left)."""
         self._last_trade = self._clock()
         if symbol in self._feeds:
             self.rates.traded(symbol, trades)
@@ -175,8 +174,9 @@ class FeedPlanner:
         self._rotate(now, self.limits.socket_slots - len(self._live))
         changed: dict[str, Feed] = {}
         for symbol in demand:
-            # While everything fits, a symbol waiting for the change budget is live all
-            # the same: its subscribe is only queued (as the feed paced it before).
+            if not demand[symbol] and self._feeds.get(symbol, "live") != "live":
+                continue  # lingering: nobody to tell, nothing served; its feed stays
+            # While everything fits, one waiting for the change budget is live: queued.
             feed: Feed = (
                 "live"
                 if symbol in self._live or not rotating

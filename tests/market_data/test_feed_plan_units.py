@@ -296,6 +296,9 @@ def test_a_lingering_symbol_takes_no_turn_and_no_poll() -> None:
         assert "GONE" not in plan.socket and "GONE" not in plan.poll_order()
         clock.now += 0.25
     assert "ALSO" in plan.poll_order() or "ALSO" in plan.socket
+    was = plan.feed_of("ALSO")
+    plan.plan({**demand, "ALSO": 0.0})  # its last client left: it lingers as it was
+    assert plan.feed_of("ALSO") == was and "ALSO" not in plan.poll_order()
 
 
 def test_seconds_without_any_trade_on_the_socket_teach_nothing() -> None:
