@@ -35,7 +35,7 @@ from redis.exceptions import RedisError
 from stock_gateway.cluster.link import RedisLink, text
 from stock_gateway.cluster.rest import decode_announcement, encode_quote
 from stock_gateway.delivery.feed_notices import FeedNotices
-from stock_gateway.market_data.feed_plan import FEEDS
+from stock_gateway.market_data.feed_plan import FEEDS, unplanned_feed
 from stock_gateway.market_data.model import Quote
 from stock_gateway.runtime.cancellation import raise_if_cancelling
 from stock_gateway.runtime.logs import get_logger
@@ -56,15 +56,11 @@ class FeedMap:
         self._past_socket = 0  # planned symbols not live: the socket is full
 
     def feed_of(self, symbol: str) -> str:
-        return self._feeds.get(symbol, self._unplanned())
+        return self._feeds.get(symbol, unplanned_feed(self.rotating))
 
     @property
     def rotating(self) -> bool:
         return self._past_socket > 0
-
-    def _unplanned(self) -> str:
-        """As the planner says of a symbol it has not planned yet."""
-        return "sampled" if self.rotating else "live"
 
     def feeds(self) -> dict[str, str]:
         return dict(self._feeds)

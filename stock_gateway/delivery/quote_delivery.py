@@ -8,14 +8,13 @@ symbol: one fetch, one frame, many clients. Only a live symbol's subscriber asks
 (`Feeds.feed_of`): one past the socket is priced by the feed planner (a turn, then a
 poll whose quote reaches every subscriber), and asks for each of hundreds of new
 symbols would spend the whole REST budget on first quotes; it is sent the symbol's last
-quote at once, however old. While the socket is full
-(`Feeds.rotating`) a `quiet` subscriber does not ask either when its symbol's previous
-close is known: its snapshot carries the day's change, and REST is what prices the
-symbols past the socket (a session change still refreshes every previous close). A
-fetch that fails in time becomes a `quote_unavailable` error for those clients, except
-`quiet` ones (they have a live snapshot already, so a stale quote being refreshed is no
-error to them); "no quote"
-(an unknown symbol) sends nothing. At a market-session change `refresh` has the
+quote at once, however old. While the socket is full (`Feeds.rotating`) a `quiet`
+subscriber does not ask either when its symbol's previous close is known: its snapshot
+carries the day's change, and REST is what prices the symbols past the socket (a
+session change still refreshes every previous close). A fetch that fails in time
+becomes a `quote_unavailable` error for those clients, except `quiet` ones (they have
+a live snapshot already, so a stale quote being refreshed is no error to them); "no
+quote" (an unknown symbol) sends nothing. At a market-session change `refresh` has the
 carried symbols' stale quotes fetched again, subscribed ones first; a quote that
 brings a new previous close (a new trading day) goes to every subscriber of its
 symbol.

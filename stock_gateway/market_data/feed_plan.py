@@ -47,6 +47,11 @@ FEED_DWELL = 60.0  # seconds a symbol stays sampled or polled before it may chan
 QUIET_SOCKET = 30.0  # no trade at all for this long: market closed, or upstream down
 
 
+def unplanned_feed(rotating: bool) -> Feed:
+    """What a symbol not planned yet is said to be: live, or past a full socket a turn."""
+    return "sampled" if rotating else "live"
+
+
 def owner_weighted(holders: Mapping[str, int]) -> float:
     """A symbol's demand from its holders (owner -> clients): each owner counts the
     square root of its clients, so many sockets from one party buy little."""
@@ -79,10 +84,10 @@ class FeedPlanner:
         self._turns: dict[str, tuple[float, float]] = {}
         self._priced: dict[str, float] = {}  # symbol -> when a price last came
         self._probed: dict[str, float] = {}  # never priced, turn without a trade: its end
-        self._feed_since: dict[str, float] = {}  # symbol -> when its feed last changed
+        self._feed_since: dict[str, float] = {}  # when each one's feed last changed
         self._first_wanted: dict[str, float] = {}
         self._demand: Mapping[str, float] = {}
-        self._rotating = False  # more symbols wanted than the socket carries
+        self.rotating = False  # more symbols wanted than the socket carries
         # Subscribe and unsubscribe messages: a burst of two socketfuls, then the rate.
         rate, burst = limits.changes_per_minute / 60.0, max(2 * limits.socket_slots, 2)
         self._changes = TokenBucket(rate, burst, clock())
@@ -98,18 +103,10 @@ class FeedPlanner:
         """The symbols the upstream socket should carry now: live ones and turns."""
         return frozenset(self._live | self._turns.keys())
 
-    @property
-    def rotating(self) -> bool:
-        """More symbols are wanted than the socket carries."""
-        return self._rotating
-
     def feed_of(self, symbol: str) -> Feed:
         """A symbol not planned yet, while the socket is full: "sampled" (its first
         price: a turn, as planned; the plan may make it live or polled a moment later)."""
-        return self._feeds.get(symbol, self._unplanned())
-
-    def _unplanned(self) -> Feed:
-        return "sampled" if self._rotating else "live"
+        return self._feeds.get(symbol, unplanned_feed(self.rotating))
 
     def feeds(self) -> dict[str, Feed]:
         return dict(self._feeds)
@@ -162,8 +159,8 @@ class FeedPlanner:
         for symbol in demand:
             self._first_wanted.setdefault(symbol, now)
         ranked = sorted(demand, key=lambda s: (-demand[s], s))
-        unplanned = self._unplanned()  # what a symbol not planned yet was said to be
-        rotating = self._rotating = len(demand) > self.limits.socket_slots
+        unplanned = unplanned_feed(self.rotating)  # what one not planned yet was said
+        rotating = self.rotating = len(demand) > self.limits.socket_slots
         live_cap = self.limits.socket_slots - (self.limits.rotation_slots if rotating else 0)
         self._choose_live(ranked, max(live_cap, 0))
         by_rate = sorted(  # the ones held past the socket (lingering ones take no turn)
